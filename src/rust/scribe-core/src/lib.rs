@@ -1,0 +1,20 @@
+//! scribe-core: the numerical core of the scribeR package.
+//!
+//! Pure Rust, no R types: count data and its sufficient statistics (`data`),
+//! special functions (`math`), links and priors (`dist`), count models
+//! (`models`), stochastic variational inference (`svi`) and posterior
+//! summaries and sampling (`posterior`). Engines report progress and poll for
+//! cancellation through the traits in `progress`.
+
+pub mod data;
+pub mod dist;
+pub mod error;
+pub mod math;
+pub mod models;
+pub mod posterior;
+pub mod progress;
+pub mod svi;
+#[doc(hidden)]
+pub mod testutil;
+
+pub use error::{CoreError, Result};

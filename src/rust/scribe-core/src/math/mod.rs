@@ -1,0 +1,239 @@
+//! Special functions and numerically stable helpers used by every model.
+//!
+//! The hot loops of the NB likelihood evaluate `lnΓ(x + r) − lnΓ(r)` and
+//! `ψ(x + r) − ψ(r)` for small integer counts `x`; [`lgamma_diff`] and
+//! [`digamma_diff`] use the finite-product / finite-sum forms for small `x`,
+//! which are both faster and more accurate than differencing special functions.
+
+use std::f64::consts::PI;
+
+const HALF_LN_2PI: f64 = 0.918_938_533_204_672_8;
+
+/// `ln Γ(x)` for `x > 0` (Stirling series after upward recurrence; ~1e-15 relative).
+pub fn lgamma(x: f64) -> f64 {
+    if !(x > 0.0) {
+        return if x == 0.0 { f64::INFINITY } else { f64::NAN };
+    }
+    if x.is_infinite() {
+        return f64::INFINITY;
+    }
+    let mut shift = 1.0;
+    let mut y = x;
+    // Shift to y >= 10 where the asymptotic series is accurate to machine precision.
+    while y < 10.0 {
+        shift *= y;
+        y += 1.0;
+    }
+    let inv = 1.0 / y;
+    let inv2 = inv * inv;
+    let series = inv
+        * (1.0 / 12.0
+            - inv2 * (1.0 / 360.0 - inv2 * (1.0 / 1260.0 - inv2 * (1.0 / 1680.0 - inv2 / 1188.0))));
+    (y - 0.5) * y.ln() - y + HALF_LN_2PI + series - shift.ln()
+}
+
+/// Digamma `ψ(x)` for `x > 0`.
+pub fn digamma(x: f64) -> f64 {
+    if !(x > 0.0) {
+        return if x == 0.0 { f64::NEG_INFINITY } else { f64::NAN };
+    }
+    let mut acc = 0.0;
+    let mut y = x;
+    while y < 10.0 {
+        acc -= 1.0 / y;
+        y += 1.0;
+    }
+    let inv = 1.0 / y;
+    let inv2 = inv * inv;
+    let series = inv2
+        * (1.0 / 12.0
+            - inv2 * (1.0 / 120.0 - inv2 * (1.0 / 252.0 - inv2 * (1.0 / 240.0 - inv2 / 132.0))));
+    acc + y.ln() - 0.5 * inv - series
+}
+
+/// `ln B(a, b)`.
+pub fn lbeta(a: f64, b: f64) -> f64 {
+    lgamma(a) + lgamma(b) - lgamma(a + b)
+}
+
+/// `lnΓ(n + r) − lnΓ(r)` for an integer count `n ≥ 0` and `r > 0`.
+#[inline]
+pub fn lgamma_diff(n: u32, r: f64) -> f64 {
+    match n {
+        0 => 0.0,
+        1 => r.ln(),
+        _ if n <= 16 && r < 1e12 => {
+            let mut prod = r;
+            for j in 1..n {
+                prod *= r + j as f64;
+            }
+            prod.ln()
+        }
+        _ if r >= 1e12 => {
+            let nf = n as f64;
+            nf * r.ln() + nf * (nf - 1.0) / (2.0 * r)
+        }
+        _ => lgamma(n as f64 + r) - lgamma(r),
+    }
+}
+
+/// `ψ(n + r) − ψ(r)` for an integer count `n ≥ 0` and `r > 0`.
+#[inline]
+pub fn digamma_diff(n: u32, r: f64) -> f64 {
+    match n {
+        0 => 0.0,
+        1 => 1.0 / r,
+        _ if n <= 16 || r >= 1e12 => {
+            if r >= 1e12 {
+                return n as f64 / r;
+            }
+            let mut s = 0.0;
+            for j in 0..n {
+                s += 1.0 / (r + j as f64);
+            }
+            s
+        }
+        _ => digamma(n as f64 + r) - digamma(r),
+    }
+}
+
+/// `ln(1 + e^x)` without overflow.
+#[inline]
+pub fn softplus(x: f64) -> f64 {
+    if x > 30.0 {
+        x + (-x).exp()
+    } else if x < -30.0 {
+        x.exp()
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+/// Inverse of [`softplus`]: `ln(e^y − 1)` for `y > 0`.
+#[inline]
+pub fn softplus_inv(y: f64) -> f64 {
+    if y > 30.0 {
+        y + (-(-y).exp()).ln_1p()
+    } else {
+        y.exp_m1().ln()
+    }
+}
+
+/// `ln softplus(x)`, accurate for very negative `x` where softplus(x) ≈ e^x.
+#[inline]
+pub fn ln_softplus(x: f64) -> f64 {
+    if x < -30.0 {
+        x
+    } else {
+        softplus(x).ln()
+    }
+}
+
+/// Logistic sigmoid `1 / (1 + e^{−x})`.
+#[inline]
+pub fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// `ln σ(x) = −softplus(−x)`.
+#[inline]
+pub fn ln_sigmoid(x: f64) -> f64 {
+    -softplus(-x)
+}
+
+/// `logit(p) = ln(p / (1 − p))`.
+#[inline]
+pub fn logit(p: f64) -> f64 {
+    (p / (1.0 - p)).ln()
+}
+
+/// `ln(e^a + e^b)`.
+#[inline]
+pub fn logaddexp(a: f64, b: f64) -> f64 {
+    if a == f64::NEG_INFINITY {
+        return b;
+    }
+    if b == f64::NEG_INFINITY {
+        return a;
+    }
+    let m = a.max(b);
+    m + (-(a - b).abs()).exp().ln_1p()
+}
+
+/// `ln(1 − Φ(z))`, the log survival function of the standard normal.
+pub fn ln_normal_sf(z: f64) -> f64 {
+    // erfc keeps relative accuracy in the far tail, where 1 − Φ underflows.
+    let v = 0.5 * statrs::function::erf::erfc(z / std::f64::consts::SQRT_2);
+    if v > 0.0 {
+        v.ln()
+    } else {
+        // Mills-ratio asymptotics for z ≫ 0.
+        -0.5 * z * z - z.ln() - 0.5 * (2.0 * PI).ln()
+    }
+}
+
+/// `ln N(x; loc, scale)`.
+#[inline]
+pub fn ln_normal(x: f64, loc: f64, scale: f64) -> f64 {
+    let z = (x - loc) / scale;
+    -0.5 * z * z - scale.ln() - HALF_LN_2PI
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use statrs::function::gamma as sg;
+
+    #[test]
+    fn lgamma_matches_reference() {
+        for &x in &[1e-8, 1e-3, 0.1, 0.5, 1.0, 1.5, 2.0, 3.7, 9.99, 10.0, 55.5, 1e4, 1e8] {
+            let want = sg::ln_gamma(x);
+            assert!((lgamma(x) - want).abs() <= 1e-12 * want.abs().max(1.0), "x={x}");
+        }
+    }
+
+    #[test]
+    fn digamma_matches_reference() {
+        for &x in &[1e-6, 0.01, 0.3, 1.0, 2.5, 9.0, 11.0, 100.0, 1e6] {
+            let want = sg::digamma(x);
+            assert!((digamma(x) - want).abs() <= 1e-11 * want.abs().max(1.0), "x={x}");
+        }
+    }
+
+    #[test]
+    fn count_differences_match_special_functions() {
+        for &r in &[1e-4f64, 0.3, 1.0, 7.5, 1e3, 1e13] {
+            for n in [0u32, 1, 2, 5, 16, 17, 40, 419] {
+                let nf = n as f64;
+                // Differencing lnΓ loses all precision at r ~ 1e13; use the asymptote there.
+                let lg = if r >= 1e12 { nf * r.ln() + nf * (nf - 1.0) / (2.0 * r) } else { sg::ln_gamma(nf + r) - sg::ln_gamma(r) };
+                let dg = sg::digamma(nf + r) - sg::digamma(r);
+                let tol = 1e-9 * lg.abs().max(1.0);
+                assert!((lgamma_diff(n, r) - lg).abs() <= tol, "lgamma_diff n={n} r={r}");
+                if r < 1e12 {
+                    assert!((digamma_diff(n, r) - dg).abs() <= 1e-9 * dg.abs().max(1.0), "digamma_diff n={n} r={r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stable_helpers() {
+        assert!((softplus(0.0) - 2f64.ln()).abs() < 1e-15);
+        assert_eq!(softplus(-800.0), 0.0);
+        assert!((softplus(800.0) - 800.0).abs() < 1e-12);
+        for &y in &[1e-6, 0.5, 3.0, 40.0] {
+            assert!((softplus(softplus_inv(y)) - y).abs() < 1e-12 * y.max(1.0));
+        }
+        assert!((ln_softplus(-100.0) + 100.0).abs() < 1e-12);
+        assert!((sigmoid(logit(0.3)) - 0.3).abs() < 1e-15);
+        assert!((logaddexp(0.0, 0.0) - 2f64.ln()).abs() < 1e-15);
+        assert!((ln_normal_sf(0.0) - 0.5f64.ln()).abs() < 1e-12);
+        assert!(ln_normal_sf(40.0).is_finite());
+    }
+}

@@ -1,0 +1,815 @@
+//! The negative-binomial family: nbdm, nbvcp, zinb, zinbvcp.
+//!
+//! Code convention: `NB(u | r, p) = Γ(u+r)/(Γ(r) u!) p^u (1−p)^r`, mean `r p/(1−p)`.
+//! Capture thins `p` to `p̂_c = p ν_c / (1 − p (1 − ν_c))`, i.e.
+//! `logit p̂_c = logit p + ln ν_c`; every kernel works with `ℓ_c = logit p̂_c`
+//! so `ln p̂ = −softplus(−ℓ)` and `ln(1−p̂) = −softplus(ℓ)` stay exact in the tails
+//! (no clipping of `p̂` is needed in float64).
+//!
+//! The log-likelihood of the NB part splits as
+//! `Σ_g Σ_x n_g(x)[lnΓ(x+r_g) − lnΓ(r_g)] + Σ_c [L_c ln p̂_c + R ln(1−p̂_c) − Σ_g ln u_cg!]`
+//! with `R = Σ_g r_g`, so nbdm/nbvcp cost O(#pairs + C + G). Zero inflation
+//! replaces each zero's `r_g ln(1−p̂_c)` by `ln(π_g + (1−π_g)(1−p̂_c)^{r_g})`:
+//! constant over cells for zinb (closed form per gene), but different in every
+//! (cell, gene) for zinbvcp, which therefore needs one pass over the C × G
+//! zero structure per step.
+
+use super::{BlockKind, Layout, Model};
+use crate::data::{Batch, CountMatrix};
+use crate::dist::{Link, Prior};
+use crate::error::{CoreError, Result};
+use crate::math::{digamma_diff, lgamma_diff, ln_sigmoid, logit, sigmoid, softplus, softplus_inv};
+use rayon::prelude::*;
+
+/// Which NB model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    Nbdm,
+    Nbvcp,
+    Zinb,
+    Zinbvcp,
+}
+
+impl Variant {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "nbdm" => Variant::Nbdm,
+            "nbvcp" => Variant::Nbvcp,
+            "zinb" => Variant::Zinb,
+            "zinbvcp" => Variant::Zinbvcp,
+            _ => return Err(CoreError::arg("model", format!("unknown NB-family model '{s}'"))),
+        })
+    }
+    pub fn has_capture(self) -> bool {
+        matches!(self, Variant::Nbvcp | Variant::Zinbvcp)
+    }
+    pub fn has_gate(self) -> bool {
+        matches!(self, Variant::Zinb | Variant::Zinbvcp)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Nbdm => "nbdm",
+            Variant::Nbvcp => "nbvcp",
+            Variant::Zinb => "zinb",
+            Variant::Zinbvcp => "zinbvcp",
+        }
+    }
+}
+
+/// Which quantities are sampled (the rest are derived).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parameterization {
+    /// `p`, `r`.
+    Canonical,
+    /// `p`, `mu`; `r = mu (1−p)/p`.
+    MeanProb,
+    /// `phi`, `mu`; `r = mu·phi`, `p = 1/(1+phi)`.
+    MeanOdds,
+}
+
+impl Parameterization {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "canonical" | "standard" => Parameterization::Canonical,
+            "mean_prob" | "linked" => Parameterization::MeanProb,
+            "mean_odds" | "odds_ratio" => Parameterization::MeanOdds,
+            _ => return Err(CoreError::arg("parameterization", format!("unknown parameterization '{s}'"))),
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Parameterization::Canonical => "canonical",
+            Parameterization::MeanProb => "mean_prob",
+            Parameterization::MeanOdds => "mean_odds",
+        }
+    }
+    pub fn gene_param(self) -> &'static str {
+        if self == Parameterization::Canonical {
+            "r"
+        } else {
+            "mu"
+        }
+    }
+    pub fn scalar_param(self) -> &'static str {
+        if self == Parameterization::MeanOdds {
+            "phi"
+        } else {
+            "p"
+        }
+    }
+    pub fn capture_param(self) -> &'static str {
+        if self == Parameterization::MeanOdds {
+            "phi_capture"
+        } else {
+            "p_capture"
+        }
+    }
+}
+
+/// Biology-informed capture prior `η_c ~ TruncN(ln M0 − ln L_c, σ_M, low = 0)`, `ν_c = e^{−η_c}`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CapturePrior {
+    pub ln_m0: f64,
+    pub sigma: f64,
+}
+
+/// Everything that defines an NB-family model apart from the data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NbSpec {
+    pub variant: Variant,
+    pub param: Parameterization,
+    pub unconstrained: bool,
+    /// Link for positive parameters when `unconstrained` (constrained ones use Exp, i.e. LogNormal).
+    pub positive_link: Link,
+    /// Priors by sampled-site name: "r"/"mu", "p"/"phi", "p_capture"/"phi_capture", "gate".
+    pub priors: Vec<(String, Prior)>,
+    pub capture_prior: Option<CapturePrior>,
+}
+
+impl NbSpec {
+    /// The spec's default priors for this variant and parameterization.
+    pub fn new(variant: Variant, param: Parameterization, unconstrained: bool, positive_link: Link) -> Self {
+        let mut priors = Vec::new();
+        let n01 = Prior::Normal { loc: 0.0, scale: 1.0 };
+        let gene = if unconstrained { n01 } else { Prior::LogNormal { loc: 0.0, scale: 1.0 } };
+        priors.push((param.gene_param().to_string(), gene));
+        let scalar = match (param, unconstrained) {
+            (_, true) => n01,
+            (Parameterization::MeanOdds, false) => Prior::BetaPrime { a: 1.0, b: 1.0 },
+            _ => Prior::Beta { a: 1.0, b: 1.0 },
+        };
+        priors.push((param.scalar_param().to_string(), scalar));
+        if variant.has_capture() {
+            let cap = match (param, unconstrained) {
+                (_, true) => n01,
+                (Parameterization::MeanOdds, false) => Prior::BetaPrime { a: 1.0, b: 1.0 },
+                _ => Prior::Beta { a: 1.0, b: 1.0 },
+            };
+            priors.push((param.capture_param().to_string(), cap));
+        }
+        if variant.has_gate() {
+            let gate = if unconstrained { Prior::Normal { loc: -2.0, scale: 1.0 } } else { Prior::Beta { a: 1.0, b: 9.0 } };
+            priors.push(("gate".to_string(), gate));
+        }
+        NbSpec { variant, param, unconstrained, positive_link, priors, capture_prior: None }
+    }
+
+    /// Replaces the hyper-parameters of a sampled site's default prior family.
+    pub fn set_prior(&mut self, site: &str, a: f64, b: f64) -> Result<()> {
+        if site == "eta_capture" {
+            if !self.variant.has_capture() {
+                return Err(CoreError::arg(
+                    "priors",
+                    format!("a capture prior needs a variable-capture model (nbvcp, zinbvcp), not '{}'", self.variant.name()),
+                ));
+            }
+            if !(b > 0.0) || !a.is_finite() {
+                return Err(CoreError::arg("priors", "capture_efficiency must be c(log(M0), sigma) with sigma > 0"));
+            }
+            self.capture_prior = Some(CapturePrior { ln_m0: a, sigma: b });
+            return Ok(());
+        }
+        let known: Vec<String> = self.priors.iter().map(|(n, _)| n.clone()).collect();
+        let (variant, param) = (self.variant, self.param);
+        let entry = self.priors.iter_mut().find(|(n, _)| n == site).ok_or_else(|| {
+            CoreError::arg(
+                "priors",
+                format!(
+                    "'{site}' is not a sampled parameter of {} ({}); sampled: {}",
+                    variant.name(),
+                    param.name(),
+                    known.join(", ")
+                ),
+            )
+        })?;
+        let new = match entry.1 {
+            Prior::Normal { .. } => Prior::Normal { loc: a, scale: b },
+            Prior::LogNormal { .. } => Prior::LogNormal { loc: a, scale: b },
+            Prior::Beta { .. } => Prior::Beta { a, b },
+            Prior::BetaPrime { .. } => Prior::BetaPrime { a, b },
+            Prior::TruncNormal0 { .. } => Prior::TruncNormal0 { loc: a, scale: b },
+        };
+        let ok = match new {
+            Prior::Normal { loc, scale } | Prior::LogNormal { loc, scale } => loc.is_finite() && scale > 0.0,
+            Prior::Beta { a, b } | Prior::BetaPrime { a, b } => a > 0.0 && b > 0.0,
+            Prior::TruncNormal0 { .. } => true,
+        };
+        if !ok || !b.is_finite() {
+            return Err(CoreError::arg("priors", format!("invalid hyper-parameters c({a}, {b}) for '{site}'")));
+        }
+        entry.1 = new;
+        Ok(())
+    }
+
+    fn prior_of(&self, site: &str) -> Prior {
+        self.priors.iter().find(|(n, _)| n == site).map(|(_, p)| *p).expect("prior for every sampled site")
+    }
+
+    /// Link of the sampled positive parameters.
+    pub fn pos_link(&self) -> Link {
+        if self.unconstrained {
+            self.positive_link
+        } else {
+            Link::Exp
+        }
+    }
+}
+
+/// How capture is parameterized in the unconstrained vector.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Capture {
+    None,
+    /// `ν = sigmoid(x)`.
+    Nu,
+    /// `φ_c = T(x)`, `ν = 1/(1+φ_c)`.
+    Phi(Link),
+    /// `η = softplus(x)`, `ν = e^{−η}`.
+    Eta,
+}
+
+/// An NB-family model bound to a data set.
+pub struct NbModel<'a> {
+    pub spec: NbSpec,
+    pub data: &'a CountMatrix,
+    layout: Layout,
+    b_gene: usize,
+    b_scalar: usize,
+    b_cap: Option<usize>,
+    b_gate: Option<usize>,
+    capture: Capture,
+    /// Per-cell TruncNormal location `ln M0 − ln max(L_c, 1)` under the capture prior.
+    eta_loc: Vec<f64>,
+}
+
+/// Scratch buffers of [`NbModel::log_lik_grad`].
+pub struct NbWorkspace {
+    theta: Vec<f64>,
+    dtheta: Vec<f64>,
+    r: Vec<f64>,
+    ell: Vec<f64>,
+    dlnnu: Vec<f64>,
+    pi: Vec<f64>,
+    g_r: Vec<f64>,
+    g_gate: Vec<f64>,
+    g_ell: Vec<f64>,
+    gene_ll: Vec<f64>,
+    /// zinbvcp: per cell-block partial gene gradients, reduced in block order.
+    blk: Vec<f64>,
+    blk_ll: Vec<f64>,
+}
+
+/// Cells per block in the zinbvcp kernel. Fixed (not derived from the thread
+/// count) so that sums are grouped identically however many threads run.
+const CELL_BLOCK: usize = 64;
+
+impl<'a> NbModel<'a> {
+    pub fn new(spec: NbSpec, data: &'a CountMatrix) -> Result<Self> {
+        if spec.capture_prior.is_some() && !spec.variant.has_capture() {
+            return Err(CoreError::arg("priors", "capture_efficiency requires nbvcp or zinbvcp"));
+        }
+        let mut layout = Layout::default();
+        let pos = spec.pos_link();
+        let b_gene = layout.push(spec.param.gene_param(), BlockKind::Gene, data.n_genes, pos);
+        let scalar_link = if spec.param == Parameterization::MeanOdds { pos } else { Link::Sigmoid };
+        let b_scalar = layout.push(spec.param.scalar_param(), BlockKind::Scalar, 1, scalar_link);
+        let (b_cap, capture) = if spec.variant.has_capture() {
+            if spec.capture_prior.is_some() {
+                (Some(layout.push("eta_capture", BlockKind::Cell, data.n_cells, Link::Softplus)), Capture::Eta)
+            } else if spec.param == Parameterization::MeanOdds {
+                (Some(layout.push("phi_capture", BlockKind::Cell, data.n_cells, pos)), Capture::Phi(pos))
+            } else {
+                (Some(layout.push("p_capture", BlockKind::Cell, data.n_cells, Link::Sigmoid)), Capture::Nu)
+            }
+        } else {
+            (None, Capture::None)
+        };
+        let b_gate = if spec.variant.has_gate() {
+            Some(layout.push("gate", BlockKind::Gene, data.n_genes, Link::Sigmoid))
+        } else {
+            None
+        };
+        let eta_loc = match spec.capture_prior {
+            Some(cp) => data.lib_size.iter().map(|&l| cp.ln_m0 - l.max(1.0).ln()).collect(),
+            None => Vec::new(),
+        };
+        Ok(NbModel { spec, data, layout, b_gene, b_scalar, b_cap, b_gate, capture, eta_loc })
+    }
+
+    /// `(ln ν, d ln ν / dx)` of a capture coordinate.
+    #[inline]
+    fn capture_eval(&self, x: f64) -> (f64, f64) {
+        match self.capture {
+            Capture::None => (0.0, 0.0),
+            Capture::Nu => (ln_sigmoid(x), sigmoid(-x)),
+            Capture::Phi(link) => {
+                let e = link.eval(x);
+                (-softplus(e.ln_theta), -sigmoid(e.ln_theta) * e.d_ln_theta)
+            }
+            Capture::Eta => (-softplus(x), -sigmoid(x)),
+        }
+    }
+
+    /// Per-gene `Σ_x w(x)[lnΓ(x+r)−lnΓ(r)]` into `gene_ll` and its r-derivative into `g_r`.
+    fn pair_terms(&self, batch: &Batch, r: &[f64], gene_ll: &mut [f64], g_r: &mut [f64]) {
+        let d = self.data;
+        gene_ll
+            .par_iter_mut()
+            .zip(g_r.par_iter_mut())
+            .enumerate()
+            .with_min_len(256)
+            .for_each(|(g, (ll, gr))| {
+                let rg = r[g];
+                let (mut a, mut b) = (0.0, 0.0);
+                for k in d.gene_pair_ptr[g]..d.gene_pair_ptr[g + 1] {
+                    let w = batch.pair_weight[k];
+                    if w != 0.0 {
+                        let x = d.pair_count[k];
+                        a += w * lgamma_diff(x, rg);
+                        b += w * digamma_diff(x, rg);
+                    }
+                }
+                *ll = a;
+                *gr = b;
+            });
+    }
+
+    /// nbdm / nbvcp: pairs + O(B) cell terms.
+    fn kernel_nb(&self, batch: &Batch, ws: &mut NbWorkspace) -> f64 {
+        let d = self.data;
+        self.pair_terms(batch, &ws.r, &mut ws.gene_ll, &mut ws.g_r);
+        let mut ll: f64 = ws.gene_ll.iter().sum();
+        let big_r: f64 = ws.r.iter().sum();
+        let mut s1 = 0.0;
+        for (k, &c) in batch.cells.iter().enumerate() {
+            let c = c as usize;
+            let l = ws.ell[k];
+            let lib = d.lib_size[c];
+            let l1m = ln_sigmoid(-l);
+            ll += lib * ln_sigmoid(l) + big_r * l1m - d.ln_fact[c];
+            s1 += l1m;
+            ws.g_ell[k] = lib * sigmoid(-l) - big_r * sigmoid(l);
+        }
+        ws.g_r.iter_mut().for_each(|g| *g += s1);
+        ll
+    }
+
+    /// zinb: every cell shares `p̂ = p`, so zeros of gene g contribute `n0_g · s_g` in closed form.
+    /// Returns `(ll, d ll / d logit p)`; writes nothing to `g_ell`.
+    fn kernel_zinb(&self, batch: &Batch, lp: f64, ws: &mut NbWorkspace) -> (f64, f64) {
+        let d = self.data;
+        self.pair_terms(batch, &ws.r, &mut ws.gene_ll, &mut ws.g_r);
+        let n_b = batch.len() as f64;
+        let lph = ln_sigmoid(lp);
+        let l1m = ln_sigmoid(-lp);
+        let p = sigmoid(lp);
+        let mut ll = 0.0;
+        let mut g_lp = 0.0;
+        for g in 0..d.n_genes {
+            let (r, pi) = (ws.r[g], ws.pi[g]);
+            let nnz = batch.gene_nnz[g];
+            let n0 = n_b - nnz;
+            let z = r * l1m;
+            let ez = z.exp();
+            let es = pi + (1.0 - pi) * ez;
+            let s = es.ln();
+            let w0 = (1.0 - pi) * ez / es;
+            let ln1mpi = (-pi).ln_1p();
+            ll += ws.gene_ll[g] + nnz * (ln1mpi + z) + n0 * s;
+            ws.g_r[g] += nnz * l1m + n0 * w0 * l1m;
+            ws.g_gate[g] = -nnz * pi + n0 * pi * (1.0 - pi) * (1.0 - ez) / es;
+            g_lp -= (nnz + n0 * w0) * r * p;
+        }
+        let mut lib_b = 0.0;
+        for &c in &batch.cells {
+            lib_b += d.lib_size[c as usize];
+            ll -= d.ln_fact[c as usize];
+        }
+        ll += lib_b * lph;
+        g_lp += lib_b * sigmoid(-lp);
+        (ll, g_lp)
+    }
+
+    /// zinbvcp: a dense pass over genes for every batch cell (the zero terms differ per cell).
+    fn kernel_zinbvcp(&self, batch: &Batch, ws: &mut NbWorkspace) -> f64 {
+        let d = self.data;
+        let g_n = d.n_genes;
+        self.pair_terms(batch, &ws.r, &mut ws.gene_ll, &mut ws.g_r);
+        let n_blocks = batch.len().div_ceil(CELL_BLOCK);
+        let (r, pi, ell) = (&ws.r, &ws.pi, &ws.ell);
+        let blk = &mut ws.blk[..n_blocks * 2 * g_n];
+        let blk_ll = &mut ws.blk_ll[..n_blocks];
+        let g_ell = &mut ws.g_ell[..batch.len()];
+        blk.par_chunks_mut(2 * g_n)
+            .zip(blk_ll.par_iter_mut())
+            .zip(g_ell.par_chunks_mut(CELL_BLOCK))
+            .enumerate()
+            .for_each(|(bi, ((buf, bll), gell))| {
+                let (gr, gg) = buf.split_at_mut(g_n);
+                gr.iter_mut().for_each(|v| *v = 0.0);
+                gg.iter_mut().for_each(|v| *v = 0.0);
+                let mut acc = 0.0;
+                for (kk, ge) in gell.iter_mut().enumerate() {
+                    let k = bi * CELL_BLOCK + kk;
+                    let c = batch.cells[k] as usize;
+                    let l = ell[k];
+                    let (lph, l1m, ph) = (ln_sigmoid(l), ln_sigmoid(-l), sigmoid(l));
+                    let mut gc = 0.0;
+                    // Zero term for every gene ...
+                    for g in 0..g_n {
+                        let z = r[g] * l1m;
+                        let ez = z.exp();
+                        let es = pi[g] + (1.0 - pi[g]) * ez;
+                        let w0 = (1.0 - pi[g]) * ez / es;
+                        acc += es.ln();
+                        gr[g] += w0 * l1m;
+                        gg[g] += pi[g] * (1.0 - pi[g]) * (1.0 - ez) / es;
+                        gc -= w0 * r[g] * ph;
+                    }
+                    // ... then swap it for the nonzero term where the count is positive.
+                    let (genes, counts) = d.row(c);
+                    for (&g, &u) in genes.iter().zip(counts) {
+                        let g = g as usize;
+                        let u = u as f64;
+                        let z = r[g] * l1m;
+                        let ez = z.exp();
+                        let es = pi[g] + (1.0 - pi[g]) * ez;
+                        let w0 = (1.0 - pi[g]) * ez / es;
+                        acc += (-pi[g]).ln_1p() + u * lph + z - es.ln();
+                        gr[g] += l1m - w0 * l1m;
+                        gg[g] += -pi[g] - pi[g] * (1.0 - pi[g]) * (1.0 - ez) / es;
+                        gc += u * sigmoid(-l) - r[g] * ph + w0 * r[g] * ph;
+                    }
+                    acc -= d.ln_fact[c];
+                    *ge = gc;
+                }
+                *bll = acc;
+            });
+        let mut ll: f64 = ws.gene_ll.iter().sum();
+        ll += blk_ll.iter().sum::<f64>();
+        ws.g_gate.iter_mut().for_each(|v| *v = 0.0);
+        for buf in blk.chunks(2 * g_n) {
+            for g in 0..g_n {
+                ws.g_r[g] += buf[g];
+                ws.g_gate[g] += buf[g_n + g];
+            }
+        }
+        ll
+    }
+
+    /// Derived NB quantities at `x` for a set of cells: (r per gene, logit p̂ per cell, gate per gene).
+    pub fn derived(&self, x: &[f64], cells: &[u32]) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
+        let mut ws = self.workspace();
+        let mut b = Batch::full(self.data);
+        b.cells = cells.to_vec();
+        let lp = self.fill_derived(x, &b, &mut ws);
+        let _ = lp;
+        let gate = self.b_gate.map(|_| ws.pi.clone());
+        (ws.r.clone(), ws.ell[..cells.len()].to_vec(), gate)
+    }
+
+    /// Fills `theta`, `dtheta`, `r`, `ell`, `dlnnu`, `pi`; returns `logit p` (and phi for mean_odds).
+    fn fill_derived(&self, x: &[f64], batch: &Batch, ws: &mut NbWorkspace) -> (f64, f64, f64) {
+        let lay = &self.layout;
+        let gb = &lay.blocks[self.b_gene];
+        let xs = x[lay.blocks[self.b_scalar].offset];
+        let (lp, phi, dphi) = match self.spec.param {
+            Parameterization::Canonical | Parameterization::MeanProb => (xs, f64::NAN, f64::NAN),
+            Parameterization::MeanOdds => {
+                let link = lay.blocks[self.b_scalar].link;
+                let e = link.eval(xs);
+                (-e.ln_theta, e.theta, link.deriv(xs))
+            }
+        };
+        let mult = match self.spec.param {
+            Parameterization::Canonical => 1.0,
+            Parameterization::MeanProb => (-lp).exp(),
+            Parameterization::MeanOdds => phi,
+        };
+        let link = gb.link;
+        for g in 0..gb.len {
+            let xg = x[gb.offset + g];
+            let t = link.forward(xg);
+            ws.theta[g] = t;
+            ws.dtheta[g] = link.deriv(xg);
+            ws.r[g] = t * mult;
+        }
+        let cap_off = self.b_cap.map(|b| lay.blocks[b].offset);
+        for (k, &c) in batch.cells.iter().enumerate() {
+            match cap_off {
+                Some(off) => {
+                    let (lnnu, d) = self.capture_eval(x[off + c as usize]);
+                    ws.ell[k] = lp + lnnu;
+                    ws.dlnnu[k] = d;
+                }
+                None => {
+                    ws.ell[k] = lp;
+                    ws.dlnnu[k] = 0.0;
+                }
+            }
+        }
+        if let Some(b) = self.b_gate {
+            let off = lay.blocks[b].offset;
+            for g in 0..self.data.n_genes {
+                ws.pi[g] = sigmoid(x[off + g]);
+            }
+        }
+        (lp, phi, dphi)
+    }
+}
+
+impl Model for NbModel<'_> {
+    type Workspace = NbWorkspace;
+
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn n_cells(&self) -> usize {
+        self.data.n_cells
+    }
+
+    fn data(&self) -> &CountMatrix {
+        self.data
+    }
+
+    fn workspace(&self) -> NbWorkspace {
+        let (g, c) = (self.data.n_genes, self.data.n_cells);
+        let zinbvcp = self.spec.variant == Variant::Zinbvcp;
+        let n_blocks = c.div_ceil(CELL_BLOCK);
+        NbWorkspace {
+            theta: vec![0.0; g],
+            dtheta: vec![0.0; g],
+            r: vec![0.0; g],
+            ell: vec![0.0; c],
+            dlnnu: vec![0.0; c],
+            pi: vec![0.0; g],
+            g_r: vec![0.0; g],
+            g_gate: vec![0.0; g],
+            g_ell: vec![0.0; c],
+            gene_ll: vec![0.0; g],
+            blk: if zinbvcp { vec![0.0; n_blocks * 2 * g] } else { Vec::new() },
+            blk_ll: vec![0.0; n_blocks],
+        }
+    }
+
+    fn log_lik_grad(&self, x: &[f64], batch: &Batch, grad: &mut [f64], ws: &mut NbWorkspace) -> f64 {
+        let (lp, phi, dphi) = self.fill_derived(x, batch, ws);
+        let nb = batch.len();
+        ws.g_ell[..nb].iter_mut().for_each(|v| *v = 0.0);
+        let (mut ll, mut g_lp) = match self.spec.variant {
+            Variant::Nbdm | Variant::Nbvcp => (self.kernel_nb(batch, ws), 0.0),
+            Variant::Zinb => self.kernel_zinb(batch, lp, ws),
+            Variant::Zinbvcp => (self.kernel_zinbvcp(batch, ws), 0.0),
+        };
+        let s = batch.scale;
+        ll *= s;
+        g_lp *= s;
+        let lay = &self.layout;
+        // Cells: ℓ_c = logit p + ln ν_c.
+        let cap_off = self.b_cap.map(|b| lay.blocks[b].offset);
+        for (k, &c) in batch.cells.iter().enumerate() {
+            let ge = ws.g_ell[k] * s;
+            g_lp += ge;
+            if let Some(off) = cap_off {
+                grad[off + c as usize] += ge * ws.dlnnu[k];
+            }
+        }
+        // Genes and the scalar, through the parameterization.
+        let gb = &lay.blocks[self.b_gene];
+        let sb = lay.blocks[self.b_scalar].offset;
+        match self.spec.param {
+            Parameterization::Canonical => {
+                for g in 0..gb.len {
+                    grad[gb.offset + g] += s * ws.g_r[g] * ws.dtheta[g];
+                }
+                grad[sb] += g_lp;
+            }
+            Parameterization::MeanProb => {
+                let mult = (-lp).exp();
+                for g in 0..gb.len {
+                    let gr = s * ws.g_r[g];
+                    grad[gb.offset + g] += gr * mult * ws.dtheta[g];
+                    g_lp -= gr * ws.r[g];
+                }
+                grad[sb] += g_lp;
+            }
+            Parameterization::MeanOdds => {
+                let mut g_phi = -g_lp / phi;
+                for g in 0..gb.len {
+                    let gr = s * ws.g_r[g];
+                    grad[gb.offset + g] += gr * phi * ws.dtheta[g];
+                    g_phi += gr * ws.theta[g];
+                }
+                grad[sb] += g_phi * dphi;
+            }
+        }
+        if let Some(b) = self.b_gate {
+            let off = lay.blocks[b].offset;
+            for g in 0..self.data.n_genes {
+                grad[off + g] += s * ws.g_gate[g];
+            }
+        }
+        ll
+    }
+
+    fn prior(&self, b: usize, j: usize) -> Prior {
+        if Some(b) == self.b_cap && self.capture == Capture::Eta {
+            let cp = self.spec.capture_prior.expect("eta capture has a prior");
+            return Prior::TruncNormal0 { loc: self.eta_loc[j], scale: cp.sigma };
+        }
+        self.spec.prior_of(&self.layout.blocks[b].name)
+    }
+
+    fn initial_point(&self) -> Vec<f64> {
+        let d = self.data;
+        let (g_n, c_n) = (d.n_genes, d.n_cells);
+        let cf = c_n as f64;
+        let mut x = vec![0.0; self.layout.total];
+        // Capture: ν_c ∝ L_c (prior mean 1/2 on average), or L_c / M0 under the capture prior.
+        let mean_lib = d.lib_size.iter().sum::<f64>() / cf;
+        let nu: Vec<f64> = d
+            .lib_size
+            .iter()
+            .map(|&l| match (self.spec.variant.has_capture(), self.spec.capture_prior) {
+                (false, _) => 1.0,
+                (true, Some(cp)) => (l.max(1.0) / cp.ln_m0.exp()).clamp(1e-6, 1.0 - 1e-6),
+                (true, None) => (0.5 * l / mean_lib).clamp(0.01, 0.99),
+            })
+            .collect();
+        // Method of moments on capture-normalised counts: m_g = r_g·o, var ≈ m/ν̄ + m²/r.
+        let mut s1 = vec![0.0; g_n];
+        let mut s2 = vec![0.0; g_n];
+        for c in 0..c_n {
+            let (genes, counts) = d.row(c);
+            for (&g, &u) in genes.iter().zip(counts) {
+                let v = u as f64 / nu[c];
+                s1[g as usize] += v;
+                s2[g as usize] += v * v;
+            }
+        }
+        let inv_nu = nu.iter().map(|v| 1.0 / v).sum::<f64>() / cf;
+        let mut r_hat = vec![0.0; g_n];
+        let mut sum_m = 0.0;
+        for g in 0..g_n {
+            let m = s1[g] / cf;
+            let var = (s2[g] / cf - m * m).max(0.0);
+            let excess = var - m * inv_nu;
+            r_hat[g] = if m <= 0.0 {
+                1e-2
+            } else if excess <= 1e-3 * m * m {
+                1e3
+            } else {
+                (m * m / excess).clamp(1e-3, 1e3)
+            };
+            sum_m += m;
+        }
+        let sum_r: f64 = r_hat.iter().sum();
+        let odds = (sum_m / sum_r).clamp(1e-4, 1e4);
+        let p = odds / (1.0 + odds);
+        let lay = &self.layout;
+        let gb = &lay.blocks[self.b_gene];
+        for g in 0..g_n {
+            let val = match self.spec.param {
+                Parameterization::Canonical => r_hat[g],
+                _ => (r_hat[g] * odds).max(1e-6),
+            };
+            x[gb.offset + g] = gb.link.inverse(val);
+        }
+        let sblk = &lay.blocks[self.b_scalar];
+        x[sblk.offset] = match self.spec.param {
+            Parameterization::MeanOdds => sblk.link.inverse(1.0 / odds),
+            _ => logit(p),
+        };
+        if let Some(b) = self.b_cap {
+            let blk = &lay.blocks[b];
+            for c in 0..c_n {
+                x[blk.offset + c] = match self.capture {
+                    Capture::Nu => logit(nu[c]),
+                    Capture::Phi(link) => link.inverse((1.0 - nu[c]) / nu[c]),
+                    Capture::Eta => softplus_inv((-nu[c].ln()).max(1e-4)),
+                    Capture::None => 0.0,
+                };
+            }
+        }
+        if let Some(b) = self.b_gate {
+            // Excess zeros over the NB zero probability at the starting point.
+            let off = lay.blocks[b].offset;
+            for g in 0..g_n {
+                let f0 = 1.0 - d.gene_nnz[g] / cf;
+                let nb0 = (r_hat[g] * (-p).ln_1p()).exp();
+                let pi = if nb0 < 1.0 { ((f0 - nb0) / (1.0 - nb0)).clamp(0.01, 0.5) } else { 0.05 };
+                x[off + g] = logit(pi);
+            }
+        }
+        x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::math::lgamma;
+    use crate::models::simulate::{simulate_nb, NbTruth};
+    use crate::testutil::check_gradient;
+
+    /// Naive dense O(C·G) log-likelihood straight from the pmf.
+    fn dense_ll(model: &NbModel, x: &[f64], cells: &[u32]) -> f64 {
+        let d = model.data;
+        let dense = d.to_dense();
+        let (r, ell, gate) = model.derived(x, cells);
+        let mut ll = 0.0;
+        for (k, &c) in cells.iter().enumerate() {
+            let ph = sigmoid(ell[k]);
+            for g in 0..d.n_genes {
+                let u = dense[c as usize * d.n_genes + g];
+                let lnb = lgamma(u + r[g]) - lgamma(r[g]) - lgamma(u + 1.0) + u * ph.ln() + r[g] * (1.0 - ph).ln();
+                ll += match &gate {
+                    None => lnb,
+                    Some(pi) if u == 0.0 => (pi[g] + (1.0 - pi[g]) * lnb.exp()).ln(),
+                    Some(pi) => (1.0 - pi[g]).ln() + lnb,
+                };
+            }
+        }
+        ll
+    }
+
+    fn toy_data(variant: Variant, seed: u64) -> CountMatrix {
+        let truth = NbTruth::random(variant, 37, 23, seed);
+        simulate_nb(&truth, seed + 1)
+    }
+
+    fn all_specs() -> Vec<NbSpec> {
+        let mut v = Vec::new();
+        for variant in [Variant::Nbdm, Variant::Nbvcp, Variant::Zinb, Variant::Zinbvcp] {
+            for param in [Parameterization::Canonical, Parameterization::MeanProb, Parameterization::MeanOdds] {
+                for (unc, link) in [(false, Link::Exp), (true, Link::Softplus), (true, Link::Exp)] {
+                    v.push(NbSpec::new(variant, param, unc, link));
+                }
+                if variant.has_capture() {
+                    let mut s = NbSpec::new(variant, param, false, Link::Exp);
+                    s.set_prior("eta_capture", (2000f64).ln(), 0.5).unwrap();
+                    v.push(s);
+                }
+            }
+        }
+        v
+    }
+
+    fn jitter(x: &mut [f64], seed: u64) {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        for v in x.iter_mut() {
+            *v += rng.random_range(-0.3..0.3);
+        }
+    }
+
+    #[test]
+    fn sufficient_statistics_match_dense_reference() {
+        for (i, spec) in all_specs().into_iter().enumerate() {
+            let data = toy_data(spec.variant, 10 + i as u64);
+            let model = NbModel::new(spec.clone(), &data).unwrap();
+            let mut x = model.initial_point();
+            jitter(&mut x, i as u64);
+            let mut ws = model.workspace();
+            let mut grad = vec![0.0; x.len()];
+            // full batch
+            let full = Batch::full(&data);
+            let ll = model.log_lik_grad(&x, &full, &mut grad, &mut ws);
+            let want = dense_ll(&model, &x, &full.cells);
+            assert!((ll - want).abs() < 1e-8 * want.abs().max(1.0), "{spec:?}: {ll} vs {want}");
+            // a mini-batch, scaled by C/B
+            let mut b = Batch::full(&data);
+            b.set_cells(&data, &[3, 7, 1, 19, 22]);
+            grad.iter_mut().for_each(|g| *g = 0.0);
+            let llb = model.log_lik_grad(&x, &b, &mut grad, &mut ws);
+            let wantb = dense_ll(&model, &x, &b.cells) * b.scale;
+            assert!((llb - wantb).abs() < 1e-8 * wantb.abs().max(1.0), "{spec:?} batch: {llb} vs {wantb}");
+        }
+    }
+
+    #[test]
+    fn likelihood_gradients_match_finite_differences() {
+        for (i, spec) in all_specs().into_iter().enumerate() {
+            let data = toy_data(spec.variant, 100 + i as u64);
+            let model = NbModel::new(spec.clone(), &data).unwrap();
+            let mut x = model.initial_point();
+            jitter(&mut x, 7 + i as u64);
+            let mut b = Batch::full(&data);
+            b.set_cells(&data, &[0, 2, 5, 8, 13, 21]);
+            let mut ws = model.workspace();
+            check_gradient(
+                |x, g| model.log_lik_grad(x, &b, g, &mut ws),
+                &x,
+                1e-6,
+                &format!("{spec:?}"),
+            );
+            let mut ws2 = model.workspace();
+            check_gradient(
+                |x, g| crate::models::log_joint_grad(&model, x, &b, g, &mut ws2),
+                &x,
+                1e-6,
+                &format!("log joint {spec:?}"),
+            );
+        }
+    }
+}

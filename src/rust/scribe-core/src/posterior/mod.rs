@@ -1,0 +1,232 @@
+//! Point summaries and draws of a fitted guide, mapped to named model sites.
+//!
+//! A guide coordinate is `x ~ N(loc, scale)`, `θ = T(x)`. Its MAP summary is
+//! the mode of the density of θ (Jacobian included): closed form for Exp
+//! (`exp(loc − scale²)`), found numerically for Sigmoid and Softplus. Derived
+//! NB quantities (`r`, `p`, `mu`, `phi`, `p_capture`, `p_hat`) follow from the
+//! sampled ones by the parameterization's identities (plug-in for the MAP,
+//! per draw for samples).
+
+use crate::dist::Link;
+use crate::error::{CoreError, Result};
+use crate::models::nb::{NbSpec, Parameterization};
+use crate::models::BlockKind;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+/// A fitted guide block: one site's variational parameters.
+#[derive(Debug, Clone)]
+pub struct GuideBlock {
+    pub name: String,
+    pub kind: BlockKind,
+    pub link: Link,
+    pub loc: Vec<f64>,
+    pub scale: Vec<f64>,
+}
+
+/// A named site with `n_draws × len` values, draw index fastest (column-major in R).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    pub name: String,
+    pub kind: BlockKind,
+    pub n_draws: usize,
+    pub values: Vec<f64>,
+}
+
+impl Site {
+    pub fn len(&self) -> usize {
+        self.values.len() / self.n_draws.max(1)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// Mode of the density of `θ = T(x)`, `x ~ N(loc, scale)`.
+pub fn transformed_normal_mode(link: Link, loc: f64, scale: f64) -> f64 {
+    match link {
+        Link::Exp => (loc - scale * scale).exp(),
+        _ => {
+            // Maximise ln N(x; loc, scale) − ln T'(x) over x: a grid over ±6 sd
+            // (the density can be bimodal for wide logit-normals), then golden section.
+            let f = |x: f64| {
+                let z = (x - loc) / scale;
+                -0.5 * z * z - link.eval(x).ln_jac
+            };
+            let (lo, hi) = (loc - 6.0 * scale - 1.0, loc + 6.0 * scale + 1.0);
+            let n = 240;
+            let h = (hi - lo) / n as f64;
+            let mut best = (lo, f(lo));
+            for k in 1..=n {
+                let x = lo + k as f64 * h;
+                let v = f(x);
+                if v > best.1 {
+                    best = (x, v);
+                }
+            }
+            let (mut a, mut b) = (best.0 - h, best.0 + h);
+            let g = 0.618_033_988_749_895;
+            for _ in 0..80 {
+                let c = b - g * (b - a);
+                let d = a + g * (b - a);
+                if f(c) > f(d) {
+                    b = d;
+                } else {
+                    a = c;
+                }
+            }
+            link.forward(0.5 * (a + b))
+        }
+    }
+}
+
+/// Values of every sampled site: the mode (`n_draws = 1`) or draws from the guide.
+fn sampled_sites(blocks: &[GuideBlock], draws: Option<(usize, u64)>) -> Vec<Site> {
+    match draws {
+        None => blocks
+            .iter()
+            .map(|b| Site {
+                name: b.name.clone(),
+                kind: b.kind,
+                n_draws: 1,
+                values: b.loc.iter().zip(&b.scale).map(|(&l, &s)| transformed_normal_mode(b.link, l, s)).collect(),
+            })
+            .collect(),
+        Some((n, seed)) => {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut out: Vec<Site> = blocks
+                .iter()
+                .map(|b| Site { name: b.name.clone(), kind: b.kind, n_draws: n, values: vec![0.0; n * b.loc.len()] })
+                .collect();
+            for s in 0..n {
+                for (b, site) in blocks.iter().zip(out.iter_mut()) {
+                    for j in 0..b.loc.len() {
+                        let e: f64 = rng.sample(StandardNormal);
+                        site.values[j * n + s] = b.link.forward(b.loc[j] + b.scale[j] * e);
+                    }
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Sampled plus derived NB sites (MAP when `draws` is `None`).
+pub fn nb_sites(spec: &NbSpec, blocks: &[GuideBlock], draws: Option<(usize, u64)>) -> Result<Vec<Site>> {
+    let mut sites = sampled_sites(blocks, draws);
+    let get = |name: &str, sites: &[Site]| -> Result<Site> {
+        sites
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .ok_or_else(|| CoreError::arg("params", format!("the fit has no '{name}' parameters")))
+    };
+    let n = sites[0].n_draws;
+    let gene = get(spec.param.gene_param(), &sites)?;
+    let scalar = get(spec.param.scalar_param(), &sites)?;
+    let g_len = gene.len();
+    // p per draw
+    let p: Vec<f64> = match spec.param {
+        Parameterization::MeanOdds => scalar.values.iter().map(|phi| 1.0 / (1.0 + phi)).collect(),
+        _ => scalar.values.clone(),
+    };
+    let mut r = vec![0.0; n * g_len];
+    let mut mu = vec![0.0; n * g_len];
+    for j in 0..g_len {
+        for s in 0..n {
+            let k = j * n + s;
+            let (ps, t) = (p[s], gene.values[k]);
+            let odds = ps / (1.0 - ps);
+            match spec.param {
+                Parameterization::Canonical => {
+                    r[k] = t;
+                    mu[k] = t * odds;
+                }
+                _ => {
+                    mu[k] = t;
+                    r[k] = t / odds;
+                }
+            }
+        }
+    }
+    let derived = |name: &str, kind, values| Site { name: name.to_string(), kind, n_draws: n, values };
+    sites.retain(|s| s.name != "r" && s.name != "mu" && s.name != "p" && s.name != "phi");
+    sites.push(derived("r", BlockKind::Gene, r));
+    sites.push(derived("mu", BlockKind::Gene, mu));
+    sites.push(derived("p", BlockKind::Scalar, p.clone()));
+    sites.push(derived("phi", BlockKind::Scalar, p.iter().map(|p| (1.0 - p) / p).collect()));
+    // Capture: ν, and the identified per-cell success probability p̂_c.
+    let cap = sites.iter().find(|s| s.kind == BlockKind::Cell).cloned();
+    if let Some(cap) = cap {
+        let nu: Vec<f64> = match cap.name.as_str() {
+            "p_capture" => cap.values.clone(),
+            "phi_capture" => cap.values.iter().map(|f| 1.0 / (1.0 + f)).collect(),
+            "eta_capture" => cap.values.iter().map(|e| (-e).exp()).collect(),
+            other => return Err(CoreError::arg("params", format!("unknown capture site '{other}'"))),
+        };
+        let c_len = cap.len();
+        let mut p_hat = vec![0.0; n * c_len];
+        for c in 0..c_len {
+            for s in 0..n {
+                let k = c * n + s;
+                p_hat[k] = p[s] * nu[k] / (1.0 - p[s] * (1.0 - nu[k]));
+            }
+        }
+        if cap.name == "phi_capture" || cap.name == "eta_capture" {
+            sites.push(derived("p_capture", BlockKind::Cell, nu));
+        }
+        sites.push(derived("p_hat", BlockKind::Cell, p_hat));
+    }
+    Ok(sites)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_are_density_maxima() {
+        for (link, loc, scale) in [(Link::Sigmoid, 0.3, 0.2), (Link::Sigmoid, -2.0, 1.5), (Link::Softplus, 0.5, 0.4), (Link::Exp, 1.0, 0.5)] {
+            let m = transformed_normal_mode(link, loc, scale);
+            let dens = |t: f64| {
+                let x = link.inverse(t);
+                let z = (x - loc) / scale;
+                -0.5 * z * z - link.eval(x).ln_jac
+            };
+            for d in [-1e-3, 1e-3] {
+                assert!(dens(m) >= dens(m * (1.0 + d)) - 1e-12, "{link:?} {loc} {scale}");
+            }
+        }
+        // Logit-normal with small scale: mode ≈ sigmoid(loc).
+        let m = transformed_normal_mode(Link::Sigmoid, 0.4, 1e-3);
+        assert!((m - crate::math::sigmoid(0.4)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn derived_sites_follow_parameterization_identities() {
+        let spec = NbSpec::new(crate::models::nb::Variant::Nbvcp, Parameterization::MeanOdds, true, Link::Softplus);
+        let blocks = vec![
+            GuideBlock { name: "mu".into(), kind: BlockKind::Gene, link: Link::Softplus, loc: vec![1.0, 2.0], scale: vec![0.1, 0.2] },
+            GuideBlock { name: "phi".into(), kind: BlockKind::Scalar, link: Link::Softplus, loc: vec![0.3], scale: vec![0.05] },
+            GuideBlock { name: "phi_capture".into(), kind: BlockKind::Cell, link: Link::Softplus, loc: vec![0.0, 1.0, 2.0], scale: vec![0.1; 3] },
+        ];
+        let sites = nb_sites(&spec, &blocks, Some((50, 3))).unwrap();
+        let by = |n: &str| sites.iter().find(|s| s.name == n).unwrap().clone();
+        let (r, mu, p, phi, nu, ph) = (by("r"), by("mu"), by("p"), by("phi"), by("p_capture"), by("p_hat"));
+        for s in 0..50 {
+            for g in 0..2 {
+                let k = g * 50 + s;
+                assert!((r.values[k] - mu.values[k] * phi.values[s]).abs() < 1e-12);
+                assert!((mu.values[k] - r.values[k] * p.values[s] / (1.0 - p.values[s])).abs() < 1e-9);
+            }
+            for c in 0..3 {
+                let k = c * 50 + s;
+                // logit p̂ = logit p + ln ν
+                let lhs = (ph.values[k] / (1.0 - ph.values[k])).ln();
+                let rhs = (p.values[s] / (1.0 - p.values[s])).ln() + nu.values[k].ln();
+                assert!((lhs - rhs).abs() < 1e-9);
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Stochastic variational inference: the training loop around the ELBO of
+//! [`elbo`], with mini-batching over cells, the optimizers of [`optim`],
+//! `stable_update`, early stopping / restore-best of [`early_stop`], and a
+//! Laplace-style initialisation of the guide.
+
+pub mod early_stop;
+pub mod elbo;
+pub mod optim;
+
+use crate::data::{Batch, BatchSampler};
+use crate::error::{CoreError, Result};
+use crate::models::{log_joint_grad, BlockKind, Model};
+use crate::progress::{Cancel, Progress};
+use early_stop::{Decision, EarlyStopping, Tracker};
+use elbo::{loss_and_grad, ElboBuffers};
+use optim::{Optimizer, OptimizerConfig};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// Settings of one SVI run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SviConfig {
+    pub n_steps: usize,
+    /// Cells per step; `None` = full batch.
+    pub batch_size: Option<usize>,
+    pub optimizer: OptimizerConfig,
+    /// Skip updates whose loss or gradient is not finite (and record NaN).
+    pub stable_update: bool,
+    /// Track and restore the best parameters even without early stopping.
+    pub restore_best: bool,
+    pub early_stopping: Option<EarlyStopping>,
+    pub seed: u64,
+    /// How many progress reports to emit over the run.
+    pub n_reports: usize,
+}
+
+impl Default for SviConfig {
+    fn default() -> Self {
+        SviConfig {
+            n_steps: 50_000,
+            batch_size: None,
+            optimizer: OptimizerConfig::default(),
+            stable_update: true,
+            restore_best: false,
+            early_stopping: None,
+            seed: 42,
+            n_reports: 100,
+        }
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone)]
+pub struct SviFit {
+    /// `[loc (n) | log_scale (n)]` over the model's layout.
+    pub params: Vec<f64>,
+    /// One `−ELBO` estimate per executed step (NaN where an update was skipped).
+    pub loss_history: Vec<f64>,
+    pub early_stopped: bool,
+    pub best_step: Option<usize>,
+    pub best_loss: f64,
+    pub restored_best: bool,
+}
+
+/// Consecutive non-finite steps after which a run is declared diverged.
+const MAX_NONFINITE_RUN: usize = 100;
+
+/// Starting guide: locations at the model's data-driven point; scales from the
+/// diagonal of the log-joint Hessian there (`1/sqrt(−H_jj)`, a Laplace
+/// approximation), so that the guide starts near its optimum instead of at
+/// the prior's width.
+pub fn initial_guide<M: Model>(model: &M, x0: &[f64]) -> Vec<f64> {
+    let n = x0.len();
+    let batch = Batch::full(model_data(model));
+    let mut ws = model.workspace();
+    let mut hdiag = vec![f64::NAN; n];
+    if model.blocks_are_separable() {
+        let (mut gp, mut gm) = (vec![0.0; n], vec![0.0; n]);
+        let h = 1e-4;
+        for block in &model.layout().blocks {
+            let mut x = x0.to_vec();
+            let r = block.offset..block.offset + block.len;
+            x[r.clone()].iter_mut().for_each(|v| *v += h);
+            log_joint_grad(model, &x, &batch, &mut gp, &mut ws);
+            x[r.clone()].iter_mut().for_each(|v| *v -= 2.0 * h);
+            log_joint_grad(model, &x, &batch, &mut gm, &mut ws);
+            for k in r {
+                hdiag[k] = (gp[k] - gm[k]) / (2.0 * h);
+            }
+        }
+    }
+    let mut v = x0.to_vec();
+    v.extend(hdiag.iter().map(|&h| {
+        let sd = if h.is_finite() && h < 0.0 { 1.0 / (-h).sqrt() } else { 0.1 };
+        sd.clamp(1e-4, 1.0).ln()
+    }));
+    v
+}
+
+fn model_data<M: Model>(model: &M) -> &crate::data::CountMatrix {
+    model.data()
+}
+
+/// Runs SVI from `init` (`[loc | log_scale]`, see [`initial_guide`]).
+pub fn run<M: Model>(
+    model: &M,
+    init: Vec<f64>,
+    cfg: &SviConfig,
+    progress: &dyn Progress,
+    cancel: &dyn Cancel,
+) -> Result<SviFit> {
+    cfg.optimizer.validate()?;
+    if cfg.n_steps < 1 {
+        return Err(CoreError::arg("n_steps", "must be at least 1"));
+    }
+    let data = model.data();
+    let n = model.layout().total;
+    if init.len() != 2 * n {
+        return Err(CoreError::arg("init", format!("expected {} values, got {}", 2 * n, init.len())));
+    }
+    let mut v = init;
+    let mut opt = Optimizer::new(cfg.optimizer.clone(), 2 * n);
+    let mut buf = ElboBuffers::new(model);
+    let mut grad = vec![0.0; 2 * n];
+    let mut rng_noise = ChaCha8Rng::seed_from_u64(cfg.seed);
+    rng_noise.set_stream(1);
+    let mut rng_batch = ChaCha8Rng::seed_from_u64(cfg.seed);
+    rng_batch.set_stream(2);
+    let mut batch = Batch::full(data);
+    let mut sampler = match cfg.batch_size {
+        Some(b) if b < data.n_cells => Some(BatchSampler::new(data.n_cells, b)),
+        _ => None,
+    };
+    let es_cfg = match (&cfg.early_stopping, cfg.restore_best) {
+        (Some(es), rb) => Some(EarlyStopping { restore_best: es.restore_best || rb, ..es.clone() }),
+        (None, true) => Some(EarlyStopping { enabled: false, restore_best: true, ..Default::default() }),
+        (None, false) => None,
+    };
+    let mut tracker = es_cfg.map(Tracker::new);
+    let mut best_params: Option<Vec<f64>> = None;
+    let mut losses = Vec::with_capacity(cfg.n_steps);
+    let report_every = (cfg.n_steps / cfg.n_reports.max(1)).max(1);
+    let mut last_report = 0usize;
+    let mut nonfinite_run = 0usize;
+    let mut early_stopped = false;
+    for t in 0..cfg.n_steps {
+        if cancel.cancelled() {
+            return Err(CoreError::Cancelled);
+        }
+        if let Some(s) = sampler.as_mut() {
+            let cells = s.draw(&mut rng_batch);
+            batch.set_cells(data, cells);
+        }
+        let loss = loss_and_grad(model, &v, &batch, &mut rng_noise, &mut buf, &mut grad);
+        let finite = loss.is_finite() && grad.iter().all(|g| g.is_finite());
+        if finite {
+            nonfinite_run = 0;
+            opt.step(&mut v, &grad);
+            losses.push(loss);
+        } else {
+            nonfinite_run += 1;
+            if !cfg.stable_update {
+                return Err(CoreError::NonFinite {
+                    step: t + 1,
+                    msg: "the loss or its gradient is not finite (stable_update = FALSE); try stable_update = TRUE or a smaller step_size".into(),
+                });
+            }
+            losses.push(f64::NAN);
+            if nonfinite_run >= MAX_NONFINITE_RUN {
+                return Err(CoreError::NonFinite {
+                    step: t + 1,
+                    msg: format!("{MAX_NONFINITE_RUN} consecutive steps had a non-finite loss; try a smaller step_size"),
+                });
+            }
+        }
+        if let Some(tr) = tracker.as_mut() {
+            match tr.check(t, &losses) {
+                Decision::Improved if tr.cfg.restore_best => best_params = Some(v.clone()),
+                Decision::Stop => {
+                    early_stopped = true;
+                    report(progress, &losses, &mut last_report, t + 1, cfg.n_steps);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if (t + 1) % report_every == 0 || t + 1 == cfg.n_steps {
+            report(progress, &losses, &mut last_report, t + 1, cfg.n_steps);
+        }
+    }
+    let restored_best = best_params.is_some();
+    if let Some(b) = best_params {
+        v = b;
+    }
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(CoreError::NonFinite { step: losses.len(), msg: "variational parameters are not finite".into() });
+    }
+    let (best_step, best_loss) = tracker.map_or((None, f64::NAN), |t| (t.best_step, t.best));
+    Ok(SviFit { params: v, loss_history: losses, early_stopped, best_step, best_loss, restored_best })
+}
+
+fn report(progress: &dyn Progress, losses: &[f64], last: &mut usize, step: usize, total: usize) {
+    let window = &losses[(*last).min(losses.len())..];
+    let (s, k) = window.iter().filter(|v| v.is_finite()).fold((0.0, 0), |(s, k), v| (s + v, k + 1));
+    progress.report(step, total, if k > 0 { s / k as f64 } else { f64::NAN });
+    *last = losses.len();
+}
+
+/// The kind of each coordinate (for callers that summarise a guide).
+pub fn block_kinds<M: Model>(model: &M) -> Vec<BlockKind> {
+    model.layout().blocks.iter().map(|b| b.kind).collect()
+}
