@@ -1,1 +1,404 @@
-// glue placeholder
+//! R bindings for scribe-core (extendr). Thin by design: convert R lists and
+//! dgCMatrix slots into core types, run engines on a worker thread while the R
+//! main thread prints progress and polls for interrupts, and turn core errors
+//! into R errors. No numerics live here.
+
+use extendr_api::prelude::*;
+use extendr_api::Result;
+use scribe_core::data::CountMatrix;
+use scribe_core::dist::{Link, Prior};
+use scribe_core::models::nb::{NbModel, NbSpec, Parameterization, Variant};
+use scribe_core::models::simulate::{simulate_nb, NbTruth};
+use scribe_core::models::{BlockKind, Model};
+use scribe_core::posterior::{nb_sites, GuideBlock};
+use scribe_core::progress::{Cancel, Progress};
+use scribe_core::svi::early_stop::EarlyStopping;
+use scribe_core::svi::optim::OptimizerConfig;
+use scribe_core::svi::{initial_guide, SviConfig};
+use scribe_core::CoreError;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+extern "C" {
+    // src/interrupt.c: R_CheckUserInterrupt under R_ToplevelExec, so the
+    // interrupt's longjmp never crosses a Rust frame.
+    fn scribeR_interrupt_pending() -> std::os::raw::c_int;
+}
+
+fn interrupt_pending() -> bool {
+    unsafe { scribeR_interrupt_pending() != 0 }
+}
+
+fn core_err(e: CoreError) -> Error {
+    Error::Other(e.to_string())
+}
+
+fn err(msg: impl Into<String>) -> Error {
+    Error::Other(msg.into())
+}
+
+// ---------------------------------------------------------------- conversion
+
+struct Args(HashMap<&'static str, Robj>);
+
+impl Args {
+    fn new(robj: &Robj, what: &str) -> Result<Self> {
+        let l: List = robj.clone().try_into().map_err(|_| err(format!("internal: `{what}` must be a list")))?;
+        Ok(Args(l.iter().collect()))
+    }
+    fn get(&self, k: &str) -> Option<&Robj> {
+        self.0.get(k).filter(|r| !r.is_null())
+    }
+    fn real(&self, k: &str) -> Result<f64> {
+        self.get(k).and_then(|r| r.as_real().or_else(|| r.as_integer().map(|i| i as f64))).ok_or_else(|| err(format!("`{k}` must be a number")))
+    }
+    fn real_or(&self, k: &str, d: f64) -> Result<f64> {
+        if self.get(k).is_some() {
+            self.real(k)
+        } else {
+            Ok(d)
+        }
+    }
+    fn opt_real(&self, k: &str) -> Result<Option<f64>> {
+        if self.get(k).is_some() {
+            self.real(k).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+    fn boolean(&self, k: &str) -> Result<bool> {
+        self.get(k).and_then(|r| r.as_bool()).ok_or_else(|| err(format!("`{k}` must be TRUE or FALSE")))
+    }
+    fn string(&self, k: &str) -> Result<String> {
+        self.get(k).and_then(|r| r.as_str()).map(|s| s.to_string()).ok_or_else(|| err(format!("`{k}` must be a string")))
+    }
+}
+
+fn parse_link(s: &str) -> Result<Link> {
+    match s {
+        "softplus" => Ok(Link::Softplus),
+        "exp" => Ok(Link::Exp),
+        "sigmoid" => Ok(Link::Sigmoid),
+        _ => Err(err(format!("`positive_transform` must be \"softplus\" or \"exp\", not \"{s}\""))),
+    }
+}
+
+fn nb_spec(model: &Robj) -> Result<NbSpec> {
+    let a = Args::new(model, "model")?;
+    let variant = Variant::parse(&a.string("model")?).map_err(core_err)?;
+    let param = Parameterization::parse(&a.string("parameterization")?).map_err(core_err)?;
+    let link = parse_link(&a.string("positive_transform")?)?;
+    let mut spec = NbSpec::new(variant, param, a.boolean("unconstrained")?, link);
+    if let Some(priors) = a.get("priors") {
+        let l: List = priors.clone().try_into().map_err(|_| err("`priors` must be a named list"))?;
+        for (name, val) in l.iter() {
+            let v = val.as_real_slice().ok_or_else(|| err(format!("`priors${name}` must be numeric")))?;
+            if v.len() != 2 {
+                return Err(err(format!("`priors${name}` must have two values")));
+            }
+            spec.set_prior(name, v[0], v[1]).map_err(core_err)?;
+        }
+    }
+    Ok(spec)
+}
+
+fn prior_robj(p: &Prior) -> Robj {
+    let (family, a, b) = match *p {
+        Prior::Normal { loc, scale } => ("normal", loc, scale),
+        Prior::LogNormal { loc, scale } => ("lognormal", loc, scale),
+        Prior::Beta { a, b } => ("beta", a, b),
+        Prior::BetaPrime { a, b } => ("betaprime", a, b),
+        Prior::TruncNormal0 { loc, scale } => ("truncnormal", loc, scale),
+    };
+    list!(family = family, hyper = vec![a, b]).into()
+}
+
+fn counts_from_slots(n_genes: i32, n_cells: i32, p: &Robj, i: &Robj, x: &Robj) -> Result<CountMatrix> {
+    let p = p.as_integer_slice().ok_or_else(|| err("internal: @p must be integer"))?;
+    let i = i.as_integer_slice().ok_or_else(|| err("internal: @i must be integer"))?;
+    let x = x.as_real_slice().ok_or_else(|| err("internal: @x must be double"))?;
+    CountMatrix::from_csc(n_genes as usize, n_cells as usize, p, i, x).map_err(core_err)
+}
+
+fn optimizer(robj: Option<&Robj>) -> Result<OptimizerConfig> {
+    let Some(robj) = robj else { return Ok(OptimizerConfig::default()) };
+    let a = Args::new(robj, "optimizer_config")?;
+    let name = a.string("name")?;
+    let step_size = a.real("step_size")?;
+    Ok(match name.as_str() {
+        "adam" | "clipped_adam" => OptimizerConfig::Adam {
+            step_size,
+            b1: a.real_or("b1", 0.9)?,
+            b2: a.real_or("b2", 0.999)?,
+            eps: a.real_or("eps", 1e-8)?,
+            clip: if name == "clipped_adam" { Some(a.real_or("clip_norm", 10.0)?) } else { None },
+        },
+        "adagrad" => OptimizerConfig::Adagrad { step_size, momentum: a.real_or("momentum", 0.9)? },
+        "rmsprop" => OptimizerConfig::RmsProp { step_size, gamma: a.real_or("gamma", 0.9)?, eps: a.real_or("eps", 1e-8)? },
+        "sgd" => OptimizerConfig::Sgd { step_size },
+        "momentum" => OptimizerConfig::Momentum { step_size, mass: a.real_or("momentum", 0.9)? },
+        other => return Err(err(format!("unsupported optimizer \"{other}\""))),
+    })
+}
+
+fn early_stopping(robj: Option<&Robj>) -> Result<Option<EarlyStopping>> {
+    let Some(robj) = robj else { return Ok(None) };
+    let a = Args::new(robj, "early_stopping")?;
+    let d = EarlyStopping::default();
+    let count = |k: &str, dv: usize| -> Result<usize> { Ok(a.real_or(k, dv as f64)? as usize) };
+    Ok(Some(EarlyStopping {
+        enabled: if a.get("enabled").is_some() { a.boolean("enabled")? } else { d.enabled },
+        patience: count("patience", d.patience)?,
+        min_delta: a.real_or("min_delta", d.min_delta)?,
+        min_delta_pct: a.opt_real("min_delta_pct")?,
+        check_every: count("check_every", d.check_every)?.max(1),
+        warmup: count("warmup", d.warmup)?,
+        smoothing_window: count("smoothing_window", d.smoothing_window)?.max(1),
+        restore_best: if a.get("restore_best").is_some() { a.boolean("restore_best")? } else { d.restore_best },
+    }))
+}
+
+fn svi_config(robj: &Robj) -> Result<SviConfig> {
+    let a = Args::new(robj, "svi")?;
+    Ok(SviConfig {
+        n_steps: a.real("n_steps")? as usize,
+        batch_size: a.opt_real("batch_size")?.map(|b| b as usize),
+        optimizer: optimizer(a.get("optimizer_config"))?,
+        stable_update: a.boolean("stable_update")?,
+        restore_best: a.boolean("restore_best")?,
+        early_stopping: early_stopping(a.get("early_stopping"))?,
+        seed: a.real("seed")? as u64,
+        n_reports: 100,
+    })
+}
+
+fn pool(num_threads: i32) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(num_threads.max(0) as usize)
+        .build()
+        .map_err(|e| err(format!("cannot start {num_threads} threads: {e}")))
+}
+
+// ------------------------------------------------------- progress/interrupts
+
+#[derive(Default)]
+struct SharedProgress {
+    state: Mutex<Option<(usize, usize, f64)>>,
+}
+
+impl Progress for SharedProgress {
+    fn report(&self, step: usize, total: usize, loss: f64) {
+        if let Ok(mut s) = self.state.lock() {
+            *s = Some((step, total, loss));
+        }
+    }
+}
+
+struct Flag(AtomicBool);
+impl Cancel for Flag {
+    fn cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs `work` on a scoped worker thread inside a rayon pool; the R main
+/// thread prints progress every 100 ms (when `verbose`) and raises the cancel
+/// flag on a user interrupt.
+fn run_with_progress<T: Send>(
+    label: &str,
+    verbose: bool,
+    num_threads: i32,
+    work: impl FnOnce(&SharedProgress, &Flag) -> std::result::Result<T, CoreError> + Send,
+) -> Result<T> {
+    let pool = pool(num_threads)?;
+    let progress = SharedProgress::default();
+    let cancel = Flag(AtomicBool::new(false));
+    let mut printed = false;
+    let res = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (pr, ca) = (&progress, &cancel);
+        let handle = s.spawn(move || {
+            let r = pool.install(|| work(pr, ca));
+            drop(tx);
+            r
+        });
+        let mut last = None;
+        let mut show = |force: bool| {
+            let cur = *progress.state.lock().unwrap_or_else(|e| e.into_inner());
+            if verbose && (cur != last || force) {
+                if let Some((step, total, loss)) = cur {
+                    let width = total.to_string().len();
+                    reprint!("\r{label} [{step:>width$}/{total}] loss {loss:.6e}   ");
+                    printed = true;
+                }
+                last = cur;
+            }
+        };
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_millis(100)) {
+            show(false);
+            if !cancel.cancelled() && interrupt_pending() {
+                cancel.0.store(true, Ordering::Relaxed);
+            }
+        }
+        show(false);
+        handle.join()
+    });
+    if printed {
+        reprintln!();
+    }
+    match res {
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(err(format!("internal error in the numerical core: {what}")))
+        }
+        Ok(r) => r.map_err(core_err),
+    }
+}
+
+// -------------------------------------------------------------- entry points
+
+/// Fits an NB-family model by SVI. `model` and `svi` are validated lists built
+/// by `scribe_fit()`; counts are the slots of a genes x cells dgCMatrix.
+/// @noRd
+#[extendr]
+fn rs_svi_fit(n_genes: i32, n_cells: i32, p: Robj, i: Robj, x: Robj, model: Robj, svi: Robj, verbose: bool, num_threads: i32) -> Result<Robj> {
+    let data = counts_from_slots(n_genes, n_cells, &p, &i, &x)?;
+    let spec = nb_spec(&model)?;
+    let cfg = svi_config(&svi)?;
+    if let Some(b) = cfg.batch_size {
+        if b == 0 || b > data.n_cells {
+            return Err(err(format!("`batch_size` ({b}) must be between 1 and the number of cells ({})", data.n_cells)));
+        }
+    }
+    let nb = NbModel::new(spec, &data).map_err(core_err)?;
+    let fit = run_with_progress("SVI", verbose, num_threads, |pr, ca| {
+        let init = initial_guide(&nb, &nb.initial_point());
+        scribe_core::svi::run(&nb, init, &cfg, pr, ca)
+    })?;
+    let n = nb.layout().total;
+    let mut names = Vec::new();
+    let mut blocks: Vec<Robj> = Vec::new();
+    let mut priors: Vec<Robj> = Vec::new();
+    for (b, blk) in nb.layout().blocks.iter().enumerate() {
+        let r = blk.offset..blk.offset + blk.len;
+        let loc = fit.params[r.clone()].to_vec();
+        let scale: Vec<f64> = fit.params[n + blk.offset..n + blk.offset + blk.len].iter().map(|v| v.exp()).collect();
+        let kind = match blk.kind {
+            BlockKind::Gene => "gene",
+            BlockKind::Scalar => "scalar",
+            BlockKind::Cell => "cell",
+        };
+        names.push(blk.name.clone());
+        blocks.push(list!(loc = loc, scale = scale, link = blk.link.name(), kind = kind).into());
+        priors.push(prior_robj(&nb.prior(b, 0)));
+    }
+    let params = List::from_names_and_values(names.clone(), blocks)?;
+    let priors = List::from_names_and_values(names, priors)?;
+    let best_step: Robj = fit.best_step.map_or(().into(), |s| ((s + 1) as f64).into());
+    Ok(list!(
+        params = params,
+        priors = priors,
+        loss_history = fit.loss_history,
+        early_stopped = fit.early_stopped,
+        best_step = best_step,
+        best_loss = fit.best_loss,
+        restored_best = fit.restored_best
+    )
+    .into())
+}
+
+fn guide_blocks(params: &Robj) -> Result<Vec<GuideBlock>> {
+    let l: List = params.clone().try_into().map_err(|_| err("internal: params must be a list"))?;
+    let mut out = Vec::new();
+    for (name, blk) in l.iter() {
+        let a = Args::new(&blk, "params block")?;
+        let loc = a.get("loc").and_then(|r| r.as_real_slice()).ok_or_else(|| err("internal: block loc"))?.to_vec();
+        let scale = a.get("scale").and_then(|r| r.as_real_slice()).ok_or_else(|| err("internal: block scale"))?.to_vec();
+        let kind = match a.string("kind")?.as_str() {
+            "gene" => BlockKind::Gene,
+            "scalar" => BlockKind::Scalar,
+            _ => BlockKind::Cell,
+        };
+        out.push(GuideBlock { name: name.to_string(), kind, link: parse_link(&a.string("link")?)?, loc, scale });
+    }
+    Ok(out)
+}
+
+/// MAP (n_draws = 0) or guide draws of every sampled and derived NB site.
+/// @noRd
+#[extendr]
+fn rs_nb_sites(model: Robj, params: Robj, n_draws: i32, seed: f64) -> Result<Robj> {
+    let spec = nb_spec(&model)?;
+    let blocks = guide_blocks(&params)?;
+    let draws = (n_draws > 0).then_some((n_draws as usize, seed as u64));
+    let sites = nb_sites(&spec, &blocks, draws).map_err(core_err)?;
+    let mut names = Vec::new();
+    let mut vals: Vec<Robj> = Vec::new();
+    for s in sites {
+        names.push(s.name.clone());
+        if draws.is_none() {
+            vals.push(s.values.into());
+        } else {
+            let len = s.len();
+            let mut m = RMatrix::<f64>::new(s.n_draws, len);
+            m.data_mut().copy_from_slice(&s.values);
+            vals.push(m.into());
+        }
+    }
+    Ok(List::from_names_and_values(names, vals)?.into())
+}
+
+/// Simulates counts from an NB-family model; returns the truth used and the
+/// genes x cells CSC slots. Missing truth components (`NULL`) are drawn from
+/// the core's default generator.
+/// @noRd
+#[extendr]
+fn rs_simulate_nb(model: &str, n_genes: i32, n_cells: i32, r: Robj, p: Robj, nu: Robj, gate: Robj, seed: f64) -> Result<Robj> {
+    let variant = Variant::parse(model).map_err(core_err)?;
+    let opt = |o: &Robj| o.as_real_slice().map(|s| s.to_vec());
+    let mut truth = NbTruth::random(variant, n_genes as usize, n_cells as usize, seed as u64);
+    if let Some(v) = opt(&r) {
+        truth.r = v;
+    }
+    if let Some(v) = p.as_real() {
+        truth.p = v;
+    }
+    if variant.has_capture() {
+        if let Some(v) = opt(&nu) {
+            truth.nu = Some(v);
+        }
+    }
+    if variant.has_gate() {
+        if let Some(v) = opt(&gate) {
+            truth.gate = Some(v);
+        }
+    }
+    let m = simulate_nb(&truth, seed as u64 + 1);
+    let pp: Vec<i32> = m.cell_ptr.iter().map(|&v| v as i32).collect();
+    let i: Vec<i32> = m.gene_idx.iter().map(|&v| v as i32).collect();
+    let x: Vec<f64> = m.counts.iter().map(|&v| v as f64).collect();
+    let none = || -> Robj { ().into() };
+    Ok(list!(
+        p = pp,
+        i = i,
+        x = x,
+        r = truth.r,
+        prob = truth.p,
+        p_capture = truth.nu.map_or_else(none, |v| v.into()),
+        gate = truth.gate.map_or_else(none, |v| v.into())
+    )
+    .into())
+}
+
+extendr_module! {
+    mod scribeR;
+    fn rs_svi_fit;
+    fn rs_nb_sites;
+    fn rs_simulate_nb;
+}

@@ -636,36 +636,37 @@ impl Model for NbModel<'_> {
                 (true, None) => (0.5 * l / mean_lib).clamp(0.01, 0.99),
             })
             .collect();
-        // Method of moments on capture-normalised counts: m_g = r_g·o, var ≈ m/ν̄ + m²/r.
-        let mut s1 = vec![0.0; g_n];
-        let mut s2 = vec![0.0; g_n];
+        // Method of moments given ν: E u_cg = m_g ν_c with m_g = r_g·o, and
+        // Var u_cg = m_g ν_c (1 + o ν_c). Per gene, m̂_g = Σ_c u_cg / Σ_c ν_c and
+        // ô_g = [Σ_c (u_cg − m̂_g ν_c)² − m̂_g Σν] / (m̂_g Σν²); the shared odds is the
+        // median of ô_g, and r_g = m̂_g / o matches every gene's mean exactly.
+        let (sum_nu, sum_nu2) = nu.iter().fold((0.0, 0.0), |(a, b), v| (a + v, b + v * v));
+        let mut s_u = vec![0.0; g_n];
+        let mut s_u2 = vec![0.0; g_n];
+        let mut s_unu = vec![0.0; g_n];
         for c in 0..c_n {
             let (genes, counts) = d.row(c);
             for (&g, &u) in genes.iter().zip(counts) {
-                let v = u as f64 / nu[c];
-                s1[g as usize] += v;
-                s2[g as usize] += v * v;
+                let (g, u) = (g as usize, u as f64);
+                s_u[g] += u;
+                s_u2[g] += u * u;
+                s_unu[g] += u * nu[c];
             }
         }
-        let inv_nu = nu.iter().map(|v| 1.0 / v).sum::<f64>() / cf;
-        let mut r_hat = vec![0.0; g_n];
-        let mut sum_m = 0.0;
-        for g in 0..g_n {
-            let m = s1[g] / cf;
-            let var = (s2[g] / cf - m * m).max(0.0);
-            let excess = var - m * inv_nu;
-            r_hat[g] = if m <= 0.0 {
-                1e-2
-            } else if excess <= 1e-3 * m * m {
-                1e3
-            } else {
-                (m * m / excess).clamp(1e-3, 1e3)
-            };
-            sum_m += m;
-        }
-        let sum_r: f64 = r_hat.iter().sum();
-        let odds = (sum_m / sum_r).clamp(1e-4, 1e4);
+        let m_hat: Vec<f64> = s_u.iter().map(|s| s / sum_nu).collect();
+        let mut o_g: Vec<f64> = (0..g_n)
+            .filter(|&g| d.gene_nnz[g] >= 3.0)
+            .map(|g| {
+                let m = m_hat[g];
+                let ss = s_u2[g] - 2.0 * m * s_unu[g] + m * m * sum_nu2;
+                (ss - m * sum_nu) / (m * sum_nu2)
+            })
+            .filter(|o| o.is_finite())
+            .collect();
+        o_g.sort_by(|a, b| a.total_cmp(b));
+        let odds = if o_g.is_empty() { 1.0 } else { o_g[o_g.len() / 2] }.clamp(1e-3, 1e3);
         let p = odds / (1.0 + odds);
+        let r_hat: Vec<f64> = m_hat.iter().map(|&m| (m / odds).clamp(1e-3, 1e4)).collect();
         let lay = &self.layout;
         let gb = &lay.blocks[self.b_gene];
         for g in 0..g_n {

@@ -1,0 +1,14 @@
+# Thin .Call wrappers around the Rust entry points (src/rust/scribe-r/src/lib.rs).
+# Internal: users call scribe_fit(), get_map() and friends.
+
+rs_svi_fit <- function(n_genes, n_cells, p, i, x, model, svi, verbose, num_threads) {
+  .Call(wrap__rs_svi_fit, n_genes, n_cells, p, i, x, model, svi, verbose, num_threads)
+}
+
+rs_nb_sites <- function(model, params, n_draws, seed) {
+  .Call(wrap__rs_nb_sites, model, params, n_draws, seed)
+}
+
+rs_simulate_nb <- function(model, n_genes, n_cells, r, p, nu, gate, seed) {
+  .Call(wrap__rs_simulate_nb, model, n_genes, n_cells, r, p, nu, gate, seed)
+}

@@ -1,0 +1,365 @@
+#' Fit a Bayesian count model to single-cell UMI counts
+#'
+#' One entry point for every model and engine. Methods exist for base
+#' matrices, `dgCMatrix` (and other `Matrix` classes), `DelayedMatrix`,
+#' `SummarizedExperiment`/`SingleCellExperiment` (the `assay` argument,
+#' default `"counts"`) and Seurat objects (the counts layer of `assay`,
+#' default `"RNA"`). Matrices are genes x cells. Sparse input is never
+#' densified: the likelihoods use per-gene count histograms, library sizes and
+#' closed-form zero terms.
+#'
+#' @section Models:
+#' `"nbdm"` (negative binomial with a shared success probability `p`),
+#' `"nbvcp"` (adds a per-cell capture probability), `"zinb"` and `"zinbvcp"`
+#' (add a per-gene zero-inflation gate). The NB convention is that of the
+#' original SCRIBE code: `NB(u | r, p)` has mean `r p / (1 - p)`.
+#' Instead of `model`, the flags `zero_inflation` and `variable_capture` may be
+#' given; an explicit `model` that contradicts them is an error.
+#'
+#' @section Parameterizations:
+#' `"canonical"` (alias `"standard"`) samples `p` and `r`; `"mean_prob"`
+#' (`"linked"`) samples `p` and `mu` with `r = mu (1 - p) / p`; `"mean_odds"`
+#' (`"odds_ratio"`) samples `phi` and `mu` with `r = mu phi`, `p = 1/(1 + phi)`
+#' and capture odds `phi_capture`. With `unconstrained = TRUE` every sampled
+#' parameter is a transformed Normal (`sigmoid` for probabilities,
+#' `positive_transform` for positive quantities).
+#'
+#' @section Priors:
+#' Defaults follow the original: `p ~ Beta(1, 1)`, `r, mu ~ LogNormal(0, 1)`,
+#' `phi, phi_capture ~ BetaPrime(1, 1)`, `p_capture ~ Beta(1, 1)`,
+#' `gate ~ Beta(1, 9)`; unconstrained: `Normal(0, 1)` (gate `Normal(-2, 1)`).
+#' `priors = list(name = c(a, b))` replaces the two hyper-parameters of a
+#' sampled parameter's prior (unlike the original, these are honoured). Names
+#' may be internal (`p`, `r`, `mu`, `phi`, `gate`, `p_capture`, `phi_capture`)
+#' or descriptive (`probability`, `dispersion`, `mean_expression`,
+#' `odds_ratio`, `zero_inflation`, `capture_probability`,
+#' `capture_odds_ratio`). `capture_efficiency = c(log(M0), sigma)` switches a
+#' capture model to the biology-informed prior
+#' `eta_c ~ TruncNormal(log M0 - log L_c, sigma, low = 0)`, `nu_c = exp(-eta_c)`.
+#'
+#' @section Variational guide:
+#' Mean-field: each unconstrained coordinate has an independent Normal, so
+#' `r`/`mu` have LogNormal guides (as in the original), while probabilities
+#' have logit-normal guides and odds log-normal ones (the original uses
+#' Beta/BetaPrime, which need implicit reparameterization gradients; the
+#' transformed-Normal families are reparameterized exactly). The guide starts
+#' at a method-of-moments point with scales from the diagonal of the
+#' log-posterior Hessian, so fits converge in far fewer steps than from the
+#' prior.
+#'
+#' @section Early stopping:
+#' `early_stopping = list(patience = 500, min_delta = 1, min_delta_pct = NULL,
+#' check_every = 100, warmup = 5000, smoothing_window = 100, restore_best =
+#' TRUE, enabled = TRUE)` (defaults shown) follows the original's algorithm:
+#' every `check_every` steps after `warmup`, the mean of the last
+#' `smoothing_window` finite losses is compared with the best so far.
+#'
+#' @param x Counts: see Description.
+#' @param ... Arguments passed on to the fitting routine (all listed below).
+#'   Unknown arguments are an error.
+#' @param model One of `"nbdm"`, `"nbvcp"`, `"zinb"`, `"zinbvcp"`. Default
+#'   `"nbvcp"` (or the model implied by the flags).
+#' @param inference_method `"svi"` (implemented), `"mcmc"`, `"vae"`, `"laplace"`.
+#' @param parameterization See the Parameterizations section.
+#' @param unconstrained Use transformed-Normal priors and guides.
+#' @param positive_transform `"softplus"` (default) or `"exp"`: the link of
+#'   positive parameters when `unconstrained = TRUE`.
+#' @param priors Named list of prior hyper-parameters; see Priors.
+#' @param zero_inflation,variable_capture Model flags, used when `model` is not given.
+#' @param n_components Number of mixture components (not yet available).
+#' @param n_steps Number of optimisation steps (default 50000).
+#' @param batch_size Cells per step; `NULL` = all cells.
+#' @param optimizer_config `NULL` (Adam, step size 1e-3) or a list with
+#'   `name` (`"adam"`, `"clipped_adam"`, `"adagrad"`, `"rmsprop"`, `"sgd"`,
+#'   `"momentum"`), `step_size` (required) and optionally `b1`, `b2`, `eps`,
+#'   `momentum`, `gamma`, `grad_clip_norm` (clipped_adam only, default 10).
+#' @param stable_update Skip updates with a non-finite loss or gradient.
+#' @param restore_best Return the parameters of the best smoothed loss.
+#' @param early_stopping `NULL` or a list; see Early stopping.
+#' @param seed Integer seed. `NULL` draws one from R's RNG, so `set.seed()`
+#'   makes fits reproducible; the seed used is stored in the result.
+#' @param num_threads Threads for the core; `NULL` = all cores.
+#' @param verbose Show a progress line.
+#' @param drop_empty Drop cells without counts instead of stopping.
+#' @param assay Assay to read from a `SummarizedExperiment` (default
+#'   `"counts"`) or Seurat object (default `"RNA"`).
+#' @return A [ScribeSVIResults-class] object.
+#' @examples
+#' counts <- scribe_example_data()
+#' fit <- scribe_fit(counts, model = "nbdm", n_steps = 300, seed = 1, verbose = FALSE,
+#'                   optimizer_config = list(name = "adam", step_size = 0.01))
+#' fit
+#' head(get_map(fit)$r)
+#' @export
+setGeneric("scribe_fit", function(x, ...) standardGeneric("scribe_fit"))
+
+#' @rdname scribe_fit
+#' @export
+setMethod("scribe_fit", "matrix", function(x, ...) {
+  .scribe_fit_counts(as_counts_dgc(x), ...)
+})
+
+#' @rdname scribe_fit
+#' @export
+setMethod("scribe_fit", "dgCMatrix", function(x, ...) {
+  .scribe_fit_counts(x, ...)
+})
+
+#' @rdname scribe_fit
+#' @export
+setMethod("scribe_fit", "Matrix", function(x, ...) {
+  .scribe_fit_counts(as_counts_dgc(x), ...)
+})
+
+#' @rdname scribe_fit
+#' @export
+setMethod("scribe_fit", "SummarizedExperiment", function(x, ..., assay = "counts") {
+  m <- counts_from_se(x, assay)
+  .scribe_fit_counts(as_counts_dgc(m, arg = "x"), ..., .assay_used = assay)
+})
+
+#' @rdname scribe_fit
+#' @export
+setMethod("scribe_fit", "ANY", function(x, ..., assay = NULL) {
+  if (inherits(x, "Seurat")) {
+    assay <- if (is.null(assay)) "RNA" else assay
+    m <- counts_from_seurat(x, assay)
+    return(.scribe_fit_counts(as_counts_dgc(m), ..., .assay_used = assay))
+  }
+  if (!is.null(assay)) abort_input("{.arg assay} only applies to SummarizedExperiment and Seurat input.")
+  .scribe_fit_counts(as_counts_dgc(x), ...)
+})
+
+.nb_models <- c("nbdm", "nbvcp", "zinb", "zinbvcp")
+.lognormal_models <- c("pln", "nbln", "lnm", "lnmvcp")
+.parameterizations <- c(canonical = "canonical", standard = "canonical", mean_prob = "mean_prob",
+                        linked = "mean_prob", mean_odds = "mean_odds", odds_ratio = "mean_odds")
+.fit_args <- c("model", "inference_method", "parameterization", "unconstrained", "positive_transform",
+               "priors", "zero_inflation", "variable_capture", "n_components", "n_steps", "batch_size",
+               "optimizer_config", "stable_update", "restore_best", "early_stopping", "seed",
+               "num_threads", "verbose", "drop_empty")
+
+.scribe_fit_counts <- function(counts, model = NULL, inference_method = "svi",
+                               parameterization = "canonical", unconstrained = FALSE,
+                               positive_transform = "softplus", priors = NULL,
+                               zero_inflation = NULL, variable_capture = NULL,
+                               n_components = NULL, n_steps = 50000L, batch_size = NULL,
+                               optimizer_config = NULL, stable_update = TRUE,
+                               restore_best = FALSE, early_stopping = NULL, seed = NULL,
+                               num_threads = getOption("scribeR.num_threads", 1L),
+                               verbose = interactive(), drop_empty = FALSE, ...,
+                               .assay_used = NULL) {
+  check_unknown_args(list(...))
+  model <- resolve_model(model, zero_inflation, variable_capture)
+  inference_method <- match_choice(inference_method, c("svi", "mcmc", "vae", "laplace"), "inference_method")
+  if (model %in% .lognormal_models) {
+    abort_unsupported(c(
+      "{.val {model}} is a log-normal model; it is fitted by {.code inference_method = \"laplace\"} or {.val vae}.",
+      "i" = "Those engines are not available in this version of scribeR."
+    ))
+  }
+  if (inference_method != "svi") {
+    abort_unsupported("{.code inference_method = \"{inference_method}\"} is not available in this version of scribeR; use {.val svi}.")
+  }
+  if (!is.null(n_components)) {
+    check_number(n_components, "n_components", "an integer >= 2", function(v) v >= 2 && v == round(v))
+    abort_unsupported("Mixture models ({.arg n_components}) are not available in this version of scribeR.")
+  }
+  parameterization <- .parameterizations[[match_choice(parameterization, names(.parameterizations), "parameterization")]]
+  check_flag(unconstrained, "unconstrained")
+  positive_transform <- match_choice(positive_transform, c("softplus", "exp"), "positive_transform")
+  check_flag(stable_update, "stable_update")
+  check_flag(restore_best, "restore_best")
+  check_flag(verbose, "verbose")
+  check_flag(drop_empty, "drop_empty")
+  check_number(n_steps, "n_steps", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  seed <- resolve_seed(seed)
+  num_threads <- resolve_threads(num_threads)
+
+  v <- validate_counts(counts, drop_empty = drop_empty)
+  counts <- v$counts
+  n_cells <- ncol(counts)
+  if (!is.null(batch_size)) {
+    check_number(batch_size, "batch_size", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+    if (batch_size > n_cells) {
+      abort_input("{.arg batch_size} ({batch_size}) is larger than the number of cells ({n_cells}).")
+    }
+  }
+  model_spec <- list(
+    model = model, parameterization = parameterization, unconstrained = unconstrained,
+    positive_transform = positive_transform,
+    priors = resolve_priors(priors, model, parameterization)
+  )
+  svi <- list(
+    n_steps = as.numeric(n_steps), batch_size = if (is.null(batch_size)) NULL else as.numeric(batch_size),
+    optimizer_config = resolve_optimizer(optimizer_config), stable_update = stable_update,
+    restore_best = restore_best, early_stopping = resolve_early_stopping(early_stopping), seed = seed
+  )
+  if (verbose && !is.null(.assay_used)) cli::cli_inform("Using assay {.val {.assay_used}}.")
+  t0 <- proc.time()[["elapsed"]]
+  res <- call_core(rs_svi_fit(
+    nrow(counts), ncol(counts), counts@p, counts@i, counts@x,
+    model_spec, svi, verbose, num_threads
+  ))
+  elapsed <- proc.time()[["elapsed"]] - t0
+  new_svi_results(res, counts, model_spec, svi, elapsed, v$dropped_cells, num_threads)
+}
+
+check_unknown_args <- function(dots) {
+  if (length(dots) == 0L) return(invisible())
+  nms <- names(dots)
+  if (is.null(nms) || any(nms == "")) {
+    abort_input("All arguments after {.arg x} must be named.")
+  }
+  if ("assay" %in% nms) {
+    abort_input("{.arg assay} only applies to SummarizedExperiment and Seurat input, not to a count matrix.")
+  }
+  hints <- vapply(nms, function(n) {
+    close <- .fit_args[utils::adist(n, .fit_args)[1, ] <= 2]
+    if (length(close) > 0L) paste0(" (did you mean `", close[1], "`?)") else ""
+  }, character(1))
+  abort_input(c("Unknown argument{?s} to {.fn scribe_fit}: {.arg {nms}}.",
+                stats::setNames(paste0("`", nms, "`", hints), rep("x", length(nms)))))
+}
+
+# Flags vs model: an explicit model wins; flags are only read when model is NULL,
+# and a model that contradicts given flags is an error naming both.
+resolve_model <- function(model, zero_inflation, variable_capture) {
+  if (!is.null(zero_inflation)) check_flag(zero_inflation, "zero_inflation")
+  if (!is.null(variable_capture)) check_flag(variable_capture, "variable_capture")
+  flags_given <- !is.null(zero_inflation) || !is.null(variable_capture)
+  from_flags <- function() {
+    zi <- isTRUE(zero_inflation)
+    vc <- if (is.null(variable_capture)) TRUE else variable_capture
+    if (zi && vc) "zinbvcp" else if (zi) "zinb" else if (vc) "nbvcp" else "nbdm"
+  }
+  if (is.null(model)) return(if (flags_given) from_flags() else "nbvcp")
+  model <- match_choice(model, c(.nb_models, .lognormal_models), "model")
+  if (flags_given && model %in% .nb_models) {
+    zi <- model %in% c("zinb", "zinbvcp")
+    vc <- model %in% c("nbvcp", "zinbvcp")
+    if ((!is.null(zero_inflation) && zero_inflation != zi) ||
+        (!is.null(variable_capture) && variable_capture != vc)) {
+      abort_input(c(
+        "{.arg model} = {.val {model}} contradicts the model flags.",
+        "x" = "zero_inflation = {format(zero_inflation)}, variable_capture = {format(variable_capture)}.",
+        "i" = "Give either {.arg model} or the flags, not both."
+      ))
+    }
+  }
+  if (model %in% .lognormal_models && isTRUE(zero_inflation)) {
+    abort_input("Zero inflation ({.arg zero_inflation}) is not supported for the log-normal model {.val {model}}.")
+  }
+  model
+}
+
+resolve_seed <- function(seed) {
+  if (is.null(seed)) return(as.numeric(sample.int(.Machine$integer.max, 1L)))
+  check_number(seed, "seed", "a non-negative whole number", function(v) v >= 0 && v == round(v))
+  as.numeric(seed)
+}
+
+resolve_threads <- function(num_threads) {
+  if (is.null(num_threads)) return(0L)
+  check_number(num_threads, "num_threads", "a whole number >= 1 (or NULL for all cores)",
+               function(v) v >= 1 && v == round(v))
+  as.integer(num_threads)
+}
+
+.prior_aliases <- c(probability = "p", dispersion = "r", mean_expression = "mu", odds_ratio = "phi",
+                    zero_inflation = "gate", capture_probability = "p_capture",
+                    capture_odds_ratio = "phi_capture", capture_efficiency = "eta_capture")
+
+sampled_sites <- function(model, parameterization) {
+  gene <- if (parameterization == "canonical") "r" else "mu"
+  scalar <- if (parameterization == "mean_odds") "phi" else "p"
+  cap <- if (parameterization == "mean_odds") "phi_capture" else "p_capture"
+  c(gene, scalar,
+    if (model %in% c("nbvcp", "zinbvcp")) c(cap, "eta_capture"),
+    if (model %in% c("zinb", "zinbvcp")) "gate")
+}
+
+resolve_priors <- function(priors, model, parameterization) {
+  if (is.null(priors)) return(list())
+  if (!is.list(priors) || is.null(names(priors)) || any(names(priors) == "")) {
+    abort_input("{.arg priors} must be a named list, e.g. {.code list(p = c(2, 2))}.")
+  }
+  nms <- names(priors)
+  internal <- ifelse(nms %in% names(.prior_aliases), .prior_aliases[nms], nms)
+  dup <- internal[duplicated(internal)]
+  if (length(dup) > 0L) {
+    abort_input("Ambiguous {.arg priors}: {.val {unique(dup)}} is given twice (under its name and an alias).")
+  }
+  allowed <- sampled_sites(model, parameterization)
+  out <- list()
+  for (k in seq_along(priors)) {
+    name <- internal[k]
+    val <- priors[[k]]
+    if (!(name %in% allowed)) {
+      abort_input(c(
+        "{.arg priors} has no parameter {.val {nms[k]}} for model {.val {model}} ({parameterization}).",
+        "i" = "Sampled parameters: {.val {setdiff(allowed, 'eta_capture')}}{if ('eta_capture' %in% allowed) ', capture_efficiency' else ''}."
+      ))
+    }
+    if (!is.numeric(val) || length(val) != 2L || anyNA(val) || any(!is.finite(val))) {
+      abort_input("{.arg priors${nms[k]}} must be two finite numbers, e.g. {.code c(1, 1)}.")
+    }
+    out[[name]] <- as.numeric(val)
+  }
+  out
+}
+
+resolve_optimizer <- function(cfg) {
+  if (is.null(cfg)) return(NULL)
+  if (!is.list(cfg)) abort_input("{.arg optimizer_config} must be a list, e.g. {.code list(name = \"adam\", step_size = 1e-3)}.")
+  known <- c("name", "step_size", "b1", "b2", "eps", "momentum", "gamma", "grad_clip_norm")
+  bad <- setdiff(names(cfg), known)
+  if (length(bad) > 0L) {
+    abort_input(c("Unknown {.arg optimizer_config} field{?s}: {.val {bad}}.", "i" = "Known fields: {.val {known}}."))
+  }
+  name <- if (is.null(cfg$name)) "adam" else tolower(trimws(cfg$name))
+  name <- match_choice(name, c("adam", "clipped_adam", "adagrad", "rmsprop", "sgd", "momentum"), "optimizer_config$name")
+  if (is.null(cfg$step_size)) {
+    abort_input("{.arg optimizer_config} needs a {.field step_size} (e.g. 1e-3).")
+  }
+  check_number(cfg$step_size, "optimizer_config$step_size", "a positive number", function(v) v > 0)
+  for (f in c("b1", "b2", "momentum", "gamma")) {
+    check_number(cfg[[f]], paste0("optimizer_config$", f), "a number in [0, 1)", function(v) v >= 0 && v < 1, allow_null = TRUE)
+  }
+  check_number(cfg$eps, "optimizer_config$eps", "a positive number", function(v) v > 0, allow_null = TRUE)
+  if (!is.null(cfg$grad_clip_norm)) {
+    if (name != "clipped_adam") {
+      abort_input("{.field grad_clip_norm} in {.arg optimizer_config} is only supported with {.code name = \"clipped_adam\"}.")
+    }
+    check_number(cfg$grad_clip_norm, "optimizer_config$grad_clip_norm", "a positive number", function(v) v > 0)
+  }
+  out <- cfg[setdiff(names(cfg), "grad_clip_norm")]
+  out$name <- name
+  if (!is.null(cfg$grad_clip_norm)) out$clip_norm <- cfg$grad_clip_norm
+  lapply(out, function(v) if (is.numeric(v)) as.numeric(v) else v)
+}
+
+resolve_early_stopping <- function(es) {
+  if (is.null(es)) return(NULL)
+  if (isTRUE(es)) es <- list()
+  if (!is.list(es)) abort_input("{.arg early_stopping} must be NULL, TRUE or a list of settings.")
+  known <- c("enabled", "patience", "min_delta", "min_delta_pct", "check_every", "warmup",
+             "smoothing_window", "restore_best")
+  bad <- setdiff(names(es), known)
+  if (length(bad) > 0L) {
+    abort_input(c("Unknown {.arg early_stopping} field{?s}: {.val {bad}}.", "i" = "Known fields: {.val {known}}."))
+  }
+  whole <- function(v) v == round(v)
+  check_number(es$patience, "early_stopping$patience", "a whole number > 0", function(v) v > 0 && whole(v), TRUE)
+  check_number(es$check_every, "early_stopping$check_every", "a whole number > 0", function(v) v > 0 && whole(v), TRUE)
+  check_number(es$smoothing_window, "early_stopping$smoothing_window", "a whole number > 0", function(v) v > 0 && whole(v), TRUE)
+  check_number(es$warmup, "early_stopping$warmup", "a whole number >= 0", function(v) v >= 0 && whole(v), TRUE)
+  check_number(es$min_delta, "early_stopping$min_delta", "a number >= 0", function(v) v >= 0, TRUE)
+  check_number(es$min_delta_pct, "early_stopping$min_delta_pct", "a number >= 0", function(v) v >= 0, TRUE)
+  if (!is.null(es$enabled)) check_flag(es$enabled, "early_stopping$enabled")
+  if (!is.null(es$restore_best)) check_flag(es$restore_best, "early_stopping$restore_best")
+  if (!is.null(es$smoothing_window) && es$smoothing_window > 1000) {
+    cli::cli_warn("{.field smoothing_window} = {es$smoothing_window} averages over a very long window.")
+  }
+  lapply(es, function(v) if (is.numeric(v)) as.numeric(v) else v)
+}

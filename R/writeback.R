@@ -1,0 +1,70 @@
+#' Write a fit back into a SingleCellExperiment
+#'
+#' Gene-level MAP estimates go to `rowData()` (`scribe_r`, `scribe_mu`,
+#' `scribe_gate`), cell-level ones to `colData()` (`scribe_p_capture`,
+#' `scribe_p_hat`), and a summary (model, scalars, loss history, seed) to
+#' `metadata()$scribe`. Existing columns are only replaced with
+#' `overwrite = TRUE`. Cells dropped by `drop_empty = TRUE` get `NA`.
+#'
+#' @param sce A `SingleCellExperiment` or `SummarizedExperiment` with the
+#'   fitted genes and cells.
+#' @param fit A [ScribeSVIResults-class] object fitted to `sce`.
+#' @param overwrite Replace existing `scribe_*` columns and metadata.
+#' @return `sce` with the fit added.
+#' @examples
+#' if (requireNamespace("SingleCellExperiment", quietly = TRUE)) {
+#'   counts <- scribe_example_data()
+#'   sce <- SingleCellExperiment::SingleCellExperiment(list(counts = counts))
+#'   fit <- scribe_fit(sce, model = "nbvcp", n_steps = 200, seed = 1, verbose = FALSE,
+#'                     optimizer_config = list(name = "adam", step_size = 0.01))
+#'   sce <- add_scribe_fit(sce, fit)
+#'   head(SummarizedExperiment::rowData(sce))
+#' }
+#' @export
+add_scribe_fit <- function(sce, fit, overwrite = FALSE) {
+  if (!is(sce, "SummarizedExperiment")) {
+    abort_input("{.arg sce} must be a SingleCellExperiment or SummarizedExperiment, not {.cls {class(sce)[1]}}.")
+  }
+  if (!is(fit, "ScribeResults")) abort_input("{.arg fit} must be a scribeR results object.")
+  check_flag(overwrite, "overwrite")
+  genes <- rownames(sce)
+  cells <- colnames(sce)
+  if (is.null(genes)) genes <- paste0("gene", seq_len(nrow(sce)))
+  if (is.null(cells)) cells <- paste0("cell", seq_len(ncol(sce)))
+  if (!identical(genes, fit@gene_names)) {
+    abort_input("The genes of {.arg sce} are not the genes of {.arg fit} ({nrow(sce)} vs {length(fit@gene_names)}).")
+  }
+  if (!all(fit@cell_names %in% cells) || length(setdiff(cells, c(fit@cell_names, fit@dropped_cells))) > 0L) {
+    abort_input("The cells of {.arg sce} are not the cells of {.arg fit}.")
+  }
+  map <- get_map(fit)
+  rd <- SummarizedExperiment::rowData(sce)
+  cd <- SummarizedExperiment::colData(sce)
+  put <- function(df, col, values, where) {
+    if (col %in% names(df) && !overwrite) {
+      abort_input("{where} already has a column {.field {col}}; use {.code overwrite = TRUE} to replace it.")
+    }
+    df[[col]] <- values
+    df
+  }
+  for (n in intersect(c("r", "mu", "gate"), names(map))) {
+    rd <- put(rd, paste0("scribe_", n), unname(map[[n]]), "rowData(sce)")
+  }
+  for (n in intersect(c("p_capture", "p_hat"), names(map))) {
+    v <- rep(NA_real_, length(cells))
+    v[match(fit@cell_names, cells)] <- unname(map[[n]])
+    cd <- put(cd, paste0("scribe_", n), v, "colData(sce)")
+  }
+  SummarizedExperiment::rowData(sce) <- rd
+  SummarizedExperiment::colData(sce) <- cd
+  md <- S4Vectors::metadata(sce)
+  if (!is.null(md$scribe) && !overwrite) {
+    abort_input("{.code metadata(sce)$scribe} already exists; use {.code overwrite = TRUE} to replace it.")
+  }
+  md$scribe <- list(
+    model = fit@model, engine = class(fit)[1], p = map$p, phi = map$phi,
+    loss_history = loss_history(fit), seed = fit@seed, dropped_cells = fit@dropped_cells
+  )
+  S4Vectors::metadata(sce) <- md
+  sce
+}

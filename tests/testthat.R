@@ -1,0 +1,4 @@
+library(testthat)
+library(scribeR)
+
+test_check("scribeR")
