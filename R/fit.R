@@ -1,6 +1,6 @@
 #' Fit a Bayesian count model to single-cell UMI counts
 #'
-#' One entry point for every model and engine. Methods exist for base
+#' One entry point for every model and engine. Accepts base
 #' matrices, `dgCMatrix` (and other `Matrix` classes), `DelayedMatrix`,
 #' `SummarizedExperiment`/`SingleCellExperiment` (the `assay` argument,
 #' default `"counts"`) and Seurat objects (the counts layer of `assay`,
@@ -55,8 +55,6 @@
 #' `smoothing_window` finite losses is compared with the best so far.
 #'
 #' @param x Counts: see Description.
-#' @param ... Arguments passed on to the fitting routine (all listed below).
-#'   Unknown arguments are an error.
 #' @param model One of `"nbdm"`, `"nbvcp"`, `"zinb"`, `"zinbvcp"`. Default
 #'   `"nbvcp"` (or the model implied by the flags).
 #' @param inference_method `"svi"` (implemented), `"mcmc"`, `"vae"`, `"laplace"`.
@@ -75,59 +73,103 @@
 #'   `momentum`, `gamma`, `grad_clip_norm` (clipped_adam only, default 10).
 #' @param stable_update Skip updates with a non-finite loss or gradient.
 #' @param restore_best Return the parameters of the best smoothed loss.
-#' @param early_stopping `NULL` or a list; see Early stopping.
+#' @param early_stopping `NULL`, `TRUE` (defaults) or a list; see Early stopping.
 #' @param seed Integer seed. `NULL` draws one from R's RNG, so `set.seed()`
 #'   makes fits reproducible; the seed used is stored in the result.
-#' @param num_threads Threads for the core; `NULL` = all cores.
+#' @param num_threads Threads for the core; `NULL` = all cores. Results do not
+#'   depend on it.
 #' @param verbose Show a progress line.
 #' @param drop_empty Drop cells without counts instead of stopping.
 #' @param assay Assay to read from a `SummarizedExperiment` (default
 #'   `"counts"`) or Seurat object (default `"RNA"`).
+#' @param ... Must be empty: unknown arguments are an error that suggests
+#'   the closest argument name.
 #' @return A [ScribeSVIResults-class] object.
+#' @seealso [scribe_counts()] for the supported input classes.
 #' @examples
 #' counts <- scribe_example_data()
-#' fit <- scribe_fit(counts, model = "nbdm", n_steps = 300, seed = 1, verbose = FALSE,
-#'                   optimizer_config = list(name = "adam", step_size = 0.01))
+#' fit <- scribe_fit(counts, model = "nbdm", n_steps = 300, seed = 1, verbose = FALSE)
 #' fit
 #' head(get_map(fit)$r)
 #' @export
-setGeneric("scribe_fit", function(x, ...) standardGeneric("scribe_fit"))
-
-#' @rdname scribe_fit
-#' @export
-setMethod("scribe_fit", "matrix", function(x, ...) {
-  .scribe_fit_counts(as_counts_dgc(x), ...)
-})
-
-#' @rdname scribe_fit
-#' @export
-setMethod("scribe_fit", "dgCMatrix", function(x, ...) {
-  .scribe_fit_counts(x, ...)
-})
-
-#' @rdname scribe_fit
-#' @export
-setMethod("scribe_fit", "Matrix", function(x, ...) {
-  .scribe_fit_counts(as_counts_dgc(x), ...)
-})
-
-#' @rdname scribe_fit
-#' @export
-setMethod("scribe_fit", "SummarizedExperiment", function(x, ..., assay = "counts") {
-  m <- counts_from_se(x, assay)
-  .scribe_fit_counts(as_counts_dgc(m, arg = "x"), ..., .assay_used = assay)
-})
-
-#' @rdname scribe_fit
-#' @export
-setMethod("scribe_fit", "ANY", function(x, ..., assay = NULL) {
-  if (inherits(x, "Seurat")) {
-    assay <- if (is.null(assay)) "RNA" else assay
-    m <- counts_from_seurat(x, assay)
-    return(.scribe_fit_counts(as_counts_dgc(m), ..., .assay_used = assay))
+scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterization = "canonical",
+                       unconstrained = FALSE, positive_transform = "softplus", priors = NULL,
+                       zero_inflation = NULL, variable_capture = NULL, n_components = NULL,
+                       n_steps = 50000L, batch_size = NULL, optimizer_config = NULL,
+                       stable_update = TRUE, restore_best = FALSE, early_stopping = NULL,
+                       seed = NULL, num_threads = getOption("scribeR.num_threads", 1L),
+                       verbose = interactive(), drop_empty = FALSE, assay = NULL, ...) {
+  check_unknown_args(list(...))
+  counts <- scribe_counts(x, assay = assay)
+  if (isTRUE(verbose) && !is.null(attr(counts, "scribe_assay"))) {
+    cli::cli_inform("Using assay {.val {attr(counts, 'scribe_assay')}}.")
   }
-  if (!is.null(assay)) abort_input("{.arg assay} only applies to SummarizedExperiment and Seurat input.")
-  .scribe_fit_counts(as_counts_dgc(x), ...)
+  .scribe_fit_counts(
+    counts, model = model, inference_method = inference_method, parameterization = parameterization,
+    unconstrained = unconstrained, positive_transform = positive_transform, priors = priors,
+    zero_inflation = zero_inflation, variable_capture = variable_capture, n_components = n_components,
+    n_steps = n_steps, batch_size = batch_size, optimizer_config = optimizer_config,
+    stable_update = stable_update, restore_best = restore_best, early_stopping = early_stopping,
+    seed = seed, num_threads = num_threads, verbose = verbose, drop_empty = drop_empty
+  )
+}
+
+#' Extract a genes x cells count matrix from supported inputs
+#'
+#' The input side of [scribe_fit()]: methods for base matrices (integer or
+#' double), `dgCMatrix` and other `Matrix` classes, `DelayedMatrix` (read in
+#' column blocks straight into sparse form), `SummarizedExperiment` /
+#' `SingleCellExperiment` (`assay`, default `"counts"`, a name or a number)
+#' and Seurat objects (counts of `assay`, default `"RNA"`). Define a method
+#' for a new class to make `scribe_fit()` accept it.
+#'
+#' @param x An object holding counts.
+#' @param assay Assay to use (only for objects with several).
+#' @param ... Unused.
+#' @return A `dgCMatrix` (genes x cells); for objects with assays, the used
+#'   assay is recorded in the attribute `"scribe_assay"`.
+#' @examples
+#' m <- matrix(rpois(20, 2), 4, 5)
+#' scribe_counts(m)
+#' @export
+setGeneric("scribe_counts", function(x, assay = NULL, ...) standardGeneric("scribe_counts"))
+
+no_assay <- function(assay) {
+  if (!is.null(assay)) {
+    abort_input("{.arg assay} only applies to SummarizedExperiment and Seurat input, not to a count matrix.")
+  }
+}
+
+#' @rdname scribe_counts
+setMethod("scribe_counts", "matrix", function(x, assay = NULL, ...) {
+  no_assay(assay)
+  as_counts_dgc(x)
+})
+
+#' @rdname scribe_counts
+setMethod("scribe_counts", "Matrix", function(x, assay = NULL, ...) {
+  no_assay(assay)
+  as_counts_dgc(x)
+})
+
+#' @rdname scribe_counts
+setMethod("scribe_counts", "SummarizedExperiment", function(x, assay = NULL, ...) {
+  if (is.null(assay)) assay <- "counts"
+  m <- as_counts_dgc(counts_from_se(x, assay))
+  attr(m, "scribe_assay") <- assay
+  m
+})
+
+#' @rdname scribe_counts
+setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
+  if (inherits(x, "Seurat")) {
+    if (is.null(assay)) assay <- "RNA"
+    m <- as_counts_dgc(counts_from_seurat(x, assay))
+    attr(m, "scribe_assay") <- assay
+    return(m)
+  }
+  no_assay(assay)
+  as_counts_dgc(x)
 })
 
 .nb_models <- c("nbdm", "nbvcp", "zinb", "zinbvcp")
@@ -137,7 +179,7 @@ setMethod("scribe_fit", "ANY", function(x, ..., assay = NULL) {
 .fit_args <- c("model", "inference_method", "parameterization", "unconstrained", "positive_transform",
                "priors", "zero_inflation", "variable_capture", "n_components", "n_steps", "batch_size",
                "optimizer_config", "stable_update", "restore_best", "early_stopping", "seed",
-               "num_threads", "verbose", "drop_empty")
+               "num_threads", "verbose", "drop_empty", "assay")
 
 .scribe_fit_counts <- function(counts, model = NULL, inference_method = "svi",
                                parameterization = "canonical", unconstrained = FALSE,
@@ -147,9 +189,7 @@ setMethod("scribe_fit", "ANY", function(x, ..., assay = NULL) {
                                optimizer_config = NULL, stable_update = TRUE,
                                restore_best = FALSE, early_stopping = NULL, seed = NULL,
                                num_threads = getOption("scribeR.num_threads", 1L),
-                               verbose = interactive(), drop_empty = FALSE, ...,
-                               .assay_used = NULL) {
-  check_unknown_args(list(...))
+                               verbose = interactive(), drop_empty = FALSE) {
   model <- resolve_model(model, zero_inflation, variable_capture)
   inference_method <- match_choice(inference_method, c("svi", "mcmc", "vae", "laplace"), "inference_method")
   if (model %in% .lognormal_models) {
@@ -195,7 +235,6 @@ setMethod("scribe_fit", "ANY", function(x, ..., assay = NULL) {
     optimizer_config = resolve_optimizer(optimizer_config), stable_update = stable_update,
     restore_best = restore_best, early_stopping = resolve_early_stopping(early_stopping), seed = seed
   )
-  if (verbose && !is.null(.assay_used)) cli::cli_inform("Using assay {.val {.assay_used}}.")
   t0 <- proc.time()[["elapsed"]]
   res <- call_core(rs_svi_fit(
     nrow(counts), ncol(counts), counts@p, counts@i, counts@x,
@@ -210,9 +249,6 @@ check_unknown_args <- function(dots) {
   nms <- names(dots)
   if (is.null(nms) || any(nms == "")) {
     abort_input("All arguments after {.arg x} must be named.")
-  }
-  if ("assay" %in% nms) {
-    abort_input("{.arg assay} only applies to SummarizedExperiment and Seurat input, not to a count matrix.")
   }
   hints <- vapply(nms, function(n) {
     close <- .fit_args[utils::adist(n, .fit_args)[1, ] <= 2]

@@ -93,9 +93,10 @@ counts_from_seurat <- function(x, assay) {
     abort_input(c("{.arg assay} must name an assay of the Seurat object.",
                   "i" = "Available assays: {.val {SeuratObject::Assays(x)}}."))
   }
-  ns <- asNamespace("SeuratObject")
-  if (exists("LayerData", envir = ns) && utils::packageVersion("SeuratObject") >= "5.0.0") {
-    return(SeuratObject::LayerData(x, assay = assay, layer = "counts"))
+  # SeuratObject 5 reads layers; version 4 (Debian's) only has slots.
+  if (utils::packageVersion("SeuratObject") >= "5.0.0") {
+    layer_data <- getExportedValue("SeuratObject", "LayerData")
+    return(layer_data(x, assay = assay, layer = "counts"))
   }
   SeuratObject::GetAssayData(x, assay = assay, slot = "counts")
 }

@@ -1,1 +1,53 @@
-fn main() {}
+//! One ELBO-gradient evaluation (the cost of an SVI step) on simulated data
+//! shaped like pbmc3k after filtering genes seen in ≥ 3 cells: 2700 cells ×
+//! 13 700 genes, ~2.3 M nonzeros. `cargo bench -p scribe-core`.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use scribe_core::data::Batch;
+use scribe_core::dist::Link;
+use scribe_core::models::nb::{NbModel, NbSpec, Parameterization, Variant};
+use scribe_core::models::simulate::{simulate_nb, NbTruth};
+use scribe_core::models::Model;
+use scribe_core::svi::elbo::{loss_and_grad, ElboBuffers};
+use scribe_core::svi::initial_guide;
+
+fn pbmc_like(variant: Variant) -> scribe_core::data::CountMatrix {
+    let mut t = NbTruth::random(variant, 13_700, 2700, 7);
+    // Most genes are lowly expressed: scale r so about 6 % of entries are nonzero.
+    t.r.iter_mut().for_each(|r| *r *= 0.06);
+    simulate_nb(&t, 8)
+}
+
+fn bench(c: &mut Criterion) {
+    for variant in [Variant::Nbvcp, Variant::Zinbvcp] {
+        let data = pbmc_like(variant);
+        let model = NbModel::new(NbSpec::new(variant, Parameterization::Canonical, false, Link::Exp), &data).unwrap();
+        let v = initial_guide(&model, &model.initial_point());
+        let mut buf = ElboBuffers::new(&model);
+        let mut grad = vec![0.0; v.len()];
+        let full = Batch::full(&data);
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let name = format!("{}_elbo_grad_pbmc3k_like_full_batch (nnz {}, pairs {})", variant.name(), data.nnz(), data.n_pairs());
+        c.bench_function(&name, |b| b.iter(|| loss_and_grad(&model, &v, &full, &mut rng, &mut buf, &mut grad)));
+        let mut batch = Batch::full(&data);
+        let cells: Vec<u32> = (0..512u32).map(|k| k * 5).collect();
+        batch.set_cells(&data, &cells);
+        let name = format!("{}_elbo_grad_pbmc3k_like_batch512", variant.name());
+        c.bench_function(&name, |b| {
+            b.iter(|| {
+                batch.set_cells(&data, &cells);
+                loss_and_grad(&model, &v, &batch, &mut rng, &mut buf, &mut grad)
+            })
+        });
+        let _ = model.layout();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(5));
+    targets = bench
+}
+criterion_main!(benches);
