@@ -51,6 +51,39 @@ pub fn digamma(x: f64) -> f64 {
     acc + y.ln() - 0.5 * inv - series
 }
 
+/// Trigamma `ψ₁(x)` for `x > 0`.
+pub fn trigamma(x: f64) -> f64 {
+    if !(x > 0.0) {
+        return f64::NAN;
+    }
+    let mut acc = 0.0;
+    let mut y = x;
+    while y < 10.0 {
+        acc += 1.0 / (y * y);
+        y += 1.0;
+    }
+    let inv = 1.0 / y;
+    let inv2 = inv * inv;
+    // ψ₁(y) ~ 1/y + 1/(2y²) + Σ B_2k / y^(2k+1)
+    let series = inv * (1.0 + inv * (0.5 + inv * (1.0 / 6.0 - inv2 * (1.0 / 30.0 - inv2 * (1.0 / 42.0 - inv2 / 30.0)))));
+    acc + series
+}
+
+/// `ψ₁(n + r) − ψ₁(r)` for an integer count `n ≥ 0` and `r > 0`.
+#[inline]
+pub fn trigamma_diff(n: u32, r: f64) -> f64 {
+    if n <= 16 {
+        let mut s = 0.0;
+        for j in 0..n {
+            let v = r + j as f64;
+            s -= 1.0 / (v * v);
+        }
+        s
+    } else {
+        trigamma(n as f64 + r) - trigamma(r)
+    }
+}
+
 /// `ln B(a, b)`.
 pub fn lbeta(a: f64, b: f64) -> f64 {
     lgamma(a) + lgamma(b) - lgamma(a + b)
@@ -218,6 +251,21 @@ mod tests {
                 if r < 1e12 {
                     assert!((digamma_diff(n, r) - dg).abs() <= 1e-9 * dg.abs().max(1.0), "digamma_diff n={n} r={r}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn trigamma_matches_derivative_of_digamma() {
+        for &x in &[1e-3, 0.2, 1.0, 3.3, 9.5, 10.5, 80.0, 1e4] {
+            let h = 1e-5 * x;
+            let fd = (sg::digamma(x + h) - sg::digamma(x - h)) / (2.0 * h);
+            assert!((trigamma(x) - fd).abs() < 1e-6 * fd.abs(), "x={x}: {} vs {fd}", trigamma(x));
+        }
+        for n in [0u32, 1, 3, 16, 17, 100] {
+            for &r in &[0.05, 1.0, 30.0] {
+                let want = trigamma(n as f64 + r) - trigamma(r);
+                assert!((trigamma_diff(n, r) - want).abs() < 1e-9 * want.abs().max(1e-12), "n={n} r={r}");
             }
         }
     }

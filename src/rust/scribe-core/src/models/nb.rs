@@ -18,7 +18,7 @@ use super::{BlockKind, Layout, Model};
 use crate::data::{Batch, CountMatrix};
 use crate::dist::{Link, Prior};
 use crate::error::{CoreError, Result};
-use crate::math::{digamma_diff, lgamma_diff, ln_sigmoid, logit, sigmoid, softplus, softplus_inv};
+use crate::math::{digamma_diff, lgamma_diff, ln_sigmoid, logit, sigmoid, softplus, softplus_inv, trigamma_diff};
 use rayon::prelude::*;
 
 /// Which NB model.
@@ -456,6 +456,52 @@ impl<'a> NbModel<'a> {
         ll
     }
 
+    /// Alternating conditional NB maximum likelihood for (r, logit p̂_c), used
+    /// only to start the guide near the posterior mode.
+    fn alternating_nb_mle(&self, mut r: Vec<f64>, mut ell: Vec<f64>, rounds: usize) -> (Vec<f64>, Vec<f64>) {
+        let d = self.data;
+        let cf = d.n_cells as f64;
+        let total: f64 = d.lib_size.iter().sum();
+        for _ in 0..rounds {
+            let s1: f64 = ell.iter().map(|&l| ln_sigmoid(-l)).sum();
+            r.par_iter_mut().enumerate().with_min_len(256).for_each(|(g, rg)| {
+                let pairs = d.gene_pair_ptr[g]..d.gene_pair_ptr[g + 1];
+                if pairs.is_empty() {
+                    *rg = 1e-2;
+                    return;
+                }
+                // Newton on u = ln r; f is decreasing in r with a unique root.
+                let mut u = rg.max(1e-4).ln();
+                for _ in 0..50 {
+                    let rv = u.exp();
+                    let (mut f, mut df) = (s1, 0.0);
+                    for k in pairs.clone() {
+                        let (w, x) = (d.pair_weight[k], d.pair_count[k]);
+                        f += w * digamma_diff(x, rv);
+                        df += w * trigamma_diff(x, rv);
+                    }
+                    let step = (f / (df * rv)).clamp(-2.0, 2.0);
+                    u -= step;
+                    u = u.clamp((1e-4f64).ln(), (1e4f64).ln());
+                    if step.abs() < 1e-8 {
+                        break;
+                    }
+                }
+                *rg = u.exp();
+            });
+            let big_r: f64 = r.iter().sum();
+            if self.spec.variant.has_capture() {
+                for (c, l) in ell.iter_mut().enumerate() {
+                    *l = (d.lib_size[c].max(0.5) / big_r).ln();
+                }
+            } else {
+                let lp = (total / (cf * big_r)).ln();
+                ell.iter_mut().for_each(|l| *l = lp);
+            }
+        }
+        (r, ell)
+    }
+
     /// Derived NB quantities at `x` for a set of cells: (r per gene, logit p̂ per cell, gate per gene).
     pub fn derived(&self, x: &[f64], cells: &[u32]) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
         let mut ws = self.workspace();
@@ -664,9 +710,32 @@ impl Model for NbModel<'_> {
             .filter(|o| o.is_finite())
             .collect();
         o_g.sort_by(|a, b| a.total_cmp(b));
-        let odds = if o_g.is_empty() { 1.0 } else { o_g[o_g.len() / 2] }.clamp(1e-3, 1e3);
+        let odds0 = if o_g.is_empty() { 1.0 } else { o_g[o_g.len() / 2] }.clamp(1e-3, 1e3);
+        let r0: Vec<f64> = m_hat.iter().map(|&m| (m / odds0).clamp(1e-3, 1e4)).collect();
+        // Refine by alternating conditional NB maximum likelihood (zero inflation
+        // ignored): r_g | p̂ solves Σ_x n_g(x)[ψ(x+r)−ψ(r)] + Σ_c ln(1−p̂_c) = 0, and
+        // p̂ | r is closed form: logit p̂_c = ln(L_c / R) (capture) or
+        // logit p = ln(Σ L / (C R)) (shared p).
+        let ell0: Vec<f64> = nu.iter().map(|v| (odds0 * v).ln()).collect();
+        let (r_hat, ell) = self.alternating_nb_mle(r0, ell0, 8);
+        // Split logit p̂_c = logit p + ln ν_c: anchor ν at L_c/M0 under the capture
+        // prior, else put the median ν at 1/2 while keeping every ν_c < 1.
+        let mut sorted = ell.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let med = sorted[sorted.len() / 2];
+        let max = sorted[sorted.len() - 1];
+        let lp = match (self.spec.variant.has_capture(), self.spec.capture_prior) {
+            (false, _) => med,
+            (true, Some(_)) => {
+                let mut diff: Vec<f64> = ell.iter().zip(&nu).map(|(l, v)| l - v.ln()).collect();
+                diff.sort_by(|a, b| a.total_cmp(b));
+                diff[diff.len() / 2]
+            }
+            (true, None) => (med + 2f64.ln()).max(max + 0.05),
+        };
+        let nu: Vec<f64> = ell.iter().map(|l| (l - lp).exp().clamp(1e-6, 1.0 - 1e-6)).collect();
+        let odds = lp.exp();
         let p = odds / (1.0 + odds);
-        let r_hat: Vec<f64> = m_hat.iter().map(|&m| (m / odds).clamp(1e-3, 1e4)).collect();
         let lay = &self.layout;
         let gb = &lay.blocks[self.b_gene];
         for g in 0..g_n {
