@@ -9,6 +9,6 @@ rs_nb_sites <- function(model, params, n_draws, seed) {
   .Call(wrap__rs_nb_sites, model, params, n_draws, seed)
 }
 
-rs_simulate_nb <- function(model, n_genes, n_cells, r, p, nu, gate, seed) {
-  .Call(wrap__rs_simulate_nb, model, n_genes, n_cells, r, p, nu, gate, seed)
+rs_simulate_nb <- function(model, n_genes, n_cells, n_components, r, p, nu, gate, seed) {
+  .Call(wrap__rs_simulate_nb, model, n_genes, n_cells, n_components, r, p, nu, gate, seed)
 }

@@ -37,6 +37,18 @@
 #' capture model to the biology-informed prior
 #' `eta_c ~ TruncNormal(log M0 - log L_c, sigma, low = 0)`, `nu_c = exp(-eta_c)`.
 #'
+#' @section Mixtures:
+#' `n_components = K` (K >= 2) makes every cell's gene vector come from one of
+#' K components with weights `w ~ Dirichlet(alpha)` (`priors = list(mixing =
+#' alpha)`, default 1; honoured, unlike the original). `mixture_params`
+#' chooses which parameters are component-specific: `"all"` (default: the
+#' gene parameter, the scalar parameter and, for zero-inflated models, the
+#' gate), `"biological"` (gene + scalar), `"mean"` (gene parameter), `"prob"`
+#' (scalar), `"gate"`, or a character vector of parameter names. Capture is
+#' always shared. Mixing weights have a logistic-normal guide. Components
+#' start from a split of the cells along the first principal component of
+#' log-normalised expression refined by hard EM.
+#'
 #' @section Variational guide:
 #' Mean-field: each unconstrained coordinate has an independent Normal, so
 #' `r`/`mu` have LogNormal guides (as in the original), while probabilities
@@ -64,7 +76,8 @@
 #'   positive parameters when `unconstrained = TRUE`.
 #' @param priors Named list of prior hyper-parameters; see Priors.
 #' @param zero_inflation,variable_capture Model flags, used when `model` is not given.
-#' @param n_components Number of mixture components (not yet available).
+#' @param n_components Number of mixture components (`NULL`: no mixture).
+#' @param mixture_params Which parameters are component-specific; see Mixtures.
 #' @param n_steps Number of optimisation steps (default 50000).
 #' @param batch_size Cells per step; `NULL` = all cells.
 #' @param optimizer_config `NULL` (Adam, step size 1e-3) or a list with
@@ -95,7 +108,7 @@
 scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterization = "canonical",
                        unconstrained = FALSE, positive_transform = "softplus", priors = NULL,
                        zero_inflation = NULL, variable_capture = NULL, n_components = NULL,
-                       n_steps = 50000L, batch_size = NULL, optimizer_config = NULL,
+                       mixture_params = "all", n_steps = 50000L, batch_size = NULL, optimizer_config = NULL,
                        stable_update = TRUE, restore_best = FALSE, early_stopping = NULL,
                        seed = NULL, num_threads = getOption("scribeR.num_threads", 1L),
                        verbose = interactive(), drop_empty = FALSE, assay = NULL, ...) {
@@ -108,7 +121,7 @@ scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterizati
     counts, model = model, inference_method = inference_method, parameterization = parameterization,
     unconstrained = unconstrained, positive_transform = positive_transform, priors = priors,
     zero_inflation = zero_inflation, variable_capture = variable_capture, n_components = n_components,
-    n_steps = n_steps, batch_size = batch_size, optimizer_config = optimizer_config,
+    mixture_params = mixture_params, n_steps = n_steps, batch_size = batch_size, optimizer_config = optimizer_config,
     stable_update = stable_update, restore_best = restore_best, early_stopping = early_stopping,
     seed = seed, num_threads = num_threads, verbose = verbose, drop_empty = drop_empty
   )
@@ -177,7 +190,8 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
 .parameterizations <- c(canonical = "canonical", standard = "canonical", mean_prob = "mean_prob",
                         linked = "mean_prob", mean_odds = "mean_odds", odds_ratio = "mean_odds")
 .fit_args <- c("model", "inference_method", "parameterization", "unconstrained", "positive_transform",
-               "priors", "zero_inflation", "variable_capture", "n_components", "n_steps", "batch_size",
+               "priors", "zero_inflation", "variable_capture", "n_components", "mixture_params", "n_steps",
+               "batch_size",
                "optimizer_config", "stable_update", "restore_best", "early_stopping", "seed",
                "num_threads", "verbose", "drop_empty", "assay")
 
@@ -185,7 +199,7 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
                                parameterization = "canonical", unconstrained = FALSE,
                                positive_transform = "softplus", priors = NULL,
                                zero_inflation = NULL, variable_capture = NULL,
-                               n_components = NULL, n_steps = 50000L, batch_size = NULL,
+                               n_components = NULL, mixture_params = "all", n_steps = 50000L, batch_size = NULL,
                                optimizer_config = NULL, stable_update = TRUE,
                                restore_best = FALSE, early_stopping = NULL, seed = NULL,
                                num_threads = getOption("scribeR.num_threads", 1L),
@@ -200,10 +214,6 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
   }
   if (inference_method != "svi") {
     abort_unsupported("{.code inference_method = \"{inference_method}\"} is not available in this version of scribeR; use {.val svi}.")
-  }
-  if (!is.null(n_components)) {
-    check_number(n_components, "n_components", "an integer >= 2", function(v) v >= 2 && v == round(v))
-    abort_unsupported("Mixture models ({.arg n_components}) are not available in this version of scribeR.")
   }
   parameterization <- .parameterizations[[match_choice(parameterization, names(.parameterizations), "parameterization")]]
   check_flag(unconstrained, "unconstrained")
@@ -225,11 +235,27 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
       abort_input("{.arg batch_size} ({batch_size}) is larger than the number of cells ({n_cells}).")
     }
   }
+  mixing <- NULL
+  if (is.list(priors) && !is.null(priors$mixing)) {
+    mixing <- priors$mixing
+    priors$mixing <- NULL
+    if (is.null(n_components)) abort_input("{.code priors$mixing} needs a mixture model ({.arg n_components} >= 2).")
+    check_number(mixing, "priors$mixing", "a positive number (the Dirichlet concentration)", function(v) v > 0)
+  }
   model_spec <- list(
     model = model, parameterization = parameterization, unconstrained = unconstrained,
     positive_transform = positive_transform,
-    priors = resolve_priors(priors, model, parameterization)
+    priors = resolve_priors(if (length(priors)) priors else NULL, model, parameterization)
   )
+  if (!is.null(n_components)) {
+    check_number(n_components, "n_components", "a whole number >= 2", function(v) v >= 2 && v == round(v))
+    if (n_components > n_cells) {
+      abort_input("{.arg n_components} ({n_components}) is larger than the number of cells ({n_cells}).")
+    }
+    model_spec$n_components <- as.numeric(n_components)
+    model_spec$mixture_params <- resolve_mixture_params(mixture_params, model, parameterization)
+    model_spec$mixing_concentration <- if (is.null(mixing)) 1 else as.numeric(mixing)
+  }
   svi <- list(
     n_steps = as.numeric(n_steps), batch_size = if (is.null(batch_size)) NULL else as.numeric(batch_size),
     optimizer_config = resolve_optimizer(optimizer_config), stable_update = stable_update,
@@ -300,6 +326,35 @@ resolve_threads <- function(num_threads) {
   check_number(num_threads, "num_threads", "a whole number >= 1 (or NULL for all cores)",
                function(v) v >= 1 && v == round(v))
   as.integer(num_threads)
+}
+
+# Which sampled parameters become component-specific.
+resolve_mixture_params <- function(mixture_params, model, parameterization) {
+  gene <- if (parameterization == "canonical") "r" else "mu"
+  scalar <- if (parameterization == "mean_odds") "phi" else "p"
+  zi <- model %in% c("zinb", "zinbvcp")
+  if (!is.character(mixture_params) || length(mixture_params) == 0L || anyNA(mixture_params)) {
+    abort_input("{.arg mixture_params} must be a shorthand or a character vector of parameter names.")
+  }
+  if (length(mixture_params) == 1L && mixture_params %in% c("all", "biological", "mean", "prob", "gate")) {
+    if (mixture_params == "gate" && !zi) {
+      abort_input("{.code mixture_params = \"gate\"} needs a zero-inflated model, not {.val {model}}.")
+    }
+    return(switch(mixture_params,
+      all = c(gene, scalar, if (zi) "gate"), biological = c(gene, scalar),
+      mean = gene, prob = scalar, gate = "gate"
+    ))
+  }
+  internal <- ifelse(mixture_params %in% names(.prior_aliases), .prior_aliases[mixture_params], mixture_params)
+  allowed <- c(gene, scalar, if (zi) "gate")
+  bad <- setdiff(internal, allowed)
+  if (length(bad) > 0L) {
+    abort_input(c(
+      "{.arg mixture_params} names {.val {bad}}, which cannot be component-specific here.",
+      "i" = "Choose from {.val {allowed}} or a shorthand: all, biological, mean, prob{if (zi) ', gate' else ''}."
+    ))
+  }
+  unique(unname(internal))
 }
 
 .prior_aliases <- c(probability = "p", dispersion = "r", mean_expression = "mu", odds_ratio = "phi",

@@ -59,8 +59,9 @@ setMethod("show", "ScribeSVIResults", function(object) {
   losses <- object@loss_history
   tail_l <- utils::tail(losses[is.finite(losses)], 100L)
   d <- object@diagnostics
-  cat(sprintf("<ScribeSVIResults> %s (%s%s), %s\n", m$model, m$parameterization,
-              if (isTRUE(m$unconstrained)) ", unconstrained" else "", engine_label(object)))
+  cat(sprintf("<ScribeSVIResults> %s%s (%s%s), %s\n", m$model,
+              if (!is.null(m$n_components)) sprintf(" mixture of %d components", as.integer(m$n_components)) else "",
+              m$parameterization, if (isTRUE(m$unconstrained)) ", unconstrained" else "", engine_label(object)))
   cat(sprintf("  data:   %d genes x %d cells%s\n", length(object@gene_names), length(object@cell_names),
               if (length(object@dropped_cells)) sprintf(" (%d empty cells dropped)", length(object@dropped_cells)) else ""))
   bs <- object@config$batch_size
@@ -70,7 +71,11 @@ setMethod("show", "ScribeSVIResults", function(object) {
   cat(sprintf("  loss:   %s (mean of the last %d steps)%s\n", format(mean(tail_l), digits = 7), length(tail_l),
               if (isTRUE(d$restored_best)) sprintf("; best parameters restored from step %d", as.integer(d$best_step)) else ""))
   sites <- vapply(names(object@params), function(n) {
-    sprintf("%s (%s)", n, switch(object@params[[n]]$kind, gene = "genes", cell = "cells", scalar = "scalar"))
+    b <- object@params[[n]]
+    what <- switch(b$kind, gene = "genes", cell = "cells", scalar = "scalar")
+    if (n == "mixing_weights") what <- sprintf("%d components", length(b$loc) + 1L)
+    else if (!is.null(b$n_comp) && b$n_comp > 1) what <- sprintf("%s x %d components", what, as.integer(b$n_comp))
+    sprintf("%s (%s)", n, what)
   }, character(1))
   cat(sprintf("  params: %s\n", paste(sites, collapse = ", ")))
   cat(sprintf("  seed:   %s\n", format(object@seed, scientific = FALSE)))
@@ -93,9 +98,13 @@ setMethod("show", "ScribeSVIResults", function(object) {
 #' @param seed Seed of the draws (`NULL`: from R's RNG).
 #' @param ... Unused.
 #' @return `get_map()`: a named list of numeric vectors named by gene or cell
-#'   (scalars unnamed). `get_posterior_samples()`: a named list of
-#'   `n_samples x genes` or `n_samples x cells` matrices and length-`n_samples`
-#'   vectors for scalars. `loss_history()`: numeric vector.
+#'   (scalars unnamed); for mixtures, component-specific gene parameters are
+#'   `K x genes` matrices, component-specific scalars and `mixing_weights`
+#'   length-K vectors (the MAP of the mixing weights is the softmax of the
+#'   guide's location). `get_posterior_samples()`: a named list of
+#'   `n_samples x genes` or `n_samples x cells` matrices, length-`n_samples`
+#'   vectors for scalars, and `n_samples x K x genes` arrays for
+#'   component-specific parameters. `loss_history()`: numeric vector.
 #' @examples
 #' counts <- scribe_example_data()
 #' fit <- scribe_fit(counts, model = "nbdm", n_steps = 200, seed = 1, verbose = FALSE,
@@ -119,21 +128,30 @@ setGeneric("get_posterior_samples", function(object, ...) standardGeneric("get_p
 #' @export
 setGeneric("loss_history", function(object, ...) standardGeneric("loss_history"))
 
-.site_order <- c("r", "mu", "p", "phi", "gate", "p_capture", "phi_capture", "eta_capture", "p_hat")
+.site_order <- c("r", "mu", "p", "phi", "gate", "mixing_weights", "p_capture", "phi_capture", "eta_capture", "p_hat")
 
+# Turns the core's flat site values (draw fastest, then element, then
+# component) into named vectors (MAP) or arrays (draws): `draws x K x genes`
+# for component-specific gene parameters, `K x genes` for their MAP, and so on.
 name_sites <- function(object, sites, draws) {
-  kinds <- c(r = "gene", mu = "gene", gate = "gene", p = "scalar", phi = "scalar",
-             p_capture = "cell", phi_capture = "cell", eta_capture = "cell", p_hat = "cell")
   sites <- sites[intersect(.site_order, names(sites))]
-  for (n in names(sites)) {
-    labels <- switch(kinds[[n]], gene = object@gene_names, cell = object@cell_names, scalar = NULL)
-    if (draws) {
-      if (is.null(labels)) sites[[n]] <- as.vector(sites[[n]]) else colnames(sites[[n]]) <- labels
-    } else if (!is.null(labels)) {
-      names(sites[[n]]) <- labels
+  comps <- function(k) paste0("component", seq_len(k))
+  lapply(stats::setNames(names(sites), names(sites)), function(n) {
+    s <- sites[[n]]
+    n_draws <- s$shape[1]; len <- s$shape[2]; k <- s$shape[3]
+    labels <- switch(s$kind, gene = object@gene_names, cell = object@cell_names, scalar = NULL)
+    if (n == "mixing_weights") labels <- NULL
+    v <- s$values
+    if (!draws) {
+      if (k == 1L) return(stats::setNames(v, labels))
+      if (len == 1L) return(stats::setNames(v, comps(k)))
+      return(t(matrix(v, nrow = len, ncol = k, dimnames = list(labels, comps(k)))))
     }
-  }
-  sites
+    if (k == 1L && len == 1L) return(v)
+    if (k == 1L) return(matrix(v, nrow = n_draws, dimnames = list(NULL, labels)))
+    if (len == 1L) return(matrix(v, nrow = n_draws, dimnames = list(NULL, comps(k))))
+    aperm(array(v, dim = c(n_draws, len, k), dimnames = list(NULL, labels, comps(k))), c(1L, 3L, 2L))
+  })
 }
 
 #' @rdname accessors

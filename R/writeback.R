@@ -2,8 +2,9 @@
 #'
 #' Gene-level MAP estimates go to `rowData()` (`scribe_r`, `scribe_mu`,
 #' `scribe_gate`), cell-level ones to `colData()` (`scribe_p_capture`,
-#' `scribe_p_hat`), and a summary (model, scalars, loss history, seed) to
-#' `metadata()$scribe`. Existing columns are only replaced with
+#' `scribe_p_hat`), and a summary (model, scalars, mixing weights, loss
+#' history, seed) to `metadata()$scribe`. Component-specific estimates of a
+#' mixture are stored as matrix columns (genes x K, cells x K). Existing columns are only replaced with
 #' `overwrite = TRUE`. Cells dropped by `drop_empty = TRUE` get `NA`.
 #'
 #' @param sce A `SingleCellExperiment` or `SummarizedExperiment` with the
@@ -48,12 +49,21 @@ add_scribe_fit <- function(sce, fit, overwrite = FALSE) {
     df
   }
   for (n in intersect(c("r", "mu", "gate"), names(map))) {
-    rd <- put(rd, paste0("scribe_", n), unname(map[[n]]), "rowData(sce)")
+    v <- map[[n]]
+    v <- if (is.matrix(v)) t(unname(v)) else unname(v)
+    rd <- put(rd, paste0("scribe_", n), v, "rowData(sce)")
   }
   for (n in intersect(c("p_capture", "p_hat"), names(map))) {
-    v <- rep(NA_real_, length(cells))
-    v[match(fit@cell_names, cells)] <- unname(map[[n]])
-    cd <- put(cd, paste0("scribe_", n), v, "colData(sce)")
+    v <- map[[n]]
+    idx <- match(fit@cell_names, cells)
+    if (is.matrix(v)) {
+      full <- matrix(NA_real_, length(cells), nrow(v))
+      full[idx, ] <- t(unname(v))
+    } else {
+      full <- rep(NA_real_, length(cells))
+      full[idx] <- unname(v)
+    }
+    cd <- put(cd, paste0("scribe_", n), full, "colData(sce)")
   }
   SummarizedExperiment::rowData(sce) <- rd
   SummarizedExperiment::colData(sce) <- cd
@@ -63,6 +73,7 @@ add_scribe_fit <- function(sce, fit, overwrite = FALSE) {
   }
   md$scribe <- list(
     model = fit@model, engine = class(fit)[1], p = map$p, phi = map$phi,
+    mixing_weights = map$mixing_weights,
     loss_history = loss_history(fit), seed = fit@seed, dropped_cells = fit@dropped_cells
   )
   S4Vectors::metadata(sce) <- md

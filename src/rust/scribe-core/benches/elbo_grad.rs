@@ -23,14 +23,25 @@ fn pbmc_like(variant: Variant) -> scribe_core::data::CountMatrix {
 fn bench(c: &mut Criterion) {
     for variant in [Variant::Nbvcp, Variant::Zinbvcp] {
         let data = pbmc_like(variant);
-        let model = NbModel::new(NbSpec::new(variant, Parameterization::Canonical, false, Link::Exp), &data).unwrap();
+        let model = NbModel::new(
+            NbSpec::new(variant, Parameterization::Canonical, false, Link::Exp),
+            &data,
+        )
+        .unwrap();
         let v = initial_guide(&model, &model.initial_point());
         let mut buf = ElboBuffers::new(&model);
         let mut grad = vec![0.0; v.len()];
         let full = Batch::full(&data);
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let name = format!("{}_elbo_grad_pbmc3k_like_full_batch (nnz {}, pairs {})", variant.name(), data.nnz(), data.n_pairs());
-        c.bench_function(&name, |b| b.iter(|| loss_and_grad(&model, &v, &full, &mut rng, &mut buf, &mut grad)));
+        let name = format!(
+            "{}_elbo_grad_pbmc3k_like_full_batch (nnz {}, pairs {})",
+            variant.name(),
+            data.nnz(),
+            data.n_pairs()
+        );
+        c.bench_function(&name, |b| {
+            b.iter(|| loss_and_grad(&model, &v, &full, &mut rng, &mut buf, &mut grad))
+        });
         let mut batch = Batch::full(&data);
         let cells: Vec<u32> = (0..512u32).map(|k| k * 5).collect();
         batch.set_cells(&data, &cells);

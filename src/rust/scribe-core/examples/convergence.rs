@@ -24,7 +24,13 @@ fn main() {
     let init = initial_guide(&model, &model.initial_point());
     let cfg = SviConfig {
         n_steps: steps,
-        optimizer: OptimizerConfig::Adam { step_size: lr, b1: 0.9, b2: 0.999, eps: 1e-8, clip: None },
+        optimizer: OptimizerConfig::Adam {
+            step_size: lr,
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-8,
+            clip: None,
+        },
         ..Default::default()
     };
     let t0 = std::time::Instant::now();
@@ -32,16 +38,25 @@ fn main() {
     let el = t0.elapsed().as_secs_f64();
     let l = &fit.loss_history;
     let w = 100;
-    let sm: Vec<f64> = (w..=l.len()).map(|e| l[e - w..e].iter().sum::<f64>() / w as f64).collect();
+    let sm: Vec<f64> = (w..=l.len())
+        .map(|e| l[e - w..e].iter().sum::<f64>() / w as f64)
+        .collect();
     let fin = *sm.last().unwrap();
-    let conv = sm.iter().rposition(|v| (v - fin).abs() > 1e-3 * fin.abs()).map_or(w, |i| i + w + 1);
+    let conv = sm
+        .iter()
+        .rposition(|v| (v - fin).abs() > 1e-3 * fin.abs())
+        .map_or(w, |i| i + w + 1);
     println!(
         "{} {}x{} lr={lr} steps={steps}: first loss {:.6e}, final {:.6e}, within 0.1% from step {conv}; {:.3} ms/step",
         variant.name(), n_cells, n_genes, l[0], fin, el * 1e3 / steps as f64
     );
     for s in [1, 100, 200, 500, 1000, 2000, 3000, 5000, 10000] {
         if s <= sm.len() {
-            println!("  smoothed loss ending at step {:>5}: {:.6e}", s + w - 1, sm[s - 1]);
+            println!(
+                "  smoothed loss ending at step {:>5}: {:.6e}",
+                s + w - 1,
+                sm[s - 1]
+            );
         }
     }
     let _ = model.layout();

@@ -21,7 +21,10 @@ pub enum CoreError {
 
 impl CoreError {
     pub fn arg(arg: &str, msg: impl Into<String>) -> Self {
-        CoreError::InvalidArgument { arg: arg.to_string(), msg: msg.into() }
+        CoreError::InvalidArgument {
+            arg: arg.to_string(),
+            msg: msg.into(),
+        }
     }
 }
 

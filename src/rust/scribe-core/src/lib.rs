@@ -6,6 +6,9 @@
 //! summaries and sampling (`posterior`). Engines report progress and poll for
 //! cancellation through the traits in `progress`.
 
+// Index loops mirror the math (x_{k·G+g}); `!(x > 0.0)` deliberately rejects NaN too.
+#![allow(clippy::needless_range_loop, clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod data;
 pub mod dist;
 pub mod error;

@@ -2,7 +2,12 @@
 
 /// Compares the analytic gradient of `f` at `x` with central differences.
 /// `f(x, grad)` must return the value and *add* its gradient into `grad`.
-pub fn check_gradient<F: FnMut(&[f64], &mut [f64]) -> f64>(mut f: F, x: &[f64], rel_tol: f64, label: &str) {
+pub fn check_gradient<F: FnMut(&[f64], &mut [f64]) -> f64>(
+    mut f: F,
+    x: &[f64],
+    rel_tol: f64,
+    label: &str,
+) {
     let n = x.len();
     let mut g = vec![0.0; n];
     let f0 = f(x, &mut g);
@@ -18,6 +23,11 @@ pub fn check_gradient<F: FnMut(&[f64], &mut [f64]) -> f64>(mut f: F, x: &[f64], 
         xp[i] = x[i];
         let fd = (fp - fm) / (2.0 * h);
         let tol = rel_tol * fd.abs().max(1.0) + 1e-9 * f0.abs();
-        assert!((g[i] - fd).abs() <= tol, "{label}: coordinate {i}: analytic {} vs finite difference {}", g[i], fd);
+        assert!(
+            (g[i] - fd).abs() <= tol,
+            "{label}: coordinate {i}: analytic {} vs finite difference {}",
+            g[i],
+            fd
+        );
     }
 }

@@ -7,8 +7,8 @@ use scribe_core::models::simulate::{simulate_nb, NbTruth};
 use scribe_core::models::Model;
 use scribe_core::posterior::{nb_sites, GuideBlock};
 use scribe_core::progress::{NeverCancel, NoProgress};
-use scribe_core::svi::{initial_guide, run, SviConfig};
 use scribe_core::svi::optim::OptimizerConfig;
+use scribe_core::svi::{initial_guide, run, SviConfig};
 
 fn corr(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len() as f64;
@@ -22,7 +22,12 @@ fn corr(a: &[f64], b: &[f64]) -> f64 {
     sab / (saa * sbb).sqrt()
 }
 
-fn fit(variant: Variant, param: Parameterization, steps: usize, batch: Option<usize>) -> (NbTruth, Vec<scribe_core::posterior::Site>, Vec<f64>) {
+fn fit(
+    variant: Variant,
+    param: Parameterization,
+    steps: usize,
+    batch: Option<usize>,
+) -> (NbTruth, Vec<scribe_core::posterior::Site>, Vec<f64>) {
     let truth = NbTruth::random(variant, 200, 800, 1);
     let data = simulate_nb(&truth, 2);
     let model = NbModel::new(NbSpec::new(variant, param, false, Link::Softplus), &data).unwrap();
@@ -30,7 +35,13 @@ fn fit(variant: Variant, param: Parameterization, steps: usize, batch: Option<us
     let cfg = SviConfig {
         n_steps: steps,
         batch_size: batch,
-        optimizer: OptimizerConfig::Adam { step_size: 0.01, b1: 0.9, b2: 0.999, eps: 1e-8, clip: None },
+        optimizer: OptimizerConfig::Adam {
+            step_size: 0.01,
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-8,
+            clip: None,
+        },
         ..Default::default()
     };
     let res = run(&model, init, &cfg, &NoProgress, &NeverCancel).unwrap();
@@ -44,10 +55,18 @@ fn fit(variant: Variant, param: Parameterization, steps: usize, batch: Option<us
             kind: b.kind,
             link: b.link,
             loc: res.params[b.offset..b.offset + b.len].to_vec(),
-            scale: res.params[n + b.offset..n + b.offset + b.len].iter().map(|v| v.exp()).collect(),
+            scale: res.params[n + b.offset..n + b.offset + b.len]
+                .iter()
+                .map(|v| v.exp())
+                .collect(),
+            n_comp: 1,
         })
         .collect();
-    (truth, nb_sites(&model.spec, &blocks, None).unwrap(), res.loss_history)
+    (
+        truth,
+        nb_sites(&model.spec, &blocks, None).unwrap(),
+        res.loss_history,
+    )
 }
 
 fn site<'a>(s: &'a [scribe_core::posterior::Site], n: &str) -> &'a [f64] {
@@ -68,7 +87,123 @@ fn nbdm_recovers_r_and_p() {
 fn nbvcp_recovers_effective_probability() {
     let (truth, sites, _) = fit(Variant::Nbvcp, Parameterization::MeanOdds, 1500, Some(256));
     let nu = truth.nu.as_ref().unwrap();
-    let want: Vec<f64> = nu.iter().map(|&v| truth.p * v / (1.0 - truth.p * (1.0 - v))).collect();
+    let want: Vec<f64> = nu
+        .iter()
+        .map(|&v| truth.p * v / (1.0 - truth.p * (1.0 - v)))
+        .collect();
     let got = site(&sites, "p_hat");
     assert!(corr(got, &want) > 0.9, "corr {}", corr(got, &want));
+}
+
+#[test]
+fn nbdm_mixture_recovers_components_and_weights() {
+    let k = 3;
+    let truth = NbTruth::random_mixture(Variant::Nbdm, 150, 1200, k, 4);
+    let data = simulate_nb(&truth, 5);
+    let mut spec = NbSpec::new(
+        Variant::Nbdm,
+        Parameterization::Canonical,
+        false,
+        Link::Softplus,
+    );
+    spec.set_mixture(k, &["r", "p"], 1.0).unwrap();
+    let model = NbModel::new(spec, &data).unwrap();
+    let init = initial_guide(&model, &model.initial_point());
+    let cfg = SviConfig {
+        n_steps: 2000,
+        optimizer: OptimizerConfig::Adam {
+            step_size: 0.01,
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-8,
+            clip: None,
+        },
+        ..Default::default()
+    };
+    let res = run(&model, init, &cfg, &NoProgress, &NeverCancel).unwrap();
+    let n = model.layout().total;
+    let g_n = 150;
+    let blocks: Vec<GuideBlock> = model
+        .layout()
+        .blocks
+        .iter()
+        .map(|b| GuideBlock {
+            name: b.name.clone(),
+            kind: b.kind,
+            link: b.link,
+            loc: res.params[b.offset..b.offset + b.len].to_vec(),
+            scale: res.params[n + b.offset..n + b.offset + b.len]
+                .iter()
+                .map(|v| v.exp())
+                .collect(),
+            n_comp: match (b.name.as_str(), b.len) {
+                ("mixing_weights", _) => 1,
+                ("r", l) => l / g_n,
+                (_, l) => l,
+            },
+        })
+        .collect();
+    let sites = nb_sites(&model.spec, &blocks, None).unwrap();
+    let r = site(&sites, "r");
+    let w = site(&sites, "mixing_weights");
+    let mt = truth.mixture.as_ref().unwrap();
+    // Best matching of fitted to true components by correlation of log r.
+    let perms = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    let score = |perm: &[usize; 3]| -> f64 {
+        (0..k)
+            .map(|j| {
+                let fit: Vec<f64> = r[perm[j] * g_n..(perm[j] + 1) * g_n]
+                    .iter()
+                    .map(|v| v.ln())
+                    .collect();
+                let tru: Vec<f64> = mt.r[j].iter().map(|v| v.ln()).collect();
+                corr(&fit, &tru)
+            })
+            .sum::<f64>()
+    };
+    let best = perms
+        .iter()
+        .max_by(|a, b| score(a).total_cmp(&score(b)))
+        .unwrap();
+    for j in 0..k {
+        let fit: Vec<f64> = r[best[j] * g_n..(best[j] + 1) * g_n]
+            .iter()
+            .map(|v| v.ln())
+            .collect();
+        let tru: Vec<f64> = mt.r[j].iter().map(|v| v.ln()).collect();
+        assert!(
+            corr(&fit, &tru) > 0.95,
+            "component {j}: corr {}",
+            corr(&fit, &tru)
+        );
+        assert!(
+            (w[best[j]] - mt.weights[j]).abs() < 0.05,
+            "weight {j}: {} vs {}",
+            w[best[j]],
+            mt.weights[j]
+        );
+    }
+}
+
+#[test]
+fn the_starting_guide_is_already_near_the_optimum() {
+    // Guards the initialisation (conditional NB MLE + Hessian scales): the
+    // first step's loss is within 0.1 % of the loss after convergence.
+    for (variant, param) in [
+        (Variant::Nbdm, Parameterization::Canonical),
+        (Variant::Nbvcp, Parameterization::MeanOdds),
+        (Variant::Nbvcp, Parameterization::MeanProb),
+    ] {
+        let (_, _, losses) = fit(variant, param, 800, None);
+        let tail: f64 = losses[700..].iter().sum::<f64>() / 100.0;
+        let head: f64 = losses[..10].iter().sum::<f64>() / 10.0;
+        assert!((head - tail).abs() < 1e-3 * tail.abs(), "{variant:?} {param:?}: first {head} vs final {tail}");
+    }
 }

@@ -45,14 +45,19 @@ struct Args(HashMap<&'static str, Robj>);
 
 impl Args {
     fn new(robj: &Robj, what: &str) -> Result<Self> {
-        let l: List = robj.clone().try_into().map_err(|_| err(format!("internal: `{what}` must be a list")))?;
+        let l: List = robj
+            .clone()
+            .try_into()
+            .map_err(|_| err(format!("internal: `{what}` must be a list")))?;
         Ok(Args(l.iter().collect()))
     }
     fn get(&self, k: &str) -> Option<&Robj> {
         self.0.get(k).filter(|r| !r.is_null())
     }
     fn real(&self, k: &str) -> Result<f64> {
-        self.get(k).and_then(|r| r.as_real().or_else(|| r.as_integer().map(|i| i as f64))).ok_or_else(|| err(format!("`{k}` must be a number")))
+        self.get(k)
+            .and_then(|r| r.as_real().or_else(|| r.as_integer().map(|i| i as f64)))
+            .ok_or_else(|| err(format!("`{k}` must be a number")))
     }
     fn real_or(&self, k: &str, d: f64) -> Result<f64> {
         if self.get(k).is_some() {
@@ -69,10 +74,15 @@ impl Args {
         }
     }
     fn boolean(&self, k: &str) -> Result<bool> {
-        self.get(k).and_then(|r| r.as_bool()).ok_or_else(|| err(format!("`{k}` must be TRUE or FALSE")))
+        self.get(k)
+            .and_then(|r| r.as_bool())
+            .ok_or_else(|| err(format!("`{k}` must be TRUE or FALSE")))
     }
     fn string(&self, k: &str) -> Result<String> {
-        self.get(k).and_then(|r| r.as_str()).map(|s| s.to_string()).ok_or_else(|| err(format!("`{k}` must be a string")))
+        self.get(k)
+            .and_then(|r| r.as_str())
+            .map(|s| s.to_string())
+            .ok_or_else(|| err(format!("`{k}` must be a string")))
     }
 }
 
@@ -81,7 +91,10 @@ fn parse_link(s: &str) -> Result<Link> {
         "softplus" => Ok(Link::Softplus),
         "exp" => Ok(Link::Exp),
         "sigmoid" => Ok(Link::Sigmoid),
-        _ => Err(err(format!("`positive_transform` must be \"softplus\" or \"exp\", not \"{s}\""))),
+        "identity" => Ok(Link::Identity),
+        _ => Err(err(format!(
+            "`positive_transform` must be \"softplus\" or \"exp\", not \"{s}\""
+        ))),
     }
 }
 
@@ -91,10 +104,33 @@ fn nb_spec(model: &Robj) -> Result<NbSpec> {
     let param = Parameterization::parse(&a.string("parameterization")?).map_err(core_err)?;
     let link = parse_link(&a.string("positive_transform")?)?;
     let mut spec = NbSpec::new(variant, param, a.boolean("unconstrained")?, link);
+    if let Some(k) = a.get("n_components") {
+        let k = k
+            .as_real()
+            .or_else(|| k.as_integer().map(|v| v as f64))
+            .ok_or_else(|| err("`n_components` must be a number"))?;
+        let sites: Vec<String> = match a.get("mixture_params") {
+            Some(r) => r
+                .as_str_vector()
+                .ok_or_else(|| err("`mixture_params` must be a character vector"))?
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            None => Vec::new(),
+        };
+        let refs: Vec<&str> = sites.iter().map(|s| s.as_str()).collect();
+        spec.set_mixture(k as usize, &refs, a.real_or("mixing_concentration", 1.0)?)
+            .map_err(core_err)?;
+    }
     if let Some(priors) = a.get("priors") {
-        let l: List = priors.clone().try_into().map_err(|_| err("`priors` must be a named list"))?;
+        let l: List = priors
+            .clone()
+            .try_into()
+            .map_err(|_| err("`priors` must be a named list"))?;
         for (name, val) in l.iter() {
-            let v = val.as_real_slice().ok_or_else(|| err(format!("`priors${name}` must be numeric")))?;
+            let v = val
+                .as_real_slice()
+                .ok_or_else(|| err(format!("`priors${name}` must be numeric")))?;
             if v.len() != 2 {
                 return Err(err(format!("`priors${name}` must have two values")));
             }
@@ -111,19 +147,34 @@ fn prior_robj(p: &Prior) -> Robj {
         Prior::Beta { a, b } => ("beta", a, b),
         Prior::BetaPrime { a, b } => ("betaprime", a, b),
         Prior::TruncNormal0 { loc, scale } => ("truncnormal", loc, scale),
+        Prior::Flat => ("flat", f64::NAN, f64::NAN),
     };
     list!(family = family, hyper = vec![a, b]).into()
 }
 
-fn counts_from_slots(n_genes: i32, n_cells: i32, p: &Robj, i: &Robj, x: &Robj) -> Result<CountMatrix> {
-    let p = p.as_integer_slice().ok_or_else(|| err("internal: @p must be integer"))?;
-    let i = i.as_integer_slice().ok_or_else(|| err("internal: @i must be integer"))?;
-    let x = x.as_real_slice().ok_or_else(|| err("internal: @x must be double"))?;
+fn counts_from_slots(
+    n_genes: i32,
+    n_cells: i32,
+    p: &Robj,
+    i: &Robj,
+    x: &Robj,
+) -> Result<CountMatrix> {
+    let p = p
+        .as_integer_slice()
+        .ok_or_else(|| err("internal: @p must be integer"))?;
+    let i = i
+        .as_integer_slice()
+        .ok_or_else(|| err("internal: @i must be integer"))?;
+    let x = x
+        .as_real_slice()
+        .ok_or_else(|| err("internal: @x must be double"))?;
     CountMatrix::from_csc(n_genes as usize, n_cells as usize, p, i, x).map_err(core_err)
 }
 
 fn optimizer(robj: Option<&Robj>) -> Result<OptimizerConfig> {
-    let Some(robj) = robj else { return Ok(OptimizerConfig::default()) };
+    let Some(robj) = robj else {
+        return Ok(OptimizerConfig::default());
+    };
     let a = Args::new(robj, "optimizer_config")?;
     let name = a.string("name")?;
     let step_size = a.real("step_size")?;
@@ -133,12 +184,26 @@ fn optimizer(robj: Option<&Robj>) -> Result<OptimizerConfig> {
             b1: a.real_or("b1", 0.9)?,
             b2: a.real_or("b2", 0.999)?,
             eps: a.real_or("eps", 1e-8)?,
-            clip: if name == "clipped_adam" { Some(a.real_or("clip_norm", 10.0)?) } else { None },
+            clip: if name == "clipped_adam" {
+                Some(a.real_or("clip_norm", 10.0)?)
+            } else {
+                None
+            },
         },
-        "adagrad" => OptimizerConfig::Adagrad { step_size, momentum: a.real_or("momentum", 0.9)? },
-        "rmsprop" => OptimizerConfig::RmsProp { step_size, gamma: a.real_or("gamma", 0.9)?, eps: a.real_or("eps", 1e-8)? },
+        "adagrad" => OptimizerConfig::Adagrad {
+            step_size,
+            momentum: a.real_or("momentum", 0.9)?,
+        },
+        "rmsprop" => OptimizerConfig::RmsProp {
+            step_size,
+            gamma: a.real_or("gamma", 0.9)?,
+            eps: a.real_or("eps", 1e-8)?,
+        },
         "sgd" => OptimizerConfig::Sgd { step_size },
-        "momentum" => OptimizerConfig::Momentum { step_size, mass: a.real_or("momentum", 0.9)? },
+        "momentum" => OptimizerConfig::Momentum {
+            step_size,
+            mass: a.real_or("momentum", 0.9)?,
+        },
         other => return Err(err(format!("unsupported optimizer \"{other}\""))),
     })
 }
@@ -149,14 +214,22 @@ fn early_stopping(robj: Option<&Robj>) -> Result<Option<EarlyStopping>> {
     let d = EarlyStopping::default();
     let count = |k: &str, dv: usize| -> Result<usize> { Ok(a.real_or(k, dv as f64)? as usize) };
     Ok(Some(EarlyStopping {
-        enabled: if a.get("enabled").is_some() { a.boolean("enabled")? } else { d.enabled },
+        enabled: if a.get("enabled").is_some() {
+            a.boolean("enabled")?
+        } else {
+            d.enabled
+        },
         patience: count("patience", d.patience)?,
         min_delta: a.real_or("min_delta", d.min_delta)?,
         min_delta_pct: a.opt_real("min_delta_pct")?,
         check_every: count("check_every", d.check_every)?.max(1),
         warmup: count("warmup", d.warmup)?,
         smoothing_window: count("smoothing_window", d.smoothing_window)?.max(1),
-        restore_best: if a.get("restore_best").is_some() { a.boolean("restore_best")? } else { d.restore_best },
+        restore_best: if a.get("restore_best").is_some() {
+            a.boolean("restore_best")?
+        } else {
+            d.restore_best
+        },
     }))
 }
 
@@ -236,7 +309,9 @@ fn run_with_progress<T: Send>(
                 last = cur;
             }
         };
-        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_millis(100)) {
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            rx.recv_timeout(Duration::from_millis(100))
+        {
             show(false);
             if !cancel.cancelled() && interrupt_pending() {
                 cancel.0.store(true, Ordering::Relaxed);
@@ -266,14 +341,28 @@ fn run_with_progress<T: Send>(
 /// Fits an NB-family model by SVI. `model` and `svi` are validated lists built
 /// by `scribe_fit()`; counts are the slots of a genes x cells dgCMatrix.
 /// @noRd
+#[allow(clippy::too_many_arguments)]
 #[extendr]
-fn rs_svi_fit(n_genes: i32, n_cells: i32, p: Robj, i: Robj, x: Robj, model: Robj, svi: Robj, verbose: bool, num_threads: i32) -> Result<Robj> {
+fn rs_svi_fit(
+    n_genes: i32,
+    n_cells: i32,
+    p: Robj,
+    i: Robj,
+    x: Robj,
+    model: Robj,
+    svi: Robj,
+    verbose: bool,
+    num_threads: i32,
+) -> Result<Robj> {
     let data = counts_from_slots(n_genes, n_cells, &p, &i, &x)?;
     let spec = nb_spec(&model)?;
     let cfg = svi_config(&svi)?;
     if let Some(b) = cfg.batch_size {
         if b == 0 || b > data.n_cells {
-            return Err(err(format!("`batch_size` ({b}) must be between 1 and the number of cells ({})", data.n_cells)));
+            return Err(err(format!(
+                "`batch_size` ({b}) must be between 1 and the number of cells ({})",
+                data.n_cells
+            )));
         }
     }
     let nb = NbModel::new(spec, &data).map_err(core_err)?;
@@ -288,15 +377,38 @@ fn rs_svi_fit(n_genes: i32, n_cells: i32, p: Robj, i: Robj, x: Robj, model: Robj
     for (b, blk) in nb.layout().blocks.iter().enumerate() {
         let r = blk.offset..blk.offset + blk.len;
         let loc = fit.params[r.clone()].to_vec();
-        let scale: Vec<f64> = fit.params[n + blk.offset..n + blk.offset + blk.len].iter().map(|v| v.exp()).collect();
+        let scale: Vec<f64> = fit.params[n + blk.offset..n + blk.offset + blk.len]
+            .iter()
+            .map(|v| v.exp())
+            .collect();
         let kind = match blk.kind {
             BlockKind::Gene => "gene",
             BlockKind::Scalar => "scalar",
             BlockKind::Cell => "cell",
         };
+        let n_comp = match blk.kind {
+            _ if blk.name == "mixing_weights" => 1,
+            BlockKind::Gene => blk.len / data.n_genes.max(1),
+            BlockKind::Scalar => blk.len,
+            BlockKind::Cell => 1,
+        };
         names.push(blk.name.clone());
-        blocks.push(list!(loc = loc, scale = scale, link = blk.link.name(), kind = kind).into());
-        priors.push(prior_robj(&nb.prior(b, 0)));
+        blocks.push(
+            list!(
+                loc = loc,
+                scale = scale,
+                link = blk.link.name(),
+                kind = kind,
+                n_comp = n_comp as i32
+            )
+            .into(),
+        );
+        priors.push(if blk.name == "mixing_weights" {
+            let a = nb.spec.mixture.map_or(1.0, |m| m.concentration);
+            list!(family = "dirichlet", hyper = vec![a]).into()
+        } else {
+            prior_robj(&nb.prior(b, 0))
+        });
     }
     let params = List::from_names_and_values(names.clone(), blocks)?;
     let priors = List::from_names_and_values(names, priors)?;
@@ -314,18 +426,37 @@ fn rs_svi_fit(n_genes: i32, n_cells: i32, p: Robj, i: Robj, x: Robj, model: Robj
 }
 
 fn guide_blocks(params: &Robj) -> Result<Vec<GuideBlock>> {
-    let l: List = params.clone().try_into().map_err(|_| err("internal: params must be a list"))?;
+    let l: List = params
+        .clone()
+        .try_into()
+        .map_err(|_| err("internal: params must be a list"))?;
     let mut out = Vec::new();
     for (name, blk) in l.iter() {
         let a = Args::new(&blk, "params block")?;
-        let loc = a.get("loc").and_then(|r| r.as_real_slice()).ok_or_else(|| err("internal: block loc"))?.to_vec();
-        let scale = a.get("scale").and_then(|r| r.as_real_slice()).ok_or_else(|| err("internal: block scale"))?.to_vec();
+        let loc = a
+            .get("loc")
+            .and_then(|r| r.as_real_slice())
+            .ok_or_else(|| err("internal: block loc"))?
+            .to_vec();
+        let scale = a
+            .get("scale")
+            .and_then(|r| r.as_real_slice())
+            .ok_or_else(|| err("internal: block scale"))?
+            .to_vec();
         let kind = match a.string("kind")?.as_str() {
             "gene" => BlockKind::Gene,
             "scalar" => BlockKind::Scalar,
             _ => BlockKind::Cell,
         };
-        out.push(GuideBlock { name: name.to_string(), kind, link: parse_link(&a.string("link")?)?, loc, scale });
+        let n_comp = a.real_or("n_comp", 1.0)? as usize;
+        out.push(GuideBlock {
+            name: name.to_string(),
+            kind,
+            link: parse_link(&a.string("link")?)?,
+            loc,
+            scale,
+            n_comp,
+        });
     }
     Ok(out)
 }
@@ -338,18 +469,19 @@ fn rs_nb_sites(model: Robj, params: Robj, n_draws: i32, seed: f64) -> Result<Rob
     let blocks = guide_blocks(&params)?;
     let draws = (n_draws > 0).then_some((n_draws as usize, seed as u64));
     let sites = nb_sites(&spec, &blocks, draws).map_err(core_err)?;
+    // Each site: its values (draw index fastest, then element, then component)
+    // with the shape c(n_draws, len, n_comp); R names and arranges them.
     let mut names = Vec::new();
     let mut vals: Vec<Robj> = Vec::new();
     for s in sites {
         names.push(s.name.clone());
-        if draws.is_none() {
-            vals.push(s.values.into());
-        } else {
-            let len = s.len();
-            let mut m = RMatrix::<f64>::new(s.n_draws, len);
-            m.data_mut().copy_from_slice(&s.values);
-            vals.push(m.into());
-        }
+        let shape = vec![s.n_draws as i32, s.len() as i32, s.n_comp as i32];
+        let kind = match s.kind {
+            BlockKind::Gene => "gene",
+            BlockKind::Scalar => "scalar",
+            BlockKind::Cell => "cell",
+        };
+        vals.push(list!(values = s.values, shape = shape, kind = kind).into());
     }
     Ok(List::from_names_and_values(names, vals)?.into())
 }
@@ -359,10 +491,31 @@ fn rs_nb_sites(model: Robj, params: Robj, n_draws: i32, seed: f64) -> Result<Rob
 /// the core's default generator.
 /// @noRd
 #[extendr]
-fn rs_simulate_nb(model: &str, n_genes: i32, n_cells: i32, r: Robj, p: Robj, nu: Robj, gate: Robj, seed: f64) -> Result<Robj> {
+#[allow(clippy::too_many_arguments)]
+fn rs_simulate_nb(
+    model: &str,
+    n_genes: i32,
+    n_cells: i32,
+    n_components: i32,
+    r: Robj,
+    p: Robj,
+    nu: Robj,
+    gate: Robj,
+    seed: f64,
+) -> Result<Robj> {
     let variant = Variant::parse(model).map_err(core_err)?;
     let opt = |o: &Robj| o.as_real_slice().map(|s| s.to_vec());
-    let mut truth = NbTruth::random(variant, n_genes as usize, n_cells as usize, seed as u64);
+    let mut truth = if n_components >= 2 {
+        NbTruth::random_mixture(
+            variant,
+            n_genes as usize,
+            n_cells as usize,
+            n_components as usize,
+            seed as u64,
+        )
+    } else {
+        NbTruth::random(variant, n_genes as usize, n_cells as usize, seed as u64)
+    };
     if let Some(v) = opt(&r) {
         truth.r = v;
     }
@@ -384,14 +537,37 @@ fn rs_simulate_nb(model: &str, n_genes: i32, n_cells: i32, r: Robj, p: Robj, nu:
     let i: Vec<i32> = m.gene_idx.iter().map(|&v| v as i32).collect();
     let x: Vec<f64> = m.counts.iter().map(|&v| v as f64).collect();
     let none = || -> Robj { ().into() };
+    let (r, prob, gate, weights, assignment): (Vec<f64>, Vec<f64>, Robj, Robj, Robj) =
+        match truth.mixture {
+            Some(m) => (
+                m.r.concat(),
+                m.p,
+                m.gate.map_or_else(none, |g| g.concat().into()),
+                m.weights.into(),
+                m.assignment
+                    .iter()
+                    .map(|&a| a as i32 + 1)
+                    .collect::<Vec<i32>>()
+                    .into(),
+            ),
+            None => (
+                truth.r,
+                vec![truth.p],
+                truth.gate.map_or_else(none, |v| v.into()),
+                none(),
+                none(),
+            ),
+        };
     Ok(list!(
         p = pp,
         i = i,
         x = x,
-        r = truth.r,
-        prob = truth.p,
+        r = r,
+        prob = prob,
         p_capture = truth.nu.map_or_else(none, |v| v.into()),
-        gate = truth.gate.map_or_else(none, |v| v.into())
+        gate = gate,
+        weights = weights,
+        assignment = assignment
     )
     .into())
 }

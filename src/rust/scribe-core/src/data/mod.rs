@@ -38,7 +38,13 @@ pub struct CountMatrix {
 impl CountMatrix {
     /// Builds the matrix from the slots of a genes × cells CSC matrix
     /// (`p` = column pointers over cells, `i` = gene indices, `x` = counts).
-    pub fn from_csc(n_genes: usize, n_cells: usize, p: &[i32], i: &[i32], x: &[f64]) -> Result<Self> {
+    pub fn from_csc(
+        n_genes: usize,
+        n_cells: usize,
+        p: &[i32],
+        i: &[i32],
+        x: &[f64],
+    ) -> Result<Self> {
         if p.len() != n_cells + 1 {
             return Err(CoreError::InvalidCounts(format!(
                 "column pointer has length {} but there are {} cells",
@@ -47,7 +53,9 @@ impl CountMatrix {
             )));
         }
         if i.len() != x.len() || p[n_cells] as usize != x.len() || p[0] != 0 {
-            return Err(CoreError::InvalidCounts("inconsistent sparse slots (i, p, x)".into()));
+            return Err(CoreError::InvalidCounts(
+                "inconsistent sparse slots (i, p, x)".into(),
+            ));
         }
         let mut cell_ptr = Vec::with_capacity(n_cells + 1);
         let mut gene_idx = Vec::with_capacity(x.len());
@@ -58,13 +66,17 @@ impl CountMatrix {
         for c in 0..n_cells {
             let (lo, hi) = (p[c], p[c + 1]);
             if hi < lo {
-                return Err(CoreError::InvalidCounts("column pointers are not monotone".into()));
+                return Err(CoreError::InvalidCounts(
+                    "column pointers are not monotone".into(),
+                ));
             }
             for k in lo as usize..hi as usize {
                 let v = x[k];
                 let g = i[k];
                 if g < 0 || g as usize >= n_genes {
-                    return Err(CoreError::InvalidCounts(format!("gene index {g} out of range")));
+                    return Err(CoreError::InvalidCounts(format!(
+                        "gene index {g} out of range"
+                    )));
                 }
                 if !v.is_finite() || v < 0.0 || v.fract() != 0.0 || v > u32::MAX as f64 {
                     return Err(CoreError::InvalidCounts(format!(
@@ -83,7 +95,9 @@ impl CountMatrix {
             }
             cell_ptr.push(gene_idx.len());
         }
-        Ok(Self::with_pairs(n_genes, n_cells, cell_ptr, gene_idx, counts, lib_size, ln_fact))
+        Ok(Self::with_pairs(
+            n_genes, n_cells, cell_ptr, gene_idx, counts, lib_size, ln_fact,
+        ))
     }
 
     /// Builds from cell-major triplets already known to be valid (simulators).
@@ -106,7 +120,9 @@ impl CountMatrix {
             }
             cell_ptr.push(gene_idx.len());
         }
-        Self::with_pairs(n_genes, n_cells, cell_ptr, gene_idx, counts, lib_size, ln_fact)
+        Self::with_pairs(
+            n_genes, n_cells, cell_ptr, gene_idx, counts, lib_size, ln_fact,
+        )
     }
 
     fn with_pairs(
@@ -264,7 +280,10 @@ pub struct BatchSampler {
 
 impl BatchSampler {
     pub fn new(n_cells: usize, size: usize) -> Self {
-        BatchSampler { perm: (0..n_cells as u32).collect(), size: size.min(n_cells) }
+        BatchSampler {
+            perm: (0..n_cells as u32).collect(),
+            size: size.min(n_cells),
+        }
     }
 
     pub fn draw<R: Rng>(&mut self, rng: &mut R) -> &[u32] {

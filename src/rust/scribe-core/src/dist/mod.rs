@@ -4,7 +4,9 @@
 //! Every engine works on unconstrained `x`; a parameter is `θ = T(x)`. A prior
 //! given on `θ` becomes `ln p_x(x) = ln p_θ(T(x)) + ln |T'(x)|`.
 
-use crate::math::{lbeta, ln_normal, ln_normal_sf, ln_sigmoid, ln_softplus, sigmoid, softplus, softplus_inv};
+use crate::math::{
+    lbeta, ln_normal, ln_normal_sf, ln_sigmoid, ln_softplus, sigmoid, softplus, softplus_inv,
+};
 
 /// The map `x ↦ θ`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +17,8 @@ pub enum Link {
     Exp,
     /// `θ = ln(1+e^x)`, for positive parameters (the original's default unconstrained link).
     Softplus,
+    /// `θ = x` (coordinates that only make sense jointly, e.g. mixing logits).
+    Identity,
 }
 
 /// A link evaluated at a point: the value, its log and their derivatives.
@@ -38,18 +42,43 @@ impl Link {
                 let s = sigmoid(x);
                 let sm = sigmoid(-x);
                 let ln_s = ln_sigmoid(x);
-                LinkEval { theta: s, ln_theta: ln_s, d_ln_theta: sm, ln_jac: ln_s + ln_sigmoid(-x), d_ln_jac: sm - s }
+                LinkEval {
+                    theta: s,
+                    ln_theta: ln_s,
+                    d_ln_theta: sm,
+                    ln_jac: ln_s + ln_sigmoid(-x),
+                    d_ln_jac: sm - s,
+                }
             }
             Link::Exp => {
                 let t = x.exp();
-                LinkEval { theta: t, ln_theta: x, d_ln_theta: 1.0, ln_jac: x, d_ln_jac: 1.0 }
+                LinkEval {
+                    theta: t,
+                    ln_theta: x,
+                    d_ln_theta: 1.0,
+                    ln_jac: x,
+                    d_ln_jac: 1.0,
+                }
             }
             Link::Softplus => {
                 let t = softplus(x);
                 let s = sigmoid(x);
                 let d = if x < -30.0 { 1.0 } else { s / t };
-                LinkEval { theta: t, ln_theta: ln_softplus(x), d_ln_theta: d, ln_jac: ln_sigmoid(x), d_ln_jac: sigmoid(-x) }
+                LinkEval {
+                    theta: t,
+                    ln_theta: ln_softplus(x),
+                    d_ln_theta: d,
+                    ln_jac: ln_sigmoid(x),
+                    d_ln_jac: sigmoid(-x),
+                }
             }
+            Link::Identity => LinkEval {
+                theta: x,
+                ln_theta: x.ln(),
+                d_ln_theta: 1.0 / x,
+                ln_jac: 0.0,
+                d_ln_jac: 0.0,
+            },
         }
     }
 
@@ -59,6 +88,7 @@ impl Link {
             Link::Sigmoid => sigmoid(x),
             Link::Exp => x.exp(),
             Link::Softplus => softplus(x),
+            Link::Identity => x,
         }
     }
 
@@ -69,6 +99,7 @@ impl Link {
             Link::Sigmoid => sigmoid(x) * sigmoid(-x),
             Link::Exp => x.exp(),
             Link::Softplus => sigmoid(x),
+            Link::Identity => 1.0,
         }
     }
 
@@ -78,6 +109,7 @@ impl Link {
             Link::Sigmoid => (theta / (1.0 - theta)).ln(),
             Link::Exp => theta.ln(),
             Link::Softplus => softplus_inv(theta),
+            Link::Identity => theta,
         }
     }
 
@@ -86,6 +118,7 @@ impl Link {
             Link::Sigmoid => "sigmoid",
             Link::Exp => "exp",
             Link::Softplus => "softplus",
+            Link::Identity => "identity",
         }
     }
 }
@@ -104,18 +137,24 @@ pub enum Prior {
     BetaPrime { a: f64, b: f64 },
     /// `θ ~ N(loc, scale)` truncated to `θ ≥ 0`.
     TruncNormal0 { loc: f64, scale: f64 },
+    /// No per-coordinate prior: the block's prior is joint (see `Model::joint_prior_grad`).
+    Flat,
 }
 
 impl Prior {
     /// `(ln p_x(x), d/dx ln p_x(x))` for `θ = link(x)`.
     #[inline]
     pub fn ln_density_x(&self, x: f64, link: Link) -> (f64, f64) {
-        if let Prior::Normal { loc, scale } = *self {
-            return (ln_normal(x, loc, scale), -(x - loc) / (scale * scale));
+        match *self {
+            Prior::Normal { loc, scale } => {
+                return (ln_normal(x, loc, scale), -(x - loc) / (scale * scale))
+            }
+            Prior::Flat => return (0.0, 0.0),
+            _ => {}
         }
         let e = link.eval(x);
         let (lp, dlp) = match *self {
-            Prior::Normal { .. } => unreachable!(),
+            Prior::Normal { .. } | Prior::Flat => unreachable!(),
             Prior::LogNormal { loc, scale } => {
                 let z = (e.ln_theta - loc) / scale;
                 let lp = -e.ln_theta + ln_normal(e.ln_theta, loc, scale);
@@ -169,20 +208,47 @@ mod tests {
     #[test]
     fn prior_gradients_match_finite_differences() {
         let priors = [
-            (Prior::Normal { loc: -2.0, scale: 1.0 }, Link::Sigmoid),
-            (Prior::LogNormal { loc: 0.5, scale: 1.3 }, Link::Exp),
-            (Prior::LogNormal { loc: 0.5, scale: 1.3 }, Link::Softplus),
+            (
+                Prior::Normal {
+                    loc: -2.0,
+                    scale: 1.0,
+                },
+                Link::Sigmoid,
+            ),
+            (
+                Prior::LogNormal {
+                    loc: 0.5,
+                    scale: 1.3,
+                },
+                Link::Exp,
+            ),
+            (
+                Prior::LogNormal {
+                    loc: 0.5,
+                    scale: 1.3,
+                },
+                Link::Softplus,
+            ),
             (Prior::Beta { a: 1.0, b: 9.0 }, Link::Sigmoid),
             (Prior::Beta { a: 2.5, b: 0.7 }, Link::Sigmoid),
             (Prior::BetaPrime { a: 1.0, b: 1.0 }, Link::Exp),
             (Prior::BetaPrime { a: 3.0, b: 2.0 }, Link::Softplus),
-            (Prior::TruncNormal0 { loc: 3.0, scale: 0.5 }, Link::Softplus),
+            (
+                Prior::TruncNormal0 {
+                    loc: 3.0,
+                    scale: 0.5,
+                },
+                Link::Softplus,
+            ),
         ];
         for (prior, link) in priors {
             for &x in &[-3.0, -0.4, 0.0, 0.7, 2.5] {
                 let (_, d) = prior.ln_density_x(x, link);
                 let want = fd(|y| prior.ln_density_x(y, link).0, x);
-                assert!((d - want).abs() < 1e-6 * want.abs().max(1.0), "{prior:?} {link:?} x={x}: {d} vs {want}");
+                assert!(
+                    (d - want).abs() < 1e-6 * want.abs().max(1.0),
+                    "{prior:?} {link:?} x={x}: {d} vs {want}"
+                );
             }
         }
     }
@@ -193,8 +259,22 @@ mod tests {
         let cases = [
             (Prior::Beta { a: 2.0, b: 5.0 }, Link::Sigmoid, 40.0),
             (Prior::BetaPrime { a: 2.0, b: 3.0 }, Link::Exp, 40.0),
-            (Prior::LogNormal { loc: 0.0, scale: 1.0 }, Link::Softplus, 1e4),
-            (Prior::TruncNormal0 { loc: 1.0, scale: 2.0 }, Link::Softplus, 40.0),
+            (
+                Prior::LogNormal {
+                    loc: 0.0,
+                    scale: 1.0,
+                },
+                Link::Softplus,
+                1e4,
+            ),
+            (
+                Prior::TruncNormal0 {
+                    loc: 1.0,
+                    scale: 2.0,
+                },
+                Link::Softplus,
+                40.0,
+            ),
         ];
         for (prior, link, hi) in cases {
             let (lo, n) = (-40.0, 2_000_000);

@@ -3,6 +3,7 @@
 //! coordinate; engines (SVI now, MCMC later) only see this seam.
 
 pub mod nb;
+mod nb_mixture;
 pub mod simulate;
 
 use crate::data::Batch;
@@ -38,7 +39,13 @@ pub struct Layout {
 
 impl Layout {
     pub fn push(&mut self, name: &str, kind: BlockKind, len: usize, link: Link) -> usize {
-        self.blocks.push(Block { name: name.to_string(), kind, offset: self.total, len, link });
+        self.blocks.push(Block {
+            name: name.to_string(),
+            kind,
+            offset: self.total,
+            len,
+            link,
+        });
         self.total += len;
         self.blocks.len() - 1
     }
@@ -59,12 +66,24 @@ pub trait Model: Sync {
     fn workspace(&self) -> Self::Workspace;
 
     /// `scale · Σ_{c∈batch} ln p(u_c | x)`; adds its gradient w.r.t. `x` into `grad`.
-    fn log_lik_grad(&self, x: &[f64], batch: &Batch, grad: &mut [f64], ws: &mut Self::Workspace) -> f64;
+    fn log_lik_grad(
+        &self,
+        x: &[f64],
+        batch: &Batch,
+        grad: &mut [f64],
+        ws: &mut Self::Workspace,
+    ) -> f64;
 
     /// The prior of coordinate `j` of block `b` (`j` is the cell for cell blocks).
     fn prior(&self, b: usize, j: usize) -> Prior;
 
-    /// A data-driven starting point (method of moments).
+    /// Log-density and gradient of priors that couple coordinates (a Dirichlet
+    /// on mixing weights); their coordinates carry `Prior::Flat`.
+    fn joint_prior_grad(&self, _x: &[f64], _grad: &mut [f64]) -> f64 {
+        0.0
+    }
+
+    /// A data-driven starting point.
     fn initial_point(&self) -> Vec<f64>;
 
     /// Coordinates within one block are conditionally independent given the
@@ -77,9 +96,16 @@ pub trait Model: Sync {
 
 /// `ln p(x) = ln p(u | x) + Σ priors` over the full data with its gradient
 /// (the target of MCMC and of Laplace-type initialisation).
-pub fn log_joint_grad<M: Model>(model: &M, x: &[f64], batch: &Batch, grad: &mut [f64], ws: &mut M::Workspace) -> f64 {
+pub fn log_joint_grad<M: Model>(
+    model: &M,
+    x: &[f64],
+    batch: &Batch,
+    grad: &mut [f64],
+    ws: &mut M::Workspace,
+) -> f64 {
     grad.iter_mut().for_each(|g| *g = 0.0);
     let mut lp = model.log_lik_grad(x, batch, grad, ws);
+    lp += model.joint_prior_grad(x, grad);
     for (b, block) in model.layout().blocks.iter().enumerate() {
         let mut add = |j: usize, w: f64| {
             let k = block.offset + j;

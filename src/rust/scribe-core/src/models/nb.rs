@@ -18,7 +18,9 @@ use super::{BlockKind, Layout, Model};
 use crate::data::{Batch, CountMatrix};
 use crate::dist::{Link, Prior};
 use crate::error::{CoreError, Result};
-use crate::math::{digamma_diff, lgamma_diff, ln_sigmoid, logit, sigmoid, softplus, softplus_inv, trigamma_diff};
+use crate::math::{
+    digamma_diff, lgamma_diff, ln_sigmoid, logit, sigmoid, softplus, softplus_inv, trigamma_diff,
+};
 use rayon::prelude::*;
 
 /// Which NB model.
@@ -37,7 +39,12 @@ impl Variant {
             "nbvcp" => Variant::Nbvcp,
             "zinb" => Variant::Zinb,
             "zinbvcp" => Variant::Zinbvcp,
-            _ => return Err(CoreError::arg("model", format!("unknown NB-family model '{s}'"))),
+            _ => {
+                return Err(CoreError::arg(
+                    "model",
+                    format!("unknown NB-family model '{s}'"),
+                ))
+            }
         })
     }
     pub fn has_capture(self) -> bool {
@@ -73,7 +80,12 @@ impl Parameterization {
             "canonical" | "standard" => Parameterization::Canonical,
             "mean_prob" | "linked" => Parameterization::MeanProb,
             "mean_odds" | "odds_ratio" => Parameterization::MeanOdds,
-            _ => return Err(CoreError::arg("parameterization", format!("unknown parameterization '{s}'"))),
+            _ => {
+                return Err(CoreError::arg(
+                    "parameterization",
+                    format!("unknown parameterization '{s}'"),
+                ))
+            }
         })
     }
     pub fn name(self) -> &'static str {
@@ -113,6 +125,19 @@ pub struct CapturePrior {
     pub sigma: f64,
 }
 
+/// A mixture over cells: every cell's whole gene vector comes from one of
+/// `k` components; `gene`/`scalar`/`gate` say which parameters get a
+/// component axis (capture is always shared).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mixture {
+    pub k: usize,
+    pub gene: bool,
+    pub scalar: bool,
+    pub gate: bool,
+    /// Symmetric Dirichlet concentration of the mixing weights.
+    pub concentration: f64,
+}
+
 /// Everything that defines an NB-family model apart from the data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NbSpec {
@@ -124,14 +149,30 @@ pub struct NbSpec {
     /// Priors by sampled-site name: "r"/"mu", "p"/"phi", "p_capture"/"phi_capture", "gate".
     pub priors: Vec<(String, Prior)>,
     pub capture_prior: Option<CapturePrior>,
+    pub mixture: Option<Mixture>,
 }
 
 impl NbSpec {
     /// The spec's default priors for this variant and parameterization.
-    pub fn new(variant: Variant, param: Parameterization, unconstrained: bool, positive_link: Link) -> Self {
+    pub fn new(
+        variant: Variant,
+        param: Parameterization,
+        unconstrained: bool,
+        positive_link: Link,
+    ) -> Self {
         let mut priors = Vec::new();
-        let n01 = Prior::Normal { loc: 0.0, scale: 1.0 };
-        let gene = if unconstrained { n01 } else { Prior::LogNormal { loc: 0.0, scale: 1.0 } };
+        let n01 = Prior::Normal {
+            loc: 0.0,
+            scale: 1.0,
+        };
+        let gene = if unconstrained {
+            n01
+        } else {
+            Prior::LogNormal {
+                loc: 0.0,
+                scale: 1.0,
+            }
+        };
         priors.push((param.gene_param().to_string(), gene));
         let scalar = match (param, unconstrained) {
             (_, true) => n01,
@@ -148,10 +189,25 @@ impl NbSpec {
             priors.push((param.capture_param().to_string(), cap));
         }
         if variant.has_gate() {
-            let gate = if unconstrained { Prior::Normal { loc: -2.0, scale: 1.0 } } else { Prior::Beta { a: 1.0, b: 9.0 } };
+            let gate = if unconstrained {
+                Prior::Normal {
+                    loc: -2.0,
+                    scale: 1.0,
+                }
+            } else {
+                Prior::Beta { a: 1.0, b: 9.0 }
+            };
             priors.push(("gate".to_string(), gate));
         }
-        NbSpec { variant, param, unconstrained, positive_link, priors, capture_prior: None }
+        NbSpec {
+            variant,
+            param,
+            unconstrained,
+            positive_link,
+            priors,
+            capture_prior: None,
+            mixture: None,
+        }
     }
 
     /// Replaces the hyper-parameters of a sampled site's default prior family.
@@ -160,49 +216,124 @@ impl NbSpec {
             if !self.variant.has_capture() {
                 return Err(CoreError::arg(
                     "priors",
-                    format!("a capture prior needs a variable-capture model (nbvcp, zinbvcp), not '{}'", self.variant.name()),
+                    format!(
+                        "a capture prior needs a variable-capture model (nbvcp, zinbvcp), not '{}'",
+                        self.variant.name()
+                    ),
                 ));
             }
             if !(b > 0.0) || !a.is_finite() {
-                return Err(CoreError::arg("priors", "capture_efficiency must be c(log(M0), sigma) with sigma > 0"));
+                return Err(CoreError::arg(
+                    "priors",
+                    "capture_efficiency must be c(log(M0), sigma) with sigma > 0",
+                ));
             }
             self.capture_prior = Some(CapturePrior { ln_m0: a, sigma: b });
             return Ok(());
         }
         let known: Vec<String> = self.priors.iter().map(|(n, _)| n.clone()).collect();
         let (variant, param) = (self.variant, self.param);
-        let entry = self.priors.iter_mut().find(|(n, _)| n == site).ok_or_else(|| {
-            CoreError::arg(
-                "priors",
-                format!(
-                    "'{site}' is not a sampled parameter of {} ({}); sampled: {}",
-                    variant.name(),
-                    param.name(),
-                    known.join(", ")
-                ),
-            )
-        })?;
+        let entry = self
+            .priors
+            .iter_mut()
+            .find(|(n, _)| n == site)
+            .ok_or_else(|| {
+                CoreError::arg(
+                    "priors",
+                    format!(
+                        "'{site}' is not a sampled parameter of {} ({}); sampled: {}",
+                        variant.name(),
+                        param.name(),
+                        known.join(", ")
+                    ),
+                )
+            })?;
         let new = match entry.1 {
             Prior::Normal { .. } => Prior::Normal { loc: a, scale: b },
             Prior::LogNormal { .. } => Prior::LogNormal { loc: a, scale: b },
             Prior::Beta { .. } => Prior::Beta { a, b },
             Prior::BetaPrime { .. } => Prior::BetaPrime { a, b },
             Prior::TruncNormal0 { .. } => Prior::TruncNormal0 { loc: a, scale: b },
+            Prior::Flat => Prior::Flat,
         };
         let ok = match new {
-            Prior::Normal { loc, scale } | Prior::LogNormal { loc, scale } => loc.is_finite() && scale > 0.0,
+            Prior::Normal { loc, scale } | Prior::LogNormal { loc, scale } => {
+                loc.is_finite() && scale > 0.0
+            }
             Prior::Beta { a, b } | Prior::BetaPrime { a, b } => a > 0.0 && b > 0.0,
-            Prior::TruncNormal0 { .. } => true,
+            Prior::TruncNormal0 { .. } | Prior::Flat => true,
         };
         if !ok || !b.is_finite() {
-            return Err(CoreError::arg("priors", format!("invalid hyper-parameters c({a}, {b}) for '{site}'")));
+            return Err(CoreError::arg(
+                "priors",
+                format!("invalid hyper-parameters c({a}, {b}) for '{site}'"),
+            ));
         }
         entry.1 = new;
         Ok(())
     }
 
     fn prior_of(&self, site: &str) -> Prior {
-        self.priors.iter().find(|(n, _)| n == site).map(|(_, p)| *p).expect("prior for every sampled site")
+        self.priors
+            .iter()
+            .find(|(n, _)| n == site)
+            .map(|(_, p)| *p)
+            .expect("prior for every sampled site")
+    }
+
+    /// Makes this a `k`-component mixture over the named sampled sites
+    /// (gene param, scalar param, "gate").
+    pub fn set_mixture(&mut self, k: usize, sites: &[&str], concentration: f64) -> Result<()> {
+        if k < 2 {
+            return Err(CoreError::arg(
+                "n_components",
+                "must be at least 2 for a mixture model",
+            ));
+        }
+        if !(concentration > 0.0) {
+            return Err(CoreError::arg(
+                "priors",
+                "the mixing concentration must be positive",
+            ));
+        }
+        let mut m = Mixture {
+            k,
+            gene: false,
+            scalar: false,
+            gate: false,
+            concentration,
+        };
+        for &site in sites {
+            if site == self.param.gene_param() {
+                m.gene = true;
+            } else if site == self.param.scalar_param() {
+                m.scalar = true;
+            } else if site == "gate" && self.variant.has_gate() {
+                m.gate = true;
+            } else {
+                return Err(CoreError::arg(
+                    "mixture_params",
+                    format!(
+                        "'{site}' cannot be component-specific in {} ({})",
+                        self.variant.name(),
+                        self.param.name()
+                    ),
+                ));
+            }
+        }
+        if !(m.gene || m.scalar || m.gate) {
+            return Err(CoreError::arg(
+                "mixture_params",
+                "at least one parameter must be component-specific",
+            ));
+        }
+        self.mixture = Some(m);
+        Ok(())
+    }
+
+    /// Number of mixture components (1 without a mixture).
+    pub fn n_components(&self) -> usize {
+        self.mixture.map_or(1, |m| m.k)
     }
 
     /// Link of the sampled positive parameters.
@@ -217,7 +348,7 @@ impl NbSpec {
 
 /// How capture is parameterized in the unconstrained vector.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Capture {
+pub(crate) enum Capture {
     None,
     /// `ν = sigmoid(x)`.
     Nu,
@@ -231,73 +362,130 @@ enum Capture {
 pub struct NbModel<'a> {
     pub spec: NbSpec,
     pub data: &'a CountMatrix,
-    layout: Layout,
-    b_gene: usize,
-    b_scalar: usize,
-    b_cap: Option<usize>,
-    b_gate: Option<usize>,
-    capture: Capture,
+    pub(crate) layout: Layout,
+    pub(crate) b_gene: usize,
+    pub(crate) b_scalar: usize,
+    pub(crate) b_cap: Option<usize>,
+    pub(crate) b_gate: Option<usize>,
+    pub(crate) b_mix: Option<usize>,
+    pub(crate) capture: Capture,
     /// Per-cell TruncNormal location `ln M0 − ln max(L_c, 1)` under the capture prior.
-    eta_loc: Vec<f64>,
+    pub(crate) eta_loc: Vec<f64>,
 }
 
 /// Scratch buffers of [`NbModel::log_lik_grad`].
 pub struct NbWorkspace {
-    theta: Vec<f64>,
-    dtheta: Vec<f64>,
-    r: Vec<f64>,
-    ell: Vec<f64>,
-    dlnnu: Vec<f64>,
-    pi: Vec<f64>,
-    g_r: Vec<f64>,
-    g_gate: Vec<f64>,
-    g_ell: Vec<f64>,
-    gene_ll: Vec<f64>,
-    /// zinbvcp: per cell-block partial gene gradients, reduced in block order.
-    blk: Vec<f64>,
-    blk_ll: Vec<f64>,
+    pub(crate) theta: Vec<f64>,
+    pub(crate) dtheta: Vec<f64>,
+    pub(crate) r: Vec<f64>,
+    pub(crate) ell: Vec<f64>,
+    pub(crate) dlnnu: Vec<f64>,
+    pub(crate) pi: Vec<f64>,
+    pub(crate) g_r: Vec<f64>,
+    pub(crate) g_gate: Vec<f64>,
+    pub(crate) g_ell: Vec<f64>,
+    pub(crate) gene_ll: Vec<f64>,
+    /// Per cell-block partial gene gradients (zinbvcp, mixtures), reduced in block order.
+    pub(crate) blk: Vec<f64>,
+    pub(crate) blk_ll: Vec<f64>,
 }
 
 /// Cells per block in the zinbvcp kernel. Fixed (not derived from the thread
 /// count) so that sums are grouped identically however many threads run.
-const CELL_BLOCK: usize = 64;
+pub(crate) const CELL_BLOCK: usize = 64;
 
 impl<'a> NbModel<'a> {
     pub fn new(spec: NbSpec, data: &'a CountMatrix) -> Result<Self> {
         if spec.capture_prior.is_some() && !spec.variant.has_capture() {
-            return Err(CoreError::arg("priors", "capture_efficiency requires nbvcp or zinbvcp"));
+            return Err(CoreError::arg(
+                "priors",
+                "capture_efficiency requires nbvcp or zinbvcp",
+            ));
         }
         let mut layout = Layout::default();
         let pos = spec.pos_link();
-        let b_gene = layout.push(spec.param.gene_param(), BlockKind::Gene, data.n_genes, pos);
-        let scalar_link = if spec.param == Parameterization::MeanOdds { pos } else { Link::Sigmoid };
-        let b_scalar = layout.push(spec.param.scalar_param(), BlockKind::Scalar, 1, scalar_link);
+        let mix = spec.mixture;
+        let kk = |on: bool| mix.filter(|_| on).map_or(1, |m| m.k);
+        let (k_gene, k_scalar, k_gate) = (
+            kk(mix.is_some_and(|m| m.gene)),
+            kk(mix.is_some_and(|m| m.scalar)),
+            kk(mix.is_some_and(|m| m.gate)),
+        );
+        let b_gene = layout.push(
+            spec.param.gene_param(),
+            BlockKind::Gene,
+            k_gene * data.n_genes,
+            pos,
+        );
+        let scalar_link = if spec.param == Parameterization::MeanOdds {
+            pos
+        } else {
+            Link::Sigmoid
+        };
+        let b_scalar = layout.push(
+            spec.param.scalar_param(),
+            BlockKind::Scalar,
+            k_scalar,
+            scalar_link,
+        );
         let (b_cap, capture) = if spec.variant.has_capture() {
             if spec.capture_prior.is_some() {
-                (Some(layout.push("eta_capture", BlockKind::Cell, data.n_cells, Link::Softplus)), Capture::Eta)
+                (
+                    Some(layout.push("eta_capture", BlockKind::Cell, data.n_cells, Link::Softplus)),
+                    Capture::Eta,
+                )
             } else if spec.param == Parameterization::MeanOdds {
-                (Some(layout.push("phi_capture", BlockKind::Cell, data.n_cells, pos)), Capture::Phi(pos))
+                (
+                    Some(layout.push("phi_capture", BlockKind::Cell, data.n_cells, pos)),
+                    Capture::Phi(pos),
+                )
             } else {
-                (Some(layout.push("p_capture", BlockKind::Cell, data.n_cells, Link::Sigmoid)), Capture::Nu)
+                (
+                    Some(layout.push("p_capture", BlockKind::Cell, data.n_cells, Link::Sigmoid)),
+                    Capture::Nu,
+                )
             }
         } else {
             (None, Capture::None)
         };
         let b_gate = if spec.variant.has_gate() {
-            Some(layout.push("gate", BlockKind::Gene, data.n_genes, Link::Sigmoid))
+            Some(layout.push(
+                "gate",
+                BlockKind::Gene,
+                k_gate * data.n_genes,
+                Link::Sigmoid,
+            ))
         } else {
             None
         };
+        // Mixing weights w = softmax([z, 0]) over K − 1 free coordinates.
+        let b_mix =
+            mix.map(|m| layout.push("mixing_weights", BlockKind::Scalar, m.k - 1, Link::Identity));
         let eta_loc = match spec.capture_prior {
-            Some(cp) => data.lib_size.iter().map(|&l| cp.ln_m0 - l.max(1.0).ln()).collect(),
+            Some(cp) => data
+                .lib_size
+                .iter()
+                .map(|&l| cp.ln_m0 - l.max(1.0).ln())
+                .collect(),
             None => Vec::new(),
         };
-        Ok(NbModel { spec, data, layout, b_gene, b_scalar, b_cap, b_gate, capture, eta_loc })
+        Ok(NbModel {
+            spec,
+            data,
+            layout,
+            b_gene,
+            b_scalar,
+            b_cap,
+            b_gate,
+            b_mix,
+            capture,
+            eta_loc,
+        })
     }
 
     /// `(ln ν, d ln ν / dx)` of a capture coordinate.
     #[inline]
-    fn capture_eval(&self, x: f64) -> (f64, f64) {
+    pub(crate) fn capture_eval(&self, x: f64) -> (f64, f64) {
         match self.capture {
             Capture::None => (0.0, 0.0),
             Capture::Nu => (ln_sigmoid(x), sigmoid(-x)),
@@ -310,7 +498,13 @@ impl<'a> NbModel<'a> {
     }
 
     /// Per-gene `Σ_x w(x)[lnΓ(x+r)−lnΓ(r)]` into `gene_ll` and its r-derivative into `g_r`.
-    fn pair_terms(&self, batch: &Batch, r: &[f64], gene_ll: &mut [f64], g_r: &mut [f64]) {
+    pub(crate) fn pair_terms(
+        &self,
+        batch: &Batch,
+        r: &[f64],
+        gene_ll: &mut [f64],
+        g_r: &mut [f64],
+    ) {
         let d = self.data;
         gene_ll
             .par_iter_mut()
@@ -456,39 +650,55 @@ impl<'a> NbModel<'a> {
         ll
     }
 
-    /// Alternating conditional NB maximum likelihood for (r, logit p̂_c), used
-    /// only to start the guide near the posterior mode.
-    fn alternating_nb_mle(&self, mut r: Vec<f64>, mut ell: Vec<f64>, rounds: usize) -> (Vec<f64>, Vec<f64>) {
+    /// Conditional NB maximum likelihood of every `r_g` given the cells' `p̂`:
+    /// the root of `Σ_x w_g(x)[ψ(x+r)−ψ(r)] + s1 = 0` with `s1 = Σ_c ln(1−p̂_c)`
+    /// (decreasing in r, so Newton on ln r converges to the unique root).
+    pub(crate) fn solve_r(&self, pair_weight: &[f64], s1: f64, r: &mut [f64]) {
         let d = self.data;
-        let cf = d.n_cells as f64;
-        let total: f64 = d.lib_size.iter().sum();
-        for _ in 0..rounds {
-            let s1: f64 = ell.iter().map(|&l| ln_sigmoid(-l)).sum();
-            r.par_iter_mut().enumerate().with_min_len(256).for_each(|(g, rg)| {
+        r.par_iter_mut()
+            .enumerate()
+            .with_min_len(256)
+            .for_each(|(g, rg)| {
                 let pairs = d.gene_pair_ptr[g]..d.gene_pair_ptr[g + 1];
-                if pairs.is_empty() {
+                if pairs.clone().all(|k| pair_weight[k] == 0.0) {
                     *rg = 1e-2;
                     return;
                 }
-                // Newton on u = ln r; f is decreasing in r with a unique root.
                 let mut u = rg.max(1e-4).ln();
                 for _ in 0..50 {
                     let rv = u.exp();
                     let (mut f, mut df) = (s1, 0.0);
                     for k in pairs.clone() {
-                        let (w, x) = (d.pair_weight[k], d.pair_count[k]);
-                        f += w * digamma_diff(x, rv);
-                        df += w * trigamma_diff(x, rv);
+                        let (w, x) = (pair_weight[k], d.pair_count[k]);
+                        if w != 0.0 {
+                            f += w * digamma_diff(x, rv);
+                            df += w * trigamma_diff(x, rv);
+                        }
                     }
                     let step = (f / (df * rv)).clamp(-2.0, 2.0);
-                    u -= step;
-                    u = u.clamp((1e-4f64).ln(), (1e4f64).ln());
+                    u = (u - step).clamp((1e-4f64).ln(), (1e4f64).ln());
                     if step.abs() < 1e-8 {
                         break;
                     }
                 }
                 *rg = u.exp();
             });
+    }
+
+    /// Alternating conditional NB maximum likelihood for (r, logit p̂_c), used
+    /// only to start the guide near the posterior mode.
+    fn alternating_nb_mle(
+        &self,
+        mut r: Vec<f64>,
+        mut ell: Vec<f64>,
+        rounds: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let d = self.data;
+        let cf = d.n_cells as f64;
+        let total: f64 = d.lib_size.iter().sum();
+        for _ in 0..rounds {
+            let s1: f64 = ell.iter().map(|&l| ln_sigmoid(-l)).sum();
+            self.solve_r(&d.pair_weight, s1, &mut r);
             let big_r: f64 = r.iter().sum();
             if self.spec.variant.has_capture() {
                 for (c, l) in ell.iter_mut().enumerate() {
@@ -580,25 +790,39 @@ impl Model for NbModel<'_> {
 
     fn workspace(&self) -> NbWorkspace {
         let (g, c) = (self.data.n_genes, self.data.n_cells);
-        let zinbvcp = self.spec.variant == Variant::Zinbvcp;
+        let k = self.spec.n_components();
+        let per_block = self.spec.variant == Variant::Zinbvcp || k > 1;
         let n_blocks = c.div_ceil(CELL_BLOCK);
         NbWorkspace {
-            theta: vec![0.0; g],
-            dtheta: vec![0.0; g],
-            r: vec![0.0; g],
-            ell: vec![0.0; c],
+            theta: vec![0.0; k * g],
+            dtheta: vec![0.0; k * g],
+            r: vec![0.0; k * g],
+            ell: vec![0.0; k * c],
             dlnnu: vec![0.0; c],
-            pi: vec![0.0; g],
-            g_r: vec![0.0; g],
-            g_gate: vec![0.0; g],
-            g_ell: vec![0.0; c],
+            pi: vec![0.0; k * g],
+            g_r: vec![0.0; k * g],
+            g_gate: vec![0.0; k * g],
+            g_ell: vec![0.0; k * c],
             gene_ll: vec![0.0; g],
-            blk: if zinbvcp { vec![0.0; n_blocks * 2 * g] } else { Vec::new() },
+            blk: if per_block {
+                vec![0.0; n_blocks * (2 * k * g + 4 * k)]
+            } else {
+                Vec::new()
+            },
             blk_ll: vec![0.0; n_blocks],
         }
     }
 
-    fn log_lik_grad(&self, x: &[f64], batch: &Batch, grad: &mut [f64], ws: &mut NbWorkspace) -> f64 {
+    fn log_lik_grad(
+        &self,
+        x: &[f64],
+        batch: &Batch,
+        grad: &mut [f64],
+        ws: &mut NbWorkspace,
+    ) -> f64 {
+        if self.spec.mixture.is_some() {
+            return self.mixture_log_lik_grad(x, batch, grad, ws);
+        }
         let (lp, phi, dphi) = self.fill_derived(x, batch, ws);
         let nb = batch.len();
         ws.g_ell[..nb].iter_mut().for_each(|v| *v = 0.0);
@@ -659,28 +883,68 @@ impl Model for NbModel<'_> {
     }
 
     fn prior(&self, b: usize, j: usize) -> Prior {
+        if Some(b) == self.b_mix {
+            return Prior::Flat;
+        }
         if Some(b) == self.b_cap && self.capture == Capture::Eta {
             let cp = self.spec.capture_prior.expect("eta capture has a prior");
-            return Prior::TruncNormal0 { loc: self.eta_loc[j], scale: cp.sigma };
+            return Prior::TruncNormal0 {
+                loc: self.eta_loc[j],
+                scale: cp.sigma,
+            };
         }
         self.spec.prior_of(&self.layout.blocks[b].name)
     }
 
+    fn joint_prior_grad(&self, x: &[f64], grad: &mut [f64]) -> f64 {
+        match (self.b_mix, self.spec.mixture) {
+            (Some(b), Some(m)) => self.dirichlet_prior_grad(
+                &x[self.layout.blocks[b].offset..][..m.k - 1],
+                m,
+                &mut grad[self.layout.blocks[b].offset..][..m.k - 1],
+            ),
+            _ => 0.0,
+        }
+    }
+
     fn initial_point(&self) -> Vec<f64> {
+        let base = self.base_init();
+        if self.spec.mixture.is_some() {
+            return self.mixture_initial_point(&base);
+        }
+        self.materialize(&base, std::slice::from_ref(&base.r), &[base.lp], &[])
+    }
+}
+
+/// A single-component starting point, shared by plain and mixture models.
+pub(crate) struct BaseInit {
+    pub r: Vec<f64>,
+    /// logit p (the shared scalar).
+    pub lp: f64,
+    /// Capture probability per cell (1 without capture).
+    pub nu: Vec<f64>,
+    /// logit p̂ per cell.
+    pub ell: Vec<f64>,
+    pub gate: Vec<f64>,
+}
+
+impl NbModel<'_> {
+    fn base_init(&self) -> BaseInit {
         let d = self.data;
         let (g_n, c_n) = (d.n_genes, d.n_cells);
         let cf = c_n as f64;
-        let mut x = vec![0.0; self.layout.total];
         // Capture: ν_c ∝ L_c (prior mean 1/2 on average), or L_c / M0 under the capture prior.
         let mean_lib = d.lib_size.iter().sum::<f64>() / cf;
         let nu: Vec<f64> = d
             .lib_size
             .iter()
-            .map(|&l| match (self.spec.variant.has_capture(), self.spec.capture_prior) {
-                (false, _) => 1.0,
-                (true, Some(cp)) => (l.max(1.0) / cp.ln_m0.exp()).clamp(1e-6, 1.0 - 1e-6),
-                (true, None) => (0.5 * l / mean_lib).clamp(0.01, 0.99),
-            })
+            .map(
+                |&l| match (self.spec.variant.has_capture(), self.spec.capture_prior) {
+                    (false, _) => 1.0,
+                    (true, Some(cp)) => (l.max(1.0) / cp.ln_m0.exp()).clamp(1e-6, 1.0 - 1e-6),
+                    (true, None) => (0.5 * l / mean_lib).clamp(0.01, 0.99),
+                },
+            )
             .collect();
         // Method of moments given ν: E u_cg = m_g ν_c with m_g = r_g·o, and
         // Var u_cg = m_g ν_c (1 + o ν_c). Per gene, m̂_g = Σ_c u_cg / Σ_c ν_c and
@@ -710,8 +974,16 @@ impl Model for NbModel<'_> {
             .filter(|o| o.is_finite())
             .collect();
         o_g.sort_by(|a, b| a.total_cmp(b));
-        let odds0 = if o_g.is_empty() { 1.0 } else { o_g[o_g.len() / 2] }.clamp(1e-3, 1e3);
-        let r0: Vec<f64> = m_hat.iter().map(|&m| (m / odds0).clamp(1e-3, 1e4)).collect();
+        let odds0 = if o_g.is_empty() {
+            1.0
+        } else {
+            o_g[o_g.len() / 2]
+        }
+        .clamp(1e-3, 1e3);
+        let r0: Vec<f64> = m_hat
+            .iter()
+            .map(|&m| (m / odds0).clamp(1e-3, 1e4))
+            .collect();
         // Refine by alternating conditional NB maximum likelihood (zero inflation
         // ignored): r_g | p̂ solves Σ_x n_g(x)[ψ(x+r)−ψ(r)] + Σ_c ln(1−p̂_c) = 0, and
         // p̂ | r is closed form: logit p̂_c = ln(L_c / R) (capture) or
@@ -733,42 +1005,86 @@ impl Model for NbModel<'_> {
             }
             (true, None) => (med + 2f64.ln()).max(max + 0.05),
         };
-        let nu: Vec<f64> = ell.iter().map(|l| (l - lp).exp().clamp(1e-6, 1.0 - 1e-6)).collect();
+        let nu: Vec<f64> = ell
+            .iter()
+            .map(|l| (l - lp).exp().clamp(1e-6, 1.0 - 1e-6))
+            .collect();
         let odds = lp.exp();
         let p = odds / (1.0 + odds);
-        let lay = &self.layout;
-        let gb = &lay.blocks[self.b_gene];
-        for g in 0..g_n {
-            let val = match self.spec.param {
-                Parameterization::Canonical => r_hat[g],
-                _ => (r_hat[g] * odds).max(1e-6),
-            };
-            x[gb.offset + g] = gb.link.inverse(val);
+        let gate: Vec<f64> = (0..g_n)
+            .map(|g| {
+                // Excess zeros over the NB zero probability at the starting point.
+                let f0 = 1.0 - d.gene_nnz[g] / cf;
+                let nb0 = (r_hat[g] * (-p).ln_1p()).exp();
+                if nb0 < 1.0 {
+                    ((f0 - nb0) / (1.0 - nb0)).clamp(0.01, 0.5)
+                } else {
+                    0.05
+                }
+            })
+            .collect();
+        BaseInit {
+            r: r_hat,
+            lp,
+            nu,
+            ell,
+            gate,
         }
+    }
+
+    /// Writes a starting point into the layout: `r[k]` per gene component,
+    /// `lp[k]` per scalar component, mixing weights `w` (empty without a mixture).
+    pub(crate) fn materialize(
+        &self,
+        base: &BaseInit,
+        r: &[Vec<f64>],
+        lp: &[f64],
+        w: &[f64],
+    ) -> Vec<f64> {
+        let g_n = self.data.n_genes;
+        let lay = &self.layout;
+        let mut x = vec![0.0; lay.total];
+        let gb = &lay.blocks[self.b_gene];
         let sblk = &lay.blocks[self.b_scalar];
-        x[sblk.offset] = match self.spec.param {
-            Parameterization::MeanOdds => sblk.link.inverse(1.0 / odds),
-            _ => logit(p),
-        };
+        for (k, rk) in r.iter().enumerate().take(gb.len / g_n) {
+            let odds = lp[k.min(lp.len() - 1)].exp();
+            for g in 0..g_n {
+                let val = match self.spec.param {
+                    Parameterization::Canonical => rk[g],
+                    _ => (rk[g] * odds).max(1e-6),
+                };
+                x[gb.offset + k * g_n + g] = gb.link.inverse(val);
+            }
+        }
+        for k in 0..sblk.len {
+            let l = lp[k.min(lp.len() - 1)];
+            x[sblk.offset + k] = match self.spec.param {
+                Parameterization::MeanOdds => sblk.link.inverse((-l).exp()),
+                _ => l,
+            };
+        }
         if let Some(b) = self.b_cap {
             let blk = &lay.blocks[b];
-            for c in 0..c_n {
+            for (c, &nu) in base.nu.iter().enumerate() {
                 x[blk.offset + c] = match self.capture {
-                    Capture::Nu => logit(nu[c]),
-                    Capture::Phi(link) => link.inverse((1.0 - nu[c]) / nu[c]),
-                    Capture::Eta => softplus_inv((-nu[c].ln()).max(1e-4)),
+                    Capture::Nu => logit(nu),
+                    Capture::Phi(link) => link.inverse((1.0 - nu) / nu),
+                    Capture::Eta => softplus_inv((-nu.ln()).max(1e-4)),
                     Capture::None => 0.0,
                 };
             }
         }
         if let Some(b) = self.b_gate {
-            // Excess zeros over the NB zero probability at the starting point.
-            let off = lay.blocks[b].offset;
-            for g in 0..g_n {
-                let f0 = 1.0 - d.gene_nnz[g] / cf;
-                let nb0 = (r_hat[g] * (-p).ln_1p()).exp();
-                let pi = if nb0 < 1.0 { ((f0 - nb0) / (1.0 - nb0)).clamp(0.01, 0.5) } else { 0.05 };
-                x[off + g] = logit(pi);
+            let blk = &lay.blocks[b];
+            for j in 0..blk.len {
+                x[blk.offset + j] = logit(base.gate[j % g_n]);
+            }
+        }
+        if let Some(b) = self.b_mix {
+            let blk = &lay.blocks[b];
+            let last = w[w.len() - 1].max(1e-6);
+            for j in 0..blk.len {
+                x[blk.offset + j] = (w[j].max(1e-6) / last).ln();
             }
         }
         x
@@ -792,7 +1108,9 @@ mod tests {
             let ph = sigmoid(ell[k]);
             for g in 0..d.n_genes {
                 let u = dense[c as usize * d.n_genes + g];
-                let lnb = lgamma(u + r[g]) - lgamma(r[g]) - lgamma(u + 1.0) + u * ph.ln() + r[g] * (1.0 - ph).ln();
+                let lnb = lgamma(u + r[g]) - lgamma(r[g]) - lgamma(u + 1.0)
+                    + u * ph.ln()
+                    + r[g] * (1.0 - ph).ln();
                 ll += match &gate {
                     None => lnb,
                     Some(pi) if u == 0.0 => (pi[g] + (1.0 - pi[g]) * lnb.exp()).ln(),
@@ -810,9 +1128,22 @@ mod tests {
 
     fn all_specs() -> Vec<NbSpec> {
         let mut v = Vec::new();
-        for variant in [Variant::Nbdm, Variant::Nbvcp, Variant::Zinb, Variant::Zinbvcp] {
-            for param in [Parameterization::Canonical, Parameterization::MeanProb, Parameterization::MeanOdds] {
-                for (unc, link) in [(false, Link::Exp), (true, Link::Softplus), (true, Link::Exp)] {
+        for variant in [
+            Variant::Nbdm,
+            Variant::Nbvcp,
+            Variant::Zinb,
+            Variant::Zinbvcp,
+        ] {
+            for param in [
+                Parameterization::Canonical,
+                Parameterization::MeanProb,
+                Parameterization::MeanOdds,
+            ] {
+                for (unc, link) in [
+                    (false, Link::Exp),
+                    (true, Link::Softplus),
+                    (true, Link::Exp),
+                ] {
                     v.push(NbSpec::new(variant, param, unc, link));
                 }
                 if variant.has_capture() {
@@ -846,14 +1177,20 @@ mod tests {
             let full = Batch::full(&data);
             let ll = model.log_lik_grad(&x, &full, &mut grad, &mut ws);
             let want = dense_ll(&model, &x, &full.cells);
-            assert!((ll - want).abs() < 1e-8 * want.abs().max(1.0), "{spec:?}: {ll} vs {want}");
+            assert!(
+                (ll - want).abs() < 1e-8 * want.abs().max(1.0),
+                "{spec:?}: {ll} vs {want}"
+            );
             // a mini-batch, scaled by C/B
             let mut b = Batch::full(&data);
             b.set_cells(&data, &[3, 7, 1, 19, 22]);
             grad.iter_mut().for_each(|g| *g = 0.0);
             let llb = model.log_lik_grad(&x, &b, &mut grad, &mut ws);
             let wantb = dense_ll(&model, &x, &b.cells) * b.scale;
-            assert!((llb - wantb).abs() < 1e-8 * wantb.abs().max(1.0), "{spec:?} batch: {llb} vs {wantb}");
+            assert!(
+                (llb - wantb).abs() < 1e-8 * wantb.abs().max(1.0),
+                "{spec:?} batch: {llb} vs {wantb}"
+            );
         }
     }
 

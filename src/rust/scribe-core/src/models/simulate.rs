@@ -19,6 +19,18 @@ pub struct NbTruth {
     /// Zero-inflation gate per gene (`None` for nbdm/nbvcp).
     pub gate: Option<Vec<f64>>,
     pub n_cells: usize,
+    /// Per-component parameters; when present they replace `r`, `p`, `gate`.
+    pub mixture: Option<MixtureTruth>,
+}
+
+/// True parameters of a mixture: component `assignment[c]` generated cell c.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MixtureTruth {
+    pub r: Vec<Vec<f64>>,
+    pub p: Vec<f64>,
+    pub gate: Option<Vec<Vec<f64>>>,
+    pub weights: Vec<f64>,
+    pub assignment: Vec<usize>,
 }
 
 impl NbTruth {
@@ -26,16 +38,97 @@ impl NbTruth {
     /// gates `~ Beta(1, 4)` on a third of the genes and 0 elsewhere.
     pub fn random(variant: Variant, n_genes: usize, n_cells: usize, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let r = (0..n_genes).map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal).exp()).collect();
+        let r = (0..n_genes)
+            .map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal).exp())
+            .collect();
         let nu = variant.has_capture().then(|| {
             let beta = rand_distr::Beta::new(4.0, 4.0).expect("valid Beta");
             (0..n_cells).map(|_| beta.sample(&mut rng)).collect()
         });
         let gate = variant.has_gate().then(|| {
             let beta = rand_distr::Beta::new(1.0, 4.0).expect("valid Beta");
-            (0..n_genes).map(|g| if g % 3 == 0 { beta.sample(&mut rng) } else { 0.0 }).collect()
+            (0..n_genes)
+                .map(|g| {
+                    if g % 3 == 0 {
+                        beta.sample(&mut rng)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
         });
-        NbTruth { r, p: 0.6, nu, gate, n_cells }
+        NbTruth {
+            r,
+            p: 0.6,
+            nu,
+            gate,
+            n_cells,
+            mixture: None,
+        }
+    }
+
+    /// A random K-component truth: components share the base `r` except for a
+    /// fifth of the genes ("markers"), whose `r` is multiplied by `e^{±1.5}`;
+    /// `p_k` spreads over [0.5, 0.7]; weights `∝ 1, 2, …, K`.
+    pub fn random_mixture(
+        variant: Variant,
+        n_genes: usize,
+        n_cells: usize,
+        k: usize,
+        seed: u64,
+    ) -> Self {
+        let mut t = Self::random(variant, n_genes, n_cells, seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+        let r: Vec<Vec<f64>> = (0..k)
+            .map(|_| {
+                t.r.iter()
+                    .map(|&r| {
+                        if rng.random::<f64>() < 0.2 {
+                            r * if rng.random::<bool>() {
+                                1.5f64.exp()
+                            } else {
+                                (-1.5f64).exp()
+                            }
+                        } else {
+                            r
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let p: Vec<f64> = (0..k)
+            .map(|j| {
+                if k > 1 {
+                    0.5 + 0.2 * j as f64 / (k - 1) as f64
+                } else {
+                    0.6
+                }
+            })
+            .collect();
+        let tot = (k * (k + 1) / 2) as f64;
+        let weights: Vec<f64> = (1..=k).map(|j| j as f64 / tot).collect();
+        let assignment: Vec<usize> = (0..n_cells)
+            .map(|_| {
+                let u: f64 = rng.random();
+                let mut acc = 0.0;
+                weights
+                    .iter()
+                    .position(|w| {
+                        acc += w;
+                        u < acc
+                    })
+                    .unwrap_or(k - 1)
+            })
+            .collect();
+        let gate = t.gate.as_ref().map(|g| vec![g.clone(); k]);
+        t.mixture = Some(MixtureTruth {
+            r,
+            p,
+            gate,
+            weights,
+            assignment,
+        });
+        t
     }
 }
 
@@ -47,17 +140,23 @@ pub fn simulate_nb(truth: &NbTruth, seed: u64) -> CountMatrix {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             rng.set_stream(c as u64 + 1);
             let nu = truth.nu.as_ref().map_or(1.0, |v| v[c]);
-            let p = truth.p;
+            let (r, p, gate) = match &truth.mixture {
+                Some(m) => {
+                    let k = m.assignment[c];
+                    (&m.r[k], m.p[k], m.gate.as_ref().map(|g| &g[k]))
+                }
+                None => (&truth.r, truth.p, truth.gate.as_ref()),
+            };
             let p_hat = p * nu / (1.0 - p * (1.0 - nu));
             let odds = p_hat / (1.0 - p_hat);
             let mut row = Vec::new();
             for g in 0..g_n {
-                if let Some(gate) = &truth.gate {
+                if let Some(gate) = gate {
                     if rng.random::<f64>() < gate[g] {
                         continue;
                     }
                 }
-                let u = nb_draw(&mut rng, truth.r[g], odds);
+                let u = nb_draw(&mut rng, r[g], odds);
                 if u > 0 {
                     row.push((g as u32, u));
                 }
@@ -70,7 +169,9 @@ pub fn simulate_nb(truth: &NbTruth, seed: u64) -> CountMatrix {
 
 /// One NB draw as a Gamma–Poisson mixture: `λ ~ Gamma(r, odds)`, `u ~ Poisson(λ)`.
 pub fn nb_draw<R: Rng>(rng: &mut R, r: f64, odds: f64) -> u32 {
-    let lambda = Gamma::new(r, odds).expect("positive shape and scale").sample(rng);
+    let lambda = Gamma::new(r, odds)
+        .expect("positive shape and scale")
+        .sample(rng);
     if lambda <= 0.0 || !lambda.is_finite() {
         return 0;
     }
@@ -84,13 +185,24 @@ mod tests {
 
     #[test]
     fn simulated_means_match_truth() {
-        let truth = NbTruth { r: vec![2.0, 0.5], p: 0.6, nu: None, gate: None, n_cells: 20_000 };
+        let truth = NbTruth {
+            r: vec![2.0, 0.5],
+            p: 0.6,
+            nu: None,
+            gate: None,
+            n_cells: 20_000,
+            mixture: None,
+        };
         let m = simulate_nb(&truth, 3);
         let dense = m.to_dense();
         for g in 0..2 {
-            let mean: f64 = (0..m.n_cells).map(|c| dense[c * 2 + g]).sum::<f64>() / m.n_cells as f64;
+            let mean: f64 =
+                (0..m.n_cells).map(|c| dense[c * 2 + g]).sum::<f64>() / m.n_cells as f64;
             let want = truth.r[g] * 0.6 / 0.4;
-            assert!((mean - want).abs() < 0.05 * want, "gene {g}: {mean} vs {want}");
+            assert!(
+                (mean - want).abs() < 0.05 * want,
+                "gene {g}: {mean} vs {want}"
+            );
         }
     }
 

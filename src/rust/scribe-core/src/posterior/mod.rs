@@ -23,6 +23,9 @@ pub struct GuideBlock {
     pub link: Link,
     pub loc: Vec<f64>,
     pub scale: Vec<f64>,
+    /// Number of mixture components along the block (1 if shared); values are
+    /// component-major (`k · len + j`).
+    pub n_comp: usize,
 }
 
 /// A named site with `n_draws × len` values, draw index fastest (column-major in R).
@@ -31,12 +34,20 @@ pub struct Site {
     pub name: String,
     pub kind: BlockKind,
     pub n_draws: usize,
+    /// Mixture components (1 if none); value `(s, k, j)` sits at `(k·len + j)·n_draws + s`.
+    pub n_comp: usize,
     pub values: Vec<f64>,
 }
 
 impl Site {
+    /// Values per component and draw.
     pub fn len(&self) -> usize {
-        self.values.len() / self.n_draws.max(1)
+        self.values.len() / (self.n_draws.max(1) * self.n_comp.max(1))
+    }
+    #[inline]
+    pub fn at(&self, s: usize, k: usize, j: usize) -> f64 {
+        let k = if self.n_comp == 1 { 0 } else { k };
+        self.values[(k * self.len() + j) * self.n_draws + s]
     }
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
@@ -90,14 +101,26 @@ fn sampled_sites(blocks: &[GuideBlock], draws: Option<(usize, u64)>) -> Vec<Site
                 name: b.name.clone(),
                 kind: b.kind,
                 n_draws: 1,
-                values: b.loc.iter().zip(&b.scale).map(|(&l, &s)| transformed_normal_mode(b.link, l, s)).collect(),
+                n_comp: b.n_comp,
+                values: b
+                    .loc
+                    .iter()
+                    .zip(&b.scale)
+                    .map(|(&l, &s)| transformed_normal_mode(b.link, l, s))
+                    .collect(),
             })
             .collect(),
         Some((n, seed)) => {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let mut out: Vec<Site> = blocks
                 .iter()
-                .map(|b| Site { name: b.name.clone(), kind: b.kind, n_draws: n, values: vec![0.0; n * b.loc.len()] })
+                .map(|b| Site {
+                    name: b.name.clone(),
+                    kind: b.kind,
+                    n_draws: n,
+                    n_comp: b.n_comp,
+                    values: vec![0.0; n * b.loc.len()],
+                })
                 .collect();
             for s in 0..n {
                 for (b, site) in blocks.iter().zip(out.iter_mut()) {
@@ -113,7 +136,16 @@ fn sampled_sites(blocks: &[GuideBlock], draws: Option<(usize, u64)>) -> Vec<Site
 }
 
 /// Sampled plus derived NB sites (MAP when `draws` is `None`).
-pub fn nb_sites(spec: &NbSpec, blocks: &[GuideBlock], draws: Option<(usize, u64)>) -> Result<Vec<Site>> {
+///
+/// For mixtures, `r`, `mu`, `p`, `phi` carry a component axis whenever the
+/// gene or scalar parameter does, and `mixing_weights = softmax([z, 0])` per
+/// draw (for the MAP: the softmax of the guide's location, i.e. the median of
+/// the logistic-normal guide).
+pub fn nb_sites(
+    spec: &NbSpec,
+    blocks: &[GuideBlock],
+    draws: Option<(usize, u64)>,
+) -> Result<Vec<Site>> {
     let mut sites = sampled_sites(blocks, draws);
     let get = |name: &str, sites: &[Site]| -> Result<Site> {
         sites
@@ -126,57 +158,116 @@ pub fn nb_sites(spec: &NbSpec, blocks: &[GuideBlock], draws: Option<(usize, u64)
     let gene = get(spec.param.gene_param(), &sites)?;
     let scalar = get(spec.param.scalar_param(), &sites)?;
     let g_len = gene.len();
-    // p per draw
-    let p: Vec<f64> = match spec.param {
-        Parameterization::MeanOdds => scalar.values.iter().map(|phi| 1.0 / (1.0 + phi)).collect(),
-        _ => scalar.values.clone(),
+    let k_rp = gene.n_comp.max(scalar.n_comp);
+    let k_s = scalar.n_comp;
+    // p per (draw, component)
+    let p_at = |s: usize, k: usize| -> f64 {
+        let v = scalar.at(s, k, 0);
+        if spec.param == Parameterization::MeanOdds {
+            1.0 / (1.0 + v)
+        } else {
+            v
+        }
     };
-    let mut r = vec![0.0; n * g_len];
-    let mut mu = vec![0.0; n * g_len];
-    for j in 0..g_len {
+    let mut p = vec![0.0; n * k_s];
+    for k in 0..k_s {
         for s in 0..n {
-            let k = j * n + s;
-            let (ps, t) = (p[s], gene.values[k]);
-            let odds = ps / (1.0 - ps);
-            match spec.param {
-                Parameterization::Canonical => {
-                    r[k] = t;
-                    mu[k] = t * odds;
-                }
-                _ => {
-                    mu[k] = t;
-                    r[k] = t / odds;
+            p[k * n + s] = p_at(s, k);
+        }
+    }
+    let mut r = vec![0.0; n * g_len * k_rp];
+    let mut mu = vec![0.0; n * g_len * k_rp];
+    for k in 0..k_rp {
+        for j in 0..g_len {
+            for s in 0..n {
+                let idx = (k * g_len + j) * n + s;
+                let ps = p_at(s, k);
+                let t = gene.at(s, k, j);
+                let odds = ps / (1.0 - ps);
+                if spec.param == Parameterization::Canonical {
+                    r[idx] = t;
+                    mu[idx] = t * odds;
+                } else {
+                    mu[idx] = t;
+                    r[idx] = t / odds;
                 }
             }
         }
     }
-    let derived = |name: &str, kind, values| Site { name: name.to_string(), kind, n_draws: n, values };
-    sites.retain(|s| s.name != "r" && s.name != "mu" && s.name != "p" && s.name != "phi");
-    sites.push(derived("r", BlockKind::Gene, r));
-    sites.push(derived("mu", BlockKind::Gene, mu));
-    sites.push(derived("p", BlockKind::Scalar, p.clone()));
-    sites.push(derived("phi", BlockKind::Scalar, p.iter().map(|p| (1.0 - p) / p).collect()));
-    // Capture: ν, and the identified per-cell success probability p̂_c.
+    let derived = |name: &str, kind, n_comp, values| Site {
+        name: name.to_string(),
+        kind,
+        n_draws: n,
+        n_comp,
+        values,
+    };
+    sites.retain(|s| !matches!(s.name.as_str(), "r" | "mu" | "p" | "phi" | "mixing_weights"));
+    sites.push(derived("r", BlockKind::Gene, k_rp, r));
+    sites.push(derived("mu", BlockKind::Gene, k_rp, mu));
+    sites.push(derived("p", BlockKind::Scalar, k_s, p.clone()));
+    sites.push(derived(
+        "phi",
+        BlockKind::Scalar,
+        k_s,
+        p.iter().map(|p| (1.0 - p) / p).collect(),
+    ));
+    if let Some(mix) = blocks.iter().find(|b| b.name == "mixing_weights") {
+        let k_n = mix.loc.len() + 1;
+        let mut w = vec![0.0; n * k_n];
+        let mut rng = ChaCha8Rng::seed_from_u64(draws.map_or(0, |d| d.1) ^ 0x006d_6978);
+        let mut z = vec![0.0; k_n];
+        for s in 0..n {
+            for j in 0..k_n - 1 {
+                let e: f64 = if draws.is_some() {
+                    rng.sample(StandardNormal)
+                } else {
+                    0.0
+                };
+                z[j] = mix.loc[j] + mix.scale[j] * e;
+            }
+            z[k_n - 1] = 0.0;
+            let mx = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let tot: f64 = z.iter().map(|v| (v - mx).exp()).sum();
+            for k in 0..k_n {
+                w[k * n + s] = (z[k] - mx).exp() / tot;
+            }
+        }
+        sites.push(Site {
+            name: "mixing_weights".into(),
+            kind: BlockKind::Scalar,
+            n_draws: n,
+            n_comp: k_n,
+            values: w,
+        });
+    }
+    // Capture: ν, and the identified per-cell success probability p̂_c (per p component).
     let cap = sites.iter().find(|s| s.kind == BlockKind::Cell).cloned();
     if let Some(cap) = cap {
         let nu: Vec<f64> = match cap.name.as_str() {
             "p_capture" => cap.values.clone(),
             "phi_capture" => cap.values.iter().map(|f| 1.0 / (1.0 + f)).collect(),
             "eta_capture" => cap.values.iter().map(|e| (-e).exp()).collect(),
-            other => return Err(CoreError::arg("params", format!("unknown capture site '{other}'"))),
+            other => {
+                return Err(CoreError::arg(
+                    "params",
+                    format!("unknown capture site '{other}'"),
+                ))
+            }
         };
         let c_len = cap.len();
-        let mut p_hat = vec![0.0; n * c_len];
-        for c in 0..c_len {
-            for s in 0..n {
-                let k = c * n + s;
-                p_hat[k] = p[s] * nu[k] / (1.0 - p[s] * (1.0 - nu[k]));
+        let mut p_hat = vec![0.0; n * c_len * k_s];
+        for k in 0..k_s {
+            for c in 0..c_len {
+                for s in 0..n {
+                    let (ps, v) = (p_at(s, k), nu[c * n + s]);
+                    p_hat[(k * c_len + c) * n + s] = ps * v / (1.0 - ps * (1.0 - v));
+                }
             }
         }
         if cap.name == "phi_capture" || cap.name == "eta_capture" {
-            sites.push(derived("p_capture", BlockKind::Cell, nu));
+            sites.push(derived("p_capture", BlockKind::Cell, 1, nu));
         }
-        sites.push(derived("p_hat", BlockKind::Cell, p_hat));
+        sites.push(derived("p_hat", BlockKind::Cell, k_s, p_hat));
     }
     Ok(sites)
 }
@@ -187,7 +278,12 @@ mod tests {
 
     #[test]
     fn modes_are_density_maxima() {
-        for (link, loc, scale) in [(Link::Sigmoid, 0.3, 0.2), (Link::Sigmoid, -2.0, 1.5), (Link::Softplus, 0.5, 0.4), (Link::Exp, 1.0, 0.5)] {
+        for (link, loc, scale) in [
+            (Link::Sigmoid, 0.3, 0.2),
+            (Link::Sigmoid, -2.0, 1.5),
+            (Link::Softplus, 0.5, 0.4),
+            (Link::Exp, 1.0, 0.5),
+        ] {
             let m = transformed_normal_mode(link, loc, scale);
             let dens = |t: f64| {
                 let x = link.inverse(t);
@@ -195,7 +291,10 @@ mod tests {
                 -0.5 * z * z - link.eval(x).ln_jac
             };
             for d in [-1e-3, 1e-3] {
-                assert!(dens(m) >= dens(m * (1.0 + d)) - 1e-12, "{link:?} {loc} {scale}");
+                assert!(
+                    dens(m) >= dens(m * (1.0 + d)) - 1e-12,
+                    "{link:?} {loc} {scale}"
+                );
             }
         }
         // Logit-normal with small scale: mode ≈ sigmoid(loc).
@@ -205,20 +304,55 @@ mod tests {
 
     #[test]
     fn derived_sites_follow_parameterization_identities() {
-        let spec = NbSpec::new(crate::models::nb::Variant::Nbvcp, Parameterization::MeanOdds, true, Link::Softplus);
+        let spec = NbSpec::new(
+            crate::models::nb::Variant::Nbvcp,
+            Parameterization::MeanOdds,
+            true,
+            Link::Softplus,
+        );
         let blocks = vec![
-            GuideBlock { name: "mu".into(), kind: BlockKind::Gene, link: Link::Softplus, loc: vec![1.0, 2.0], scale: vec![0.1, 0.2] },
-            GuideBlock { name: "phi".into(), kind: BlockKind::Scalar, link: Link::Softplus, loc: vec![0.3], scale: vec![0.05] },
-            GuideBlock { name: "phi_capture".into(), kind: BlockKind::Cell, link: Link::Softplus, loc: vec![0.0, 1.0, 2.0], scale: vec![0.1; 3] },
+            GuideBlock {
+                name: "mu".into(),
+                kind: BlockKind::Gene,
+                link: Link::Softplus,
+                loc: vec![1.0, 2.0],
+                scale: vec![0.1, 0.2],
+                n_comp: 1,
+            },
+            GuideBlock {
+                name: "phi".into(),
+                kind: BlockKind::Scalar,
+                link: Link::Softplus,
+                loc: vec![0.3],
+                scale: vec![0.05],
+                n_comp: 1,
+            },
+            GuideBlock {
+                name: "phi_capture".into(),
+                kind: BlockKind::Cell,
+                link: Link::Softplus,
+                loc: vec![0.0, 1.0, 2.0],
+                scale: vec![0.1; 3],
+                n_comp: 1,
+            },
         ];
         let sites = nb_sites(&spec, &blocks, Some((50, 3))).unwrap();
         let by = |n: &str| sites.iter().find(|s| s.name == n).unwrap().clone();
-        let (r, mu, p, phi, nu, ph) = (by("r"), by("mu"), by("p"), by("phi"), by("p_capture"), by("p_hat"));
+        let (r, mu, p, phi, nu, ph) = (
+            by("r"),
+            by("mu"),
+            by("p"),
+            by("phi"),
+            by("p_capture"),
+            by("p_hat"),
+        );
         for s in 0..50 {
             for g in 0..2 {
                 let k = g * 50 + s;
                 assert!((r.values[k] - mu.values[k] * phi.values[s]).abs() < 1e-12);
-                assert!((mu.values[k] - r.values[k] * p.values[s] / (1.0 - p.values[s])).abs() < 1e-9);
+                assert!(
+                    (mu.values[k] - r.values[k] * p.values[s] / (1.0 - p.values[s])).abs() < 1e-9
+                );
             }
             for c in 0..3 {
                 let k = c * 50 + s;

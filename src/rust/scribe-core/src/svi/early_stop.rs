@@ -52,17 +52,25 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(cfg: EarlyStopping) -> Self {
-        Tracker { cfg, best: f64::INFINITY, best_step: None, patience_ctr: 0 }
+        Tracker {
+            cfg,
+            best: f64::INFINITY,
+            best_step: None,
+            patience_ctr: 0,
+        }
     }
 
     /// Called after the loss of 0-based step `t` was appended to `losses`.
     pub fn check(&mut self, t: usize, losses: &[f64]) -> Decision {
         let c = &self.cfg;
-        if t % c.check_every != 0 || losses.len() < c.smoothing_window {
+        if !t.is_multiple_of(c.check_every) || losses.len() < c.smoothing_window {
             return Decision::Continue;
         }
         let window = &losses[losses.len() - c.smoothing_window..];
-        let (sum, n) = window.iter().filter(|v| v.is_finite()).fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+        let (sum, n) = window
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
         let sm = if n > 0 { sum / n as f64 } else { f64::NAN };
         let mut decision = Decision::Continue;
         if t >= c.warmup && (c.enabled || c.restore_best) {
@@ -99,7 +107,11 @@ impl Tracker {
 mod tests {
     use super::*;
 
-    fn run(cfg: EarlyStopping, curve: impl Fn(usize) -> f64, n: usize) -> (Option<usize>, Option<usize>, f64) {
+    fn run(
+        cfg: EarlyStopping,
+        curve: impl Fn(usize) -> f64,
+        n: usize,
+    ) -> (Option<usize>, Option<usize>, f64) {
         let mut tr = Tracker::new(cfg);
         let mut losses = Vec::new();
         for t in 0..n {
@@ -113,7 +125,13 @@ mod tests {
 
     #[test]
     fn stops_after_patience_on_a_plateau() {
-        let cfg = EarlyStopping { warmup: 0, smoothing_window: 10, check_every: 10, patience: 50, ..Default::default() };
+        let cfg = EarlyStopping {
+            warmup: 0,
+            smoothing_window: 10,
+            check_every: 10,
+            patience: 50,
+            ..Default::default()
+        };
         // Decreases by 1 per step until 300, then flat.
         let (stop, best_step, _) = run(cfg, |t| 1000.0 - (t.min(300) as f64), 10_000);
         // Windows ending after step 300 + 10 stop improving by > 1; five checks later it stops.
@@ -124,7 +142,10 @@ mod tests {
 
     #[test]
     fn nothing_happens_before_warmup() {
-        let cfg = EarlyStopping { warmup: 5000, ..Default::default() };
+        let cfg = EarlyStopping {
+            warmup: 5000,
+            ..Default::default()
+        };
         let (stop, best_step, _) = run(cfg, |_| 1.0, 4999);
         assert_eq!((stop, best_step), (None, None));
     }
@@ -158,8 +179,19 @@ mod tests {
 
     #[test]
     fn restore_only_tracks_without_stopping() {
-        let cfg = EarlyStopping { enabled: false, restore_best: true, warmup: 0, smoothing_window: 5, check_every: 5, ..Default::default() };
-        let (stop, best_step, _) = run(cfg, |t| if t < 100 { 100.0 - t as f64 } else { 500.0 }, 1000);
+        let cfg = EarlyStopping {
+            enabled: false,
+            restore_best: true,
+            warmup: 0,
+            smoothing_window: 5,
+            check_every: 5,
+            ..Default::default()
+        };
+        let (stop, best_step, _) = run(
+            cfg,
+            |t| if t < 100 { 100.0 - t as f64 } else { 500.0 },
+            1000,
+        );
         assert_eq!(stop, None);
         // The last window before the jump (steps 91..=95) is the best one.
         assert_eq!(best_step, Some(95));

@@ -31,7 +31,12 @@ pub struct ElboBuffers<W> {
 impl<W> ElboBuffers<W> {
     pub fn new<M: Model<Workspace = W>>(model: &M) -> Self {
         let n = model.layout().total;
-        ElboBuffers { x: vec![0.0; n], eps: vec![0.0; n], gx: vec![0.0; n], ws: model.workspace() }
+        ElboBuffers {
+            x: vec![0.0; n],
+            eps: vec![0.0; n],
+            gx: vec![0.0; n],
+            ws: model.workspace(),
+        }
     }
 }
 
@@ -74,7 +79,7 @@ pub fn loss_and_grad<M: Model, R: Rng>(
     }
     buf.gx.iter_mut().for_each(|g| *g = 0.0);
     let ll = model.log_lik_grad(&buf.x, batch, &mut buf.gx, &mut buf.ws);
-    let mut elbo = ll;
+    let mut elbo = ll + model.joint_prior_grad(&buf.x, &mut buf.gx);
     let (g_loc, g_ls) = grad.split_at_mut(n);
     let (x, eps, gx) = (&buf.x, &buf.eps, &buf.gx);
     for_each_active(model, batch, |b, j, k, w| {
@@ -116,11 +121,21 @@ mod tests {
     fn reparameterized_gradient_matches_finite_differences() {
         // With the noise held fixed, the single-sample loss is a deterministic
         // function of (loc, log_scale); its gradient must match differences.
-        for variant in [Variant::Nbdm, Variant::Nbvcp, Variant::Zinb, Variant::Zinbvcp] {
-            for (param, unc) in [(Parameterization::Canonical, false), (Parameterization::MeanOdds, true), (Parameterization::MeanProb, false)] {
+        for variant in [
+            Variant::Nbdm,
+            Variant::Nbvcp,
+            Variant::Zinb,
+            Variant::Zinbvcp,
+        ] {
+            for (param, unc) in [
+                (Parameterization::Canonical, false),
+                (Parameterization::MeanOdds, true),
+                (Parameterization::MeanProb, false),
+            ] {
                 let truth = NbTruth::random(variant, 15, 12, 4);
                 let data: CountMatrix = simulate_nb(&truth, 5);
-                let model = NbModel::new(NbSpec::new(variant, param, unc, Link::Softplus), &data).unwrap();
+                let model =
+                    NbModel::new(NbSpec::new(variant, param, unc, Link::Softplus), &data).unwrap();
                 let x0 = model.initial_point();
                 let n = x0.len();
                 let mut v = x0.clone();

@@ -91,7 +91,11 @@ pub fn initial_guide<M: Model>(model: &M, x0: &[f64]) -> Vec<f64> {
     }
     let mut v = x0.to_vec();
     v.extend(hdiag.iter().map(|&h| {
-        let sd = if h.is_finite() && h < 0.0 { 1.0 / (-h).sqrt() } else { 0.1 };
+        let sd = if h.is_finite() && h < 0.0 {
+            1.0 / (-h).sqrt()
+        } else {
+            0.1
+        };
         sd.clamp(1e-4, 1.0).ln()
     }));
     v
@@ -116,7 +120,10 @@ pub fn run<M: Model>(
     let data = model.data();
     let n = model.layout().total;
     if init.len() != 2 * n {
-        return Err(CoreError::arg("init", format!("expected {} values, got {}", 2 * n, init.len())));
+        return Err(CoreError::arg(
+            "init",
+            format!("expected {} values, got {}", 2 * n, init.len()),
+        ));
     }
     let mut v = init;
     let mut opt = Optimizer::new(cfg.optimizer.clone(), 2 * n);
@@ -132,8 +139,15 @@ pub fn run<M: Model>(
         _ => None,
     };
     let es_cfg = match (&cfg.early_stopping, cfg.restore_best) {
-        (Some(es), rb) => Some(EarlyStopping { restore_best: es.restore_best || rb, ..es.clone() }),
-        (None, true) => Some(EarlyStopping { enabled: false, restore_best: true, ..Default::default() }),
+        (Some(es), rb) => Some(EarlyStopping {
+            restore_best: es.restore_best || rb,
+            ..es.clone()
+        }),
+        (None, true) => Some(EarlyStopping {
+            enabled: false,
+            restore_best: true,
+            ..Default::default()
+        }),
         (None, false) => None,
     };
     let mut tracker = es_cfg.map(Tracker::new);
@@ -193,15 +207,28 @@ pub fn run<M: Model>(
         v = b;
     }
     if v.iter().any(|x| !x.is_finite()) {
-        return Err(CoreError::NonFinite { step: losses.len(), msg: "variational parameters are not finite".into() });
+        return Err(CoreError::NonFinite {
+            step: losses.len(),
+            msg: "variational parameters are not finite".into(),
+        });
     }
     let (best_step, best_loss) = tracker.map_or((None, f64::NAN), |t| (t.best_step, t.best));
-    Ok(SviFit { params: v, loss_history: losses, early_stopped, best_step, best_loss, restored_best })
+    Ok(SviFit {
+        params: v,
+        loss_history: losses,
+        early_stopped,
+        best_step,
+        best_loss,
+        restored_best,
+    })
 }
 
 fn report(progress: &dyn Progress, losses: &[f64], last: &mut usize, step: usize, total: usize) {
     let window = &losses[(*last).min(losses.len())..];
-    let (s, k) = window.iter().filter(|v| v.is_finite()).fold((0.0, 0), |(s, k), v| (s + v, k + 1));
+    let (s, k) = window
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold((0.0, 0), |(s, k), v| (s + v, k + 1));
     progress.report(step, total, if k > 0 { s / k as f64 } else { f64::NAN });
     *last = losses.len();
 }

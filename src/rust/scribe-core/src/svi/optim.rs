@@ -7,16 +7,40 @@ use crate::error::{CoreError, Result};
 #[derive(Debug, Clone, PartialEq)]
 pub enum OptimizerConfig {
     /// `clip`: element-wise clipping of the gradient to `[−clip, clip]` (ClippedAdam).
-    Adam { step_size: f64, b1: f64, b2: f64, eps: f64, clip: Option<f64> },
-    Adagrad { step_size: f64, momentum: f64 },
-    RmsProp { step_size: f64, gamma: f64, eps: f64 },
-    Sgd { step_size: f64 },
-    Momentum { step_size: f64, mass: f64 },
+    Adam {
+        step_size: f64,
+        b1: f64,
+        b2: f64,
+        eps: f64,
+        clip: Option<f64>,
+    },
+    Adagrad {
+        step_size: f64,
+        momentum: f64,
+    },
+    RmsProp {
+        step_size: f64,
+        gamma: f64,
+        eps: f64,
+    },
+    Sgd {
+        step_size: f64,
+    },
+    Momentum {
+        step_size: f64,
+        mass: f64,
+    },
 }
 
 impl Default for OptimizerConfig {
     fn default() -> Self {
-        OptimizerConfig::Adam { step_size: 1e-3, b1: 0.9, b2: 0.999, eps: 1e-8, clip: None }
+        OptimizerConfig::Adam {
+            step_size: 1e-3,
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-8,
+            clip: None,
+        }
     }
 }
 
@@ -24,20 +48,40 @@ impl OptimizerConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(CoreError::arg("optimizer_config", m.to_string()));
         let (step, ok) = match *self {
-            OptimizerConfig::Adam { step_size, b1, b2, eps, clip } => (
+            OptimizerConfig::Adam {
                 step_size,
-                (0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2) && eps > 0.0 && clip.is_none_or(|c| c > 0.0),
+                b1,
+                b2,
+                eps,
+                clip,
+            } => (
+                step_size,
+                (0.0..1.0).contains(&b1)
+                    && (0.0..1.0).contains(&b2)
+                    && eps > 0.0
+                    && clip.is_none_or(|c| c > 0.0),
             ),
-            OptimizerConfig::Adagrad { step_size, momentum } => (step_size, (0.0..1.0).contains(&momentum)),
-            OptimizerConfig::RmsProp { step_size, gamma, eps } => (step_size, (0.0..1.0).contains(&gamma) && eps > 0.0),
+            OptimizerConfig::Adagrad {
+                step_size,
+                momentum,
+            } => (step_size, (0.0..1.0).contains(&momentum)),
+            OptimizerConfig::RmsProp {
+                step_size,
+                gamma,
+                eps,
+            } => (step_size, (0.0..1.0).contains(&gamma) && eps > 0.0),
             OptimizerConfig::Sgd { step_size } => (step_size, true),
-            OptimizerConfig::Momentum { step_size, mass } => (step_size, (0.0..1.0).contains(&mass)),
+            OptimizerConfig::Momentum { step_size, mass } => {
+                (step_size, (0.0..1.0).contains(&mass))
+            }
         };
         if !(step > 0.0 && step.is_finite()) {
             return bad("step_size must be a positive number");
         }
         if !ok {
-            return bad("b1, b2, momentum and gamma must lie in [0, 1); eps and clip_norm must be positive");
+            return bad(
+                "b1, b2, momentum and gamma must lie in [0, 1); eps and clip_norm must be positive",
+            );
         }
         Ok(())
     }
@@ -55,14 +99,25 @@ pub struct Optimizer {
 
 impl Optimizer {
     pub fn new(cfg: OptimizerConfig, n: usize) -> Self {
-        Optimizer { cfg, m: vec![0.0; n], v: vec![0.0; n], t: 0 }
+        Optimizer {
+            cfg,
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            t: 0,
+        }
     }
 
     pub fn step(&mut self, x: &mut [f64], g: &[f64]) {
         let i = self.t as i32;
         self.t += 1;
         match self.cfg {
-            OptimizerConfig::Adam { step_size, b1, b2, eps, clip } => {
+            OptimizerConfig::Adam {
+                step_size,
+                b1,
+                b2,
+                eps,
+                clip,
+            } => {
                 let c1 = 1.0 - b1.powi(i + 1);
                 let c2 = 1.0 - b2.powi(i + 1);
                 for k in 0..x.len() {
@@ -77,7 +132,10 @@ impl Optimizer {
                     x[k] -= step_size * mhat / (vhat.sqrt() + eps);
                 }
             }
-            OptimizerConfig::Adagrad { step_size, momentum } => {
+            OptimizerConfig::Adagrad {
+                step_size,
+                momentum,
+            } => {
                 for k in 0..x.len() {
                     self.v[k] += g[k] * g[k];
                     let s = self.v[k].sqrt();
@@ -86,7 +144,11 @@ impl Optimizer {
                     x[k] -= step_size * self.m[k];
                 }
             }
-            OptimizerConfig::RmsProp { step_size, gamma, eps } => {
+            OptimizerConfig::RmsProp {
+                step_size,
+                gamma,
+                eps,
+            } => {
                 for k in 0..x.len() {
                     self.v[k] = self.v[k] * gamma + g[k] * g[k] * (1.0 - gamma);
                     x[k] -= step_size * g[k] / (self.v[k] + eps).sqrt();
@@ -123,27 +185,70 @@ mod tests {
     #[test]
     fn updates_match_hand_computed_values() {
         // Adam's first step is step_size · sign(g) (up to eps): 1 − 0.1 = 0.9.
-        let a = one_step(OptimizerConfig::Adam { step_size: 0.1, b1: 0.9, b2: 0.999, eps: 1e-8, clip: None }, 1);
+        let a = one_step(
+            OptimizerConfig::Adam {
+                step_size: 0.1,
+                b1: 0.9,
+                b2: 0.999,
+                eps: 1e-8,
+                clip: None,
+            },
+            1,
+        );
         assert!((a - (1.0 - 0.1 * 0.5 / (0.5 + 1e-8))).abs() < 1e-15);
         // ClippedAdam with clip 0.2: same direction, m/sqrt(v) still 1 on step one.
-        let c = one_step(OptimizerConfig::Adam { step_size: 0.1, b1: 0.9, b2: 0.999, eps: 1e-8, clip: Some(0.2) }, 1);
+        let c = one_step(
+            OptimizerConfig::Adam {
+                step_size: 0.1,
+                b1: 0.9,
+                b2: 0.999,
+                eps: 1e-8,
+                clip: Some(0.2),
+            },
+            1,
+        );
         assert!((c - (1.0 - 0.1 * 0.2 / (0.2 + 1e-8))).abs() < 1e-15);
         // Adagrad: g_sq = 0.25, m = 0.1 · (0.5/0.5) = 0.1, x = 1 − 0.01 · 0.1.
-        let ag = one_step(OptimizerConfig::Adagrad { step_size: 0.01, momentum: 0.9 }, 1);
+        let ag = one_step(
+            OptimizerConfig::Adagrad {
+                step_size: 0.01,
+                momentum: 0.9,
+            },
+            1,
+        );
         assert!((ag - (1.0 - 0.01 * 0.1)).abs() < 1e-15);
         // RMSProp: v = 0.25 · 0.1 = 0.025, x = 1 − 0.01 · 0.5 / sqrt(0.025 + 1e-8).
-        let rp = one_step(OptimizerConfig::RmsProp { step_size: 0.01, gamma: 0.9, eps: 1e-8 }, 1);
+        let rp = one_step(
+            OptimizerConfig::RmsProp {
+                step_size: 0.01,
+                gamma: 0.9,
+                eps: 1e-8,
+            },
+            1,
+        );
         assert!((rp - (1.0 - 0.01 * 0.5 / (0.025f64 + 1e-8).sqrt())).abs() < 1e-15);
         let sgd = one_step(OptimizerConfig::Sgd { step_size: 0.1 }, 2);
         assert!((sgd - 0.9).abs() < 1e-15);
         // Momentum: v1 = 0.5, v2 = 0.45 + 0.5 = 0.95; x = 1 − 0.1(0.5 + 0.95).
-        let mo = one_step(OptimizerConfig::Momentum { step_size: 0.1, mass: 0.9 }, 2);
+        let mo = one_step(
+            OptimizerConfig::Momentum {
+                step_size: 0.1,
+                mass: 0.9,
+            },
+            2,
+        );
         assert!((mo - (1.0 - 0.1 * 1.45)).abs() < 1e-15);
     }
 
     #[test]
     fn adam_second_step_uses_bias_correction() {
-        let cfg = OptimizerConfig::Adam { step_size: 0.1, b1: 0.9, b2: 0.999, eps: 0.0, clip: None };
+        let cfg = OptimizerConfig::Adam {
+            step_size: 0.1,
+            b1: 0.9,
+            b2: 0.999,
+            eps: 0.0,
+            clip: None,
+        };
         let mut o = Optimizer::new(cfg, 1);
         let mut x = [0.0];
         o.step(&mut x, &[1.0]);
@@ -157,7 +262,15 @@ mod tests {
     #[test]
     fn rejects_bad_settings() {
         assert!(OptimizerConfig::Sgd { step_size: 0.0 }.validate().is_err());
-        assert!(OptimizerConfig::Adam { step_size: 1e-3, b1: 1.5, b2: 0.9, eps: 1e-8, clip: None }.validate().is_err());
+        assert!(OptimizerConfig::Adam {
+            step_size: 1e-3,
+            b1: 1.5,
+            b2: 0.9,
+            eps: 1e-8,
+            clip: None
+        }
+        .validate()
+        .is_err());
         assert!(OptimizerConfig::default().validate().is_ok());
     }
 }
