@@ -52,7 +52,9 @@ validate_counts <- function(m, drop_empty = FALSE, arg = "x") {
       "i" = "Pass the raw counts assay, not normalised or log-transformed values."
     ))
   }
-  totals <- Matrix::colSums(m)
+  # Cell totals straight from the CSC slots (exact for integer counts).
+  cs <- cumsum(c(0, v))
+  totals <- cs[m@p[-1L] + 1L] - cs[m@p[-length(m@p)] + 1L]
   empty <- which(totals == 0)
   dropped <- character()
   if (length(empty) > 0L) {

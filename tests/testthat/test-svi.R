@@ -57,3 +57,22 @@ test_that("progress is shown only when verbose", {
                          type = "message")
   expect_true(any(grepl("SVI \\[", msgs)))
 })
+
+test_that("Ctrl-C stops a fit with a classed error and leaves R usable", {
+  skip_on_cran()
+  skip_on_os("windows")
+  sim <- sim_data("zinbvcp", n_genes = 200, n_cells = 1000)
+  quick_fit(sim$counts, model = "zinbvcp", n_steps = 2) # warm up method dispatch
+  # A background subshell delivers SIGINT to this R process while the fit
+  # runs (system(wait = FALSE) only backgrounds the last command: hence the ()).
+  system(sprintf("(sleep 2; kill -INT %d)", Sys.getpid()), wait = FALSE)
+  t0 <- proc.time()[["elapsed"]]
+  res <- tryCatch(
+    scribe_fit(sim$counts, model = "zinbvcp", n_steps = 1e7, seed = 1, verbose = FALSE),
+    scribeR_interrupt = function(e) "stopped",
+    interrupt = function(e) "interrupt outside the fit"
+  )
+  expect_identical(res, "stopped")
+  expect_lt(proc.time()[["elapsed"]] - t0, 30)
+  expect_s4_class(quick_fit(sim$counts[1:10, 1:30], model = "nbdm"), "ScribeSVIResults")
+})

@@ -204,6 +204,9 @@ fn the_starting_guide_is_already_near_the_optimum() {
         let (_, _, losses) = fit(variant, param, 800, None);
         let tail: f64 = losses[700..].iter().sum::<f64>() / 100.0;
         let head: f64 = losses[..10].iter().sum::<f64>() / 10.0;
-        assert!((head - tail).abs() < 1e-3 * tail.abs(), "{variant:?} {param:?}: first {head} vs final {tail}");
+        assert!(
+            (head - tail).abs() < 1e-3 * tail.abs(),
+            "{variant:?} {param:?}: first {head} vs final {tail}"
+        );
     }
 }

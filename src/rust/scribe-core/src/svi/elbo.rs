@@ -121,21 +121,35 @@ mod tests {
     fn reparameterized_gradient_matches_finite_differences() {
         // With the noise held fixed, the single-sample loss is a deterministic
         // function of (loc, log_scale); its gradient must match differences.
+        // Cases: plain, unconstrained, mixture (joint Dirichlet prior), capture prior.
+        let cases = [
+            (Parameterization::Canonical, false, "plain"),
+            (Parameterization::MeanOdds, true, "plain"),
+            (Parameterization::MeanProb, false, "plain"),
+            (Parameterization::Canonical, false, "mixture"),
+            (Parameterization::MeanOdds, false, "capture_prior"),
+        ];
         for variant in [
             Variant::Nbdm,
             Variant::Nbvcp,
             Variant::Zinb,
             Variant::Zinbvcp,
         ] {
-            for (param, unc) in [
-                (Parameterization::Canonical, false),
-                (Parameterization::MeanOdds, true),
-                (Parameterization::MeanProb, false),
-            ] {
+            for (param, unc, case) in cases {
                 let truth = NbTruth::random(variant, 15, 12, 4);
                 let data: CountMatrix = simulate_nb(&truth, 5);
-                let model =
-                    NbModel::new(NbSpec::new(variant, param, unc, Link::Softplus), &data).unwrap();
+                let mut spec = NbSpec::new(variant, param, unc, Link::Softplus);
+                match case {
+                    "mixture" => spec
+                        .set_mixture(3, &[param.gene_param(), param.scalar_param()], 2.0)
+                        .unwrap(),
+                    "capture_prior" if variant.has_capture() => {
+                        spec.set_prior("eta_capture", 2000f64.ln(), 0.5).unwrap()
+                    }
+                    "capture_prior" => continue,
+                    _ => {}
+                }
+                let model = NbModel::new(spec, &data).unwrap();
                 let x0 = model.initial_point();
                 let n = x0.len();
                 let mut v = x0.clone();
@@ -155,7 +169,7 @@ mod tests {
                     },
                     &v,
                     1e-5,
-                    &format!("{variant:?} {param:?} unconstrained={unc}"),
+                    &format!("{variant:?} {param:?} unconstrained={unc} {case}"),
                 );
             }
         }
