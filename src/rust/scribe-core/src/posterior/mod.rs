@@ -7,6 +7,12 @@
 //! sampled ones by the parameterization's identities (plug-in for the MAP,
 //! per draw for samples).
 
+pub mod denoise;
+pub mod draws;
+pub mod loglik;
+pub mod normalize;
+pub mod predictive;
+
 use crate::dist::Link;
 use crate::error::{CoreError, Result};
 use crate::models::nb::{NbSpec, Parameterization};

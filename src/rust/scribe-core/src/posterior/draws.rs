@@ -1,0 +1,150 @@
+//! Parameter draws of an NB-family model in one engine-independent form.
+//!
+//! Every downstream analysis (log-likelihoods, responsibilities, denoising,
+//! normalization, predictive sampling) takes an [`NbDraws`]: one or more
+//! settings of the canonical parameters `(r, p, ν, gate, w)`, whatever engine
+//! produced them (a variational guide's draws or MAP, MCMC draws, …).
+
+use super::Site;
+use crate::error::{CoreError, Result};
+use crate::models::nb::Variant;
+
+/// `n_draws` settings of the canonical NB parameters, draw-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NbDraws {
+    pub variant: Variant,
+    pub n_draws: usize,
+    pub n_comp: usize,
+    pub n_genes: usize,
+    pub n_cells: usize,
+    /// `r[(s·K + k)·G + g]`
+    pub r: Vec<f64>,
+    /// `p[s·K + k]`
+    pub p: Vec<f64>,
+    /// Capture probability `nu[s·C + c]` (capture models only).
+    pub nu: Option<Vec<f64>>,
+    /// `gate[(s·K + k)·G + g]` (zero-inflated models only).
+    pub gate: Option<Vec<f64>>,
+    /// Mixing weights `w[s·K + k]` (all 1 without a mixture).
+    pub weights: Vec<f64>,
+}
+
+impl NbDraws {
+    /// Builds draws from the named sites of `posterior::nb_sites` (derived `r`,
+    /// `p`, `p_capture`, `gate`, `mixing_weights`), broadcasting shared
+    /// parameters over components.
+    pub fn from_sites(variant: Variant, sites: &[Site]) -> Result<Self> {
+        let get = |n: &str| sites.iter().find(|s| s.name == n);
+        let need =
+            |n: &str| get(n).ok_or_else(|| CoreError::arg("params", format!("missing site '{n}'")));
+        let r = need("r")?;
+        let p = need("p")?;
+        let n = r.n_draws;
+        let mix = get("mixing_weights");
+        let k_n = mix.map_or(1, |m| m.n_comp);
+        let g_n = r.len();
+        let spread = |site: &Site| -> Vec<f64> {
+            let len = site.len();
+            let mut out = vec![0.0; n * k_n * len];
+            for s in 0..n {
+                for k in 0..k_n {
+                    for j in 0..len {
+                        out[(s * k_n + k) * len + j] = site.at(s, k, j);
+                    }
+                }
+            }
+            out
+        };
+        let nu = if variant.has_capture() {
+            let cap = need("p_capture")?;
+            let c_n = cap.len();
+            let mut v = vec![0.0; n * c_n];
+            for s in 0..n {
+                for c in 0..c_n {
+                    v[s * c_n + c] = cap.at(s, 0, c);
+                }
+            }
+            Some(v)
+        } else {
+            None
+        };
+        let gate = if variant.has_gate() {
+            Some(spread(need("gate")?))
+        } else {
+            None
+        };
+        let weights = match mix {
+            Some(m) => spread(m),
+            None => vec![1.0; n],
+        };
+        let n_cells = nu.as_ref().map_or(0, |v| v.len() / n.max(1));
+        Ok(NbDraws {
+            variant,
+            n_draws: n,
+            n_comp: k_n,
+            n_genes: g_n,
+            n_cells,
+            r: spread(r),
+            p: spread(p),
+            nu,
+            gate,
+            weights,
+        })
+    }
+
+    #[inline]
+    pub fn r_of(&self, s: usize, k: usize) -> &[f64] {
+        let g = self.n_genes;
+        &self.r[(s * self.n_comp + k) * g..(s * self.n_comp + k + 1) * g]
+    }
+
+    #[inline]
+    pub fn gate_of(&self, s: usize, k: usize) -> Option<&[f64]> {
+        let g = self.n_genes;
+        self.gate
+            .as_ref()
+            .map(|v| &v[(s * self.n_comp + k) * g..(s * self.n_comp + k + 1) * g])
+    }
+
+    #[inline]
+    pub fn p_of(&self, s: usize, k: usize) -> f64 {
+        self.p[s * self.n_comp + k]
+    }
+
+    #[inline]
+    pub fn ln_w(&self, s: usize, k: usize) -> f64 {
+        self.weights[s * self.n_comp + k].max(1e-300).ln()
+    }
+
+    /// Capture probability of cell `c` in draw `s` (1 without capture).
+    #[inline]
+    pub fn nu_of(&self, s: usize, c: usize) -> f64 {
+        self.nu.as_ref().map_or(1.0, |v| v[s * self.n_cells + c])
+    }
+
+    /// `logit p̂_c = logit p + ln ν_c` for draw `s`, component `k`, cell `c`.
+    #[inline]
+    pub fn ell(&self, s: usize, k: usize, c: usize) -> f64 {
+        let p = self.p_of(s, k);
+        (p / (1.0 - p)).ln() + self.nu_of(s, c).ln()
+    }
+
+    /// Only the listed genes (in that order).
+    pub fn subset_genes(&self, genes: &[usize]) -> Self {
+        let g_n = self.n_genes;
+        let pick = |v: &Vec<f64>| -> Vec<f64> {
+            let rows = v.len() / g_n;
+            let mut out = Vec::with_capacity(rows * genes.len());
+            for row in 0..rows {
+                out.extend(genes.iter().map(|&g| v[row * g_n + g]));
+            }
+            out
+        };
+        NbDraws {
+            r: pick(&self.r),
+            gate: self.gate.as_ref().map(pick),
+            n_genes: genes.len(),
+            ..self.clone()
+        }
+    }
+}

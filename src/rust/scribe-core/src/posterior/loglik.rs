@@ -1,0 +1,228 @@
+//! Log-likelihood matrices and mixture responsibilities from parameter draws.
+//!
+//! Per draw s and component k, `ℓ_ck = Σ_g ln f_k(u_cg)` (by cell) or
+//! `Σ_c ln f_k(u_cg)` (by gene), evaluated sparsely as in the models (closed
+//! form for zeros except zinbvcp). Mixtures combine components as the
+//! original does: by cell `logsumexp_k(ln w_k + ℓ_ck)`; by gene
+//! `logsumexp_k(ln w_k + Σ_c ℓ_cgk)` (a per-gene quantity in which all cells
+//! share one component). Outputs are draw-fastest (column-major `S × n`).
+
+use super::draws::NbDraws;
+use crate::data::CountMatrix;
+use crate::math::{lgamma, lgamma_diff, ln_sigmoid};
+use rayon::prelude::*;
+
+/// What a log-likelihood is summed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    Cell,
+    Gene,
+}
+
+/// `ln f_k(u_c)` of one cell (draw `s`, component `k`).
+pub fn cell_component_ll(
+    d: &NbDraws,
+    s: usize,
+    k: usize,
+    data: &CountMatrix,
+    c: usize,
+    zero_sum: Option<(&[f64], f64)>,
+) -> f64 {
+    let r = d.r_of(s, k);
+    let l = d.ell(s, k, c);
+    let (lph, l1m) = (ln_sigmoid(l), ln_sigmoid(-l));
+    let (genes, counts) = data.row(c);
+    let mut acc = data.lib_size[c] * lph - data.ln_fact[c];
+    match d.gate_of(s, k) {
+        None => {
+            acc += r.iter().sum::<f64>() * l1m;
+            for (&g, &u) in genes.iter().zip(counts) {
+                acc += lgamma_diff(u, r[g as usize]);
+            }
+        }
+        Some(pi) => {
+            // zinb: zero terms are constant over cells (precomputed); zinbvcp: dense.
+            match zero_sum {
+                Some((s0, total)) => {
+                    acc += total;
+                    for (&g, &u) in genes.iter().zip(counts) {
+                        let g = g as usize;
+                        acc += (-pi[g]).ln_1p() + lgamma_diff(u, r[g]) + r[g] * l1m - s0[g];
+                    }
+                }
+                None => {
+                    for g in 0..r.len() {
+                        acc += (pi[g] + (1.0 - pi[g]) * (r[g] * l1m).exp()).ln();
+                    }
+                    for (&g, &u) in genes.iter().zip(counts) {
+                        let g = g as usize;
+                        let s0 = (pi[g] + (1.0 - pi[g]) * (r[g] * l1m).exp()).ln();
+                        acc += (-pi[g]).ln_1p() + lgamma_diff(u, r[g]) + r[g] * l1m - s0;
+                    }
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// zinb (no capture): per-gene zero terms `s_g = ln(π + (1−π)(1−p)^r)` and their sum.
+pub fn zinb_zero_terms(d: &NbDraws, s: usize, k: usize) -> Option<(Vec<f64>, f64)> {
+    if d.variant.has_capture() {
+        return None;
+    }
+    let pi = d.gate_of(s, k)?;
+    let r = d.r_of(s, k);
+    let l1m = (-d.p_of(s, k)).ln_1p();
+    let s0: Vec<f64> = (0..r.len())
+        .map(|g| (pi[g] + (1.0 - pi[g]) * (r[g] * l1m).exp()).ln())
+        .collect();
+    let tot = s0.iter().sum();
+    Some((s0, tot))
+}
+
+/// `Σ_c ln f_k(u_cg)` for every gene (draw `s`, component `k`).
+fn gene_component_ll(d: &NbDraws, s: usize, k: usize, data: &CountMatrix, out: &mut [f64]) {
+    let r = d.r_of(s, k);
+    let pi = d.gate_of(s, k);
+    let c_n = data.n_cells;
+    out.iter_mut().for_each(|v| *v = 0.0);
+    // lnΓ(u + r) − lnΓ(r) − ln u! over each gene's count histogram.
+    for g in 0..data.n_genes {
+        for j in data.gene_pair_ptr[g]..data.gene_pair_ptr[g + 1] {
+            let (w, x) = (data.pair_weight[j], data.pair_count[j]);
+            out[g] += w * (lgamma_diff(x, r[g]) - lgamma(x as f64 + 1.0));
+        }
+    }
+    let capture = d.variant.has_capture();
+    match (pi, capture) {
+        (None, false) => {
+            let l = d.ell(s, k, 0);
+            let (lph, l1m) = (ln_sigmoid(l), ln_sigmoid(-l));
+            for g in 0..data.n_genes {
+                let tot: f64 = (data.gene_pair_ptr[g]..data.gene_pair_ptr[g + 1])
+                    .map(|j| data.pair_weight[j] * data.pair_count[j] as f64)
+                    .sum();
+                out[g] += tot * lph + r[g] * l1m * c_n as f64;
+            }
+        }
+        (None, true) => {
+            let s1: f64 = (0..c_n).map(|c| ln_sigmoid(-d.ell(s, k, c))).sum();
+            for c in 0..c_n {
+                let lph = ln_sigmoid(d.ell(s, k, c));
+                let (genes, counts) = data.row(c);
+                for (&g, &u) in genes.iter().zip(counts) {
+                    out[g as usize] += u as f64 * lph;
+                }
+            }
+            for g in 0..data.n_genes {
+                out[g] += r[g] * s1;
+            }
+        }
+        (Some(pi), false) => {
+            let l = d.ell(s, k, 0);
+            let (lph, l1m) = (ln_sigmoid(l), ln_sigmoid(-l));
+            for g in 0..data.n_genes {
+                let s0 = (pi[g] + (1.0 - pi[g]) * (r[g] * l1m).exp()).ln();
+                let nnz = data.gene_nnz[g];
+                let tot: f64 = (data.gene_pair_ptr[g]..data.gene_pair_ptr[g + 1])
+                    .map(|j| data.pair_weight[j] * data.pair_count[j] as f64)
+                    .sum();
+                out[g] +=
+                    tot * lph + nnz * ((-pi[g]).ln_1p() + r[g] * l1m) + (c_n as f64 - nnz) * s0;
+            }
+        }
+        (Some(pi), true) => {
+            for c in 0..c_n {
+                let l = d.ell(s, k, c);
+                let (lph, l1m) = (ln_sigmoid(l), ln_sigmoid(-l));
+                for g in 0..data.n_genes {
+                    out[g] += (pi[g] + (1.0 - pi[g]) * (r[g] * l1m).exp()).ln();
+                }
+                let (genes, counts) = data.row(c);
+                for (&g, &u) in genes.iter().zip(counts) {
+                    let g = g as usize;
+                    let s0 = (pi[g] + (1.0 - pi[g]) * (r[g] * l1m).exp()).ln();
+                    out[g] += (-pi[g]).ln_1p() + u as f64 * lph + r[g] * l1m - s0;
+                }
+            }
+        }
+    }
+}
+
+/// Log-likelihood per draw and cell (or gene). With `split`, one value per
+/// component including `ln w_k` (layout `s + S·(i + n·k)`); otherwise the
+/// mixture log-sum-exp (layout `s + S·i`).
+pub fn log_likelihood(d: &NbDraws, data: &CountMatrix, by: By, split: bool) -> Vec<f64> {
+    let (s_n, k_n) = (d.n_draws, d.n_comp);
+    let n = match by {
+        By::Cell => data.n_cells,
+        By::Gene => data.n_genes,
+    };
+    let mut comp = vec![0.0; s_n * k_n * n]; // (s, k, i) → (s·K + k)·n + i
+    comp.par_chunks_mut(n).enumerate().for_each(|(sk, out)| {
+        let (s, k) = (sk / k_n, sk % k_n);
+        match by {
+            By::Cell => {
+                let zs = zinb_zero_terms(d, s, k);
+                let zr = zs.as_ref().map(|(v, t)| (v.as_slice(), *t));
+                out.iter_mut()
+                    .enumerate()
+                    .for_each(|(c, o)| *o = cell_component_ll(d, s, k, data, c, zr));
+            }
+            By::Gene => gene_component_ll(d, s, k, data, out),
+        }
+    });
+    if split {
+        let mut res = vec![0.0; s_n * n * k_n];
+        for s in 0..s_n {
+            for k in 0..k_n {
+                let lw = if k_n > 1 { d.ln_w(s, k) } else { 0.0 };
+                for i in 0..n {
+                    res[s + s_n * (i + n * k)] = comp[(s * k_n + k) * n + i] + lw;
+                }
+            }
+        }
+        return res;
+    }
+    let mut res = vec![0.0; s_n * n];
+    for s in 0..s_n {
+        for i in 0..n {
+            res[s + s_n * i] = if k_n == 1 {
+                comp[s * n + i]
+            } else {
+                let v: Vec<f64> = (0..k_n)
+                    .map(|k| d.ln_w(s, k) + comp[(s * k_n + k) * n + i])
+                    .collect();
+                logsumexp(&v)
+            };
+        }
+    }
+    res
+}
+
+/// Posterior component probabilities `P(k | u_c, θ_s) = softmax_k(ln w_k + ℓ_ck)`,
+/// layout `s + S·(c + C·k)`.
+pub fn responsibilities(d: &NbDraws, data: &CountMatrix) -> Vec<f64> {
+    let split = log_likelihood(d, data, By::Cell, true);
+    let (s_n, c_n, k_n) = (d.n_draws, data.n_cells, d.n_comp);
+    let mut out = vec![0.0; s_n * c_n * k_n];
+    for s in 0..s_n {
+        for c in 0..c_n {
+            let v: Vec<f64> = (0..k_n).map(|k| split[s + s_n * (c + c_n * k)]).collect();
+            let lse = logsumexp(&v);
+            for k in 0..k_n {
+                out[s + s_n * (c + c_n * k)] = (v[k] - lse).exp();
+            }
+        }
+    }
+    out
+}
+
+pub fn logsumexp(v: &[f64]) -> f64 {
+    let mx = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !mx.is_finite() {
+        return mx;
+    }
+    mx + v.iter().map(|x| (x - mx).exp()).sum::<f64>().ln()
+}

@@ -1,0 +1,231 @@
+//! Downstream analyses on parameter draws: exact formulas on hand-computed
+//! cases, dense references, invariances.
+
+use scribe_core::data::CountMatrix;
+use scribe_core::math::lgamma;
+use scribe_core::models::nb::Variant;
+use scribe_core::models::simulate::{simulate_nb, NbTruth};
+use scribe_core::posterior::denoise::{denoise, Method};
+use scribe_core::posterior::draws::NbDraws;
+use scribe_core::posterior::loglik::{log_likelihood, responsibilities, By};
+use scribe_core::posterior::normalize::{dirichlet_samples, mean_composition};
+use scribe_core::posterior::predictive::predictive;
+
+fn one_cell(counts: &[u32]) -> CountMatrix {
+    let row: Vec<(u32, u32)> = counts
+        .iter()
+        .enumerate()
+        .map(|(g, &u)| (g as u32, u))
+        .collect();
+    CountMatrix::from_cell_rows(counts.len(), &[row])
+}
+
+fn draws(
+    variant: Variant,
+    r: Vec<f64>,
+    p: f64,
+    nu: Option<f64>,
+    gate: Option<Vec<f64>>,
+) -> NbDraws {
+    let g = r.len();
+    NbDraws {
+        variant,
+        n_draws: 1,
+        n_comp: 1,
+        n_genes: g,
+        n_cells: if nu.is_some() { 1 } else { 0 },
+        r,
+        p: vec![p],
+        nu: nu.map(|v| vec![v]),
+        gate,
+        weights: vec![1.0],
+    }
+}
+
+#[test]
+fn denoising_a_captured_count_follows_the_nb_posterior() {
+    // r = 2, p = 0.5, ν = 0.5: pp = 0.25, q = 0.75; u = 3.
+    let d = draws(Variant::Nbvcp, vec![2.0], 0.5, Some(0.5), None);
+    let data = one_cell(&[3]);
+    let (mean, var) = denoise(&d, &data, &[0], Method::Mean, Method::Mean, true, 1);
+    assert!((mean[0] - 3.5 / 0.75).abs() < 1e-12);
+    assert!((var.unwrap()[0] - 5.0 * 0.25 / 0.5625).abs() < 1e-12);
+    let (mode, _) = denoise(&d, &data, &[0], Method::Mode, Method::Mode, false, 1);
+    assert_eq!(mode[0], 3.0 + (4.0f64 * 0.25 / 0.75).floor());
+    // Without capture a nonzero count is its own denoised value.
+    let d0 = draws(Variant::Nbdm, vec![2.0], 0.5, None, None);
+    let (m0, v0) = denoise(&d0, &data, &[0], Method::Sample, Method::Sample, true, 1);
+    assert_eq!((m0[0], v0.unwrap()[0]), (3.0, 0.0));
+}
+
+#[test]
+fn denoising_a_zinb_zero_mixes_gate_and_nb_pathways() {
+    // zinb, r = 2, p = 0.5, gate 0.3, no capture: π0 = 0.25, w = 0.3/(0.3 + 0.7·0.25).
+    let d = draws(
+        Variant::Zinb,
+        vec![2.0, 2.0],
+        0.5,
+        None,
+        Some(vec![0.3, 0.3]),
+    );
+    let data = one_cell(&[0, 4]);
+    let w = 0.3 / (0.3 + 0.7 * 0.25);
+    let (mean, var) = denoise(&d, &data, &[0, 1], Method::Mean, Method::Mean, true, 1);
+    assert!((mean[0] - w * 2.0).abs() < 1e-12, "{}", mean[0]);
+    // Var = w·Vg + (1−w)·0 + w(1−w)(Mg − 0)², Vg = r p/(1−p)² = 4.
+    assert!((var.as_ref().unwrap()[0] - (w * 4.0 + w * (1.0 - w) * 4.0)).abs() < 1e-12);
+    assert_eq!(mean[1], 4.0);
+    // Mode: w > 0.5 → the gate pathway's mode ⌊(r−1)p/(1−p)⌋ = 1.
+    let (mode, _) = denoise(&d, &data, &[0], Method::Mode, Method::Mode, false, 1);
+    assert_eq!(mode[0], 1.0);
+}
+
+#[test]
+fn normalization_of_a_two_gene_toy() {
+    let d = draws(Variant::Nbdm, vec![1.0, 3.0], 0.4, None, None);
+    assert_eq!(mean_composition(&d), vec![0.25, 0.75]);
+    let s = dirichlet_samples(&d, 20_000, 3);
+    let m0: f64 = s.chunks(2).map(|x| x[0]).sum::<f64>() / 20_000.0;
+    assert!((m0 - 0.25).abs() < 0.01, "{m0}");
+    assert!(s.chunks(2).all(|x| (x[0] + x[1] - 1.0).abs() < 1e-12));
+}
+
+fn dense_ll(d: &NbDraws, data: &CountMatrix, c: usize, g: usize, k: usize) -> f64 {
+    let dense = data.to_dense();
+    let u = dense[c * data.n_genes + g];
+    let r = d.r_of(0, k)[g];
+    let p = d.p_of(0, k);
+    let nu = d.nu_of(0, c);
+    let ph = p * nu / (1.0 - p * (1.0 - nu));
+    let lnb = lgamma(u + r) - lgamma(r) - lgamma(u + 1.0) + u * ph.ln() + r * (1.0 - ph).ln();
+    match d.gate_of(0, k) {
+        None => lnb,
+        Some(pi) if u == 0.0 => (pi[g] + (1.0 - pi[g]) * lnb.exp()).ln(),
+        Some(pi) => (1.0 - pi[g]).ln() + lnb,
+    }
+}
+
+fn toy_draws(variant: Variant, k: usize, data: &CountMatrix) -> NbDraws {
+    let g = data.n_genes;
+    let c = data.n_cells;
+    NbDraws {
+        variant,
+        n_draws: 1,
+        n_comp: k,
+        n_genes: g,
+        n_cells: c,
+        r: (0..k * g).map(|j| 0.3 + (j % 7) as f64 * 0.4).collect(),
+        p: (0..k).map(|j| 0.4 + 0.1 * j as f64).collect(),
+        nu: variant
+            .has_capture()
+            .then(|| (0..c).map(|j| 0.2 + 0.05 * (j % 9) as f64).collect()),
+        gate: variant
+            .has_gate()
+            .then(|| (0..k * g).map(|j| 0.05 * (j % 5) as f64).collect()),
+        weights: (1..=k)
+            .map(|j| j as f64 / (k * (k + 1) / 2) as f64)
+            .collect(),
+    }
+}
+
+#[test]
+fn log_likelihoods_match_the_dense_pmf() {
+    for variant in [
+        Variant::Nbdm,
+        Variant::Nbvcp,
+        Variant::Zinb,
+        Variant::Zinbvcp,
+    ] {
+        for k in [1usize, 2] {
+            let data = simulate_nb(&NbTruth::random(variant, 9, 11, 2), 3);
+            let d = toy_draws(variant, k, &data);
+            let by_cell = log_likelihood(&d, &data, By::Cell, false);
+            let by_gene = log_likelihood(&d, &data, By::Gene, false);
+            for c in 0..data.n_cells {
+                let terms: Vec<f64> = (0..k)
+                    .map(|kk| {
+                        d.ln_w(0, kk)
+                            + (0..data.n_genes)
+                                .map(|g| dense_ll(&d, &data, c, g, kk))
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let want = scribe_core::posterior::loglik::logsumexp(&terms);
+                assert!(
+                    (by_cell[c] - want).abs() < 1e-9 * want.abs(),
+                    "{variant:?} K={k} cell {c}"
+                );
+            }
+            for g in 0..data.n_genes {
+                let terms: Vec<f64> = (0..k)
+                    .map(|kk| {
+                        d.ln_w(0, kk)
+                            + (0..data.n_cells)
+                                .map(|c| dense_ll(&d, &data, c, g, kk))
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let want = scribe_core::posterior::loglik::logsumexp(&terms);
+                assert!(
+                    (by_gene[g] - want).abs() < 1e-9 * want.abs(),
+                    "{variant:?} K={k} gene {g}"
+                );
+            }
+            if k > 1 {
+                let resp = responsibilities(&d, &data);
+                for c in 0..data.n_cells {
+                    let s: f64 = (0..k).map(|kk| resp[c + data.n_cells * kk]).sum();
+                    assert!((s - 1.0).abs() < 1e-12);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn predictive_draws_do_not_depend_on_cell_chunking() {
+    let data = simulate_nb(&NbTruth::random(Variant::Zinbvcp, 6, 10, 1), 2);
+    let d = toy_draws(Variant::Zinbvcp, 2, &data);
+    let all: Vec<usize> = (0..10).collect();
+    let full = predictive(&d, &all, &[1, 4], false, 9);
+    let part = predictive(&d, &all[4..7], &[1, 4], false, 9);
+    for (ci, c) in (4..7).enumerate() {
+        for j in 0..2 {
+            assert_eq!(part[ci + 3 * j], full[c + 10 * j]);
+        }
+    }
+}
+
+#[test]
+fn predictive_means_match_the_model() {
+    // nbvcp, one gene: E u = r p̂/(1 − p̂).
+    let c_n = 4000;
+    let truth = NbTruth {
+        r: vec![2.0],
+        p: 0.6,
+        nu: Some(vec![0.5; c_n]),
+        gate: None,
+        n_cells: c_n,
+        mixture: None,
+    };
+    let data = simulate_nb(&truth, 1);
+    let d = NbDraws {
+        variant: Variant::Nbvcp,
+        n_draws: 1,
+        n_comp: 1,
+        n_genes: 1,
+        n_cells: c_n,
+        r: vec![2.0],
+        p: vec![0.6],
+        nu: Some(vec![0.5; c_n]),
+        gate: None,
+        weights: vec![1.0],
+    };
+    let cells: Vec<usize> = (0..c_n).collect();
+    let y = predictive(&d, &cells, &[0], false, 4);
+    let mean = y.iter().sum::<f64>() / c_n as f64;
+    let ph = 0.3 / (1.0 - 0.6 * 0.5);
+    let want = 2.0 * ph / (1.0 - ph);
+    assert!((mean - want).abs() < 0.05 * want, "{mean} vs {want}");
+    let _ = data;
+}
