@@ -1,4 +1,5 @@
 //! Downstream analyses on parameter draws: exact formulas on hand-computed
+#![allow(clippy::needless_range_loop)]
 //! cases, dense references, invariances.
 
 use scribe_core::data::CountMatrix;

@@ -69,125 +69,125 @@ pub fn denoise(
     for s in 0..s_n {
         let zero_terms: Vec<Option<(Vec<f64>, f64)>> =
             (0..k_n).map(|k| zinb_zero_terms(d, s, k)).collect();
-        let block = &mut vals[s * j_n * c_n..(s + 1) * j_n * c_n];
-        let mut vblock: Vec<&mut [f64]> = if want_variance {
-            vars[s * j_n * c_n..(s + 1) * j_n * c_n]
-                .chunks_mut(j_n.max(1))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let mut vit = vblock.iter_mut();
-        let cells: Vec<(usize, &mut [f64], Option<&mut &mut [f64]>)> = block
-            .chunks_mut(j_n.max(1))
-            .enumerate()
-            .map(|(c, o)| (c, o, if want_variance { vit.next() } else { None }))
+        let rows: Vec<(Vec<f64>, Vec<f64>)> = (0..c_n)
+            .into_par_iter()
+            .map(|c| {
+                let mut out = vec![0.0; j_n];
+                let mut vout = vec![0.0; if want_variance { j_n } else { 0 }];
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                rng.set_stream(((s as u64) << 32) | c as u64);
+                // Responsibilities of this cell.
+                let gam: Vec<f64> = if k_n == 1 {
+                    vec![1.0]
+                } else {
+                    let l: Vec<f64> = (0..k_n)
+                        .map(|k| {
+                            d.ln_w(s, k)
+                                + cell_component_ll(
+                                    d,
+                                    s,
+                                    k,
+                                    data,
+                                    c,
+                                    zero_terms[k].as_ref().map(|(v, t)| (v.as_slice(), *t)),
+                                )
+                        })
+                        .collect();
+                    let lse = logsumexp(&l);
+                    l.iter().map(|v| (v - lse).exp()).collect()
+                };
+                // Component used by mode (most responsible) and by sampling (drawn).
+                let k_mode = gam
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map_or(0, |x| x.0);
+                let k_draw = {
+                    let u: f64 = rng.random();
+                    let mut acc = 0.0;
+                    gam.iter()
+                        .position(|g| {
+                            acc += g;
+                            u < acc
+                        })
+                        .unwrap_or(k_n - 1)
+                };
+                let mut u_row = vec![0.0; j_n];
+                let (gi, ci) = data.row(c);
+                for (&g, &u) in gi.iter().zip(ci) {
+                    if pos[g as usize] != usize::MAX {
+                        u_row[pos[g as usize]] = u as f64;
+                    }
+                }
+                let nu = d.nu_of(s, c);
+                for (j, &g) in genes.iter().enumerate() {
+                    let u = u_row[j];
+                    let zi_zero = u == 0.0 && d.gate.is_some();
+                    let m = if zi_zero { zi_method } else { method };
+                    let (mut m_tot, mut second, mut value) = (0.0, 0.0, 0.0);
+                    for k in 0..k_n {
+                        let r = d.r_of(s, k)[g];
+                        let p = d.p_of(s, k);
+                        let pp = p * (1.0 - nu);
+                        let q = 1.0 - pp;
+                        let nb = nb_post(u, r, pp);
+                        let (mean, var) = match d.gate_of(s, k) {
+                            Some(pi) if zi_zero => {
+                                // Gate zero (value from the un-thinned prior NB(r, p)) vs NB zero.
+                                let w = pi[g] / (pi[g] + (1.0 - pi[g]) * ((1.0 - p) / q).powf(r));
+                                let (mg, vg) = (r * p / (1.0 - p), r * p / ((1.0 - p) * (1.0 - p)));
+                                let picked = k == if m == Method::Sample { k_draw } else { k_mode };
+                                if picked && m != Method::Mean {
+                                    value = match m {
+                                        Method::Mode if w > 0.5 => {
+                                            ((r - 1.0).max(0.0) * p / (1.0 - p)).floor()
+                                        }
+                                        Method::Mode => nb_mode(0.0, r, pp),
+                                        _ if rng.random::<f64>() < w => {
+                                            nb_draw(&mut rng, r, p / (1.0 - p)) as f64
+                                        }
+                                        _ => nb_draw(&mut rng, r, pp / q) as f64,
+                                    };
+                                }
+                                (
+                                    w * mg + (1.0 - w) * nb.mean,
+                                    w * vg
+                                        + (1.0 - w) * nb.var
+                                        + w * (1.0 - w) * (mg - nb.mean).powi(2),
+                                )
+                            }
+                            _ => {
+                                let picked = k == if m == Method::Sample { k_draw } else { k_mode };
+                                if picked && m != Method::Mean {
+                                    value = match m {
+                                        Method::Mode => nb_mode(u, r, pp),
+                                        _ if pp > 0.0 => {
+                                            u + nb_draw(&mut rng, r + u, pp / q) as f64
+                                        }
+                                        _ => u,
+                                    };
+                                }
+                                (nb.mean, nb.var)
+                            }
+                        };
+                        m_tot += gam[k] * mean;
+                        second += gam[k] * (var + mean * mean);
+                    }
+                    out[j] = if m == Method::Mean { m_tot } else { value };
+                    if want_variance {
+                        vout[j] = (second - m_tot * m_tot).max(0.0);
+                    }
+                }
+                (out, vout)
+            })
             .collect();
-        cells.into_par_iter().for_each(|(c, out, vout)| {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            rng.set_stream(((s as u64) << 32) | c as u64);
-            // Responsibilities of this cell.
-            let gam: Vec<f64> = if k_n == 1 {
-                vec![1.0]
-            } else {
-                let l: Vec<f64> = (0..k_n)
-                    .map(|k| {
-                        d.ln_w(s, k)
-                            + cell_component_ll(
-                                d,
-                                s,
-                                k,
-                                data,
-                                c,
-                                zero_terms[k].as_ref().map(|(v, t)| (v.as_slice(), *t)),
-                            )
-                    })
-                    .collect();
-                let lse = logsumexp(&l);
-                l.iter().map(|v| (v - lse).exp()).collect()
-            };
-            // Component used by mode (most responsible) and by sampling (drawn).
-            let k_mode = gam
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map_or(0, |x| x.0);
-            let k_draw = {
-                let u: f64 = rng.random();
-                let mut acc = 0.0;
-                gam.iter()
-                    .position(|g| {
-                        acc += g;
-                        u < acc
-                    })
-                    .unwrap_or(k_n - 1)
-            };
-            let mut u_row = vec![0.0; j_n];
-            let (gi, ci) = data.row(c);
-            for (&g, &u) in gi.iter().zip(ci) {
-                if pos[g as usize] != usize::MAX {
-                    u_row[pos[g as usize]] = u as f64;
-                }
+        for (c, (row, vrow)) in rows.into_iter().enumerate() {
+            let at = (s * c_n + c) * j_n;
+            vals[at..at + j_n].copy_from_slice(&row);
+            if want_variance {
+                vars[at..at + j_n].copy_from_slice(&vrow);
             }
-            let nu = d.nu_of(s, c);
-            let mut vout = vout;
-            for (j, &g) in genes.iter().enumerate() {
-                let u = u_row[j];
-                let zi_zero = u == 0.0 && d.gate.is_some();
-                let m = if zi_zero { zi_method } else { method };
-                let (mut m_tot, mut second, mut value) = (0.0, 0.0, 0.0);
-                for k in 0..k_n {
-                    let r = d.r_of(s, k)[g];
-                    let p = d.p_of(s, k);
-                    let pp = p * (1.0 - nu);
-                    let q = 1.0 - pp;
-                    let nb = nb_post(u, r, pp);
-                    let (mean, var) = match d.gate_of(s, k) {
-                        Some(pi) if zi_zero => {
-                            // Gate zero (value from the un-thinned prior NB(r, p)) vs NB zero.
-                            let w = pi[g] / (pi[g] + (1.0 - pi[g]) * ((1.0 - p) / q).powf(r));
-                            let (mg, vg) = (r * p / (1.0 - p), r * p / ((1.0 - p) * (1.0 - p)));
-                            let picked = k == if m == Method::Sample { k_draw } else { k_mode };
-                            if picked && m != Method::Mean {
-                                value = match m {
-                                    Method::Mode if w > 0.5 => {
-                                        ((r - 1.0).max(0.0) * p / (1.0 - p)).floor()
-                                    }
-                                    Method::Mode => nb_mode(0.0, r, pp),
-                                    _ if rng.random::<f64>() < w => {
-                                        nb_draw(&mut rng, r, p / (1.0 - p)) as f64
-                                    }
-                                    _ => nb_draw(&mut rng, r, pp / q) as f64,
-                                };
-                            }
-                            (
-                                w * mg + (1.0 - w) * nb.mean,
-                                w * vg
-                                    + (1.0 - w) * nb.var
-                                    + w * (1.0 - w) * (mg - nb.mean).powi(2),
-                            )
-                        }
-                        _ => {
-                            let picked = k == if m == Method::Sample { k_draw } else { k_mode };
-                            if picked && m != Method::Mean {
-                                value = match m {
-                                    Method::Mode => nb_mode(u, r, pp),
-                                    _ if pp > 0.0 => u + nb_draw(&mut rng, r + u, pp / q) as f64,
-                                    _ => u,
-                                };
-                            }
-                            (nb.mean, nb.var)
-                        }
-                    };
-                    m_tot += gam[k] * mean;
-                    second += gam[k] * (var + mean * mean);
-                }
-                out[j] = if m == Method::Mean { m_tot } else { value };
-                if let Some(v) = vout.as_mut() {
-                    v[j] = (second - m_tot * m_tot).max(0.0);
-                }
-            }
-        });
+        }
     }
     (vals, if want_variance { Some(vars) } else { None })
 }
