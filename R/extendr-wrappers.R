@@ -12,3 +12,7 @@ rs_nb_sites <- function(model, params, n_draws, seed) {
 rs_simulate_nb <- function(model, n_genes, n_cells, n_components, r, p, nu, gate, seed) {
   .Call(wrap__rs_simulate_nb, model, n_genes, n_cells, n_components, r, p, nu, gate, seed)
 }
+
+rs_nb_analysis <- function(model, params, n_draws, seed, what, counts, opts, num_threads) {
+  .Call(wrap__rs_nb_analysis, model, params, n_draws, seed, what, counts, opts, num_threads)
+}

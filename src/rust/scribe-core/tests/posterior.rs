@@ -1,6 +1,6 @@
 //! Downstream analyses on parameter draws: exact formulas on hand-computed
-#![allow(clippy::needless_range_loop)]
 //! cases, dense references, invariances.
+#![allow(clippy::needless_range_loop)]
 
 use scribe_core::data::CountMatrix;
 use scribe_core::math::lgamma;

@@ -10,6 +10,11 @@ use scribe_core::dist::{Link, Prior};
 use scribe_core::models::nb::{NbModel, NbSpec, Parameterization, Variant};
 use scribe_core::models::simulate::{simulate_nb, NbTruth};
 use scribe_core::models::{BlockKind, Model};
+use scribe_core::posterior::denoise::{denoise, Method};
+use scribe_core::posterior::draws::NbDraws;
+use scribe_core::posterior::loglik::{log_likelihood, responsibilities, By};
+use scribe_core::posterior::normalize::{dirichlet_samples, mean_composition};
+use scribe_core::posterior::predictive::predictive;
 use scribe_core::posterior::{nb_sites, GuideBlock};
 use scribe_core::progress::{Cancel, Progress};
 use scribe_core::svi::early_stop::EarlyStopping;
@@ -572,9 +577,144 @@ fn rs_simulate_nb(
     .into())
 }
 
+fn parse_method(s: &str) -> Result<Method> {
+    match s {
+        "mean" => Ok(Method::Mean),
+        "mode" => Ok(Method::Mode),
+        "sample" => Ok(Method::Sample),
+        _ => Err(err(format!(
+            "`method` must be \"mean\", \"mode\" or \"sample\", not \"{s}\""
+        ))),
+    }
+}
+
+fn indices(robj: Option<&Robj>, n: usize) -> Result<Vec<usize>> {
+    match robj {
+        None => Ok((0..n).collect()),
+        Some(r) => {
+            let v = r
+                .as_integer_slice()
+                .ok_or_else(|| err("internal: indices must be integer"))?;
+            v.iter()
+                .map(|&i| {
+                    if i >= 0 && (i as usize) < n {
+                        Ok(i as usize)
+                    } else {
+                        Err(err(format!("index {i} out of range")))
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// Downstream analyses on the MAP (`n_draws = 0`) or on guide draws:
+/// `what` is "loglik", "responsibilities", "denoise", "normalize" or
+/// "predictive"; `counts` is a list(n_genes, n_cells, p, i, x) or NULL;
+/// `opts` holds the analysis' options. Returns list(values, ...).
+/// @noRd
+#[allow(clippy::too_many_arguments)]
+#[extendr]
+fn rs_nb_analysis(
+    model: Robj,
+    params: Robj,
+    n_draws: i32,
+    seed: f64,
+    what: &str,
+    counts: Robj,
+    opts: Robj,
+    num_threads: i32,
+) -> Result<Robj> {
+    let spec = nb_spec(&model)?;
+    let blocks = guide_blocks(&params)?;
+    let draws = (n_draws > 0).then_some((n_draws as usize, seed as u64));
+    let sites = nb_sites(&spec, &blocks, draws).map_err(core_err)?;
+    let d = NbDraws::from_sites(spec.variant, &sites).map_err(core_err)?;
+    let o = Args::new(&opts, "opts")?;
+    let data = if counts.is_null() {
+        None
+    } else {
+        let c = Args::new(&counts, "counts")?;
+        let need = |k: &str| {
+            c.get(k)
+                .cloned()
+                .ok_or_else(|| err(format!("internal: counts${k}")))
+        };
+        Some(counts_from_slots(
+            c.real("n_genes")? as i32,
+            c.real("n_cells")? as i32,
+            &need("p")?,
+            &need("i")?,
+            &need("x")?,
+        )?)
+    };
+    let data_ref = || {
+        data.as_ref()
+            .ok_or_else(|| err("internal: this analysis needs counts"))
+    };
+    let aseed = o.real_or("seed", 0.0)? as u64;
+    let pool = pool(num_threads)?;
+    let none = || -> Robj { ().into() };
+    // Options are read on the R thread; only plain Rust values enter the pool.
+    Ok(match what {
+        "loglik" => {
+            let by = if o.string("by")? == "gene" {
+                By::Gene
+            } else {
+                By::Cell
+            };
+            let split = o.boolean("split")?;
+            let dat = data_ref()?;
+            let v = pool.install(|| log_likelihood(&d, dat, by, split));
+            list!(values = v, n_comp = d.n_comp as i32).into()
+        }
+        "responsibilities" => {
+            let dat = data_ref()?;
+            let v = pool.install(|| responsibilities(&d, dat));
+            list!(values = v, n_comp = d.n_comp as i32).into()
+        }
+        "denoise" => {
+            let dat = data_ref()?;
+            let genes = indices(o.get("genes"), d.n_genes)?;
+            let (m, zm) = (
+                parse_method(&o.string("method")?)?,
+                parse_method(&o.string("zi_method")?)?,
+            );
+            let want_var = o.boolean("return_variance")?;
+            let (v, var) = pool.install(|| denoise(&d, dat, &genes, m, zm, want_var, aseed));
+            list!(values = v, variance = var.map_or_else(none, |x| x.into())).into()
+        }
+        "normalize" => {
+            let n_dir = o.real_or("n_dirichlet", 0.0)? as usize;
+            let v = pool.install(|| {
+                if n_dir == 0 {
+                    mean_composition(&d)
+                } else {
+                    dirichlet_samples(&d, n_dir, aseed)
+                }
+            });
+            list!(values = v, n_comp = d.n_comp as i32).into()
+        }
+        "predictive" => {
+            let n_cells = if d.n_cells > 0 {
+                d.n_cells
+            } else {
+                o.real("n_cells")? as usize
+            };
+            let cells = indices(o.get("cells"), n_cells)?;
+            let genes = indices(o.get("genes"), d.n_genes)?;
+            let bio = o.boolean("biological")?;
+            let v = pool.install(|| predictive(&d, &cells, &genes, bio, aseed));
+            list!(values = v).into()
+        }
+        other => return Err(err(format!("internal: unknown analysis '{other}'"))),
+    })
+}
+
 extendr_module! {
     mod scribeR;
     fn rs_svi_fit;
     fn rs_nb_sites;
     fn rs_simulate_nb;
+    fn rs_nb_analysis;
 }

@@ -75,7 +75,8 @@ pub fn denoise(
                 let mut out = vec![0.0; j_n];
                 let mut vout = vec![0.0; if want_variance { j_n } else { 0 }];
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                rng.set_stream(((s as u64) << 32) | c as u64);
+                // Stream 0 belongs to the guide draws; (draw, cell) streams start above it.
+                rng.set_stream(((s as u64 + 1) << 32) | c as u64);
                 // Responsibilities of this cell.
                 let gam: Vec<f64> = if k_n == 1 {
                     vec![1.0]

@@ -30,7 +30,8 @@ pub fn predictive(
             let (s, ci) = (idx / c_n, idx % c_n);
             let c = cells[ci];
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            rng.set_stream(((s as u64) << 32) | c as u64);
+            // Stream 0 belongs to the guide draws; (draw, cell) streams start above it.
+            rng.set_stream(((s as u64 + 1) << 32) | c as u64);
             let k = if k_n == 1 {
                 0
             } else {

@@ -1,0 +1,257 @@
+# Downstream analyses of a fit: log-likelihoods, component probabilities,
+# denoising, normalization and posterior predictive draws. The numerics live
+# in the core's posterior module; these functions check inputs, choose MAP or
+# posterior draws, and shape and name the results.
+
+# The counts of `x` as the fitted genes x cells dgCMatrix (errors if they differ).
+counts_for_fit <- function(fit, x, assay = NULL) {
+  m <- as_counts_dgc(scribe_counts(x, assay = assay))
+  m <- validate_counts(m, drop_empty = FALSE)$counts
+  if (nrow(m) != length(fit@gene_names) || (!is.null(rownames(m)) && !identical(rownames(m), fit@gene_names))) {
+    abort_input(c("The genes of {.arg x} are not the genes of {.arg fit}.",
+                  "i" = "{.arg x} has {nrow(m)} genes; the fit has {length(fit@gene_names)}."))
+  }
+  if (!is.null(colnames(m)) && length(fit@dropped_cells) > 0L) {
+    m <- m[, setdiff(colnames(m), fit@dropped_cells), drop = FALSE]
+  }
+  if (ncol(m) != length(fit@cell_names) || (!is.null(colnames(m)) && !identical(colnames(m), fit@cell_names))) {
+    abort_input(c("The cells of {.arg x} are not the cells of {.arg fit}.",
+                  "i" = "{.arg x} has {ncol(m)} cells; the fit has {length(fit@cell_names)}."))
+  }
+  list(n_genes = nrow(m), n_cells = ncol(m), p = m@p, i = m@i, x = m@x)
+}
+
+run_analysis <- function(fit, what, counts, opts, n_samples, seed, num_threads = getOption("scribeR.num_threads", 1L)) {
+  if (!is(fit, "ScribeSVIResults")) abort_input("{.arg fit} must be a scribeR results object.")
+  n_draws <- 0L
+  draw_seed <- 0
+  if (!is.null(n_samples)) {
+    check_number(n_samples, "n_samples", "a whole number >= 1 (or NULL for the MAP)", function(v) v >= 1 && v == round(v))
+    n_draws <- as.integer(n_samples)
+  }
+  seed <- resolve_seed(seed)
+  opts$seed <- seed
+  call_core(rs_nb_analysis(fit@model, fit@params, n_draws, seed, what, counts, opts, resolve_threads(num_threads)))
+}
+
+n_components_of <- function(fit) if (is.null(fit@model$n_components)) 1L else as.integer(fit@model$n_components)
+component_names <- function(k) paste0("component", seq_len(k))
+
+gene_index <- function(fit, genes) {
+  if (is.null(genes)) return(NULL)
+  idx <- if (is.character(genes)) match(genes, fit@gene_names) else genes
+  if (anyNA(idx) || any(idx < 1) || any(idx > length(fit@gene_names)) || any(idx != round(idx))) {
+    bad <- if (is.character(genes)) genes[is.na(idx)] else genes[is.na(idx) | idx < 1 | idx > length(fit@gene_names)]
+    abort_input("{.arg genes} has entries that are not genes of the fit: {.val {utils::head(bad, 5)}}.")
+  }
+  as.integer(idx - 1L)
+}
+
+#' Log-likelihood of the data under a fit
+#'
+#' Per cell (`by = "cell"`: sum over genes) or per gene (`by = "gene"`: sum
+#' over cells), at the MAP (`n_samples = NULL`) or for `n_samples` posterior
+#' draws, as needed for WAIC / PSIS-LOO. Zeros are summed in closed form where
+#' the model allows. For mixtures, a cell's value is
+#' `logsumexp_k(log w_k + sum_g l_cgk)`; a gene's is
+#' `logsumexp_k(log w_k + sum_c l_cgk)` (as in the original: a per-gene
+#' quantity in which all cells share one component); `split_components = TRUE`
+#' returns the per-component terms instead.
+#'
+#' @param fit A fitted model.
+#' @param x The counts the model was fitted to (any input [scribe_fit()] accepts).
+#' @param by `"cell"` or `"gene"`.
+#' @param n_samples `NULL` for the MAP, or the number of posterior draws.
+#' @param split_components Return per-component values for mixtures.
+#' @param seed Seed of the posterior draws.
+#' @param assay Assay of `x`, as in [scribe_fit()].
+#' @return MAP: a named vector (cells or genes), or a matrix with a column
+#'   per component. Draws: an `n_samples x cells` (or genes) matrix, or an
+#'   `n_samples x cells x K` array when split.
+#' @examples
+#' counts <- scribe_example_data()
+#' fit <- scribe_fit(counts, model = "nbdm", n_steps = 200, seed = 1, verbose = FALSE)
+#' ll <- log_likelihood(fit, counts, n_samples = 20, seed = 2)
+#' dim(ll)
+#' @export
+log_likelihood <- function(fit, x, by = c("cell", "gene"), n_samples = NULL, split_components = FALSE,
+                           seed = NULL, assay = NULL) {
+  by <- match_choice(by[1], c("cell", "gene"), "by")
+  check_flag(split_components, "split_components")
+  counts <- counts_for_fit(fit, x, assay)
+  res <- run_analysis(fit, "loglik", counts, list(by = by, split = split_components), n_samples, seed)
+  labels <- if (by == "cell") fit@cell_names else fit@gene_names
+  s <- if (is.null(n_samples)) 1L else as.integer(n_samples)
+  k <- res$n_comp
+  v <- res$values
+  if (split_components && k > 1L) {
+    a <- array(v, dim = c(s, length(labels), k), dimnames = list(NULL, labels, component_names(k)))
+    return(if (is.null(n_samples)) a[1, , ] else a)
+  }
+  if (is.null(n_samples)) return(stats::setNames(v, labels))
+  matrix(v, nrow = s, dimnames = list(NULL, labels))
+}
+
+#' Mixture component probabilities of every cell
+#'
+#' `P(k | u_c, theta) = softmax_k(log w_k + sum_g log f_k(u_cg))`, at the MAP
+#' or per posterior draw, plus hard assignments and the assignment entropy.
+#'
+#' @inheritParams log_likelihood
+#' @return MAP: a list with `probabilities` (cells x K), `assignment` (the
+#'   most probable component per cell) and `entropy` (per cell, nats). Draws:
+#'   the same, with `probabilities` the mean over draws and `samples` an
+#'   `n_samples x cells x K` array.
+#' @examples
+#' sim <- scribe_simulate("nbdm", n_genes = 50, n_cells = 300, n_components = 2, seed = 1)
+#' fit <- scribe_fit(sim$counts, model = "nbdm", n_components = 2, n_steps = 300, seed = 1,
+#'                   verbose = FALSE)
+#' prob <- cell_type_probabilities(fit, sim$counts)
+#' table(prob$assignment, sim$truth$assignment)
+#' @export
+cell_type_probabilities <- function(fit, x, n_samples = NULL, seed = NULL, assay = NULL) {
+  k <- n_components_of(fit)
+  if (k < 2L) abort_input("{.arg fit} is not a mixture model; component probabilities need {.arg n_components} >= 2.")
+  counts <- counts_for_fit(fit, x, assay)
+  res <- run_analysis(fit, "responsibilities", counts, list(), n_samples, seed)
+  s <- if (is.null(n_samples)) 1L else as.integer(n_samples)
+  a <- array(res$values, dim = c(s, length(fit@cell_names), k),
+             dimnames = list(NULL, fit@cell_names, component_names(k)))
+  prob <- apply(a, c(2, 3), mean)
+  out <- list(
+    probabilities = prob,
+    assignment = stats::setNames(max.col(prob, ties.method = "first"), fit@cell_names),
+    entropy = -rowSums(prob * log(pmax(prob, 1e-300)))
+  )
+  if (!is.null(n_samples)) out$samples <- a
+  out
+}
+
+#' Bayesian denoising of observed counts
+#'
+#' The posterior of each cell's pre-capture count given its observed count:
+#' with `pp = p (1 - nu_c)` and `q = 1 - pp`, the mean is `(u + r pp) / q`,
+#' the variance `(r + u) pp / q^2` and the mode `u + floor(max(r + u - 1, 0)
+#' pp / q)`; a zero of a zero-inflated model is a gate zero with probability
+#' `w = g / (g + (1 - g) ((1 - p) / q)^r)`, whose value follows the un-thinned
+#' `NB(r, p)`. Without capture and gate, denoised counts equal the observed
+#' ones. Mixtures weight each component by the cell's own component
+#' probability (the original uses the global mixing weights, ignoring what the
+#' cell's counts say about its type).
+#'
+#' @inheritParams log_likelihood
+#' @param method `"mean"`, `"mode"` or `"sample"`; a length-2 vector gives the
+#'   method for ordinary counts and for zeros of zero-inflated models.
+#' @param genes Genes to denoise (names or indices; default all).
+#' @param return_variance Also return the posterior variance.
+#' @return MAP: a genes x cells matrix (or a list with `denoised` and
+#'   `variance`). Draws: an `n_samples x genes x cells` array (or a list).
+#' @examples
+#' counts <- scribe_example_data()
+#' fit <- scribe_fit(counts, n_steps = 200, seed = 1, verbose = FALSE)
+#' den <- denoise_counts(fit, counts, genes = c("LYZ", "CD74"))
+#' den[, 1:5]
+#' @export
+denoise_counts <- function(fit, x, method = "mean", n_samples = NULL, genes = NULL,
+                           return_variance = FALSE, seed = NULL, assay = NULL) {
+  if (!is.character(method) || !(length(method) %in% 1:2)) {
+    abort_input("{.arg method} must be one or two of {.val {c('mean', 'mode', 'sample')}}.")
+  }
+  for (m in method) match_choice(m, c("mean", "mode", "sample"), "method")
+  check_flag(return_variance, "return_variance")
+  counts <- counts_for_fit(fit, x, assay)
+  gi <- gene_index(fit, genes)
+  opts <- list(method = method[1], zi_method = method[length(method)], return_variance = return_variance)
+  if (!is.null(gi)) opts$genes <- gi
+  res <- run_analysis(fit, "denoise", counts, opts, n_samples, seed)
+  gnames <- if (is.null(gi)) fit@gene_names else fit@gene_names[gi + 1L]
+  s <- if (is.null(n_samples)) 1L else as.integer(n_samples)
+  shape <- function(v) {
+    if (is.null(n_samples)) return(matrix(v, nrow = length(gnames), dimnames = list(gnames, fit@cell_names)))
+    a <- array(v, dim = c(length(gnames), length(fit@cell_names), s), dimnames = list(gnames, fit@cell_names, NULL))
+    aperm(a, c(3L, 1L, 2L))
+  }
+  den <- shape(res$values)
+  if (return_variance) list(denoised = den, variance = shape(res$variance)) else den
+}
+
+#' Compositional normalization
+#'
+#' With `p` shared by the genes of a cell, the model's composition is
+#' `rho ~ Dirichlet(r)` (capture cancels). `n_samples = NULL` returns the
+#' expected composition at the MAP (`mu / sum(mu)`); otherwise
+#' `n_samples_dirichlet` Dirichlet draws per posterior draw.
+#'
+#' @inheritParams log_likelihood
+#' @param n_samples_dirichlet Dirichlet draws per posterior draw.
+#' @return MAP: a named vector over genes (a `K x genes` matrix for
+#'   mixtures). Draws: a `(n_samples * n_samples_dirichlet) x genes` matrix
+#'   (an array with a component axis last for mixtures).
+#' @examples
+#' counts <- scribe_example_data()
+#' fit <- scribe_fit(counts, model = "nbdm", n_steps = 200, seed = 1, verbose = FALSE)
+#' head(sort(normalize_counts(fit), decreasing = TRUE))
+#' rho <- normalize_counts(fit, n_samples = 50, seed = 1)
+#' dim(rho)
+#' @export
+normalize_counts <- function(fit, n_samples = NULL, n_samples_dirichlet = 1L, seed = NULL) {
+  check_number(n_samples_dirichlet, "n_samples_dirichlet", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  n_dir <- if (is.null(n_samples)) 0 else as.numeric(n_samples_dirichlet)
+  res <- run_analysis(fit, "normalize", NULL, list(n_dirichlet = n_dir), n_samples, seed)
+  k <- res$n_comp
+  g <- fit@gene_names
+  if (is.null(n_samples)) {
+    if (k == 1L) return(stats::setNames(res$values, g))
+    return(t(matrix(res$values, nrow = length(g), dimnames = list(g, component_names(k)))))
+  }
+  t_n <- as.integer(n_samples) * as.integer(n_samples_dirichlet)
+  a <- array(res$values, dim = c(length(g), t_n, k), dimnames = list(g, NULL, component_names(k)))
+  if (k == 1L) return(t(a[, , 1]))
+  aperm(a, c(2L, 1L, 3L))
+}
+
+#' Posterior predictive counts
+#'
+#' Draws counts from the fitted model for each posterior draw: capture,
+#' zero inflation and (for mixtures) a component per cell drawn from the
+#' mixing weights, or the "biological" counts `NB(r, p)` without capture or
+#' gate (`biological = TRUE`). Only the requested genes and cells are drawn,
+#' in chunks of `chunk_cells` cells, so a check on a few genes never builds a
+#' cells x all-genes array; chunking does not change the numbers.
+#'
+#' @inheritParams log_likelihood
+#' @param n_samples Number of posterior draws.
+#' @param genes Genes (names or indices; default all).
+#' @param cells Cells (names or indices; default all).
+#' @param biological Draw pre-capture counts without the gate.
+#' @param chunk_cells Cells per call into the core (bounds temporary memory).
+#' @return An `n_samples x cells x genes` array of counts.
+#' @examples
+#' counts <- scribe_example_data()
+#' fit <- scribe_fit(counts, n_steps = 200, seed = 1, verbose = FALSE)
+#' ppc <- posterior_predictive(fit, n_samples = 20, genes = c("LYZ", "CD74"), seed = 1)
+#' dim(ppc)
+#' @export
+posterior_predictive <- function(fit, n_samples = 100L, genes = NULL, cells = NULL, biological = FALSE,
+                                 chunk_cells = 1000L, seed = NULL) {
+  check_flag(biological, "biological")
+  check_number(chunk_cells, "chunk_cells", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  check_number(n_samples, "n_samples", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  gi <- gene_index(fit, genes)
+  gnames <- if (is.null(gi)) fit@gene_names else fit@gene_names[gi + 1L]
+  ci <- if (is.null(cells)) seq_along(fit@cell_names) else if (is.character(cells)) match(cells, fit@cell_names) else cells
+  if (anyNA(ci) || any(ci < 1) || any(ci > length(fit@cell_names))) {
+    abort_input("{.arg cells} has entries that are not cells of the fit.")
+  }
+  seed <- resolve_seed(seed)
+  s <- as.integer(n_samples)
+  out <- array(0, dim = c(s, length(ci), length(gnames)), dimnames = list(NULL, fit@cell_names[ci], gnames))
+  for (start in seq.int(1L, length(ci), by = chunk_cells)) {
+    idx <- start:min(length(ci), start + chunk_cells - 1L)
+    opts <- list(cells = as.integer(ci[idx] - 1L), biological = biological, n_cells = length(fit@cell_names))
+    if (!is.null(gi)) opts$genes <- gi
+    res <- run_analysis(fit, "predictive", NULL, opts, n_samples, seed)
+    out[, idx, ] <- array(res$values, dim = c(s, length(idx), length(gnames)))
+  }
+  out
+}
