@@ -4,9 +4,10 @@
 # posterior draws, and shape and name the results.
 
 # The counts of `x` as the fitted genes x cells dgCMatrix (errors if they differ).
-counts_for_fit <- function(fit, x, assay = NULL) {
+matrix_for_fit <- function(fit, x, assay = NULL) {
   m <- as_counts_dgc(scribe_counts(x, assay = assay))
-  m <- validate_counts(m, drop_empty = FALSE)$counts
+  # Empty cells are fine here (e.g. after subsetting genes); only fitting needs counts.
+  m <- validate_counts(m, allow_empty_cells = TRUE)$counts
   if (nrow(m) != length(fit@gene_names) || (!is.null(rownames(m)) && !identical(rownames(m), fit@gene_names))) {
     abort_input(c("The genes of {.arg x} are not the genes of {.arg fit}.",
                   "i" = "{.arg x} has {nrow(m)} genes; the fit has {length(fit@gene_names)}."))
@@ -18,6 +19,12 @@ counts_for_fit <- function(fit, x, assay = NULL) {
     abort_input(c("The cells of {.arg x} are not the cells of {.arg fit}.",
                   "i" = "{.arg x} has {ncol(m)} cells; the fit has {length(fit@cell_names)}."))
   }
+  m
+}
+
+# The slots of the fit-matched counts, as the core reads them.
+counts_for_fit <- function(fit, x, assay = NULL) {
+  m <- matrix_for_fit(fit, x, assay)
   list(n_genes = nrow(m), n_cells = ncol(m), p = m@p, i = m@i, x = m@x)
 }
 

@@ -38,7 +38,7 @@ delayed_to_dgc <- function(x) {
 }
 
 # Validates counts; returns the (possibly filtered) matrix and what was dropped.
-validate_counts <- function(m, drop_empty = FALSE, arg = "x") {
+validate_counts <- function(m, drop_empty = FALSE, arg = "x", allow_empty_cells = FALSE) {
   if (nrow(m) == 0L || ncol(m) == 0L) {
     abort_input("{.arg {arg}} has {nrow(m)} gene{?s} and {ncol(m)} cell{?s}; it needs at least one of each.")
   }
@@ -57,10 +57,10 @@ validate_counts <- function(m, drop_empty = FALSE, arg = "x") {
   totals <- cs[m@p[-1L] + 1L] - cs[m@p[-length(m@p)] + 1L]
   empty <- which(totals == 0)
   dropped <- character()
-  if (length(empty) > 0L) {
+  if (length(empty) > 0L && !allow_empty_cells) {
     if (!isTRUE(drop_empty)) {
       abort_input(c(
-        "{length(empty)} cell{?s} of {.arg {arg}} {?has/have} no counts at all.",
+        "{length(empty)} cell{?s} of {.arg {arg}} {if (length(empty) == 1L) 'has' else 'have'} no counts at all.",
         "i" = "Filter them first (e.g. {.code x[, colSums(x) > 0]}) or use {.code drop_empty = TRUE}."
       ))
     }

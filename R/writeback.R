@@ -10,8 +10,12 @@
 #' @param sce A `SingleCellExperiment` or `SummarizedExperiment` with the
 #'   fitted genes and cells.
 #' @param fit A [ScribeSVIResults-class] object fitted to `sce`.
-#' @param overwrite Replace existing `scribe_*` columns and metadata.
-#' @return `sce` with the fit added.
+#' @param overwrite Replace existing `scribe_*` columns, assays and metadata.
+#' @param denoised Also add the MAP-denoised counts (posterior mean, dense)
+#'   as the assay (Seurat: layer of a new assay) `"scribe_denoised"`.
+#' @return `sce` with the fit added. For a Seurat object, gene-level results
+#'   go to the assay's feature metadata and cell-level ones to `meta.data`;
+#'   the summary goes to `Misc(object, "scribe")`.
 #' @examples
 #' if (requireNamespace("SingleCellExperiment", quietly = TRUE)) {
 #'   counts <- scribe_example_data()
@@ -22,7 +26,9 @@
 #'   head(SummarizedExperiment::rowData(sce))
 #' }
 #' @export
-add_scribe_fit <- function(sce, fit, overwrite = FALSE) {
+add_scribe_fit <- function(sce, fit, overwrite = FALSE, denoised = FALSE) {
+  check_flag(denoised, "denoised")
+  if (inherits(sce, "Seurat")) return(add_scribe_fit_seurat(sce, fit, overwrite, denoised))
   if (!is(sce, "SummarizedExperiment")) {
     abort_input("{.arg sce} must be a SingleCellExperiment or SummarizedExperiment, not {.cls {class(sce)[1]}}.")
   }
@@ -67,6 +73,14 @@ add_scribe_fit <- function(sce, fit, overwrite = FALSE) {
   }
   SummarizedExperiment::rowData(sce) <- rd
   SummarizedExperiment::colData(sce) <- cd
+  if (denoised) {
+    if ("scribe_denoised" %in% SummarizedExperiment::assayNames(sce) && !overwrite) {
+      abort_input("{.arg sce} already has an assay {.val scribe_denoised}; use {.code overwrite = TRUE}.")
+    }
+    full <- matrix(NA_real_, nrow(sce), ncol(sce), dimnames = dimnames(sce))
+    full[, match(fit@cell_names, cells)] <- denoise_counts(fit, sce[, match(fit@cell_names, cells)])
+    SummarizedExperiment::assay(sce, "scribe_denoised", withDimnames = FALSE) <- full
+  }
   md <- S4Vectors::metadata(sce)
   if (!is.null(md$scribe) && !overwrite) {
     abort_input("{.code metadata(sce)$scribe} already exists; use {.code overwrite = TRUE} to replace it.")
@@ -78,4 +92,53 @@ add_scribe_fit <- function(sce, fit, overwrite = FALSE) {
   )
   S4Vectors::metadata(sce) <- md
   sce
+}
+
+# Seurat: feature metadata of the default assay, meta.data, Misc().
+add_scribe_fit_seurat <- function(obj, fit, overwrite, denoised) {
+  if (!requireNamespace("SeuratObject", quietly = TRUE)) abort_input("Seurat write-back needs {.pkg SeuratObject}.")
+  assay <- SeuratObject::DefaultAssay(obj)
+  genes <- rownames(obj)
+  cells <- colnames(obj)
+  if (!identical(genes, fit@gene_names)) abort_input("The genes of the Seurat object are not the genes of {.arg fit}.")
+  if (!all(fit@cell_names %in% cells)) abort_input("The cells of the Seurat object are not the cells of {.arg fit}.")
+  map <- get_map(fit)
+  feat <- list()
+  for (n in intersect(c("r", "mu", "gate"), names(map))) {
+    v <- map[[n]]
+    if (is.matrix(v)) {
+      for (k in seq_len(nrow(v))) feat[[sprintf("scribe_%s_%s", n, rownames(v)[k])]] <- unname(v[k, ])
+    } else {
+      feat[[paste0("scribe_", n)]] <- unname(v)
+    }
+  }
+  old <- names(obj[[assay]][[]])
+  if (any(names(feat) %in% old) && !overwrite) {
+    abort_input("The feature metadata already has scribe columns; use {.code overwrite = TRUE}.")
+  }
+  obj[[assay]] <- SeuratObject::AddMetaData(obj[[assay]], metadata = data.frame(feat, row.names = genes))
+  cell_md <- list()
+  for (n in intersect(c("p_capture", "p_hat"), names(map))) {
+    v <- map[[n]]
+    if (is.matrix(v)) next
+    full <- rep(NA_real_, length(cells))
+    full[match(fit@cell_names, cells)] <- unname(v)
+    cell_md[[paste0("scribe_", n)]] <- full
+  }
+  if (length(cell_md)) {
+    if (any(names(cell_md) %in% names(obj[[]])) && !overwrite) {
+      abort_input("meta.data already has scribe columns; use {.code overwrite = TRUE}.")
+    }
+    obj <- SeuratObject::AddMetaData(obj, metadata = data.frame(cell_md, row.names = cells))
+  }
+  if (denoised) {
+    counts <- SeuratObject::GetAssayData(obj, assay = assay, slot = "counts")
+    den <- denoise_counts(fit, counts[, fit@cell_names, drop = FALSE])
+    assay_obj <- SeuratObject::CreateAssayObject(data = den)
+    SeuratObject::Key(assay_obj) <- "scribedenoised_" # keys may not contain inner underscores
+    obj[["scribe_denoised"]] <- assay_obj
+  }
+  SeuratObject::Misc(obj, "scribe") <- list(model = fit@model, p = map$p, mixing_weights = map$mixing_weights,
+                                            loss_history = loss_history(fit), seed = fit@seed)
+  obj
 }

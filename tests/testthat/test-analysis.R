@@ -106,3 +106,48 @@ test_that("data that do not match the fit are rejected", {
   rownames(other)[1] <- "renamed"
   expect_error(log_likelihood(fit_v, other), "genes", class = "scribeR_input_error")
 })
+
+test_that("subsetting a fit keeps the matching parameters", {
+  small <- fit_v[c("gene2", "gene5"), 11:30]
+  expect_identical(small@gene_names, c("gene2", "gene5"))
+  expect_length(small@cell_names, 20)
+  m_all <- get_map(fit_v)
+  m_small <- get_map(small)
+  expect_equal(m_small$r, m_all$r[c("gene2", "gene5")])
+  expect_equal(m_small$p_capture, m_all$p_capture[11:30])
+  # Gene-wise log-likelihoods of the subset equal those of the full fit on those cells' data.
+  sub_counts <- sim_v$counts[c("gene2", "gene5"), 11:30]
+  expect_equal(sum(log_likelihood(small, sub_counts, by = "cell")),
+               sum(log_likelihood(small, sub_counts, by = "gene")))
+  mix <- scribe_simulate("nbdm", n_genes = 10, n_cells = 40, n_components = 2, seed = 1)
+  fm <- quick_fit(mix$counts, model = "nbdm", n_components = 2)
+  sm <- fm[c(2, 9), ]
+  expect_equal(get_map(sm)$r, get_map(fm)$r[, c(2, 9)])
+  expect_error(fit_v["nope", ], "not genes", class = "scribeR_input_error")
+})
+
+test_that("plots are ggplot objects", {
+  skip_if_not_installed("ggplot2")
+  expect_s3_class(plot_ppc(fit_v, sim_v$counts, genes = c("gene1", "gene2"), n_samples = 20, seed = 1), "ggplot")
+  expect_s3_class(plot_mean_variance(fit_v, sim_v$counts, seed = 1), "ggplot")
+  expect_s3_class(plot_capture(fit_v, sim_v$counts), "ggplot")
+  sim <- scribe_simulate("nbdm", n_genes = 20, n_cells = 80, n_components = 2, seed = 2)
+  f <- quick_fit(sim$counts, model = "nbdm", n_components = 2)
+  expect_s3_class(plot_mixture(f, sim$counts), "ggplot")
+  expect_error(plot_capture(f, sim$counts), "no capture", class = "scribeR_input_error")
+})
+
+test_that("write-back can add denoised counts, and works for Seurat objects", {
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- SingleCellExperiment::SingleCellExperiment(list(counts = sim_v$counts))
+  out <- add_scribe_fit(sce, fit_v, denoised = TRUE)
+  expect_equal(SummarizedExperiment::assay(out, "scribe_denoised"), denoise_counts(fit_v, sim_v$counts))
+  skip_if_not_installed("SeuratObject")
+  so <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = sim_v$counts))
+  so2 <- add_scribe_fit(so, fit_v, denoised = TRUE)
+  expect_equal(so2[["RNA"]][[]]$scribe_r, unname(get_map(fit_v)$r))
+  expect_equal(unname(so2$scribe_p_hat), unname(get_map(fit_v)$p_hat))
+  expect_true("scribe_denoised" %in% SeuratObject::Assays(so2))
+  expect_error(add_scribe_fit(so2, fit_v), "overwrite", class = "scribeR_input_error")
+  expect_equal(SeuratObject::Misc(so2, "scribe")$p, get_map(fit_v)$p)
+})
