@@ -54,7 +54,7 @@ require_ggplot <- function(fn) {
 #' if (requireNamespace("ggplot2", quietly = TRUE)) {
 #'   counts <- scribe_example_data()
 #'   fit <- scribe_fit(counts, n_steps = 200, seed = 1, verbose = FALSE)
-#'   plot_ppc(fit, counts, genes = c("LYZ", "CD74", "MS4A1"), n_samples = 50, seed = 1)
+#'   plot_ppc(fit, counts, genes = c("LYZ", "CD74", "CD3E"), n_samples = 50, seed = 1)
 #' }
 #' @export
 plot_ppc <- function(fit, x, genes, n_samples = 200L, max_count = NULL, seed = NULL, assay = NULL) {
