@@ -231,6 +231,8 @@ normalize_counts <- function(fit, n_samples = NULL, n_samples_dirichlet = 1L, se
 #' @param genes Genes (names or indices; default all).
 #' @param cells Cells (names or indices; default all).
 #' @param biological Draw pre-capture counts without the gate.
+#' @param use_map Draw all `n_samples` data sets at the MAP (observation
+#'   noise only) instead of at posterior draws.
 #' @param chunk_cells Cells per call into the core (bounds temporary memory).
 #' @return An `n_samples x cells x genes` array of counts.
 #' @examples
@@ -240,8 +242,9 @@ normalize_counts <- function(fit, n_samples = NULL, n_samples_dirichlet = 1L, se
 #' dim(ppc)
 #' @export
 posterior_predictive <- function(fit, n_samples = 100L, genes = NULL, cells = NULL, biological = FALSE,
-                                 chunk_cells = 1000L, seed = NULL) {
+                                 use_map = FALSE, chunk_cells = 1000L, seed = NULL) {
   check_flag(biological, "biological")
+  check_flag(use_map, "use_map")
   check_number(chunk_cells, "chunk_cells", "a whole number >= 1", function(v) v >= 1 && v == round(v))
   check_number(n_samples, "n_samples", "a whole number >= 1", function(v) v >= 1 && v == round(v))
   gi <- gene_index(fit, genes)
@@ -257,7 +260,8 @@ posterior_predictive <- function(fit, n_samples = 100L, genes = NULL, cells = NU
     idx <- start:min(length(ci), start + chunk_cells - 1L)
     opts <- list(cells = as.integer(ci[idx] - 1L), biological = biological, n_cells = length(fit@cell_names))
     if (!is.null(gi)) opts$genes <- gi
-    res <- run_analysis(fit, "predictive", NULL, opts, n_samples, seed)
+    if (use_map) opts$replicate_map <- as.numeric(s)
+    res <- run_analysis(fit, "predictive", NULL, opts, if (use_map) NULL else n_samples, seed)
     out[, idx, ] <- array(res$values, dim = c(s, length(idx), length(gnames)))
   }
   out

@@ -41,6 +41,11 @@ test_that("predictive draws do not depend on chunking, and honour gene and cell 
   bio <- posterior_predictive(fit_v, n_samples = 50, genes = "gene3", biological = TRUE, seed = 1)
   expect_gt(mean(bio), mean(a[, , "gene3"]))
   expect_error(posterior_predictive(fit_v, genes = "nope"), "not genes of the fit", class = "scribeR_input_error")
+  # MAP predictive draws: parameters fixed, so gene means vary less across draws.
+  mp <- posterior_predictive(fit_v, n_samples = 60, genes = 1:10, use_map = TRUE, seed = 2)
+  pp <- posterior_predictive(fit_v, n_samples = 60, genes = 1:10, seed = 2)
+  expect_identical(dim(mp), c(60L, 400L, 10L))
+  expect_lt(mean(apply(apply(mp, c(1, 3), mean), 2, sd)), mean(apply(apply(pp, c(1, 3), mean), 2, sd)))
 })
 
 test_that("denoising keeps counts without capture and inflates them with it", {

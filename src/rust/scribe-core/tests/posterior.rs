@@ -131,12 +131,7 @@ fn toy_draws(variant: Variant, k: usize, data: &CountMatrix) -> NbDraws {
 
 #[test]
 fn log_likelihoods_match_the_dense_pmf() {
-    for variant in [
-        Variant::Nbdm,
-        Variant::Nbvcp,
-        Variant::Zinb,
-        Variant::Zinbvcp,
-    ] {
+    for variant in Variant::ALL {
         for k in [1usize, 2] {
             let data = simulate_nb(&NbTruth::random(variant, 9, 11, 2), 3);
             let d = toy_draws(variant, k, &data);

@@ -5,7 +5,7 @@ use scribe_core::dist::Link;
 use scribe_core::models::nb::{NbModel, NbSpec, Parameterization, Variant};
 use scribe_core::models::simulate::{simulate_nb, NbTruth};
 use scribe_core::models::Model;
-use scribe_core::posterior::{nb_sites, GuideBlock};
+use scribe_core::posterior::{guide_blocks, nb_sites};
 use scribe_core::progress::{NeverCancel, NoProgress};
 use scribe_core::svi::optim::OptimizerConfig;
 use scribe_core::svi::{initial_guide, run, SviConfig};
@@ -45,23 +45,7 @@ fn fit(
         ..Default::default()
     };
     let res = run(&model, init, &cfg, &NoProgress, &NeverCancel).unwrap();
-    let n = model.layout().total;
-    let blocks: Vec<GuideBlock> = model
-        .layout()
-        .blocks
-        .iter()
-        .map(|b| GuideBlock {
-            name: b.name.clone(),
-            kind: b.kind,
-            link: b.link,
-            loc: res.params[b.offset..b.offset + b.len].to_vec(),
-            scale: res.params[n + b.offset..n + b.offset + b.len]
-                .iter()
-                .map(|v| v.exp())
-                .collect(),
-            n_comp: 1,
-        })
-        .collect();
+    let blocks = guide_blocks(model.layout(), &res.params, data.n_genes);
     (
         truth,
         nb_sites(&model.spec, &blocks, None).unwrap(),
@@ -121,28 +105,8 @@ fn nbdm_mixture_recovers_components_and_weights() {
         ..Default::default()
     };
     let res = run(&model, init, &cfg, &NoProgress, &NeverCancel).unwrap();
-    let n = model.layout().total;
     let g_n = 150;
-    let blocks: Vec<GuideBlock> = model
-        .layout()
-        .blocks
-        .iter()
-        .map(|b| GuideBlock {
-            name: b.name.clone(),
-            kind: b.kind,
-            link: b.link,
-            loc: res.params[b.offset..b.offset + b.len].to_vec(),
-            scale: res.params[n + b.offset..n + b.offset + b.len]
-                .iter()
-                .map(|v| v.exp())
-                .collect(),
-            n_comp: match (b.name.as_str(), b.len) {
-                ("mixing_weights", _) => 1,
-                ("r", l) => l / g_n,
-                (_, l) => l,
-            },
-        })
-        .collect();
+    let blocks = guide_blocks(model.layout(), &res.params, g_n);
     let sites = nb_sites(&model.spec, &blocks, None).unwrap();
     let r = site(&sites, "r");
     let w = site(&sites, "mixing_weights");

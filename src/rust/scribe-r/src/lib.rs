@@ -15,7 +15,7 @@ use scribe_core::posterior::draws::NbDraws;
 use scribe_core::posterior::loglik::{log_likelihood, responsibilities, By};
 use scribe_core::posterior::normalize::{dirichlet_samples, mean_composition};
 use scribe_core::posterior::predictive::predictive;
-use scribe_core::posterior::{nb_sites, GuideBlock};
+use scribe_core::posterior::{guide_blocks, nb_sites, GuideBlock};
 use scribe_core::progress::{Cancel, Progress};
 use scribe_core::svi::early_stop::EarlyStopping;
 use scribe_core::svi::optim::OptimizerConfig;
@@ -375,45 +375,35 @@ fn rs_svi_fit(
         let init = initial_guide(&nb, &nb.initial_point());
         scribe_core::svi::run(&nb, init, &cfg, pr, ca)
     })?;
-    let n = nb.layout().total;
     let mut names = Vec::new();
     let mut blocks: Vec<Robj> = Vec::new();
     let mut priors: Vec<Robj> = Vec::new();
-    for (b, blk) in nb.layout().blocks.iter().enumerate() {
-        let r = blk.offset..blk.offset + blk.len;
-        let loc = fit.params[r.clone()].to_vec();
-        let scale: Vec<f64> = fit.params[n + blk.offset..n + blk.offset + blk.len]
-            .iter()
-            .map(|v| v.exp())
-            .collect();
-        let kind = match blk.kind {
+    for (b, gb) in guide_blocks(nb.layout(), &fit.params, data.n_genes)
+        .into_iter()
+        .enumerate()
+    {
+        let kind = match gb.kind {
             BlockKind::Gene => "gene",
             BlockKind::Scalar => "scalar",
             BlockKind::Cell => "cell",
         };
-        let n_comp = match blk.kind {
-            _ if blk.name == "mixing_weights" => 1,
-            BlockKind::Gene => blk.len / data.n_genes.max(1),
-            BlockKind::Scalar => blk.len,
-            BlockKind::Cell => 1,
-        };
-        names.push(blk.name.clone());
-        blocks.push(
-            list!(
-                loc = loc,
-                scale = scale,
-                link = blk.link.name(),
-                kind = kind,
-                n_comp = n_comp as i32
-            )
-            .into(),
-        );
-        priors.push(if blk.name == "mixing_weights" {
+        priors.push(if gb.name == "mixing_weights" {
             let a = nb.spec.mixture.map_or(1.0, |m| m.concentration);
             list!(family = "dirichlet", hyper = vec![a]).into()
         } else {
             prior_robj(&nb.prior(b, 0))
         });
+        names.push(gb.name);
+        blocks.push(
+            list!(
+                loc = gb.loc,
+                scale = gb.scale,
+                link = gb.link.name(),
+                kind = kind,
+                n_comp = gb.n_comp as i32
+            )
+            .into(),
+        );
     }
     let params = List::from_names_and_values(names.clone(), blocks)?;
     let priors = List::from_names_and_values(names, priors)?;
@@ -430,7 +420,7 @@ fn rs_svi_fit(
     .into())
 }
 
-fn guide_blocks(params: &Robj) -> Result<Vec<GuideBlock>> {
+fn guide_blocks_from_r(params: &Robj) -> Result<Vec<GuideBlock>> {
     let l: List = params
         .clone()
         .try_into()
@@ -471,7 +461,7 @@ fn guide_blocks(params: &Robj) -> Result<Vec<GuideBlock>> {
 #[extendr]
 fn rs_nb_sites(model: Robj, params: Robj, n_draws: i32, seed: f64) -> Result<Robj> {
     let spec = nb_spec(&model)?;
-    let blocks = guide_blocks(&params)?;
+    let blocks = guide_blocks_from_r(&params)?;
     let draws = (n_draws > 0).then_some((n_draws as usize, seed as u64));
     let sites = nb_sites(&spec, &blocks, draws).map_err(core_err)?;
     // Each site: its values (draw index fastest, then element, then component)
@@ -626,11 +616,14 @@ fn rs_nb_analysis(
     num_threads: i32,
 ) -> Result<Robj> {
     let spec = nb_spec(&model)?;
-    let blocks = guide_blocks(&params)?;
+    let blocks = guide_blocks_from_r(&params)?;
     let draws = (n_draws > 0).then_some((n_draws as usize, seed as u64));
     let sites = nb_sites(&spec, &blocks, draws).map_err(core_err)?;
-    let d = NbDraws::from_sites(spec.variant, &sites).map_err(core_err)?;
     let o = Args::new(&opts, "opts")?;
+    let mut d = NbDraws::from_sites(spec.variant, &sites).map_err(core_err)?;
+    if let Some(n) = o.opt_real("replicate_map")? {
+        d = d.replicate(n as usize);
+    }
     let data = if counts.is_null() {
         None
     } else {

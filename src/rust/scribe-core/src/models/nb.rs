@@ -33,6 +33,13 @@ pub enum Variant {
 }
 
 impl Variant {
+    pub const ALL: [Variant; 4] = [
+        Variant::Nbdm,
+        Variant::Nbvcp,
+        Variant::Zinb,
+        Variant::Zinbvcp,
+    ];
+
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "nbdm" => Variant::Nbdm,
@@ -75,6 +82,12 @@ pub enum Parameterization {
 }
 
 impl Parameterization {
+    pub const ALL: [Parameterization; 3] = [
+        Parameterization::Canonical,
+        Parameterization::MeanProb,
+        Parameterization::MeanOdds,
+    ];
+
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "canonical" | "standard" => Parameterization::Canonical,
@@ -1128,17 +1141,8 @@ mod tests {
 
     fn all_specs() -> Vec<NbSpec> {
         let mut v = Vec::new();
-        for variant in [
-            Variant::Nbdm,
-            Variant::Nbvcp,
-            Variant::Zinb,
-            Variant::Zinbvcp,
-        ] {
-            for param in [
-                Parameterization::Canonical,
-                Parameterization::MeanProb,
-                Parameterization::MeanOdds,
-            ] {
+        for variant in Variant::ALL {
+            for param in Parameterization::ALL {
                 for (unc, link) in [
                     (false, Link::Exp),
                     (true, Link::Softplus),

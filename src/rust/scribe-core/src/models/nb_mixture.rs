@@ -572,17 +572,8 @@ mod tests {
 
     fn specs() -> Vec<NbSpec> {
         let mut out = Vec::new();
-        for variant in [
-            Variant::Nbdm,
-            Variant::Nbvcp,
-            Variant::Zinb,
-            Variant::Zinbvcp,
-        ] {
-            for param in [
-                Parameterization::Canonical,
-                Parameterization::MeanProb,
-                Parameterization::MeanOdds,
-            ] {
+        for variant in Variant::ALL {
+            for param in Parameterization::ALL {
                 let gp = param.gene_param();
                 let sp = param.scalar_param();
                 let mut sets: Vec<Vec<&str>> = vec![vec![gp], vec![sp], vec![gp, sp]];

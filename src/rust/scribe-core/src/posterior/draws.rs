@@ -129,6 +129,20 @@ impl NbDraws {
         (p / (1.0 - p)).ln() + self.nu_of(s, c).ln()
     }
 
+    /// The same single setting repeated `n` times (e.g. MAP predictive draws).
+    pub fn replicate(&self, n: usize) -> Self {
+        let rep = |v: &Vec<f64>| -> Vec<f64> { (0..n).flat_map(|_| v.iter().copied()).collect() };
+        NbDraws {
+            n_draws: self.n_draws * n,
+            r: rep(&self.r),
+            p: rep(&self.p),
+            nu: self.nu.as_ref().map(rep),
+            gate: self.gate.as_ref().map(rep),
+            weights: rep(&self.weights),
+            ..self.clone()
+        }
+    }
+
     /// Only the listed genes (in that order).
     pub fn subset_genes(&self, genes: &[usize]) -> Self {
         let g_n = self.n_genes;

@@ -34,6 +34,36 @@ pub struct GuideBlock {
     pub n_comp: usize,
 }
 
+/// The guide blocks of a fit: `params = [loc (n) | log_scale (n)]` over `layout`.
+/// Gene blocks longer than `n_genes` carry one slice per mixture component.
+pub fn guide_blocks(
+    layout: &crate::models::Layout,
+    params: &[f64],
+    n_genes: usize,
+) -> Vec<GuideBlock> {
+    let n = layout.total;
+    layout
+        .blocks
+        .iter()
+        .map(|b| GuideBlock {
+            name: b.name.clone(),
+            kind: b.kind,
+            link: b.link,
+            loc: params[b.offset..b.offset + b.len].to_vec(),
+            scale: params[n + b.offset..n + b.offset + b.len]
+                .iter()
+                .map(|v| v.exp())
+                .collect(),
+            n_comp: match b.kind {
+                _ if b.name == "mixing_weights" => 1,
+                BlockKind::Gene => b.len / n_genes.max(1),
+                BlockKind::Scalar => b.len,
+                BlockKind::Cell => 1,
+            },
+        })
+        .collect()
+}
+
 /// A named site with `n_draws × len` values, draw index fastest (column-major in R).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Site {

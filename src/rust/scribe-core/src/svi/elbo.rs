@@ -129,12 +129,7 @@ mod tests {
             (Parameterization::Canonical, false, "mixture"),
             (Parameterization::MeanOdds, false, "capture_prior"),
         ];
-        for variant in [
-            Variant::Nbdm,
-            Variant::Nbvcp,
-            Variant::Zinb,
-            Variant::Zinbvcp,
-        ] {
+        for variant in Variant::ALL {
             for (param, unc, case) in cases {
                 let truth = NbTruth::random(variant, 15, 12, 4);
                 let data: CountMatrix = simulate_nb(&truth, 5);
