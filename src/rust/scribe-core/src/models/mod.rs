@@ -3,6 +3,7 @@
 //! coordinate; engines (SVI now, MCMC later) only see this seam.
 
 pub mod nb;
+mod nb_init;
 mod nb_mixture;
 pub mod simulate;
 

@@ -8,7 +8,8 @@
 //! per-component zero sum `S_k = Σ_g s_kg` (zero term constant over cells);
 //! zinbvcp mixtures need the dense C × G × K pass.
 
-use super::nb::{BaseInit, Mixture, NbModel, NbWorkspace, Parameterization, Variant, CELL_BLOCK};
+use super::nb::{Mixture, NbModel, NbWorkspace, Parameterization, Variant, CELL_BLOCK};
+use super::nb_init::BaseInit;
 use crate::data::Batch;
 use crate::math::{digamma_diff, lgamma, lgamma_diff, ln_sigmoid, sigmoid};
 use rayon::prelude::*;

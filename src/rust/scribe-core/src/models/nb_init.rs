@@ -1,0 +1,248 @@
+//! Starting points of NB-family models: a method-of-moments estimate refined
+//! by alternating conditional NB maximum likelihood, written into the
+//! model's unconstrained layout. A good start is why fits converge in a few
+//! hundred steps: r_g | p̂ solves `Σ_x n_g(x)[ψ(x+r)−ψ(r)] + Σ_c ln(1−p̂_c) = 0`
+//! (monotone in r, Newton on ln r) and `logit p̂_c | r = ln(L_c / Σ_g r_g)`.
+
+use super::nb::{Capture, NbModel, Parameterization};
+use crate::math::{digamma_diff, ln_sigmoid, logit, softplus_inv, trigamma_diff};
+use rayon::prelude::*;
+
+impl NbModel<'_> {
+    /// Conditional NB maximum likelihood of every `r_g` given the cells' `p̂`:
+    /// the root of `Σ_x w_g(x)[ψ(x+r)−ψ(r)] + s1 = 0` with `s1 = Σ_c ln(1−p̂_c)`
+    /// (decreasing in r, so Newton on ln r converges to the unique root).
+    pub(crate) fn solve_r(&self, pair_weight: &[f64], s1: f64, r: &mut [f64]) {
+        let d = self.data;
+        r.par_iter_mut()
+            .enumerate()
+            .with_min_len(256)
+            .for_each(|(g, rg)| {
+                let pairs = d.gene_pair_ptr[g]..d.gene_pair_ptr[g + 1];
+                if pairs.clone().all(|k| pair_weight[k] == 0.0) {
+                    *rg = 1e-2;
+                    return;
+                }
+                let mut u = rg.max(1e-4).ln();
+                for _ in 0..50 {
+                    let rv = u.exp();
+                    let (mut f, mut df) = (s1, 0.0);
+                    for k in pairs.clone() {
+                        let (w, x) = (pair_weight[k], d.pair_count[k]);
+                        if w != 0.0 {
+                            f += w * digamma_diff(x, rv);
+                            df += w * trigamma_diff(x, rv);
+                        }
+                    }
+                    let step = (f / (df * rv)).clamp(-2.0, 2.0);
+                    u = (u - step).clamp((1e-4f64).ln(), (1e4f64).ln());
+                    if step.abs() < 1e-8 {
+                        break;
+                    }
+                }
+                *rg = u.exp();
+            });
+    }
+
+    /// Alternating conditional NB maximum likelihood for (r, logit p̂_c), used
+    /// only to start the guide near the posterior mode.
+    fn alternating_nb_mle(
+        &self,
+        mut r: Vec<f64>,
+        mut ell: Vec<f64>,
+        rounds: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let d = self.data;
+        let cf = d.n_cells as f64;
+        let total: f64 = d.lib_size.iter().sum();
+        for _ in 0..rounds {
+            let s1: f64 = ell.iter().map(|&l| ln_sigmoid(-l)).sum();
+            self.solve_r(&d.pair_weight, s1, &mut r);
+            let big_r: f64 = r.iter().sum();
+            if self.spec.variant.has_capture() {
+                for (c, l) in ell.iter_mut().enumerate() {
+                    *l = (d.lib_size[c].max(0.5) / big_r).ln();
+                }
+            } else {
+                let lp = (total / (cf * big_r)).ln();
+                ell.iter_mut().for_each(|l| *l = lp);
+            }
+        }
+        (r, ell)
+    }
+}
+
+/// A single-component starting point, shared by plain and mixture models.
+pub(crate) struct BaseInit {
+    pub r: Vec<f64>,
+    /// logit p (the shared scalar).
+    pub lp: f64,
+    /// Capture probability per cell (1 without capture).
+    pub nu: Vec<f64>,
+    /// logit p̂ per cell.
+    pub ell: Vec<f64>,
+    pub gate: Vec<f64>,
+}
+
+impl NbModel<'_> {
+    pub(crate) fn base_init(&self) -> BaseInit {
+        let d = self.data;
+        let (g_n, c_n) = (d.n_genes, d.n_cells);
+        let cf = c_n as f64;
+        // Capture: ν_c ∝ L_c (prior mean 1/2 on average), or L_c / M0 under the capture prior.
+        let mean_lib = d.lib_size.iter().sum::<f64>() / cf;
+        let nu: Vec<f64> = d
+            .lib_size
+            .iter()
+            .map(
+                |&l| match (self.spec.variant.has_capture(), self.spec.capture_prior) {
+                    (false, _) => 1.0,
+                    (true, Some(cp)) => (l.max(1.0) / cp.ln_m0.exp()).clamp(1e-6, 1.0 - 1e-6),
+                    (true, None) => (0.5 * l / mean_lib).clamp(0.01, 0.99),
+                },
+            )
+            .collect();
+        // Method of moments given ν: E u_cg = m_g ν_c with m_g = r_g·o, and
+        // Var u_cg = m_g ν_c (1 + o ν_c). Per gene, m̂_g = Σ_c u_cg / Σ_c ν_c and
+        // ô_g = [Σ_c (u_cg − m̂_g ν_c)² − m̂_g Σν] / (m̂_g Σν²); the shared odds is the
+        // median of ô_g, and r_g = m̂_g / o matches every gene's mean exactly.
+        let (sum_nu, sum_nu2) = nu.iter().fold((0.0, 0.0), |(a, b), v| (a + v, b + v * v));
+        let mut s_u = vec![0.0; g_n];
+        let mut s_u2 = vec![0.0; g_n];
+        let mut s_unu = vec![0.0; g_n];
+        for c in 0..c_n {
+            let (genes, counts) = d.row(c);
+            for (&g, &u) in genes.iter().zip(counts) {
+                let (g, u) = (g as usize, u as f64);
+                s_u[g] += u;
+                s_u2[g] += u * u;
+                s_unu[g] += u * nu[c];
+            }
+        }
+        let m_hat: Vec<f64> = s_u.iter().map(|s| s / sum_nu).collect();
+        let mut o_g: Vec<f64> = (0..g_n)
+            .filter(|&g| d.gene_nnz[g] >= 3.0)
+            .map(|g| {
+                let m = m_hat[g];
+                let ss = s_u2[g] - 2.0 * m * s_unu[g] + m * m * sum_nu2;
+                (ss - m * sum_nu) / (m * sum_nu2)
+            })
+            .filter(|o| o.is_finite())
+            .collect();
+        o_g.sort_by(|a, b| a.total_cmp(b));
+        let odds0 = if o_g.is_empty() {
+            1.0
+        } else {
+            o_g[o_g.len() / 2]
+        }
+        .clamp(1e-3, 1e3);
+        let r0: Vec<f64> = m_hat
+            .iter()
+            .map(|&m| (m / odds0).clamp(1e-3, 1e4))
+            .collect();
+        // Refine by alternating conditional NB maximum likelihood (zero inflation
+        // ignored): r_g | p̂ solves Σ_x n_g(x)[ψ(x+r)−ψ(r)] + Σ_c ln(1−p̂_c) = 0, and
+        // p̂ | r is closed form: logit p̂_c = ln(L_c / R) (capture) or
+        // logit p = ln(Σ L / (C R)) (shared p).
+        let ell0: Vec<f64> = nu.iter().map(|v| (odds0 * v).ln()).collect();
+        let (r_hat, ell) = self.alternating_nb_mle(r0, ell0, 8);
+        // Split logit p̂_c = logit p + ln ν_c: anchor ν at L_c/M0 under the capture
+        // prior, else put the median ν at 1/2 while keeping every ν_c < 1.
+        let mut sorted = ell.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let med = sorted[sorted.len() / 2];
+        let max = sorted[sorted.len() - 1];
+        let lp = match (self.spec.variant.has_capture(), self.spec.capture_prior) {
+            (false, _) => med,
+            (true, Some(_)) => {
+                let mut diff: Vec<f64> = ell.iter().zip(&nu).map(|(l, v)| l - v.ln()).collect();
+                diff.sort_by(|a, b| a.total_cmp(b));
+                diff[diff.len() / 2]
+            }
+            (true, None) => (med + 2f64.ln()).max(max + 0.05),
+        };
+        let nu: Vec<f64> = ell
+            .iter()
+            .map(|l| (l - lp).exp().clamp(1e-6, 1.0 - 1e-6))
+            .collect();
+        let odds = lp.exp();
+        let p = odds / (1.0 + odds);
+        let gate: Vec<f64> = (0..g_n)
+            .map(|g| {
+                // Excess zeros over the NB zero probability at the starting point.
+                let f0 = 1.0 - d.gene_nnz[g] / cf;
+                let nb0 = (r_hat[g] * (-p).ln_1p()).exp();
+                if nb0 < 1.0 {
+                    ((f0 - nb0) / (1.0 - nb0)).clamp(0.01, 0.5)
+                } else {
+                    0.05
+                }
+            })
+            .collect();
+        BaseInit {
+            r: r_hat,
+            lp,
+            nu,
+            ell,
+            gate,
+        }
+    }
+
+    /// Writes a starting point into the layout: `r[k]` per gene component,
+    /// `lp[k]` per scalar component, mixing weights `w` (empty without a mixture).
+    pub(crate) fn materialize(
+        &self,
+        base: &BaseInit,
+        r: &[Vec<f64>],
+        lp: &[f64],
+        w: &[f64],
+    ) -> Vec<f64> {
+        let g_n = self.data.n_genes;
+        let lay = &self.layout;
+        let mut x = vec![0.0; lay.total];
+        let gb = &lay.blocks[self.b_gene];
+        let sblk = &lay.blocks[self.b_scalar];
+        for (k, rk) in r.iter().enumerate().take(gb.len / g_n) {
+            let odds = lp[k.min(lp.len() - 1)].exp();
+            for g in 0..g_n {
+                let val = match self.spec.param {
+                    Parameterization::Canonical => rk[g],
+                    _ => (rk[g] * odds).max(1e-6),
+                };
+                x[gb.offset + k * g_n + g] = gb.link.inverse(val);
+            }
+        }
+        for k in 0..sblk.len {
+            let l = lp[k.min(lp.len() - 1)];
+            x[sblk.offset + k] = match self.spec.param {
+                Parameterization::MeanOdds => sblk.link.inverse((-l).exp()),
+                _ => l,
+            };
+        }
+        if let Some(b) = self.b_cap {
+            let blk = &lay.blocks[b];
+            for (c, &nu) in base.nu.iter().enumerate() {
+                x[blk.offset + c] = match self.capture {
+                    Capture::Nu => logit(nu),
+                    Capture::Phi(link) => link.inverse((1.0 - nu) / nu),
+                    Capture::Eta => softplus_inv((-nu.ln()).max(1e-4)),
+                    Capture::None => 0.0,
+                };
+            }
+        }
+        if let Some(b) = self.b_gate {
+            let blk = &lay.blocks[b];
+            for j in 0..blk.len {
+                x[blk.offset + j] = logit(base.gate[j % g_n]);
+            }
+        }
+        if let Some(b) = self.b_mix {
+            let blk = &lay.blocks[b];
+            let last = w[w.len() - 1].max(1e-6);
+            for j in 0..blk.len {
+                x[blk.offset + j] = (w[j].max(1e-6) / last).ln();
+            }
+        }
+        x
+    }
+}
