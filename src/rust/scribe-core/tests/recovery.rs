@@ -158,18 +158,21 @@ fn nbdm_mixture_recovers_components_and_weights() {
 
 #[test]
 fn the_starting_guide_is_already_near_the_optimum() {
-    // Guards the initialisation (conditional NB MLE + Hessian scales): the
-    // first step's loss is within 0.1 % of the loss after convergence.
-    for (variant, param) in [
-        (Variant::Nbdm, Parameterization::Canonical),
-        (Variant::Nbvcp, Parameterization::MeanOdds),
-        (Variant::Nbvcp, Parameterization::MeanProb),
+    // Guards the initialisation (conditional NB MLE, zero-inflation EM,
+    // Hessian scales): the first steps' loss is within 0.1 % (NB) or 0.5 %
+    // (zero-inflated; an NB-only start is ~3 % off) of the converged loss.
+    for (variant, param, tol) in [
+        (Variant::Nbdm, Parameterization::Canonical, 1e-3),
+        (Variant::Nbvcp, Parameterization::MeanOdds, 1e-3),
+        (Variant::Nbvcp, Parameterization::MeanProb, 1e-3),
+        (Variant::Zinb, Parameterization::Canonical, 5e-3),
+        (Variant::Zinbvcp, Parameterization::MeanOdds, 5e-3),
     ] {
         let (_, _, losses) = fit(variant, param, 800, None);
         let tail: f64 = losses[700..].iter().sum::<f64>() / 100.0;
         let head: f64 = losses[..10].iter().sum::<f64>() / 10.0;
         assert!(
-            (head - tail).abs() < 1e-3 * tail.abs(),
+            (head - tail).abs() < tol * tail.abs(),
             "{variant:?} {param:?}: first {head} vs final {tail}"
         );
     }

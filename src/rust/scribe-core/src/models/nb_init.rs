@@ -13,6 +13,16 @@ impl NbModel<'_> {
     /// the root of `Σ_x w_g(x)[ψ(x+r)−ψ(r)] + s1 = 0` with `s1 = Σ_c ln(1−p̂_c)`
     /// (decreasing in r, so Newton on ln r converges to the unique root).
     pub(crate) fn solve_r(&self, pair_weight: &[f64], s1: f64, r: &mut [f64]) {
+        self.solve_r_each(pair_weight, |_| s1, r)
+    }
+
+    /// [`Self::solve_r`] with a gene-specific `s1_g` (zero-inflated starts).
+    pub(crate) fn solve_r_each(
+        &self,
+        pair_weight: &[f64],
+        s1_of: impl Fn(usize) -> f64 + Sync,
+        r: &mut [f64],
+    ) {
         let d = self.data;
         r.par_iter_mut()
             .enumerate()
@@ -26,7 +36,7 @@ impl NbModel<'_> {
                 let mut u = rg.max(1e-4).ln();
                 for _ in 0..50 {
                     let rv = u.exp();
-                    let (mut f, mut df) = (s1, 0.0);
+                    let (mut f, mut df) = (s1_of(g), 0.0);
                     for k in pairs.clone() {
                         let (w, x) = (pair_weight[k], d.pair_count[k]);
                         if w != 0.0 {
@@ -42,6 +52,42 @@ impl NbModel<'_> {
                 }
                 *rg = u.exp();
             });
+    }
+
+    /// EM for zero-inflated starts. E: each zero of gene g is a gate zero with
+    /// probability `w_g = π/(π + (1−π)(1−p̄)^r)` (at the cells' mean p̂);
+    /// M: `π_g` = expected gate zeros / C, `r_g` solves the NB equation over
+    /// the cells that are not gate zeros, `logit p̂_c = ln(L_c / Σ_g (1−π_g) r_g)`.
+    fn zero_inflation_em(&self, r: &mut [f64], ell: &mut [f64], rounds: usize) -> Vec<f64> {
+        let d = self.data;
+        let (g_n, c_n) = (d.n_genes, d.n_cells as f64);
+        let mut pi = vec![0.1; g_n];
+        for _ in 0..rounds {
+            let l1m: Vec<f64> = ell.iter().map(|&l| ln_sigmoid(-l)).collect();
+            let mean_l1m = l1m.iter().sum::<f64>() / c_n;
+            let s1: f64 = l1m.iter().sum();
+            let mut z = vec![0.0; g_n];
+            for g in 0..g_n {
+                let n0 = c_n - d.gene_nnz[g];
+                let nb0 = (r[g] * mean_l1m).exp();
+                let w = pi[g] / (pi[g] + (1.0 - pi[g]) * nb0);
+                z[g] = n0 * w;
+                pi[g] = (z[g] / c_n).clamp(1e-3, 0.95);
+            }
+            // Σ over non-gate cells of ln(1 − p̂_c) ≈ s1 · (1 − Z_g / C).
+            self.solve_r_each(&d.pair_weight, |g| s1 * (1.0 - z[g] / c_n), r);
+            let eff: f64 = r.iter().zip(&pi).map(|(r, p)| r * (1.0 - p)).sum();
+            if self.spec.variant.has_capture() {
+                for (c, l) in ell.iter_mut().enumerate() {
+                    *l = (d.lib_size[c].max(0.5) / eff).ln();
+                }
+            } else {
+                let total: f64 = d.lib_size.iter().sum();
+                let lp = (total / (c_n * eff)).ln();
+                ell.iter_mut().for_each(|l| *l = lp);
+            }
+        }
+        pi
     }
 
     /// Alternating conditional NB maximum likelihood for (r, logit p̂_c), used
@@ -145,7 +191,12 @@ impl NbModel<'_> {
         // p̂ | r is closed form: logit p̂_c = ln(L_c / R) (capture) or
         // logit p = ln(Σ L / (C R)) (shared p).
         let ell0: Vec<f64> = nu.iter().map(|v| (odds0 * v).ln()).collect();
-        let (r_hat, ell) = self.alternating_nb_mle(r0, ell0, 8);
+        let (mut r_hat, mut ell) = self.alternating_nb_mle(r0, ell0, 8);
+        let gate_em = if self.spec.variant.has_gate() {
+            Some(self.zero_inflation_em(&mut r_hat, &mut ell, 10))
+        } else {
+            None
+        };
         // Split logit p̂_c = logit p + ln ν_c: anchor ν at L_c/M0 under the capture
         // prior, else put the median ν at 1/2 while keeping every ν_c < 1.
         let mut sorted = ell.clone();
@@ -167,18 +218,9 @@ impl NbModel<'_> {
             .collect();
         let odds = lp.exp();
         let p = odds / (1.0 + odds);
-        let gate: Vec<f64> = (0..g_n)
-            .map(|g| {
-                // Excess zeros over the NB zero probability at the starting point.
-                let f0 = 1.0 - d.gene_nnz[g] / cf;
-                let nb0 = (r_hat[g] * (-p).ln_1p()).exp();
-                if nb0 < 1.0 {
-                    ((f0 - nb0) / (1.0 - nb0)).clamp(0.01, 0.5)
-                } else {
-                    0.05
-                }
-            })
-            .collect();
+        // Gates from the EM start (zero-inflated models; unused otherwise).
+        let gate: Vec<f64> = gate_em.unwrap_or_else(|| vec![0.05; g_n]);
+        let _ = p;
         BaseInit {
             r: r_hat,
             lp,
