@@ -13,8 +13,8 @@ print(fit)
 map <- get_map(fit)
 cat(sprintf("\nshared p = %.3f; capture probability: median %.3f (range %.3f-%.3f)\n",
             map$p, stats::median(map$p_capture), min(map$p_capture), max(map$p_capture)))
-cat("most over-dispersed genes (smallest r):\n")
-print(round(utils::head(sort(map$r), 8), 3))
+cat("most over-dispersed well-expressed genes (smallest r among genes with mu > 1):\n")
+print(round(utils::head(sort(map$r[map$mu > 1]), 8), 3))
 cat("highest mean expression (mu):\n")
 print(round(utils::head(sort(map$mu, decreasing = TRUE), 8), 2))
 
