@@ -13,10 +13,13 @@ print(fit)
 map <- get_map(fit)
 cat(sprintf("\nshared p = %.3f; capture probability: median %.3f (range %.3f-%.3f)\n",
             map$p, stats::median(map$p_capture), min(map$p_capture), max(map$p_capture)))
-cat("most over-dispersed well-expressed genes (smallest r among genes with mu > 1):\n")
-print(round(utils::head(sort(map$r[map$mu > 1]), 8), 3))
-cat("highest mean expression (mu):\n")
-print(round(utils::head(sort(map$mu, decreasing = TRUE), 8), 2))
+# With p shared across genes, r is each gene's Dirichlet concentration: the
+# model's composition of a cell is rho ~ Dirichlet(r).
+cat("top genes by normalized expression (MAP composition, %):\n")
+print(round(100 * utils::head(sort(normalize_counts(fit), decreasing = TRUE), 8), 2))
+cat("denoised LYZ counts (posterior mean) vs observed, first 6 cells:\n")
+print(rbind(observed = as.numeric(SummarizedExperiment::assay(sce)["LYZ", 1:6]),
+            denoised = round(denoise_counts(fit, sce, genes = "LYZ")[1, 1:6], 1)))
 
 sce <- add_scribe_fit(sce, fit)
 cat("\nrowData columns added:", grep("^scribe_", names(SummarizedExperiment::rowData(sce)), value = TRUE), "\n")
