@@ -184,25 +184,56 @@ denoise_counts <- function(fit, x, method = "mean", n_samples = NULL, genes = NU
 
 #' Compositional normalization
 #'
-#' With `p` shared by the genes of a cell, the model's composition is
-#' `rho ~ Dirichlet(r)` (capture cancels). `n_samples = NULL` returns the
-#' expected composition at the MAP (`mu / sum(mu)`); otherwise
+#' With `p` shared by the genes of a cell, the NB factorises into the cell's
+#' total and a Dirichlet-multinomial composition with concentration `r`
+#' (capture cancels).
+#'
+#' Without `x`: the population composition `rho ~ Dirichlet(r)`, i.e. the
+#' expected composition `mu / sum(mu)` at the MAP (`n_samples = NULL`) or
 #' `n_samples_dirichlet` Dirichlet draws per posterior draw.
 #'
+#' With `x`: per-cell expression fractions from the conjugate posterior
+#' `rho_c | u_c ~ Dirichlet(r + u_c)`: its mean `(r_g + u_cg) / (sum(r) +
+#' L_c)` at the MAP parameters (`n_samples = NULL`), or one draw of each
+#' cell's fractions per posterior draw. Mixtures weight (mean) or pick (draw)
+#' components by each cell's own probabilities. The zero-inflation gate is
+#' ignored here.
+#'
 #' @inheritParams log_likelihood
-#' @param n_samples_dirichlet Dirichlet draws per posterior draw.
-#' @return MAP: a named vector over genes (a `K x genes` matrix for
-#'   mixtures). Draws: a `(n_samples * n_samples_dirichlet) x genes` matrix
-#'   (an array with a component axis last for mixtures).
+#' @param x `NULL` for the population composition, or the fitted counts for
+#'   per-cell fractions.
+#' @param n_samples_dirichlet Dirichlet draws per posterior draw (population
+#'   composition only).
+#' @param genes Genes to return (per-cell fractions; default all).
+#' @return Population: a named vector over genes (a `K x genes` matrix for
+#'   mixtures), or a `(n_samples * n_samples_dirichlet) x genes` matrix (an
+#'   array with a component axis last for mixtures). Per cell: a genes x
+#'   cells matrix of fractions, or an `n_samples x genes x cells` array.
 #' @examples
 #' counts <- scribe_example_data()
 #' fit <- scribe_fit(counts, model = "nbdm", n_steps = 200, seed = 1, verbose = FALSE)
 #' head(sort(normalize_counts(fit), decreasing = TRUE))
 #' rho <- normalize_counts(fit, n_samples = 50, seed = 1)
 #' dim(rho)
+#' per_cell <- normalize_counts(fit, counts, genes = c("LYZ", "CD74"))
+#' per_cell[, 1:4]
 #' @export
-normalize_counts <- function(fit, n_samples = NULL, n_samples_dirichlet = 1L, seed = NULL) {
+normalize_counts <- function(fit, x = NULL, n_samples = NULL, n_samples_dirichlet = 1L, genes = NULL,
+                             seed = NULL, assay = NULL) {
   check_number(n_samples_dirichlet, "n_samples_dirichlet", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  if (!is.null(x)) {
+    counts <- counts_for_fit(fit, x, assay)
+    gi <- gene_index(fit, genes)
+    opts <- list(sample = !is.null(n_samples))
+    if (!is.null(gi)) opts$genes <- gi
+    res <- run_analysis(fit, "cell_fractions", counts, opts, n_samples, seed)
+    gnames <- if (is.null(gi)) fit@gene_names else fit@gene_names[gi + 1L]
+    if (is.null(n_samples)) return(matrix(res$values, nrow = length(gnames), dimnames = list(gnames, fit@cell_names)))
+    a <- array(res$values, dim = c(length(gnames), length(fit@cell_names), as.integer(n_samples)),
+               dimnames = list(gnames, fit@cell_names, NULL))
+    return(aperm(a, c(3L, 1L, 2L)))
+  }
+  if (!is.null(genes)) abort_input("{.arg genes} applies to per-cell fractions (give {.arg x}).")
   n_dir <- if (is.null(n_samples)) 0 else as.numeric(n_samples_dirichlet)
   res <- run_analysis(fit, "normalize", NULL, list(n_dirichlet = n_dir), n_samples, seed)
   k <- res$n_comp

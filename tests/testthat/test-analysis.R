@@ -87,6 +87,16 @@ test_that("normalization returns compositions", {
   d <- normalize_counts(fit_v, n_samples = 10, n_samples_dirichlet = 3, seed = 1)
   expect_identical(dim(d), c(30L, 60L))
   expect_equal(rowSums(d), rep(1, 30))
+  # Per-cell fractions: posterior mean (r + u_c) / (sum(r) + L_c) at the MAP.
+  pc <- normalize_counts(fit_v, sim_v$counts)
+  expect_identical(dim(pc), c(60L, 400L))
+  expect_equal(unname(colSums(pc)), rep(1, 400))
+  u <- as.matrix(sim_v$counts)
+  expect_equal(pc[, 7], (m$r + u[, 7]) / (sum(m$r) + sum(u[, 7])))
+  pd <- normalize_counts(fit_v, sim_v$counts, n_samples = 5, genes = c("gene1", "gene2"), seed = 1)
+  expect_identical(dim(pd), c(5L, 2L, 400L))
+  expect_true(all(pd > 0 & pd < 1))
+  expect_error(normalize_counts(fit_v, genes = "gene1"), "per-cell", class = "scribeR_input_error")
 })
 
 test_that("mixture component probabilities recover the simulated types", {

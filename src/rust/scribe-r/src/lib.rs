@@ -13,7 +13,7 @@ use scribe_core::models::{BlockKind, Model};
 use scribe_core::posterior::denoise::{denoise, Method};
 use scribe_core::posterior::draws::NbDraws;
 use scribe_core::posterior::loglik::{log_likelihood, responsibilities, By};
-use scribe_core::posterior::normalize::{dirichlet_samples, mean_composition};
+use scribe_core::posterior::normalize::{cell_fractions, dirichlet_samples, mean_composition};
 use scribe_core::posterior::predictive::predictive;
 use scribe_core::posterior::{guide_blocks, nb_sites, GuideBlock};
 use scribe_core::progress::{Cancel, Progress};
@@ -687,6 +687,13 @@ fn rs_nb_analysis(
                 }
             });
             list!(values = v, n_comp = d.n_comp as i32).into()
+        }
+        "cell_fractions" => {
+            let dat = data_ref()?;
+            let genes = indices(o.get("genes"), d.n_genes)?;
+            let sample = o.boolean("sample")?;
+            let v = pool.install(|| cell_fractions(&d, dat, &genes, sample, aseed));
+            list!(values = v).into()
         }
         "predictive" => {
             let n_cells = if d.n_cells > 0 {

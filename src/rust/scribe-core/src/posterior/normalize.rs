@@ -42,3 +42,84 @@ pub fn dirichlet_samples(d: &NbDraws, n_dir: usize, seed: u64) -> Vec<f64> {
         });
     out
 }
+
+/// Per-cell expression fractions. Given its counts `u_c`, a cell's
+/// composition has the conjugate posterior `ρ_c ~ Dirichlet(r + u_c)` (the
+/// Dirichlet-multinomial factorisation; capture cancels, the gate is
+/// ignored). `sample = false` returns the posterior mean
+/// `(r_g + u_cg) / (Σr + L_c)`; `true` one Dirichlet draw per cell and
+/// parameter draw. Mixtures weight (mean) or pick (draw) components by the
+/// cell's responsibilities. Layout `j + J·(c + C·s)` for the genes `genes`.
+pub fn cell_fractions(
+    d: &NbDraws,
+    data: &crate::data::CountMatrix,
+    genes: &[usize],
+    sample: bool,
+    seed: u64,
+) -> Vec<f64> {
+    use super::loglik::{cell_component_ll, logsumexp, zinb_zero_terms};
+    use rand::Rng;
+    let (s_n, c_n, j_n, k_n, g_n) = (d.n_draws, data.n_cells, genes.len(), d.n_comp, d.n_genes);
+    let mut out = vec![0.0; j_n * c_n * s_n];
+    out.par_chunks_mut(j_n.max(1))
+        .enumerate()
+        .for_each(|(idx, row)| {
+            let (s, c) = (idx / c_n, idx % c_n);
+            let gam: Vec<f64> = if k_n == 1 {
+                vec![1.0]
+            } else {
+                let l: Vec<f64> = (0..k_n)
+                    .map(|k| {
+                        let z = zinb_zero_terms(d, s, k);
+                        d.ln_w(s, k)
+                            + cell_component_ll(
+                                d,
+                                s,
+                                k,
+                                data,
+                                c,
+                                z.as_ref().map(|(v, t)| (v.as_slice(), *t)),
+                            )
+                    })
+                    .collect();
+                let lse = logsumexp(&l);
+                l.iter().map(|v| (v - lse).exp()).collect()
+            };
+            let mut u = vec![0.0; g_n];
+            let (gi, ci) = data.row(c);
+            for (&g, &x) in gi.iter().zip(ci) {
+                u[g as usize] = x as f64;
+            }
+            let lib = data.lib_size[c];
+            if !sample {
+                for k in 0..k_n {
+                    let r = d.r_of(s, k);
+                    let tot = r.iter().sum::<f64>() + lib;
+                    for (j, &g) in genes.iter().enumerate() {
+                        row[j] += gam[k] * (r[g] + u[g]) / tot;
+                    }
+                }
+                return;
+            }
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(((s as u64 + 1) << 32) | c as u64);
+            let pick: f64 = rng.random();
+            let mut acc = 0.0;
+            let k = gam
+                .iter()
+                .position(|g| {
+                    acc += g;
+                    pick < acc
+                })
+                .unwrap_or(k_n - 1);
+            let r = d.r_of(s, k);
+            let draws: Vec<f64> = (0..g_n)
+                .map(|g| Gamma::new(r[g] + u[g], 1.0).map_or(0.0, |gm| gm.sample(&mut rng)))
+                .collect();
+            let tot: f64 = draws.iter().sum::<f64>().max(1e-300);
+            for (j, &g) in genes.iter().enumerate() {
+                row[j] = draws[g] / tot;
+            }
+        });
+    out
+}
