@@ -14,6 +14,13 @@ export NOT_CRAN=true
 echo "== cargo test (scribe-core)"
 cargo test --release --manifest-path src/rust/Cargo.toml -p scribe-core
 
+if cargo clippy --version >/dev/null 2>&1 && cargo fmt --version >/dev/null 2>&1; then
+  echo "== cargo fmt --check, cargo clippy -D warnings"
+  cargo fmt --manifest-path src/rust/Cargo.toml --all -- --check
+  cargo clippy --release --manifest-path src/rust/Cargo.toml -p scribe-core --all-targets -q -- -D warnings
+  cargo clippy --release --manifest-path src/rust/Cargo.toml -p scribe-r -q -- -D warnings
+fi
+
 echo "== R CMD INSTALL"
 R CMD INSTALL --no-multiarch . >/tmp/scribeR-install.log 2>&1 || { tail -60 /tmp/scribeR-install.log; exit 1; }
 

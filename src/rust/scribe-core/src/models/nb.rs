@@ -666,8 +666,7 @@ impl<'a> NbModel<'a> {
         let mut ws = self.workspace();
         let mut b = Batch::full(self.data);
         b.cells = cells.to_vec();
-        let lp = self.fill_derived(x, &b, &mut ws);
-        let _ = lp;
+        self.fill_derived(x, &b, &mut ws);
         let gate = self.b_gate.map(|_| ws.pi.clone());
         (ws.r.clone(), ws.ell[..cells.len()].to_vec(), gate)
     }

@@ -216,11 +216,8 @@ impl NbModel<'_> {
             .iter()
             .map(|l| (l - lp).exp().clamp(1e-6, 1.0 - 1e-6))
             .collect();
-        let odds = lp.exp();
-        let p = odds / (1.0 + odds);
         // Gates from the EM start (zero-inflated models; unused otherwise).
         let gate: Vec<f64> = gate_em.unwrap_or_else(|| vec![0.05; g_n]);
-        let _ = p;
         BaseInit {
             r: r_hat,
             lp,

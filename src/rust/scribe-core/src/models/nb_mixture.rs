@@ -435,7 +435,7 @@ impl NbModel<'_> {
     pub(crate) fn mixture_initial_point(&self, base: &BaseInit) -> Vec<f64> {
         let m = self.spec.mixture.expect("mixture");
         let d = self.data;
-        let (k_n, g_n, c_n) = (m.k, d.n_genes, d.n_cells);
+        let (k_n, c_n) = (m.k, d.n_cells);
         let scores = first_pc_scores(d);
         let mut order: Vec<usize> = (0..c_n).collect();
         order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
@@ -501,7 +501,6 @@ impl NbModel<'_> {
                 }
             })
             .collect();
-        let _ = g_n;
         self.materialize(base, &r_k, &lp, &w)
     }
 }

@@ -9,7 +9,7 @@ pub mod optim;
 
 use crate::data::{Batch, BatchSampler};
 use crate::error::{CoreError, Result};
-use crate::models::{log_joint_grad, BlockKind, Model};
+use crate::models::{log_joint_grad, Model};
 use crate::progress::{Cancel, Progress};
 use early_stop::{Decision, EarlyStopping, Tracker};
 use elbo::{loss_and_grad, ElboBuffers};
@@ -71,7 +71,7 @@ const MAX_NONFINITE_RUN: usize = 100;
 /// the prior's width.
 pub fn initial_guide<M: Model>(model: &M, x0: &[f64]) -> Vec<f64> {
     let n = x0.len();
-    let batch = Batch::full(model_data(model));
+    let batch = Batch::full(model.data());
     let mut ws = model.workspace();
     let mut hdiag = vec![f64::NAN; n];
     if model.blocks_are_separable() {
@@ -99,10 +99,6 @@ pub fn initial_guide<M: Model>(model: &M, x0: &[f64]) -> Vec<f64> {
         sd.clamp(1e-4, 1.0).ln()
     }));
     v
-}
-
-fn model_data<M: Model>(model: &M) -> &crate::data::CountMatrix {
-    model.data()
 }
 
 /// Runs SVI from `init` (`[loc | log_scale]`, see [`initial_guide`]).
@@ -231,9 +227,4 @@ fn report(progress: &dyn Progress, losses: &[f64], last: &mut usize, step: usize
         .fold((0.0, 0), |(s, k), v| (s + v, k + 1));
     progress.report(step, total, if k > 0 { s / k as f64 } else { f64::NAN });
     *last = losses.len();
-}
-
-/// The kind of each coordinate (for callers that summarise a guide).
-pub fn block_kinds<M: Model>(model: &M) -> Vec<BlockKind> {
-    model.layout().blocks.iter().map(|b| b.kind).collect()
 }
