@@ -22,16 +22,9 @@ fn corr(a: &[f64], b: &[f64]) -> f64 {
     sab / (saa * sbb).sqrt()
 }
 
-fn fit(
-    variant: Variant,
-    param: Parameterization,
-    steps: usize,
-    batch: Option<usize>,
-) -> (NbTruth, Vec<scribe_core::posterior::Site>, Vec<f64>) {
-    let truth = NbTruth::random(variant, 200, 800, 1);
-    let data = simulate_nb(&truth, 2);
-    let model = NbModel::new(NbSpec::new(variant, param, false, Link::Softplus), &data).unwrap();
-    let init = initial_guide(&model, &model.initial_point());
+/// SVI from the model's starting guide with Adam (step size 0.01).
+fn run_adam(model: &NbModel, steps: usize, batch: Option<usize>) -> scribe_core::svi::SviFit {
+    let init = initial_guide(model, &model.initial_point());
     let cfg = SviConfig {
         n_steps: steps,
         batch_size: batch,
@@ -44,7 +37,19 @@ fn fit(
         },
         ..Default::default()
     };
-    let res = run(&model, init, &cfg, &NoProgress, &NeverCancel).unwrap();
+    run(model, init, &cfg, &NoProgress, &NeverCancel).unwrap()
+}
+
+fn fit(
+    variant: Variant,
+    param: Parameterization,
+    steps: usize,
+    batch: Option<usize>,
+) -> (NbTruth, Vec<scribe_core::posterior::Site>, Vec<f64>) {
+    let truth = NbTruth::random(variant, 200, 800, 1);
+    let data = simulate_nb(&truth, 2);
+    let model = NbModel::new(NbSpec::new(variant, param, false, Link::Softplus), &data).unwrap();
+    let res = run_adam(&model, steps, batch);
     let blocks = guide_blocks(model.layout(), &res.params, data.n_genes);
     (
         truth,
@@ -92,19 +97,7 @@ fn nbdm_mixture_recovers_components_and_weights() {
     );
     spec.set_mixture(k, &["r", "p"], 1.0).unwrap();
     let model = NbModel::new(spec, &data).unwrap();
-    let init = initial_guide(&model, &model.initial_point());
-    let cfg = SviConfig {
-        n_steps: 2000,
-        optimizer: OptimizerConfig::Adam {
-            step_size: 0.01,
-            b1: 0.9,
-            b2: 0.999,
-            eps: 1e-8,
-            clip: None,
-        },
-        ..Default::default()
-    };
-    let res = run(&model, init, &cfg, &NoProgress, &NeverCancel).unwrap();
+    let res = run_adam(&model, 2000, None);
     let g_n = 150;
     let blocks = guide_blocks(model.layout(), &res.params, g_n);
     let sites = nb_sites(&model.spec, &blocks, None).unwrap();

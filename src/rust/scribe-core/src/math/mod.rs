@@ -206,6 +206,19 @@ pub fn logaddexp(a: f64, b: f64) -> f64 {
     m + (-(a - b).abs()).exp().ln_1p()
 }
 
+/// Index drawn from probabilities `probs` with a uniform `u` (the last one if
+/// rounding leaves `u` above the total).
+pub fn pick_index(probs: &[f64], u: f64) -> usize {
+    let mut acc = 0.0;
+    probs
+        .iter()
+        .position(|p| {
+            acc += p;
+            u < acc
+        })
+        .unwrap_or(probs.len() - 1)
+}
+
 /// `ln(1 − Φ(z))`, the log survival function of the standard normal.
 pub fn ln_normal_sf(z: f64) -> f64 {
     // erfc keeps relative accuracy in the far tail, where 1 − Φ underflows.

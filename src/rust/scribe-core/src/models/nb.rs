@@ -864,6 +864,45 @@ impl Model for NbModel<'_> {
     }
 }
 
+/// `Σ_g ln f(u_cg)` of one cell under one setting of NB parameters: `r`
+/// (per gene, summing to `big_r`), gate `pi` (zero-inflated models),
+/// `ell = logit p̂_c`. Zeros cost nothing for the NB, `zinb_zero = (s_g, Σ_g s_g)`
+/// gives zinb's per-gene zero terms in closed form, and without it a gated
+/// model sums its zero terms densely (zinbvcp). Shared by the mixture kernel
+/// and the downstream analyses.
+#[allow(clippy::too_many_arguments)]
+pub fn nb_cell_loglik(
+    data: &CountMatrix,
+    c: usize,
+    r: &[f64],
+    big_r: f64,
+    pi: Option<&[f64]>,
+    ell: f64,
+    zinb_zero: Option<(&[f64], f64)>,
+) -> f64 {
+    let (lph, l1m) = (ln_sigmoid(ell), ln_sigmoid(-ell));
+    let (genes, counts) = data.row(c);
+    let mut acc = data.lib_size[c] * lph - data.ln_fact[c];
+    let Some(pi) = pi else {
+        acc += big_r * l1m;
+        for (&g, &u) in genes.iter().zip(counts) {
+            acc += lgamma_diff(u, r[g as usize]);
+        }
+        return acc;
+    };
+    let zero_term = |g: usize| (pi[g] + (1.0 - pi[g]) * (r[g] * l1m).exp()).ln();
+    match zinb_zero {
+        Some((_, total)) => acc += total,
+        None => acc += (0..r.len()).map(zero_term).sum::<f64>(),
+    }
+    for (&g, &u) in genes.iter().zip(counts) {
+        let g = g as usize;
+        let s0 = zinb_zero.map_or_else(|| zero_term(g), |(s, _)| s[g]);
+        acc += (-pi[g]).ln_1p() + lgamma_diff(u, r[g]) + r[g] * l1m - s0;
+    }
+    acc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

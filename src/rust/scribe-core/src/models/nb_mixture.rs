@@ -8,7 +8,9 @@
 //! per-component zero sum `S_k = Σ_g s_kg` (zero term constant over cells);
 //! zinbvcp mixtures need the dense C × G × K pass.
 
-use super::nb::{Mixture, NbModel, NbWorkspace, Parameterization, Variant, CELL_BLOCK};
+use super::nb::{
+    nb_cell_loglik, Mixture, NbModel, NbWorkspace, Parameterization, Variant, CELL_BLOCK,
+};
 use super::nb_init::BaseInit;
 use crate::data::Batch;
 use crate::math::{digamma_diff, lgamma, lgamma_diff, ln_sigmoid, sigmoid};
@@ -362,51 +364,24 @@ impl NbModel<'_> {
         i: usize,
         nb: usize,
         comp: &Comp,
-        bufs: (&[f64], &[f64], &[f64]),
+        (r, pi, ell): (&[f64], &[f64], &[f64]),
         out: &mut [f64],
     ) {
-        let ws = WsView {
-            r: bufs.0,
-            pi: bufs.1,
-            ell: bufs.2,
-        };
-        let d = self.data;
-        let (genes, counts) = d.row(c);
-        let lib = d.lib_size[c];
         let g_n = comp.g;
-        for k in 0..comp.k {
-            let l = ws.ell[k * nb + i];
-            let (lph, l1m) = (ln_sigmoid(l), ln_sigmoid(-l));
-            let r = &ws.r[k * g_n..(k + 1) * g_n];
-            let mut acc = lib * lph - d.ln_fact[c];
-            match self.spec.variant {
-                Variant::Nbdm | Variant::Nbvcp => {
-                    acc += comp.big_r[k] * l1m;
-                    for (&g, &u) in genes.iter().zip(counts) {
-                        acc += lgamma_diff(u, r[g as usize]);
-                    }
-                }
-                Variant::Zinb => {
-                    acc += comp.zero_sum[k];
-                    for (&g, &u) in genes.iter().zip(counts) {
-                        let j = k * g_n + g as usize;
-                        acc += (-ws.pi[j]).ln_1p() + lgamma_diff(u, ws.r[j]) + ws.r[j] * l1m
-                            - comp.s0[j];
-                    }
-                }
-                Variant::Zinbvcp => {
-                    let pi = &ws.pi[k * g_n..(k + 1) * g_n];
-                    for g in 0..g_n {
-                        acc += (pi[g] + (1.0 - pi[g]) * (r[g] * l1m).exp()).ln();
-                    }
-                    for (&g, &u) in genes.iter().zip(counts) {
-                        let g = g as usize;
-                        let es = pi[g] + (1.0 - pi[g]) * (r[g] * l1m).exp();
-                        acc += (-pi[g]).ln_1p() + lgamma_diff(u, r[g]) + r[g] * l1m - es.ln();
-                    }
-                }
-            }
-            out[k] = acc;
+        let gated = self.spec.variant.has_gate();
+        for (k, o) in out.iter_mut().enumerate().take(comp.k) {
+            let rows = k * g_n..(k + 1) * g_n;
+            let zinb_zero = (self.spec.variant == Variant::Zinb)
+                .then(|| (&comp.s0[rows.clone()], comp.zero_sum[k]));
+            *o = nb_cell_loglik(
+                self.data,
+                c,
+                &r[rows.clone()],
+                comp.big_r[k],
+                gated.then(|| &pi[rows.clone()]),
+                ell[k * nb + i],
+                zinb_zero,
+            );
         }
     }
 
@@ -503,12 +478,6 @@ impl NbModel<'_> {
             .collect();
         self.materialize(base, &r_k, &lp, &w)
     }
-}
-
-struct WsView<'a> {
-    r: &'a [f64],
-    pi: &'a [f64],
-    ell: &'a [f64],
 }
 
 /// Cell scores on the first principal component of `ln(1 + 10⁴ u / L)`,

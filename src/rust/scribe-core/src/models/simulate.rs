@@ -108,17 +108,7 @@ impl NbTruth {
         let tot = (k * (k + 1) / 2) as f64;
         let weights: Vec<f64> = (1..=k).map(|j| j as f64 / tot).collect();
         let assignment: Vec<usize> = (0..n_cells)
-            .map(|_| {
-                let u: f64 = rng.random();
-                let mut acc = 0.0;
-                weights
-                    .iter()
-                    .position(|w| {
-                        acc += w;
-                        u < acc
-                    })
-                    .unwrap_or(k - 1)
-            })
+            .map(|_| crate::math::pick_index(&weights, rng.random()))
             .collect();
         let gate = t.gate.as_ref().map(|g| vec![g.clone(); k]);
         t.mixture = Some(MixtureTruth {

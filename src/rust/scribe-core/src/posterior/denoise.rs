@@ -9,7 +9,7 @@
 //! mixing weights, which ignores what the cell's counts say about its type).
 
 use super::draws::NbDraws;
-use super::loglik::{cell_component_ll, logsumexp, zinb_zero_terms};
+use super::loglik::{cell_responsibilities, pick_index, zinb_zero_terms, ZeroTerms};
 use crate::data::CountMatrix;
 use crate::models::simulate::nb_draw;
 use rand::{Rng, SeedableRng};
@@ -67,8 +67,7 @@ pub fn denoise(
         pos[g] = j;
     }
     for s in 0..s_n {
-        let zero_terms: Vec<Option<(Vec<f64>, f64)>> =
-            (0..k_n).map(|k| zinb_zero_terms(d, s, k)).collect();
+        let zero_terms: Vec<ZeroTerms> = (0..k_n).map(|k| zinb_zero_terms(d, s, k)).collect();
         let rows: Vec<(Vec<f64>, Vec<f64>)> = (0..c_n)
             .into_par_iter()
             .map(|c| {
@@ -78,41 +77,14 @@ pub fn denoise(
                 // Stream 0 belongs to the guide draws; (draw, cell) streams start above it.
                 rng.set_stream(((s as u64 + 1) << 32) | c as u64);
                 // Responsibilities of this cell.
-                let gam: Vec<f64> = if k_n == 1 {
-                    vec![1.0]
-                } else {
-                    let l: Vec<f64> = (0..k_n)
-                        .map(|k| {
-                            d.ln_w(s, k)
-                                + cell_component_ll(
-                                    d,
-                                    s,
-                                    k,
-                                    data,
-                                    c,
-                                    zero_terms[k].as_ref().map(|(v, t)| (v.as_slice(), *t)),
-                                )
-                        })
-                        .collect();
-                    let lse = logsumexp(&l);
-                    l.iter().map(|v| (v - lse).exp()).collect()
-                };
+                let gam = cell_responsibilities(d, s, data, c, &zero_terms);
                 // Component used by mode (most responsible) and by sampling (drawn).
                 let k_mode = gam
                     .iter()
                     .enumerate()
                     .max_by(|a, b| a.1.total_cmp(b.1))
                     .map_or(0, |x| x.0);
-                let k_draw = {
-                    let u: f64 = rng.random();
-                    let mut acc = 0.0;
-                    gam.iter()
-                        .position(|g| {
-                            acc += g;
-                            u < acc
-                        })
-                        .unwrap_or(k_n - 1)
-                };
+                let k_draw = pick_index(&gam, rng.random());
                 let mut u_row = vec![0.0; j_n];
                 let (gi, ci) = data.row(c);
                 for (&g, &u) in gi.iter().zip(ci) {

@@ -9,7 +9,9 @@
 
 use super::draws::NbDraws;
 use crate::data::CountMatrix;
+pub use crate::math::pick_index;
 use crate::math::{lgamma, lgamma_diff, ln_sigmoid};
+use crate::models::nb::nb_cell_loglik;
 use rayon::prelude::*;
 
 /// What a log-likelihood is summed over.
@@ -19,7 +21,8 @@ pub enum By {
     Gene,
 }
 
-/// `ln f_k(u_c)` of one cell (draw `s`, component `k`).
+/// `ln f_k(u_c)` of one cell (draw `s`, component `k`); `zero_sum` is
+/// [`zinb_zero_terms`] for zinb.
 pub fn cell_component_ll(
     d: &NbDraws,
     s: usize,
@@ -29,45 +32,51 @@ pub fn cell_component_ll(
     zero_sum: Option<(&[f64], f64)>,
 ) -> f64 {
     let r = d.r_of(s, k);
-    let l = d.ell(s, k, c);
-    let (lph, l1m) = (ln_sigmoid(l), ln_sigmoid(-l));
-    let (genes, counts) = data.row(c);
-    let mut acc = data.lib_size[c] * lph - data.ln_fact[c];
-    match d.gate_of(s, k) {
-        None => {
-            acc += r.iter().sum::<f64>() * l1m;
-            for (&g, &u) in genes.iter().zip(counts) {
-                acc += lgamma_diff(u, r[g as usize]);
-            }
-        }
-        Some(pi) => {
-            // zinb: zero terms are constant over cells (precomputed); zinbvcp: dense.
-            match zero_sum {
-                Some((s0, total)) => {
-                    acc += total;
-                    for (&g, &u) in genes.iter().zip(counts) {
-                        let g = g as usize;
-                        acc += (-pi[g]).ln_1p() + lgamma_diff(u, r[g]) + r[g] * l1m - s0[g];
-                    }
-                }
-                None => {
-                    for g in 0..r.len() {
-                        acc += (pi[g] + (1.0 - pi[g]) * (r[g] * l1m).exp()).ln();
-                    }
-                    for (&g, &u) in genes.iter().zip(counts) {
-                        let g = g as usize;
-                        let s0 = (pi[g] + (1.0 - pi[g]) * (r[g] * l1m).exp()).ln();
-                        acc += (-pi[g]).ln_1p() + lgamma_diff(u, r[g]) + r[g] * l1m - s0;
-                    }
-                }
-            }
-        }
-    }
-    acc
+    nb_cell_loglik(
+        data,
+        c,
+        r,
+        r.iter().sum(),
+        d.gate_of(s, k),
+        d.ell(s, k, c),
+        zero_sum,
+    )
 }
 
+/// Component probabilities of one cell in draw `s`: `softmax_k(ln w_k + ℓ_ck)`.
+/// `zero_terms[k]` is [`zinb_zero_terms`] of draw `s`, computed once per draw.
+pub fn cell_responsibilities(
+    d: &NbDraws,
+    s: usize,
+    data: &CountMatrix,
+    c: usize,
+    zero_terms: &[ZeroTerms],
+) -> Vec<f64> {
+    if d.n_comp == 1 {
+        return vec![1.0];
+    }
+    let l: Vec<f64> = (0..d.n_comp)
+        .map(|k| {
+            d.ln_w(s, k)
+                + cell_component_ll(
+                    d,
+                    s,
+                    k,
+                    data,
+                    c,
+                    zero_terms[k].as_ref().map(|(v, t)| (v.as_slice(), *t)),
+                )
+        })
+        .collect();
+    let lse = logsumexp(&l);
+    l.iter().map(|v| (v - lse).exp()).collect()
+}
+
+/// zinb's per-gene zero terms and their sum (`None` for other models).
+pub type ZeroTerms = Option<(Vec<f64>, f64)>;
+
 /// zinb (no capture): per-gene zero terms `s_g = ln(π + (1−π)(1−p)^r)` and their sum.
-pub fn zinb_zero_terms(d: &NbDraws, s: usize, k: usize) -> Option<(Vec<f64>, f64)> {
+pub fn zinb_zero_terms(d: &NbDraws, s: usize, k: usize) -> ZeroTerms {
     if d.variant.has_capture() {
         return None;
     }

@@ -57,34 +57,19 @@ pub fn cell_fractions(
     sample: bool,
     seed: u64,
 ) -> Vec<f64> {
-    use super::loglik::{cell_component_ll, logsumexp, zinb_zero_terms};
+    use super::loglik::{cell_responsibilities, pick_index, zinb_zero_terms, ZeroTerms};
     use rand::Rng;
     let (s_n, c_n, j_n, k_n, g_n) = (d.n_draws, data.n_cells, genes.len(), d.n_comp, d.n_genes);
     let mut out = vec![0.0; j_n * c_n * s_n];
+    // zinb zero terms depend on the draw and component only: once per draw.
+    let zero_terms: Vec<Vec<ZeroTerms>> = (0..s_n)
+        .map(|s| (0..k_n).map(|k| zinb_zero_terms(d, s, k)).collect())
+        .collect();
     out.par_chunks_mut(j_n.max(1))
         .enumerate()
         .for_each(|(idx, row)| {
             let (s, c) = (idx / c_n, idx % c_n);
-            let gam: Vec<f64> = if k_n == 1 {
-                vec![1.0]
-            } else {
-                let l: Vec<f64> = (0..k_n)
-                    .map(|k| {
-                        let z = zinb_zero_terms(d, s, k);
-                        d.ln_w(s, k)
-                            + cell_component_ll(
-                                d,
-                                s,
-                                k,
-                                data,
-                                c,
-                                z.as_ref().map(|(v, t)| (v.as_slice(), *t)),
-                            )
-                    })
-                    .collect();
-                let lse = logsumexp(&l);
-                l.iter().map(|v| (v - lse).exp()).collect()
-            };
+            let gam = cell_responsibilities(d, s, data, c, &zero_terms[s]);
             let mut u = vec![0.0; g_n];
             let (gi, ci) = data.row(c);
             for (&g, &x) in gi.iter().zip(ci) {
@@ -103,15 +88,7 @@ pub fn cell_fractions(
             }
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             rng.set_stream(((s as u64 + 1) << 32) | c as u64);
-            let pick: f64 = rng.random();
-            let mut acc = 0.0;
-            let k = gam
-                .iter()
-                .position(|g| {
-                    acc += g;
-                    pick < acc
-                })
-                .unwrap_or(k_n - 1);
+            let k = pick_index(&gam, rng.random());
             let r = d.r_of(s, k);
             let draws: Vec<f64> = (0..g_n)
                 .map(|g| Gamma::new(r[g] + u[g], 1.0).map_or(0.0, |gm| gm.sample(&mut rng)))

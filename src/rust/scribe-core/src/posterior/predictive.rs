@@ -7,6 +7,7 @@
 //! `NB(r_kg, p_k)` without capture or gate.
 
 use super::draws::NbDraws;
+use super::loglik::pick_index;
 use crate::models::simulate::nb_draw;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -35,14 +36,7 @@ pub fn predictive(
             let k = if k_n == 1 {
                 0
             } else {
-                let u: f64 = rng.random();
-                let mut acc = 0.0;
-                (0..k_n)
-                    .position(|k| {
-                        acc += d.weights[s * k_n + k];
-                        u < acc
-                    })
-                    .unwrap_or(k_n - 1)
+                pick_index(&d.weights[s * k_n..(s + 1) * k_n], rng.random())
             };
             let p = d.p_of(s, k);
             let nu = if biological { 1.0 } else { d.nu_of(s, c) };
