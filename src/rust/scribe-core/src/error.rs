@@ -14,6 +14,9 @@ pub enum CoreError {
     /// The objective became non-finite and could not recover.
     #[error("the fit diverged at step {step}: {msg}")]
     NonFinite { step: usize, msg: String },
+    /// The sampler could not start or continue (e.g. no finite initial point).
+    #[error("MCMC failed: {0}")]
+    Mcmc(String),
     /// The caller asked the engine to stop (e.g. Ctrl-C in R).
     #[error("interrupted by user")]
     Cancelled,

@@ -33,3 +33,26 @@ impl Cancel for AtomicBool {
         self.load(Ordering::Relaxed)
     }
 }
+
+/// Where one MCMC chain stands, reported after every draw.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChainStatus {
+    pub chain: usize,
+    /// Draws done (warmup included) of `total`.
+    pub done: usize,
+    pub total: usize,
+    pub warmup: bool,
+    /// Divergent transitions among the kept draws so far.
+    pub divergences: usize,
+    pub warmup_divergences: usize,
+    pub step_size: f64,
+}
+
+/// Receives per-chain MCMC progress. Called from the chains' threads.
+pub trait ChainProgress: Sync {
+    fn chain(&self, status: &ChainStatus);
+}
+
+impl ChainProgress for NoProgress {
+    fn chain(&self, _: &ChainStatus) {}
+}
