@@ -29,7 +29,7 @@ counts_for_fit <- function(fit, x, assay = NULL) {
 }
 
 run_analysis <- function(fit, what, counts, opts, n_samples, seed, num_threads = getOption("scribeR.num_threads", 1L)) {
-  if (!is(fit, "ScribeSVIResults")) abort_input("{.arg fit} must be a scribeR results object.")
+  if (!is(fit, "ScribeResults")) abort_input("{.arg fit} must be a scribeR results object.")
   n_draws <- 0L
   draw_seed <- 0
   if (!is.null(n_samples)) {

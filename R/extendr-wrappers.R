@@ -16,3 +16,7 @@ rs_simulate_nb <- function(model, n_genes, n_cells, n_components, r, p, nu, gate
 rs_nb_analysis <- function(model, params, n_draws, seed, what, counts, opts, num_threads) {
   .Call(wrap__rs_nb_analysis, model, params, n_draws, seed, what, counts, opts, num_threads)
 }
+
+rs_mcmc_fit <- function(n_genes, n_cells, p, i, x, model, mcmc, init, verbose, num_threads) {
+  .Call(wrap__rs_mcmc_fit, n_genes, n_cells, p, i, x, model, mcmc, init, verbose, num_threads)
+}

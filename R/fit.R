@@ -66,10 +66,31 @@
 #' every `check_every` steps after `warmup`, the mean of the last
 #' `smoothing_window` finite losses is compared with the best so far.
 #'
+#' @section MCMC:
+#' `inference_method = "mcmc"` samples the exact posterior with the No-U-Turn
+#' sampler (nuts-rs, the sampler of nutpie) in float64 on the unconstrained
+#' parameters (the links' Jacobians included), on the full data (no
+#' mini-batches) with mixtures marginalised. `n_chains` chains run in
+#' parallel; each chain's random stream derives from `seed` and its index, so
+#' draws do not depend on `num_threads`. Defaults follow the original: target
+#' acceptance 0.8, maximum tree depth 10, an adapted diagonal mass matrix and
+#' dual-averaging step size. nuts-rs adapts the mass matrix from draws and
+#' gradients in growing windows (its schedule, not Stan's); `mcmc_config =
+#' list(dense_mass = TRUE)` adds a low-rank correction for correlated
+#' posteriors. Chains start uniformly in (-2, 2) on the unconstrained scale,
+#' or, with `svi_init`, around an SVI fit's point estimate (mapped across
+#' parameterizations through the canonical `r`, `p`, capture and gate),
+#' within one SVI posterior standard deviation per coordinate, with the
+#' sampler preconditioned by the SVI scales (where the SVI and MCMC models
+#' share parameterization; otherwise by the diagonal of the log-posterior
+#' Hessian). Per-cell capture parameters make the dimension grow with the
+#' number of cells; a warning says so when it gets large.
+#'
 #' @param x Counts: see Description.
 #' @param model One of `"nbdm"`, `"nbvcp"`, `"zinb"`, `"zinbvcp"`. Default
 #'   `"nbvcp"` (or the model implied by the flags).
-#' @param inference_method `"svi"` (implemented), `"mcmc"`, `"vae"`, `"laplace"`.
+#' @param inference_method `"svi"` (default) or `"mcmc"` (NUTS; see the MCMC
+#'   section). `"vae"` and `"laplace"` are not available yet.
 #' @param parameterization See the Parameterizations section.
 #' @param unconstrained Use transformed-Normal priors and guides.
 #' @param positive_transform `"softplus"` (default) or `"exp"`: the link of
@@ -87,6 +108,14 @@
 #' @param stable_update Skip updates with a non-finite loss or gradient.
 #' @param restore_best Return the parameters of the best smoothed loss.
 #' @param early_stopping `NULL`, `TRUE` (defaults) or a list; see Early stopping.
+#' @param n_samples,n_warmup,n_chains MCMC: kept draws per chain (default
+#'   2000), warmup draws per chain (default 1000) and chains (default 1).
+#' @param svi_init MCMC: a [ScribeSVIResults-class] fit to the same data to
+#'   start the chains from; see the MCMC section.
+#' @param mcmc_config MCMC: `NULL` or a list with any of `target_accept_prob`
+#'   (0.8), `max_tree_depth` (10), `dense_mass` (`FALSE`), `init_radius` (2,
+#'   the half-width of uniform starts) and `init_spread` (1, the half-width of
+#'   starts around `svi_init`, in SVI standard deviations).
 #' @param seed Integer seed. `NULL` draws one from R's RNG, so `set.seed()`
 #'   makes fits reproducible; the seed used is stored in the result.
 #' @param num_threads Threads for the core; `NULL` = all cores. Results do not
@@ -97,19 +126,24 @@
 #'   `"counts"`) or Seurat object (default `"RNA"`).
 #' @param ... Must be empty: unknown arguments are an error that suggests
 #'   the closest argument name.
-#' @return A [ScribeSVIResults-class] object.
+#' @return A [ScribeSVIResults-class] or [ScribeMCMCResults-class] object.
 #' @seealso [scribe_counts()] for the supported input classes.
 #' @examples
 #' counts <- scribe_example_data()
 #' fit <- scribe_fit(counts, model = "nbdm", n_steps = 300, seed = 1, verbose = FALSE)
 #' fit
 #' head(get_map(fit)$r)
+#' small <- counts[order(-Matrix::rowSums(counts))[1:10], 1:100]
+#' mc <- scribe_fit(small, model = "nbdm", inference_method = "mcmc", n_samples = 200,
+#'                  n_warmup = 200, n_chains = 2, seed = 1, verbose = FALSE, drop_empty = TRUE)
+#' print_summary(mc)
 #' @export
 scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterization = "canonical",
                        unconstrained = FALSE, positive_transform = "softplus", priors = NULL,
                        zero_inflation = NULL, variable_capture = NULL, n_components = NULL,
                        mixture_params = "all", n_steps = 50000L, batch_size = NULL, optimizer_config = NULL,
                        stable_update = TRUE, restore_best = FALSE, early_stopping = NULL,
+                       n_samples = 2000L, n_warmup = 1000L, n_chains = 1L, svi_init = NULL, mcmc_config = NULL,
                        seed = NULL, num_threads = getOption("scribeR.num_threads", 1L),
                        verbose = interactive(), drop_empty = FALSE, assay = NULL, ...) {
   check_unknown_args(list(...))
@@ -123,6 +157,8 @@ scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterizati
     zero_inflation = zero_inflation, variable_capture = variable_capture, n_components = n_components,
     mixture_params = mixture_params, n_steps = n_steps, batch_size = batch_size, optimizer_config = optimizer_config,
     stable_update = stable_update, restore_best = restore_best, early_stopping = early_stopping,
+    n_samples = n_samples, n_warmup = n_warmup, n_chains = n_chains, svi_init = svi_init,
+    mcmc_config = mcmc_config,
     seed = seed, num_threads = num_threads, verbose = verbose, drop_empty = drop_empty
   )
 }
@@ -192,7 +228,8 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
 .fit_args <- c("model", "inference_method", "parameterization", "unconstrained", "positive_transform",
                "priors", "zero_inflation", "variable_capture", "n_components", "mixture_params", "n_steps",
                "batch_size",
-               "optimizer_config", "stable_update", "restore_best", "early_stopping", "seed",
+               "optimizer_config", "stable_update", "restore_best", "early_stopping",
+               "n_samples", "n_warmup", "n_chains", "svi_init", "mcmc_config", "seed",
                "num_threads", "verbose", "drop_empty", "assay")
 
 .scribe_fit_counts <- function(counts, model = NULL, inference_method = "svi",
@@ -201,7 +238,9 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
                                zero_inflation = NULL, variable_capture = NULL,
                                n_components = NULL, mixture_params = "all", n_steps = 50000L, batch_size = NULL,
                                optimizer_config = NULL, stable_update = TRUE,
-                               restore_best = FALSE, early_stopping = NULL, seed = NULL,
+                               restore_best = FALSE, early_stopping = NULL,
+                               n_samples = 2000L, n_warmup = 1000L, n_chains = 1L, svi_init = NULL,
+                               mcmc_config = NULL, seed = NULL,
                                num_threads = getOption("scribeR.num_threads", 1L),
                                verbose = interactive(), drop_empty = FALSE) {
   model <- resolve_model(model, zero_inflation, variable_capture)
@@ -212,8 +251,11 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
       "i" = "Those engines are not available in this version of scribeR."
     ))
   }
-  if (inference_method != "svi") {
-    abort_unsupported("{.code inference_method = \"{inference_method}\"} is not available in this version of scribeR; use {.val svi}.")
+  if (!inference_method %in% c("svi", "mcmc")) {
+    abort_unsupported("{.code inference_method = \"{inference_method}\"} is not available in this version of scribeR; use {.val svi} or {.val mcmc}.")
+  }
+  if (!is.null(svi_init) && inference_method != "mcmc") {
+    abort_input("{.arg svi_init} is only used with {.code inference_method = \"mcmc\"}, not {.val {inference_method}}.")
   }
   parameterization <- .parameterizations[[match_choice(parameterization, names(.parameterizations), "parameterization")]]
   check_flag(unconstrained, "unconstrained")
@@ -255,6 +297,15 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
     model_spec$n_components <- as.numeric(n_components)
     model_spec$mixture_params <- resolve_mixture_params(mixture_params, model, parameterization)
     model_spec$mixing_concentration <- if (is.null(mixing)) 1 else as.numeric(mixing)
+  }
+  if (inference_method == "mcmc") {
+    ignored <- c(batch_size = !is.null(batch_size), optimizer_config = !is.null(optimizer_config),
+                 early_stopping = !is.null(early_stopping))
+    if (any(ignored)) {
+      cli::cli_warn("MCMC uses the full data and no optimiser: {.arg {names(ignored)[ignored]}} {?is/are} ignored.")
+    }
+    return(fit_mcmc(counts, v$dropped_cells, model_spec, n_samples, n_warmup, n_chains, svi_init,
+                    mcmc_config, seed, num_threads, verbose))
   }
   svi <- list(
     n_steps = as.numeric(n_steps), batch_size = if (is.null(batch_size)) NULL else as.numeric(batch_size),

@@ -15,8 +15,11 @@ use scribe_core::posterior::draws::NbDraws;
 use scribe_core::posterior::loglik::{log_likelihood, responsibilities, By};
 use scribe_core::posterior::normalize::{cell_fractions, dirichlet_samples, mean_composition};
 use scribe_core::posterior::predictive::predictive;
-use scribe_core::posterior::{guide_blocks, nb_sites, GuideBlock};
-use scribe_core::progress::{Cancel, Progress};
+use scribe_core::mcmc::init::svi_start;
+use scribe_core::posterior::{guide_blocks, n_comp_of, nb_sites, GuideBlock};
+use scribe_core::mcmc::{MassMatrix, McmcConfig, Start};
+use scribe_core::posterior::{nb_sites_from_draws, DrawBlock, Pick, Site};
+use scribe_core::progress::{Cancel, ChainProgress, ChainStatus, Progress};
 use scribe_core::svi::early_stop::EarlyStopping;
 use scribe_core::svi::optim::OptimizerConfig;
 use scribe_core::svi::{initial_guide, SviConfig};
@@ -264,6 +267,40 @@ fn pool(num_threads: i32) -> Result<rayon::ThreadPool> {
 #[derive(Default)]
 struct SharedProgress {
     state: Mutex<Option<(usize, usize, f64)>>,
+    /// MCMC: the latest status of each chain.
+    chains: Mutex<Vec<Option<ChainStatus>>>,
+}
+
+impl ChainProgress for SharedProgress {
+    fn chain(&self, st: &ChainStatus) {
+        if let Ok(mut v) = self.chains.lock() {
+            if v.len() <= st.chain {
+                v.resize(st.chain + 1, None);
+            }
+            v[st.chain] = Some(*st);
+        }
+    }
+}
+
+/// One line for all chains: draws done, warmup or sampling, divergences, step size.
+fn chains_line(label: &str, v: &[Option<ChainStatus>]) -> String {
+    let parts: Vec<String> = v
+        .iter()
+        .flatten()
+        .map(|s| {
+            let w = s.total.to_string().len();
+            format!(
+                "{}: {:>w$}/{}{} div {} eps {:.2e}",
+                s.chain + 1,
+                s.done,
+                s.total,
+                if s.warmup { " warmup" } else { "" },
+                s.divergences,
+                s.step_size
+            )
+        })
+        .collect();
+    format!("\r{label} {}   ", parts.join(" | "))
 }
 
 impl Progress for SharedProgress {
@@ -303,7 +340,21 @@ fn run_with_progress<T: Send>(
             r
         });
         let mut last = None;
+        let mut last_chains = Vec::new();
         let mut show = |force: bool| {
+            let chains = progress
+                .chains
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if !chains.is_empty() {
+                if verbose && (chains != last_chains || force) {
+                    reprint!("{}", chains_line(label, &chains));
+                    printed = true;
+                }
+                last_chains = chains;
+                return;
+            }
             let cur = *progress.state.lock().unwrap_or_else(|e| e.into_inner());
             if verbose && (cur != last || force) {
                 if let Some((step, total, loss)) = cur {
@@ -377,36 +428,21 @@ fn rs_svi_fit(
     })?;
     let mut names = Vec::new();
     let mut blocks: Vec<Robj> = Vec::new();
-    let mut priors: Vec<Robj> = Vec::new();
-    for (b, gb) in guide_blocks(nb.layout(), &fit.params, data.n_genes)
-        .into_iter()
-        .enumerate()
-    {
-        let kind = match gb.kind {
-            BlockKind::Gene => "gene",
-            BlockKind::Scalar => "scalar",
-            BlockKind::Cell => "cell",
-        };
-        priors.push(if gb.name == "mixing_weights" {
-            let a = nb.spec.mixture.map_or(1.0, |m| m.concentration);
-            list!(family = "dirichlet", hyper = vec![a]).into()
-        } else {
-            prior_robj(&nb.prior(b, 0))
-        });
+    for gb in guide_blocks(nb.layout(), &fit.params, data.n_genes) {
         names.push(gb.name);
         blocks.push(
             list!(
                 loc = gb.loc,
                 scale = gb.scale,
                 link = gb.link.name(),
-                kind = kind,
+                kind = kind_name(gb.kind),
                 n_comp = gb.n_comp as i32
             )
             .into(),
         );
     }
-    let params = List::from_names_and_values(names.clone(), blocks)?;
-    let priors = List::from_names_and_values(names, priors)?;
+    let params = List::from_names_and_values(names, blocks)?;
+    let priors = block_priors(&nb)?;
     let best_step: Robj = fit.best_step.map_or(().into(), |s| ((s + 1) as f64).into());
     Ok(list!(
         params = params,
@@ -416,6 +452,199 @@ fn rs_svi_fit(
         best_step = best_step,
         best_loss = fit.best_loss,
         restored_best = fit.restored_best
+    )
+    .into())
+}
+
+fn kind_name(k: BlockKind) -> &'static str {
+    match k {
+        BlockKind::Gene => "gene",
+        BlockKind::Scalar => "scalar",
+        BlockKind::Cell => "cell",
+    }
+}
+
+fn parse_kind(s: &str) -> BlockKind {
+    match s {
+        "gene" => BlockKind::Gene,
+        "scalar" => BlockKind::Scalar,
+        _ => BlockKind::Cell,
+    }
+}
+
+/// The prior family and hyper-parameters of every block of the model.
+fn block_priors(nb: &NbModel) -> Result<List> {
+    let mut names = Vec::new();
+    let mut priors: Vec<Robj> = Vec::new();
+    for (b, block) in nb.layout().blocks.iter().enumerate() {
+        priors.push(if block.name == "mixing_weights" {
+            let a = nb.spec.mixture.map_or(1.0, |m| m.concentration);
+            list!(family = "dirichlet", hyper = vec![a]).into()
+        } else {
+            prior_robj(&nb.prior(b, 0))
+        });
+        names.push(block.name.clone());
+    }
+    List::from_names_and_values(names, priors)
+}
+
+fn draw_blocks_from_r(blocks: &Robj) -> Result<Vec<DrawBlock>> {
+    let l: List = blocks
+        .clone()
+        .try_into()
+        .map_err(|_| err("internal: draw blocks must be a list"))?;
+    let mut out = Vec::new();
+    for (name, blk) in l.iter() {
+        let a = Args::new(&blk, "draw block")?;
+        out.push(DrawBlock {
+            name: name.to_string(),
+            kind: parse_kind(&a.string("kind")?),
+            link: parse_link(&a.string("link")?)?,
+            offset: a.real("offset")? as usize,
+            len: a.real("len")? as usize,
+            n_comp: a.real_or("n_comp", 1.0)? as usize,
+        });
+    }
+    Ok(out)
+}
+
+/// The sites of a fit's `params`: the guide (SVI: MAP or guide draws) or the
+/// MCMC draws matrix (posterior means, or `n_draws` evenly spaced draws,
+/// recycled when more are asked for than were kept).
+fn fit_sites(spec: &NbSpec, params: &Robj, n_draws: i32, seed: f64) -> Result<Vec<Site>> {
+    let a = Args::new(params, "params")?;
+    if let (Some(draws), Some(blocks)) = (a.get("draws"), a.get("blocks")) {
+        let x = draws
+            .as_real_slice()
+            .ok_or_else(|| err("internal: draws must be double"))?;
+        let blocks = draw_blocks_from_r(blocks)?;
+        let dim = blocks.iter().map(|b| b.offset + b.len).max().unwrap_or(0);
+        let total = x.len() / dim.max(1);
+        let pick = if n_draws <= 0 {
+            Pick::Mean
+        } else {
+            let n = n_draws as usize;
+            Pick::Draws(
+                (0..n)
+                    .map(|i| if n <= total { i * total / n } else { i % total })
+                    .collect(),
+            )
+        };
+        return nb_sites_from_draws(spec, &blocks, x, dim, &pick).map_err(core_err);
+    }
+    let blocks = guide_blocks_from_r(params)?;
+    let draws = (n_draws > 0).then_some((n_draws as usize, seed as u64));
+    nb_sites(spec, &blocks, draws).map_err(core_err)
+}
+
+/// Samples an NB-family model's posterior by NUTS. `mcmc` holds the sampler
+/// settings; `init` is NULL (uniform start) or list(model, params) of an SVI
+/// fit to start from.
+/// @noRd
+#[allow(clippy::too_many_arguments)]
+#[extendr]
+fn rs_mcmc_fit(
+    n_genes: i32,
+    n_cells: i32,
+    p: Robj,
+    i: Robj,
+    x: Robj,
+    model: Robj,
+    mcmc: Robj,
+    init: Robj,
+    verbose: bool,
+    num_threads: i32,
+) -> Result<Robj> {
+    let data = counts_from_slots(n_genes, n_cells, &p, &i, &x)?;
+    let spec = nb_spec(&model)?;
+    let a = Args::new(&mcmc, "mcmc")?;
+    let cfg = McmcConfig {
+        n_samples: a.real("n_samples")? as usize,
+        n_warmup: a.real("n_warmup")? as usize,
+        n_chains: a.real("n_chains")? as usize,
+        seed: a.real("seed")? as u64,
+        target_accept: a.real_or("target_accept_prob", 0.8)?,
+        max_tree_depth: a.real_or("max_tree_depth", 10.0)? as usize,
+        mass_matrix: if a.get("dense_mass").is_some() && a.boolean("dense_mass")? {
+            MassMatrix::LowRank
+        } else {
+            MassMatrix::Diagonal
+        },
+    };
+    let nb = NbModel::new(spec, &data).map_err(core_err)?;
+    let svi = if init.is_null() {
+        None
+    } else {
+        let ia = Args::new(&init, "svi_init")?;
+        let need = |k: &str| ia.get(k).ok_or_else(|| err(format!("internal: svi_init${k}")));
+        let sspec = nb_spec(need("model")?)?;
+        let guide = guide_blocks_from_r(need("params")?)?;
+        let sites = nb_sites(&sspec, &guide, None).map_err(core_err)?;
+        Some((guide, sites))
+    };
+    let radius = a.real_or("init_radius", 2.0)?;
+    let spread = a.real_or("init_spread", 1.0)?;
+    let fit = run_with_progress("MCMC", verbose, num_threads, |pr, ca| {
+        let start = match &svi {
+            None => Start::Uniform { radius },
+            Some((guide, sites)) => {
+                let (loc, scale) = svi_start(&nb, sites, guide)?;
+                Start::Around { loc, scale, spread }
+            }
+        };
+        scribe_core::mcmc::run(&nb, &cfg, &start, pr, ca)
+    })?;
+    let mut names = Vec::new();
+    let mut blocks: Vec<Robj> = Vec::new();
+    for b in &nb.layout().blocks {
+        names.push(b.name.clone());
+        blocks.push(
+            list!(
+                link = b.link.name(),
+                kind = kind_name(b.kind),
+                n_comp = n_comp_of(b, data.n_genes) as i32,
+                offset = b.offset as i32,
+                len = b.len as i32
+            )
+            .into(),
+        );
+    }
+    let blocks = List::from_names_and_values(names, blocks)?;
+    let cat = |f: &dyn Fn(&scribe_core::mcmc::ChainTrace) -> Vec<f64>| -> Vec<f64> {
+        fit.chains.iter().flat_map(f).collect()
+    };
+    let chain: Vec<i32> = fit
+        .chains
+        .iter()
+        .enumerate()
+        .flat_map(|(k, c)| std::iter::repeat_n(k as i32 + 1, c.diverging.len()))
+        .collect();
+    let diverging: Vec<bool> = fit.chains.iter().flat_map(|c| c.diverging.clone()).collect();
+    let stats = list!(
+        chain = chain,
+        diverging = diverging,
+        tree_depth = cat(&|c| c.tree_depth.iter().map(|&v| v as f64).collect()),
+        n_leapfrog = cat(&|c| c.n_leapfrog.iter().map(|&v| v as f64).collect()),
+        step_size = cat(&|c| c.step_size.clone()),
+        energy = cat(&|c| c.energy.clone()),
+        lp = cat(&|c| c.lp.clone())
+    );
+    let per_chain = list!(
+        e_bfmi = fit.chains.iter().map(|c| c.e_bfmi()).collect::<Vec<f64>>(),
+        warmup_divergences = fit
+            .chains
+            .iter()
+            .map(|c| c.warmup_divergences as i32)
+            .collect::<Vec<i32>>(),
+        n_grad = fit.chains.iter().map(|c| c.n_grad as f64).collect::<Vec<f64>>()
+    );
+    Ok(list!(
+        draws = cat(&|c| c.draws.clone()),
+        dim = fit.dim as i32,
+        blocks = blocks,
+        priors = block_priors(&nb)?,
+        stats = stats,
+        per_chain = per_chain
     )
     .into())
 }
@@ -461,9 +690,7 @@ fn guide_blocks_from_r(params: &Robj) -> Result<Vec<GuideBlock>> {
 #[extendr]
 fn rs_nb_sites(model: Robj, params: Robj, n_draws: i32, seed: f64) -> Result<Robj> {
     let spec = nb_spec(&model)?;
-    let blocks = guide_blocks_from_r(&params)?;
-    let draws = (n_draws > 0).then_some((n_draws as usize, seed as u64));
-    let sites = nb_sites(&spec, &blocks, draws).map_err(core_err)?;
+    let sites = fit_sites(&spec, &params, n_draws, seed)?;
     // Each site: its values (draw index fastest, then element, then component)
     // with the shape c(n_draws, len, n_comp); R names and arranges them.
     let mut names = Vec::new();
@@ -471,12 +698,7 @@ fn rs_nb_sites(model: Robj, params: Robj, n_draws: i32, seed: f64) -> Result<Rob
     for s in sites {
         names.push(s.name.clone());
         let shape = vec![s.n_draws as i32, s.len() as i32, s.n_comp as i32];
-        let kind = match s.kind {
-            BlockKind::Gene => "gene",
-            BlockKind::Scalar => "scalar",
-            BlockKind::Cell => "cell",
-        };
-        vals.push(list!(values = s.values, shape = shape, kind = kind).into());
+        vals.push(list!(values = s.values, shape = shape, kind = kind_name(s.kind)).into());
     }
     Ok(List::from_names_and_values(names, vals)?.into())
 }
@@ -616,9 +838,7 @@ fn rs_nb_analysis(
     num_threads: i32,
 ) -> Result<Robj> {
     let spec = nb_spec(&model)?;
-    let blocks = guide_blocks_from_r(&params)?;
-    let draws = (n_draws > 0).then_some((n_draws as usize, seed as u64));
-    let sites = nb_sites(&spec, &blocks, draws).map_err(core_err)?;
+    let sites = fit_sites(&spec, &params, n_draws, seed)?;
     let o = Args::new(&opts, "opts")?;
     let mut d = NbDraws::from_sites(spec.variant, &sites).map_err(core_err)?;
     if let Some(n) = o.opt_real("replicate_map")? {
@@ -717,4 +937,5 @@ extendr_module! {
     fn rs_nb_sites;
     fn rs_simulate_nb;
     fn rs_nb_analysis;
+    fn rs_mcmc_fit;
 }

@@ -30,7 +30,9 @@ fn site<'a>(sites: &'a [Site], name: &str) -> Result<&'a Site> {
 /// from an SVI fit's MAP `sites` (as returned by `posterior::nb_sites`).
 /// Scales come from the SVI guide where it has the same block with the same
 /// link (same parameterization); otherwise from the diagonal of the
-/// log-posterior Hessian at the starting point.
+/// log-posterior Hessian at the starting point. Blocks the SVI fit has no
+/// estimate for (capture or gate when the SVI model lacks them) start at the
+/// model's own data-driven starting point.
 pub fn svi_start(
     model: &NbModel<'_>,
     sites: &[Site],
@@ -38,8 +40,18 @@ pub fn svi_start(
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     let n_genes = model.data().n_genes;
     let n_cells = model.data().n_cells;
-    let mut x = vec![0.0; model.layout().total];
+    let mut x = model.initial_point();
+    let has = |n: &str| sites.iter().any(|s| s.name == n);
     for block in &model.layout().blocks {
+        let source = match block.name.as_str() {
+            "p" | "phi" => "p",
+            "p_capture" | "phi_capture" | "eta_capture" if !has("p_capture") => "p_hat",
+            "p_capture" | "phi_capture" | "eta_capture" => "p_capture",
+            other => other,
+        };
+        if !has(source) {
+            continue;
+        }
         let k_target = match block.kind {
             BlockKind::Gene => block.len / n_genes.max(1),
             _ => 1,
@@ -107,7 +119,7 @@ pub fn svi_start(
                 set(v);
             }
             "p_capture" | "phi_capture" | "eta_capture" => {
-                let s = site(sites, "p_capture").or_else(|_| site(sites, "p_hat"))?;
+                let s = site(sites, source)?;
                 if s.len() != n_cells {
                     return Err(CoreError::arg("svi_init", "was fitted to different cells"));
                 }

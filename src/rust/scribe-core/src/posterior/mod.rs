@@ -54,14 +54,19 @@ pub fn guide_blocks(
                 .iter()
                 .map(|v| v.exp())
                 .collect(),
-            n_comp: match b.kind {
-                _ if b.name == "mixing_weights" => 1,
-                BlockKind::Gene => b.len / n_genes.max(1),
-                BlockKind::Scalar => b.len,
-                BlockKind::Cell => 1,
-            },
+            n_comp: n_comp_of(b, n_genes),
         })
         .collect()
+}
+
+/// Mixture components along a layout block (1 if shared).
+pub fn n_comp_of(b: &crate::models::Block, n_genes: usize) -> usize {
+    match b.kind {
+        _ if b.name == "mixing_weights" => 1,
+        BlockKind::Gene => b.len / n_genes.max(1),
+        BlockKind::Scalar => b.len,
+        BlockKind::Cell => 1,
+    }
 }
 
 /// A named site with `n_draws × len` values, draw index fastest (column-major in R).
@@ -183,6 +188,132 @@ pub fn nb_sites(
     draws: Option<(usize, u64)>,
 ) -> Result<Vec<Site>> {
     let mut sites = sampled_sites(blocks, draws);
+    if let Some(mix) = blocks.iter().find(|b| b.name == "mixing_weights") {
+        let n = sites[0].n_draws;
+        let k_n = mix.loc.len() + 1;
+        let mut w = vec![0.0; n * k_n];
+        let mut rng = ChaCha8Rng::seed_from_u64(draws.map_or(0, |d| d.1) ^ 0x006d_6978);
+        let mut z = vec![0.0; k_n];
+        for s in 0..n {
+            for j in 0..k_n - 1 {
+                let e: f64 = if draws.is_some() {
+                    rng.sample(StandardNormal)
+                } else {
+                    0.0
+                };
+                z[j] = mix.loc[j] + mix.scale[j] * e;
+            }
+            z[k_n - 1] = 0.0;
+            softmax_into(&z, |k, v| w[k * n + s] = v);
+        }
+        sites.retain(|s| s.name != "mixing_weights");
+        sites.push(Site {
+            name: "mixing_weights".into(),
+            kind: BlockKind::Scalar,
+            n_draws: n,
+            n_comp: k_n,
+            values: w,
+        });
+    }
+    derive_nb_sites(spec, sites)
+}
+
+fn softmax_into(z: &[f64], mut put: impl FnMut(usize, f64)) {
+    let mx = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let tot: f64 = z.iter().map(|v| (v - mx).exp()).sum();
+    for (k, v) in z.iter().enumerate() {
+        put(k, (v - mx).exp() / tot);
+    }
+}
+
+/// A block of an MCMC draws matrix (unconstrained coordinates).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrawBlock {
+    pub name: String,
+    pub kind: BlockKind,
+    pub link: Link,
+    pub offset: usize,
+    pub len: usize,
+    /// Mixture components along the block (1 if shared).
+    pub n_comp: usize,
+}
+
+/// Which MCMC draws to summarise.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pick {
+    /// Posterior means of the sampled sites (derived sites by plug-in).
+    Mean,
+    /// These draws (columns of the draws matrix).
+    Draws(Vec<usize>),
+}
+
+/// Sampled plus derived NB sites from MCMC draws: `x` holds one draw of all
+/// `dim` unconstrained coordinates per column.
+pub fn nb_sites_from_draws(
+    spec: &NbSpec,
+    blocks: &[DrawBlock],
+    x: &[f64],
+    dim: usize,
+    pick: &Pick,
+) -> Result<Vec<Site>> {
+    let n_total = x.len() / dim.max(1);
+    let cols: Vec<usize> = match pick {
+        Pick::Mean => (0..n_total).collect(),
+        Pick::Draws(c) => c.clone(),
+    };
+    if cols.is_empty() || cols.iter().any(|&c| c >= n_total) {
+        return Err(CoreError::arg("n_samples", "no such posterior draws"));
+    }
+    let n = cols.len();
+    let mut sites = Vec::with_capacity(blocks.len());
+    for b in blocks {
+        if b.name == "mixing_weights" {
+            let k_n = b.len + 1;
+            let mut w = vec![0.0; n * k_n];
+            let mut z = vec![0.0; k_n];
+            for (s, &c) in cols.iter().enumerate() {
+                z[..b.len].copy_from_slice(&x[c * dim + b.offset..c * dim + b.offset + b.len]);
+                z[b.len] = 0.0;
+                softmax_into(&z, |k, v| w[k * n + s] = v);
+            }
+            sites.push(Site {
+                name: b.name.clone(),
+                kind: b.kind,
+                n_draws: n,
+                n_comp: k_n,
+                values: w,
+            });
+            continue;
+        }
+        let mut values = vec![0.0; n * b.len];
+        for (s, &c) in cols.iter().enumerate() {
+            for j in 0..b.len {
+                values[j * n + s] = b.link.forward(x[c * dim + b.offset + j]);
+            }
+        }
+        sites.push(Site {
+            name: b.name.clone(),
+            kind: b.kind,
+            n_draws: n,
+            n_comp: b.n_comp,
+            values,
+        });
+    }
+    if *pick == Pick::Mean {
+        for site in &mut sites {
+            let m = site.values.len() / n;
+            site.values = (0..m)
+                .map(|j| site.values[j * n..(j + 1) * n].iter().sum::<f64>() / n as f64)
+                .collect();
+            site.n_draws = 1;
+        }
+    }
+    derive_nb_sites(spec, sites)
+}
+
+/// Adds the derived NB sites (`r`, `mu`, `p`, `phi`, capture `p_capture`
+/// and `p_hat`) to the sampled ones, per draw.
+fn derive_nb_sites(spec: &NbSpec, mut sites: Vec<Site>) -> Result<Vec<Site>> {
     let get = |name: &str, sites: &[Site]| -> Result<Site> {
         sites
             .iter()
@@ -237,7 +368,7 @@ pub fn nb_sites(
         n_comp,
         values,
     };
-    sites.retain(|s| !matches!(s.name.as_str(), "r" | "mu" | "p" | "phi" | "mixing_weights"));
+    sites.retain(|s| !matches!(s.name.as_str(), "r" | "mu" | "p" | "phi"));
     sites.push(derived("r", BlockKind::Gene, k_rp, r));
     sites.push(derived("mu", BlockKind::Gene, k_rp, mu));
     sites.push(derived("p", BlockKind::Scalar, k_s, p.clone()));
@@ -247,35 +378,6 @@ pub fn nb_sites(
         k_s,
         p.iter().map(|p| (1.0 - p) / p).collect(),
     ));
-    if let Some(mix) = blocks.iter().find(|b| b.name == "mixing_weights") {
-        let k_n = mix.loc.len() + 1;
-        let mut w = vec![0.0; n * k_n];
-        let mut rng = ChaCha8Rng::seed_from_u64(draws.map_or(0, |d| d.1) ^ 0x006d_6978);
-        let mut z = vec![0.0; k_n];
-        for s in 0..n {
-            for j in 0..k_n - 1 {
-                let e: f64 = if draws.is_some() {
-                    rng.sample(StandardNormal)
-                } else {
-                    0.0
-                };
-                z[j] = mix.loc[j] + mix.scale[j] * e;
-            }
-            z[k_n - 1] = 0.0;
-            let mx = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let tot: f64 = z.iter().map(|v| (v - mx).exp()).sum();
-            for k in 0..k_n {
-                w[k * n + s] = (z[k] - mx).exp() / tot;
-            }
-        }
-        sites.push(Site {
-            name: "mixing_weights".into(),
-            kind: BlockKind::Scalar,
-            n_draws: n,
-            n_comp: k_n,
-            values: w,
-        });
-    }
     // Capture: ν, and the identified per-cell success probability p̂_c (per p component).
     let cap = sites.iter().find(|s| s.kind == BlockKind::Cell).cloned();
     if let Some(cap) = cap {
