@@ -318,7 +318,8 @@ print_summary <- function(object, prob = 0.9, derived = FALSE, max_rows = 20L, .
   cat(sprintf("Step size per chain: %s\n", paste(format(sd$step_size, digits = 3), collapse = ", ")))
   worst <- suppressWarnings(max(s$rhat, na.rm = TRUE))
   if (is.finite(worst) && worst > 1.01) {
-    cat(sprintf("Largest R-hat %.3f > 1.01: the chains have not mixed; run longer or start from svi_init.\n", worst))
+    cat(sprintf("Largest R-hat %.3f > 1.01: the chains have not mixed yet; run more draws%s.\n", worst,
+                if (isTRUE(object@config$svi_init)) "" else " or start them from an SVI fit (svi_init)"))
   }
   invisible(s)
 }

@@ -43,6 +43,10 @@ test_that("an MCMC fit exposes draws, summaries and diagnostics", {
   expect_true(all(is.finite(ll)))
   pp <- posterior_predictive(fit, n_samples = 4, genes = 1:3)
   expect_equal(dim(pp), c(4L, 60L, 3L))
+  sub <- fit[2:4, ]
+  expect_equal(get_samples(sub)$r, s$r[, 2:4])
+  expect_equal(log_likelihood(sub, sim$counts[2:4, ], by = "gene", n_samples = 10),
+               log_likelihood(fit, sim$counts, by = "gene", n_samples = 10)[, 2:4])
   f <- tempfile(fileext = ".rds")
   saveRDS(fit, f)
   expect_equal(get_samples(readRDS(f))$p, s$p)

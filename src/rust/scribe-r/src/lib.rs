@@ -7,6 +7,8 @@ use extendr_api::prelude::*;
 use extendr_api::Result;
 use scribe_core::data::CountMatrix;
 use scribe_core::dist::{Link, Prior};
+use scribe_core::mcmc::init::svi_start;
+use scribe_core::mcmc::{MassMatrix, McmcConfig, Start};
 use scribe_core::models::nb::{NbModel, NbSpec, Parameterization, Variant};
 use scribe_core::models::simulate::{simulate_nb, NbTruth};
 use scribe_core::models::{BlockKind, Model};
@@ -15,9 +17,7 @@ use scribe_core::posterior::draws::NbDraws;
 use scribe_core::posterior::loglik::{log_likelihood, responsibilities, By};
 use scribe_core::posterior::normalize::{cell_fractions, dirichlet_samples, mean_composition};
 use scribe_core::posterior::predictive::predictive;
-use scribe_core::mcmc::init::svi_start;
 use scribe_core::posterior::{guide_blocks, n_comp_of, nb_sites, GuideBlock};
-use scribe_core::mcmc::{MassMatrix, McmcConfig, Start};
 use scribe_core::posterior::{nb_sites_from_draws, DrawBlock, Pick, Site};
 use scribe_core::progress::{Cancel, ChainProgress, ChainStatus, Progress};
 use scribe_core::svi::early_stop::EarlyStopping;
@@ -576,7 +576,10 @@ fn rs_mcmc_fit(
         None
     } else {
         let ia = Args::new(&init, "svi_init")?;
-        let need = |k: &str| ia.get(k).ok_or_else(|| err(format!("internal: svi_init${k}")));
+        let need = |k: &str| {
+            ia.get(k)
+                .ok_or_else(|| err(format!("internal: svi_init${k}")))
+        };
         let sspec = nb_spec(need("model")?)?;
         let guide = guide_blocks_from_r(need("params")?)?;
         let sites = nb_sites(&sspec, &guide, None).map_err(core_err)?;
@@ -619,7 +622,11 @@ fn rs_mcmc_fit(
         .enumerate()
         .flat_map(|(k, c)| std::iter::repeat_n(k as i32 + 1, c.diverging.len()))
         .collect();
-    let diverging: Vec<bool> = fit.chains.iter().flat_map(|c| c.diverging.clone()).collect();
+    let diverging: Vec<bool> = fit
+        .chains
+        .iter()
+        .flat_map(|c| c.diverging.clone())
+        .collect();
     let stats = list!(
         chain = chain,
         diverging = diverging,
@@ -636,7 +643,11 @@ fn rs_mcmc_fit(
             .iter()
             .map(|c| c.warmup_divergences as i32)
             .collect::<Vec<i32>>(),
-        n_grad = fit.chains.iter().map(|c| c.n_grad as f64).collect::<Vec<f64>>()
+        n_grad = fit
+            .chains
+            .iter()
+            .map(|c| c.n_grad as f64)
+            .collect::<Vec<f64>>()
     );
     Ok(list!(
         draws = cat(&|c| c.draws.clone()),
