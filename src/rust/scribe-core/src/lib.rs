@@ -12,6 +12,7 @@
 pub mod data;
 pub mod dist;
 pub mod error;
+pub mod laplace;
 pub mod math;
 pub mod mcmc;
 pub mod models;
