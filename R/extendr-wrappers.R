@@ -20,3 +20,7 @@ rs_nb_analysis <- function(model, params, n_draws, seed, what, counts, opts, num
 rs_mcmc_fit <- function(n_genes, n_cells, p, i, x, model, mcmc, init, verbose, num_threads) {
   .Call(wrap__rs_mcmc_fit, n_genes, n_cells, p, i, x, model, mcmc, init, verbose, num_threads)
 }
+
+rs_laplace_fit <- function(n_genes, n_cells, p, i, x, model, laplace, verbose, num_threads) {
+  .Call(wrap__rs_laplace_fit, n_genes, n_cells, p, i, x, model, laplace, verbose, num_threads)
+}

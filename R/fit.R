@@ -86,6 +86,22 @@
 #' Hessian). Per-cell capture parameters make the dimension grow with the
 #' number of cells; a warning says so when it gets large.
 #'
+#' @section Laplace:
+#' `model = "pln", inference_method = "laplace"` fits the Poisson log-normal
+#' model `x_c ~ N(mu, W W^T + diag(d))`, `u_cg ~ Poisson(exp(x_cg))`. Each
+#' cell's MAP `x_c` comes from damped Newton steps (warm-started across outer
+#' steps); every solve uses nested Woodbury identities, so no genes x genes
+#' matrix is formed and a Newton step costs O(G k^2 + k^3) per cell. The
+#' global `mu`, `W` and `d` follow the optimiser (`optimizer_config`, default
+#' Adam 1e-3) on the Laplace approximation of the marginal likelihood, with
+#' the MAPs held fixed; mini-batches with `batch_size`. The start is a PCA of
+#' `log(u + 1)`. Cells whose ELBO turns non-finite are left out of that step;
+#' a loss that turns non-finite or grows 1000-fold stops the fit with the best
+#' parameters restored. After the last step every cell gets a final Newton
+#' sweep, and cells whose gradient norm stays above `10 x newton_tolerance`
+#' are re-solved with more iterations and damping. Not yet available: the
+#' capture block, NBLN, LNM, LNMVCP, loadings shrinkage priors.
+#'
 #' @param x Counts: see Description.
 #' @param model One of `"nbdm"`, `"nbvcp"`, `"zinb"`, `"zinbvcp"`. Default
 #'   `"nbvcp"` (or the model implied by the flags).
@@ -116,6 +132,16 @@
 #'   (0.8), `max_tree_depth` (10), `dense_mass` (`FALSE`), `init_radius` (2,
 #'   the half-width of uniform starts) and `init_spread` (1, the half-width of
 #'   starts around `svi_init`, in SVI standard deviations).
+#' @param latent_dim Laplace: dimension `k` of the loadings `W` in
+#'   `Sigma = W W^T + diag(d)` (default 10). `vae_latent_dim` is its legacy
+#'   alias; giving both is an error.
+#' @param vae_latent_dim Legacy alias of `latent_dim`.
+#' @param laplace_config Laplace: `NULL` or a list with any of
+#'   `n_newton_steps` (5), `damping` (0.01), `newton_tolerance` (1e-4),
+#'   `newton_max_step` (5), `convergence_action` (`"warn"`, `"raise"` or
+#'   `"ignore"`), `rescue_diverged_cells` (`TRUE`),
+#'   `rescue_threshold_multiplier` (10), `rescue_n_newton` (50),
+#'   `rescue_damping_multiplier` (10); see the Laplace section.
 #' @param seed Integer seed. `NULL` draws one from R's RNG, so `set.seed()`
 #'   makes fits reproducible; the seed used is stored in the result.
 #' @param num_threads Threads for the core; `NULL` = all cores. Results do not
@@ -126,7 +152,7 @@
 #'   `"counts"`) or Seurat object (default `"RNA"`).
 #' @param ... Must be empty: unknown arguments are an error that suggests
 #'   the closest argument name.
-#' @return A [ScribeSVIResults-class] or [ScribeMCMCResults-class] object.
+#' @return A [ScribeSVIResults-class], [ScribeMCMCResults-class] or [ScribeLaplaceResults-class] object.
 #' @seealso [scribe_counts()] for the supported input classes.
 #' @examples
 #' counts <- scribe_example_data()
@@ -144,6 +170,7 @@ scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterizati
                        mixture_params = "all", n_steps = 50000L, batch_size = NULL, optimizer_config = NULL,
                        stable_update = TRUE, restore_best = FALSE, early_stopping = NULL,
                        n_samples = 2000L, n_warmup = 1000L, n_chains = 1L, svi_init = NULL, mcmc_config = NULL,
+                       latent_dim = NULL, vae_latent_dim = NULL, laplace_config = NULL,
                        seed = NULL, num_threads = getOption("scribeR.num_threads", 1L),
                        verbose = interactive(), drop_empty = FALSE, assay = NULL, ...) {
   check_unknown_args(list(...))
@@ -158,7 +185,8 @@ scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterizati
     mixture_params = mixture_params, n_steps = n_steps, batch_size = batch_size, optimizer_config = optimizer_config,
     stable_update = stable_update, restore_best = restore_best, early_stopping = early_stopping,
     n_samples = n_samples, n_warmup = n_warmup, n_chains = n_chains, svi_init = svi_init,
-    mcmc_config = mcmc_config,
+    mcmc_config = mcmc_config, latent_dim = latent_dim, vae_latent_dim = vae_latent_dim,
+    laplace_config = laplace_config,
     seed = seed, num_threads = num_threads, verbose = verbose, drop_empty = drop_empty
   )
 }
@@ -229,7 +257,8 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
                "priors", "zero_inflation", "variable_capture", "n_components", "mixture_params", "n_steps",
                "batch_size",
                "optimizer_config", "stable_update", "restore_best", "early_stopping",
-               "n_samples", "n_warmup", "n_chains", "svi_init", "mcmc_config", "seed",
+               "n_samples", "n_warmup", "n_chains", "svi_init", "mcmc_config",
+               "latent_dim", "vae_latent_dim", "laplace_config", "seed",
                "num_threads", "verbose", "drop_empty", "assay")
 
 .scribe_fit_counts <- function(counts, model = NULL, inference_method = "svi",
@@ -240,19 +269,28 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
                                optimizer_config = NULL, stable_update = TRUE,
                                restore_best = FALSE, early_stopping = NULL,
                                n_samples = 2000L, n_warmup = 1000L, n_chains = 1L, svi_init = NULL,
-                               mcmc_config = NULL, seed = NULL,
+                               mcmc_config = NULL, latent_dim = NULL, vae_latent_dim = NULL,
+                               laplace_config = NULL, seed = NULL,
                                num_threads = getOption("scribeR.num_threads", 1L),
                                verbose = interactive(), drop_empty = FALSE) {
   model <- resolve_model(model, zero_inflation, variable_capture)
   inference_method <- match_choice(inference_method, c("svi", "mcmc", "vae", "laplace"), "inference_method")
   if (model %in% .lognormal_models) {
-    abort_unsupported(c(
-      "{.val {model}} is a log-normal model; it is fitted by {.code inference_method = \"laplace\"} or {.val vae}.",
-      "i" = "Those engines are not available in this version of scribeR."
-    ))
+    if (inference_method != "laplace") {
+      abort_unsupported(c(
+        "{.val {model}} is a log-normal model; it is fitted by {.code inference_method = \"laplace\"}.",
+        "i" = "The VAE engine, the other way to fit it, is not available in this version of scribeR."
+      ))
+    }
+    if (model != "pln") {
+      abort_unsupported("Laplace fits of {.val {model}} are not available in this version of scribeR; {.val pln} is.")
+    }
+  } else if (inference_method == "laplace") {
+    abort_input(c("{.code inference_method = \"laplace\"} fits the log-normal models ({.val {(.lognormal_models)}}), not {.val {model}}.",
+                  "i" = "Fit {.val {model}} by {.val svi} or {.val mcmc}."))
   }
-  if (!inference_method %in% c("svi", "mcmc")) {
-    abort_unsupported("{.code inference_method = \"{inference_method}\"} is not available in this version of scribeR; use {.val svi} or {.val mcmc}.")
+  if (!inference_method %in% c("svi", "mcmc", "laplace")) {
+    abort_unsupported("{.code inference_method = \"{inference_method}\"} is not available in this version of scribeR; use {.val svi}, {.val mcmc} or {.val laplace}.")
   }
   if (!is.null(svi_init) && inference_method != "mcmc") {
     abort_input("{.arg svi_init} is only used with {.code inference_method = \"mcmc\"}, not {.val {inference_method}}.")
@@ -276,6 +314,12 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
     if (batch_size > n_cells) {
       abort_input("{.arg batch_size} ({batch_size}) is larger than the number of cells ({n_cells}).")
     }
+  }
+  if (inference_method == "laplace") {
+    if (length(priors)) abort_unsupported("{.arg priors} are not available for Laplace fits of {.val {model}} yet.")
+    if (!is.null(early_stopping)) cli::cli_warn("Laplace fits do not use {.arg early_stopping} yet; it is ignored.")
+    return(fit_laplace(counts, v$dropped_cells, model, latent_dim, vae_latent_dim, laplace_config, n_steps,
+                       batch_size, optimizer_config, seed, num_threads, verbose))
   }
   mixing <- NULL
   if (is.list(priors) && !is.null(priors$mixing)) {

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub trait Progress: Sync {
     /// `step` steps of `total` are done; `loss` is the recent mean loss (NaN if unknown).
     fn report(&self, step: usize, total: usize, loss: f64);
+    /// Extra engine-specific text shown after the loss (e.g. Newton gradient norms).
+    fn detail(&self, _text: String) {}
 }
 
 /// Polled by engines between steps; `true` makes them stop with `CoreError::Cancelled`.

@@ -7,6 +7,7 @@ use extendr_api::prelude::*;
 use extendr_api::Result;
 use scribe_core::data::CountMatrix;
 use scribe_core::dist::{Link, Prior};
+use scribe_core::laplace::{run_pln, LaplaceConfig};
 use scribe_core::mcmc::init::svi_start;
 use scribe_core::mcmc::{MassMatrix, McmcConfig, Start};
 use scribe_core::models::nb::{NbModel, NbSpec, Parameterization, Variant};
@@ -267,6 +268,7 @@ fn pool(num_threads: i32) -> Result<rayon::ThreadPool> {
 #[derive(Default)]
 struct SharedProgress {
     state: Mutex<Option<(usize, usize, f64)>>,
+    detail: Mutex<String>,
     /// MCMC: the latest status of each chain.
     chains: Mutex<Vec<Option<ChainStatus>>>,
 }
@@ -307,6 +309,11 @@ impl Progress for SharedProgress {
     fn report(&self, step: usize, total: usize, loss: f64) {
         if let Ok(mut s) = self.state.lock() {
             *s = Some((step, total, loss));
+        }
+    }
+    fn detail(&self, text: String) {
+        if let Ok(mut d) = self.detail.lock() {
+            *d = text;
         }
     }
 }
@@ -359,7 +366,13 @@ fn run_with_progress<T: Send>(
             if verbose && (cur != last || force) {
                 if let Some((step, total, loss)) = cur {
                     let width = total.to_string().len();
-                    reprint!("\r{label} [{step:>width$}/{total}] loss {loss:.6e}   ");
+                    let detail = progress
+                        .detail
+                        .lock()
+                        .map(|d| d.clone())
+                        .unwrap_or_default();
+                    let sep = if detail.is_empty() { "" } else { ", " };
+                    reprint!("\r{label} [{step:>width$}/{total}] loss {loss:.6e}{sep}{detail}   ");
                     printed = true;
                 }
                 last = cur;
@@ -660,6 +673,71 @@ fn rs_mcmc_fit(
     .into())
 }
 
+/// Fits PLN by Laplace. `laplace` holds the engine settings (validated in R).
+/// Latents come back cell-major (`G` values per cell), loadings row-major.
+/// @noRd
+#[allow(clippy::too_many_arguments)]
+#[extendr]
+fn rs_laplace_fit(
+    n_genes: i32,
+    n_cells: i32,
+    p: Robj,
+    i: Robj,
+    x: Robj,
+    model: &str,
+    laplace: Robj,
+    verbose: bool,
+    num_threads: i32,
+) -> Result<Robj> {
+    let data = counts_from_slots(n_genes, n_cells, &p, &i, &x)?;
+    if model != "pln" {
+        return Err(err(format!(
+            "internal: Laplace model '{model}' is not implemented"
+        )));
+    }
+    let a = Args::new(&laplace, "laplace")?;
+    let d = LaplaceConfig::default();
+    let cfg = LaplaceConfig {
+        latent_dim: a.real("latent_dim")? as usize,
+        n_steps: a.real("n_steps")? as usize,
+        batch_size: a.opt_real("batch_size")?.map(|b| b as usize),
+        n_newton_steps: a.real_or("n_newton_steps", d.n_newton_steps as f64)? as usize,
+        damping: a.real_or("damping", d.damping)?,
+        newton_tolerance: a.real_or("newton_tolerance", d.newton_tolerance)?,
+        newton_max_step: a.real_or("newton_max_step", d.newton_max_step)?,
+        rescue_diverged_cells: if a.get("rescue_diverged_cells").is_some() {
+            a.boolean("rescue_diverged_cells")?
+        } else {
+            d.rescue_diverged_cells
+        },
+        rescue_threshold_multiplier: a
+            .real_or("rescue_threshold_multiplier", d.rescue_threshold_multiplier)?,
+        rescue_n_newton: a.real_or("rescue_n_newton", d.rescue_n_newton as f64)? as usize,
+        rescue_damping_multiplier: a
+            .real_or("rescue_damping_multiplier", d.rescue_damping_multiplier)?,
+        optimizer: optimizer(a.get("optimizer_config"))?,
+        seed: a.real("seed")? as u64,
+        n_reports: 100,
+    };
+    let fit = run_with_progress("Laplace", verbose, num_threads, |pr, ca| {
+        run_pln(&data, &cfg, pr, ca)
+    })?;
+    let none = || -> Robj { ().into() };
+    Ok(list!(
+        mu = fit.mu,
+        w = fit.w,
+        d = fit.d,
+        latents = fit.latents,
+        latent_dim = fit.latent_dim as i32,
+        loss_history = fit.loss_history,
+        grad_norms = fit.grad_norms,
+        rescued = fit.rescued,
+        masked_cells = fit.masked_cells as i32,
+        aborted = fit.aborted.map_or_else(none, |s| s.into())
+    )
+    .into())
+}
+
 fn guide_blocks_from_r(params: &Robj) -> Result<Vec<GuideBlock>> {
     let l: List = params
         .clone()
@@ -949,4 +1027,5 @@ extendr_module! {
     fn rs_simulate_nb;
     fn rs_nb_analysis;
     fn rs_mcmc_fit;
+    fn rs_laplace_fit;
 }

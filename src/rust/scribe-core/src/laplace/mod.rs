@@ -244,7 +244,7 @@ pub fn run_pln(
             .iter()
             .flat_map(|&c| latents[c * g..(c + 1) * g].iter().copied())
             .collect();
-        let (elbo, _norms, masked, grad) = sweep(
+        let (elbo, norms, masked, grad) = sweep(
             data,
             &cells,
             &mut lat,
@@ -286,6 +286,8 @@ pub fn run_pln(
         }
         opt.step(&mut th, &lg);
         if (step + 1) % report_every == 0 || step + 1 == cfg.n_steps {
+            let (mx, p99, med) = norm_summary(&norms);
+            progress.detail(format!("x max/p99/med {mx:.2e}/{p99:.2e}/{med:.2e}"));
             progress.report(step + 1, cfg.n_steps, loss);
         }
     }

@@ -1,0 +1,160 @@
+#' @include results.R
+NULL
+
+# Laplace fits of the log-normal models: argument checks, the results class
+# and its accessors. The Newton solves and the outer optimisation run in the
+# core (scribe-core/src/laplace).
+
+.laplace_config_keys <- c("n_newton_steps", "damping", "newton_tolerance", "newton_max_step",
+                          "convergence_action", "rescue_diverged_cells", "rescue_threshold_multiplier",
+                          "rescue_n_newton", "rescue_damping_multiplier")
+
+resolve_laplace_config <- function(cfg) {
+  if (is.null(cfg)) cfg <- list()
+  if (!is.list(cfg) || (length(cfg) && (is.null(names(cfg)) || any(names(cfg) == "")))) {
+    abort_input("{.arg laplace_config} must be NULL or a named list.")
+  }
+  bad <- setdiff(names(cfg), .laplace_config_keys)
+  if (length(bad)) {
+    abort_input(c("Unknown {.arg laplace_config} field{?s}: {.val {bad}}.", "i" = "Known: {.val {(.laplace_config_keys)}}."))
+  }
+  out <- list(n_newton_steps = 5, damping = 1e-2, newton_tolerance = 1e-4, newton_max_step = 5,
+              convergence_action = "warn", rescue_diverged_cells = TRUE, rescue_threshold_multiplier = 10,
+              rescue_n_newton = 50, rescue_damping_multiplier = 10)
+  out[names(cfg)] <- cfg
+  whole <- function(lo, hi) function(v) v >= lo && v <= hi && v == round(v)
+  check_number(out$n_newton_steps, "laplace_config$n_newton_steps", "a whole number between 1 and 200", whole(1, 200))
+  check_number(out$damping, "laplace_config$damping", "a number >= 0", function(v) v >= 0)
+  check_number(out$newton_tolerance, "laplace_config$newton_tolerance", "a positive number", function(v) v > 0)
+  check_number(out$newton_max_step, "laplace_config$newton_max_step", "a positive number", function(v) v > 0)
+  out$convergence_action <- match_choice(out$convergence_action, c("warn", "raise", "ignore"),
+                                         "laplace_config$convergence_action")
+  check_flag(out$rescue_diverged_cells, "laplace_config$rescue_diverged_cells")
+  check_number(out$rescue_threshold_multiplier, "laplace_config$rescue_threshold_multiplier", "a number >= 1",
+               function(v) v >= 1)
+  check_number(out$rescue_n_newton, "laplace_config$rescue_n_newton", "a whole number between 1 and 1000",
+               whole(1, 1000))
+  check_number(out$rescue_damping_multiplier, "laplace_config$rescue_damping_multiplier", "a number >= 1",
+               function(v) v >= 1)
+  num <- setdiff(names(out), c("convergence_action", "rescue_diverged_cells"))
+  out[num] <- lapply(out[num], as.numeric)
+  out
+}
+
+resolve_latent_dim <- function(latent_dim, vae_latent_dim, n_genes) {
+  if (!is.null(latent_dim) && !is.null(vae_latent_dim)) {
+    abort_input("Give {.arg latent_dim} or its legacy alias {.arg vae_latent_dim}, not both.")
+  }
+  k <- if (!is.null(latent_dim)) latent_dim else if (!is.null(vae_latent_dim)) vae_latent_dim else 10
+  arg <- if (is.null(latent_dim) && !is.null(vae_latent_dim)) "vae_latent_dim" else "latent_dim"
+  check_number(k, arg, "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  if (k >= n_genes) abort_input("{.arg {arg}} ({k}) must be smaller than the number of genes ({n_genes}).")
+  as.numeric(k)
+}
+
+fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, laplace_config, n_steps, batch_size,
+                        optimizer_config, seed, num_threads, verbose) {
+  k <- resolve_latent_dim(latent_dim, vae_latent_dim, nrow(counts))
+  cfg <- resolve_laplace_config(laplace_config)
+  lap <- c(list(latent_dim = k, n_steps = as.numeric(n_steps),
+                batch_size = if (is.null(batch_size)) NULL else as.numeric(batch_size),
+                optimizer_config = resolve_optimizer(optimizer_config), seed = seed), cfg)
+  t0 <- proc.time()[["elapsed"]]
+  res <- call_core(rs_laplace_fit(nrow(counts), ncol(counts), counts@p, counts@i, counts@x, model, lap,
+                                  verbose, num_threads))
+  elapsed <- proc.time()[["elapsed"]] - t0
+  genes <- rownames(counts)
+  cells <- colnames(counts)
+  if (is.null(genes)) genes <- paste0("gene", seq_len(nrow(counts)))
+  if (is.null(cells)) cells <- paste0("cell", seq_len(ncol(counts)))
+  g <- nrow(counts)
+  w <- matrix(res$w, nrow = g, byrow = TRUE, dimnames = list(genes, paste0("factor", seq_len(k))))
+  fit <- new("ScribeLaplaceResults",
+    model = list(model = model, latent_dim = k), priors = list(), gene_names = genes, cell_names = cells,
+    dropped_cells = dropped, seed = seed,
+    params = list(mu = stats::setNames(res$mu, genes), W = w, d = stats::setNames(res$d, genes)),
+    latents = matrix(res$latents, nrow = g, dimnames = list(genes, cells)),
+    loss_history = res$loss_history, config = lap,
+    diagnostics = list(grad_norms = stats::setNames(res$grad_norms, cells),
+                       rescued = stats::setNames(res$rescued, cells), masked_cells = res$masked_cells,
+                       aborted = res$aborted, elapsed = elapsed, num_threads = num_threads)
+  )
+  if (!is.null(res$aborted)) {
+    cli::cli_warn(c("The Laplace fit stopped early.", "x" = "{res$aborted}"), class = "scribeR_nonfinite")
+  }
+  check_newton_convergence(fit)
+  fit
+}
+
+check_newton_convergence <- function(fit) {
+  gn <- fit@diagnostics$grad_norms
+  tol <- fit@config$newton_tolerance
+  bad <- !is.finite(gn) | gn > tol
+  if (!any(bad) || fit@config$convergence_action == "ignore") return(invisible())
+  q <- stats::quantile(gn[is.finite(gn)], c(0.5, 0.9, 0.99), names = FALSE)
+  msg <- c("{sum(bad)} of {length(gn)} cell{?s} did not reach the Newton tolerance ({tol}).",
+           "i" = "Gradient norm: worst {format(max(gn), digits = 3)}, median {format(q[1], digits = 3)}, p90 {format(q[2], digits = 3)}, p99 {format(q[3], digits = 3)}.",
+           "i" = "Raise {.code laplace_config$n_newton_steps} or {.code damping}, or see {.code fit@diagnostics$grad_norms}.")
+  if (fit@config$convergence_action == "raise") {
+    cli::cli_abort(msg, class = "scribeR_nonconvergence", call = NULL)
+  }
+  cli::cli_warn(msg, class = "scribeR_nonconvergence")
+}
+
+#' Laplace results
+#'
+#' `ScribeLaplaceResults` holds a Laplace fit of a log-normal model
+#' (`scribe_fit(..., inference_method = "laplace")`): the global parameters
+#' `mu`, `W` (genes x `latent_dim`) and `d` of `Sigma = W W^T + diag(d)`, each
+#' cell's MAP latent log-rates, the loss history and per-cell Newton
+#' diagnostics. `get_map()` returns `mu`, `W`, `d` and the latents (genes x
+#' cells); `loss_history()` the per-step negative Laplace ELBO.
+#'
+#' @slot params List: `mu`, `W`, `d`.
+#' @slot latents MAP latent log-rates, genes x cells.
+#' @slot loss_history Loss per outer step.
+#' @slot config List of the engine settings.
+#' @slot diagnostics List: per-cell `grad_norms` (gradient sup-norm after the
+#'   final sweep and rescue), `rescued`, `masked_cells` (cell-steps left out
+#'   for a non-finite ELBO), `aborted` (why the loop stopped early, or
+#'   `NULL`), `elapsed`, `num_threads`.
+#' @name ScribeLaplaceResults-class
+#' @exportClass ScribeLaplaceResults
+setClass("ScribeLaplaceResults", contains = "ScribeResults", representation(
+  params = "list", latents = "matrix", loss_history = "numeric", config = "list", diagnostics = "list"
+))
+
+#' @rdname ScribeLaplaceResults-class
+#' @param object A results object.
+#' @export
+setMethod("show", "ScribeLaplaceResults", function(object) {
+  d <- object@diagnostics
+  losses <- object@loss_history
+  tail_l <- utils::tail(losses[is.finite(losses)], 100L)
+  cat(sprintf("<ScribeLaplaceResults> %s, Laplace (latent_dim = %d)\n", object@model$model,
+              as.integer(object@model$latent_dim)))
+  cat(sprintf("  data:   %d genes x %d cells%s\n", length(object@gene_names), length(object@cell_names),
+              if (length(object@dropped_cells)) sprintf(" (%d empty cells dropped)", length(object@dropped_cells)) else ""))
+  bs <- object@config$batch_size
+  cat(sprintf("  steps:  %d, %s, %d Newton steps per cell and step, %.1f s\n", length(losses),
+              if (is.null(bs)) "full batch" else sprintf("batch size %d", as.integer(bs)),
+              as.integer(object@config$n_newton_steps), d$elapsed))
+  cat(sprintf("  loss:   %s (mean of the last %d steps)%s\n", format(mean(tail_l), digits = 7), length(tail_l),
+              if (!is.null(d$aborted)) "; stopped early" else ""))
+  gn <- d$grad_norms
+  cat(sprintf("  Newton: gradient norm max %.2e, median %.2e; %d cells rescued, %d not converged (tol %g)\n",
+              max(gn), stats::median(gn), sum(d$rescued), sum(!is.finite(gn) | gn > object@config$newton_tolerance),
+              object@config$newton_tolerance))
+  cat(sprintf("  seed:   %s\n", format(object@seed, scientific = FALSE)))
+  invisible(object)
+})
+
+#' @rdname accessors
+#' @export
+setMethod("get_map", "ScribeLaplaceResults", function(object, ...) {
+  c(object@params, list(latents = object@latents))
+})
+
+#' @rdname accessors
+#' @export
+setMethod("loss_history", "ScribeLaplaceResults", function(object, ...) object@loss_history)

@@ -1,0 +1,83 @@
+# Laplace fits of PLN through scribe_fit(). The Woodbury algebra, Newton
+# solver and outer gradient are tested against dense references and finite
+# differences in the core (src/rust/scribe-core/src/laplace).
+
+simulate_pln <- function(n_genes, n_cells, rank, seed) {
+  set.seed(seed)
+  mu <- runif(n_genes, 0.5, 2.5)
+  w <- matrix(rnorm(n_genes * rank, sd = 0.5), n_genes, rank)
+  x <- mu + w %*% matrix(rnorm(rank * n_cells), rank, n_cells) + matrix(rnorm(n_genes * n_cells, sd = 0.2), n_genes)
+  u <- matrix(rpois(length(x), exp(x)), n_genes, dimnames = list(paste0("g", seq_len(n_genes)), paste0("c", seq_len(n_cells))))
+  list(counts = Matrix::Matrix(u, sparse = TRUE), mu = mu, w = w)
+}
+
+lap_fit <- function(x, ..., n_steps = 200) {
+  scribe_fit(x, model = "pln", inference_method = "laplace", n_steps = n_steps, seed = 1, verbose = FALSE,
+             optimizer_config = list(name = "adam", step_size = 0.02), ...)
+}
+
+test_that("Laplace PLN recovers the mean and the span of the loadings", {
+  sim <- simulate_pln(40, 500, 3, seed = 2)
+  fit <- lap_fit(sim$counts, latent_dim = 3, n_steps = 300)
+  expect_s4_class(fit, "ScribeLaplaceResults")
+  expect_output(show(fit), "Laplace")
+  m <- get_map(fit)
+  expect_equal(dim(m$W), c(40L, 3L))
+  expect_equal(dim(m$latents), c(40L, 500L))
+  expect_lt(max(abs(m$mu - sim$mu)), 0.25)
+  # Cosines of the principal angles between the true and fitted column spaces.
+  cosines <- svd(crossprod(qr.Q(qr(sim$w)), qr.Q(qr(m$W))))$d
+  expect_gt(min(cosines), 0.95)
+  h <- loss_history(fit)
+  expect_lt(mean(utils::tail(h, 20)), h[1])
+  expect_true(all(fit@diagnostics$grad_norms < 1e-4))
+})
+
+test_that("Laplace fits are reproducible from the seed on any number of threads", {
+  sim <- simulate_pln(15, 120, 2, seed = 3)
+  a <- lap_fit(sim$counts, latent_dim = 2, n_steps = 30, batch_size = 50, num_threads = 1)
+  b <- lap_fit(sim$counts, latent_dim = 2, n_steps = 30, batch_size = 50, num_threads = 2)
+  expect_identical(a@params, b@params)
+  expect_identical(a@latents, b@latents)
+})
+
+test_that("latent_dim, its alias and laplace_config are checked", {
+  sim <- simulate_pln(10, 60, 2, seed = 4)
+  x <- sim$counts
+  expect_equal(lap_fit(x, vae_latent_dim = 2, n_steps = 3)@model$latent_dim, 2)
+  expect_error(lap_fit(x, latent_dim = 2, vae_latent_dim = 3), "not both", class = "scribeR_input_error")
+  expect_error(lap_fit(x, latent_dim = 10), "latent_dim", class = "scribeR_input_error")
+  expect_error(lap_fit(x, latent_dim = 2, laplace_config = list(newton_steps = 3)), "newton_steps",
+               class = "scribeR_input_error")
+  expect_error(lap_fit(x, latent_dim = 2, laplace_config = list(convergence_action = "panic")),
+               "convergence_action", class = "scribeR_input_error")
+  expect_error(lap_fit(x, latent_dim = 2, laplace_config = list(damping = -1)), "damping",
+               class = "scribeR_input_error")
+  expect_error(scribe_fit(x, model = "nbdm", inference_method = "laplace", verbose = FALSE),
+               "log-normal", class = "scribeR_input_error")
+  expect_error(scribe_fit(x, model = "nbln", inference_method = "laplace", verbose = FALSE),
+               "not available", class = "scribeR_unsupported")
+  expect_error(scribe_fit(x, model = "pln", verbose = FALSE), "laplace", class = "scribeR_unsupported")
+  expect_error(lap_fit(x, latent_dim = 2, priors = list(capture_efficiency = c(10, 1))), "priors",
+               class = "scribeR_unsupported")
+})
+
+test_that("unconverged cells follow convergence_action", {
+  sim <- simulate_pln(10, 60, 2, seed = 5)
+  tight <- list(newton_tolerance = 1e-300, rescue_diverged_cells = FALSE, n_newton_steps = 1)
+  expect_warning(lap_fit(sim$counts, latent_dim = 2, n_steps = 2, laplace_config = tight),
+                 class = "scribeR_nonconvergence")
+  expect_error(lap_fit(sim$counts, latent_dim = 2, n_steps = 2,
+                       laplace_config = c(tight, list(convergence_action = "raise"))),
+               class = "scribeR_nonconvergence")
+  expect_silent(lap_fit(sim$counts, latent_dim = 2, n_steps = 2,
+                        laplace_config = c(tight, list(convergence_action = "ignore"))))
+})
+
+test_that("Laplace progress shows the Newton gradient norms", {
+  sim <- simulate_pln(10, 60, 2, seed = 6)
+  msgs <- capture.output(invisible(scribe_fit(sim$counts, model = "pln", inference_method = "laplace",
+                                              latent_dim = 2, n_steps = 50, seed = 1, verbose = TRUE)),
+                         type = "message")
+  expect_true(any(grepl("Laplace \\[.*x max/p99/med", msgs)))
+})
