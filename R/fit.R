@@ -99,8 +99,13 @@
 #' a loss that turns non-finite or grows 1000-fold stops the fit with the best
 #' parameters restored. After the last step every cell gets a final Newton
 #' sweep, and cells whose gradient norm stays above `10 x newton_tolerance`
-#' are re-solved with more iterations and damping. Not yet available: the
-#' capture block, NBLN, LNM, LNMVCP, loadings shrinkage priors.
+#' are re-solved with more iterations and damping. `priors =
+#' list(capture_efficiency = c(log(M0), sigma))` adds the capture block:
+#' `u_cg ~ Poisson(exp(x_cg - eta_c))` with
+#' `eta_c ~ TruncNormal(log M0 - log L_c, sigma, low = 0)`, solved jointly with
+#' `x_c` (Schur complement of the `eta` block; at the bound `eta = 0.001` the
+#' step holds `eta` and moves `x` alone). Not yet available: NBLN, LNM, LNMVCP,
+#' loadings shrinkage priors.
 #'
 #' @param x Counts: see Description.
 #' @param model One of `"nbdm"`, `"nbvcp"`, `"zinb"`, `"zinbvcp"`. Default
@@ -316,10 +321,10 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
     }
   }
   if (inference_method == "laplace") {
-    if (length(priors)) abort_unsupported("{.arg priors} are not available for Laplace fits of {.val {model}} yet.")
+    capture <- laplace_capture_prior(priors, model)
     if (!is.null(early_stopping)) cli::cli_warn("Laplace fits do not use {.arg early_stopping} yet; it is ignored.")
     return(fit_laplace(counts, v$dropped_cells, model, latent_dim, vae_latent_dim, laplace_config, n_steps,
-                       batch_size, optimizer_config, seed, num_threads, verbose))
+                       batch_size, optimizer_config, seed, num_threads, verbose, capture))
   }
   mixing <- NULL
   if (is.list(priors) && !is.null(priors$mixing)) {

@@ -52,13 +52,31 @@ resolve_latent_dim <- function(latent_dim, vae_latent_dim, n_genes) {
   as.numeric(k)
 }
 
+# The capture prior c(log M0, sigma) of a log-normal model, or NULL.
+laplace_capture_prior <- function(priors, model) {
+  if (!length(priors)) return(NULL)
+  if (!is.list(priors) || is.null(names(priors))) abort_input("{.arg priors} must be a named list.")
+  known <- c("capture_efficiency", "eta_capture")
+  bad <- setdiff(names(priors), known)
+  if (length(bad)) {
+    abort_unsupported(c("Laplace fits of {.val {model}} take only a capture prior; not {.val {bad}}.",
+                        "i" = "Use {.code priors = list(capture_efficiency = c(log(M0), sigma))}."))
+  }
+  if (length(priors) > 1L) abort_input("Give {.code capture_efficiency} or {.code eta_capture}, not both.")
+  v <- priors[[1]]
+  if (!is.numeric(v) || length(v) != 2L || anyNA(v) || !is.finite(v[1]) || !(v[2] > 0)) {
+    abort_input("{.code priors${names(priors)}} must be {.code c(log(M0), sigma)} with {.code sigma > 0}.")
+  }
+  as.numeric(v)
+}
+
 fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, laplace_config, n_steps, batch_size,
-                        optimizer_config, seed, num_threads, verbose) {
+                        optimizer_config, seed, num_threads, verbose, capture = NULL) {
   k <- resolve_latent_dim(latent_dim, vae_latent_dim, nrow(counts))
   cfg <- resolve_laplace_config(laplace_config)
   lap <- c(list(latent_dim = k, n_steps = as.numeric(n_steps),
                 batch_size = if (is.null(batch_size)) NULL else as.numeric(batch_size),
-                optimizer_config = resolve_optimizer(optimizer_config), seed = seed), cfg)
+                optimizer_config = resolve_optimizer(optimizer_config), seed = seed, capture = capture), cfg)
   t0 <- proc.time()[["elapsed"]]
   res <- call_core(rs_laplace_fit(nrow(counts), ncol(counts), counts@p, counts@i, counts@x, model, lap,
                                   verbose, num_threads))
@@ -70,9 +88,12 @@ fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, lapl
   g <- nrow(counts)
   w <- matrix(res$w, nrow = g, byrow = TRUE, dimnames = list(genes, paste0("factor", seq_len(k))))
   fit <- new("ScribeLaplaceResults",
-    model = list(model = model, latent_dim = k), priors = list(), gene_names = genes, cell_names = cells,
-    dropped_cells = dropped, seed = seed,
-    params = list(mu = stats::setNames(res$mu, genes), W = w, d = stats::setNames(res$d, genes)),
+    model = list(model = model, latent_dim = k, capture_efficiency = capture),
+    priors = if (is.null(capture)) list() else list(eta_capture = list(family = "truncnormal", hyper = capture)),
+    gene_names = genes, cell_names = cells, dropped_cells = dropped, seed = seed,
+    params = c(list(mu = stats::setNames(res$mu, genes), W = w, d = stats::setNames(res$d, genes)),
+               if (length(res$eta)) list(eta_capture = stats::setNames(res$eta, cells),
+                                         p_capture = stats::setNames(exp(-res$eta), cells))),
     latents = matrix(res$latents, nrow = g, dimnames = list(genes, cells)),
     loss_history = res$loss_history, config = lap,
     diagnostics = list(grad_norms = stats::setNames(res$grad_norms, cells),
@@ -107,10 +128,11 @@ check_newton_convergence <- function(fit) {
 #' (`scribe_fit(..., inference_method = "laplace")`): the global parameters
 #' `mu`, `W` (genes x `latent_dim`) and `d` of `Sigma = W W^T + diag(d)`, each
 #' cell's MAP latent log-rates, the loss history and per-cell Newton
-#' diagnostics. `get_map()` returns `mu`, `W`, `d` and the latents (genes x
-#' cells); `loss_history()` the per-step negative Laplace ELBO.
+#' diagnostics. `get_map()` returns `mu`, `W`, `d`, with a capture prior the
+#' per-cell MAP `eta_capture` and `p_capture = exp(-eta_capture)`, and the
+#' latents (genes x cells); `loss_history()` the per-step negative Laplace ELBO.
 #'
-#' @slot params List: `mu`, `W`, `d`.
+#' @slot params List: `mu`, `W`, `d` (and `eta_capture`, `p_capture`).
 #' @slot latents MAP latent log-rates, genes x cells.
 #' @slot loss_history Loss per outer step.
 #' @slot config List of the engine settings.
@@ -131,7 +153,8 @@ setMethod("show", "ScribeLaplaceResults", function(object) {
   d <- object@diagnostics
   losses <- object@loss_history
   tail_l <- utils::tail(losses[is.finite(losses)], 100L)
-  cat(sprintf("<ScribeLaplaceResults> %s, Laplace (latent_dim = %d)\n", object@model$model,
+  cat(sprintf("<ScribeLaplaceResults> %s%s, Laplace (latent_dim = %d)\n", object@model$model,
+              if (is.null(object@model$capture_efficiency)) "" else " with capture",
               as.integer(object@model$latent_dim)))
   cat(sprintf("  data:   %d genes x %d cells%s\n", length(object@gene_names), length(object@cell_names),
               if (length(object@dropped_cells)) sprintf(" (%d empty cells dropped)", length(object@dropped_cells)) else ""))

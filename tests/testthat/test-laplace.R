@@ -2,11 +2,12 @@
 # solver and outer gradient are tested against dense references and finite
 # differences in the core (src/rust/scribe-core/src/laplace).
 
-simulate_pln <- function(n_genes, n_cells, rank, seed) {
+simulate_pln <- function(n_genes, n_cells, rank, seed, eta = rep(0, n_cells)) {
   set.seed(seed)
   mu <- runif(n_genes, 0.5, 2.5)
   w <- matrix(rnorm(n_genes * rank, sd = 0.5), n_genes, rank)
   x <- mu + w %*% matrix(rnorm(rank * n_cells), rank, n_cells) + matrix(rnorm(n_genes * n_cells, sd = 0.2), n_genes)
+  x <- sweep(x, 2, eta)
   u <- matrix(rpois(length(x), exp(x)), n_genes, dimnames = list(paste0("g", seq_len(n_genes)), paste0("c", seq_len(n_cells))))
   list(counts = Matrix::Matrix(u, sparse = TRUE), mu = mu, w = w)
 }
@@ -58,8 +59,10 @@ test_that("latent_dim, its alias and laplace_config are checked", {
   expect_error(scribe_fit(x, model = "nbln", inference_method = "laplace", verbose = FALSE),
                "not available", class = "scribeR_unsupported")
   expect_error(scribe_fit(x, model = "pln", verbose = FALSE), "laplace", class = "scribeR_unsupported")
-  expect_error(lap_fit(x, latent_dim = 2, priors = list(capture_efficiency = c(10, 1))), "priors",
+  expect_error(lap_fit(x, latent_dim = 2, priors = list(r = c(0, 1))), "capture prior",
                class = "scribeR_unsupported")
+  expect_error(lap_fit(x, latent_dim = 2, priors = list(capture_efficiency = c(10, -1))), "sigma",
+               class = "scribeR_input_error")
 })
 
 test_that("unconverged cells follow convergence_action", {
@@ -80,4 +83,19 @@ test_that("Laplace progress shows the Newton gradient norms", {
                                               latent_dim = 2, n_steps = 50, seed = 1, verbose = TRUE)),
                          type = "message")
   expect_true(any(grepl("Laplace \\[.*x max/p99/med", msgs)))
+})
+
+test_that("the capture block gives per-cell capture estimates", {
+  eta <- seq(0.05, 1.5, length.out = 150)
+  sim <- simulate_pln(20, 150, 2, seed = 7, eta = eta)
+  m0 <- sum(exp(sim$mu + 0.1))
+  fit <- lap_fit(sim$counts, latent_dim = 2, n_steps = 150,
+                 priors = list(capture_efficiency = c(log(m0), 0.5)))
+  m <- get_map(fit)
+  expect_equal(names(m$eta_capture), colnames(sim$counts))
+  expect_true(all(m$eta_capture >= 1e-3))
+  expect_equal(unname(m$p_capture), unname(exp(-m$eta_capture)))
+  expect_output(show(fit), "with capture")
+  # The MAP capture follows the simulated one.
+  expect_gt(stats::cor(m$eta_capture, eta, method = "spearman"), 0.8)
 })

@@ -131,3 +131,64 @@ fn same_seed_same_fit_with_1_and_2_threads() {
     };
     assert_eq!(run(1), run(2));
 }
+
+#[test]
+fn pln_with_capture_tracks_per_cell_capture() {
+    let (g, n, k) = (30, 300, 2);
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let mu: Vec<f64> = (0..g).map(|_| rng.random_range(1.0..3.0)).collect();
+    let w: Vec<f64> = (0..g * k)
+        .map(|_| 0.4 * rng.sample::<f64, _>(StandardNormal))
+        .collect();
+    let eta_true: Vec<f64> = (0..n).map(|_| rng.random_range(0.05..1.5)).collect();
+    let (mut p, mut idx, mut val) = (vec![0i32], Vec::new(), Vec::new());
+    for &eta in &eta_true {
+        let z: Vec<f64> = (0..k).map(|_| rng.sample(StandardNormal)).collect();
+        for i in 0..g {
+            let x = mu[i]
+                + (0..k).map(|j| w[i * k + j] * z[j]).sum::<f64>()
+                + 0.2 * rng.sample::<f64, _>(StandardNormal);
+            let v = rng.sample(Poisson::new((x - eta).exp()).unwrap()) as u32;
+            if v > 0 {
+                idx.push(i as i32);
+                val.push(v as f64);
+            }
+        }
+        p.push(idx.len() as i32);
+    }
+    let data = CountMatrix::from_csc(g, n, &p, &idx, &val).unwrap();
+    // ln M0: the expected library size at full capture.
+    let m0: f64 = mu.iter().map(|m| (m + 0.1).exp()).sum();
+    let cfg = LaplaceConfig {
+        latent_dim: k,
+        n_steps: 200,
+        capture: Some((m0.ln(), 0.5)),
+        optimizer: OptimizerConfig::Adam {
+            step_size: 0.02,
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-8,
+            clip: None,
+        },
+        ..Default::default()
+    };
+    let fit = run_pln(&data, &cfg, &NoProgress, &NeverCancel).unwrap();
+    assert!(fit.aborted.is_none(), "{:?}", fit.aborted);
+    assert_eq!(fit.eta.len(), n);
+    assert!(fit.grad_norms.iter().all(|v| *v < 1e-3));
+    // η̂ orders cells like the true capture (Spearman-like: Pearson on ranks).
+    let rank = |v: &[f64]| {
+        let mut o: Vec<usize> = (0..v.len()).collect();
+        o.sort_by(|&a, &b| v[a].partial_cmp(&v[b]).unwrap());
+        let mut r = vec![0.0; v.len()];
+        for (i, &j) in o.iter().enumerate() {
+            r[j] = i as f64;
+        }
+        r
+    };
+    let (a, b) = (rank(&fit.eta), rank(&eta_true));
+    let m = (n as f64 - 1.0) / 2.0;
+    let cov: f64 = a.iter().zip(&b).map(|(x, y)| (x - m) * (y - m)).sum();
+    let var: f64 = a.iter().map(|x| (x - m).powi(2)).sum();
+    assert!(cov / var > 0.8, "rank correlation {}", cov / var);
+}

@@ -718,6 +718,16 @@ fn rs_laplace_fit(
         optimizer: optimizer(a.get("optimizer_config"))?,
         seed: a.real("seed")? as u64,
         n_reports: 100,
+        capture: match a.get("capture") {
+            Some(c) => {
+                let v = c
+                    .as_real_slice()
+                    .filter(|v| v.len() == 2)
+                    .ok_or_else(|| err("`capture_efficiency` must be c(log(M0), sigma)"))?;
+                Some((v[0], v[1]))
+            }
+            None => None,
+        },
     };
     let fit = run_with_progress("Laplace", verbose, num_threads, |pr, ca| {
         run_pln(&data, &cfg, pr, ca)
@@ -728,6 +738,7 @@ fn rs_laplace_fit(
         w = fit.w,
         d = fit.d,
         latents = fit.latents,
+        eta = fit.eta,
         latent_dim = fit.latent_dim as i32,
         loss_history = fit.loss_history,
         grad_norms = fit.grad_norms,

@@ -1,8 +1,8 @@
 //! Laplace inference for the log-normal family: per-cell MAP latents by
 //! damped Newton (nested Woodbury, O(G k² + k³) per step, cells in
 //! parallel), and an outer optimiser on the global parameters of the
-//! Laplace-approximated marginal likelihood. PLN without capture is
-//! implemented; NBLN, LNM, LNMVCP and the capture block are not yet.
+//! Laplace-approximated marginal likelihood. PLN (with or without the
+//! capture block) is implemented; NBLN, LNM and LNMVCP are not yet.
 
 pub mod init;
 pub mod pln;
@@ -40,6 +40,8 @@ pub struct LaplaceConfig {
     pub optimizer: OptimizerConfig,
     pub seed: u64,
     pub n_reports: usize,
+    /// Capture prior `(ln M0, σ_M)`: `η_c ~ TruncN(ln M0 − ln L_c, σ_M, low = 0)`.
+    pub capture: Option<(f64, f64)>,
 }
 
 impl Default for LaplaceConfig {
@@ -59,6 +61,7 @@ impl Default for LaplaceConfig {
             optimizer: OptimizerConfig::default(),
             seed: 42,
             n_reports: 100,
+            capture: None,
         }
     }
 }
@@ -73,6 +76,8 @@ pub struct PlnFit {
     pub w: Vec<f64>,
     pub d: Vec<f64>,
     pub latents: Vec<f64>,
+    /// Per-cell MAP `η` (empty without capture); `ν = e^{−η}`.
+    pub eta: Vec<f64>,
     pub loss_history: Vec<f64>,
     /// Per-cell gradient sup-norm after the final sweep (and rescue).
     pub grad_norms: Vec<f64>,
@@ -105,6 +110,8 @@ fn sweep(
     data: &CountMatrix,
     cells: &[usize],
     lat: &mut [f64],
+    eta: &mut [f64],
+    capture: Option<(&[f64], f64)>,
     mu: &[f64],
     w: &[f64],
     d: &[f64],
@@ -117,19 +124,58 @@ fn sweep(
 ) -> (f64, Vec<f64>, usize, Vec<f64>) {
     let g = data.n_genes;
     let np = g * (k + 2);
+    // Without capture, `eta` is empty: give every chunk an empty slice.
+    let eta_chunk = if capture.is_some() {
+        CELL_CHUNK
+    } else {
+        usize::MAX
+    };
+    let mut no_eta: Vec<&mut [f64]> = Vec::new();
+    let eta_parts: Vec<&mut [f64]> = if capture.is_some() {
+        eta.chunks_mut(eta_chunk).collect()
+    } else {
+        no_eta.extend((0..cells.len().div_ceil(CELL_CHUNK)).map(|_| &mut [][..]));
+        std::mem::take(&mut no_eta)
+    };
     let parts: Vec<(f64, Vec<f64>, usize, Vec<f64>)> = lat
         .par_chunks_mut(CELL_CHUNK * g)
         .zip(cells.par_chunks(CELL_CHUNK))
-        .map(|(lchunk, cchunk)| {
+        .zip(eta_parts.into_par_iter())
+        .map(|((lchunk, cchunk), echunk)| {
             let mut u = vec![0.0; g];
             let mut grad = if want_grad { vec![0.0; np] } else { Vec::new() };
             let mut tmp = vec![0.0; if want_grad { np } else { 0 }];
             let (mut elbo, mut masked) = (0.0, 0);
             let mut norms = Vec::with_capacity(cchunk.len());
-            for (x, &c) in lchunk.chunks_mut(g).zip(cchunk) {
+            for (i, (x, &c)) in lchunk.chunks_mut(g).zip(cchunk).enumerate() {
                 pln::dense_counts(data, c, &mut u);
                 let backup = x.to_vec();
-                let gn = pln::newton_cell(&u, x, mu, w, sig, n_newton, damping, max_step);
+                let cp = capture.map(|(anchor, sigma)| pln::CapturePrior {
+                    anchor: anchor[c],
+                    sigma,
+                });
+                let gn = match cp {
+                    None => pln::newton_cell(&u, x, mu, w, sig, n_newton, damping, max_step),
+                    Some(cp) => {
+                        let e0 = echunk[i];
+                        let gn = pln::newton_cell_capture(
+                            &u,
+                            x,
+                            &mut echunk[i],
+                            cp,
+                            mu,
+                            w,
+                            sig,
+                            n_newton,
+                            damping,
+                            max_step,
+                        );
+                        if !echunk[i].is_finite() {
+                            echunk[i] = e0;
+                        }
+                        gn
+                    }
+                };
                 if !x.iter().all(|v| v.is_finite()) {
                     x.copy_from_slice(&backup);
                 }
@@ -138,7 +184,12 @@ fn sweep(
                     tmp.iter_mut().for_each(|v| *v = 0.0);
                     let (tm, rest) = tmp.split_at_mut(g);
                     let (tw, td) = rest.split_at_mut(g * k);
-                    let e = pln::cell_elbo_grad(&u, x, mu, w, d, sig, k, tm, tw, td);
+                    let e = match cp {
+                        None => pln::cell_elbo_grad(&u, x, mu, w, d, sig, k, tm, tw, td),
+                        Some(cp) => pln::cell_elbo_grad_capture(
+                            &u, x, echunk[i], cp, mu, w, d, sig, k, tm, tw, td,
+                        ),
+                    };
                     if e.is_finite() && tmp.iter().all(|v| v.is_finite()) {
                         elbo += e;
                         for (a, b) in grad.iter_mut().zip(&tmp) {
@@ -181,7 +232,7 @@ pub fn norm_summary(v: &[f64]) -> (f64, f64, f64) {
     (s[s.len() - 1], q(0.99), q(0.5))
 }
 
-/// Fits PLN (no capture) by Laplace.
+/// Fits PLN by Laplace (with the capture block when `cfg.capture` is set).
 pub fn run_pln(
     data: &CountMatrix,
     cfg: &LaplaceConfig,
@@ -210,6 +261,29 @@ pub fn run_pln(
     let mut th: Vec<f64> = start.mu.iter().chain(&start.w).copied().collect();
     th.extend(std::iter::repeat_n(crate::math::softplus_inv(0.1), g));
     let mut latents = start.latents;
+    // Capture: per-cell anchors ln M0 − ln max(L, 1); latents start at log(u + 1) + anchor.
+    let anchors: Vec<f64> = match cfg.capture {
+        Some((ln_m0, sigma)) => {
+            if !(sigma > 0.0) || !ln_m0.is_finite() {
+                return Err(CoreError::arg(
+                    "priors",
+                    "capture_efficiency must be c(log(M0), sigma) with sigma > 0",
+                ));
+            }
+            data.lib_size
+                .iter()
+                .map(|&l| ln_m0 - l.max(1.0).ln())
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let capture = cfg.capture.map(|(_, sigma)| (&anchors[..], sigma));
+    let mut eta: Vec<f64> = anchors.iter().map(|a| a.max(1e-3)).collect();
+    for (c, a) in anchors.iter().enumerate() {
+        latents[c * g..(c + 1) * g]
+            .iter_mut()
+            .for_each(|v| *v += a.max(1e-3));
+    }
     let mut opt = Optimizer::new(cfg.optimizer.clone(), th.len());
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut sampler = cfg
@@ -217,7 +291,7 @@ pub fn run_pln(
         .filter(|&b| b < n)
         .map(|b| BatchSampler::new(n, b));
     let mut history = Vec::with_capacity(cfg.n_steps);
-    let (mut best, mut best_loss) = ((th.clone(), latents.clone()), f64::INFINITY);
+    let (mut best, mut best_loss) = ((th.clone(), latents.clone(), eta.clone()), f64::INFINITY);
     let mut init_loss = f64::NAN;
     let mut masked_total = 0;
     let mut aborted = None;
@@ -244,10 +318,17 @@ pub fn run_pln(
             .iter()
             .flat_map(|&c| latents[c * g..(c + 1) * g].iter().copied())
             .collect();
+        let mut eta_b: Vec<f64> = if capture.is_some() {
+            cells.iter().map(|&c| eta[c]).collect()
+        } else {
+            Vec::new()
+        };
         let (elbo, norms, masked, grad) = sweep(
             data,
             &cells,
             &mut lat,
+            &mut eta_b,
+            capture,
             mu,
             w,
             &d,
@@ -274,10 +355,13 @@ pub fn run_pln(
         }
         for (i, &c) in cells.iter().enumerate() {
             latents[c * g..(c + 1) * g].copy_from_slice(&lat[i * g..(i + 1) * g]);
+            if capture.is_some() {
+                eta[c] = eta_b[i];
+            }
         }
         if loss < best_loss {
             best_loss = loss;
-            best = (th.clone(), latents.clone());
+            best = (th.clone(), latents.clone(), eta.clone());
         }
         // Loss gradient = −scale · ∇ELBO, chained through d = softplus(d_loc).
         let mut lg: Vec<f64> = grad.iter().map(|v| -scale * v).collect();
@@ -294,6 +378,7 @@ pub fn run_pln(
     if aborted.is_some() {
         th = best.0;
         latents = best.1;
+        eta = best.2;
     }
     // Final sweep over all cells at the final globals, then rescue.
     let (mu, w, dl) = gl.split(&th);
@@ -308,6 +393,8 @@ pub fn run_pln(
         data,
         &all,
         &mut latents,
+        &mut eta,
+        capture,
         mu,
         w,
         &d,
@@ -329,10 +416,17 @@ pub fn run_pln(
                 .flat_map(|&c| latents[c * g..(c + 1) * g].iter().copied())
                 .collect();
             let damp = cfg.damping * cfg.rescue_damping_multiplier;
+            let mut eta_b: Vec<f64> = if capture.is_some() {
+                bad.iter().map(|&c| eta[c]).collect()
+            } else {
+                Vec::new()
+            };
             let (_, nn, _, _) = sweep(
                 data,
                 &bad,
                 &mut lat,
+                &mut eta_b,
+                capture,
                 mu,
                 w,
                 &d,
@@ -348,10 +442,18 @@ pub fn run_pln(
                 rescued[c] = true;
                 let mut u = vec![0.0; g];
                 pln::dense_counts(data, c, &mut u);
-                norms[c] = if nn[i].is_finite() {
-                    pln::cell_grad_norm(&u, &latents[c * g..(c + 1) * g], mu, w, &sig)
-                } else {
+                let x = &latents[c * g..(c + 1) * g];
+                norms[c] = if !nn[i].is_finite() {
                     f64::NAN
+                } else if let Some((anchor, sigma)) = capture {
+                    eta[c] = eta_b[i];
+                    let cp = pln::CapturePrior {
+                        anchor: anchor[c],
+                        sigma,
+                    };
+                    pln::cell_grad_norm_capture(&u, x, eta[c], cp, mu, w, &sig)
+                } else {
+                    pln::cell_grad_norm(&u, x, mu, w, &sig)
                 };
             }
         }
@@ -363,6 +465,7 @@ pub fn run_pln(
         w: w.to_vec(),
         d,
         latents,
+        eta,
         loss_history: history,
         grad_norms: norms,
         rescued,
