@@ -104,8 +104,13 @@
 #' `u_cg ~ Poisson(exp(x_cg - eta_c))` with
 #' `eta_c ~ TruncNormal(log M0 - log L_c, sigma, low = 0)`, solved jointly with
 #' `x_c` (Schur complement of the `eta` block; at the bound `eta = 0.001` the
-#' step holds `eta` and moves `x` alone). Not yet available: NBLN, LNM, LNMVCP,
-#' loadings shrinkage priors.
+#' step holds `eta` and moves `x` alone). `priors = list(loadings = list(type
+#' = ...))` puts a shrinkage prior on the gene-centred loadings
+#' ([get_W_compositional()]): `"gaussian"` (`scale`), `"horseshoe_columnwise"`
+#' (`tau_scale`, `lambda_min`, `tau_min`, `init_scale`) or `"neg_columnwise"`
+#' (normal-exponential-gamma: `alpha`, `beta`, `psi_min`, `gamma_min`,
+#' `init_scale`); its scales are fitted with the globals and it is not scaled
+#' by N/B. See [w_prior_diagnostics()]. Not yet available: NBLN, LNM, LNMVCP.
 #'
 #' @param x Counts: see Description.
 #' @param model One of `"nbdm"`, `"nbvcp"`, `"zinb"`, `"zinbvcp"`. Default
@@ -321,10 +326,10 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
     }
   }
   if (inference_method == "laplace") {
-    capture <- laplace_capture_prior(priors, model)
+    lap_priors <- laplace_priors(priors, model)
     if (!is.null(early_stopping)) cli::cli_warn("Laplace fits do not use {.arg early_stopping} yet; it is ignored.")
     return(fit_laplace(counts, v$dropped_cells, model, latent_dim, vae_latent_dim, laplace_config, n_steps,
-                       batch_size, optimizer_config, seed, num_threads, verbose, capture))
+                       batch_size, optimizer_config, seed, num_threads, verbose, lap_priors))
   }
   mixing <- NULL
   if (is.list(priors) && !is.null(priors$mixing)) {

@@ -52,31 +52,66 @@ resolve_latent_dim <- function(latent_dim, vae_latent_dim, n_genes) {
   as.numeric(k)
 }
 
-# The capture prior c(log M0, sigma) of a log-normal model, or NULL.
-laplace_capture_prior <- function(priors, model) {
-  if (!length(priors)) return(NULL)
+.loadings_keys <- list(
+  none = character(0), gaussian = "scale",
+  horseshoe_columnwise = c("tau_scale", "lambda_min", "tau_min", "init_scale"),
+  neg_columnwise = c("alpha", "beta", "psi_min", "gamma_min", "init_scale")
+)
+
+# The priors a Laplace fit of a log-normal model takes: the capture prior
+# c(log M0, sigma) and the loadings shrinkage prior (a list with `type`).
+laplace_priors <- function(priors, model) {
+  out <- list(capture = NULL, loadings = NULL)
+  if (!length(priors)) return(out)
   if (!is.list(priors) || is.null(names(priors))) abort_input("{.arg priors} must be a named list.")
-  known <- c("capture_efficiency", "eta_capture")
+  known <- c("capture_efficiency", "eta_capture", "loadings")
   bad <- setdiff(names(priors), known)
   if (length(bad)) {
-    abort_unsupported(c("Laplace fits of {.val {model}} take only a capture prior; not {.val {bad}}.",
-                        "i" = "Use {.code priors = list(capture_efficiency = c(log(M0), sigma))}."))
+    abort_unsupported(c("Laplace fits of {.val {model}} take a capture prior and a loadings prior; not {.val {bad}}.",
+                        "i" = "Use {.code priors = list(capture_efficiency = c(log(M0), sigma), loadings = list(type = ...))}."))
   }
-  if (length(priors) > 1L) abort_input("Give {.code capture_efficiency} or {.code eta_capture}, not both.")
-  v <- priors[[1]]
-  if (!is.numeric(v) || length(v) != 2L || anyNA(v) || !is.finite(v[1]) || !(v[2] > 0)) {
-    abort_input("{.code priors${names(priors)}} must be {.code c(log(M0), sigma)} with {.code sigma > 0}.")
+  cap <- intersect(names(priors), c("capture_efficiency", "eta_capture"))
+  if (length(cap) > 1L) abort_input("Give {.code capture_efficiency} or {.code eta_capture}, not both.")
+  if (length(cap)) {
+    v <- priors[[cap]]
+    if (!is.numeric(v) || length(v) != 2L || anyNA(v) || !is.finite(v[1]) || !(v[2] > 0)) {
+      abort_input("{.code priors${cap}} must be {.code c(log(M0), sigma)} with {.code sigma > 0}.")
+    }
+    out$capture <- as.numeric(v)
   }
-  as.numeric(v)
+  if (!is.null(priors$loadings)) {
+    l <- priors$loadings
+    if (!is.list(l) || is.null(l$type)) abort_input("{.code priors$loadings} must be a list with a {.field type}.")
+    type <- match_choice(l$type, names(.loadings_keys), "priors$loadings$type")
+    extra <- setdiff(names(l), c("type", .loadings_keys[[type]]))
+    if (length(extra)) {
+      known <- .loadings_keys[[type]]
+      abort_input(c(paste0("Unknown field{?s} of a \"", type, "\" loadings prior: {.val {extra}}."),
+                    "i" = if (length(known)) "Known: {.val {known}}." else "It takes no fields."))
+    }
+    for (f in setdiff(names(l), "type")) {
+      check_number(l[[f]], paste0("priors$loadings$", f), "a finite positive number", function(v) is.finite(v) && v > 0)
+      l[[f]] <- as.numeric(l[[f]])
+    }
+    floors <- intersect(names(l), c("lambda_min", "tau_min", "psi_min", "gamma_min"))
+    init <- if (is.null(l$init_scale)) 1 else l$init_scale
+    for (f in floors) {
+      if (l[[f]] >= init) abort_input("{.code priors$loadings${f}} must be smaller than {.field init_scale} ({init}).")
+    }
+    out$loadings <- l
+  }
+  out
 }
 
 fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, laplace_config, n_steps, batch_size,
-                        optimizer_config, seed, num_threads, verbose, capture = NULL) {
+                        optimizer_config, seed, num_threads, verbose, priors = list()) {
+  capture <- priors$capture
   k <- resolve_latent_dim(latent_dim, vae_latent_dim, nrow(counts))
   cfg <- resolve_laplace_config(laplace_config)
   lap <- c(list(latent_dim = k, n_steps = as.numeric(n_steps),
                 batch_size = if (is.null(batch_size)) NULL else as.numeric(batch_size),
-                optimizer_config = resolve_optimizer(optimizer_config), seed = seed, capture = capture), cfg)
+                optimizer_config = resolve_optimizer(optimizer_config), seed = seed, capture = capture,
+                loadings = priors$loadings), cfg)
   t0 <- proc.time()[["elapsed"]]
   res <- call_core(rs_laplace_fit(nrow(counts), ncol(counts), counts@p, counts@i, counts@x, model, lap,
                                   verbose, num_threads))
@@ -88,7 +123,8 @@ fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, lapl
   g <- nrow(counts)
   w <- matrix(res$w, nrow = g, byrow = TRUE, dimnames = list(genes, paste0("factor", seq_len(k))))
   fit <- new("ScribeLaplaceResults",
-    model = list(model = model, latent_dim = k, capture_efficiency = capture),
+    model = list(model = model, latent_dim = k, capture_efficiency = capture,
+                 loadings = if (is.null(priors$loadings)) list(type = "none") else priors$loadings),
     priors = if (is.null(capture)) list() else list(eta_capture = list(family = "truncnormal", hyper = capture)),
     gene_names = genes, cell_names = cells, dropped_cells = dropped, seed = seed,
     params = c(list(mu = stats::setNames(res$mu, genes), W = w, d = stats::setNames(res$d, genes)),
@@ -96,7 +132,8 @@ fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, lapl
                                          p_capture = stats::setNames(exp(-res$eta), cells))),
     latents = matrix(res$latents, nrow = g, dimnames = list(genes, cells)),
     loss_history = res$loss_history, config = lap,
-    diagnostics = list(grad_norms = stats::setNames(res$grad_norms, cells),
+    diagnostics = list(w_prior = res$w_prior, w_prior_aux = res$w_prior_aux,
+                       grad_norms = stats::setNames(res$grad_norms, cells),
                        rescued = stats::setNames(res$rescued, cells), masked_cells = res$masked_cells,
                        aborted = res$aborted, elapsed = elapsed, num_threads = num_threads)
   )
@@ -181,3 +218,79 @@ setMethod("get_map", "ScribeLaplaceResults", function(object, ...) {
 #' @rdname accessors
 #' @export
 setMethod("loss_history", "ScribeLaplaceResults", function(object, ...) object@loss_history)
+
+# Gene-centred loadings W_perp = W - colMeans(W): the part of W that changes compositions.
+w_perp <- function(w) sweep(w, 2, colMeans(w))
+
+check_laplace <- function(fit) {
+  if (!is(fit, "ScribeLaplaceResults")) abort_input("{.arg fit} must be a Laplace fit ({.cls ScribeLaplaceResults}).")
+}
+
+#' Loadings diagnostics of a Laplace fit
+#'
+#' `get_W_compositional()` returns the gene-centred loadings
+#' `W_perp = (I - 11^T/G) W`: adding a constant to every gene's log-rate
+#' changes no composition, so only `W_perp` is identified by the data.
+#' `get_gauge_diagnostics()` measures how much of `W` lies along the
+#' all-ones direction. `w_prior_diagnostics()` reports the loadings
+#' shrinkage prior's view: per-column norms of `W_perp` and the effective rank
+#' (columns above 5% of the largest norm), and for the column-wise priors the
+#' fitted per-column scales (`sigma_k`: `lambda_k` for the horseshoe,
+#' `sqrt(psi_k)` for NEG), their effective rank and the global scale (`tau`
+#' or `gamma`).
+#'
+#' @param fit A [ScribeLaplaceResults-class] object.
+#' @return `get_W_compositional()`: a genes x `latent_dim` matrix.
+#'   `get_gauge_diagnostics()`: a list with `W_compositional_norm`,
+#'   `W_all_ones_component_norm` and `gauge_contamination_ratio` (their ratio).
+#'   `w_prior_diagnostics()`: a list.
+#' @examples
+#' counts <- scribe_example_data()[1:60, 1:200]
+#' counts <- counts[, Matrix::colSums(counts) > 0]
+#' fit <- scribe_fit(counts, model = "pln", inference_method = "laplace", latent_dim = 4,
+#'                   n_steps = 50, seed = 1, verbose = FALSE,
+#'                   priors = list(loadings = list(type = "horseshoe_columnwise")),
+#'                   laplace_config = list(convergence_action = "ignore"))
+#' w_prior_diagnostics(fit)$effective_rank
+#' get_gauge_diagnostics(fit)$gauge_contamination_ratio
+#' dim(get_W_compositional(fit))
+#' @name laplace-loadings
+NULL
+
+#' @rdname laplace-loadings
+#' @export
+get_W_compositional <- function(fit) {
+  check_laplace(fit)
+  w_perp(fit@params$W)
+}
+
+#' @rdname laplace-loadings
+#' @export
+get_gauge_diagnostics <- function(fit) {
+  check_laplace(fit)
+  w <- fit@params$W
+  wp <- w_perp(w)
+  comp <- sqrt(sum(wp^2))
+  ones <- sqrt(sum((w - wp)^2))
+  list(W_compositional_norm = comp, W_all_ones_component_norm = ones,
+       gauge_contamination_ratio = ones / max(comp, 1e-12))
+}
+
+#' @rdname laplace-loadings
+#' @export
+w_prior_diagnostics <- function(fit) {
+  check_laplace(fit)
+  d <- fit@diagnostics$w_prior
+  type <- fit@model$loadings$type
+  out <- list(strategy_type = type, column_frobenius_compositional = d$column_norms,
+              column_frobenius_raw = d$column_norms_raw)
+  if (type != "none") out$effective_rank <- d$effective_rank
+  if (type %in% c("horseshoe_columnwise", "neg_columnwise")) {
+    out$sigma_k <- d$sigma_k
+    out$scale_effective_rank <- d$scale_effective_rank
+    out[[if (type == "horseshoe_columnwise") "tau" else "gamma"]] <- d$global
+    if (type == "neg_columnwise") out$psi_k <- d$sigma_k^2
+  }
+  if (type == "gaussian") out$scale <- if (is.null(fit@model$loadings$scale)) 1 else fit@model$loadings$scale
+  out
+}

@@ -99,3 +99,34 @@ test_that("the capture block gives per-cell capture estimates", {
   # The MAP capture follows the simulated one.
   expect_gt(stats::cor(m$eta_capture, eta, method = "spearman"), 0.8)
 })
+
+test_that("the horseshoe loadings prior finds the rank; gauge diagnostics", {
+  sim <- simulate_pln(30, 300, 2, seed = 8)
+  fit <- lap_fit(sim$counts, latent_dim = 6, n_steps = 800,
+                 priors = list(loadings = list(type = "horseshoe_columnwise", tau_scale = 1)))
+  d <- w_prior_diagnostics(fit)
+  expect_identical(d$strategy_type, "horseshoe_columnwise")
+  expect_equal(d$effective_rank, 2L)
+  expect_length(d$sigma_k, 6L)
+  expect_true(d$tau > 0)
+  wp <- get_W_compositional(fit)
+  expect_equal(unname(colMeans(wp)), rep(0, 6), tolerance = 1e-12)
+  gd <- get_gauge_diagnostics(fit)
+  expect_equal(gd$gauge_contamination_ratio, gd$W_all_ones_component_norm / gd$W_compositional_norm)
+  none <- lap_fit(sim$counts, latent_dim = 2, n_steps = 5)
+  expect_null(w_prior_diagnostics(none)$effective_rank)
+  expect_length(w_prior_diagnostics(none)$column_frobenius_compositional, 2L)
+  neg <- lap_fit(sim$counts, latent_dim = 3, n_steps = 5, priors = list(loadings = list(type = "neg_columnwise")))
+  expect_equal(w_prior_diagnostics(neg)$psi_k, w_prior_diagnostics(neg)$sigma_k^2)
+  expect_error(lap_fit(sim$counts, latent_dim = 2, priors = list(loadings = list(type = "lasso"))),
+               "type", class = "scribeR_input_error")
+  expect_error(lap_fit(sim$counts, latent_dim = 2, priors = list(loadings = list(scale = 1))),
+               "type", class = "scribeR_input_error")
+  expect_error(lap_fit(sim$counts, latent_dim = 2,
+                       priors = list(loadings = list(type = "horseshoe_columnwise", tau_scale = -1))),
+               "tau_scale", class = "scribeR_input_error")
+  expect_error(lap_fit(sim$counts, latent_dim = 2,
+                       priors = list(loadings = list(type = "gaussian", tau_scale = 1))),
+               "tau_scale", class = "scribeR_input_error")
+  expect_error(w_prior_diagnostics(1), class = "scribeR_input_error")
+})

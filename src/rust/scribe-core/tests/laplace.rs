@@ -192,3 +192,49 @@ fn pln_with_capture_tracks_per_cell_capture() {
     let var: f64 = a.iter().map(|x| (x - m).powi(2)).sum();
     assert!(cov / var > 0.8, "rank correlation {}", cov / var);
 }
+
+#[test]
+fn horseshoe_prior_recovers_the_rank() {
+    let (g, n, k_true) = (40, 400, 3);
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mu: Vec<f64> = (0..g).map(|_| rng.random_range(1.0..2.5)).collect();
+    let w: Vec<f64> = (0..g * k_true)
+        .map(|_| 0.6 * rng.sample::<f64, _>(StandardNormal))
+        .collect();
+    let (mut p, mut idx, mut val) = (vec![0i32], Vec::new(), Vec::new());
+    for _ in 0..n {
+        let z: Vec<f64> = (0..k_true).map(|_| rng.sample(StandardNormal)).collect();
+        for i in 0..g {
+            let x = mu[i]
+                + (0..k_true).map(|j| w[i * k_true + j] * z[j]).sum::<f64>()
+                + 0.2 * rng.sample::<f64, _>(StandardNormal);
+            let v = rng.sample(Poisson::new(x.exp()).unwrap()) as u32;
+            if v > 0 {
+                idx.push(i as i32);
+                val.push(v as f64);
+            }
+        }
+        p.push(idx.len() as i32);
+    }
+    let data = CountMatrix::from_csc(g, n, &p, &idx, &val).unwrap();
+    let cfg = LaplaceConfig {
+        latent_dim: 10,
+        n_steps: 1500,
+        loadings_prior: scribe_core::laplace::w_prior::LoadingsPrior::HorseshoeColumnwise {
+            tau_scale: 1.0,
+            lambda_min: 1e-3,
+            tau_min: 1e-3,
+            init_scale: 1.0,
+        },
+        optimizer: OptimizerConfig::Adam {
+            step_size: 0.02,
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-8,
+            clip: None,
+        },
+        ..Default::default()
+    };
+    let fit = run_pln(&data, &cfg, &NoProgress, &NeverCancel).unwrap();
+    assert_eq!(fit.w_prior.effective_rank, 3, "{:?}", fit.w_prior);
+}

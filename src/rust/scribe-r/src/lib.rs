@@ -7,6 +7,7 @@ use extendr_api::prelude::*;
 use extendr_api::Result;
 use scribe_core::data::CountMatrix;
 use scribe_core::dist::{Link, Prior};
+use scribe_core::laplace::w_prior::LoadingsPrior;
 use scribe_core::laplace::{run_pln, LaplaceConfig};
 use scribe_core::mcmc::init::svi_start;
 use scribe_core::mcmc::{MassMatrix, McmcConfig, Start};
@@ -728,6 +729,7 @@ fn rs_laplace_fit(
             }
             None => None,
         },
+        loadings_prior: loadings_prior(a.get("loadings"))?,
     };
     let fit = run_with_progress("Laplace", verbose, num_threads, |pr, ca| {
         run_pln(&data, &cfg, pr, ca)
@@ -744,9 +746,49 @@ fn rs_laplace_fit(
         grad_norms = fit.grad_norms,
         rescued = fit.rescued,
         masked_cells = fit.masked_cells as i32,
-        aborted = fit.aborted.map_or_else(none, |s| s.into())
+        aborted = fit.aborted.map_or_else(none, |s| s.into()),
+        w_prior = list!(
+            column_norms = fit.w_prior.column_norms,
+            column_norms_raw = fit.w_prior.column_norms_raw,
+            effective_rank = fit.w_prior.effective_rank as i32,
+            sigma_k = fit.w_prior.sigma_k,
+            scale_effective_rank = fit
+                .w_prior
+                .scale_effective_rank
+                .map_or_else(none, |v| (v as i32).into()),
+            global = fit.w_prior.global.map_or_else(none, |v| v.into())
+        ),
+        w_prior_aux = fit.w_prior_aux
     )
     .into())
+}
+
+/// The loadings prior from `priors$loadings` (validated in R; NULL = none).
+fn loadings_prior(robj: Option<&Robj>) -> Result<LoadingsPrior> {
+    let Some(robj) = robj else {
+        return Ok(LoadingsPrior::None);
+    };
+    let a = Args::new(robj, "priors$loadings")?;
+    Ok(match a.string("type")?.as_str() {
+        "none" => LoadingsPrior::None,
+        "gaussian" => LoadingsPrior::Gaussian {
+            scale: a.real_or("scale", 1.0)?,
+        },
+        "horseshoe_columnwise" => LoadingsPrior::HorseshoeColumnwise {
+            tau_scale: a.real_or("tau_scale", 1.0)?,
+            lambda_min: a.real_or("lambda_min", 1e-3)?,
+            tau_min: a.real_or("tau_min", 1e-3)?,
+            init_scale: a.real_or("init_scale", 1.0)?,
+        },
+        "neg_columnwise" => LoadingsPrior::NegColumnwise {
+            alpha: a.real_or("alpha", 1.0)?,
+            beta: a.real_or("beta", 1.0)?,
+            psi_min: a.real_or("psi_min", 1e-6)?,
+            gamma_min: a.real_or("gamma_min", 1e-6)?,
+            init_scale: a.real_or("init_scale", 1.0)?,
+        },
+        other => return Err(err(format!("unknown loadings prior type \"{other}\""))),
+    })
 }
 
 fn guide_blocks_from_r(params: &Robj) -> Result<Vec<GuideBlock>> {

@@ -6,6 +6,7 @@
 
 pub mod init;
 pub mod pln;
+pub mod w_prior;
 pub mod woodbury;
 
 use crate::data::{BatchSampler, CountMatrix};
@@ -42,6 +43,7 @@ pub struct LaplaceConfig {
     pub n_reports: usize,
     /// Capture prior `(ln M0, σ_M)`: `η_c ~ TruncN(ln M0 − ln L_c, σ_M, low = 0)`.
     pub capture: Option<(f64, f64)>,
+    pub loadings_prior: w_prior::LoadingsPrior,
 }
 
 impl Default for LaplaceConfig {
@@ -62,6 +64,7 @@ impl Default for LaplaceConfig {
             seed: 42,
             n_reports: 100,
             capture: None,
+            loadings_prior: w_prior::LoadingsPrior::None,
         }
     }
 }
@@ -86,6 +89,9 @@ pub struct PlnFit {
     pub masked_cells: usize,
     /// Why the outer loop stopped early, if it did (best state restored).
     pub aborted: Option<String>,
+    /// Auxiliary parameters of the loadings prior (unconstrained).
+    pub w_prior_aux: Vec<f64>,
+    pub w_prior: w_prior::WPriorDiagnostics,
 }
 
 /// Parameter vector `θ = [μ (G) | W (G k) | d_loc (G)]`, `d = softplus(d_loc)`.
@@ -97,8 +103,8 @@ struct Globals {
 impl Globals {
     fn split<'a>(&self, th: &'a [f64]) -> (&'a [f64], &'a [f64], &'a [f64]) {
         let (mu, rest) = th.split_at(self.g);
-        let (w, dl) = rest.split_at(self.g * self.k);
-        (mu, w, dl)
+        let (w, rest) = rest.split_at(self.g * self.k);
+        (mu, w, &rest[..self.g])
     }
 }
 
@@ -260,6 +266,9 @@ pub fn run_pln(
     let start = init::pln_start(data, k, cfg.seed);
     let mut th: Vec<f64> = start.mu.iter().chain(&start.w).copied().collect();
     th.extend(std::iter::repeat_n(crate::math::softplus_inv(0.1), g));
+    cfg.loadings_prior.validate()?;
+    let aux_at = th.len();
+    th.extend(cfg.loadings_prior.init_aux(k));
     let mut latents = start.latents;
     // Capture: per-cell anchors ln M0 − ln max(L, 1); latents start at log(u + 1) + anchor.
     let anchors: Vec<f64> = match cfg.capture {
@@ -340,7 +349,14 @@ pub fn run_pln(
             true,
         );
         masked_total += masked;
-        let loss = -scale * elbo;
+        // The loadings prior: unscaled by N/B (its weight falls as N grows).
+        let mut g_prior = vec![0.0; th.len()];
+        let lp_w = {
+            let (gw, gaux) = g_prior[g..].split_at_mut(g * k);
+            cfg.loadings_prior
+                .log_prob_grad(w, g, k, &th[aux_at..], gw, &mut gaux[g..])
+        };
+        let loss = -scale * elbo - lp_w;
         history.push(loss);
         if step == 0 {
             init_loss = loss.abs();
@@ -367,6 +383,10 @@ pub fn run_pln(
         let mut lg: Vec<f64> = grad.iter().map(|v| -scale * v).collect();
         for i in 0..g {
             lg[g + g * k + i] *= crate::math::sigmoid(th[g + g * k + i]);
+        }
+        lg.resize(th.len(), 0.0);
+        for (a, b) in lg.iter_mut().zip(&g_prior) {
+            *a -= b;
         }
         opt.step(&mut th, &lg);
         if (step + 1) % report_every == 0 || step + 1 == cfg.n_steps {
@@ -471,5 +491,7 @@ pub fn run_pln(
         rescued,
         masked_cells: masked_total,
         aborted,
+        w_prior: cfg.loadings_prior.diagnostics(w, g, k, &th[aux_at..]),
+        w_prior_aux: th[aux_at..].to_vec(),
     })
 }

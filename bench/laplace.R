@@ -1,0 +1,53 @@
+# Laplace (PLN) speed and memory on pbmc3k: time per outer step and Newton
+# iterations per second per core with the 2000 most variable genes and
+# latent_dim 16, then how one step scales with k (4, 8, 16, 32) and with G
+# (500 ... 8000); the cost should follow G k^2 + k^3 per cell.
+# Usage: Rscript bench/laplace.R [path to shared/data] [threads]
+suppressPackageStartupMessages({ library(scribeR); library(Matrix) })
+args <- commandArgs(trailingOnly = TRUE)
+data_dir <- if (length(args) >= 1) args[1] else "../shared/data"
+threads <- if (length(args) >= 2) as.integer(args[2]) else 2L
+
+pbmc <- as(readMM(file.path(data_dir, "pbmc3k", "matrix.mtx.gz")), "CsparseMatrix")
+storage.mode(pbmc@x) <- "double"
+rownames(pbmc) <- make.unique(read.delim(file.path(data_dir, "pbmc3k", "genes.tsv.gz"), header = FALSE)[[2]])
+pbmc <- pbmc[rowSums(pbmc > 0) >= 3, ]
+# Most variable genes by variance / mean of depth-normalised counts.
+norm <- pbmc %*% Diagonal(x = 1e4 / colSums(pbmc))
+m <- rowMeans(norm)
+v <- rowMeans(norm^2) - m^2
+hvg <- order(-(v / m))
+peak_rss_mb <- function() {
+  l <- grep("^VmHWM", readLines("/proc/self/status"), value = TRUE)
+  as.numeric(gsub("[^0-9]", "", l)) / 1024
+}
+run <- function(x, k, steps, batch = NULL) {
+  x <- x[, colSums(x) > 0]
+  t <- system.time(fit <- suppressWarnings(scribe_fit(
+    x, model = "pln", inference_method = "laplace", latent_dim = k, n_steps = steps, batch_size = batch,
+    seed = 1, num_threads = threads, verbose = FALSE,
+    laplace_config = list(convergence_action = "ignore", rescue_diverged_cells = FALSE))))[["elapsed"]]
+  cells <- if (is.null(batch)) ncol(x) else batch
+  # Outer steps run n_newton (5) iterations per cell; the final sweep max(2 * 5, 10) per cell.
+  iters <- steps * cells * 5 + ncol(x) * 10
+  list(t = t, per_step = t / steps, iters_per_s_core = iters / t / threads, us_per_iter = 1e6 * t / iters, fit = fit)
+}
+
+cat(sprintf("pbmc3k: %d genes x %d cells; threads = %d\n", nrow(pbmc), ncol(pbmc), threads))
+x <- pbmc[hvg[1:2000], ]
+r <- run(x, 16, 20)
+cat(sprintf("PLN, 2000 HVG, k = 16, full batch: %.2f s per outer step, %.0f Newton iterations/s/core, peak RSS %.0f MB\n",
+            r$per_step, r$iters_per_s_core, peak_rss_mb()))
+r <- run(x, 16, 20, batch = 256)
+cat(sprintf("PLN, 2000 HVG, k = 16, batch 256:  %.3f s per outer step\n", r$per_step))
+
+cat("\nScaling (10 steps of 256 cells plus the final sweep; time per cell Newton iteration, all threads):\n")
+cat(sprintf("%6s %4s %16s\n", "G", "k", "us per cell-iter"))
+for (k in c(4, 8, 16, 32)) {
+  r <- run(pbmc[hvg[1:2000], ], k, 10, batch = 256)
+  cat(sprintf("%6d %4d %16.1f\n", 2000L, as.integer(k), r$us_per_iter))
+}
+for (g in c(500, 1000, 2000, 4000, 8000)) {
+  r <- run(pbmc[hvg[1:g], ], 16, 10, batch = 256)
+  cat(sprintf("%6d %4d %16.1f\n", as.integer(g), 16L, r$us_per_iter))
+}
