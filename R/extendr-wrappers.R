@@ -24,3 +24,7 @@ rs_mcmc_fit <- function(n_genes, n_cells, p, i, x, model, mcmc, init, verbose, n
 rs_laplace_fit <- function(n_genes, n_cells, p, i, x, model, laplace, verbose, num_threads) {
   .Call(wrap__rs_laplace_fit, n_genes, n_cells, p, i, x, model, laplace, verbose, num_threads)
 }
+
+rs_cascade_stats <- function(model, params, n_draws, seed, tau) {
+  .Call(wrap__rs_cascade_stats, model, params, n_draws, seed, tau)
+}

@@ -110,7 +110,21 @@
 #' (`tau_scale`, `lambda_min`, `tau_min`, `init_scale`) or `"neg_columnwise"`
 #' (normal-exponential-gamma: `alpha`, `beta`, `psi_min`, `gamma_min`,
 #' `init_scale`); its scales are fitted with the globals and it is not scaled
-#' by N/B. See [w_prior_diagnostics()]. Not yet available: NBLN, LNM, LNMVCP.
+#' by N/B. See [w_prior_diagnostics()].
+#'
+#' `model = "nbln"` replaces the Poisson by a negative binomial with mean
+#' `exp(x_cg - eta_c)` and a per-gene dispersion `r_g` fitted with the
+#' globals (start: moments). The recommended NBLN workflow is a cascade from
+#' an SVI fit of `nbvcp` to the same data: `informative_priors_from = svi`
+#' turns 1000 posterior draws into Normal priors on `softplus^-1(r)`,
+#' `mu = log(mean expression)` and each cell's `eta = -log(p_capture)`
+#' (scale = sd x `informative_priors_tau`, floored at 1e-4), and
+#' `informative_priors_freeze` (default `c("r", "eta")`; aliases
+#' `dispersion`, `expression`/`mean_expression`, `capture_efficiency`;
+#' `character(0)` for none) fixes those quantities at the SVI estimate
+#' instead. A frozen `eta` is an offset, so Newton solves for `x` alone. The
+#' capture conversion is `eta = log(1 + phi_capture)` (the original's
+#' `phi/(1 + phi)` is a slip). Not yet available: LNM, LNMVCP.
 #'
 #' @param x Counts: see Description.
 #' @param model One of `"nbdm"`, `"nbvcp"`, `"zinb"`, `"zinbvcp"`. Default
@@ -152,6 +166,13 @@
 #'   `"ignore"`), `rescue_diverged_cells` (`TRUE`),
 #'   `rescue_threshold_multiplier` (10), `rescue_n_newton` (50),
 #'   `rescue_damping_multiplier` (10); see the Laplace section.
+#' @param informative_priors_from NBLN by Laplace: an SVI fit
+#'   ([ScribeSVIResults-class]) of an NB model with capture to the same data,
+#'   whose posterior becomes the priors (the cascade; see the Laplace section).
+#' @param informative_priors_tau Widening factor of the cascade priors' scales.
+#' @param informative_priors_freeze Quantities fixed at the SVI estimate:
+#'   `NULL` (default `c("r", "eta")`), `character(0)`, or any of `"r"`, `"mu"`,
+#'   `"eta"` and their aliases.
 #' @param seed Integer seed. `NULL` draws one from R's RNG, so `set.seed()`
 #'   makes fits reproducible; the seed used is stored in the result.
 #' @param num_threads Threads for the core; `NULL` = all cores. Results do not
@@ -181,6 +202,8 @@ scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterizati
                        stable_update = TRUE, restore_best = FALSE, early_stopping = NULL,
                        n_samples = 2000L, n_warmup = 1000L, n_chains = 1L, svi_init = NULL, mcmc_config = NULL,
                        latent_dim = NULL, vae_latent_dim = NULL, laplace_config = NULL,
+                       informative_priors_from = NULL, informative_priors_tau = 1,
+                       informative_priors_freeze = NULL,
                        seed = NULL, num_threads = getOption("scribeR.num_threads", 1L),
                        verbose = interactive(), drop_empty = FALSE, assay = NULL, ...) {
   check_unknown_args(list(...))
@@ -196,7 +219,8 @@ scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterizati
     stable_update = stable_update, restore_best = restore_best, early_stopping = early_stopping,
     n_samples = n_samples, n_warmup = n_warmup, n_chains = n_chains, svi_init = svi_init,
     mcmc_config = mcmc_config, latent_dim = latent_dim, vae_latent_dim = vae_latent_dim,
-    laplace_config = laplace_config,
+    laplace_config = laplace_config, informative_priors_from = informative_priors_from,
+    informative_priors_tau = informative_priors_tau, informative_priors_freeze = informative_priors_freeze,
     seed = seed, num_threads = num_threads, verbose = verbose, drop_empty = drop_empty
   )
 }
@@ -268,7 +292,8 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
                "batch_size",
                "optimizer_config", "stable_update", "restore_best", "early_stopping",
                "n_samples", "n_warmup", "n_chains", "svi_init", "mcmc_config",
-               "latent_dim", "vae_latent_dim", "laplace_config", "seed",
+               "latent_dim", "vae_latent_dim", "laplace_config", "informative_priors_from",
+               "informative_priors_tau", "informative_priors_freeze", "seed",
                "num_threads", "verbose", "drop_empty", "assay")
 
 .scribe_fit_counts <- function(counts, model = NULL, inference_method = "svi",
@@ -280,7 +305,8 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
                                restore_best = FALSE, early_stopping = NULL,
                                n_samples = 2000L, n_warmup = 1000L, n_chains = 1L, svi_init = NULL,
                                mcmc_config = NULL, latent_dim = NULL, vae_latent_dim = NULL,
-                               laplace_config = NULL, seed = NULL,
+                               laplace_config = NULL, informative_priors_from = NULL,
+                               informative_priors_tau = 1, informative_priors_freeze = NULL, seed = NULL,
                                num_threads = getOption("scribeR.num_threads", 1L),
                                verbose = interactive(), drop_empty = FALSE) {
   model <- resolve_model(model, zero_inflation, variable_capture)
@@ -292,8 +318,8 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
         "i" = "The VAE engine, the other way to fit it, is not available in this version of scribeR."
       ))
     }
-    if (model != "pln") {
-      abort_unsupported("Laplace fits of {.val {model}} are not available in this version of scribeR; {.val pln} is.")
+    if (!model %in% c("pln", "nbln")) {
+      abort_unsupported("Laplace fits of {.val {model}} are not available in this version of scribeR; {.val pln} and {.val nbln} are.")
     }
   } else if (inference_method == "laplace") {
     abort_input(c("{.code inference_method = \"laplace\"} fits the log-normal models ({.val {(.lognormal_models)}}), not {.val {model}}.",
@@ -328,8 +354,10 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
   if (inference_method == "laplace") {
     lap_priors <- laplace_priors(priors, model)
     if (!is.null(early_stopping)) cli::cli_warn("Laplace fits do not use {.arg early_stopping} yet; it is ignored.")
+    cascade <- resolve_cascade(informative_priors_from, informative_priors_tau, informative_priors_freeze,
+                               model, counts)
     return(fit_laplace(counts, v$dropped_cells, model, latent_dim, vae_latent_dim, laplace_config, n_steps,
-                       batch_size, optimizer_config, seed, num_threads, verbose, lap_priors))
+                       batch_size, optimizer_config, seed, num_threads, verbose, lap_priors, cascade))
   }
   mixing <- NULL
   if (is.list(priors) && !is.null(priors$mixing)) {

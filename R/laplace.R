@@ -103,15 +103,75 @@ laplace_priors <- function(priors, model) {
   out
 }
 
+.freeze_aliases <- c(r = "r", dispersion = "r", mu = "mu", mean_expression = "mu", expression = "mu",
+                     eta = "eta", capture_efficiency = "eta")
+
+# The NBLN cascade from an SVI fit: empirical priors and frozen values (or NULL).
+resolve_cascade <- function(from, tau, freeze, model, counts) {
+  if (is.null(from)) {
+    if (length(freeze)) cli::cli_warn("{.arg informative_priors_freeze} is ignored without {.arg informative_priors_from}.")
+    return(NULL)
+  }
+  if (model != "nbln") {
+    abort_input("{.arg informative_priors_from} (the SVI cascade) applies to {.val nbln}, not {.val {model}}.")
+  }
+  if (!is(from, "ScribeSVIResults")) {
+    abort_input("{.arg informative_priors_from} must be an SVI fit ({.cls ScribeSVIResults}), not {.cls {class(from)[1]}}.")
+  }
+  if (!identical(from@gene_names, rownames(counts)) && !(is.null(rownames(counts)) && length(from@gene_names) == nrow(counts))) {
+    abort_input("{.arg informative_priors_from} was fitted to different genes.")
+  }
+  if (!identical(from@cell_names, colnames(counts)) && !(is.null(colnames(counts)) && length(from@cell_names) == ncol(counts))) {
+    abort_input("{.arg informative_priors_from} was fitted to different cells.")
+  }
+  check_number(tau, "informative_priors_tau", "a positive number", function(v) v > 0)
+  if (is.null(freeze)) freeze <- c("r", "eta")
+  if (!is.character(freeze)) abort_input("{.arg informative_priors_freeze} must be a character vector.")
+  bad <- setdiff(freeze, names(.freeze_aliases))
+  if (length(bad)) {
+    abort_input(c("Unknown {.arg informative_priors_freeze} entr{?y/ies}: {.val {bad}}.",
+                  "i" = "Use {.val {names(.freeze_aliases)}}."))
+  }
+  canon <- unname(.freeze_aliases[freeze])
+  if (anyDuplicated(canon)) {
+    abort_input("{.arg informative_priors_freeze} names the same quantity twice: {.val {freeze[duplicated(canon) | duplicated(canon, fromLast = TRUE)]}}.")
+  }
+  st <- call_core(rs_cascade_stats(from@model, from@params, 1000L, 0, as.numeric(tau)))
+  has_capture <- length(st$eta_loc) > 0L
+  if (!has_capture) {
+    cli::cli_warn("{.arg informative_priors_from} has no capture ({.val {from@model$model}}); {.code eta} gets no cascade prior.")
+    canon <- setdiff(canon, "eta")
+  }
+  out <- list(freeze = canon, tau = tau, source_model = from@model$model)
+  out$core <- list(
+    r_prior = if (!"r" %in% canon) list(loc = st$r_loc, scale = st$r_scale),
+    mu_prior = if (!"mu" %in% canon) list(loc = st$mu_loc, scale = st$mu_scale),
+    r_frozen = if ("r" %in% canon) st$r_point,
+    mu_frozen = if ("mu" %in% canon) st$mu_point
+  )
+  out$capture <- if (!has_capture) NULL else if ("eta" %in% canon) {
+    list(mode = "frozen", values = st$eta_point)
+  } else {
+    list(mode = "prior", loc = st$eta_loc, scale = st$eta_scale)
+  }
+  out
+}
+
 fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, laplace_config, n_steps, batch_size,
-                        optimizer_config, seed, num_threads, verbose, priors = list()) {
+                        optimizer_config, seed, num_threads, verbose, priors = list(), cascade = NULL) {
   capture <- priors$capture
+  # The cascade's per-cell capture (frozen or prior) replaces the scalar anchor.
+  core_capture <- if (!is.null(cascade$capture)) {
+    cascade$capture
+  } else if (!is.null(capture)) {
+    list(mode = "anchor", ln_m0 = capture[1], sigma = capture[2])
+  }
   k <- resolve_latent_dim(latent_dim, vae_latent_dim, nrow(counts))
   cfg <- resolve_laplace_config(laplace_config)
   lap <- c(list(latent_dim = k, n_steps = as.numeric(n_steps),
                 batch_size = if (is.null(batch_size)) NULL else as.numeric(batch_size),
-                optimizer_config = resolve_optimizer(optimizer_config), seed = seed, capture = capture,
-                loadings = priors$loadings), cfg)
+                optimizer_config = resolve_optimizer(optimizer_config), seed = seed, capture = core_capture,
+                cascade = cascade$core, loadings = priors$loadings), cfg)
   t0 <- proc.time()[["elapsed"]]
   res <- call_core(rs_laplace_fit(nrow(counts), ncol(counts), counts@p, counts@i, counts@x, model, lap,
                                   verbose, num_threads))
@@ -124,10 +184,12 @@ fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, lapl
   w <- matrix(res$w, nrow = g, byrow = TRUE, dimnames = list(genes, paste0("factor", seq_len(k))))
   fit <- new("ScribeLaplaceResults",
     model = list(model = model, latent_dim = k, capture_efficiency = capture,
+                 cascade = if (is.null(cascade)) NULL else cascade[c("freeze", "tau", "source_model")],
                  loadings = if (is.null(priors$loadings)) list(type = "none") else priors$loadings),
     priors = if (is.null(capture)) list() else list(eta_capture = list(family = "truncnormal", hyper = capture)),
     gene_names = genes, cell_names = cells, dropped_cells = dropped, seed = seed,
     params = c(list(mu = stats::setNames(res$mu, genes), W = w, d = stats::setNames(res$d, genes)),
+               if (length(res$r)) list(r = stats::setNames(res$r, genes)),
                if (length(res$eta)) list(eta_capture = stats::setNames(res$eta, cells),
                                          p_capture = stats::setNames(exp(-res$eta), cells))),
     latents = matrix(res$latents, nrow = g, dimnames = list(genes, cells)),
@@ -169,7 +231,8 @@ check_newton_convergence <- function(fit) {
 #' per-cell MAP `eta_capture` and `p_capture = exp(-eta_capture)`, and the
 #' latents (genes x cells); `loss_history()` the per-step negative Laplace ELBO.
 #'
-#' @slot params List: `mu`, `W`, `d` (and `eta_capture`, `p_capture`).
+#' @slot params List: `mu`, `W`, `d` (NBLN: `r`; with capture:
+#'   `eta_capture`, `p_capture`).
 #' @slot latents MAP latent log-rates, genes x cells.
 #' @slot loss_history Loss per outer step.
 #' @slot config List of the engine settings.
@@ -190,9 +253,14 @@ setMethod("show", "ScribeLaplaceResults", function(object) {
   d <- object@diagnostics
   losses <- object@loss_history
   tail_l <- utils::tail(losses[is.finite(losses)], 100L)
+  cas <- object@model$cascade
   cat(sprintf("<ScribeLaplaceResults> %s%s, Laplace (latent_dim = %d)\n", object@model$model,
-              if (is.null(object@model$capture_efficiency)) "" else " with capture",
+              if (is.null(object@model$capture_efficiency) && is.null(object@params$eta_capture)) "" else " with capture",
               as.integer(object@model$latent_dim)))
+  if (!is.null(cas)) {
+    cat(sprintf("  cascade: priors from an SVI %s fit (tau = %g)%s\n", cas$source_model, cas$tau,
+                if (length(cas$freeze)) paste0(", frozen: ", paste(cas$freeze, collapse = ", ")) else ""))
+  }
   cat(sprintf("  data:   %d genes x %d cells%s\n", length(object@gene_names), length(object@cell_names),
               if (length(object@dropped_cells)) sprintf(" (%d empty cells dropped)", length(object@dropped_cells)) else ""))
   bs <- object@config$batch_size

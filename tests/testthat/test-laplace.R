@@ -12,8 +12,8 @@ simulate_pln <- function(n_genes, n_cells, rank, seed, eta = rep(0, n_cells)) {
   list(counts = Matrix::Matrix(u, sparse = TRUE), mu = mu, w = w)
 }
 
-lap_fit <- function(x, ..., n_steps = 200) {
-  scribe_fit(x, model = "pln", inference_method = "laplace", n_steps = n_steps, seed = 1, verbose = FALSE,
+lap_fit <- function(x, ..., model = "pln", n_steps = 200) {
+  scribe_fit(x, model = model, inference_method = "laplace", n_steps = n_steps, seed = 1, verbose = FALSE,
              optimizer_config = list(name = "adam", step_size = 0.02), ...)
 }
 
@@ -56,7 +56,7 @@ test_that("latent_dim, its alias and laplace_config are checked", {
                class = "scribeR_input_error")
   expect_error(scribe_fit(x, model = "nbdm", inference_method = "laplace", verbose = FALSE),
                "log-normal", class = "scribeR_input_error")
-  expect_error(scribe_fit(x, model = "nbln", inference_method = "laplace", verbose = FALSE),
+  expect_error(scribe_fit(x, model = "lnm", inference_method = "laplace", verbose = FALSE),
                "not available", class = "scribeR_unsupported")
   expect_error(scribe_fit(x, model = "pln", verbose = FALSE), "laplace", class = "scribeR_unsupported")
   expect_error(lap_fit(x, latent_dim = 2, priors = list(r = c(0, 1))), "capture prior",
@@ -129,4 +129,47 @@ test_that("the horseshoe loadings prior finds the rank; gauge diagnostics", {
                        priors = list(loadings = list(type = "gaussian", tau_scale = 1))),
                "tau_scale", class = "scribeR_input_error")
   expect_error(w_prior_diagnostics(1), class = "scribeR_input_error")
+})
+
+test_that("the NBLN cascade from SVI: priors, freezing with aliases, frozen values kept", {
+  sim <- scribe_simulate("nbvcp", n_genes = 25, n_cells = 150, seed = 9)
+  x <- sim$counts[, Matrix::colSums(sim$counts) > 0]
+  svi <- scribe_fit(x, model = "nbvcp", parameterization = "mean_odds", n_steps = 300, seed = 1, verbose = FALSE)
+  fit <- lap_fit(x, model = "nbln", latent_dim = 2, n_steps = 40, informative_priors_from = svi,
+                 informative_priors_freeze = c("dispersion", "capture_efficiency"))
+  expect_s4_class(fit, "ScribeLaplaceResults")
+  expect_output(show(fit), "frozen: r, eta")
+  map <- get_map(fit)
+  svi_map <- get_map(svi)
+  expect_equal(unname(map$r), unname(svi_map$r), tolerance = 1e-12)
+  expect_equal(unname(map$eta_capture), unname(-log(svi_map$p_capture)), tolerance = 1e-12)
+  expect_equal(unname(map$p_capture), unname(svi_map$p_capture), tolerance = 1e-10)
+  # No freeze: r and eta move away from the SVI values under their priors.
+  free <- lap_fit(x, model = "nbln", latent_dim = 2, n_steps = 40, informative_priors_from = svi,
+                  informative_priors_freeze = character(0), informative_priors_tau = 2)
+  expect_false(isTRUE(all.equal(unname(get_map(free)$r), unname(svi_map$r))))
+  expect_false(any(grepl("frozen", capture.output(show(free)))))
+  expect_error(lap_fit(x, model = "nbln", latent_dim = 2, informative_priors_from = svi,
+                       informative_priors_freeze = c("r", "dispersion")), "twice", class = "scribeR_input_error")
+  expect_error(lap_fit(x, model = "nbln", latent_dim = 2, informative_priors_from = svi,
+                       informative_priors_freeze = "size"), "size", class = "scribeR_input_error")
+  expect_error(lap_fit(x, latent_dim = 2, informative_priors_from = svi), "nbln", class = "scribeR_input_error")
+  expect_error(lap_fit(x, model = "nbln", latent_dim = 2, informative_priors_from = 1), "SVI fit",
+               class = "scribeR_input_error")
+  expect_error(lap_fit(x[1:20, ], model = "nbln", latent_dim = 2, informative_priors_from = svi),
+               "different genes", class = "scribeR_input_error")
+  expect_warning(lap_fit(x, model = "nbln", latent_dim = 2, n_steps = 2, informative_priors_freeze = "r"),
+                 "ignored")
+  nodepth <- scribe_fit(x, model = "nbdm", n_steps = 100, seed = 1, verbose = FALSE)
+  expect_warning(lap_fit(x, model = "nbln", latent_dim = 2, n_steps = 2, informative_priors_from = nodepth),
+                 "no capture")
+})
+
+test_that("NBLN without a cascade fits dispersions", {
+  sim <- scribe_simulate("nbdm", n_genes = 20, n_cells = 200, seed = 10)
+  x <- sim$counts[, Matrix::colSums(sim$counts) > 0]
+  fit <- lap_fit(x, model = "nbln", latent_dim = 2, n_steps = 100)
+  expect_length(get_map(fit)$r, 20L)
+  expect_true(all(get_map(fit)$r > 0))
+  expect_true(all(fit@diagnostics$grad_norms < 1e-4))
 })

@@ -5,7 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Poisson, StandardNormal};
 use scribe_core::data::CountMatrix;
-use scribe_core::laplace::{run_pln, LaplaceConfig};
+use scribe_core::laplace::{run as run_pln, Capture, Cascade, LaplaceConfig, LnModel};
 use scribe_core::progress::{NeverCancel, NoProgress};
 use scribe_core::svi::optim::OptimizerConfig;
 
@@ -162,7 +162,10 @@ fn pln_with_capture_tracks_per_cell_capture() {
     let cfg = LaplaceConfig {
         latent_dim: k,
         n_steps: 200,
-        capture: Some((m0.ln(), 0.5)),
+        capture: Capture::Anchor {
+            ln_m0: m0.ln(),
+            sigma: 0.5,
+        },
         optimizer: OptimizerConfig::Adam {
             step_size: 0.02,
             b1: 0.9,
@@ -237,4 +240,130 @@ fn horseshoe_prior_recovers_the_rank() {
     };
     let fit = run_pln(&data, &cfg, &NoProgress, &NeverCancel).unwrap();
     assert_eq!(fit.w_prior.effective_rank, 3, "{:?}", fit.w_prior);
+}
+
+/// Counts from an NB log-normal model: `x ~ N(μ, WWᵀ + 0.04 I)`,
+/// `u ~ NB(mean e^{x − η}, r)`.
+fn simulate_nbln(
+    g: usize,
+    n: usize,
+    k: usize,
+    r: &[f64],
+    eta: &[f64],
+    seed: u64,
+) -> (CountMatrix, Vec<f64>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mu: Vec<f64> = (0..g).map(|_| rng.random_range(1.0..3.0)).collect();
+    let w: Vec<f64> = (0..g * k)
+        .map(|_| 0.4 * rng.sample::<f64, _>(StandardNormal))
+        .collect();
+    let (mut p, mut idx, mut val) = (vec![0i32], Vec::new(), Vec::new());
+    for &e in eta.iter().take(n) {
+        let z: Vec<f64> = (0..k).map(|_| rng.sample(StandardNormal)).collect();
+        for i in 0..g {
+            let x = mu[i]
+                + (0..k).map(|j| w[i * k + j] * z[j]).sum::<f64>()
+                + 0.2 * rng.sample::<f64, _>(StandardNormal);
+            let m = (x - e).exp();
+            let lam: f64 = rng.sample(rand_distr::Gamma::new(r[i], m / r[i]).unwrap());
+            let v = rng.sample(Poisson::new(lam.max(1e-12)).unwrap()) as u32;
+            if v > 0 {
+                idx.push(i as i32);
+                val.push(v as f64);
+            }
+        }
+        p.push(idx.len() as i32);
+    }
+    (CountMatrix::from_csc(g, n, &p, &idx, &val).unwrap(), mu)
+}
+
+#[test]
+fn nbln_recovers_dispersion_and_mean() {
+    let (g, n) = (30, 500);
+    let r: Vec<f64> = (0..g).map(|i| 0.5 + 0.25 * i as f64).collect();
+    let (data, mu) = simulate_nbln(g, n, 2, &r, &vec![0.0; n], 21);
+    let cfg = LaplaceConfig {
+        model: LnModel::Nbln,
+        latent_dim: 2,
+        n_steps: 600,
+        optimizer: OptimizerConfig::Adam {
+            step_size: 0.02,
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-8,
+            clip: None,
+        },
+        ..Default::default()
+    };
+    let fit = run_pln(&data, &cfg, &NoProgress, &NeverCancel).unwrap();
+    assert!(fit.aborted.is_none(), "{:?}", fit.aborted);
+    assert_eq!(fit.r.len(), g);
+    let err = (0..g)
+        .map(|i| (fit.mu[i] - mu[i]).abs())
+        .fold(0.0f64, f64::max);
+    assert!(err < 0.3, "max |mu error| {err}");
+    // Dispersions: log r on the right scale and in the right order.
+    let lr: Vec<f64> = fit.r.iter().map(|v| v.ln()).collect();
+    let lt: Vec<f64> = r.iter().map(|v| v.ln()).collect();
+    let (ma, mb) = (
+        lr.iter().sum::<f64>() / g as f64,
+        lt.iter().sum::<f64>() / g as f64,
+    );
+    let cov: f64 = lr.iter().zip(&lt).map(|(a, b)| (a - ma) * (b - mb)).sum();
+    let (va, vb): (f64, f64) = (
+        lr.iter().map(|a| (a - ma).powi(2)).sum(),
+        lt.iter().map(|b| (b - mb).powi(2)).sum(),
+    );
+    assert!(
+        cov / (va * vb).sqrt() > 0.8,
+        "corr(log r) {}",
+        cov / (va * vb).sqrt()
+    );
+    assert!((ma - mb).abs() < 0.4, "mean log r {ma} vs {mb}");
+    assert!(fit.grad_norms.iter().all(|v| *v < 1e-3));
+}
+
+#[test]
+fn cascade_freeze_keeps_frozen_values_bit_identical() {
+    let (g, n) = (20, 200);
+    let r: Vec<f64> = vec![3.0; g];
+    let eta_true: Vec<f64> = (0..n).map(|c| 0.1 + 1.2 * (c as f64 / n as f64)).collect();
+    let (data, _) = simulate_nbln(g, n, 2, &r, &eta_true, 22);
+    let r_frozen: Vec<f64> = (0..g).map(|i| 1.0 + 0.1 * i as f64).collect();
+    let cfg = LaplaceConfig {
+        model: LnModel::Nbln,
+        latent_dim: 2,
+        n_steps: 60,
+        batch_size: Some(64),
+        capture: Capture::Frozen(eta_true.clone()),
+        cascade: Cascade {
+            r_frozen: Some(r_frozen.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let fit = run_pln(&data, &cfg, &NoProgress, &NeverCancel).unwrap();
+    assert_eq!(fit.eta, eta_true);
+    // r round-trips through softplus⁻¹ once; it is never updated.
+    let again: Vec<f64> = r_frozen
+        .iter()
+        .map(|&v| scribe_core::math::softplus(scribe_core::math::softplus_inv(v)))
+        .collect();
+    assert_eq!(fit.r, again);
+    assert!(fit
+        .r
+        .iter()
+        .zip(&r_frozen)
+        .all(|(a, b)| (a - b).abs() < 1e-12));
+    // Per-cell empirical capture priors run too.
+    let cfg = LaplaceConfig {
+        capture: Capture::PerCell {
+            loc: eta_true.clone(),
+            scale: vec![0.2; n],
+        },
+        cascade: Cascade::default(),
+        ..cfg
+    };
+    let fit = run_pln(&data, &cfg, &NoProgress, &NeverCancel).unwrap();
+    assert!(fit.eta.iter().all(|&e| e >= 1e-3) && fit.aborted.is_none());
 }

@@ -7,8 +7,9 @@ use extendr_api::prelude::*;
 use extendr_api::Result;
 use scribe_core::data::CountMatrix;
 use scribe_core::dist::{Link, Prior};
+use scribe_core::laplace::cascade::cascade_stats;
 use scribe_core::laplace::w_prior::LoadingsPrior;
-use scribe_core::laplace::{run_pln, LaplaceConfig};
+use scribe_core::laplace::{run as run_laplace, Capture, Cascade, LaplaceConfig, LnModel};
 use scribe_core::mcmc::init::svi_start;
 use scribe_core::mcmc::{MassMatrix, McmcConfig, Start};
 use scribe_core::models::nb::{NbModel, NbSpec, Parameterization, Variant};
@@ -691,14 +692,68 @@ fn rs_laplace_fit(
     num_threads: i32,
 ) -> Result<Robj> {
     let data = counts_from_slots(n_genes, n_cells, &p, &i, &x)?;
-    if model != "pln" {
-        return Err(err(format!(
-            "internal: Laplace model '{model}' is not implemented"
-        )));
-    }
+    let model = match model {
+        "pln" => LnModel::Pln,
+        "nbln" => LnModel::Nbln,
+        other => {
+            return Err(err(format!(
+                "internal: Laplace model '{other}' is not implemented"
+            )))
+        }
+    };
     let a = Args::new(&laplace, "laplace")?;
     let d = LaplaceConfig::default();
+    let vec_of = |r: Option<&Robj>, what: &str| -> Result<Option<Vec<f64>>> {
+        match r {
+            None => Ok(None),
+            Some(v) => v
+                .as_real_slice()
+                .map(|s| Some(s.to_vec()))
+                .ok_or_else(|| err(format!("internal: `{what}` must be numeric"))),
+        }
+    };
+    let pair = |r: Option<&Robj>, what: &str| -> Result<Option<(Vec<f64>, Vec<f64>)>> {
+        let Some(r) = r else { return Ok(None) };
+        let l = Args::new(r, what)?;
+        Ok(Some((
+            vec_of(l.get("loc"), what)?.unwrap_or_default(),
+            vec_of(l.get("scale"), what)?.unwrap_or_default(),
+        )))
+    };
+    let capture = match a
+        .get("capture")
+        .map(|c| Args::new(c, "capture"))
+        .transpose()?
+    {
+        None => Capture::None,
+        Some(c) => match c.string("mode")?.as_str() {
+            "anchor" => Capture::Anchor {
+                ln_m0: c.real("ln_m0")?,
+                sigma: c.real("sigma")?,
+            },
+            "prior" => Capture::PerCell {
+                loc: vec_of(c.get("loc"), "capture")?.unwrap_or_default(),
+                scale: vec_of(c.get("scale"), "capture")?.unwrap_or_default(),
+            },
+            "frozen" => Capture::Frozen(vec_of(c.get("values"), "capture")?.unwrap_or_default()),
+            other => return Err(err(format!("internal: capture mode '{other}'"))),
+        },
+    };
+    let cascade = match a
+        .get("cascade")
+        .map(|c| Args::new(c, "cascade"))
+        .transpose()?
+    {
+        None => Cascade::default(),
+        Some(c) => Cascade {
+            r_prior: pair(c.get("r_prior"), "r_prior")?,
+            mu_prior: pair(c.get("mu_prior"), "mu_prior")?,
+            r_frozen: vec_of(c.get("r_frozen"), "r_frozen")?,
+            mu_frozen: vec_of(c.get("mu_frozen"), "mu_frozen")?,
+        },
+    };
     let cfg = LaplaceConfig {
+        model,
         latent_dim: a.real("latent_dim")? as usize,
         n_steps: a.real("n_steps")? as usize,
         batch_size: a.opt_real("batch_size")?.map(|b| b as usize),
@@ -719,26 +774,19 @@ fn rs_laplace_fit(
         optimizer: optimizer(a.get("optimizer_config"))?,
         seed: a.real("seed")? as u64,
         n_reports: 100,
-        capture: match a.get("capture") {
-            Some(c) => {
-                let v = c
-                    .as_real_slice()
-                    .filter(|v| v.len() == 2)
-                    .ok_or_else(|| err("`capture_efficiency` must be c(log(M0), sigma)"))?;
-                Some((v[0], v[1]))
-            }
-            None => None,
-        },
+        capture,
+        cascade,
         loadings_prior: loadings_prior(a.get("loadings"))?,
     };
     let fit = run_with_progress("Laplace", verbose, num_threads, |pr, ca| {
-        run_pln(&data, &cfg, pr, ca)
+        run_laplace(&data, &cfg, pr, ca)
     })?;
     let none = || -> Robj { ().into() };
     Ok(list!(
         mu = fit.mu,
         w = fit.w,
         d = fit.d,
+        r = fit.r,
         latents = fit.latents,
         eta = fit.eta,
         latent_dim = fit.latent_dim as i32,
@@ -759,6 +807,29 @@ fn rs_laplace_fit(
             global = fit.w_prior.global.map_or_else(none, |v| v.into())
         ),
         w_prior_aux = fit.w_prior_aux
+    )
+    .into())
+}
+
+/// Empirical priors (from `n_draws` guide draws, widened by `tau`) and point
+/// values of r, log mu and eta from an SVI fit, for the NBLN cascade.
+/// @noRd
+#[extendr]
+fn rs_cascade_stats(model: Robj, params: Robj, n_draws: i32, seed: f64, tau: f64) -> Result<Robj> {
+    let spec = nb_spec(&model)?;
+    let draws = fit_sites(&spec, &params, n_draws, seed)?;
+    let point = fit_sites(&spec, &params, 0, 0.0)?;
+    let st = cascade_stats(&draws, &point, tau).map_err(core_err)?;
+    Ok(list!(
+        r_loc = st.r_loc.0,
+        r_scale = st.r_loc.1,
+        mu_loc = st.mu.0,
+        mu_scale = st.mu.1,
+        eta_loc = st.eta.0,
+        eta_scale = st.eta.1,
+        r_point = st.r_point,
+        mu_point = st.mu_point,
+        eta_point = st.eta_point
     )
     .into())
 }
@@ -1081,4 +1152,5 @@ extendr_module! {
     fn rs_nb_analysis;
     fn rs_mcmc_fit;
     fn rs_laplace_fit;
+    fn rs_cascade_stats;
 }

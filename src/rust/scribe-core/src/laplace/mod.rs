@@ -1,19 +1,22 @@
 //! Laplace inference for the log-normal family: per-cell MAP latents by
 //! damped Newton (nested Woodbury, O(G k² + k³) per step, cells in
 //! parallel), and an outer optimiser on the global parameters of the
-//! Laplace-approximated marginal likelihood. PLN (with or without the
-//! capture block) is implemented; NBLN, LNM and LNMVCP are not yet.
+//! Laplace-approximated marginal likelihood, with the MAPs held fixed.
+//! PLN and NBLN (with or without capture, with empirical priors and frozen
+//! values from an SVI cascade) are implemented; LNM and LNMVCP are not yet.
 
+pub mod cascade;
+pub mod cell;
 pub mod init;
-pub mod pln;
 pub mod w_prior;
 pub mod woodbury;
 
 use crate::data::{BatchSampler, CountMatrix};
 use crate::error::{CoreError, Result};
-use crate::math::softplus;
+use crate::math::{sigmoid, softplus, softplus_inv};
 use crate::progress::{Cancel, Progress};
 use crate::svi::optim::{Optimizer, OptimizerConfig};
+use cell::{EtaMode, NegBin, Obs, OuterGrad, Poisson};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -23,8 +26,47 @@ use woodbury::SigmaFactor;
 /// number of threads.
 const CELL_CHUNK: usize = 32;
 
+/// Which log-normal model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LnModel {
+    /// `u ~ Poisson(e^ℓ)`.
+    Pln,
+    /// `u ~ NB(mean e^ℓ, r_g)`, with a global per-gene dispersion `r`.
+    Nbln,
+}
+
+/// The capture block.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Capture {
+    None,
+    /// `η_c ~ TruncN(ln M0 − ln L_c, σ, low = 0)`.
+    Anchor {
+        ln_m0: f64,
+        sigma: f64,
+    },
+    /// Per-cell empirical prior `η_c ~ TruncN(loc_c, scale_c, low = 0)` (cascade).
+    PerCell {
+        loc: Vec<f64>,
+        scale: Vec<f64>,
+    },
+    /// `η_c` frozen at these values (cascade): an offset, not a latent.
+    Frozen(Vec<f64>),
+}
+
+/// Empirical priors and frozen values for the globals (NBLN cascade). Priors
+/// are Normal on `r_loc = softplus⁻¹(r)` and on `μ`; frozen values win.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Cascade {
+    pub r_prior: Option<(Vec<f64>, Vec<f64>)>,
+    pub mu_prior: Option<(Vec<f64>, Vec<f64>)>,
+    /// Frozen dispersions `r` (not `r_loc`).
+    pub r_frozen: Option<Vec<f64>>,
+    pub mu_frozen: Option<Vec<f64>>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LaplaceConfig {
+    pub model: LnModel,
     pub latent_dim: usize,
     pub n_steps: usize,
     pub batch_size: Option<usize>,
@@ -41,14 +83,15 @@ pub struct LaplaceConfig {
     pub optimizer: OptimizerConfig,
     pub seed: u64,
     pub n_reports: usize,
-    /// Capture prior `(ln M0, σ_M)`: `η_c ~ TruncN(ln M0 − ln L_c, σ_M, low = 0)`.
-    pub capture: Option<(f64, f64)>,
+    pub capture: Capture,
+    pub cascade: Cascade,
     pub loadings_prior: w_prior::LoadingsPrior,
 }
 
 impl Default for LaplaceConfig {
     fn default() -> Self {
         LaplaceConfig {
+            model: LnModel::Pln,
             latent_dim: 10,
             n_steps: 50_000,
             batch_size: None,
@@ -63,29 +106,32 @@ impl Default for LaplaceConfig {
             optimizer: OptimizerConfig::default(),
             seed: 42,
             n_reports: 100,
-            capture: None,
+            capture: Capture::None,
+            cascade: Cascade::default(),
             loadings_prior: w_prior::LoadingsPrior::None,
         }
     }
 }
 
-/// A fitted PLN: globals, per-cell MAP latents (cell-major, `C × G`) and diagnostics.
+/// A Laplace fit: globals, per-cell MAP latents (cell-major, `C × G`) and diagnostics.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PlnFit {
+pub struct LaplaceFit {
     pub n_genes: usize,
     pub latent_dim: usize,
     pub mu: Vec<f64>,
     /// Loadings, row-major `G × k`.
     pub w: Vec<f64>,
     pub d: Vec<f64>,
+    /// NBLN dispersions (empty for PLN).
+    pub r: Vec<f64>,
     pub latents: Vec<f64>,
-    /// Per-cell MAP `η` (empty without capture); `ν = e^{−η}`.
+    /// Per-cell MAP (or frozen) `η` (empty without capture); `ν = e^{−η}`.
     pub eta: Vec<f64>,
     pub loss_history: Vec<f64>,
     /// Per-cell gradient sup-norm after the final sweep (and rescue).
     pub grad_norms: Vec<f64>,
     pub rescued: Vec<bool>,
-    /// Cells whose ELBO was non-finite at some step (masked out of that step).
+    /// Cell-steps whose ELBO was non-finite (left out of that step).
     pub masked_cells: usize,
     /// Why the outer loop stopped early, if it did (best state restored).
     pub aborted: Option<String>,
@@ -94,108 +140,194 @@ pub struct PlnFit {
     pub w_prior: w_prior::WPriorDiagnostics,
 }
 
-/// Parameter vector `θ = [μ (G) | W (G k) | d_loc (G)]`, `d = softplus(d_loc)`.
-struct Globals {
+/// Offsets of the blocks of `θ = [μ | W | d_loc | r_loc (NBLN) | aux]`.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
     g: usize,
     k: usize,
+    has_r: bool,
 }
 
-impl Globals {
-    fn split<'a>(&self, th: &'a [f64]) -> (&'a [f64], &'a [f64], &'a [f64]) {
-        let (mu, rest) = th.split_at(self.g);
-        let (w, rest) = rest.split_at(self.g * self.k);
-        (mu, w, &rest[..self.g])
+impl Layout {
+    fn w(&self) -> usize {
+        self.g
+    }
+    fn d(&self) -> usize {
+        self.g + self.g * self.k
+    }
+    fn r(&self) -> usize {
+        self.d() + self.g
+    }
+    fn aux(&self) -> usize {
+        self.r() + if self.has_r { self.g } else { 0 }
     }
 }
 
-/// Runs Newton on the cells `cells` (their latents in `lat`, `len·G`) and,
-/// with `grad`, accumulates the ELBO gradient. Returns (Σ ELBO over finite
-/// cells, per-cell grad norms, masked count, gradient).
+/// The per-cell capture mode and the per-cell prior of `η`.
+struct EtaSpec {
+    mode: Vec<EtaMode>,
+}
+
+impl EtaSpec {
+    fn new(capture: &Capture, data: &CountMatrix) -> Result<(Self, Vec<f64>)> {
+        let n = data.n_cells;
+        let bad = |m: &str| Err(CoreError::arg("priors", m.to_string()));
+        Ok(match capture {
+            Capture::None => (
+                EtaSpec {
+                    mode: vec![EtaMode::None; n],
+                },
+                vec![0.0; n],
+            ),
+            Capture::Anchor { ln_m0, sigma } => {
+                if !(*sigma > 0.0) || !ln_m0.is_finite() {
+                    return bad("capture_efficiency must be c(log(M0), sigma) with sigma > 0");
+                }
+                let anchors: Vec<f64> = data
+                    .lib_size
+                    .iter()
+                    .map(|&l| ln_m0 - l.max(1.0).ln())
+                    .collect();
+                let mode = anchors
+                    .iter()
+                    .map(|&a| EtaMode::Free {
+                        anchor: a,
+                        sigma: *sigma,
+                    })
+                    .collect();
+                let eta0 = anchors.iter().map(|a| a.max(cell::ETA_MIN)).collect();
+                (EtaSpec { mode }, eta0)
+            }
+            Capture::PerCell { loc, scale } => {
+                if loc.len() != n || scale.len() != n || scale.iter().any(|s| !(*s > 0.0)) {
+                    return bad("the per-cell capture prior does not match the cells");
+                }
+                let mode = loc
+                    .iter()
+                    .zip(scale)
+                    .map(|(&a, &s)| EtaMode::Free {
+                        anchor: a,
+                        sigma: s,
+                    })
+                    .collect();
+                (
+                    EtaSpec { mode },
+                    loc.iter().map(|a| a.max(cell::ETA_MIN)).collect(),
+                )
+            }
+            Capture::Frozen(eta) => {
+                if eta.len() != n || eta.iter().any(|e| !e.is_finite()) {
+                    return bad("the frozen capture values do not match the cells");
+                }
+                (
+                    EtaSpec {
+                        mode: vec![EtaMode::Fixed; n],
+                    },
+                    eta.clone(),
+                )
+            }
+        })
+    }
+}
+
+/// Globals read from `θ` for one step.
+struct Globals<'a> {
+    mu: &'a [f64],
+    w: &'a [f64],
+    d: Vec<f64>,
+    r: Vec<f64>,
+    sig: SigmaFactor,
+}
+
+impl<'a> Globals<'a> {
+    fn new(th: &'a [f64], lay: Layout) -> Option<Self> {
+        let (g, k) = (lay.g, lay.k);
+        let mu = &th[..g];
+        let w = &th[lay.w()..lay.w() + g * k];
+        let d: Vec<f64> = th[lay.d()..lay.d() + g]
+            .iter()
+            .map(|&v| softplus(v))
+            .collect();
+        let r = if lay.has_r {
+            th[lay.r()..lay.r() + g]
+                .iter()
+                .map(|&v| softplus(v))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let sig = SigmaFactor::new(w, &d, k)?;
+        Some(Globals { mu, w, d, r, sig })
+    }
+}
+
+/// Newton on `cells` (their latents in `lat`, `len·G`, and `eta`) and, with
+/// `want_grad`, the ELBO gradient in `[μ | W | d | r]` order. Returns
+/// (Σ ELBO over finite cells, per-cell grad norms, masked count, gradient).
 #[allow(clippy::too_many_arguments)]
 fn sweep(
     data: &CountMatrix,
     cells: &[usize],
     lat: &mut [f64],
     eta: &mut [f64],
-    capture: Option<(&[f64], f64)>,
-    mu: &[f64],
-    w: &[f64],
-    d: &[f64],
-    sig: &SigmaFactor,
-    k: usize,
+    modes: &EtaSpec,
+    gl: &Globals<'_>,
+    lay: Layout,
     n_newton: usize,
     damping: f64,
     max_step: f64,
     want_grad: bool,
 ) -> (f64, Vec<f64>, usize, Vec<f64>) {
-    let g = data.n_genes;
-    let np = g * (k + 2);
-    // Without capture, `eta` is empty: give every chunk an empty slice.
-    let eta_chunk = if capture.is_some() {
-        CELL_CHUNK
-    } else {
-        usize::MAX
-    };
-    let mut no_eta: Vec<&mut [f64]> = Vec::new();
-    let eta_parts: Vec<&mut [f64]> = if capture.is_some() {
-        eta.chunks_mut(eta_chunk).collect()
-    } else {
-        no_eta.extend((0..cells.len().div_ceil(CELL_CHUNK)).map(|_| &mut [][..]));
-        std::mem::take(&mut no_eta)
-    };
+    let (g, k) = (lay.g, lay.k);
+    let np = g * (k + 2) + if lay.has_r { g } else { 0 };
+    let nb = NegBin { r: &gl.r };
+    let obs: &dyn Obs = if lay.has_r { &nb } else { &Poisson };
     let parts: Vec<(f64, Vec<f64>, usize, Vec<f64>)> = lat
         .par_chunks_mut(CELL_CHUNK * g)
         .zip(cells.par_chunks(CELL_CHUNK))
-        .zip(eta_parts.into_par_iter())
+        .zip(eta.par_chunks_mut(CELL_CHUNK))
         .map(|((lchunk, cchunk), echunk)| {
             let mut u = vec![0.0; g];
-            let mut grad = if want_grad { vec![0.0; np] } else { Vec::new() };
+            let mut grad = vec![0.0; if want_grad { np } else { 0 }];
             let mut tmp = vec![0.0; if want_grad { np } else { 0 }];
             let (mut elbo, mut masked) = (0.0, 0);
             let mut norms = Vec::with_capacity(cchunk.len());
             for (i, (x, &c)) in lchunk.chunks_mut(g).zip(cchunk).enumerate() {
-                pln::dense_counts(data, c, &mut u);
-                let backup = x.to_vec();
-                let cp = capture.map(|(anchor, sigma)| pln::CapturePrior {
-                    anchor: anchor[c],
-                    sigma,
-                });
-                let gn = match cp {
-                    None => pln::newton_cell(&u, x, mu, w, sig, n_newton, damping, max_step),
-                    Some(cp) => {
-                        let e0 = echunk[i];
-                        let gn = pln::newton_cell_capture(
-                            &u,
-                            x,
-                            &mut echunk[i],
-                            cp,
-                            mu,
-                            w,
-                            sig,
-                            n_newton,
-                            damping,
-                            max_step,
-                        );
-                        if !echunk[i].is_finite() {
-                            echunk[i] = e0;
-                        }
-                        gn
-                    }
-                };
-                if !x.iter().all(|v| v.is_finite()) {
-                    x.copy_from_slice(&backup);
+                cell::dense_counts(data, c, &mut u);
+                let (x0, e0) = (x.to_vec(), echunk[i]);
+                let mode = modes.mode[c];
+                let gn = cell::newton(
+                    obs,
+                    &u,
+                    x,
+                    &mut echunk[i],
+                    mode,
+                    gl.mu,
+                    gl.w,
+                    &gl.sig,
+                    n_newton,
+                    damping,
+                    max_step,
+                );
+                if !x.iter().all(|v| v.is_finite()) || !echunk[i].is_finite() {
+                    x.copy_from_slice(&x0);
+                    echunk[i] = e0;
                 }
                 norms.push(gn);
                 if want_grad {
                     tmp.iter_mut().for_each(|v| *v = 0.0);
                     let (tm, rest) = tmp.split_at_mut(g);
-                    let (tw, td) = rest.split_at_mut(g * k);
-                    let e = match cp {
-                        None => pln::cell_elbo_grad(&u, x, mu, w, d, sig, k, tm, tw, td),
-                        Some(cp) => pln::cell_elbo_grad_capture(
-                            &u, x, echunk[i], cp, mu, w, d, sig, k, tm, tw, td,
-                        ),
+                    let (tw, rest) = rest.split_at_mut(g * k);
+                    let (td, tr) = rest.split_at_mut(g);
+                    let out = OuterGrad {
+                        mu: tm,
+                        w: tw,
+                        d: td,
+                        r: tr,
                     };
+                    let e = cell::elbo_grad(
+                        obs, &u, x, echunk[i], mode, gl.mu, gl.w, &gl.d, &gl.sig, k, out,
+                    );
                     if e.is_finite() && tmp.iter().all(|v| v.is_finite()) {
                         elbo += e;
                         for (a, b) in grad.iter_mut().zip(&tmp) {
@@ -238,13 +370,45 @@ pub fn norm_summary(v: &[f64]) -> (f64, f64, f64) {
     (s[s.len() - 1], q(0.99), q(0.5))
 }
 
-/// Fits PLN by Laplace (with the capture block when `cfg.capture` is set).
-pub fn run_pln(
+/// `Σ ln N(v; loc, scale)`, adding its gradient into `g`.
+fn normal_prior(v: &[f64], loc: &[f64], scale: &[f64], g: &mut [f64]) -> f64 {
+    let mut lp = 0.0;
+    for i in 0..v.len() {
+        let z = (v[i] - loc[i]) / scale[i];
+        lp += -0.5 * z * z - scale[i].ln() - 0.5 * (2.0 * std::f64::consts::PI).ln();
+        g[i] -= z / scale[i];
+    }
+    lp
+}
+
+/// Method-of-moments dispersion per gene, `r = m²/(v − m)` (1 for unexpressed genes).
+fn mom_dispersion(data: &CountMatrix) -> Vec<f64> {
+    let (g, n) = (data.n_genes, data.n_cells as f64);
+    let (mut s1, mut s2) = (vec![0.0; g], vec![0.0; g]);
+    for (p, &gi) in data.gene_idx.iter().enumerate() {
+        let u = data.counts[p] as f64;
+        s1[gi as usize] += u;
+        s2[gi as usize] += u * u;
+    }
+    (0..g)
+        .map(|i| {
+            let m = s1[i] / n;
+            if m == 0.0 {
+                return 1.0;
+            }
+            let v = (s2[i] - n * m * m) / (n - 1.0).max(1.0);
+            (m * m / (v - m).max(1e-3)).max(1e-3)
+        })
+        .collect()
+}
+
+/// Fits PLN or NBLN by Laplace.
+pub fn run(
     data: &CountMatrix,
     cfg: &LaplaceConfig,
     progress: &dyn Progress,
     cancel: &dyn Cancel,
-) -> Result<PlnFit> {
+) -> Result<LaplaceFit> {
     let (g, n, k) = (data.n_genes, data.n_cells, cfg.latent_dim);
     if k == 0 || k >= g {
         return Err(CoreError::arg(
@@ -262,36 +426,59 @@ pub fn run_pln(
         return Err(CoreError::arg("laplace_config$damping", "must be >= 0"));
     }
     cfg.optimizer.validate()?;
-    let gl = Globals { g, k };
-    let start = init::pln_start(data, k, cfg.seed);
-    let mut th: Vec<f64> = start.mu.iter().chain(&start.w).copied().collect();
-    th.extend(std::iter::repeat_n(crate::math::softplus_inv(0.1), g));
     cfg.loadings_prior.validate()?;
-    let aux_at = th.len();
-    th.extend(cfg.loadings_prior.init_aux(k));
-    let mut latents = start.latents;
-    // Capture: per-cell anchors ln M0 − ln max(L, 1); latents start at log(u + 1) + anchor.
-    let anchors: Vec<f64> = match cfg.capture {
-        Some((ln_m0, sigma)) => {
-            if !(sigma > 0.0) || !ln_m0.is_finite() {
-                return Err(CoreError::arg(
-                    "priors",
-                    "capture_efficiency must be c(log(M0), sigma) with sigma > 0",
-                ));
-            }
-            data.lib_size
-                .iter()
-                .map(|&l| ln_m0 - l.max(1.0).ln())
-                .collect()
-        }
-        None => Vec::new(),
+    let lay = Layout {
+        g,
+        k,
+        has_r: cfg.model == LnModel::Nbln,
     };
-    let capture = cfg.capture.map(|(_, sigma)| (&anchors[..], sigma));
-    let mut eta: Vec<f64> = anchors.iter().map(|a| a.max(1e-3)).collect();
-    for (c, a) in anchors.iter().enumerate() {
-        latents[c * g..(c + 1) * g]
-            .iter_mut()
-            .for_each(|v| *v += a.max(1e-3));
+    let cas = &cfg.cascade;
+    for (what, v) in [
+        ("r", cas.r_prior.as_ref().map(|p| (p.0.len(), p.1.len()))),
+        ("mu", cas.mu_prior.as_ref().map(|p| (p.0.len(), p.1.len()))),
+    ] {
+        if v.is_some_and(|(a, b)| a != g || b != g) {
+            return Err(CoreError::arg(
+                "informative_priors_from",
+                format!("its '{what}' prior does not match the genes"),
+            ));
+        }
+    }
+    let (modes, mut eta) = EtaSpec::new(&cfg.capture, data)?;
+    let start = init::pln_start(data, k, cfg.seed);
+    // θ: μ (frozen > prior loc > data), W (PCA), d = 0.1, r (frozen > prior > moments), aux.
+    let mu0 = cas
+        .mu_frozen
+        .clone()
+        .or_else(|| cas.mu_prior.as_ref().map(|p| p.0.clone()))
+        .unwrap_or(start.mu);
+    let mut th: Vec<f64> = mu0.iter().chain(&start.w).copied().collect();
+    th.extend(std::iter::repeat_n(softplus_inv(0.1), g));
+    if lay.has_r {
+        let r_loc: Vec<f64> = match (&cas.r_frozen, &cas.r_prior) {
+            (Some(r), _) => r.iter().map(|&v| softplus_inv(v.max(1e-8))).collect(),
+            (None, Some(p)) => p.0.clone(),
+            _ => mom_dispersion(data)
+                .iter()
+                .map(|&v| softplus_inv(v))
+                .collect(),
+        };
+        th.extend(r_loc);
+    }
+    th.extend(cfg.loadings_prior.init_aux(k));
+    // Frozen coordinates, restored after every update.
+    let mut frozen: Vec<(usize, f64)> = Vec::new();
+    if let Some(m) = &cas.mu_frozen {
+        frozen.extend(m.iter().enumerate().map(|(i, &v)| (i, v)));
+    }
+    if lay.has_r && cas.r_frozen.is_some() {
+        frozen.extend((0..g).map(|i| (lay.r() + i, th[lay.r() + i])));
+    }
+    let mut latents = start.latents;
+    for (c, e) in eta.iter().enumerate() {
+        if modes.mode[c] != EtaMode::None {
+            latents[c * g..(c + 1) * g].iter_mut().for_each(|v| *v += e);
+        }
     }
     let mut opt = Optimizer::new(cfg.optimizer.clone(), th.len());
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -314,9 +501,7 @@ pub fn run_pln(
             None => (0..n).collect(),
         };
         let scale = n as f64 / cells.len() as f64;
-        let (mu, w, dl) = gl.split(&th);
-        let d: Vec<f64> = dl.iter().map(|&v| softplus(v)).collect();
-        let Some(sig) = SigmaFactor::new(w, &d, k) else {
+        let Some(gl) = Globals::new(&th, lay) else {
             aborted = Some(format!(
                 "step {}: the prior covariance is not positive definite",
                 step + 1
@@ -327,36 +512,42 @@ pub fn run_pln(
             .iter()
             .flat_map(|&c| latents[c * g..(c + 1) * g].iter().copied())
             .collect();
-        let mut eta_b: Vec<f64> = if capture.is_some() {
-            cells.iter().map(|&c| eta[c]).collect()
-        } else {
-            Vec::new()
-        };
+        let mut eta_b: Vec<f64> = cells.iter().map(|&c| eta[c]).collect();
         let (elbo, norms, masked, grad) = sweep(
             data,
             &cells,
             &mut lat,
             &mut eta_b,
-            capture,
-            mu,
-            w,
-            &d,
-            &sig,
-            k,
+            &modes,
+            &gl,
+            lay,
             cfg.n_newton_steps,
             cfg.damping,
             cfg.newton_max_step,
             true,
         );
         masked_total += masked;
-        // The loadings prior: unscaled by N/B (its weight falls as N grows).
+        // Global priors (unscaled by N/B): loadings shrinkage and the cascade's
+        // empirical priors on free μ and r_loc.
         let mut g_prior = vec![0.0; th.len()];
-        let lp_w = {
-            let (gw, gaux) = g_prior[g..].split_at_mut(g * k);
+        let mut lp = {
+            let (gw, rest) = g_prior[lay.w()..].split_at_mut(g * k);
+            let aux_off = lay.aux() - lay.d();
             cfg.loadings_prior
-                .log_prob_grad(w, g, k, &th[aux_at..], gw, &mut gaux[g..])
+                .log_prob_grad(gl.w, g, k, &th[lay.aux()..], gw, &mut rest[aux_off..])
         };
-        let loss = -scale * elbo - lp_w;
+        if let (Some((loc, sc)), None) = (&cas.mu_prior, &cas.mu_frozen) {
+            lp += normal_prior(&th[..g], loc, sc, &mut g_prior[..g]);
+        }
+        if let (true, Some((loc, sc)), None) = (lay.has_r, &cas.r_prior, &cas.r_frozen) {
+            lp += normal_prior(
+                &th[lay.r()..lay.r() + g],
+                loc,
+                sc,
+                &mut g_prior[lay.r()..lay.r() + g],
+            );
+        }
+        let loss = -scale * elbo - lp;
         history.push(loss);
         if step == 0 {
             init_loss = loss.abs();
@@ -371,39 +562,44 @@ pub fn run_pln(
         }
         for (i, &c) in cells.iter().enumerate() {
             latents[c * g..(c + 1) * g].copy_from_slice(&lat[i * g..(i + 1) * g]);
-            if capture.is_some() {
-                eta[c] = eta_b[i];
-            }
+            eta[c] = eta_b[i];
         }
         if loss < best_loss {
             best_loss = loss;
             best = (th.clone(), latents.clone(), eta.clone());
         }
-        // Loss gradient = −scale · ∇ELBO, chained through d = softplus(d_loc).
+        // Loss gradient = −scale · ∇ELBO − ∇ priors, chained through softplus for d and r.
         let mut lg: Vec<f64> = grad.iter().map(|v| -scale * v).collect();
-        for i in 0..g {
-            lg[g + g * k + i] *= crate::math::sigmoid(th[g + g * k + i]);
-        }
         lg.resize(th.len(), 0.0);
+        for i in 0..g {
+            lg[lay.d() + i] *= sigmoid(th[lay.d() + i]);
+            if lay.has_r {
+                lg[lay.r() + i] *= sigmoid(th[lay.r() + i]);
+            }
+        }
         for (a, b) in lg.iter_mut().zip(&g_prior) {
             *a -= b;
         }
         opt.step(&mut th, &lg);
+        for &(i, v) in &frozen {
+            th[i] = v;
+        }
         if (step + 1) % report_every == 0 || step + 1 == cfg.n_steps {
             let (mx, p99, med) = norm_summary(&norms);
-            progress.detail(format!("x max/p99/med {mx:.2e}/{p99:.2e}/{med:.2e}"));
+            let block = if matches!(cfg.capture, Capture::None | Capture::Frozen(_)) {
+                "x"
+            } else {
+                "x, η"
+            };
+            progress.detail(format!("{block} max/p99/med {mx:.2e}/{p99:.2e}/{med:.2e}"));
             progress.report(step + 1, cfg.n_steps, loss);
         }
     }
     if aborted.is_some() {
-        th = best.0;
-        latents = best.1;
-        eta = best.2;
+        (th, latents, eta) = best;
     }
     // Final sweep over all cells at the final globals, then rescue.
-    let (mu, w, dl) = gl.split(&th);
-    let d: Vec<f64> = dl.iter().map(|&v| softplus(v)).collect();
-    let sig = SigmaFactor::new(w, &d, k).ok_or_else(|| CoreError::NonFinite {
+    let gl = Globals::new(&th, lay).ok_or_else(|| CoreError::NonFinite {
         step: history.len(),
         msg: "the prior covariance is not positive definite".into(),
     })?;
@@ -414,12 +610,9 @@ pub fn run_pln(
         &all,
         &mut latents,
         &mut eta,
-        capture,
-        mu,
-        w,
-        &d,
-        &sig,
-        k,
+        &modes,
+        &gl,
+        lay,
         n_final,
         cfg.damping,
         cfg.newton_max_step,
@@ -435,63 +628,50 @@ pub fn run_pln(
                 .iter()
                 .flat_map(|&c| latents[c * g..(c + 1) * g].iter().copied())
                 .collect();
+            let mut eta_b: Vec<f64> = bad.iter().map(|&c| eta[c]).collect();
             let damp = cfg.damping * cfg.rescue_damping_multiplier;
-            let mut eta_b: Vec<f64> = if capture.is_some() {
-                bad.iter().map(|&c| eta[c]).collect()
-            } else {
-                Vec::new()
-            };
-            let (_, nn, _, _) = sweep(
+            sweep(
                 data,
                 &bad,
                 &mut lat,
                 &mut eta_b,
-                capture,
-                mu,
-                w,
-                &d,
-                &sig,
-                k,
+                &modes,
+                &gl,
+                lay,
                 cfg.rescue_n_newton,
                 damp,
                 cfg.newton_max_step,
                 false,
             );
+            let nb = NegBin { r: &gl.r };
+            let obs: &dyn Obs = if lay.has_r { &nb } else { &Poisson };
+            let mut u = vec![0.0; g];
             for (i, &c) in bad.iter().enumerate() {
                 latents[c * g..(c + 1) * g].copy_from_slice(&lat[i * g..(i + 1) * g]);
+                eta[c] = eta_b[i];
                 rescued[c] = true;
-                let mut u = vec![0.0; g];
-                pln::dense_counts(data, c, &mut u);
+                cell::dense_counts(data, c, &mut u);
                 let x = &latents[c * g..(c + 1) * g];
-                norms[c] = if !nn[i].is_finite() {
-                    f64::NAN
-                } else if let Some((anchor, sigma)) = capture {
-                    eta[c] = eta_b[i];
-                    let cp = pln::CapturePrior {
-                        anchor: anchor[c],
-                        sigma,
-                    };
-                    pln::cell_grad_norm_capture(&u, x, eta[c], cp, mu, w, &sig)
-                } else {
-                    pln::cell_grad_norm(&u, x, mu, w, &sig)
-                };
+                norms[c] = cell::grad_norm(obs, &u, x, eta[c], modes.mode[c], gl.mu, gl.w, &gl.sig);
             }
         }
     }
-    Ok(PlnFit {
+    let has_eta = !matches!(cfg.capture, Capture::None);
+    Ok(LaplaceFit {
         n_genes: g,
         latent_dim: k,
-        mu: mu.to_vec(),
-        w: w.to_vec(),
-        d,
+        mu: gl.mu.to_vec(),
+        w: gl.w.to_vec(),
+        d: gl.d.clone(),
+        r: gl.r.clone(),
         latents,
-        eta,
+        eta: if has_eta { eta } else { Vec::new() },
         loss_history: history,
         grad_norms: norms,
         rescued,
         masked_cells: masked_total,
         aborted,
-        w_prior: cfg.loadings_prior.diagnostics(w, g, k, &th[aux_at..]),
-        w_prior_aux: th[aux_at..].to_vec(),
+        w_prior: cfg.loadings_prior.diagnostics(gl.w, g, k, &th[lay.aux()..]),
+        w_prior_aux: th[lay.aux()..].to_vec(),
     })
 }

@@ -185,6 +185,25 @@ impl NewtonFactor {
     }
 }
 
+impl NewtonFactor {
+    /// `diag(A⁻¹)`: `1/m_g + (v_gᵀ S⁻¹ v_g)/m_g²` with `v_g = w_g/d_g`.
+    pub fn diag_inv(&self, sig: &SigmaFactor, w: &[f64]) -> Vec<f64> {
+        let k = sig.k;
+        let mut t = vec![0.0; k];
+        (0..sig.g)
+            .map(|g| {
+                for j in 0..k {
+                    t[j] = w[g * k + j] * sig.inv_d[g];
+                }
+                let v = t.clone();
+                chol_solve(&self.ls, k, &mut t);
+                let q: f64 = v.iter().zip(&t).map(|(a, b)| a * b).sum();
+                1.0 / self.m[g] + q / (self.m[g] * self.m[g])
+            })
+            .collect()
+    }
+}
+
 /// `B W` and `diag(B)` for `B = (Σ + diag(1/a))⁻¹`: the covariance part of the
 /// Laplace ELBO's gradient. With `D' = d + 1/a` and `K' = I + Wᵀ D'⁻¹ W`,
 /// `B W = D'⁻¹ W K'⁻¹` and `B_gg = 1/D'_g − w_gᵀ K'⁻¹ w_g / D'_g²`.
@@ -325,6 +344,10 @@ mod tests {
                 );
             }
             assert!((nf.logdet_a - lda_ref).abs() < 1e-8 * (1.0 + lda_ref.abs()));
+            let ainv = dense_inv(&ad, g);
+            for (i, v) in nf.diag_inv(&sig, &w).iter().enumerate() {
+                assert!((v - ainv[i * g + i]).abs() < 1e-8 * (1.0 + v.abs()));
+            }
             // B = (Σ + diag(1/a))⁻¹.
             let mut spa = sd.clone();
             for i in 0..g {

@@ -1,0 +1,518 @@
+//! One cell of a log-normal model: `x ~ N(μ, Σ)`, optional capture `η`, and
+//! counts that depend on the log-rates `ℓ = x − η` through an observation
+//! model ([`Obs`]: Poisson for PLN, negative binomial for NBLN).
+//!
+//! * Newton: `g_x = ∂obs/∂ℓ − Σ⁻¹(x − μ)`, `A = diag(a) + Σ⁻¹ + δI` with the
+//!   observation curvature `a = −∂²obs/∂ℓ²`; a free `η` joins through the
+//!   Schur complement `s = Σa + 1/σ² − aᵀA⁻¹a + δ`. Steps are capped in
+//!   sup-norm and `η ≥ 1e-3`; at that bound the step holds `η` (active set).
+//! * ELBO at the MAP: `Σ obs + log N(x̂; μ, Σ) [+ ln TruncN(η̂)] − ½ log det(−H)`
+//!   with `log det(−H) = log det A (+ log s)` at zero damping. Its gradient in
+//!   Σ is `½ (b bᵀ − B + q qᵀ/s)` with `b = Σ⁻¹e`, `B = (Σ + diag(1/a))⁻¹`,
+//!   `q = Σ⁻¹A⁻¹a` (the last term only with a free η): O(G k²) by Woodbury.
+//!   The dispersion `r` of NBLN enters through `obs` and through `a`:
+//!   `∂ log det A/∂a_g = (A⁻¹)_gg`, `∂ log s/∂a_g = (1 − (A⁻¹a)_g)²/s`.
+
+use super::woodbury::{inv_sigma_plus_diag, NewtonFactor, SigmaFactor};
+use crate::data::CountMatrix;
+use crate::math::{digamma, lgamma, sigmoid, softplus};
+
+/// Lower bound of the capture latent `η` (ν = e^{−η} ≤ 1).
+pub const ETA_MIN: f64 = 1e-3;
+
+/// The observation model of one gene's count given its log-rate.
+pub trait Obs: Sync {
+    /// `(∂/∂ℓ, −∂²/∂ℓ²)` of the log-density of count `u` of gene `g` at log-rate `ℓ`.
+    fn terms(&self, g: usize, u: f64, ell: f64) -> (f64, f64);
+    /// The log-density itself (only the ELBO needs it; Newton does not).
+    fn value(&self, g: usize, u: f64, ell: f64) -> f64;
+    /// `(∂ log-density/∂r_g, ∂a_g/∂r_g)` for models with a dispersion.
+    fn d_r(&self, _g: usize, _u: f64, _ell: f64) -> (f64, f64) {
+        (0.0, 0.0)
+    }
+}
+
+/// `u ~ Poisson(e^ℓ)`, `ℓ` clipped to ±30, `ln u!` dropped (as in the original).
+pub struct Poisson;
+
+impl Obs for Poisson {
+    #[inline]
+    fn terms(&self, _g: usize, u: f64, ell: f64) -> (f64, f64) {
+        let lam = ell.clamp(-30.0, 30.0).exp();
+        (u - lam, lam)
+    }
+    fn value(&self, _g: usize, u: f64, ell: f64) -> f64 {
+        let l = ell.clamp(-30.0, 30.0);
+        u * l - l.exp()
+    }
+}
+
+/// `u ~ NB(mean e^ℓ, concentration r_g)` with the full pmf; `ℓ` clipped to
+/// ±50 and all probabilities in log space through `δ = ℓ − ln r`.
+pub struct NegBin<'a> {
+    pub r: &'a [f64],
+}
+
+impl NegBin<'_> {
+    #[inline]
+    fn parts(&self, g: usize, ell: f64) -> (f64, f64, f64, f64) {
+        let r = self.r[g].max(1e-6);
+        let delta = ell.clamp(-50.0, 50.0) - r.ln();
+        let q = sigmoid(delta); // 1 − p
+        (r, delta, 1.0 - q, q)
+    }
+}
+
+impl Obs for NegBin<'_> {
+    #[inline]
+    fn terms(&self, g: usize, u: f64, ell: f64) -> (f64, f64) {
+        let (r, _, p, q) = self.parts(g, ell);
+        (u - (u + r) * q, (u + r) * p * q)
+    }
+    fn value(&self, g: usize, u: f64, ell: f64) -> f64 {
+        let (r, delta, _, _) = self.parts(g, ell);
+        let ln_p = -softplus(delta);
+        let ln_q = delta - softplus(delta);
+        lgamma(u + r) - lgamma(r) - lgamma(u + 1.0) + r * ln_p + u * ln_q
+    }
+    #[inline]
+    fn d_r(&self, g: usize, u: f64, ell: f64) -> (f64, f64) {
+        let (r, delta, p, q) = self.parts(g, ell);
+        let dv = digamma(u + r) - digamma(r) - softplus(delta) + q - u * p / r;
+        let da = p * q + (u + r) * (1.0 - 2.0 * p) * p * q / r;
+        (dv, da)
+    }
+}
+
+/// How a cell's capture latent `η` enters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EtaMode {
+    /// No capture: `ℓ = x`.
+    None,
+    /// A latent with prior `TruncN(anchor, σ², low = 0)`, solved jointly with `x`.
+    Free { anchor: f64, sigma: f64 },
+    /// A fixed offset (`η` frozen from a cascade): `ℓ = x − η`, x-only Newton.
+    Fixed,
+}
+
+/// One cell's counts as a dense vector (reused buffer).
+pub fn dense_counts(data: &CountMatrix, c: usize, u: &mut [f64]) {
+    u.iter_mut().for_each(|v| *v = 0.0);
+    for p in data.cell_ptr[c]..data.cell_ptr[c + 1] {
+        u[data.gene_idx[p] as usize] = data.counts[p] as f64;
+    }
+}
+
+fn offset(eta: f64, mode: EtaMode) -> f64 {
+    if mode == EtaMode::None {
+        0.0
+    } else {
+        eta
+    }
+}
+
+/// Fills `a` (curvature) and `g` (x-gradient); returns (sup-norm incl. the
+/// projected η gradient, η gradient).
+#[allow(clippy::too_many_arguments)]
+fn gradient<O: Obs + ?Sized>(
+    obs: &O,
+    u: &[f64],
+    x: &[f64],
+    eta: f64,
+    mode: EtaMode,
+    mu: &[f64],
+    w: &[f64],
+    sig: &SigmaFactor,
+    a: &mut [f64],
+    g: &mut [f64],
+) -> (f64, f64) {
+    let n = x.len();
+    let off = offset(eta, mode);
+    let e: Vec<f64> = (0..n).map(|i| x[i] - mu[i]).collect();
+    sig.solve(w, &e, g);
+    let (mut norm, mut sd): (f64, f64) = (0.0, 0.0);
+    for i in 0..n {
+        let (d, c) = obs.terms(i, u[i], x[i] - off);
+        a[i] = c;
+        g[i] = d - g[i];
+        norm = norm.max(g[i].abs());
+        sd += d;
+    }
+    let mut g_eta = 0.0;
+    if let EtaMode::Free { anchor, sigma } = mode {
+        g_eta = -sd - (eta - anchor) / (sigma * sigma);
+        // At the bound a gradient pushing η lower is converged (KKT).
+        let g_proj = if eta <= ETA_MIN * (1.0 + 1e-9) && g_eta < 0.0 {
+            0.0
+        } else {
+            g_eta
+        };
+        norm = norm.max(g_proj.abs());
+    }
+    (norm, g_eta)
+}
+
+/// `n_iter` damped Newton steps on `(x, η)` (warm-started in place).
+/// Returns the gradient sup-norm before the last step (NaN if a
+/// factorisation failed).
+#[allow(clippy::too_many_arguments)]
+pub fn newton<O: Obs + ?Sized>(
+    obs: &O,
+    u: &[f64],
+    x: &mut [f64],
+    eta: &mut f64,
+    mode: EtaMode,
+    mu: &[f64],
+    w: &[f64],
+    sig: &SigmaFactor,
+    n_iter: usize,
+    damping: f64,
+    max_step: f64,
+) -> f64 {
+    let n = x.len();
+    let (mut a, mut g, mut ag, mut aa) = (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    let mut norm = f64::NAN;
+    for _ in 0..n_iter {
+        let (nm, g_eta) = gradient(obs, u, x, *eta, mode, mu, w, sig, &mut a, &mut g);
+        norm = nm;
+        let Some(nf) = NewtonFactor::new(sig, w, &a, damping) else {
+            return f64::NAN;
+        };
+        nf.solve(sig, w, &g, &mut ag);
+        let mut d_eta = 0.0;
+        if let EtaMode::Free { sigma, .. } = mode {
+            nf.solve(sig, w, &a, &mut aa);
+            let sa: f64 = a.iter().sum();
+            let aaa: f64 = a.iter().zip(&aa).map(|(p, q)| p * q).sum();
+            let aag: f64 = a.iter().zip(&ag).map(|(p, q)| p * q).sum();
+            let s = sa + 1.0 / (sigma * sigma) - aaa + damping;
+            d_eta = (g_eta + aag) / s;
+            // Active set: with η at its bound and the step pushing it below,
+            // hold η and take the x-only step.
+            if *eta <= ETA_MIN * (1.0 + 1e-9) && *eta + d_eta < ETA_MIN {
+                d_eta = 0.0;
+            }
+        }
+        let big = (0..n).fold(d_eta.abs().max(1e-12), |m, i| {
+            m.max((ag[i] + aa[i] * d_eta).abs())
+        });
+        let kappa = (max_step / big).min(1.0);
+        for i in 0..n {
+            x[i] += kappa * (ag[i] + aa[i] * d_eta);
+        }
+        if d_eta != 0.0 {
+            *eta = (*eta + kappa * d_eta).max(ETA_MIN);
+        }
+    }
+    norm
+}
+
+/// The gradient sup-norm of one cell's objective at `(x, η)`.
+#[allow(clippy::too_many_arguments)]
+pub fn grad_norm<O: Obs + ?Sized>(
+    obs: &O,
+    u: &[f64],
+    x: &[f64],
+    eta: f64,
+    mode: EtaMode,
+    mu: &[f64],
+    w: &[f64],
+    sig: &SigmaFactor,
+) -> f64 {
+    let n = x.len();
+    let (mut a, mut g) = (vec![0.0; n], vec![0.0; n]);
+    gradient(obs, u, x, eta, mode, mu, w, sig, &mut a, &mut g).0
+}
+
+/// Gradient accumulators of the outer objective (added into).
+pub struct OuterGrad<'a> {
+    pub mu: &'a mut [f64],
+    pub w: &'a mut [f64],
+    pub d: &'a mut [f64],
+    /// `∂/∂r_g` (NBLN); empty for models without a dispersion.
+    pub r: &'a mut [f64],
+}
+
+/// One cell's Laplace ELBO at its MAP `(x̂, η̂)`, adding its gradient.
+#[allow(clippy::too_many_arguments)]
+pub fn elbo_grad<O: Obs + ?Sized>(
+    obs: &O,
+    u: &[f64],
+    x: &[f64],
+    eta: f64,
+    mode: EtaMode,
+    mu: &[f64],
+    w: &[f64],
+    d: &[f64],
+    sig: &SigmaFactor,
+    k: usize,
+    out: OuterGrad<'_>,
+) -> f64 {
+    let n = x.len();
+    let mut a = vec![0.0; n];
+    let mut gx = vec![0.0; n];
+    gradient(obs, u, x, eta, mode, mu, w, sig, &mut a, &mut gx);
+    let off = offset(eta, mode);
+    let total: f64 = (0..n).map(|i| obs.value(i, u[i], x[i] - off)).sum();
+    let e: Vec<f64> = (0..n).map(|i| x[i] - mu[i]).collect();
+    let mut b = vec![0.0; n];
+    sig.solve(w, &e, &mut b);
+    let Some(nf) = NewtonFactor::new(sig, w, &a, 0.0) else {
+        return f64::NAN;
+    };
+    let Some((bw, bdiag)) = inv_sigma_plus_diag(w, d, &a, k) else {
+        return f64::NAN;
+    };
+    let ln2pi = (2.0 * std::f64::consts::PI).ln();
+    let quad: f64 = (0..n).map(|i| e[i] * b[i]).sum();
+    let mut elbo =
+        total - 0.5 * quad - 0.5 * sig.logdet_sigma - 0.5 * n as f64 * ln2pi - 0.5 * nf.logdet_a;
+    // Free η: its prior and the Schur term of the log-determinant.
+    let mut aa = Vec::new();
+    let mut q = Vec::new();
+    let mut s = f64::NAN;
+    if let EtaMode::Free { anchor, sigma } = mode {
+        aa = vec![0.0; n];
+        nf.solve(sig, w, &a, &mut aa);
+        let sa: f64 = a.iter().sum();
+        let aaa: f64 = a.iter().zip(&aa).map(|(p, q)| p * q).sum();
+        s = (sa + 1.0 / (sigma * sigma) - aaa).max(1e-30);
+        q = vec![0.0; n];
+        sig.solve(w, &aa, &mut q);
+        let z = (eta - anchor) / sigma;
+        elbo +=
+            -0.5 * z * z - sigma.ln() - 0.5 * ln2pi - crate::math::ln_normal_sf(-anchor / sigma);
+        elbo -= 0.5 * s.ln();
+    }
+    if !elbo.is_finite() {
+        return elbo;
+    }
+    let (mut btw, mut qtw) = (vec![0.0; k], vec![0.0; k]);
+    for i in 0..n {
+        for j in 0..k {
+            btw[j] += b[i] * w[i * k + j];
+            if !q.is_empty() {
+                qtw[j] += q[i] * w[i * k + j];
+            }
+        }
+    }
+    for i in 0..n {
+        out.mu[i] += b[i];
+        let qi = if q.is_empty() { 0.0 } else { q[i] };
+        let qs = if q.is_empty() { 0.0 } else { qi / s };
+        for j in 0..k {
+            out.w[i * k + j] += b[i] * btw[j] - bw[i * k + j] + qs * qtw[j];
+        }
+        out.d[i] += 0.5 * (b[i] * b[i] - bdiag[i] + qi * qs);
+    }
+    if !out.r.is_empty() {
+        let ainv = nf.diag_inv(sig, w);
+        for i in 0..n {
+            let (dv, da) = obs.d_r(i, u[i], x[i] - off);
+            let mut dlogdet = ainv[i];
+            if !aa.is_empty() {
+                dlogdet += (1.0 - aa[i]).powi(2) / s;
+            }
+            out.r[i] += dv - 0.5 * dlogdet * da;
+        }
+    }
+    elbo
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Problem = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
+    fn setup(g: usize, k: usize) -> Problem {
+        let w: Vec<f64> = (0..g * k)
+            .map(|i| ((i as f64) * 0.731).sin() * 0.5)
+            .collect();
+        let d: Vec<f64> = (0..g)
+            .map(|i| 0.1 + 0.2 * ((i as f64) * 1.3).cos().abs())
+            .collect();
+        let mu: Vec<f64> = (0..g).map(|i| ((i as f64) * 0.5).sin()).collect();
+        let u: Vec<f64> = (0..g).map(|i| ((i * 7) % 5) as f64).collect();
+        let x: Vec<f64> = (0..g).map(|i| (u[i] + 1.0).ln()).collect();
+        (w, d, mu, u, x)
+    }
+
+    /// Newton reaches a stationary point from which one more step does not
+    /// move, and the analytic outer gradient (μ, W, d and, for NB, r) equals
+    /// finite differences of the ELBO with the MAP held fixed.
+    fn make(r: &[f64]) -> Box<dyn Obs + '_> {
+        if r.is_empty() {
+            Box::new(Poisson)
+        } else {
+            Box::new(NegBin { r })
+        }
+    }
+
+    /// Poisson when `r` is empty, NB otherwise.
+    fn check(r: &[f64], mode: EtaMode) {
+        let (g, k) = (9, 2);
+        let (w, d, mu, u, mut x) = setup(g, k);
+        let obs = make(r);
+        let obs = obs.as_ref();
+        let sig = SigmaFactor::new(&w, &d, k).unwrap();
+        let mut eta = match mode {
+            EtaMode::Free { anchor, .. } => anchor,
+            EtaMode::Fixed => 0.4,
+            EtaMode::None => 0.0,
+        };
+        newton(obs, &u, &mut x, &mut eta, mode, &mu, &w, &sig, 80, 0.0, 5.0);
+        assert!(
+            grad_norm(obs, &u, &x, eta, mode, &mu, &w, &sig) < 1e-9,
+            "{mode:?}"
+        );
+        let (x0, e0) = (x.clone(), eta);
+        newton(obs, &u, &mut x, &mut eta, mode, &mu, &w, &sig, 1, 0.0, 5.0);
+        let moved = x
+            .iter()
+            .zip(&x0)
+            .fold((eta - e0).abs(), |m, (p, q)| m.max((p - q).abs()));
+        assert!(moved < 1e-6, "{mode:?} moved {moved}");
+        let has_r = !r.is_empty();
+        let elbo = |mu: &[f64], w: &[f64], d: &[f64], r: &[f64]| {
+            let s = SigmaFactor::new(w, d, k).unwrap();
+            let (mut a, mut b, mut c, mut e) = (
+                vec![0.0; g],
+                vec![0.0; g * k],
+                vec![0.0; g],
+                vec![0.0; r.len()],
+            );
+            let o = make(r);
+            elbo_grad(
+                o.as_ref(),
+                &u,
+                &x,
+                eta,
+                mode,
+                mu,
+                w,
+                d,
+                &s,
+                k,
+                OuterGrad {
+                    mu: &mut a,
+                    w: &mut b,
+                    d: &mut c,
+                    r: &mut e,
+                },
+            )
+        };
+        let (mut gm, mut gw, mut gd, mut gr) = (
+            vec![0.0; g],
+            vec![0.0; g * k],
+            vec![0.0; g],
+            vec![0.0; r.len()],
+        );
+        elbo_grad(
+            obs,
+            &u,
+            &x,
+            eta,
+            mode,
+            &mu,
+            &w,
+            &d,
+            &sig,
+            k,
+            OuterGrad {
+                mu: &mut gm,
+                w: &mut gw,
+                d: &mut gd,
+                r: &mut gr,
+            },
+        );
+        let h = 1e-6;
+        let close = |fd: f64, an: f64, what: &str| {
+            assert!(
+                (fd - an).abs() < 1e-5 * (1.0 + fd.abs()),
+                "{mode:?} {what}: fd {fd} vs {an}"
+            );
+        };
+        for i in 0..g {
+            let (mut p, mut m) = (mu.clone(), mu.clone());
+            p[i] += h;
+            m[i] -= h;
+            close(
+                (elbo(&p, &w, &d, r) - elbo(&m, &w, &d, r)) / (2.0 * h),
+                gm[i],
+                "mu",
+            );
+            let (mut p, mut m) = (d.clone(), d.clone());
+            p[i] += h;
+            m[i] -= h;
+            close(
+                (elbo(&mu, &w, &p, r) - elbo(&mu, &w, &m, r)) / (2.0 * h),
+                gd[i],
+                "d",
+            );
+            if has_r {
+                let (mut p, mut m) = (r.to_vec(), r.to_vec());
+                p[i] += h;
+                m[i] -= h;
+                close(
+                    (elbo(&mu, &w, &d, &p) - elbo(&mu, &w, &d, &m)) / (2.0 * h),
+                    gr[i],
+                    "r",
+                );
+            }
+        }
+        for i in 0..g * k {
+            let (mut p, mut m) = (w.clone(), w.clone());
+            p[i] += h;
+            m[i] -= h;
+            close(
+                (elbo(&mu, &p, &d, r) - elbo(&mu, &m, &d, r)) / (2.0 * h),
+                gw[i],
+                "W",
+            );
+        }
+    }
+
+    const MODES: [EtaMode; 3] = [
+        EtaMode::None,
+        EtaMode::Free {
+            anchor: 0.7,
+            sigma: 0.5,
+        },
+        EtaMode::Fixed,
+    ];
+
+    #[test]
+    fn poisson_newton_and_outer_gradient() {
+        for mode in MODES {
+            check(&[], mode);
+        }
+    }
+
+    #[test]
+    fn negative_binomial_newton_and_outer_gradient() {
+        let r: Vec<f64> = (0..9).map(|i| 0.5 + 0.4 * i as f64).collect();
+        for mode in MODES {
+            check(&r, mode);
+        }
+    }
+
+    #[test]
+    fn nb_terms_match_the_pmf_and_its_derivatives() {
+        let r = [2.5];
+        let nb = NegBin { r: &r };
+        for (u, ell) in [(0.0f64, -1.0f64), (3.0, 0.5), (40.0, 3.0)] {
+            let m: f64 = ell.exp();
+            let p = 2.5 / (2.5 + m);
+            let pmf =
+                lgamma(u + 2.5) - lgamma(2.5) - lgamma(u + 1.0) + 2.5 * p.ln() + u * (1.0 - p).ln();
+            let (dv, a) = nb.terms(0, u, ell);
+            assert!((nb.value(0, u, ell) - pmf).abs() < 1e-10);
+            let h = 1e-5;
+            let fd = (nb.value(0, u, ell + h) - nb.value(0, u, ell - h)) / (2.0 * h);
+            assert!((fd - dv).abs() < 1e-6);
+            let fd2 = -(nb.terms(0, u, ell + h).0 - nb.terms(0, u, ell - h).0) / (2.0 * h);
+            assert!((fd2 - a).abs() < 1e-6);
+        }
+    }
+}
