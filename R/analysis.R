@@ -85,6 +85,7 @@ log_likelihood <- function(fit, x, by = c("cell", "gene"), n_samples = NULL, spl
                            seed = NULL, assay = NULL) {
   by <- match_choice(by[1], c("cell", "gene"), "by")
   check_flag(split_components, "split_components")
+  if (is(fit, "ScribeLaplaceResults")) return(laplace_loglik(fit, x, by, n_samples, seed, assay))
   counts <- counts_for_fit(fit, x, assay)
   res <- run_analysis(fit, "loglik", counts, list(by = by, split = split_components), n_samples, seed)
   labels <- if (by == "cell") fit@cell_names else fit@gene_names
@@ -265,6 +266,9 @@ normalize_counts <- function(fit, x = NULL, n_samples = NULL, n_samples_dirichle
 #' @param use_map Draw all `n_samples` data sets at the MAP (observation
 #'   noise only) instead of at posterior draws.
 #' @param chunk_cells Cells per call into the core (bounds temporary memory).
+#' @param x Laplace fits only: the counts the model was fitted to (each
+#'   cell's Hessian depends on them). Draws then come from the MAP latents
+#'   (`use_map = TRUE`) or from the per-cell Laplace posteriors.
 #' @return An `n_samples x cells x genes` array of counts.
 #' @examples
 #' counts <- scribe_example_data()
@@ -273,7 +277,10 @@ normalize_counts <- function(fit, x = NULL, n_samples = NULL, n_samples_dirichle
 #' dim(ppc)
 #' @export
 posterior_predictive <- function(fit, n_samples = 100L, genes = NULL, cells = NULL, biological = FALSE,
-                                 use_map = FALSE, chunk_cells = 1000L, seed = NULL) {
+                                 use_map = FALSE, chunk_cells = 1000L, seed = NULL, x = NULL) {
+  if (is(fit, "ScribeLaplaceResults")) {
+    return(laplace_predictive(fit, x, n_samples, genes, cells, use_map, seed))
+  }
   check_flag(biological, "biological")
   check_flag(use_map, "use_map")
   check_number(chunk_cells, "chunk_cells", "a whole number >= 1", function(v) v >= 1 && v == round(v))

@@ -28,3 +28,7 @@ rs_laplace_fit <- function(n_genes, n_cells, p, i, x, model, laplace, verbose, n
 rs_cascade_stats <- function(model, params, n_draws, seed, tau) {
   .Call(wrap__rs_cascade_stats, model, params, n_draws, seed, tau)
 }
+
+rs_laplace_analysis <- function(fit, counts, what, opts, num_threads) {
+  .Call(wrap__rs_laplace_analysis, fit, counts, what, opts, num_threads)
+}

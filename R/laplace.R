@@ -362,3 +362,95 @@ w_prior_diagnostics <- function(fit) {
   if (type == "gaussian") out$scale <- if (is.null(fit@model$loadings$scale)) 1 else fit@model$loadings$scale
   out
 }
+
+# The fit as the core's Laplace analyses read it.
+laplace_core_fit <- function(fit) {
+  p <- fit@params
+  list(model = fit@model$model, k = as.numeric(fit@model$latent_dim), mu = unname(p$mu),
+       w = as.vector(t(p$W)), d = unname(p$d), r = if (is.null(p$r)) numeric(0) else unname(p$r),
+       latents = as.vector(fit@latents), eta = if (is.null(p$eta_capture)) numeric(0) else unname(p$eta_capture),
+       capture = fit@config$capture)
+}
+
+laplace_cells <- function(fit, cells) {
+  ci <- if (is.null(cells)) seq_along(fit@cell_names) else if (is.character(cells)) match(cells, fit@cell_names) else cells
+  if (anyNA(ci) || any(ci < 1) || any(ci > length(fit@cell_names)) || any(ci != round(ci))) {
+    abort_input("{.arg cells} has entries that are not cells of the fit.")
+  }
+  as.integer(ci)
+}
+
+run_laplace_analysis <- function(fit, x, what, opts, assay = NULL) {
+  if (is.null(x)) abort_input("Laplace fits need the counts they were fitted to: give them as {.arg x}.")
+  counts <- counts_for_fit(fit, x, assay)
+  call_core(rs_laplace_analysis(laplace_core_fit(fit), counts, what, opts,
+                                resolve_threads(getOption("scribeR.num_threads", 1L))))
+}
+
+#' Draws of the per-cell latents of a Laplace fit
+#'
+#' Each cell's posterior is the Gaussian around its MAP with the inverse
+#' negative Hessian as covariance; draws use its exact square root (Woodbury
+#' form, no genes x genes matrix). With a free capture latent, `eta` is drawn
+#' jointly (its Schur-complement variance, and the shift it implies for the
+#' log-rates). Each cell's draws depend only on `seed` and the cell.
+#'
+#' @param fit A [ScribeLaplaceResults-class] object.
+#' @param x The counts the model was fitted to (any input [scribe_fit()] accepts).
+#' @param n_samples Number of draws.
+#' @param cells Cells (names or indices; default all).
+#' @param seed Seed (`NULL`: from R's RNG).
+#' @param assay Assay of `x`, as in [scribe_fit()].
+#' @return A list: `latents`, an `n_samples x cells x genes` array of
+#'   log-rates, and with capture `eta_capture`, an `n_samples x cells` matrix.
+#' @examples
+#' counts <- scribe_example_data()[1:40, 1:100]
+#' counts <- counts[, Matrix::colSums(counts) > 0]
+#' fit <- scribe_fit(counts, model = "pln", inference_method = "laplace", latent_dim = 3,
+#'                   n_steps = 30, seed = 1, verbose = FALSE,
+#'                   laplace_config = list(convergence_action = "ignore"))
+#' dim(get_latent_samples(fit, counts, n_samples = 10, cells = 1:5)$latents)
+#' @export
+get_latent_samples <- function(fit, x, n_samples = 100L, cells = NULL, seed = NULL, assay = NULL) {
+  check_laplace(fit)
+  check_number(n_samples, "n_samples", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  ci <- laplace_cells(fit, cells)
+  seed <- resolve_seed(seed)
+  res <- run_laplace_analysis(fit, x, "latents", list(cells = ci - 1L, n_draws = as.numeric(n_samples), seed = seed),
+                              assay)
+  g <- length(fit@gene_names)
+  n <- as.integer(n_samples)
+  lat <- aperm(array(res$latents, dim = c(n, g, length(ci))), c(1L, 3L, 2L))
+  dimnames(lat) <- list(NULL, fit@cell_names[ci], fit@gene_names)
+  out <- list(latents = lat)
+  if (length(res$eta)) out$eta_capture <- matrix(res$eta, nrow = n, dimnames = list(NULL, fit@cell_names[ci]))
+  out
+}
+
+laplace_predictive <- function(fit, x, n_samples, genes, cells, use_map, seed) {
+  check_flag(use_map, "use_map")
+  check_number(n_samples, "n_samples", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  gi <- gene_index(fit, genes)
+  gnames <- if (is.null(gi)) fit@gene_names else fit@gene_names[gi + 1L]
+  ci <- laplace_cells(fit, cells)
+  seed <- resolve_seed(seed)
+  opts <- list(cells = ci - 1L, n_draws = as.numeric(n_samples), seed = seed, use_map = use_map)
+  if (!is.null(gi)) opts$genes <- gi
+  res <- run_laplace_analysis(fit, x, "predictive", opts)
+  a <- aperm(array(res$values, dim = c(as.integer(n_samples), length(gnames), length(ci))), c(1L, 3L, 2L))
+  dimnames(a) <- list(NULL, fit@cell_names[ci], gnames)
+  a
+}
+
+laplace_loglik <- function(fit, x, by, n_samples, seed, assay) {
+  if (by != "cell") abort_unsupported("Laplace fits give log-likelihoods by cell ({.code by = \"cell\"}).")
+  opts <- list(cells = seq_along(fit@cell_names) - 1L)
+  if (!is.null(n_samples)) {
+    check_number(n_samples, "n_samples", "a whole number >= 1 (or NULL for the MAP)", function(v) v >= 1 && v == round(v))
+    opts$n_draws <- as.numeric(n_samples)
+    opts$seed <- resolve_seed(seed)
+  }
+  v <- run_laplace_analysis(fit, x, "loglik", opts, assay)$values
+  if (is.null(n_samples)) return(stats::setNames(v, fit@cell_names))
+  matrix(v, nrow = as.integer(n_samples), dimnames = list(NULL, fit@cell_names))
+}

@@ -173,3 +173,32 @@ test_that("NBLN without a cascade fits dispersions", {
   expect_true(all(get_map(fit)$r > 0))
   expect_true(all(fit@diagnostics$grad_norms < 1e-4))
 })
+
+test_that("Laplace posteriors: latent draws, predictive checks and log-likelihoods", {
+  sim <- simulate_pln(12, 80, 2, seed = 12)
+  x <- sim$counts
+  fit <- lap_fit(x, latent_dim = 2, n_steps = 60, priors = list(capture_efficiency = c(log(200), 0.5)))
+  d <- get_latent_samples(fit, x, n_samples = 400, cells = c("c3", "c7"), seed = 1)
+  expect_equal(dim(d$latents), c(400L, 2L, 12L))
+  expect_equal(dim(d$eta_capture), c(400L, 2L))
+  # Centred on the MAP; a cell's draws do not depend on which other cells are drawn.
+  expect_lt(max(abs(colMeans(d$latents[, "c3", ]) - fit@latents[, "c3"])), 0.2)
+  d2 <- get_latent_samples(fit, x, n_samples = 400, cells = "c7", seed = 1)
+  expect_identical(d2$latents[, "c7", ], d$latents[, "c7", ])
+  ppc <- posterior_predictive(fit, n_samples = 30, genes = c("g1", "g2"), x = x, seed = 2)
+  expect_equal(dim(ppc), c(30L, 80L, 2L))
+  expect_true(all(ppc >= 0 & ppc == round(ppc)))
+  map_ppc <- posterior_predictive(fit, n_samples = 30, cells = 1:5, use_map = TRUE, x = x, seed = 2)
+  expect_equal(dim(map_ppc), c(30L, 5L, 12L))
+  # More spread with latent uncertainty than at the MAP.
+  full <- posterior_predictive(fit, n_samples = 300, cells = 1:20, x = x, seed = 3)
+  at_map <- posterior_predictive(fit, n_samples = 300, cells = 1:20, use_map = TRUE, x = x, seed = 3)
+  expect_gt(mean(apply(full, c(2, 3), stats::var)), mean(apply(at_map, c(2, 3), stats::var)))
+  ll <- log_likelihood(fit, x)
+  expect_length(ll, 80L)
+  expect_true(all(is.finite(ll) & ll < 0))
+  lld <- log_likelihood(fit, x, n_samples = 5, seed = 1)
+  expect_equal(dim(lld), c(5L, 80L))
+  expect_error(posterior_predictive(fit, n_samples = 2), "counts", class = "scribeR_input_error")
+  expect_error(log_likelihood(fit, x, by = "gene"), class = "scribeR_unsupported")
+})

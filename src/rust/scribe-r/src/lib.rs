@@ -8,6 +8,7 @@ use extendr_api::Result;
 use scribe_core::data::CountMatrix;
 use scribe_core::dist::{Link, Prior};
 use scribe_core::laplace::cascade::cascade_stats;
+use scribe_core::laplace::posterior::{self as laplace_posterior, Fitted};
 use scribe_core::laplace::w_prior::LoadingsPrior;
 use scribe_core::laplace::{run as run_laplace, Capture, Cascade, LaplaceConfig, LnModel};
 use scribe_core::mcmc::init::svi_start;
@@ -720,25 +721,7 @@ fn rs_laplace_fit(
             vec_of(l.get("scale"), what)?.unwrap_or_default(),
         )))
     };
-    let capture = match a
-        .get("capture")
-        .map(|c| Args::new(c, "capture"))
-        .transpose()?
-    {
-        None => Capture::None,
-        Some(c) => match c.string("mode")?.as_str() {
-            "anchor" => Capture::Anchor {
-                ln_m0: c.real("ln_m0")?,
-                sigma: c.real("sigma")?,
-            },
-            "prior" => Capture::PerCell {
-                loc: vec_of(c.get("loc"), "capture")?.unwrap_or_default(),
-                scale: vec_of(c.get("scale"), "capture")?.unwrap_or_default(),
-            },
-            "frozen" => Capture::Frozen(vec_of(c.get("values"), "capture")?.unwrap_or_default()),
-            other => return Err(err(format!("internal: capture mode '{other}'"))),
-        },
-    };
+    let capture = capture_from(a.get("capture"))?;
     let cascade = match a
         .get("cascade")
         .map(|c| Args::new(c, "cascade"))
@@ -809,6 +792,122 @@ fn rs_laplace_fit(
         w_prior_aux = fit.w_prior_aux
     )
     .into())
+}
+
+fn real_vec(r: Option<&Robj>, what: &str) -> Result<Vec<f64>> {
+    match r {
+        None => Ok(Vec::new()),
+        Some(v) => v
+            .as_real_slice()
+            .map(|s| s.to_vec())
+            .ok_or_else(|| err(format!("internal: `{what}` must be numeric"))),
+    }
+}
+
+/// The capture block from its R description: NULL, or list(mode = "anchor",
+/// ln_m0, sigma), list(mode = "prior", loc, scale), list(mode = "frozen", values).
+fn capture_from(r: Option<&Robj>) -> Result<Capture> {
+    let Some(r) = r else { return Ok(Capture::None) };
+    let c = Args::new(r, "capture")?;
+    Ok(match c.string("mode")?.as_str() {
+        "anchor" => Capture::Anchor {
+            ln_m0: c.real("ln_m0")?,
+            sigma: c.real("sigma")?,
+        },
+        "prior" => Capture::PerCell {
+            loc: real_vec(c.get("loc"), "capture")?,
+            scale: real_vec(c.get("scale"), "capture")?,
+        },
+        "frozen" => Capture::Frozen(real_vec(c.get("values"), "capture")?),
+        other => return Err(err(format!("internal: capture mode '{other}'"))),
+    })
+}
+
+/// Posterior analyses of a Laplace fit: "latents" (draws of the latent
+/// log-rates and capture), "predictive" (count draws; `use_map` for the MAP
+/// latents) and "loglik" (per-cell log-likelihood at the MAP or per draw).
+/// `fit` is list(model, k, mu, w (row-major), d, r, latents, eta, capture).
+/// @noRd
+#[extendr]
+fn rs_laplace_analysis(
+    fit: Robj,
+    counts: Robj,
+    what: &str,
+    opts: Robj,
+    num_threads: i32,
+) -> Result<Robj> {
+    let f = Args::new(&fit, "fit")?;
+    let c = Args::new(&counts, "counts")?;
+    let need = |k: &str| {
+        c.get(k)
+            .cloned()
+            .ok_or_else(|| err(format!("internal: counts${k}")))
+    };
+    let data = counts_from_slots(
+        c.real("n_genes")? as i32,
+        c.real("n_cells")? as i32,
+        &need("p")?,
+        &need("i")?,
+        &need("x")?,
+    )?;
+    let model = if f.string("model")? == "nbln" {
+        LnModel::Nbln
+    } else {
+        LnModel::Pln
+    };
+    let (mu, w, d, r) = (
+        real_vec(f.get("mu"), "mu")?,
+        real_vec(f.get("w"), "w")?,
+        real_vec(f.get("d"), "d")?,
+        real_vec(f.get("r"), "r")?,
+    );
+    let (latents, eta) = (
+        real_vec(f.get("latents"), "latents")?,
+        real_vec(f.get("eta"), "eta")?,
+    );
+    let capture = capture_from(f.get("capture"))?;
+    let fitted = Fitted {
+        model,
+        k: f.real("k")? as usize,
+        mu: &mu,
+        w: &w,
+        d: &d,
+        r: &r,
+        latents: &latents,
+        eta: &eta,
+        capture: &capture,
+    };
+    let o = Args::new(&opts, "opts")?;
+    let cells = indices(o.get("cells"), data.n_cells)?;
+    let seed = o.real_or("seed", 0.0)? as u64;
+    let n = o.real_or("n_draws", 0.0)? as usize;
+    let pool = pool(num_threads)?;
+    Ok(match what {
+        "latents" => {
+            let (x, e) = pool
+                .install(|| laplace_posterior::latent_draws(&fitted, &data, &cells, n, seed))
+                .map_err(core_err)?;
+            list!(latents = x, eta = e).into()
+        }
+        "predictive" => {
+            let genes = indices(o.get("genes"), data.n_genes)?;
+            let use_map = o.boolean("use_map")?;
+            let v = pool
+                .install(|| {
+                    laplace_posterior::predictive(&fitted, &data, &cells, &genes, n, use_map, seed)
+                })
+                .map_err(core_err)?;
+            list!(values = v).into()
+        }
+        "loglik" => {
+            let draws = (n > 0).then_some((n, seed));
+            let v = pool
+                .install(|| laplace_posterior::cell_loglik(&fitted, &data, &cells, draws))
+                .map_err(core_err)?;
+            list!(values = v).into()
+        }
+        other => return Err(err(format!("internal: unknown analysis '{other}'"))),
+    })
 }
 
 /// Empirical priors (from `n_draws` guide draws, widened by `tau`) and point
@@ -1153,4 +1252,5 @@ extendr_module! {
     fn rs_mcmc_fit;
     fn rs_laplace_fit;
     fn rs_cascade_stats;
+    fn rs_laplace_analysis;
 }

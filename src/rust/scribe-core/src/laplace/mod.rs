@@ -8,6 +8,7 @@
 pub mod cascade;
 pub mod cell;
 pub mod init;
+pub mod posterior;
 pub mod w_prior;
 pub mod woodbury;
 
@@ -164,12 +165,12 @@ impl Layout {
 }
 
 /// The per-cell capture mode and the per-cell prior of `η`.
-struct EtaSpec {
-    mode: Vec<EtaMode>,
+pub(crate) struct EtaSpec {
+    pub(crate) mode: Vec<EtaMode>,
 }
 
 impl EtaSpec {
-    fn new(capture: &Capture, data: &CountMatrix) -> Result<(Self, Vec<f64>)> {
+    pub(crate) fn new(capture: &Capture, data: &CountMatrix) -> Result<(Self, Vec<f64>)> {
         let n = data.n_cells;
         let bad = |m: &str| Err(CoreError::arg("priors", m.to_string()));
         Ok(match capture {
