@@ -202,3 +202,15 @@ test_that("Laplace posteriors: latent draws, predictive checks and log-likelihoo
   expect_error(posterior_predictive(fit, n_samples = 2), "counts", class = "scribeR_input_error")
   expect_error(log_likelihood(fit, x, by = "gene"), class = "scribeR_unsupported")
 })
+
+test_that("a divergence is stopped, reported and the best state kept", {
+  set.seed(1)
+  u <- matrix(rpois(20 * 60, 5), 20, dimnames = list(paste0("g", 1:20), paste0("c", 1:60)))
+  expect_warning(fit <- scribe_fit(u, model = "pln", inference_method = "laplace", latent_dim = 2, n_steps = 200,
+                                   seed = 1, verbose = FALSE, optimizer_config = list(name = "sgd", step_size = 10),
+                                   laplace_config = list(convergence_action = "ignore")),
+                 class = "scribeR_nonfinite")
+  expect_match(fit@diagnostics$aborted, "restored")
+  expect_lt(length(loss_history(fit)), 200L)
+  expect_true(all(is.finite(fit@params$mu)) && all(is.finite(fit@params$W)))
+})
