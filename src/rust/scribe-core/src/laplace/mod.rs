@@ -401,7 +401,7 @@ impl Guards {
         if loss.abs() > 1000.0 * init {
             return Some(format!("the loss grew to {loss:.4e}"));
         }
-        if (step + 1) % 100 == 0 && step + 1 > 5000 && history.len() >= 100 {
+        if step % 100 == 99 && step + 1 > 5000 && history.len() >= 100 {
             let last: Vec<f64> = history[history.len() - 100..]
                 .iter()
                 .copied()
