@@ -51,21 +51,17 @@ fn chol_logdet(l: &[f64], k: usize) -> f64 {
     (0..k).map(|i| 2.0 * l[i * k + i].ln()).sum()
 }
 
-/// `Wᵀ diag(s) W` (k × k).
+/// `Wᵀ diag(s) W` (k × k): full-row rank-one updates, which vectorise
+/// better than the symmetric half.
 fn wt_diag_w(w: &[f64], s: &[f64], k: usize, out: &mut [f64]) {
     out.iter_mut().for_each(|v| *v = 0.0);
     for (g, &sg) in s.iter().enumerate() {
         let row = &w[g * k..(g + 1) * k];
         for i in 0..k {
             let a = sg * row[i];
-            for j in 0..=i {
-                out[i * k + j] += a * row[j];
+            for (o, &r) in out[i * k..(i + 1) * k].iter_mut().zip(row) {
+                *o += a * r;
             }
-        }
-    }
-    for i in 0..k {
-        for j in 0..i {
-            out[j * k + i] = out[i * k + j];
         }
     }
 }
@@ -86,7 +82,8 @@ pub struct SigmaFactor {
     pub g: usize,
     pub k: usize,
     pub inv_d: Vec<f64>,
-    /// Cholesky factor of `K = I + Wᵀ D⁻¹ W`.
+    /// `K = I + Wᵀ D⁻¹ W` and its Cholesky factor.
+    pub kmat: Vec<f64>,
     pub lk: Vec<f64>,
     pub logdet_k: f64,
     pub logdet_sigma: f64,
@@ -101,6 +98,7 @@ impl SigmaFactor {
         for i in 0..k {
             lk[i * k + i] += 1.0;
         }
+        let kmat = lk.clone();
         if !cholesky(&mut lk, k) {
             return None;
         }
@@ -110,6 +108,7 @@ impl SigmaFactor {
             g,
             k,
             inv_d,
+            kmat,
             lk,
             logdet_k,
             logdet_sigma,
@@ -146,20 +145,14 @@ impl NewtonFactor {
     pub fn new(sig: &SigmaFactor, w: &[f64], a: &[f64], damping: f64) -> Option<Self> {
         let k = sig.k;
         let m: Vec<f64> = (0..sig.g).map(|g| a[g] + sig.inv_d[g] + damping).collect();
-        // S = K − Wᵀ diag(1/(d² m)) W; K's lower factor is rebuilt as L Lᵀ.
+        // S = K − Wᵀ diag(1/(d² m)) W.
         let s_diag: Vec<f64> = (0..sig.g)
             .map(|g| sig.inv_d[g] * sig.inv_d[g] / m[g])
             .collect();
         let mut s = vec![0.0; k * k];
         wt_diag_w(w, &s_diag, k, &mut s);
-        let mut kk = vec![0.0; k * k];
-        for i in 0..k {
-            for j in 0..k {
-                kk[i * k + j] = (0..k).map(|p| sig.lk[i * k + p] * sig.lk[j * k + p]).sum();
-            }
-        }
-        for i in 0..k * k {
-            s[i] = kk[i] - s[i];
+        for (v, kv) in s.iter_mut().zip(&sig.kmat) {
+            *v = kv - *v;
         }
         if !cholesky(&mut s, k) {
             return None;
