@@ -11,3 +11,31 @@ sim_data <- function(model, n_genes = 300, n_cells = 1000, seed = 11) {
 quick_fit <- function(x, ..., n_steps = 150) {
   scribe_fit(x, ..., n_steps = n_steps, seed = 1, verbose = FALSE)
 }
+
+# Fits in a fresh R process that receives SIGINT 2 s after the fit starts
+# (system(wait = FALSE) only backgrounds the last command: hence the ()).
+# `setup` defines `sim`; `fit` is the call to interrupt. Returns the output.
+run_interrupted_fit <- function(setup, fit) {
+  script <- tempfile(fileext = ".R")
+  writeLines(c(
+    "suppressPackageStartupMessages(library(scribeR))",
+    setup,
+    "system(sprintf('(sleep 2; kill -INT %d)', Sys.getpid()), wait = FALSE)",
+    "t0 <- proc.time()[['elapsed']]",
+    sprintf("res <- tryCatch(%s,", fit),
+    "  scribeR_interrupt = function(e) 'stopped', interrupt = function(e) 'interrupt outside the fit')",
+    "cat('result:', if (is.character(res)) res else 'finished', '\\n')",
+    "cat('seconds:', proc.time()[['elapsed']] - t0, '\\n')",
+    "ok <- scribe_fit(sim$counts[1:10, 1:30], model = 'nbdm', n_steps = 5, seed = 1, verbose = FALSE)",
+    "cat('usable:', is(ok, 'ScribeSVIResults'), '\\n')"
+  ), script)
+  system2(file.path(R.home("bin"), "Rscript"), script, stdout = TRUE, stderr = TRUE)
+}
+
+# The child caught the interrupt as a classed error within 5 s and R still works.
+expect_clean_interrupt <- function(out) {
+  expect_true(any(grepl("result: stopped", out)), info = paste(out, collapse = "\n"))
+  expect_true(any(grepl("usable: TRUE", out)), info = paste(out, collapse = "\n"))
+  secs <- as.numeric(sub("seconds: ", "", grep("^seconds:", out, value = TRUE)))
+  expect_lt(secs, 5)
+}

@@ -153,23 +153,9 @@ test_that("MCMC progress shows each chain and is silent when verbose = FALSE", {
 test_that("Ctrl-C stops all chains with a classed error and leaves R usable", {
   skip_on_cran()
   skip_on_os("windows")
-  script <- tempfile(fileext = ".R")
-  writeLines(c(
-    "suppressPackageStartupMessages(library(scribeR))",
+  out <- run_interrupted_fit(
     "sim <- scribe_simulate('nbvcp', n_genes = 300, n_cells = 1000, seed = 1)",
-    "system(sprintf('(sleep 2; kill -INT %d)', Sys.getpid()), wait = FALSE)",
-    "t0 <- proc.time()[['elapsed']]",
-    "res <- tryCatch(scribe_fit(sim$counts, model = 'nbvcp', inference_method = 'mcmc', n_samples = 5000,",
-    "  n_warmup = 5000, n_chains = 2, seed = 1, verbose = FALSE),",
-    "  scribeR_interrupt = function(e) 'stopped', interrupt = function(e) 'interrupt outside the fit')",
-    "cat('result:', if (is.character(res)) res else 'finished', '\\n')",
-    "cat('seconds:', proc.time()[['elapsed']] - t0, '\\n')",
-    "ok <- scribe_fit(sim$counts[1:10, 1:30], model = 'nbdm', n_steps = 5, seed = 1, verbose = FALSE)",
-    "cat('usable:', is(ok, 'ScribeSVIResults'), '\\n')"
-  ), script)
-  out <- system2(file.path(R.home("bin"), "Rscript"), script, stdout = TRUE, stderr = TRUE)
-  expect_true(any(grepl("result: stopped", out)), info = paste(out, collapse = "\n"))
-  expect_true(any(grepl("usable: TRUE", out)), info = paste(out, collapse = "\n"))
-  secs <- as.numeric(sub("seconds: ", "", grep("^seconds:", out, value = TRUE)))
-  expect_lt(secs, 5)
+    "scribe_fit(sim$counts, model = 'nbvcp', inference_method = 'mcmc', n_samples = 5000, n_warmup = 5000, n_chains = 2, seed = 1, verbose = FALSE)"
+  )
+  expect_clean_interrupt(out)
 })

@@ -61,26 +61,10 @@ test_that("progress is shown only when verbose", {
 test_that("Ctrl-C stops a fit with a classed error and leaves R usable", {
   skip_on_cran()
   skip_on_os("windows")
-  # A fresh R process fits, a background subshell sends it SIGINT mid-fit
-  # (system(wait = FALSE) only backgrounds the last command: hence the ()),
-  # and the child reports what it caught and whether R still works.
-  script <- tempfile(fileext = ".R")
-  writeLines(c(
-    "suppressPackageStartupMessages(library(scribeR))",
-    "sim <- scribe_simulate('zinbvcp', n_genes = 200, n_cells = 1000, seed = 1)",
-    "invisible(scribe_fit(sim$counts, model = 'zinbvcp', n_steps = 2, seed = 1, verbose = FALSE))",
-    "system(sprintf('(sleep 2; kill -INT %d)', Sys.getpid()), wait = FALSE)",
-    "t0 <- proc.time()[['elapsed']]",
-    "res <- tryCatch(scribe_fit(sim$counts, model = 'zinbvcp', n_steps = 5000, seed = 1, verbose = FALSE),",
-    "  scribeR_interrupt = function(e) 'stopped', interrupt = function(e) 'interrupt outside the fit')",
-    "cat('result:', if (is.character(res)) res else 'finished', '\\n')",
-    "cat('seconds:', proc.time()[['elapsed']] - t0, '\\n')",
-    "ok <- scribe_fit(sim$counts[1:10, 1:30], model = 'nbdm', n_steps = 5, seed = 1, verbose = FALSE)",
-    "cat('usable:', is(ok, 'ScribeSVIResults'), '\\n')"
-  ), script)
-  out <- system2(file.path(R.home("bin"), "Rscript"), script, stdout = TRUE, stderr = TRUE)
-  expect_true(any(grepl("result: stopped", out)), info = paste(out, collapse = "\n"))
-  expect_true(any(grepl("usable: TRUE", out)), info = paste(out, collapse = "\n"))
-  secs <- as.numeric(sub("seconds: ", "", grep("^seconds:", out, value = TRUE)))
-  expect_lt(secs, 5)
+  out <- run_interrupted_fit(
+    c("sim <- scribe_simulate('zinbvcp', n_genes = 200, n_cells = 1000, seed = 1)",
+      "invisible(scribe_fit(sim$counts, model = 'zinbvcp', n_steps = 2, seed = 1, verbose = FALSE))"),
+    "scribe_fit(sim$counts, model = 'zinbvcp', n_steps = 5000, seed = 1, verbose = FALSE)"
+  )
+  expect_clean_interrupt(out)
 })

@@ -181,11 +181,9 @@ pub fn newton<O: Obs + ?Sized>(
         nf.solve(sig, w, &g, &mut ag);
         let mut d_eta = 0.0;
         if let EtaMode::Free { sigma, .. } = mode {
-            nf.solve(sig, w, &a, &mut aa);
-            let sa: f64 = a.iter().sum();
-            let aaa: f64 = a.iter().zip(&aa).map(|(p, q)| p * q).sum();
+            let (v, s) = schur(&nf, sig, w, &a, sigma, damping);
+            aa.copy_from_slice(&v);
             let aag: f64 = a.iter().zip(&ag).map(|(p, q)| p * q).sum();
-            let s = sa + 1.0 / (sigma * sigma) - aaa + damping;
             d_eta = (g_eta + aag) / s;
             // Active set: with η at its bound and the step pushing it below,
             // hold η and take the x-only step.
@@ -205,6 +203,23 @@ pub fn newton<O: Obs + ?Sized>(
         }
     }
     norm
+}
+
+/// `(A⁻¹a, s)` for a free capture latent: the Schur complement
+/// `s = Σa + 1/σ² − aᵀA⁻¹a + δ` (floored at 1e-30).
+pub(crate) fn schur(
+    nf: &NewtonFactor,
+    sig: &SigmaFactor,
+    w: &[f64],
+    a: &[f64],
+    sigma: f64,
+    damping: f64,
+) -> (Vec<f64>, f64) {
+    let mut aa = vec![0.0; a.len()];
+    nf.solve(sig, w, a, &mut aa);
+    let sa: f64 = a.iter().sum();
+    let aaa: f64 = a.iter().zip(&aa).map(|(p, q)| p * q).sum();
+    (aa, (sa + 1.0 / (sigma * sigma) - aaa + damping).max(1e-30))
 }
 
 /// The gradient sup-norm of one cell's objective at `(x, η)`.
@@ -272,11 +287,7 @@ pub fn elbo_grad<O: Obs + ?Sized>(
     let mut q = Vec::new();
     let mut s = f64::NAN;
     if let EtaMode::Free { anchor, sigma } = mode {
-        aa = vec![0.0; n];
-        nf.solve(sig, w, &a, &mut aa);
-        let sa: f64 = a.iter().sum();
-        let aaa: f64 = a.iter().zip(&aa).map(|(p, q)| p * q).sum();
-        s = (sa + 1.0 / (sigma * sigma) - aaa).max(1e-30);
+        (aa, s) = schur(&nf, sig, w, &a, sigma, 0.0);
         q = vec![0.0; n];
         sig.solve(w, &aa, &mut q);
         let z = (eta - anchor) / sigma;
@@ -326,12 +337,7 @@ mod tests {
     type Problem = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
 
     fn setup(g: usize, k: usize) -> Problem {
-        let w: Vec<f64> = (0..g * k)
-            .map(|i| ((i as f64) * 0.731).sin() * 0.5)
-            .collect();
-        let d: Vec<f64> = (0..g)
-            .map(|i| 0.1 + 0.2 * ((i as f64) * 1.3).cos().abs())
-            .collect();
+        let (w, d) = crate::laplace::woodbury::test_loadings(g, k, 0.5, 0.1, 0.2);
         let mu: Vec<f64> = (0..g).map(|i| ((i as f64) * 0.5).sin()).collect();
         let u: Vec<f64> = (0..g).map(|i| ((i * 7) % 5) as f64).collect();
         let x: Vec<f64> = (0..g).map(|i| (u[i] + 1.0).ln()).collect();

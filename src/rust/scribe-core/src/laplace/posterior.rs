@@ -79,13 +79,7 @@ fn sample_cell(
     let nf = NewtonFactor::new(sig, f.w, &a, 0.0)?;
     // A⁻¹ a and s for a free η.
     let (aa, s) = match mode {
-        EtaMode::Free { sigma, .. } => {
-            let mut aa = vec![0.0; g];
-            nf.solve(sig, f.w, &a, &mut aa);
-            let sa: f64 = a.iter().sum();
-            let aaa: f64 = a.iter().zip(&aa).map(|(p, q)| p * q).sum();
-            (aa, (sa + 1.0 / (sigma * sigma) - aaa).max(1e-30))
-        }
+        EtaMode::Free { sigma, .. } => cell::schur(&nf, sig, f.w, &a, sigma, 0.0),
         _ => (Vec::new(), f64::NAN),
     };
     let mut xs = Vec::with_capacity(n * g);
@@ -287,12 +281,7 @@ mod tests {
     #[test]
     fn sampler_covariance_is_the_inverse_hessian() {
         let (g, k) = (6, 2);
-        let w: Vec<f64> = (0..g * k)
-            .map(|i| ((i as f64) * 0.731).sin() * 0.5)
-            .collect();
-        let d: Vec<f64> = (0..g)
-            .map(|i| 0.1 + 0.2 * ((i as f64) * 1.3).cos().abs())
-            .collect();
+        let (w, d) = crate::laplace::woodbury::test_loadings(g, k, 0.5, 0.1, 0.2);
         let mu = vec![0.5; g];
         let latents: Vec<f64> = (0..g).map(|i| 0.3 * i as f64).collect();
         let (p, idx, val) = (vec![0i32, 3], vec![0, 2, 5], vec![1.0, 4.0, 2.0]);

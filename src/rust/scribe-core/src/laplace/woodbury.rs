@@ -231,6 +231,25 @@ pub fn inv_sigma_plus_diag(
     Some((bw, diag))
 }
 
+/// Deterministic loadings `W` (row-major `g × k`, entries of size `w_amp`)
+/// and positive `d` for tests.
+#[cfg(test)]
+pub(crate) fn test_loadings(
+    g: usize,
+    k: usize,
+    w_amp: f64,
+    d_min: f64,
+    d_amp: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let w = (0..g * k)
+        .map(|i| ((i as f64) * 0.731).sin() * w_amp)
+        .collect();
+    let d = (0..g)
+        .map(|i| d_min + d_amp * ((i as f64) * 1.3).cos().abs())
+        .collect();
+    (w, d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,12 +300,7 @@ mod tests {
     }
 
     fn problem(g: usize, k: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
-        let w: Vec<f64> = (0..g * k)
-            .map(|i| ((i as f64) * 0.731).sin() * 0.8)
-            .collect();
-        let d: Vec<f64> = (0..g)
-            .map(|i| 0.05 + 0.3 * ((i as f64) * 1.3).cos().abs())
-            .collect();
+        let (w, d) = test_loadings(g, k, 0.8, 0.05, 0.3);
         let a: Vec<f64> = (0..g)
             .map(|i| (((i as f64) * 0.37).sin() * 3.0).exp())
             .collect();
