@@ -285,3 +285,71 @@ fn cascade_freeze_keeps_frozen_values_bit_identical() {
     };
     assert!(fit(&sim.data, &cfg).eta.iter().all(|&e| e >= 1e-3));
 }
+
+#[test]
+fn lnm_recovers_log_ratio_mean_loadings_and_totals() {
+    let (g1, n, k) = (25, 500, 2);
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let mu: Vec<f64> = (0..g1).map(|_| rng.random_range(-3.0..-1.0)).collect();
+    let w: Vec<f64> = (0..g1 * k)
+        .map(|_| 0.5 * rng.sample::<f64, _>(StandardNormal))
+        .collect();
+    let (mut p, mut idx, mut val) = (vec![0i32], Vec::new(), Vec::new());
+    let mut totals = 0.0;
+    for _ in 0..n {
+        let z: Vec<f64> = (0..k).map(|_| rng.sample(StandardNormal)).collect();
+        // Log-ratios against the last gene, the most abundant one (logit 0).
+        let mut logits: Vec<f64> = (0..g1)
+            .map(|i| {
+                mu[i]
+                    + (0..k).map(|j| w[i * k + j] * z[j]).sum::<f64>()
+                    + 0.1 * rng.sample::<f64, _>(StandardNormal)
+            })
+            .collect();
+        logits.push(0.0);
+        let tot: f64 = logits.iter().map(|v| v.exp()).sum();
+        for (i, l) in logits.iter().enumerate() {
+            let v = rng.sample(Poisson::new(3000.0 * l.exp() / tot).unwrap()) as u32;
+            totals += v as f64;
+            if v > 0 {
+                idx.push(i as i32);
+                val.push(v as f64);
+            }
+        }
+        p.push(idx.len() as i32);
+    }
+    let data = CountMatrix::from_csc(g1 + 1, n, &p, &idx, &val).unwrap();
+    let cfg = LaplaceConfig {
+        model: LnModel::Lnm,
+        latent_dim: k,
+        n_steps: 400,
+        optimizer: adam(0.02),
+        ..Default::default()
+    };
+    let f = fit(&data, &cfg);
+    assert_eq!(f.reference, Some(g1));
+    assert!(
+        max_abs_diff(&f.mu, &mu) < 0.2,
+        "mu error {}",
+        max_abs_diff(&f.mu, &mu)
+    );
+    let (a, b) = (basis(&w, g1, k), basis(&f.w, g1, k));
+    let tr: f64 = (0..k)
+        .flat_map(|i| (0..k).map(move |j| (i, j)))
+        .map(|(i, j)| {
+            a[i].iter()
+                .zip(&b[j])
+                .map(|(x, y)| x * y)
+                .sum::<f64>()
+                .powi(2)
+        })
+        .sum();
+    assert!(tr > k as f64 * 0.9, "sum of cos² of principal angles {tr}");
+    let mean_total = totals / n as f64;
+    assert!(
+        (f.totals[0] / mean_total - 1.0).abs() < 0.05,
+        "mu_T {} vs {mean_total}",
+        f.totals[0]
+    );
+    assert!(f.grad_norms.iter().all(|v| *v < 1e-3));
+}

@@ -94,92 +94,142 @@ fn symmetric_eigen(a: &[f64], l: usize) -> (Vec<f64>, Vec<f64>) {
     (vecs, vals)
 }
 
-pub fn pln_start(data: &CountMatrix, k: usize, seed: u64) -> PlnStart {
-    let (g, n) = (data.n_genes, data.n_cells);
+/// Column means and top-`k` loadings (`V_k S_k / √n`) of the centred
+/// `n × m` matrix `X[c, j] = log(1 + u[c, g_j]) − offset[c]` over the genes
+/// `cols` (`col_of[g]` is gene g's column, `None` if left out). Only
+/// products with the sparse counts are formed.
+fn centred_pca(
+    data: &CountMatrix,
+    col_of: &[Option<usize>],
+    m: usize,
+    offset: &[f64],
+    k: usize,
+    seed: u64,
+) -> (Vec<f64>, Vec<f64>) {
+    let n = data.n_cells;
     let y: Vec<f64> = data.counts.iter().map(|&u| (u as f64).ln_1p()).collect();
-    let mut mu = vec![0.0; g];
+    let mean_off = offset.iter().sum::<f64>() / n as f64;
+    let mut mu = vec![0.0; m];
     for (p, &gi) in data.gene_idx.iter().enumerate() {
-        mu[gi as usize] += y[p];
+        if let Some(j) = col_of[gi as usize] {
+            mu[j] += y[p];
+        }
     }
-    mu.iter_mut().for_each(|v| *v /= n as f64);
-    let l = (k + 10).min(g).min(n);
-    // Xc Ω (n × l) and Xcᵀ Z (g × l) with Xc = Y − 1 μᵀ, Y sparse.
+    mu.iter_mut().for_each(|v| *v = *v / n as f64 - mean_off);
+    let l = (k + 10).min(m).min(n);
+    // Xc Ω (n × l) and Xcᵀ Z (m × l) with Xc = Y − o 1ᵀ − 1 μᵀ, Y sparse.
     let x_times = |om: &[f64]| -> Vec<f64> {
-        let mut shift = vec![0.0; l];
-        for gi in 0..g {
-            for j in 0..l {
-                shift[j] += mu[gi] * om[gi * l + j];
+        let (mut shift, mut ones) = (vec![0.0; l], vec![0.0; l]);
+        for j in 0..m {
+            for t in 0..l {
+                shift[t] += mu[j] * om[j * l + t];
+                ones[t] += om[j * l + t];
             }
         }
         let mut out = vec![0.0; n * l];
         for c in 0..n {
-            for j in 0..l {
-                out[c * l + j] = -shift[j];
+            for t in 0..l {
+                out[c * l + t] = -shift[t] - offset[c] * ones[t];
             }
             for p in data.cell_ptr[c]..data.cell_ptr[c + 1] {
-                let gi = data.gene_idx[p] as usize;
-                for j in 0..l {
-                    out[c * l + j] += y[p] * om[gi * l + j];
+                if let Some(j) = col_of[data.gene_idx[p] as usize] {
+                    for t in 0..l {
+                        out[c * l + t] += y[p] * om[j * l + t];
+                    }
                 }
             }
         }
         out
     };
     let xt_times = |z: &[f64]| -> Vec<f64> {
-        let mut colsum = vec![0.0; l];
-        let mut out = vec![0.0; g * l];
+        let (mut colsum, mut offsum) = (vec![0.0; l], vec![0.0; l]);
+        let mut out = vec![0.0; m * l];
         for c in 0..n {
-            for j in 0..l {
-                colsum[j] += z[c * l + j];
+            for t in 0..l {
+                colsum[t] += z[c * l + t];
+                offsum[t] += offset[c] * z[c * l + t];
             }
             for p in data.cell_ptr[c]..data.cell_ptr[c + 1] {
-                let gi = data.gene_idx[p] as usize;
-                for j in 0..l {
-                    out[gi * l + j] += y[p] * z[c * l + j];
+                if let Some(j) = col_of[data.gene_idx[p] as usize] {
+                    for t in 0..l {
+                        out[j * l + t] += y[p] * z[c * l + t];
+                    }
                 }
             }
         }
-        for gi in 0..g {
-            for j in 0..l {
-                out[gi * l + j] -= mu[gi] * colsum[j];
+        for j in 0..m {
+            for t in 0..l {
+                out[j * l + t] -= mu[j] * colsum[t] + offsum[t];
             }
         }
         out
     };
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0050_4341);
-    let omega: Vec<f64> = (0..g * l).map(|_| rng.sample(StandardNormal)).collect();
+    let omega: Vec<f64> = (0..m * l).map(|_| rng.sample(StandardNormal)).collect();
     let mut q = x_times(&omega);
     orthonormalize(&mut q, n, l);
     for _ in 0..4 {
         let mut z = xt_times(&q);
-        orthonormalize(&mut z, g, l);
+        orthonormalize(&mut z, m, l);
         q = x_times(&z);
         orthonormalize(&mut q, n, l);
     }
-    // Bᵀ = Xcᵀ Q (g × l); B Bᵀ = U S² Uᵀ; W = Bᵀ U_k / √n.
+    // Bᵀ = Xcᵀ Q (m × l); B Bᵀ = U S² Uᵀ; W = Bᵀ U_k / √n.
     let bt = xt_times(&q);
     let mut bbt = vec![0.0; l * l];
-    for gi in 0..g {
-        for i in 0..l {
-            for j in 0..l {
-                bbt[i * l + j] += bt[gi * l + i] * bt[gi * l + j];
+    for j in 0..m {
+        for a in 0..l {
+            for b in 0..l {
+                bbt[a * l + b] += bt[j * l + a] * bt[j * l + b];
             }
         }
     }
     let (u, _) = symmetric_eigen(&bbt, l);
     let sn = (n as f64).sqrt();
-    let mut w = vec![0.0; g * k];
-    for gi in 0..g {
-        for j in 0..k {
-            w[gi * k + j] = (0..l).map(|p| bt[gi * l + p] * u[p * l + j]).sum::<f64>() / sn;
+    let mut w = vec![0.0; m * k];
+    for j in 0..m {
+        for t in 0..k {
+            w[j * k + t] = (0..l).map(|p| bt[j * l + p] * u[p * l + t]).sum::<f64>() / sn;
         }
     }
+    (mu, w)
+}
+
+pub fn pln_start(data: &CountMatrix, k: usize, seed: u64) -> PlnStart {
+    let (g, n) = (data.n_genes, data.n_cells);
+    let col_of: Vec<Option<usize>> = (0..g).map(Some).collect();
+    let (mu, w) = centred_pca(data, &col_of, g, &vec![0.0; n], k, seed);
     let mut latents = vec![0.0; n * g];
     for c in 0..n {
         for p in data.cell_ptr[c]..data.cell_ptr[c + 1] {
-            latents[c * g + data.gene_idx[p] as usize] = y[p];
+            latents[c * g + data.gene_idx[p] as usize] = (data.counts[p] as f64).ln_1p();
         }
     }
+    PlnStart { mu, w, latents }
+}
+
+/// LNM: additive log-ratios against gene `reference`,
+/// `ALR_g = log(u_g + 1) − log(u_ref + 1)` (i.e. of `p = (u + 1)/(N + G)`);
+/// `μ` their mean, `W` their PCA; latents start at `μ`.
+pub fn lnm_start(data: &CountMatrix, reference: usize, k: usize, seed: u64) -> PlnStart {
+    let (g, n) = (data.n_genes, data.n_cells);
+    let col_of: Vec<Option<usize>> = (0..g)
+        .map(|gi| match gi.cmp(&reference) {
+            std::cmp::Ordering::Less => Some(gi),
+            std::cmp::Ordering::Equal => None,
+            std::cmp::Ordering::Greater => Some(gi - 1),
+        })
+        .collect();
+    let mut offset = vec![0.0; n];
+    for (c, o) in offset.iter_mut().enumerate() {
+        for p in data.cell_ptr[c]..data.cell_ptr[c + 1] {
+            if data.gene_idx[p] as usize == reference {
+                *o = (data.counts[p] as f64).ln_1p();
+            }
+        }
+    }
+    let (mu, w) = centred_pca(data, &col_of, g - 1, &offset, k, seed);
+    let latents = (0..n).flat_map(|_| mu.iter().copied()).collect();
     PlnStart { mu, w, latents }
 }
 

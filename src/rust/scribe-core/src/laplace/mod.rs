@@ -8,6 +8,7 @@
 pub mod cascade;
 pub mod cell;
 pub mod init;
+pub mod lnm;
 pub mod posterior;
 pub mod w_prior;
 pub mod woodbury;
@@ -34,6 +35,9 @@ pub enum LnModel {
     Pln,
     /// `u ~ NB(mean e^ℓ, r_g)`, with a global per-gene dispersion `r`.
     Nbln,
+    /// Logistic-normal multinomial: compositions in log-ratio coordinates
+    /// against a reference gene, with an NB model of the totals.
+    Lnm,
 }
 
 /// The capture block.
@@ -125,6 +129,10 @@ pub struct LaplaceFit {
     pub d: Vec<f64>,
     /// NBLN dispersions (empty for PLN).
     pub r: Vec<f64>,
+    /// LNM: `(μ_T, r_T)` of the totals model; empty otherwise.
+    pub totals: Vec<f64>,
+    /// LNM: the reference gene of the log-ratios (μ, W, d and latents cover the others).
+    pub reference: Option<usize>,
     pub latents: Vec<f64>,
     /// Per-cell MAP (or frozen) `η` (empty without capture); `ν = e^{−η}`.
     pub eta: Vec<f64>,
@@ -141,12 +149,16 @@ pub struct LaplaceFit {
     pub w_prior: w_prior::WPriorDiagnostics,
 }
 
-/// Offsets of the blocks of `θ = [μ | W | d_loc | r_loc (NBLN) | aux]`.
+/// Offsets of the blocks of `θ = [μ | W | d_loc | extra | aux]`, where
+/// `extra` is `r_loc` (G, NBLN) or `(μ_T, r_T)` raw (2, LNM); `g` is the
+/// latent dimension (G − 1 for LNM).
 #[derive(Debug, Clone, Copy)]
 struct Layout {
     g: usize,
     k: usize,
     has_r: bool,
+    /// LNM's reference gene.
+    reference: Option<usize>,
 }
 
 impl Layout {
@@ -159,8 +171,17 @@ impl Layout {
     fn r(&self) -> usize {
         self.d() + self.g
     }
+    fn n_extra(&self) -> usize {
+        if self.has_r {
+            self.g
+        } else if self.reference.is_some() {
+            2
+        } else {
+            0
+        }
+    }
     fn aux(&self) -> usize {
-        self.r() + if self.has_r { self.g } else { 0 }
+        self.r() + self.n_extra()
     }
 }
 
@@ -237,6 +258,8 @@ struct Globals<'a> {
     w: &'a [f64],
     d: Vec<f64>,
     r: Vec<f64>,
+    /// LNM totals `(μ_T, r_T)`.
+    totals: (f64, f64),
     sig: SigmaFactor,
 }
 
@@ -257,8 +280,20 @@ impl<'a> Globals<'a> {
         } else {
             Vec::new()
         };
+        let totals = if lay.reference.is_some() {
+            (softplus(th[lay.r()]), softplus(th[lay.r() + 1]))
+        } else {
+            (f64::NAN, f64::NAN)
+        };
         let sig = SigmaFactor::new(w, &d, k)?;
-        Some(Globals { mu, w, d, r, sig })
+        Some(Globals {
+            mu,
+            w,
+            d,
+            r,
+            totals,
+            sig,
+        })
     }
 }
 
@@ -280,7 +315,7 @@ fn sweep(
     want_grad: bool,
 ) -> (f64, Vec<f64>, usize, Vec<f64>) {
     let (g, k) = (lay.g, lay.k);
-    let np = g * (k + 2) + if lay.has_r { g } else { 0 };
+    let np = g * (k + 2) + lay.n_extra();
     let nb = NegBin { r: &gl.r };
     let obs: &dyn Obs = if lay.has_r { &nb } else { &Poisson };
     let parts: Vec<(f64, Vec<f64>, usize, Vec<f64>)> = lat
@@ -288,7 +323,7 @@ fn sweep(
         .zip(cells.par_chunks(CELL_CHUNK))
         .zip(eta.par_chunks_mut(CELL_CHUNK))
         .map(|((lchunk, cchunk), echunk)| {
-            let mut u = vec![0.0; g];
+            let mut u = vec![0.0; data.n_genes];
             let mut grad = vec![0.0; if want_grad { np } else { 0 }];
             let mut tmp = vec![0.0; if want_grad { np } else { 0 }];
             let (mut elbo, mut masked) = (0.0, 0);
@@ -297,6 +332,36 @@ fn sweep(
                 cell::dense_counts(data, c, &mut u);
                 let (x0, e0) = (x.to_vec(), echunk[i]);
                 let mode = modes.mode[c];
+                if let Some(rf) = lay.reference {
+                    let (gn, e) = lnm_cell(
+                        &u,
+                        rf,
+                        data.lib_size[c],
+                        x,
+                        gl,
+                        lay,
+                        n_newton,
+                        damping,
+                        max_step,
+                        want_grad,
+                        &mut tmp,
+                    );
+                    if !x.iter().all(|v| v.is_finite()) {
+                        x.copy_from_slice(&x0);
+                    }
+                    norms.push(gn);
+                    if want_grad {
+                        if e.is_finite() && tmp.iter().all(|v| v.is_finite()) {
+                            elbo += e;
+                            for (a, b) in grad.iter_mut().zip(&tmp) {
+                                *a += b;
+                            }
+                        } else {
+                            masked += 1;
+                        }
+                    }
+                    continue;
+                }
                 let gn = cell::newton(
                     obs,
                     &u,
@@ -423,6 +488,87 @@ impl Guards {
     }
 }
 
+/// One LNM cell: Newton on its log-ratios `y`, then (with `want_grad`) its
+/// composition ELBO plus the totals' log-density, gradients into `tmp`.
+#[allow(clippy::too_many_arguments)]
+fn lnm_cell(
+    u: &[f64],
+    reference: usize,
+    n_tot: f64,
+    y: &mut [f64],
+    gl: &Globals<'_>,
+    lay: Layout,
+    n_newton: usize,
+    damping: f64,
+    max_step: f64,
+    want_grad: bool,
+    tmp: &mut [f64],
+) -> (f64, f64) {
+    let (g, k) = (lay.g, lay.k);
+    let ua: Vec<f64> = u
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != reference)
+        .map(|(_, &v)| v)
+        .collect();
+    let gn = lnm::newton(
+        &ua, n_tot, y, gl.mu, gl.w, &gl.sig, n_newton, damping, max_step,
+    );
+    if !want_grad {
+        return (gn, f64::NAN);
+    }
+    tmp.iter_mut().for_each(|v| *v = 0.0);
+    let (tm, rest) = tmp.split_at_mut(g);
+    let (tw, rest) = rest.split_at_mut(g * k);
+    let (td, tr) = rest.split_at_mut(g);
+    let e = lnm::elbo_grad(
+        &ua,
+        n_tot,
+        y,
+        gl.mu,
+        gl.w,
+        &gl.d,
+        &gl.sig,
+        k,
+        OuterGrad {
+            mu: tm,
+            w: tw,
+            d: td,
+            r: &mut [],
+        },
+    );
+    let (lp, d_mu, d_r) = lnm::totals(n_tot, gl.totals.0, gl.totals.1);
+    tr[0] += d_mu;
+    tr[1] += d_r;
+    (gn, e + lp)
+}
+
+/// A cell's gradient sup-norm at its current latents.
+fn cell_norm(
+    data: &CountMatrix,
+    c: usize,
+    x: &[f64],
+    eta: f64,
+    mode: EtaMode,
+    gl: &Globals<'_>,
+    lay: Layout,
+) -> f64 {
+    let mut u = vec![0.0; data.n_genes];
+    cell::dense_counts(data, c, &mut u);
+    if let Some(rf) = lay.reference {
+        let ua: Vec<f64> = u
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != rf)
+            .map(|(_, &v)| v)
+            .collect();
+        return lnm::grad_norm(&ua, data.lib_size[c], x, gl.mu, gl.w, &gl.sig);
+    }
+    let nb = NegBin { r: &gl.r };
+    let obs: &dyn Obs = if lay.has_r { &nb } else { &Poisson };
+    cell::grad_norm(obs, &u, x, eta, mode, gl.mu, gl.w, &gl.sig)
+}
+
 /// Sup-norm summary `(max, p99, median)` of per-cell gradient norms.
 pub fn norm_summary(v: &[f64]) -> (f64, f64, f64) {
     let mut s: Vec<f64> = v
@@ -476,7 +622,42 @@ pub fn run(
     progress: &dyn Progress,
     cancel: &dyn Cancel,
 ) -> Result<LaplaceFit> {
-    let (g, n, k) = (data.n_genes, data.n_cells, cfg.latent_dim);
+    let n = data.n_cells;
+    let k = cfg.latent_dim;
+    let is_lnm = cfg.model == LnModel::Lnm;
+    // LNM's reference: the gene with the most counts (the most stable ratios).
+    let reference = is_lnm.then(|| {
+        let mut tot = vec![0.0; data.n_genes];
+        for (p, &gi) in data.gene_idx.iter().enumerate() {
+            tot[gi as usize] += data.counts[p] as f64;
+        }
+        (0..data.n_genes).fold(0, |b, i| if tot[i] > tot[b] { i } else { b })
+    });
+    if is_lnm {
+        if !matches!(cfg.capture, Capture::None) {
+            return Err(CoreError::arg(
+                "model",
+                "LNM with capture (lnmvcp) is not available yet",
+            ));
+        }
+        if cfg.loadings_prior != w_prior::LoadingsPrior::None {
+            return Err(CoreError::arg(
+                "priors$loadings",
+                "loadings priors apply to pln and nbln, not lnm",
+            ));
+        }
+        if cfg.cascade != Cascade::default() {
+            return Err(CoreError::arg(
+                "informative_priors_from",
+                "the cascade applies to nbln",
+            ));
+        }
+    }
+    let g = if is_lnm {
+        data.n_genes - 1
+    } else {
+        data.n_genes
+    };
     if k == 0 || k >= g {
         return Err(CoreError::arg(
             "latent_dim",
@@ -498,6 +679,7 @@ pub fn run(
         g,
         k,
         has_r: cfg.model == LnModel::Nbln,
+        reference,
     };
     let cas = &cfg.cascade;
     for (what, v) in [
@@ -512,7 +694,10 @@ pub fn run(
         }
     }
     let (modes, mut eta) = EtaSpec::new(&cfg.capture, data)?;
-    let start = init::pln_start(data, k, cfg.seed);
+    let start = match reference {
+        Some(rf) => init::lnm_start(data, rf, k, cfg.seed),
+        None => init::pln_start(data, k, cfg.seed),
+    };
     // θ: μ (frozen > prior loc > data), W (PCA), d = 0.1, r (frozen > prior > moments), aux.
     let mu0 = cas
         .mu_frozen
@@ -520,7 +705,15 @@ pub fn run(
         .or_else(|| cas.mu_prior.as_ref().map(|p| p.0.clone()))
         .unwrap_or(start.mu);
     let mut th: Vec<f64> = mu0.iter().chain(&start.w).copied().collect();
-    th.extend(std::iter::repeat_n(softplus_inv(0.1), g));
+    th.extend(std::iter::repeat_n(
+        softplus_inv(if is_lnm { 0.01 } else { 0.1 }),
+        g,
+    ));
+    if is_lnm {
+        let mean_total = data.lib_size.iter().sum::<f64>() / n as f64;
+        th.push(softplus_inv(mean_total.max(1.0)));
+        th.push(softplus_inv(4.0));
+    }
     if lay.has_r {
         let r_loc: Vec<f64> = match (&cas.r_frozen, &cas.r_prior) {
             (Some(r), _) => r.iter().map(|&v| softplus_inv(v.max(1e-8))).collect(),
@@ -644,6 +837,11 @@ pub fn run(
                 lg[lay.r() + i] *= sigmoid(th[lay.r() + i]);
             }
         }
+        if is_lnm {
+            for i in 0..2 {
+                lg[lay.r() + i] *= sigmoid(th[lay.r() + i]);
+            }
+        }
         for (a, b) in lg.iter_mut().zip(&g_prior) {
             *a -= b;
         }
@@ -710,27 +908,29 @@ pub fn run(
                 cfg.newton_max_step,
                 false,
             );
-            let nb = NegBin { r: &gl.r };
-            let obs: &dyn Obs = if lay.has_r { &nb } else { &Poisson };
-            let mut u = vec![0.0; g];
             for (i, &c) in bad.iter().enumerate() {
                 latents[c * g..(c + 1) * g].copy_from_slice(&lat[i * g..(i + 1) * g]);
                 eta[c] = eta_b[i];
                 rescued[c] = true;
-                cell::dense_counts(data, c, &mut u);
                 let x = &latents[c * g..(c + 1) * g];
-                norms[c] = cell::grad_norm(obs, &u, x, eta[c], modes.mode[c], gl.mu, gl.w, &gl.sig);
+                norms[c] = cell_norm(data, c, x, eta[c], modes.mode[c], &gl, lay);
             }
         }
     }
     let has_eta = !matches!(cfg.capture, Capture::None);
     Ok(LaplaceFit {
-        n_genes: g,
+        n_genes: data.n_genes,
         latent_dim: k,
         mu: gl.mu.to_vec(),
         w: gl.w.to_vec(),
         d: gl.d.clone(),
         r: gl.r.clone(),
+        totals: if is_lnm {
+            vec![gl.totals.0, gl.totals.1]
+        } else {
+            Vec::new()
+        },
+        reference,
         latents,
         eta: if has_eta { eta } else { Vec::new() },
         loss_history: history,

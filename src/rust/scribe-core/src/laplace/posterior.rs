@@ -42,6 +42,12 @@ fn cell_rng(seed: u64, c: usize) -> ChaCha8Rng {
 
 impl Fitted<'_> {
     fn check(&self, data: &CountMatrix) -> Result<()> {
+        if self.model == LnModel::Lnm {
+            return Err(CoreError::arg(
+                "fit",
+                "per-cell posteriors of LNM fits are not available yet",
+            ));
+        }
         let g = self.mu.len();
         if data.n_genes != g || self.latents.len() != g * data.n_cells {
             return Err(CoreError::arg(
@@ -53,7 +59,8 @@ impl Fitted<'_> {
     }
     fn with_obs<T>(&self, f: impl FnOnce(&dyn Obs) -> T) -> T {
         match self.model {
-            LnModel::Pln => f(&Poisson),
+            // LNM fits are rejected by `check`.
+            LnModel::Pln | LnModel::Lnm => f(&Poisson),
             LnModel::Nbln => f(&NegBin { r: self.r }),
         }
     }
@@ -171,6 +178,7 @@ pub fn predictive(
     use_map: bool,
     seed: u64,
 ) -> Result<Vec<f64>> {
+    f.check(data)?;
     let g = f.mu.len();
     let (xs, es) = if use_map {
         (Vec::new(), Vec::new())
@@ -200,7 +208,7 @@ pub fn predictive(
                     };
                     let m = (x - eta).clamp(-50.0, 50.0).exp();
                     let lam = match f.model {
-                        LnModel::Pln => m,
+                        LnModel::Pln | LnModel::Lnm => m,
                         LnModel::Nbln => {
                             let r = f.r[gi].max(1e-6);
                             rng.sample(Gamma::new(r, m / r).expect("valid gamma"))

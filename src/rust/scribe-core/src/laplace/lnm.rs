@@ -1,0 +1,310 @@
+//! One cell of the logistic-normal multinomial (LNM): composition latent
+//! `y ∈ R^{G−1}` in additive log-ratio coordinates against a reference gene,
+//! `y ~ N(μ, Σ)`, `u ~ Multinomial(N, softmax([y, 0]))` (logits clipped
+//! to ±30; the multinomial coefficient dropped, as in the original). The
+//! total `N` has its own NB model (see [`totals`]).
+//!
+//! Newton: `g = u − Nρ − Σ⁻¹(y − μ)`, `−H = A − N ρρᵀ` with
+//! `A = diag(Nρ) + Σ⁻¹ (+δ)`, solved by Sherman–Morrison with the
+//! denominator floored at `0.01/N` (a divergence defence of the original).
+//! ELBO gradient in Σ: `½ (b bᵀ − B)` with `B = (Σ + C⁻¹)⁻¹`,
+//! `C = N (diag ρ − ρρᵀ)`, `C⁻¹ = diag(1/(Nρ)) + 11ᵀ/(N ρ_ref)`: a diagonal
+//! plus rank one, so `B W` and `diag B` come from the same Woodbury routine
+//! with W augmented by the column `1/√(N ρ_ref)`.
+
+use super::cell::OuterGrad;
+use super::woodbury::{inv_sigma_plus_diag, NewtonFactor, SigmaFactor};
+use crate::math::{digamma, lgamma};
+
+const CLIP: f64 = 30.0;
+
+/// `ρ` over the non-reference genes (softmax of `[y, 0]`) into `rho`;
+/// returns `(log-sum-exp, ρ_ref)`.
+fn softmax_alr(y: &[f64], rho: &mut [f64]) -> (f64, f64) {
+    let mx = y
+        .iter()
+        .map(|v| v.clamp(-CLIP, CLIP))
+        .fold(0.0f64, f64::max);
+    let mut tot = (-mx).exp();
+    for (r, &v) in rho.iter_mut().zip(y) {
+        *r = (v.clamp(-CLIP, CLIP) - mx).exp();
+        tot += *r;
+    }
+    rho.iter_mut().for_each(|r| *r /= tot);
+    (mx + tot.ln(), (-mx).exp() / tot)
+}
+
+/// Gradient into `g` and `ρ` into `rho`; returns the sup-norm.
+#[allow(clippy::too_many_arguments)]
+fn gradient(
+    u: &[f64],
+    n_tot: f64,
+    y: &[f64],
+    mu: &[f64],
+    w: &[f64],
+    sig: &SigmaFactor,
+    rho: &mut [f64],
+    g: &mut [f64],
+) -> f64 {
+    let e: Vec<f64> = y.iter().zip(mu).map(|(a, b)| a - b).collect();
+    sig.solve(w, &e, g);
+    softmax_alr(y, rho);
+    let mut norm: f64 = 0.0;
+    for i in 0..y.len() {
+        g[i] = u[i] - n_tot * rho[i] - g[i];
+        norm = norm.max(g[i].abs());
+    }
+    norm
+}
+
+/// `(A − Nρρᵀ)⁻¹ v` by Sherman–Morrison, given the factor of `A`.
+fn sm_solve(
+    nf: &NewtonFactor,
+    sig: &SigmaFactor,
+    w: &[f64],
+    rho: &[f64],
+    n_tot: f64,
+    v: &[f64],
+) -> Vec<f64> {
+    let n = v.len();
+    let (mut av, mut ar) = (vec![0.0; n], vec![0.0; n]);
+    nf.solve(sig, w, v, &mut av);
+    nf.solve(sig, w, rho, &mut ar);
+    let rar: f64 = rho.iter().zip(&ar).map(|(p, q)| p * q).sum();
+    let rav: f64 = rho.iter().zip(&av).map(|(p, q)| p * q).sum();
+    let denom = (1.0 / n_tot - rar).max(0.01 / n_tot);
+    let alpha = rav / denom;
+    av.iter().zip(&ar).map(|(p, q)| p + alpha * q).collect()
+}
+
+/// `n_iter` damped Newton steps on one cell's `y` (warm-started in place);
+/// returns the gradient sup-norm before the last step.
+#[allow(clippy::too_many_arguments)]
+pub fn newton(
+    u: &[f64],
+    n_tot: f64,
+    y: &mut [f64],
+    mu: &[f64],
+    w: &[f64],
+    sig: &SigmaFactor,
+    n_iter: usize,
+    damping: f64,
+    max_step: f64,
+) -> f64 {
+    let n = y.len();
+    let (mut rho, mut g) = (vec![0.0; n], vec![0.0; n]);
+    let mut norm = f64::NAN;
+    for _ in 0..n_iter {
+        norm = gradient(u, n_tot, y, mu, w, sig, &mut rho, &mut g);
+        let a: Vec<f64> = rho.iter().map(|r| n_tot * r).collect();
+        let Some(nf) = NewtonFactor::new(sig, w, &a, damping) else {
+            return f64::NAN;
+        };
+        let step = sm_solve(&nf, sig, w, &rho, n_tot, &g);
+        let big = step.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+        let kappa = (max_step / big).min(1.0);
+        for i in 0..n {
+            y[i] += kappa * step[i];
+        }
+    }
+    norm
+}
+
+/// The gradient sup-norm at `y`.
+pub fn grad_norm(
+    u: &[f64],
+    n_tot: f64,
+    y: &[f64],
+    mu: &[f64],
+    w: &[f64],
+    sig: &SigmaFactor,
+) -> f64 {
+    let n = y.len();
+    let (mut rho, mut g) = (vec![0.0; n], vec![0.0; n]);
+    gradient(u, n_tot, y, mu, w, sig, &mut rho, &mut g)
+}
+
+/// One cell's composition ELBO at its MAP `ŷ`, adding its gradient in
+/// `(μ, W, d)` (`out.r` is unused).
+#[allow(clippy::too_many_arguments)]
+pub fn elbo_grad(
+    u: &[f64],
+    n_tot: f64,
+    y: &[f64],
+    mu: &[f64],
+    w: &[f64],
+    d: &[f64],
+    sig: &SigmaFactor,
+    k: usize,
+    out: OuterGrad<'_>,
+) -> f64 {
+    let n = y.len();
+    let mut rho = vec![0.0; n];
+    let (lse, rho_ref) = softmax_alr(y, &mut rho);
+    let a: Vec<f64> = rho.iter().map(|r| n_tot * r).collect();
+    let e: Vec<f64> = y.iter().zip(mu).map(|(p, q)| p - q).collect();
+    let mut b = vec![0.0; n];
+    sig.solve(w, &e, &mut b);
+    let Some(nf) = NewtonFactor::new(sig, w, &a, 0.0) else {
+        return f64::NAN;
+    };
+    let mut ar = vec![0.0; n];
+    nf.solve(sig, w, &rho, &mut ar);
+    let t = 1.0 - n_tot * rho.iter().zip(&ar).map(|(p, q)| p * q).sum::<f64>();
+    let logdet = nf.logdet_a + t.max(1e-30).ln();
+    let lik: f64 = (0..n).map(|i| u[i] * y[i].clamp(-CLIP, CLIP)).sum::<f64>() - n_tot * lse;
+    let quad: f64 = e.iter().zip(&b).map(|(p, q)| p * q).sum();
+    let elbo = lik
+        - 0.5 * quad
+        - 0.5 * sig.logdet_sigma
+        - 0.5 * n as f64 * (2.0 * std::f64::consts::PI).ln()
+        - 0.5 * logdet;
+    if !elbo.is_finite() {
+        return elbo;
+    }
+    // W augmented by the rank-one part of C⁻¹.
+    let k1 = k + 1;
+    let c1 = (1.0 / (n_tot * rho_ref)).sqrt();
+    let mut wa = vec![0.0; n * k1];
+    for i in 0..n {
+        wa[i * k1..i * k1 + k].copy_from_slice(&w[i * k..(i + 1) * k]);
+        wa[i * k1 + k] = c1;
+    }
+    let Some((bw, bdiag)) = inv_sigma_plus_diag(&wa, d, &a, k1) else {
+        return f64::NAN;
+    };
+    let mut btw = vec![0.0; k];
+    for i in 0..n {
+        for j in 0..k {
+            btw[j] += b[i] * w[i * k + j];
+        }
+    }
+    for i in 0..n {
+        out.mu[i] += b[i];
+        for j in 0..k {
+            out.w[i * k + j] += b[i] * btw[j] - bw[i * k1 + j];
+        }
+        out.d[i] += 0.5 * (b[i] * b[i] - bdiag[i]);
+    }
+    elbo
+}
+
+/// The totals model `N ~ NB(mean μ_T, shape r_T)` (no `ln N!`):
+/// `(ln p, ∂/∂μ_T, ∂/∂r_T)`.
+pub fn totals(n_tot: f64, mu_t: f64, r_t: f64) -> (f64, f64, f64) {
+    let v = r_t + mu_t;
+    let lp = lgamma(n_tot + r_t) - lgamma(r_t) + r_t * (r_t / v).ln() + n_tot * (mu_t / v).ln();
+    let d_mu = n_tot / mu_t - (r_t + n_tot) / v;
+    let d_r = digamma(n_tot + r_t) - digamma(r_t) + (r_t / v).ln() + 1.0 - (r_t + n_tot) / v;
+    (lp, d_mu, d_r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newton_and_outer_gradient() {
+        let (g1, k) = (8, 2);
+        let (w, d) = crate::laplace::woodbury::test_loadings(g1, k, 0.5, 0.1, 0.2);
+        let mu: Vec<f64> = (0..g1).map(|i| ((i as f64) * 0.5).sin() - 0.5).collect();
+        let u: Vec<f64> = (0..g1).map(|i| ((i * 7) % 5) as f64).collect();
+        let n_tot = u.iter().sum::<f64>() + 6.0; // 6 counts of the reference gene
+        let sig = SigmaFactor::new(&w, &d, k).unwrap();
+        let mut y = mu.clone();
+        newton(&u, n_tot, &mut y, &mu, &w, &sig, 60, 0.0, 5.0);
+        assert!(grad_norm(&u, n_tot, &y, &mu, &w, &sig) < 1e-9);
+        let y0 = y.clone();
+        newton(&u, n_tot, &mut y, &mu, &w, &sig, 1, 0.0, 5.0);
+        assert!(y.iter().zip(&y0).all(|(p, q)| (p - q).abs() < 1e-6));
+        let elbo = |mu: &[f64], w: &[f64], d: &[f64]| {
+            let s = SigmaFactor::new(w, d, k).unwrap();
+            let (mut a, mut b, mut c) = (vec![0.0; g1], vec![0.0; g1 * k], vec![0.0; g1]);
+            elbo_grad(
+                &u,
+                n_tot,
+                &y,
+                mu,
+                w,
+                d,
+                &s,
+                k,
+                OuterGrad {
+                    mu: &mut a,
+                    w: &mut b,
+                    d: &mut c,
+                    r: &mut [],
+                },
+            )
+        };
+        let (mut gm, mut gw, mut gd) = (vec![0.0; g1], vec![0.0; g1 * k], vec![0.0; g1]);
+        elbo_grad(
+            &u,
+            n_tot,
+            &y,
+            &mu,
+            &w,
+            &d,
+            &sig,
+            k,
+            OuterGrad {
+                mu: &mut gm,
+                w: &mut gw,
+                d: &mut gd,
+                r: &mut [],
+            },
+        );
+        let h = 1e-6;
+        let close = |fd: f64, an: f64, what: &str| {
+            assert!(
+                (fd - an).abs() < 1e-5 * (1.0 + fd.abs()),
+                "{what}: {fd} vs {an}"
+            )
+        };
+        for i in 0..g1 {
+            let (mut p, mut m) = (mu.clone(), mu.clone());
+            p[i] += h;
+            m[i] -= h;
+            close(
+                (elbo(&p, &w, &d) - elbo(&m, &w, &d)) / (2.0 * h),
+                gm[i],
+                "mu",
+            );
+            let (mut p, mut m) = (d.clone(), d.clone());
+            p[i] += h;
+            m[i] -= h;
+            close(
+                (elbo(&mu, &w, &p) - elbo(&mu, &w, &m)) / (2.0 * h),
+                gd[i],
+                "d",
+            );
+        }
+        for i in 0..g1 * k {
+            let (mut p, mut m) = (w.clone(), w.clone());
+            p[i] += h;
+            m[i] -= h;
+            close(
+                (elbo(&mu, &p, &d) - elbo(&mu, &m, &d)) / (2.0 * h),
+                gw[i],
+                "W",
+            );
+        }
+        // Totals: the NB pmf without ln N! and its derivatives.
+        let (lp, dm, dr) = totals(37.0, 20.0, 3.0);
+        let p = 3.0f64 / 23.0;
+        assert!(
+            (lp - (lgamma(40.0) - lgamma(3.0) + 3.0 * p.ln() + 37.0 * (1.0 - p).ln())).abs()
+                < 1e-10
+        );
+        close(
+            (totals(37.0, 20.0 + h, 3.0).0 - totals(37.0, 20.0 - h, 3.0).0) / (2.0 * h),
+            dm,
+            "mu_T",
+        );
+        close(
+            (totals(37.0, 20.0, 3.0 + h).0 - totals(37.0, 20.0, 3.0 - h).0) / (2.0 * h),
+            dr,
+            "r_T",
+        );
+    }
+}
