@@ -124,7 +124,16 @@
 #' `character(0)` for none) fixes those quantities at the SVI estimate
 #' instead. A frozen `eta` is an offset, so Newton solves for `x` alone. The
 #' capture conversion is `eta = log(1 + phi_capture)` (the original's
-#' `phi/(1 + phi)` is a slip). Not yet available: LNM, LNMVCP.
+#' `phi/(1 + phi)` is a slip).
+#'
+#' `model = "lnm"` (logistic-normal multinomial) models each cell's
+#' composition in additive log-ratio coordinates against a reference gene
+#' (the one with the most counts): `y_c ~ N(mu, W W^T + diag(d))` over the
+#' other G - 1 genes, `u_c ~ Multinomial(N_c, softmax(y_c, 0))`, and the
+#' totals `N_c ~ NB(mean mu_T, shape r_T)`. Newton steps use
+#' Sherman-Morrison on top of Woodbury, with the original's denominator
+#' floor. Not yet available: LNMVCP, loadings priors and per-cell posteriors
+#' for LNM.
 #'
 #' @param x Counts: see Description.
 #' @param model One of `"nbdm"`, `"nbvcp"`, `"zinb"`, `"zinbvcp"`. Default
@@ -318,8 +327,8 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
         "i" = "The VAE engine, the other way to fit it, is not available in this version of scribeR."
       ))
     }
-    if (!model %in% c("pln", "nbln")) {
-      abort_unsupported("Laplace fits of {.val {model}} are not available in this version of scribeR; {.val pln} and {.val nbln} are.")
+    if (!model %in% c("pln", "nbln", "lnm")) {
+      abort_unsupported("Laplace fits of {.val {model}} are not available in this version of scribeR; {.val pln}, {.val nbln} and {.val lnm} are.")
     }
   } else if (inference_method == "laplace") {
     abort_input(c("{.code inference_method = \"laplace\"} fits the log-normal models ({.val {(.lognormal_models)}}), not {.val {model}}.",

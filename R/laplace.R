@@ -64,6 +64,10 @@ laplace_priors <- function(priors, model) {
   out <- list(capture = NULL, loadings = NULL)
   if (!length(priors)) return(out)
   if (!is.list(priors) || is.null(names(priors))) abort_input("{.arg priors} must be a named list.")
+  if (model == "lnm" && length(priors)) {
+    abort_unsupported(c("{.val lnm} takes no {.arg priors} in this version of scribeR.",
+                        "i" = "Loadings priors apply to {.val pln} and {.val nbln}; LNM with capture ({.val lnmvcp}) is not available yet."))
+  }
   known <- c("capture_efficiency", "eta_capture", "loadings")
   bad <- setdiff(names(priors), known)
   if (length(bad)) {
@@ -180,16 +184,21 @@ fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, lapl
   cells <- colnames(counts)
   if (is.null(genes)) genes <- paste0("gene", seq_len(nrow(counts)))
   if (is.null(cells)) cells <- paste0("cell", seq_len(ncol(counts)))
-  g <- nrow(counts)
+  all_genes <- genes
+  # LNM: the latent coordinates are the log-ratios of all but the reference gene.
+  if (!is.null(res$reference)) genes <- genes[-res$reference]
+  g <- length(genes)
   w <- matrix(res$w, nrow = g, byrow = TRUE, dimnames = list(genes, paste0("factor", seq_len(k))))
   fit <- new("ScribeLaplaceResults",
     model = list(model = model, latent_dim = k, capture_efficiency = capture,
                  cascade = if (is.null(cascade)) NULL else cascade[c("freeze", "tau", "source_model")],
                  loadings = if (is.null(priors$loadings)) list(type = "none") else priors$loadings),
     priors = if (is.null(capture)) list() else list(eta_capture = list(family = "truncnormal", hyper = capture)),
-    gene_names = genes, cell_names = cells, dropped_cells = dropped, seed = seed,
+    gene_names = all_genes, cell_names = cells, dropped_cells = dropped, seed = seed,
     params = c(list(mu = stats::setNames(res$mu, genes), W = w, d = stats::setNames(res$d, genes)),
                if (length(res$r)) list(r = stats::setNames(res$r, genes)),
+               if (length(res$totals)) list(mu_T = res$totals[1], r_T = res$totals[2],
+                                            reference = all_genes[res$reference]),
                if (length(res$eta)) list(eta_capture = stats::setNames(res$eta, cells),
                                          p_capture = stats::setNames(exp(-res$eta), cells))),
     latents = matrix(res$latents, nrow = g, dimnames = list(genes, cells)),
@@ -232,8 +241,10 @@ check_newton_convergence <- function(fit) {
 #' latents (genes x cells); `loss_history()` the per-step negative Laplace ELBO.
 #'
 #' @slot params List: `mu`, `W`, `d` (NBLN: `r`; with capture:
-#'   `eta_capture`, `p_capture`).
-#' @slot latents MAP latent log-rates, genes x cells.
+#'   `eta_capture`, `p_capture`; LNM: `mu_T`, `r_T` and the `reference`
+#'   gene, with `mu`, `W`, `d` over the other genes).
+#' @slot latents MAP latent log-rates, genes x cells (LNM: log-ratios, the
+#'   non-reference genes x cells).
 #' @slot loss_history Loss per outer step.
 #' @slot config List of the engine settings.
 #' @slot diagnostics List: per-cell `grad_norms` (gradient sup-norm after the
@@ -257,6 +268,10 @@ setMethod("show", "ScribeLaplaceResults", function(object) {
   cat(sprintf("<ScribeLaplaceResults> %s%s, Laplace (latent_dim = %d)\n", object@model$model,
               if (is.null(object@model$capture_efficiency) && is.null(object@params$eta_capture)) "" else " with capture",
               as.integer(object@model$latent_dim)))
+  if (!is.null(object@params$reference)) {
+    cat(sprintf("  log-ratios against %s; totals NB(mean %.4g, shape %.3g)\n", object@params$reference,
+                object@params$mu_T, object@params$r_T))
+  }
   if (!is.null(cas)) {
     cat(sprintf("  cascade: priors from an SVI %s fit (tau = %g)%s\n", cas$source_model, cas$tau,
                 if (length(cas$freeze)) paste0(", frozen: ", paste(cas$freeze, collapse = ", ")) else ""))
@@ -329,6 +344,8 @@ NULL
 #' @export
 get_W_compositional <- function(fit) {
   check_laplace(fit)
+  # Log-ratio loadings are compositional already.
+  if (fit@model$model == "lnm") return(fit@params$W)
   w_perp(fit@params$W)
 }
 
@@ -337,7 +354,7 @@ get_W_compositional <- function(fit) {
 get_gauge_diagnostics <- function(fit) {
   check_laplace(fit)
   w <- fit@params$W
-  wp <- w_perp(w)
+  wp <- get_W_compositional(fit)
   comp <- sqrt(sum(wp^2))
   ones <- sqrt(sum((w - wp)^2))
   list(W_compositional_norm = comp, W_all_ones_component_norm = ones,
@@ -381,6 +398,7 @@ laplace_cells <- function(fit, cells) {
 }
 
 run_laplace_analysis <- function(fit, x, what, opts, assay = NULL) {
+  if (fit@model$model == "lnm") abort_unsupported("Per-cell posteriors of {.val lnm} fits are not available yet.")
   if (is.null(x)) abort_input("Laplace fits need the counts they were fitted to: give them as {.arg x}.")
   counts <- counts_for_fit(fit, x, assay)
   call_core(rs_laplace_analysis(laplace_core_fit(fit), counts, what, opts,

@@ -56,7 +56,7 @@ test_that("latent_dim, its alias and laplace_config are checked", {
                class = "scribeR_input_error")
   expect_error(scribe_fit(x, model = "nbdm", inference_method = "laplace", verbose = FALSE),
                "log-normal", class = "scribeR_input_error")
-  expect_error(scribe_fit(x, model = "lnm", inference_method = "laplace", verbose = FALSE),
+  expect_error(scribe_fit(x, model = "lnmvcp", inference_method = "laplace", verbose = FALSE),
                "not available", class = "scribeR_unsupported")
   expect_error(scribe_fit(x, model = "pln", verbose = FALSE), "laplace", class = "scribeR_unsupported")
   expect_error(lap_fit(x, latent_dim = 2, priors = list(r = c(0, 1))), "capture prior",
@@ -213,4 +213,28 @@ test_that("a divergence is stopped, reported and the best state kept", {
   expect_match(fit@diagnostics$aborted, "restored")
   expect_lt(length(loss_history(fit)), 200L)
   expect_true(all(is.finite(fit@params$mu)) && all(is.finite(fit@params$W)))
+})
+
+test_that("LNM: log-ratios against the most abundant gene, totals, compositional loadings", {
+  set.seed(13)
+  g1 <- 15
+  mu <- runif(g1, -3, -1)
+  w <- matrix(rnorm(g1 * 2, sd = 0.5), g1)
+  y <- mu + w %*% matrix(rnorm(2 * 300), 2) + matrix(rnorm(g1 * 300, sd = 0.1), g1)
+  rho <- apply(rbind(exp(y), 1), 2, function(v) v / sum(v))
+  u <- matrix(rpois(length(rho), 2000 * rho), nrow(rho),
+              dimnames = list(paste0("g", seq_len(g1 + 1)), paste0("c", seq_len(300))))
+  fit <- lap_fit(u, model = "lnm", latent_dim = 2, n_steps = 300)
+  m <- get_map(fit)
+  expect_identical(m$reference, "g16")
+  expect_equal(names(m$mu), paste0("g", 1:15))
+  expect_lt(max(abs(m$mu - mu)), 0.25)
+  expect_equal(dim(fit@latents), c(15L, 300L))
+  expect_equal(m$mu_T, mean(colSums(u)), tolerance = 0.05)
+  expect_identical(get_W_compositional(fit), m$W)
+  expect_equal(get_gauge_diagnostics(fit)$gauge_contamination_ratio, 0)
+  expect_output(show(fit), "log-ratios against g16")
+  expect_error(get_latent_samples(fit, u, n_samples = 2), class = "scribeR_unsupported")
+  expect_error(lap_fit(u, model = "lnm", latent_dim = 2, priors = list(loadings = list(type = "gaussian"))),
+               class = "scribeR_unsupported")
 })

@@ -696,6 +696,7 @@ fn rs_laplace_fit(
     let model = match model {
         "pln" => LnModel::Pln,
         "nbln" => LnModel::Nbln,
+        "lnm" => LnModel::Lnm,
         other => {
             return Err(err(format!(
                 "internal: Laplace model '{other}' is not implemented"
@@ -770,6 +771,8 @@ fn rs_laplace_fit(
         w = fit.w,
         d = fit.d,
         r = fit.r,
+        totals = fit.totals,
+        reference = fit.reference.map_or_else(none, |g| (g as i32 + 1).into()),
         latents = fit.latents,
         eta = fit.eta,
         latent_dim = fit.latent_dim as i32,
