@@ -132,8 +132,12 @@
 #' other G - 1 genes, `u_c ~ Multinomial(N_c, softmax(y_c, 0))`, and the
 #' totals `N_c ~ NB(mean mu_T, shape r_T)`. Newton steps use
 #' Sherman-Morrison on top of Woodbury, with the original's denominator
-#' floor. Not yet available: LNMVCP, loadings priors and per-cell posteriors
-#' for LNM.
+#' floor. `model = "lnmvcp"` adds capture through the totals,
+#' `N_c ~ NB(mean mu_T exp(-eta_c), r_T)` with
+#' `eta_c ~ N(log M0 - log L_c, sigma)` from the required
+#' `priors = list(capture_efficiency = c(log(M0), sigma))`; `eta_c` is a
+#' scalar Newton problem of its own. Not yet available for LNM/LNMVCP:
+#' loadings priors and per-cell posteriors.
 #'
 #' @param x Counts: see Description.
 #' @param model One of `"nbdm"`, `"nbvcp"`, `"zinb"`, `"zinbvcp"`. Default
@@ -327,9 +331,7 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
         "i" = "The VAE engine, the other way to fit it, is not available in this version of scribeR."
       ))
     }
-    if (!model %in% c("pln", "nbln", "lnm")) {
-      abort_unsupported("Laplace fits of {.val {model}} are not available in this version of scribeR; {.val pln}, {.val nbln} and {.val lnm} are.")
-    }
+
   } else if (inference_method == "laplace") {
     abort_input(c("{.code inference_method = \"laplace\"} fits the log-normal models ({.val {(.lognormal_models)}}), not {.val {model}}.",
                   "i" = "Fit {.val {model}} by {.val svi} or {.val mcmc}."))

@@ -64,9 +64,11 @@ laplace_priors <- function(priors, model) {
   out <- list(capture = NULL, loadings = NULL)
   if (!length(priors)) return(out)
   if (!is.list(priors) || is.null(names(priors))) abort_input("{.arg priors} must be a named list.")
-  if (model == "lnm" && length(priors)) {
-    abort_unsupported(c("{.val lnm} takes no {.arg priors} in this version of scribeR.",
-                        "i" = "Loadings priors apply to {.val pln} and {.val nbln}; LNM with capture ({.val lnmvcp}) is not available yet."))
+  if (model %in% c("lnm", "lnmvcp") && !is.null(priors$loadings)) {
+    abort_unsupported("Loadings priors apply to {.val pln} and {.val nbln}, not {.val {model}}.")
+  }
+  if (model == "lnm" && any(c("capture_efficiency", "eta_capture") %in% names(priors))) {
+    abort_input("A capture prior needs {.val lnmvcp}, not {.val lnm}.")
   }
   known <- c("capture_efficiency", "eta_capture", "loadings")
   bad <- setdiff(names(priors), known)
@@ -164,6 +166,10 @@ resolve_cascade <- function(from, tau, freeze, model, counts) {
 fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, laplace_config, n_steps, batch_size,
                         optimizer_config, seed, num_threads, verbose, priors = list(), cascade = NULL) {
   capture <- priors$capture
+  if (model == "lnmvcp" && is.null(capture)) {
+    abort_input(c("{.val lnmvcp} needs a capture prior.",
+                  "i" = "Give {.code priors = list(capture_efficiency = c(log(M0), sigma))}."))
+  }
   # The cascade's per-cell capture (frozen or prior) replaces the scalar anchor.
   core_capture <- if (!is.null(cascade$capture)) {
     cascade$capture
@@ -177,7 +183,8 @@ fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, lapl
                 optimizer_config = resolve_optimizer(optimizer_config), seed = seed, capture = core_capture,
                 cascade = cascade$core, loadings = priors$loadings), cfg)
   t0 <- proc.time()[["elapsed"]]
-  res <- call_core(rs_laplace_fit(nrow(counts), ncol(counts), counts@p, counts@i, counts@x, model, lap,
+  core_model <- if (model == "lnmvcp") "lnm" else model
+  res <- call_core(rs_laplace_fit(nrow(counts), ncol(counts), counts@p, counts@i, counts@x, core_model, lap,
                                   verbose, num_threads))
   elapsed <- proc.time()[["elapsed"]] - t0
   genes <- rownames(counts)
@@ -345,7 +352,7 @@ NULL
 get_W_compositional <- function(fit) {
   check_laplace(fit)
   # Log-ratio loadings are compositional already.
-  if (fit@model$model == "lnm") return(fit@params$W)
+  if (fit@model$model %in% c("lnm", "lnmvcp")) return(fit@params$W)
   w_perp(fit@params$W)
 }
 
@@ -398,7 +405,9 @@ laplace_cells <- function(fit, cells) {
 }
 
 run_laplace_analysis <- function(fit, x, what, opts, assay = NULL) {
-  if (fit@model$model == "lnm") abort_unsupported("Per-cell posteriors of {.val lnm} fits are not available yet.")
+  if (fit@model$model %in% c("lnm", "lnmvcp")) {
+    abort_unsupported("Per-cell posteriors of {.val {fit@model$model}} fits are not available yet.")
+  }
   if (is.null(x)) abort_input("Laplace fits need the counts they were fitted to: give them as {.arg x}.")
   counts <- counts_for_fit(fit, x, assay)
   call_core(rs_laplace_analysis(laplace_core_fit(fit), counts, what, opts,

@@ -56,8 +56,8 @@ test_that("latent_dim, its alias and laplace_config are checked", {
                class = "scribeR_input_error")
   expect_error(scribe_fit(x, model = "nbdm", inference_method = "laplace", verbose = FALSE),
                "log-normal", class = "scribeR_input_error")
-  expect_error(scribe_fit(x, model = "lnmvcp", inference_method = "laplace", verbose = FALSE),
-               "not available", class = "scribeR_unsupported")
+  expect_error(scribe_fit(x, model = "lnmvcp", inference_method = "laplace", latent_dim = 2, verbose = FALSE),
+               "capture prior", class = "scribeR_input_error")
   expect_error(scribe_fit(x, model = "pln", verbose = FALSE), "laplace", class = "scribeR_unsupported")
   expect_error(lap_fit(x, latent_dim = 2, priors = list(r = c(0, 1))), "capture prior",
                class = "scribeR_unsupported")
@@ -237,4 +237,12 @@ test_that("LNM: log-ratios against the most abundant gene, totals, compositional
   expect_error(get_latent_samples(fit, u, n_samples = 2), class = "scribeR_unsupported")
   expect_error(lap_fit(u, model = "lnm", latent_dim = 2, priors = list(loadings = list(type = "gaussian"))),
                class = "scribeR_unsupported")
+  expect_error(lap_fit(u, model = "lnm", latent_dim = 2, priors = list(capture_efficiency = c(8, 0.5))),
+               "lnmvcp", class = "scribeR_input_error")
+  vcp <- lap_fit(u, model = "lnmvcp", latent_dim = 2, n_steps = 100,
+                 priors = list(capture_efficiency = c(log(2000), 0.3)))
+  expect_length(get_map(vcp)$eta_capture, 300L)
+  expect_output(show(vcp), "lnmvcp with capture")
+  # Deeper cells have the smaller capture latent.
+  expect_lt(stats::cor(get_map(vcp)$eta_capture, log(colSums(u)), method = "spearman"), -0.9)
 })

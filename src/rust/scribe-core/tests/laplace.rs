@@ -353,3 +353,49 @@ fn lnm_recovers_log_ratio_mean_loadings_and_totals() {
     );
     assert!(f.grad_norms.iter().all(|v| *v < 1e-3));
 }
+
+#[test]
+fn lnmvcp_tracks_capture_through_the_totals() {
+    let (g1, n) = (10, 300);
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    let eta_true: Vec<f64> = (0..n).map(|_| rng.random_range(0.1..1.5)).collect();
+    let (mut p, mut idx, mut val) = (vec![0i32], Vec::new(), Vec::new());
+    for &e in &eta_true {
+        let mut logits: Vec<f64> = (0..g1)
+            .map(|i| -1.0 - 0.1 * i as f64 + 0.3 * rng.sample::<f64, _>(StandardNormal))
+            .collect();
+        logits.push(0.0);
+        let tot: f64 = logits.iter().map(|v| v.exp()).sum();
+        // Totals: NB(mean M0 e^{−η}, shape 20) with M0 = 5000.
+        let mean = 5000.0 * (-e as f64).exp();
+        let lam: f64 = rng.sample(Gamma::new(20.0, mean / 20.0).unwrap());
+        for (i, l) in logits.iter().enumerate() {
+            let v = rng.sample(Poisson::new(lam * l.exp() / tot).unwrap()) as u32;
+            if v > 0 {
+                idx.push(i as i32);
+                val.push(v as f64);
+            }
+        }
+        p.push(idx.len() as i32);
+    }
+    let data = CountMatrix::from_csc(g1 + 1, n, &p, &idx, &val).unwrap();
+    let cfg = LaplaceConfig {
+        model: LnModel::Lnm,
+        latent_dim: 2,
+        n_steps: 300,
+        capture: Capture::Anchor {
+            ln_m0: 5000f64.ln(),
+            sigma: 0.3,
+        },
+        optimizer: adam(0.02),
+        ..Default::default()
+    };
+    let f = fit(&data, &cfg);
+    assert_eq!(f.eta.len(), n);
+    assert!(
+        rank_corr(&f.eta, &eta_true) > 0.8,
+        "rank corr {}",
+        rank_corr(&f.eta, &eta_true)
+    );
+    assert!(f.grad_norms.iter().all(|v| *v < 1e-3));
+}

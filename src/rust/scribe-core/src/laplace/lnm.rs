@@ -199,6 +199,88 @@ pub fn totals(n_tot: f64, mu_t: f64, r_t: f64) -> (f64, f64, f64) {
     (lp, d_mu, d_r)
 }
 
+/// The LNMVCP capture block of one cell: `N ~ NB(mean μ_T e^{−η}, r_T)`
+/// with the prior `η ~ N(anchor, σ²)` (no truncation normaliser, as in the
+/// original). Returns `(ρ_T, v, ∂/∂η, −∂²/∂η²)` of the log-density (data
+/// plus prior).
+fn eta_terms(
+    n_tot: f64,
+    mu_t: f64,
+    r_t: f64,
+    eta: f64,
+    anchor: f64,
+    sigma: f64,
+) -> (f64, f64, f64, f64) {
+    let rho = mu_t * (-eta).clamp(-CLIP, CLIP).exp();
+    let v = r_t + rho;
+    let g = r_t * (rho - n_tot) / v - (eta - anchor) / (sigma * sigma);
+    let h = r_t * rho * (r_t + n_tot) / (v * v) + 1.0 / (sigma * sigma);
+    (rho, v, g, h)
+}
+
+/// `n_iter` damped scalar Newton steps on `η` (step clipped to ±5, `η ≥ 1e-3`);
+/// returns `|∂/∂η|` before the last step (projected at the bound).
+#[allow(clippy::too_many_arguments)]
+pub fn eta_newton(
+    n_tot: f64,
+    mu_t: f64,
+    r_t: f64,
+    anchor: f64,
+    sigma: f64,
+    eta: &mut f64,
+    n_iter: usize,
+    damping: f64,
+) -> f64 {
+    let mut norm = f64::NAN;
+    for _ in 0..n_iter {
+        let (_, _, g, h) = eta_terms(n_tot, mu_t, r_t, *eta, anchor, sigma);
+        norm = if *eta <= super::cell::ETA_MIN * (1.0 + 1e-9) && g < 0.0 {
+            0.0
+        } else {
+            g.abs()
+        };
+        *eta = (*eta + (g / (h + damping)).clamp(-5.0, 5.0)).max(super::cell::ETA_MIN);
+    }
+    norm
+}
+
+/// `|∂/∂η|` at `η` (projected at the bound).
+pub fn eta_grad_norm(n_tot: f64, mu_t: f64, r_t: f64, anchor: f64, sigma: f64, eta: f64) -> f64 {
+    let g = eta_terms(n_tot, mu_t, r_t, eta, anchor, sigma).2;
+    if eta <= super::cell::ETA_MIN * (1.0 + 1e-9) && g < 0.0 {
+        0.0
+    } else {
+        g.abs()
+    }
+}
+
+/// The totals' Laplace ELBO term with capture at `η̂`:
+/// `ln NB(N; μ_T e^{−η̂}, r_T) − ½(η̂ − anchor)²/σ² − ½ ln(−H_ηη)`, with its
+/// derivatives in `(μ_T, r_T)`.
+pub fn totals_capture(
+    n_tot: f64,
+    mu_t: f64,
+    r_t: f64,
+    eta: f64,
+    anchor: f64,
+    sigma: f64,
+) -> (f64, f64, f64) {
+    let (rho, v, _, h) = eta_terms(n_tot, mu_t, r_t, eta, anchor, sigma);
+    let (u, r) = (n_tot, r_t);
+    let lp = lgamma(u + r) - lgamma(r) + r * (r / v).ln() + u * (rho / v).ln();
+    let z = (eta - anchor) / sigma;
+    let value = lp - 0.5 * z * z - 0.5 * h.max(1e-30).ln();
+    // ∂/∂ρ and ∂/∂r of ln NB and of the data curvature f = r ρ (r + u)/(r + ρ)².
+    let dlp_rho = u / rho - (r + u) / v;
+    let dlp_r = digamma(u + r) - digamma(r) + (r / v).ln() + 1.0 - (r + u) / v;
+    let df_rho = r * (r + u) * (r - rho) / (v * v * v);
+    let df_r = rho * ((2.0 * r + u) * v - 2.0 * r * (r + u)) / (v * v * v);
+    let d_rho = dlp_rho - 0.5 * df_rho / h;
+    let d_mu = d_rho * rho / mu_t;
+    let d_r = dlp_r - 0.5 * df_r / h;
+    (value, d_mu, d_r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +371,22 @@ mod tests {
                 "W",
             );
         }
+        // Capture block: Newton reaches the mode; derivatives of its ELBO term.
+        let mut eta = 0.5;
+        eta_newton(37.0, 200.0, 3.0, 1.2, 0.5, &mut eta, 50, 0.0);
+        assert!(eta_grad_norm(37.0, 200.0, 3.0, 1.2, 0.5, eta) < 1e-10);
+        let (_, dm, dr) = totals_capture(37.0, 200.0, 3.0, eta, 1.2, 0.5);
+        let tc = |m: f64, r: f64| totals_capture(37.0, m, r, eta, 1.2, 0.5).0;
+        close(
+            (tc(200.0 + h, 3.0) - tc(200.0 - h, 3.0)) / (2.0 * h),
+            dm,
+            "capture mu_T",
+        );
+        close(
+            (tc(200.0, 3.0 + h) - tc(200.0, 3.0 - h)) / (2.0 * h),
+            dr,
+            "capture r_T",
+        );
         // Totals: the NB pmf without ln N! and its derivatives.
         let (lp, dm, dr) = totals(37.0, 20.0, 3.0);
         let p = 3.0f64 / 23.0;

@@ -334,6 +334,8 @@ fn sweep(
                 let mode = modes.mode[c];
                 if let Some(rf) = lay.reference {
                     let (gn, e) = lnm_cell(
+                        &mut echunk[i],
+                        mode,
                         &u,
                         rf,
                         data.lib_size[c],
@@ -346,8 +348,9 @@ fn sweep(
                         want_grad,
                         &mut tmp,
                     );
-                    if !x.iter().all(|v| v.is_finite()) {
+                    if !x.iter().all(|v| v.is_finite()) || !echunk[i].is_finite() {
                         x.copy_from_slice(&x0);
+                        echunk[i] = e0;
                     }
                     norms.push(gn);
                     if want_grad {
@@ -492,6 +495,8 @@ impl Guards {
 /// composition ELBO plus the totals' log-density, gradients into `tmp`.
 #[allow(clippy::too_many_arguments)]
 fn lnm_cell(
+    eta: &mut f64,
+    mode: EtaMode,
     u: &[f64],
     reference: usize,
     n_tot: f64,
@@ -511,9 +516,16 @@ fn lnm_cell(
         .filter(|&(i, _)| i != reference)
         .map(|(_, &v)| v)
         .collect();
-    let gn = lnm::newton(
+    let mut gn = lnm::newton(
         &ua, n_tot, y, gl.mu, gl.w, &gl.sig, n_newton, damping, max_step,
     );
+    // LNMVCP: the capture latent is its own scalar problem (the Hessian is
+    // block-diagonal between composition and η).
+    if let EtaMode::Free { anchor, sigma } = mode {
+        let (mu_t, r_t) = gl.totals;
+        let ge = lnm::eta_newton(n_tot, mu_t, r_t, anchor, sigma, eta, n_newton, damping);
+        gn = gn.max(ge);
+    }
     if !want_grad {
         return (gn, f64::NAN);
     }
@@ -537,7 +549,12 @@ fn lnm_cell(
             r: &mut [],
         },
     );
-    let (lp, d_mu, d_r) = lnm::totals(n_tot, gl.totals.0, gl.totals.1);
+    let (lp, d_mu, d_r) = match mode {
+        EtaMode::Free { anchor, sigma } => {
+            lnm::totals_capture(n_tot, gl.totals.0, gl.totals.1, *eta, anchor, sigma)
+        }
+        _ => lnm::totals(n_tot, gl.totals.0, gl.totals.1),
+    };
     tr[0] += d_mu;
     tr[1] += d_r;
     (gn, e + lp)
@@ -562,7 +579,19 @@ fn cell_norm(
             .filter(|&(i, _)| i != rf)
             .map(|(_, &v)| v)
             .collect();
-        return lnm::grad_norm(&ua, data.lib_size[c], x, gl.mu, gl.w, &gl.sig);
+        let mut gn = lnm::grad_norm(&ua, data.lib_size[c], x, gl.mu, gl.w, &gl.sig);
+        if let EtaMode::Free { anchor, sigma } = mode {
+            let (mu_t, r_t) = gl.totals;
+            gn = gn.max(lnm::eta_grad_norm(
+                data.lib_size[c],
+                mu_t,
+                r_t,
+                anchor,
+                sigma,
+                eta,
+            ));
+        }
+        return gn;
     }
     let nb = NegBin { r: &gl.r };
     let obs: &dyn Obs = if lay.has_r { &nb } else { &Poisson };
@@ -634,10 +663,10 @@ pub fn run(
         (0..data.n_genes).fold(0, |b, i| if tot[i] > tot[b] { i } else { b })
     });
     if is_lnm {
-        if !matches!(cfg.capture, Capture::None) {
+        if matches!(cfg.capture, Capture::PerCell { .. } | Capture::Frozen(_)) {
             return Err(CoreError::arg(
-                "model",
-                "LNM with capture (lnmvcp) is not available yet",
+                "informative_priors_from",
+                "the cascade applies to nbln",
             ));
         }
         if cfg.loadings_prior != w_prior::LoadingsPrior::None {
@@ -711,7 +740,12 @@ pub fn run(
     ));
     if is_lnm {
         let mean_total = data.lib_size.iter().sum::<f64>() / n as f64;
-        th.push(softplus_inv(mean_total.max(1.0)));
+        // With capture, μ_T is the total at full capture, M0.
+        let mu_t0 = match cfg.capture {
+            Capture::Anchor { ln_m0, .. } => ln_m0.exp(),
+            _ => mean_total.max(1.0),
+        };
+        th.push(softplus_inv(mu_t0));
         th.push(softplus_inv(4.0));
     }
     if lay.has_r {
@@ -736,7 +770,8 @@ pub fn run(
     }
     let mut latents = start.latents;
     for (c, e) in eta.iter().enumerate() {
-        if modes.mode[c] != EtaMode::None {
+        // LNM's η does not shift the log-ratios.
+        if modes.mode[c] != EtaMode::None && !is_lnm {
             latents[c * g..(c + 1) * g].iter_mut().for_each(|v| *v += e);
         }
     }
