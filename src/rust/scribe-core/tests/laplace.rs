@@ -367,7 +367,7 @@ fn lnmvcp_tracks_capture_through_the_totals() {
         logits.push(0.0);
         let tot: f64 = logits.iter().map(|v| v.exp()).sum();
         // Totals: NB(mean M0 e^{−η}, shape 20) with M0 = 5000.
-        let mean = 5000.0 * (-e as f64).exp();
+        let mean = 5000.0 * (-e).exp();
         let lam: f64 = rng.sample(Gamma::new(20.0, mean / 20.0).unwrap());
         for (i, l) in logits.iter().enumerate() {
             let v = rng.sample(Poisson::new(lam * l.exp() / tot).unwrap()) as u32;
