@@ -136,8 +136,10 @@
 #' `N_c ~ NB(mean mu_T exp(-eta_c), r_T)` with
 #' `eta_c ~ N(log M0 - log L_c, sigma)` from the required
 #' `priors = list(capture_efficiency = c(log(M0), sigma))`; `eta_c` is a
-#' scalar Newton problem of its own. Not yet available for LNM/LNMVCP:
-#' loadings priors and per-cell posteriors.
+#' scalar Newton problem of its own. Per-cell posteriors of LNM draw the
+#' log-ratios from `(A - N rho rho^T)^-1` (Sherman-Morrison on the Woodbury
+#' sampler) and counts from the NB totals and the multinomial. Loadings priors
+#' are not available for LNM/LNMVCP (as in the original).
 #'
 #' @param x Counts: see Description.
 #' @param model One of `"nbdm"`, `"nbvcp"`, `"zinb"`, `"zinbvcp"`. Default

@@ -390,10 +390,13 @@ w_prior_diagnostics <- function(fit) {
 # The fit as the core's Laplace analyses read it.
 laplace_core_fit <- function(fit) {
   p <- fit@params
-  list(model = fit@model$model, k = as.numeric(fit@model$latent_dim), mu = unname(p$mu),
+  list(k = as.numeric(fit@model$latent_dim), mu = unname(p$mu),
        w = as.vector(t(p$W)), d = unname(p$d), r = if (is.null(p$r)) numeric(0) else unname(p$r),
        latents = as.vector(fit@latents), eta = if (is.null(p$eta_capture)) numeric(0) else unname(p$eta_capture),
-       capture = fit@config$capture)
+       capture = fit@config$capture,
+       totals = if (is.null(p$mu_T)) numeric(0) else c(p$mu_T, p$r_T),
+       reference = if (is.null(p$reference)) NULL else as.numeric(match(p$reference, fit@gene_names) - 1L),
+       model = if (fit@model$model == "lnmvcp") "lnm" else fit@model$model)
 }
 
 laplace_cells <- function(fit, cells) {
@@ -405,9 +408,6 @@ laplace_cells <- function(fit, cells) {
 }
 
 run_laplace_analysis <- function(fit, x, what, opts, assay = NULL) {
-  if (fit@model$model %in% c("lnm", "lnmvcp")) {
-    abort_unsupported("Per-cell posteriors of {.val {fit@model$model}} fits are not available yet.")
-  }
   if (is.null(x)) abort_input("Laplace fits need the counts they were fitted to: give them as {.arg x}.")
   counts <- counts_for_fit(fit, x, assay)
   call_core(rs_laplace_analysis(laplace_core_fit(fit), counts, what, opts,
@@ -429,7 +429,8 @@ run_laplace_analysis <- function(fit, x, what, opts, assay = NULL) {
 #' @param seed Seed (`NULL`: from R's RNG).
 #' @param assay Assay of `x`, as in [scribe_fit()].
 #' @return A list: `latents`, an `n_samples x cells x genes` array of
-#'   log-rates, and with capture `eta_capture`, an `n_samples x cells` matrix.
+#'   log-rates (LNM: log-ratios of the non-reference genes), and with capture
+#'   `eta_capture`, an `n_samples x cells` matrix.
 #' @examples
 #' counts <- scribe_example_data()[1:40, 1:100]
 #' counts <- counts[, Matrix::colSums(counts) > 0]
@@ -445,10 +446,10 @@ get_latent_samples <- function(fit, x, n_samples = 100L, cells = NULL, seed = NU
   seed <- resolve_seed(seed)
   res <- run_laplace_analysis(fit, x, "latents", list(cells = ci - 1L, n_draws = as.numeric(n_samples), seed = seed),
                               assay)
-  g <- length(fit@gene_names)
+  coords <- rownames(fit@latents)
   n <- as.integer(n_samples)
-  lat <- aperm(array(res$latents, dim = c(n, g, length(ci))), c(1L, 3L, 2L))
-  dimnames(lat) <- list(NULL, fit@cell_names[ci], fit@gene_names)
+  lat <- aperm(array(res$latents, dim = c(n, length(coords), length(ci))), c(1L, 3L, 2L))
+  dimnames(lat) <- list(NULL, fit@cell_names[ci], coords)
   out <- list(latents = lat)
   if (length(res$eta)) out$eta_capture <- matrix(res$eta, nrow = n, dimnames = list(NULL, fit@cell_names[ci]))
   out

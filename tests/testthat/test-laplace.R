@@ -234,7 +234,15 @@ test_that("LNM: log-ratios against the most abundant gene, totals, compositional
   expect_identical(get_W_compositional(fit), m$W)
   expect_equal(get_gauge_diagnostics(fit)$gauge_contamination_ratio, 0)
   expect_output(show(fit), "log-ratios against g16")
-  expect_error(get_latent_samples(fit, u, n_samples = 2), class = "scribeR_unsupported")
+  d <- get_latent_samples(fit, u, n_samples = 50, cells = 1:3, seed = 1)
+  expect_equal(dim(d$latents), c(50L, 3L, 15L))
+  expect_equal(dimnames(d$latents)[[3]], paste0("g", 1:15))
+  ppc <- posterior_predictive(fit, n_samples = 20, cells = 1:10, x = u, seed = 1)
+  expect_equal(dim(ppc), c(20L, 10L, 16L))
+  # Totals of the draws follow the fitted NB totals.
+  expect_equal(mean(apply(ppc, c(1, 2), sum)), m$mu_T, tolerance = 0.1)
+  ll <- log_likelihood(fit, u)
+  expect_true(all(is.finite(ll) & ll < 0))
   expect_error(lap_fit(u, model = "lnm", latent_dim = 2, priors = list(loadings = list(type = "gaussian"))),
                class = "scribeR_unsupported")
   expect_error(lap_fit(u, model = "lnm", latent_dim = 2, priors = list(capture_efficiency = c(8, 0.5))),

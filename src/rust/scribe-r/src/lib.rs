@@ -829,7 +829,8 @@ fn capture_from(r: Option<&Robj>) -> Result<Capture> {
 /// Posterior analyses of a Laplace fit: "latents" (draws of the latent
 /// log-rates and capture), "predictive" (count draws; `use_map` for the MAP
 /// latents) and "loglik" (per-cell log-likelihood at the MAP or per draw).
-/// `fit` is list(model, k, mu, w (row-major), d, r, latents, eta, capture).
+/// `fit` is list(model, k, mu, w (row-major), d, r, latents, eta, capture,
+/// and for LNM totals and the 0-based reference gene).
 /// @noRd
 #[extendr]
 fn rs_laplace_analysis(
@@ -853,10 +854,10 @@ fn rs_laplace_analysis(
         &need("i")?,
         &need("x")?,
     )?;
-    let model = if f.string("model")? == "nbln" {
-        LnModel::Nbln
-    } else {
-        LnModel::Pln
+    let model = match f.string("model")?.as_str() {
+        "nbln" => LnModel::Nbln,
+        "lnm" => LnModel::Lnm,
+        _ => LnModel::Pln,
     };
     let (mu, w, d, r) = (
         real_vec(f.get("mu"), "mu")?,
@@ -869,6 +870,7 @@ fn rs_laplace_analysis(
         real_vec(f.get("eta"), "eta")?,
     );
     let capture = capture_from(f.get("capture"))?;
+    let totals = real_vec(f.get("totals"), "totals")?;
     let fitted = Fitted {
         model,
         k: f.real("k")? as usize,
@@ -879,6 +881,8 @@ fn rs_laplace_analysis(
         latents: &latents,
         eta: &eta,
         capture: &capture,
+        totals: &totals,
+        reference: f.opt_real("reference")?.map(|r| r as usize),
     };
     let o = Args::new(&opts, "opts")?;
     let cells = indices(o.get("cells"), data.n_cells)?;

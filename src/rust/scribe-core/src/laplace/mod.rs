@@ -886,10 +886,14 @@ pub fn run(
         }
         if (step + 1) % report_every == 0 || step + 1 == cfg.n_steps {
             let (mx, p99, med) = norm_summary(&norms);
-            let block = if matches!(cfg.capture, Capture::None | Capture::Frozen(_)) {
-                "x"
-            } else {
-                "x, η"
+            let block = match (
+                is_lnm,
+                matches!(cfg.capture, Capture::None | Capture::Frozen(_)),
+            ) {
+                (true, true) => "comp",
+                (true, false) => "comp, η",
+                (false, true) => "x",
+                (false, false) => "x, η",
             };
             progress.detail(format!("{block} max/p99/med {mx:.2e}/{p99:.2e}/{med:.2e}"));
             progress.report(step + 1, cfg.n_steps, loss);

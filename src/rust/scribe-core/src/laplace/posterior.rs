@@ -31,6 +31,9 @@ pub struct Fitted<'a> {
     /// MAP (or frozen) `η` per cell; empty without capture.
     pub eta: &'a [f64],
     pub capture: &'a Capture,
+    /// LNM: `(μ_T, r_T)` and the reference gene (μ, W, d, latents cover the others).
+    pub totals: &'a [f64],
+    pub reference: Option<usize>,
 }
 
 fn cell_rng(seed: u64, c: usize) -> ChaCha8Rng {
@@ -42,14 +45,15 @@ fn cell_rng(seed: u64, c: usize) -> ChaCha8Rng {
 
 impl Fitted<'_> {
     fn check(&self, data: &CountMatrix) -> Result<()> {
-        if self.model == LnModel::Lnm {
+        let g = self.mu.len();
+        let g_data = if self.model == LnModel::Lnm { g + 1 } else { g };
+        if self.model == LnModel::Lnm && (self.reference.is_none() || self.totals.len() != 2) {
             return Err(CoreError::arg(
                 "fit",
-                "per-cell posteriors of LNM fits are not available yet",
+                "an LNM fit needs its totals and reference gene",
             ));
         }
-        let g = self.mu.len();
-        if data.n_genes != g || self.latents.len() != g * data.n_cells {
+        if data.n_genes != g_data || self.latents.len() != g * data.n_cells {
             return Err(CoreError::arg(
                 "x",
                 "does not match the genes and cells of the fit",
@@ -59,7 +63,7 @@ impl Fitted<'_> {
     }
     fn with_obs<T>(&self, f: impl FnOnce(&dyn Obs) -> T) -> T {
         match self.model {
-            // LNM fits are rejected by `check`.
+            // LNM cells do not use an `Obs` (see `sample_cell_lnm`).
             LnModel::Pln | LnModel::Lnm => f(&Poisson),
             LnModel::Nbln => f(&NegBin { r: self.r }),
         }
@@ -126,6 +130,96 @@ fn sample_cell(
     Some((xs, es))
 }
 
+/// `n` draws of an LNM cell's log-ratios from `N(ŷ, (A − Nρρᵀ)⁻¹)`: a draw
+/// `z ~ N(0, A⁻¹)` (as for PLN) plus `c A⁻¹ρ (ρᵀz)` with
+/// `2c + c² t = N/(1 − N t)`, `t = ρᵀA⁻¹ρ`; and of η (LNMVCP) from its
+/// scalar Gaussian.
+#[allow(clippy::too_many_arguments)]
+fn sample_cell_lnm(
+    f: &Fitted<'_>,
+    sig: &SigmaFactor,
+    u: &[f64],
+    c: usize,
+    mode: EtaMode,
+    n: usize,
+    rng: &mut ChaCha8Rng,
+) -> Option<(Vec<f64>, Vec<f64>)> {
+    let (g, k) = (f.mu.len(), f.k);
+    f.reference?;
+    let n_tot: f64 = u.iter().sum();
+    let yh = &f.latents[c * g..(c + 1) * g];
+    let mx = yh
+        .iter()
+        .map(|v| v.clamp(-30.0, 30.0))
+        .fold(0.0f64, f64::max);
+    let mut rho: Vec<f64> = yh
+        .iter()
+        .map(|v| (v.clamp(-30.0, 30.0) - mx).exp())
+        .collect();
+    let tot = rho.iter().sum::<f64>() + (-mx).exp();
+    rho.iter_mut().for_each(|r| *r /= tot);
+    let a: Vec<f64> = rho.iter().map(|r| n_tot * r).collect();
+    let nf = NewtonFactor::new(sig, f.w, &a, 0.0)?;
+    let mut ar = vec![0.0; g];
+    nf.solve(sig, f.w, &rho, &mut ar);
+    let t: f64 = rho.iter().zip(&ar).map(|(p, q)| p * q).sum();
+    let q = (1.0 - n_tot * t).max(1e-12);
+    let coef = if t > 0.0 {
+        (1.0 / q.sqrt() - 1.0) / t
+    } else {
+        0.0
+    };
+    let eh = if f.eta.is_empty() { 0.0 } else { f.eta[c] };
+    let eta_sd = match mode {
+        EtaMode::Free { anchor: _, sigma } => {
+            let (mu_t, r_t) = (f.totals[0], f.totals[1]);
+            let rho_t = mu_t * (-eh).clamp(-30.0, 30.0).exp();
+            let v = r_t + rho_t;
+            let h = r_t * rho_t * (r_t + n_tot) / (v * v) + 1.0 / (sigma * sigma);
+            1.0 / h.sqrt()
+        }
+        _ => 0.0,
+    };
+    let mut ys = Vec::with_capacity(n * g);
+    let mut es = Vec::with_capacity(n);
+    let mut e2 = vec![0.0; k];
+    let mut z = vec![0.0; g];
+    for _ in 0..n {
+        for v in e2.iter_mut() {
+            *v = rng.sample(StandardNormal);
+        }
+        let ls = &nf.ls;
+        for i in (0..k).rev() {
+            let mut s = e2[i];
+            for p in i + 1..k {
+                s -= ls[p * k + i] * e2[p];
+            }
+            e2[i] = s / ls[i * k + i];
+        }
+        for gi in 0..g {
+            let m = nf.m[gi];
+            let vz: f64 = (0..k).map(|j| f.w[gi * k + j] * e2[j]).sum::<f64>() / f.d[gi];
+            let e1: f64 = rng.sample(StandardNormal);
+            z[gi] = e1 / m.sqrt() + vz / m;
+        }
+        let rz: f64 = rho.iter().zip(&z).map(|(p, q)| p * q).sum();
+        for gi in 0..g {
+            ys.push(yh[gi] + z[gi] + coef * ar[gi] * rz);
+        }
+        let de: f64 = if eta_sd > 0.0 {
+            eta_sd * rng.sample::<f64, _>(StandardNormal)
+        } else {
+            0.0
+        };
+        es.push((eh + de).max(if eta_sd > 0.0 {
+            cell::ETA_MIN
+        } else {
+            f64::NEG_INFINITY
+        }));
+    }
+    Some((ys, es))
+}
+
 /// Latent draws of `cells`: values `(s, cell, gene)` at `(cell·G + gene)·n + s`
 /// (draw fastest), and η draws at `cell·n + s` (empty without capture).
 pub fn latent_draws(
@@ -136,6 +230,7 @@ pub fn latent_draws(
     seed: u64,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     f.check(data)?;
+    f.check(data)?;
     let (spec, _) = EtaSpec::new(f.capture, data)?;
     let sig = SigmaFactor::new(f.w, f.d, f.k)
         .ok_or_else(|| CoreError::arg("fit", "the covariance is not positive definite"))?;
@@ -143,9 +238,12 @@ pub fn latent_draws(
     let per: Vec<Option<(Vec<f64>, Vec<f64>)>> = cells
         .par_iter()
         .map(|&c| {
-            let mut u = vec![0.0; g];
+            let mut u = vec![0.0; data.n_genes];
             cell::dense_counts(data, c, &mut u);
             let mut rng = cell_rng(seed, c);
+            if f.model == LnModel::Lnm {
+                return sample_cell_lnm(f, &sig, &u, c, spec.mode[c], n, &mut rng);
+            }
             f.with_obs(|obs| sample_cell(obs, f, &sig, &u, c, spec.mode[c], n, &mut rng))
         })
         .collect();
@@ -192,6 +290,29 @@ pub fn predictive(
         .map(|(ci, &c)| {
             let mut rng = cell_rng(seed ^ 0x7070_7063, c);
             let mut v = vec![0.0; ng * n];
+            if f.model == LnModel::Lnm {
+                for s in 0..n {
+                    let y: Vec<f64> = (0..g)
+                        .map(|gi| {
+                            if use_map {
+                                f.latents[c * g + gi]
+                            } else {
+                                xs[(ci * g + gi) * n + s]
+                            }
+                        })
+                        .collect();
+                    let eta = match (f.eta.is_empty(), use_map) {
+                        (true, _) => 0.0,
+                        (false, true) => f.eta[c],
+                        (false, false) => es[ci * n + s],
+                    };
+                    let counts = lnm_draw(f, &y, eta, &mut rng);
+                    for (j, &gi) in genes.iter().enumerate() {
+                        v[j * n + s] = counts[gi];
+                    }
+                }
+                return v;
+            }
             for s in 0..n {
                 let eta = if f.eta.is_empty() {
                     0.0
@@ -227,6 +348,47 @@ pub fn predictive(
     Ok(out.concat())
 }
 
+/// Full-gene composition `softmax([y, 0])` (reference inserted) of an LNM cell.
+fn lnm_composition(f: &Fitted<'_>, y: &[f64]) -> Vec<f64> {
+    let rf = f.reference.unwrap_or(y.len());
+    let mut logits: Vec<f64> = y.iter().map(|v| v.clamp(-30.0, 30.0)).collect();
+    logits.insert(rf, 0.0);
+    let mx = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let tot: f64 = logits.iter().map(|l| (l - mx).exp()).sum();
+    logits.iter().map(|l| (l - mx).exp() / tot).collect()
+}
+
+/// One LNM count vector: total `N ~ NB(mean μ_T e^{−η}, r_T)`, then
+/// `Multinomial(N, ρ)` by sequential binomials.
+fn lnm_draw(f: &Fitted<'_>, y: &[f64], eta: f64, rng: &mut ChaCha8Rng) -> Vec<f64> {
+    let rho = lnm_composition(f, y);
+    let (mu_t, r_t) = (f.totals[0], f.totals[1]);
+    let mean = mu_t * (-eta).clamp(-30.0, 30.0).exp();
+    let lam: f64 = rng.sample(Gamma::new(r_t, mean / r_t).expect("valid gamma"));
+    let mut left = if lam > 0.0 {
+        rng.sample(PoissonDist::new(lam).expect("valid rate"))
+    } else {
+        0.0
+    } as u64;
+    let mut rest = 1.0;
+    let mut out = vec![0.0; rho.len()];
+    for (i, &p) in rho.iter().enumerate() {
+        if left == 0 {
+            break;
+        }
+        let q = if i + 1 == rho.len() {
+            1.0
+        } else {
+            (p / rest).clamp(0.0, 1.0)
+        };
+        let x = rng.sample(rand_distr::Binomial::new(left, q).expect("valid binomial"));
+        out[i] = x as f64;
+        left -= x;
+        rest -= p;
+    }
+    out
+}
+
 /// Per-cell log-likelihood `Σ_g ln p(u_cg | x, η)` (full pmf, `ln u!`
 /// included): at the MAP (one value per cell) or for `n` latent draws
 /// (`(s, cell)` at `cell·n + s`).
@@ -250,9 +412,44 @@ pub fn cell_loglik(
         .par_iter()
         .enumerate()
         .map(|(ci, &c)| {
-            let mut u = vec![0.0; g];
+            let mut u = vec![0.0; data.n_genes];
             cell::dense_counts(data, c, &mut u);
             let lnfact: f64 = u.iter().map(|&v| lgamma(v + 1.0)).sum();
+            if f.model == LnModel::Lnm {
+                // Multinomial (with its coefficient) plus the NB totals.
+                let n_tot: f64 = u.iter().sum();
+                let (mu_t, r_t) = (f.totals[0], f.totals[1]);
+                return (0..nn)
+                    .map(|s| {
+                        let y: Vec<f64> = (0..g)
+                            .map(|gi| {
+                                if xs.is_empty() {
+                                    f.latents[c * g + gi]
+                                } else {
+                                    xs[(ci * g + gi) * nn + s]
+                                }
+                            })
+                            .collect();
+                        let eta = match (spec.mode[c], es.is_empty()) {
+                            (EtaMode::None, _) => 0.0,
+                            (_, true) => f.eta[c],
+                            (_, false) => es[ci * nn + s],
+                        };
+                        let rho = lnm_composition(f, &y);
+                        let comp: f64 = u
+                            .iter()
+                            .zip(&rho)
+                            .map(|(&uu, &p)| if uu > 0.0 { uu * p.ln() } else { 0.0 })
+                            .sum();
+                        let rho_t = mu_t * (-eta).clamp(-30.0, 30.0).exp();
+                        let v = r_t + rho_t;
+                        let tot = lgamma(n_tot + r_t) - lgamma(r_t)
+                            + r_t * (r_t / v).ln()
+                            + n_tot * (rho_t / v).ln();
+                        comp - lnfact + tot
+                    })
+                    .collect::<Vec<f64>>();
+            }
             let poisson_const = if f.model == LnModel::Pln { lnfact } else { 0.0 };
             f.with_obs(|obs| {
                 (0..nn)
@@ -305,6 +502,8 @@ mod tests {
             latents: &latents,
             eta: &[],
             capture: &cap,
+            totals: &[],
+            reference: None,
         };
         let n = 200_000;
         let (xs, _) = latent_draws(&f, &data, &[0], n, 7).unwrap();
@@ -328,6 +527,61 @@ mod tests {
                         < 0.02 * (col[i] * col[j]).abs().sqrt().max(col[j].abs()) + 2e-3,
                     "({i},{j}) {cov} vs {}",
                     col[j]
+                );
+            }
+        }
+    }
+
+    /// LNM draws have covariance `(A − Nρρᵀ)⁻¹` (checked against
+    /// Sherman–Morrison solves with the Woodbury factor).
+    #[test]
+    fn lnm_sampler_covariance() {
+        let (g1, k) = (5, 2);
+        let (w, d) = crate::laplace::woodbury::test_loadings(g1, k, 0.5, 0.1, 0.2);
+        let mu = vec![-1.0; g1];
+        let latents: Vec<f64> = (0..g1).map(|i| -1.5 + 0.2 * i as f64).collect();
+        // Gene 5 is the reference; counts sum to N = 40.
+        let (p, idx, val) = (vec![0i32, 4], vec![0, 2, 4, 5], vec![5.0, 3.0, 7.0, 25.0]);
+        let data = CountMatrix::from_csc(g1 + 1, 1, &p, &idx, &val).unwrap();
+        let cap = Capture::None;
+        let totals = [40.0, 5.0];
+        let f = Fitted {
+            model: LnModel::Lnm,
+            k,
+            mu: &mu,
+            w: &w,
+            d: &d,
+            r: &[],
+            latents: &latents,
+            eta: &[],
+            capture: &cap,
+            totals: &totals,
+            reference: Some(g1),
+        };
+        let n = 200_000;
+        let (ys, _) = latent_draws(&f, &data, &[0], n, 3).unwrap();
+        let sig = SigmaFactor::new(&w, &d, k).unwrap();
+        let rho = lnm_composition(&f, &latents)[..g1].to_vec();
+        let a: Vec<f64> = rho.iter().map(|r| 40.0 * r).collect();
+        let nf = NewtonFactor::new(&sig, &w, &a, 0.0).unwrap();
+        let mut ar = vec![0.0; g1];
+        nf.solve(&sig, &w, &rho, &mut ar);
+        let t: f64 = rho.iter().zip(&ar).map(|(p, q)| p * q).sum();
+        for i in 0..g1 {
+            let mut e = vec![0.0; g1];
+            e[i] = 1.0;
+            let mut col = vec![0.0; g1];
+            nf.solve(&sig, &w, &e, &mut col);
+            let rc: f64 = rho.iter().zip(&col).map(|(p, q)| p * q).sum();
+            for j in 0..g1 {
+                let exact = col[j] + 40.0 * ar[j] * rc / (1.0 - 40.0 * t);
+                let cov: f64 = (0..n)
+                    .map(|s| (ys[i * n + s] - latents[i]) * (ys[j * n + s] - latents[j]))
+                    .sum::<f64>()
+                    / n as f64;
+                assert!(
+                    (cov - exact).abs() < 0.02 * exact.abs().max(0.05) + 2e-3,
+                    "({i},{j}) {cov} vs {exact}"
                 );
             }
         }
