@@ -188,6 +188,9 @@
 #' @param informative_priors_freeze Quantities fixed at the SVI estimate:
 #'   `NULL` (default `c("r", "eta")`), `character(0)`, or any of `"r"`, `"mu"`,
 #'   `"eta"` and their aliases.
+#' @param d_mode LNM by Laplace: `"learned"` (default; `Sigma = W W^T +
+#'   diag(d)`, Newton over the G - 1 log-ratios) or `"low_rank"` (`y = mu +
+#'   W z`, `z ~ N(0, I)`, Newton over `z`, `d` unused).
 #' @param seed Integer seed. `NULL` draws one from R's RNG, so `set.seed()`
 #'   makes fits reproducible; the seed used is stored in the result.
 #' @param num_threads Threads for the core; `NULL` = all cores. Results do not
@@ -218,7 +221,7 @@ scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterizati
                        n_samples = 2000L, n_warmup = 1000L, n_chains = 1L, svi_init = NULL, mcmc_config = NULL,
                        latent_dim = NULL, vae_latent_dim = NULL, laplace_config = NULL,
                        informative_priors_from = NULL, informative_priors_tau = 1,
-                       informative_priors_freeze = NULL,
+                       informative_priors_freeze = NULL, d_mode = NULL,
                        seed = NULL, num_threads = getOption("scribeR.num_threads", 1L),
                        verbose = interactive(), drop_empty = FALSE, assay = NULL, ...) {
   check_unknown_args(list(...))
@@ -236,7 +239,7 @@ scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterizati
     mcmc_config = mcmc_config, latent_dim = latent_dim, vae_latent_dim = vae_latent_dim,
     laplace_config = laplace_config, informative_priors_from = informative_priors_from,
     informative_priors_tau = informative_priors_tau, informative_priors_freeze = informative_priors_freeze,
-    seed = seed, num_threads = num_threads, verbose = verbose, drop_empty = drop_empty
+    d_mode = d_mode, seed = seed, num_threads = num_threads, verbose = verbose, drop_empty = drop_empty
   )
 }
 
@@ -308,7 +311,7 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
                "optimizer_config", "stable_update", "restore_best", "early_stopping",
                "n_samples", "n_warmup", "n_chains", "svi_init", "mcmc_config",
                "latent_dim", "vae_latent_dim", "laplace_config", "informative_priors_from",
-               "informative_priors_tau", "informative_priors_freeze", "seed",
+               "informative_priors_tau", "informative_priors_freeze", "d_mode", "seed",
                "num_threads", "verbose", "drop_empty", "assay")
 
 .scribe_fit_counts <- function(counts, model = NULL, inference_method = "svi",
@@ -321,7 +324,8 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
                                n_samples = 2000L, n_warmup = 1000L, n_chains = 1L, svi_init = NULL,
                                mcmc_config = NULL, latent_dim = NULL, vae_latent_dim = NULL,
                                laplace_config = NULL, informative_priors_from = NULL,
-                               informative_priors_tau = 1, informative_priors_freeze = NULL, seed = NULL,
+                               informative_priors_tau = 1, informative_priors_freeze = NULL, d_mode = NULL,
+                               seed = NULL,
                                num_threads = getOption("scribeR.num_threads", 1L),
                                verbose = interactive(), drop_empty = FALSE) {
   model <- resolve_model(model, zero_inflation, variable_capture)
@@ -370,7 +374,7 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
     cascade <- resolve_cascade(informative_priors_from, informative_priors_tau, informative_priors_freeze,
                                model, counts)
     return(fit_laplace(counts, v$dropped_cells, model, latent_dim, vae_latent_dim, laplace_config, n_steps,
-                       batch_size, optimizer_config, seed, num_threads, verbose, lap_priors, cascade))
+                       batch_size, optimizer_config, seed, num_threads, verbose, lap_priors, cascade, d_mode))
   }
   mixing <- NULL
   if (is.list(priors) && !is.null(priors$mixing)) {

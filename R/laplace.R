@@ -164,7 +164,13 @@ resolve_cascade <- function(from, tau, freeze, model, counts) {
 }
 
 fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, laplace_config, n_steps, batch_size,
-                        optimizer_config, seed, num_threads, verbose, priors = list(), cascade = NULL) {
+                        optimizer_config, seed, num_threads, verbose, priors = list(), cascade = NULL,
+                        d_mode = NULL) {
+  if (!is.null(d_mode)) d_mode <- match_choice(d_mode, c("learned", "low_rank"), "d_mode")
+  if (identical(d_mode, "low_rank") && !model %in% c("lnm", "lnmvcp")) {
+    cli::cli_warn("{.arg d_mode} applies to {.val lnm} and {.val lnmvcp}; {.val {model}} always learns {.code d}.")
+    d_mode <- NULL
+  }
   capture <- priors$capture
   if (model == "lnmvcp" && is.null(capture)) {
     abort_input(c("{.val lnmvcp} needs a capture prior.",
@@ -181,7 +187,8 @@ fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, lapl
   lap <- c(list(latent_dim = k, n_steps = as.numeric(n_steps),
                 batch_size = if (is.null(batch_size)) NULL else as.numeric(batch_size),
                 optimizer_config = resolve_optimizer(optimizer_config), seed = seed, capture = core_capture,
-                cascade = cascade$core, loadings = priors$loadings), cfg)
+                cascade = cascade$core, loadings = priors$loadings,
+                d_mode = if (is.null(d_mode)) "learned" else d_mode), cfg)
   t0 <- proc.time()[["elapsed"]]
   core_model <- if (model == "lnmvcp") "lnm" else model
   res <- call_core(rs_laplace_fit(nrow(counts), ncol(counts), counts@p, counts@i, counts@x, core_model, lap,
@@ -396,7 +403,8 @@ laplace_core_fit <- function(fit) {
        capture = fit@config$capture,
        totals = if (is.null(p$mu_T)) numeric(0) else c(p$mu_T, p$r_T),
        reference = if (is.null(p$reference)) NULL else as.numeric(match(p$reference, fit@gene_names) - 1L),
-       model = if (fit@model$model == "lnmvcp") "lnm" else fit@model$model)
+       model = if (fit@model$model == "lnmvcp") "lnm" else fit@model$model,
+       low_rank = identical(fit@config$d_mode, "low_rank"))
 }
 
 laplace_cells <- function(fit, cells) {

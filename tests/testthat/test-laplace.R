@@ -247,6 +247,13 @@ test_that("LNM: log-ratios against the most abundant gene, totals, compositional
                class = "scribeR_unsupported")
   expect_error(lap_fit(u, model = "lnm", latent_dim = 2, priors = list(capture_efficiency = c(8, 0.5))),
                "lnmvcp", class = "scribeR_input_error")
+  low <- lap_fit(u, model = "lnm", latent_dim = 2, n_steps = 150, d_mode = "low_rank")
+  expect_identical(low@config$d_mode, "low_rank")
+  expect_lt(max(abs(get_map(low)$mu - mu)), 0.3)
+  expect_equal(dim(get_latent_samples(low, u, n_samples = 5, cells = 1:2)$latents), c(5L, 2L, 15L))
+  expect_warning(lap_fit(u, latent_dim = 2, n_steps = 2, d_mode = "low_rank",
+                         laplace_config = list(convergence_action = "ignore")), "d_mode")
+  expect_error(lap_fit(u, model = "lnm", latent_dim = 2, d_mode = "diag"), "d_mode", class = "scribeR_input_error")
   vcp <- lap_fit(u, model = "lnmvcp", latent_dim = 2, n_steps = 100,
                  priors = list(capture_efficiency = c(log(2000), 0.3)))
   expect_length(get_map(vcp)$eta_capture, 300L)

@@ -326,6 +326,21 @@ fn lnm_recovers_log_ratio_mean_loadings_and_totals() {
         optimizer: adam(0.02),
         ..Default::default()
     };
+    // d_mode = "low_rank": Newton over z; its MAP log-ratios recover μ too.
+    let low = fit(
+        &data,
+        &LaplaceConfig {
+            lnm_low_rank: true,
+            ..cfg.clone()
+        },
+    );
+    assert!(
+        max_abs_diff(&low.mu, &mu) < 0.3,
+        "low-rank mu error {}",
+        max_abs_diff(&low.mu, &mu)
+    );
+    assert_eq!(low.latents.len(), n * g1);
+    assert!(low.grad_norms.iter().all(|v| *v < 1e-3));
     let f = fit(&data, &cfg);
     assert_eq!(f.reference, Some(g1));
     assert!(

@@ -761,6 +761,7 @@ fn rs_laplace_fit(
         capture,
         cascade,
         loadings_prior: loadings_prior(a.get("loadings"))?,
+        lnm_low_rank: a.get("d_mode").and_then(|d| d.as_str()) == Some("low_rank"),
     };
     let fit = run_with_progress("Laplace", verbose, num_threads, |pr, ca| {
         run_laplace(&data, &cfg, pr, ca)
@@ -883,6 +884,7 @@ fn rs_laplace_analysis(
         capture: &capture,
         totals: &totals,
         reference: f.opt_real("reference")?.map(|r| r as usize),
+        low_rank: f.get("low_rank").and_then(|v| v.as_bool()).unwrap_or(false),
     };
     let o = Args::new(&opts, "opts")?;
     let cells = indices(o.get("cells"), data.n_cells)?;

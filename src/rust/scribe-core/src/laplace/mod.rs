@@ -91,6 +91,9 @@ pub struct LaplaceConfig {
     pub capture: Capture,
     pub cascade: Cascade,
     pub loadings_prior: w_prior::LoadingsPrior,
+    /// LNM `d_mode = "low_rank"`: `y = μ + W z`, `z ~ N(0, I_k)`, Newton over
+    /// `z` (d unused); otherwise ("learned") Newton over `y ~ N(μ, WWᵀ + diag d)`.
+    pub lnm_low_rank: bool,
 }
 
 impl Default for LaplaceConfig {
@@ -114,6 +117,7 @@ impl Default for LaplaceConfig {
             capture: Capture::None,
             cascade: Cascade::default(),
             loadings_prior: w_prior::LoadingsPrior::None,
+            lnm_low_rank: false,
         }
     }
 }
@@ -159,6 +163,8 @@ struct Layout {
     has_r: bool,
     /// LNM's reference gene.
     reference: Option<usize>,
+    /// Low-rank LNM: each cell's latent is `z ∈ R^k`.
+    low_rank: bool,
 }
 
 impl Layout {
@@ -170,6 +176,14 @@ impl Layout {
     }
     fn r(&self) -> usize {
         self.d() + self.g
+    }
+    /// Length of one cell's latent vector.
+    fn lat_dim(&self) -> usize {
+        if self.low_rank {
+            self.k
+        } else {
+            self.g
+        }
     }
     fn n_extra(&self) -> usize {
         if self.has_r {
@@ -319,7 +333,7 @@ fn sweep(
     let nb = NegBin { r: &gl.r };
     let obs: &dyn Obs = if lay.has_r { &nb } else { &Poisson };
     let parts: Vec<(f64, Vec<f64>, usize, Vec<f64>)> = lat
-        .par_chunks_mut(CELL_CHUNK * g)
+        .par_chunks_mut(CELL_CHUNK * lay.lat_dim())
         .zip(cells.par_chunks(CELL_CHUNK))
         .zip(eta.par_chunks_mut(CELL_CHUNK))
         .map(|((lchunk, cchunk), echunk)| {
@@ -328,7 +342,7 @@ fn sweep(
             let mut tmp = vec![0.0; if want_grad { np } else { 0 }];
             let (mut elbo, mut masked) = (0.0, 0);
             let mut norms = Vec::with_capacity(cchunk.len());
-            for (i, (x, &c)) in lchunk.chunks_mut(g).zip(cchunk).enumerate() {
+            for (i, (x, &c)) in lchunk.chunks_mut(lay.lat_dim()).zip(cchunk).enumerate() {
                 cell::dense_counts(data, c, &mut u);
                 let (x0, e0) = (x.to_vec(), echunk[i]);
                 let mode = modes.mode[c];
@@ -516,9 +530,13 @@ fn lnm_cell(
         .filter(|&(i, _)| i != reference)
         .map(|(_, &v)| v)
         .collect();
-    let mut gn = lnm::newton(
-        &ua, n_tot, y, gl.mu, gl.w, &gl.sig, n_newton, damping, max_step,
-    );
+    let mut gn = if lay.low_rank {
+        lnm::newton_z(&ua, n_tot, y, gl.mu, gl.w, n_newton, damping, max_step)
+    } else {
+        lnm::newton(
+            &ua, n_tot, y, gl.mu, gl.w, &gl.sig, n_newton, damping, max_step,
+        )
+    };
     // LNMVCP: the capture latent is its own scalar problem (the Hessian is
     // block-diagonal between composition and η).
     if let EtaMode::Free { anchor, sigma } = mode {
@@ -533,22 +551,26 @@ fn lnm_cell(
     let (tm, rest) = tmp.split_at_mut(g);
     let (tw, rest) = rest.split_at_mut(g * k);
     let (td, tr) = rest.split_at_mut(g);
-    let e = lnm::elbo_grad(
-        &ua,
-        n_tot,
-        y,
-        gl.mu,
-        gl.w,
-        &gl.d,
-        &gl.sig,
-        k,
-        OuterGrad {
-            mu: tm,
-            w: tw,
-            d: td,
-            r: &mut [],
-        },
-    );
+    let e = if lay.low_rank {
+        lnm::elbo_grad_z(&ua, n_tot, y, gl.mu, gl.w, tm, tw)
+    } else {
+        lnm::elbo_grad(
+            &ua,
+            n_tot,
+            y,
+            gl.mu,
+            gl.w,
+            &gl.d,
+            &gl.sig,
+            k,
+            OuterGrad {
+                mu: tm,
+                w: tw,
+                d: td,
+                r: &mut [],
+            },
+        )
+    };
     let (lp, d_mu, d_r) = match mode {
         EtaMode::Free { anchor, sigma } => {
             lnm::totals_capture(n_tot, gl.totals.0, gl.totals.1, *eta, anchor, sigma)
@@ -579,7 +601,11 @@ fn cell_norm(
             .filter(|&(i, _)| i != rf)
             .map(|(_, &v)| v)
             .collect();
-        let mut gn = lnm::grad_norm(&ua, data.lib_size[c], x, gl.mu, gl.w, &gl.sig);
+        let mut gn = if lay.low_rank {
+            lnm::grad_norm_z(&ua, data.lib_size[c], x, gl.mu, gl.w)
+        } else {
+            lnm::grad_norm(&ua, data.lib_size[c], x, gl.mu, gl.w, &gl.sig)
+        };
         if let EtaMode::Free { anchor, sigma } = mode {
             let (mu_t, r_t) = gl.totals;
             gn = gn.max(lnm::eta_grad_norm(
@@ -709,7 +735,9 @@ pub fn run(
         k,
         has_r: cfg.model == LnModel::Nbln,
         reference,
+        low_rank: is_lnm && cfg.lnm_low_rank,
     };
+    let ld = lay.lat_dim();
     let cas = &cfg.cascade;
     for (what, v) in [
         ("r", cas.r_prior.as_ref().map(|p| (p.0.len(), p.1.len()))),
@@ -768,11 +796,18 @@ pub fn run(
     if lay.has_r && cas.r_frozen.is_some() {
         frozen.extend((0..g).map(|i| (lay.r() + i, th[lay.r() + i])));
     }
-    let mut latents = start.latents;
+    // Low-rank LNM cells start at z = 0 (y = μ).
+    let mut latents = if lay.low_rank {
+        vec![0.0; n * k]
+    } else {
+        start.latents
+    };
     for (c, e) in eta.iter().enumerate() {
         // LNM's η does not shift the log-ratios.
         if modes.mode[c] != EtaMode::None && !is_lnm {
-            latents[c * g..(c + 1) * g].iter_mut().for_each(|v| *v += e);
+            latents[c * ld..(c + 1) * ld]
+                .iter_mut()
+                .for_each(|v| *v += e);
         }
     }
     let mut opt = Optimizer::new(cfg.optimizer.clone(), th.len());
@@ -805,7 +840,7 @@ pub fn run(
         };
         let mut lat: Vec<f64> = cells
             .iter()
-            .flat_map(|&c| latents[c * g..(c + 1) * g].iter().copied())
+            .flat_map(|&c| latents[c * ld..(c + 1) * ld].iter().copied())
             .collect();
         let mut eta_b: Vec<f64> = cells.iter().map(|&c| eta[c]).collect();
         let (elbo, norms, masked, grad) = sweep(
@@ -856,7 +891,7 @@ pub fn run(
             break;
         }
         for (i, &c) in cells.iter().enumerate() {
-            latents[c * g..(c + 1) * g].copy_from_slice(&lat[i * g..(i + 1) * g]);
+            latents[c * ld..(c + 1) * ld].copy_from_slice(&lat[i * ld..(i + 1) * ld]);
             eta[c] = eta_b[i];
         }
         if loss < best_loss {
@@ -930,7 +965,7 @@ pub fn run(
         if !bad.is_empty() {
             let mut lat: Vec<f64> = bad
                 .iter()
-                .flat_map(|&c| latents[c * g..(c + 1) * g].iter().copied())
+                .flat_map(|&c| latents[c * ld..(c + 1) * ld].iter().copied())
                 .collect();
             let mut eta_b: Vec<f64> = bad.iter().map(|&c| eta[c]).collect();
             let damp = cfg.damping * cfg.rescue_damping_multiplier;
@@ -948,15 +983,26 @@ pub fn run(
                 false,
             );
             for (i, &c) in bad.iter().enumerate() {
-                latents[c * g..(c + 1) * g].copy_from_slice(&lat[i * g..(i + 1) * g]);
+                latents[c * ld..(c + 1) * ld].copy_from_slice(&lat[i * ld..(i + 1) * ld]);
                 eta[c] = eta_b[i];
                 rescued[c] = true;
-                let x = &latents[c * g..(c + 1) * g];
+                let x = &latents[c * ld..(c + 1) * ld];
                 norms[c] = cell_norm(data, c, x, eta[c], modes.mode[c], &gl, lay);
             }
         }
     }
     let has_eta = !matches!(cfg.capture, Capture::None);
+    // Low-rank LNM reports the MAP log-ratios y = μ + W ẑ, like the learned mode.
+    if lay.low_rank {
+        latents = (0..n)
+            .flat_map(|c| {
+                let z = &latents[c * k..(c + 1) * k];
+                (0..g)
+                    .map(|i| gl.mu[i] + (0..k).map(|j| gl.w[i * k + j] * z[j]).sum::<f64>())
+                    .collect::<Vec<f64>>()
+            })
+            .collect();
+    }
     Ok(LaplaceFit {
         n_genes: data.n_genes,
         latent_dim: k,

@@ -34,6 +34,8 @@ pub struct Fitted<'a> {
     /// LNM: `(μ_T, r_T)` and the reference gene (μ, W, d, latents cover the others).
     pub totals: &'a [f64],
     pub reference: Option<usize>,
+    /// Low-rank LNM (`y = μ + W z`): draws are `ŷ + W v`, `v ~ N(0, (WᵀCW + I)⁻¹)`.
+    pub low_rank: bool,
 }
 
 fn cell_rng(seed: u64, c: usize) -> ChaCha8Rng {
@@ -144,7 +146,7 @@ fn sample_cell_lnm(
     n: usize,
     rng: &mut ChaCha8Rng,
 ) -> Option<(Vec<f64>, Vec<f64>)> {
-    let (g, k) = (f.mu.len(), f.k);
+    let g = f.mu.len();
     f.reference?;
     let n_tot: f64 = u.iter().sum();
     let yh = &f.latents[c * g..(c + 1) * g];
@@ -158,10 +160,43 @@ fn sample_cell_lnm(
         .collect();
     let tot = rho.iter().sum::<f64>() + (-mx).exp();
     rho.iter_mut().for_each(|r| *r /= tot);
+    let ys = if f.low_rank {
+        sample_low_rank(f, &rho, n_tot, yh, n, rng)?
+    } else {
+        sample_learned(f, sig, &rho, n_tot, yh, n, rng)?
+    };
+    // LNMVCP: η from its scalar Gaussian (the Hessian is block-diagonal).
+    let eh = if f.eta.is_empty() { 0.0 } else { f.eta[c] };
+    let es = match mode {
+        EtaMode::Free { sigma, .. } => {
+            let (mu_t, r_t) = (f.totals[0], f.totals[1]);
+            let rho_t = mu_t * (-eh).clamp(-30.0, 30.0).exp();
+            let v = r_t + rho_t;
+            let h = r_t * rho_t * (r_t + n_tot) / (v * v) + 1.0 / (sigma * sigma);
+            (0..n)
+                .map(|_| (eh + rng.sample::<f64, _>(StandardNormal) / h.sqrt()).max(cell::ETA_MIN))
+                .collect()
+        }
+        _ => vec![eh; n],
+    };
+    Some((ys, es))
+}
+
+/// Learned-d LNM draws `ŷ + z + c A⁻¹ρ (ρᵀz)`, `z ~ N(0, A⁻¹)`.
+fn sample_learned(
+    f: &Fitted<'_>,
+    sig: &SigmaFactor,
+    rho: &[f64],
+    n_tot: f64,
+    yh: &[f64],
+    n: usize,
+    rng: &mut ChaCha8Rng,
+) -> Option<Vec<f64>> {
+    let (g, k) = (f.mu.len(), f.k);
     let a: Vec<f64> = rho.iter().map(|r| n_tot * r).collect();
     let nf = NewtonFactor::new(sig, f.w, &a, 0.0)?;
     let mut ar = vec![0.0; g];
-    nf.solve(sig, f.w, &rho, &mut ar);
+    nf.solve(sig, f.w, rho, &mut ar);
     let t: f64 = rho.iter().zip(&ar).map(|(p, q)| p * q).sum();
     let q = (1.0 - n_tot * t).max(1e-12);
     let coef = if t > 0.0 {
@@ -169,19 +204,7 @@ fn sample_cell_lnm(
     } else {
         0.0
     };
-    let eh = if f.eta.is_empty() { 0.0 } else { f.eta[c] };
-    let eta_sd = match mode {
-        EtaMode::Free { anchor: _, sigma } => {
-            let (mu_t, r_t) = (f.totals[0], f.totals[1]);
-            let rho_t = mu_t * (-eh).clamp(-30.0, 30.0).exp();
-            let v = r_t + rho_t;
-            let h = r_t * rho_t * (r_t + n_tot) / (v * v) + 1.0 / (sigma * sigma);
-            1.0 / h.sqrt()
-        }
-        _ => 0.0,
-    };
     let mut ys = Vec::with_capacity(n * g);
-    let mut es = Vec::with_capacity(n);
     let mut e2 = vec![0.0; k];
     let mut z = vec![0.0; g];
     for _ in 0..n {
@@ -206,18 +229,58 @@ fn sample_cell_lnm(
         for gi in 0..g {
             ys.push(yh[gi] + z[gi] + coef * ar[gi] * rz);
         }
-        let de: f64 = if eta_sd > 0.0 {
-            eta_sd * rng.sample::<f64, _>(StandardNormal)
-        } else {
-            0.0
-        };
-        es.push((eh + de).max(if eta_sd > 0.0 {
-            cell::ETA_MIN
-        } else {
-            f64::NEG_INFINITY
-        }));
     }
-    Some((ys, es))
+    Some(ys)
+}
+
+/// Low-rank LNM draws `ŷ + W L⁻ᵀ ε`, `L Lᵀ = Wᵀ C W + I` at `ŷ`, `C = N(diag ρ − ρρᵀ)`.
+fn sample_low_rank(
+    f: &Fitted<'_>,
+    rho: &[f64],
+    n_tot: f64,
+    yh: &[f64],
+    n: usize,
+    rng: &mut ChaCha8Rng,
+) -> Option<Vec<f64>> {
+    let (g, k) = (f.mu.len(), f.k);
+    let mut wr = vec![0.0; k];
+    let mut m = vec![0.0; k * k];
+    for i in 0..g {
+        let row = &f.w[i * k..(i + 1) * k];
+        for j in 0..k {
+            wr[j] += row[j] * rho[i];
+            for l in 0..k {
+                m[j * k + l] += n_tot * rho[i] * row[j] * row[l];
+            }
+        }
+    }
+    for j in 0..k {
+        for l in 0..k {
+            m[j * k + l] -= n_tot * wr[j] * wr[l];
+        }
+        m[j * k + j] += 1.0;
+    }
+    if !super::woodbury::cholesky(&mut m, k) {
+        return None;
+    }
+    let mut ys = Vec::with_capacity(n * g);
+    let mut v = vec![0.0; k];
+    for _ in 0..n {
+        for x in v.iter_mut() {
+            *x = rng.sample(StandardNormal);
+        }
+        for i in (0..k).rev() {
+            let mut t = v[i];
+            for p in i + 1..k {
+                t -= m[p * k + i] * v[p];
+            }
+            v[i] = t / m[i * k + i];
+        }
+        for i in 0..g {
+            ys.push(yh[i] + (0..k).map(|j| f.w[i * k + j] * v[j]).sum::<f64>());
+        }
+    }
+    Some(ys)
 }
 
 /// Latent draws of `cells`: values `(s, cell, gene)` at `(cell·G + gene)·n + s`
@@ -504,6 +567,7 @@ mod tests {
             capture: &cap,
             totals: &[],
             reference: None,
+            low_rank: false,
         };
         let n = 200_000;
         let (xs, _) = latent_draws(&f, &data, &[0], n, 7).unwrap();
@@ -557,6 +621,7 @@ mod tests {
             capture: &cap,
             totals: &totals,
             reference: Some(g1),
+            low_rank: false,
         };
         let n = 200_000;
         let (ys, _) = latent_draws(&f, &data, &[0], n, 3).unwrap();
