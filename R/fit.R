@@ -84,7 +84,8 @@
 #' sampler preconditioned by the SVI scales (where the SVI and MCMC models
 #' share parameterization; otherwise by the diagonal of the log-posterior
 #' Hessian). Per-cell capture parameters make the dimension grow with the
-#' number of cells; a warning says so when it gets large.
+#' number of cells; a warning says so when it exceeds
+#' `getOption("scribeR.mcmc_warn_dim", 20000)`.
 #'
 #' @section Laplace:
 #' `model = "pln", inference_method = "laplace"` fits the Poisson log-normal

@@ -490,3 +490,12 @@ laplace_loglik <- function(fit, x, by, n_samples, seed, assay) {
   if (is.null(n_samples)) return(stats::setNames(v, fit@cell_names))
   matrix(v, nrow = as.integer(n_samples), dimnames = list(NULL, fit@cell_names))
 }
+
+#' @rdname accessors
+#' @param x Laplace fits: the counts the model was fitted to.
+#' @param cells Laplace fits: cells to draw (default all).
+#' @export
+setMethod("get_posterior_samples", "ScribeLaplaceResults", function(object, n_samples = 100L, seed = NULL, x = NULL,
+                                                                     cells = NULL, ...) {
+  get_latent_samples(object, x, n_samples = n_samples, cells = cells, seed = seed)
+})

@@ -72,7 +72,7 @@ fit_mcmc <- function(counts, dropped, model_spec, n_samples, n_warmup, n_chains,
   cfg <- resolve_mcmc_config(mcmc_config)
   init <- check_svi_init(svi_init, counts, model_spec)
   dim <- mcmc_dimension(model_spec, nrow(counts), ncol(counts))
-  if (dim > 20000) {
+  if (dim > getOption("scribeR.mcmc_warn_dim", 20000)) {
     cli::cli_warn(c(
       "NUTS will move in {dim} dimensions{if (model_spec$model %in% c('nbvcp', 'zinbvcp')) paste0(' (', ncol(counts), ' of them per-cell capture)') else ''}; this can take hours.",
       "i" = "Consider SVI, a subset of genes or cells, or {.arg svi_init} with a short {.arg n_warmup}."

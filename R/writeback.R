@@ -54,9 +54,16 @@ add_scribe_fit <- function(sce, fit, overwrite = FALSE, denoised = FALSE) {
     df[[col]] <- values
     df
   }
-  for (n in intersect(c("r", "mu", "gate"), names(map))) {
+  for (n in intersect(c("r", "mu", "gate", "d"), names(map))) {
     v <- map[[n]]
-    v <- if (is.matrix(v)) t(unname(v)) else unname(v)
+    if (is(fit, "ScribeLaplaceResults")) {
+      # LNM's per-gene values skip the reference gene: align by name.
+      full <- rep(NA_real_, length(genes))
+      full[match(names(v), genes)] <- unname(v)
+      v <- full
+    } else {
+      v <- if (is.matrix(v)) t(unname(v)) else unname(v)
+    }
     rd <- put(rd, paste0("scribe_", n), v, "rowData(sce)")
   }
   for (n in intersect(c("p_capture", "p_hat"), names(map))) {

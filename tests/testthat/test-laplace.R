@@ -261,3 +261,16 @@ test_that("LNM: log-ratios against the most abundant gene, totals, compositional
   # Deeper cells have the smaller capture latent.
   expect_lt(stats::cor(get_map(vcp)$eta_capture, log(colSums(u)), method = "spearman"), -0.9)
 })
+
+test_that("Laplace fits write back to a SingleCellExperiment and share the accessors", {
+  skip_if_not_installed("SingleCellExperiment")
+  sim <- simulate_pln(12, 80, 2, seed = 14)
+  sce <- SingleCellExperiment::SingleCellExperiment(list(counts = sim$counts))
+  fit <- lap_fit(sce, latent_dim = 2, n_steps = 30, priors = list(capture_efficiency = c(log(200), 0.5)))
+  sce <- add_scribe_fit(sce, fit)
+  rd <- SummarizedExperiment::rowData(sce)
+  expect_equal(rd$scribe_mu, unname(get_map(fit)$mu))
+  expect_equal(SummarizedExperiment::colData(sce)$scribe_p_capture, unname(get_map(fit)$p_capture))
+  s <- get_posterior_samples(fit, n_samples = 5, x = sce, cells = 1:2, seed = 1)
+  expect_equal(dim(s$latents), c(5L, 2L, 12L))
+})

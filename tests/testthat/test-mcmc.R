@@ -129,6 +129,12 @@ test_that("MCMC arguments are checked with clear messages", {
   expect_error(mcmc_fit(x, model = "pln"), class = "scribeR_unsupported")
   expect_warning(mcmc_fit(x, model = "nbdm", batch_size = 10, n_samples = 5, n_warmup = 5), "batch_size")
   expect_error(print_summary(svi), class = "scribeR_input_error", regexp = "MCMC fit")
+  # Large dimensions warn with the count and a suggestion (threshold lowered for the test).
+  old <- options(scribeR.mcmc_warn_dim = 50)
+  on.exit(options(old), add = TRUE)
+  sim2 <- sim_data("nbvcp", n_genes = 10, n_cells = 60, seed = 4)
+  expect_warning(mcmc_fit(sim2$counts, model = "nbvcp", n_samples = 5, n_warmup = 5),
+                 "71 dimensions.*60 of them per-cell capture")
   expect_error(get_samples(svi), class = "scribeR_input_error", regexp = "MCMC fit")
 })
 

@@ -288,7 +288,7 @@ fn low_rank_mass_matrix_samples_a_correlated_gaussian() {
 #[test]
 fn nbvcp_interval_coverage() {
     use rand::{Rng, SeedableRng};
-    let (g, c) = (40, 60);
+    let (g, c) = (100, 100);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(77);
     let truth = NbTruth {
         r: (0..g)
@@ -345,8 +345,9 @@ fn nbvcp_interval_coverage() {
         check(b.offset + j, b.link.inverse(truth.nu.as_ref().unwrap()[j]));
     }
     let rate = covered as f64 / total as f64;
+    // 201 parameters: the binomial standard error at 90% is about 2%.
     assert!(
-        (0.85..=0.97).contains(&rate),
+        (0.85..=0.95).contains(&rate),
         "coverage {rate} over {total} parameters"
     );
 }

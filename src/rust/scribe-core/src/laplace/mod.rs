@@ -624,6 +624,28 @@ fn cell_norm(
     cell::grad_norm(obs, &u, x, eta, mode, gl.mu, gl.w, &gl.sig)
 }
 
+/// The `m` cells (1-based) with the largest (or non-finite) gradient norms.
+fn worst_cells(cells: &[usize], norms: &[f64], m: usize) -> String {
+    let mut idx: Vec<usize> = (0..cells.len()).collect();
+    let key = |i: usize| {
+        if norms[i].is_finite() {
+            norms[i]
+        } else {
+            f64::INFINITY
+        }
+    };
+    idx.sort_by(|&a, &b| {
+        key(b)
+            .partial_cmp(&key(a))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    idx.iter()
+        .take(m)
+        .map(|&i| format!("cell {} ({:.2e})", cells[i] + 1, norms[i]))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Sup-norm summary `(max, p99, median)` of per-cell gradient norms.
 pub fn norm_summary(v: &[f64]) -> (f64, f64, f64) {
     let mut s: Vec<f64> = v
@@ -885,8 +907,11 @@ pub fn run(
             .or_else(|| all_masked.then(|| "every cell's ELBO was non-finite".to_string()))
         {
             aborted = Some(format!(
-                "step {}: {why} (first loss {:.4e}, best {:.4e}); the best parameters were restored. Lower the step size, raise laplace_config$damping, or reduce latent_dim",
-                step + 1, guards.init_signed, best_loss
+                "step {}: {why} (first loss {:.4e}, best {:.4e}); worst cells by Newton gradient: {}; the best parameters were restored. Lower the step size, raise laplace_config$damping, or reduce latent_dim",
+                step + 1,
+                guards.init_signed,
+                best_loss,
+                worst_cells(&cells, &norms, 3)
             ));
             break;
         }
