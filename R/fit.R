@@ -100,7 +100,10 @@
 #' a loss that turns non-finite or grows 1000-fold stops the fit with the best
 #' parameters restored. After the last step every cell gets a final Newton
 #' sweep, and cells whose gradient norm stays above `10 x newton_tolerance`
-#' are re-solved with more iterations and damping. `priors =
+#' are re-solved with more iterations and damping. `early_stopping` applies
+#' the SVI rule to the outer loss (and restores the smoothed-best state when
+#' `restore_best`); without it nothing is restored (the original restores
+#' silently even with early stopping off). `priors =
 #' list(capture_efficiency = c(log(M0), sigma))` adds the capture block:
 #' `u_cg ~ Poisson(exp(x_cg - eta_c))` with
 #' `eta_c ~ TruncNormal(log M0 - log L_c, sigma, low = 0)`, solved jointly with
@@ -371,11 +374,11 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
   }
   if (inference_method == "laplace") {
     lap_priors <- laplace_priors(priors, model)
-    if (!is.null(early_stopping)) cli::cli_warn("Laplace fits do not use {.arg early_stopping} yet; it is ignored.")
     cascade <- resolve_cascade(informative_priors_from, informative_priors_tau, informative_priors_freeze,
                                model, counts)
     return(fit_laplace(counts, v$dropped_cells, model, latent_dim, vae_latent_dim, laplace_config, n_steps,
-                       batch_size, optimizer_config, seed, num_threads, verbose, lap_priors, cascade, d_mode))
+                       batch_size, optimizer_config, seed, num_threads, verbose, lap_priors, cascade, d_mode,
+                       resolve_early_stopping(early_stopping)))
   }
   mixing <- NULL
   if (is.list(priors) && !is.null(priors$mixing)) {

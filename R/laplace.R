@@ -165,7 +165,7 @@ resolve_cascade <- function(from, tau, freeze, model, counts) {
 
 fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, laplace_config, n_steps, batch_size,
                         optimizer_config, seed, num_threads, verbose, priors = list(), cascade = NULL,
-                        d_mode = NULL) {
+                        d_mode = NULL, early_stopping = NULL) {
   if (!is.null(d_mode)) d_mode <- match_choice(d_mode, c("learned", "low_rank"), "d_mode")
   if (identical(d_mode, "low_rank") && !model %in% c("lnm", "lnmvcp")) {
     cli::cli_warn("{.arg d_mode} applies to {.val lnm} and {.val lnmvcp}; {.val {model}} always learns {.code d}.")
@@ -188,7 +188,7 @@ fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, lapl
                 batch_size = if (is.null(batch_size)) NULL else as.numeric(batch_size),
                 optimizer_config = resolve_optimizer(optimizer_config), seed = seed, capture = core_capture,
                 cascade = cascade$core, loadings = priors$loadings,
-                d_mode = if (is.null(d_mode)) "learned" else d_mode), cfg)
+                d_mode = if (is.null(d_mode)) "learned" else d_mode, early_stopping = early_stopping), cfg)
   t0 <- proc.time()[["elapsed"]]
   core_model <- if (model == "lnmvcp") "lnm" else model
   res <- call_core(rs_laplace_fit(nrow(counts), ncol(counts), counts@p, counts@i, counts@x, core_model, lap,
@@ -220,6 +220,7 @@ fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, lapl
     diagnostics = list(w_prior = res$w_prior, w_prior_aux = res$w_prior_aux,
                        grad_norms = stats::setNames(res$grad_norms, cells),
                        rescued = stats::setNames(res$rescued, cells), masked_cells = res$masked_cells,
+                       early_stopped = res$early_stopped, restored_step = res$restored_step,
                        aborted = res$aborted, elapsed = elapsed, num_threads = num_threads)
   )
   if (!is.null(res$aborted)) {
@@ -263,8 +264,9 @@ check_newton_convergence <- function(fit) {
 #' @slot config List of the engine settings.
 #' @slot diagnostics List: per-cell `grad_norms` (gradient sup-norm after the
 #'   final sweep and rescue), `rescued`, `masked_cells` (cell-steps left out
-#'   for a non-finite ELBO), `aborted` (why the loop stopped early, or
-#'   `NULL`), `elapsed`, `num_threads`.
+#'   for a non-finite ELBO), `aborted` (why the divergence detector stopped
+#'   the loop, or `NULL`), `early_stopped`, `restored_step`, `elapsed`,
+#'   `num_threads`.
 #' @name ScribeLaplaceResults-class
 #' @exportClass ScribeLaplaceResults
 setClass("ScribeLaplaceResults", contains = "ScribeResults", representation(
@@ -296,8 +298,9 @@ setMethod("show", "ScribeLaplaceResults", function(object) {
   cat(sprintf("  steps:  %d, %s, %d Newton steps per cell and step, %.1f s\n", length(losses),
               if (is.null(bs)) "full batch" else sprintf("batch size %d", as.integer(bs)),
               as.integer(object@config$n_newton_steps), d$elapsed))
-  cat(sprintf("  loss:   %s (mean of the last %d steps)%s\n", format(mean(tail_l), digits = 7), length(tail_l),
-              if (!is.null(d$aborted)) "; stopped early" else ""))
+  cat(sprintf("  loss:   %s (mean of the last %d steps)%s%s\n", format(mean(tail_l), digits = 7), length(tail_l),
+              if (!is.null(d$aborted)) "; stopped by the divergence detector" else if (isTRUE(d$early_stopped)) "; stopped early" else "",
+              if (!is.null(d$restored_step)) sprintf("; state of step %d restored", as.integer(d$restored_step)) else ""))
   gn <- d$grad_norms
   cat(sprintf("  Newton: gradient norm max %.2e, median %.2e; %d cells rescued, %d not converged (tol %g)\n",
               max(gn), stats::median(gn), sum(d$rescued), sum(!is.finite(gn) | gn > object@config$newton_tolerance),

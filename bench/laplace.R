@@ -1,6 +1,6 @@
-# Laplace (PLN) speed and memory on pbmc3k: time per outer step and Newton
-# iterations per second per core with the 2000 most variable genes and
-# latent_dim 16, then how one step scales with k (4, 8, 16, 32) and with G
+# Laplace speed and memory on pbmc3k: time per outer step and Newton
+# iterations per second per core for PLN, NBLN and LNM with the 2000 most
+# variable genes and latent_dim 16, then how one PLN step scales with k (4, 8, 16, 32) and with G
 # (500 ... 8000); the cost should follow G k^2 + k^3 per cell.
 # Usage: Rscript bench/laplace.R [path to shared/data] [threads]
 suppressPackageStartupMessages({ library(scribeR); library(Matrix) })
@@ -21,10 +21,10 @@ peak_rss_mb <- function() {
   l <- grep("^VmHWM", readLines("/proc/self/status"), value = TRUE)
   as.numeric(gsub("[^0-9]", "", l)) / 1024
 }
-run <- function(x, k, steps, batch = NULL) {
+run <- function(x, k, steps, batch = NULL, model = "pln") {
   x <- x[, colSums(x) > 0]
   t <- system.time(fit <- suppressWarnings(scribe_fit(
-    x, model = "pln", inference_method = "laplace", latent_dim = k, n_steps = steps, batch_size = batch,
+    x, model = model, inference_method = "laplace", latent_dim = k, n_steps = steps, batch_size = batch,
     seed = 1, num_threads = threads, verbose = FALSE,
     laplace_config = list(convergence_action = "ignore", rescue_diverged_cells = FALSE))))[["elapsed"]]
   cells <- if (is.null(batch)) ncol(x) else batch
@@ -40,6 +40,12 @@ cat(sprintf("PLN, 2000 HVG, k = 16, full batch: %.2f s per outer step, %.0f Newt
             r$per_step, r$iters_per_s_core, peak_rss_mb()))
 r <- run(x, 16, 20, batch = 256)
 cat(sprintf("PLN, 2000 HVG, k = 16, batch 256:  %.3f s per outer step\n", r$per_step))
+r <- run(x, 16, 20, model = "nbln")
+cat(sprintf("NBLN, 2000 HVG, k = 16, full batch: %.2f s per outer step, %.0f Newton iterations/s/core, peak RSS %.0f MB\n",
+            r$per_step, r$iters_per_s_core, peak_rss_mb()))
+r <- run(x, 16, 20, model = "lnm")
+cat(sprintf("LNM, 2000 HVG, k = 16, full batch:  %.2f s per outer step, %.0f Newton iterations/s/core\n",
+            r$per_step, r$iters_per_s_core))
 
 cat("\nScaling (10 steps of 256 cells plus the final sweep; time per cell Newton iteration, all threads):\n")
 cat(sprintf("%6s %4s %16s\n", "G", "k", "us per cell-iter"))

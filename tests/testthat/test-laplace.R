@@ -274,3 +274,14 @@ test_that("Laplace fits write back to a SingleCellExperiment and share the acces
   s <- get_posterior_samples(fit, n_samples = 5, x = sce, cells = 1:2, seed = 1)
   expect_equal(dim(s$latents), c(5L, 2L, 12L))
 })
+
+test_that("early stopping applies to Laplace fits", {
+  sim <- simulate_pln(12, 80, 2, seed = 15)
+  fit <- lap_fit(sim$counts, latent_dim = 2, n_steps = 2000,
+                 early_stopping = list(patience = 30, min_delta = 1e12, check_every = 10, warmup = 20,
+                                       smoothing_window = 10))
+  expect_true(fit@diagnostics$early_stopped)
+  expect_lt(length(loss_history(fit)), 100L)
+  expect_equal(fit@diagnostics$restored_step, 21)
+  expect_output(show(fit), "stopped early; state of step 21 restored")
+})

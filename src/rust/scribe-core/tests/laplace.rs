@@ -414,3 +414,33 @@ fn lnmvcp_tracks_capture_through_the_totals() {
     );
     assert!(f.grad_norms.iter().all(|v| *v < 1e-3));
 }
+
+#[test]
+fn early_stopping_stops_and_restores_the_smoothed_best() {
+    let sim = simulate(15, 2, 0.3, (0.5, 1.5), &vec![0.0; 100], None, 51);
+    let es = scribe_core::svi::early_stop::EarlyStopping {
+        enabled: true,
+        patience: 30,
+        // No later window can improve by this much: stop after `patience`.
+        min_delta: 1e12,
+        min_delta_pct: None,
+        check_every: 10,
+        warmup: 20,
+        smoothing_window: 10,
+        restore_best: true,
+    };
+    let cfg = LaplaceConfig {
+        latent_dim: 2,
+        n_steps: 500,
+        early_stopping: Some(es),
+        ..Default::default()
+    };
+    let f = fit(&sim.data, &cfg);
+    assert!(f.early_stopped);
+    assert!(
+        f.loss_history.len() < 100,
+        "ran {} steps",
+        f.loss_history.len()
+    );
+    assert_eq!(f.restored_step, Some(21));
+}

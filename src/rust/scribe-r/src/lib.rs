@@ -762,6 +762,7 @@ fn rs_laplace_fit(
         cascade,
         loadings_prior: loadings_prior(a.get("loadings"))?,
         lnm_low_rank: a.get("d_mode").and_then(|d| d.as_str()) == Some("low_rank"),
+        early_stopping: early_stopping(a.get("early_stopping"))?,
     };
     let fit = run_with_progress("Laplace", verbose, num_threads, |pr, ca| {
         run_laplace(&data, &cfg, pr, ca)
@@ -781,6 +782,8 @@ fn rs_laplace_fit(
         grad_norms = fit.grad_norms,
         rescued = fit.rescued,
         masked_cells = fit.masked_cells as i32,
+        early_stopped = fit.early_stopped,
+        restored_step = fit.restored_step.map_or_else(none, |s| (s as f64).into()),
         aborted = fit.aborted.map_or_else(none, |s| s.into()),
         w_prior = list!(
             column_norms = fit.w_prior.column_norms,

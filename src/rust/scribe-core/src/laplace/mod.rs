@@ -94,6 +94,9 @@ pub struct LaplaceConfig {
     /// LNM `d_mode = "low_rank"`: `y = μ + W z`, `z ~ N(0, I_k)`, Newton over
     /// `z` (d unused); otherwise ("learned") Newton over `y ~ N(μ, WWᵀ + diag d)`.
     pub lnm_low_rank: bool,
+    /// The SVI engine's early-stopping rule on the outer loss (`None`: off,
+    /// and unlike the original nothing is restored unless it is given).
+    pub early_stopping: Option<crate::svi::early_stop::EarlyStopping>,
 }
 
 impl Default for LaplaceConfig {
@@ -118,6 +121,7 @@ impl Default for LaplaceConfig {
             cascade: Cascade::default(),
             loadings_prior: w_prior::LoadingsPrior::None,
             lnm_low_rank: false,
+            early_stopping: None,
         }
     }
 }
@@ -148,6 +152,10 @@ pub struct LaplaceFit {
     pub masked_cells: usize,
     /// Why the outer loop stopped early, if it did (best state restored).
     pub aborted: Option<String>,
+    /// Stopped by the early-stopping rule.
+    pub early_stopped: bool,
+    /// Step (1-based) whose smoothed-best state was restored, if any.
+    pub restored_step: Option<usize>,
     /// Auxiliary parameters of the loadings prior (unconstrained).
     pub w_prior_aux: Vec<f64>,
     pub w_prior: w_prior::WPriorDiagnostics,
@@ -841,6 +849,12 @@ pub fn run(
     let mut history = Vec::with_capacity(cfg.n_steps);
     let (mut best, mut best_loss) = ((th.clone(), latents.clone(), eta.clone()), f64::INFINITY);
     let mut guards = Guards::default();
+    let mut tracker = cfg
+        .early_stopping
+        .clone()
+        .map(crate::svi::early_stop::Tracker::new);
+    let mut es_best: Option<(Vec<f64>, Vec<f64>, Vec<f64>, usize)> = None;
+    let mut early_stopped = false;
     let mut masked_total = 0;
     let mut aborted = None;
     let report_every = (cfg.n_steps / cfg.n_reports.max(1)).max(1);
@@ -923,6 +937,20 @@ pub fn run(
             best_loss = loss;
             best = (th.clone(), latents.clone(), eta.clone());
         }
+        if let Some(tr) = tracker.as_mut() {
+            use crate::svi::early_stop::Decision;
+            match tr.check(step, &history) {
+                Decision::Improved if tr.cfg.restore_best => {
+                    es_best = Some((th.clone(), latents.clone(), eta.clone(), step + 1));
+                }
+                Decision::Stop => {
+                    early_stopped = true;
+                    progress.report(step + 1, cfg.n_steps, loss);
+                    break;
+                }
+                _ => {}
+            }
+        }
         // Loss gradient = −scale · ∇ELBO − ∇ priors, chained through softplus for d and r.
         let mut lg: Vec<f64> = grad.iter().map(|v| -scale * v).collect();
         lg.resize(th.len(), 0.0);
@@ -959,8 +987,12 @@ pub fn run(
             progress.report(step + 1, cfg.n_steps, loss);
         }
     }
+    let mut restored_step = None;
     if aborted.is_some() {
         (th, latents, eta) = best;
+    } else if let Some((t, l, e, at)) = es_best {
+        (th, latents, eta) = (t, l, e);
+        restored_step = Some(at);
     }
     // Final sweep over all cells at the final globals, then rescue.
     let gl = Globals::new(&th, lay).ok_or_else(|| CoreError::NonFinite {
@@ -1048,6 +1080,8 @@ pub fn run(
         rescued,
         masked_cells: masked_total,
         aborted,
+        early_stopped,
+        restored_step,
         w_prior: cfg.loadings_prior.diagnostics(gl.w, g, k, &th[lay.aux()..]),
         w_prior_aux: th[lay.aux()..].to_vec(),
     })
