@@ -24,6 +24,9 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use woodbury::SigmaFactor;
 
+/// A snapshot of the fit: `(θ, latents, η)`.
+type State = (Vec<f64>, Vec<f64>, Vec<f64>);
+
 /// Cells per parallel work unit; fixed so sums group the same way on any
 /// number of threads.
 const CELL_CHUNK: usize = 32;
@@ -853,7 +856,8 @@ pub fn run(
         .early_stopping
         .clone()
         .map(crate::svi::early_stop::Tracker::new);
-    let mut es_best: Option<(Vec<f64>, Vec<f64>, Vec<f64>, usize)> = None;
+    // (θ, latents, η, step) at the smoothed-best check.
+    let mut es_best: Option<(State, usize)> = None;
     let mut early_stopped = false;
     let mut masked_total = 0;
     let mut aborted = None;
@@ -941,7 +945,7 @@ pub fn run(
             use crate::svi::early_stop::Decision;
             match tr.check(step, &history) {
                 Decision::Improved if tr.cfg.restore_best => {
-                    es_best = Some((th.clone(), latents.clone(), eta.clone(), step + 1));
+                    es_best = Some(((th.clone(), latents.clone(), eta.clone()), step + 1));
                 }
                 Decision::Stop => {
                     early_stopped = true;
@@ -990,8 +994,8 @@ pub fn run(
     let mut restored_step = None;
     if aborted.is_some() {
         (th, latents, eta) = best;
-    } else if let Some((t, l, e, at)) = es_best {
-        (th, latents, eta) = (t, l, e);
+    } else if let Some((state, at)) = es_best {
+        (th, latents, eta) = state;
         restored_step = Some(at);
     }
     // Final sweep over all cells at the final globals, then rescue.
