@@ -379,104 +379,26 @@ mod tests {
             .zip(&x0)
             .fold((eta - e0).abs(), |m, (p, q)| m.max((p - q).abs()));
         assert!(moved < 1e-6, "{mode:?} moved {moved}");
-        let has_r = !r.is_empty();
-        let elbo = |mu: &[f64], w: &[f64], d: &[f64], r: &[f64]| {
-            let s = SigmaFactor::new(w, d, k).unwrap();
-            let (mut a, mut b, mut c, mut e) = (
-                vec![0.0; g],
-                vec![0.0; g * k],
-                vec![0.0; g],
-                vec![0.0; r.len()],
-            );
-            let o = make(r);
-            elbo_grad(
-                o.as_ref(),
-                &u,
-                &x,
-                eta,
-                mode,
-                mu,
-                w,
-                d,
-                &s,
-                k,
-                OuterGrad {
-                    mu: &mut a,
-                    w: &mut b,
-                    d: &mut c,
-                    r: &mut e,
-                },
-            )
+        // θ = [μ | W | d | r]; the MAP stays fixed (the envelope theorem).
+        let theta: Vec<f64> = mu.iter().chain(&w).chain(&d).chain(r).copied().collect();
+        let f = |th: &[f64], grad: &mut [f64]| {
+            let (tm, rest) = th.split_at(g);
+            let (tw, rest) = rest.split_at(g * k);
+            let (td, tr) = rest.split_at(g);
+            let (gm, rest) = grad.split_at_mut(g);
+            let (gw, rest) = rest.split_at_mut(g * k);
+            let (gd, gr) = rest.split_at_mut(g);
+            let s = SigmaFactor::new(tw, td, k).unwrap();
+            let o = make(tr);
+            let out = OuterGrad {
+                mu: gm,
+                w: gw,
+                d: gd,
+                r: gr,
+            };
+            elbo_grad(o.as_ref(), &u, &x, eta, mode, tm, tw, td, &s, k, out)
         };
-        let (mut gm, mut gw, mut gd, mut gr) = (
-            vec![0.0; g],
-            vec![0.0; g * k],
-            vec![0.0; g],
-            vec![0.0; r.len()],
-        );
-        elbo_grad(
-            obs,
-            &u,
-            &x,
-            eta,
-            mode,
-            &mu,
-            &w,
-            &d,
-            &sig,
-            k,
-            OuterGrad {
-                mu: &mut gm,
-                w: &mut gw,
-                d: &mut gd,
-                r: &mut gr,
-            },
-        );
-        let h = 1e-6;
-        let close = |fd: f64, an: f64, what: &str| {
-            assert!(
-                (fd - an).abs() < 1e-5 * (1.0 + fd.abs()),
-                "{mode:?} {what}: fd {fd} vs {an}"
-            );
-        };
-        for i in 0..g {
-            let (mut p, mut m) = (mu.clone(), mu.clone());
-            p[i] += h;
-            m[i] -= h;
-            close(
-                (elbo(&p, &w, &d, r) - elbo(&m, &w, &d, r)) / (2.0 * h),
-                gm[i],
-                "mu",
-            );
-            let (mut p, mut m) = (d.clone(), d.clone());
-            p[i] += h;
-            m[i] -= h;
-            close(
-                (elbo(&mu, &w, &p, r) - elbo(&mu, &w, &m, r)) / (2.0 * h),
-                gd[i],
-                "d",
-            );
-            if has_r {
-                let (mut p, mut m) = (r.to_vec(), r.to_vec());
-                p[i] += h;
-                m[i] -= h;
-                close(
-                    (elbo(&mu, &w, &d, &p) - elbo(&mu, &w, &d, &m)) / (2.0 * h),
-                    gr[i],
-                    "r",
-                );
-            }
-        }
-        for i in 0..g * k {
-            let (mut p, mut m) = (w.clone(), w.clone());
-            p[i] += h;
-            m[i] -= h;
-            close(
-                (elbo(&mu, &p, &d, r) - elbo(&mu, &m, &d, r)) / (2.0 * h),
-                gw[i],
-                "W",
-            );
-        }
+        crate::testutil::check_gradient(f, &theta, 1e-5, &format!("{mode:?} outer gradient"));
     }
 
     const MODES: [EtaMode; 3] = [

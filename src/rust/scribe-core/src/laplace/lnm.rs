@@ -449,111 +449,49 @@ mod tests {
         let y0 = y.clone();
         newton(&u, n_tot, &mut y, &mu, &w, &sig, 1, 0.0, 5.0);
         assert!(y.iter().zip(&y0).all(|(p, q)| (p - q).abs() < 1e-6));
-        let elbo = |mu: &[f64], w: &[f64], d: &[f64]| {
-            let s = SigmaFactor::new(w, d, k).unwrap();
-            let (mut a, mut b, mut c) = (vec![0.0; g1], vec![0.0; g1 * k], vec![0.0; g1]);
-            elbo_grad(
-                &u,
-                n_tot,
-                &y,
-                mu,
-                w,
-                d,
-                &s,
-                k,
-                OuterGrad {
-                    mu: &mut a,
-                    w: &mut b,
-                    d: &mut c,
-                    r: &mut [],
-                },
-            )
-        };
-        let (mut gm, mut gw, mut gd) = (vec![0.0; g1], vec![0.0; g1 * k], vec![0.0; g1]);
-        elbo_grad(
-            &u,
-            n_tot,
-            &y,
-            &mu,
-            &w,
-            &d,
-            &sig,
-            k,
-            OuterGrad {
-                mu: &mut gm,
-                w: &mut gw,
-                d: &mut gd,
+        use crate::testutil::check_gradient;
+        // Composition: θ = [μ | W | d] with ŷ fixed.
+        let theta: Vec<f64> = mu.iter().chain(&w).chain(&d).copied().collect();
+        let comp = |th: &[f64], grad: &mut [f64]| {
+            let (tm, rest) = th.split_at(g1);
+            let (tw, td) = rest.split_at(g1 * k);
+            let (gm, rest) = grad.split_at_mut(g1);
+            let (gw, gd) = rest.split_at_mut(g1 * k);
+            let s = SigmaFactor::new(tw, td, k).unwrap();
+            let out = OuterGrad {
+                mu: gm,
+                w: gw,
+                d: gd,
                 r: &mut [],
-            },
-        );
-        let h = 1e-6;
-        let close = |fd: f64, an: f64, what: &str| {
-            assert!(
-                (fd - an).abs() < 1e-5 * (1.0 + fd.abs()),
-                "{what}: {fd} vs {an}"
-            )
+            };
+            elbo_grad(&u, n_tot, &y, tm, tw, td, &s, k, out)
         };
-        for i in 0..g1 {
-            let (mut p, mut m) = (mu.clone(), mu.clone());
-            p[i] += h;
-            m[i] -= h;
-            close(
-                (elbo(&p, &w, &d) - elbo(&m, &w, &d)) / (2.0 * h),
-                gm[i],
-                "mu",
-            );
-            let (mut p, mut m) = (d.clone(), d.clone());
-            p[i] += h;
-            m[i] -= h;
-            close(
-                (elbo(&mu, &w, &p) - elbo(&mu, &w, &m)) / (2.0 * h),
-                gd[i],
-                "d",
-            );
-        }
-        for i in 0..g1 * k {
-            let (mut p, mut m) = (w.clone(), w.clone());
-            p[i] += h;
-            m[i] -= h;
-            close(
-                (elbo(&mu, &p, &d) - elbo(&mu, &m, &d)) / (2.0 * h),
-                gw[i],
-                "W",
-            );
-        }
-        // Capture block: Newton reaches the mode; derivatives of its ELBO term.
+        check_gradient(comp, &theta, 1e-5, "LNM composition");
+        // Capture block: Newton reaches the mode; derivatives of its ELBO term in (μ_T, r_T).
         let mut eta = 0.5;
         eta_newton(37.0, 200.0, 3.0, 1.2, 0.5, &mut eta, 50, 0.0);
         assert!(eta_grad_norm(37.0, 200.0, 3.0, 1.2, 0.5, eta) < 1e-10);
-        let (_, dm, dr) = totals_capture(37.0, 200.0, 3.0, eta, 1.2, 0.5);
-        let tc = |m: f64, r: f64| totals_capture(37.0, m, r, eta, 1.2, 0.5).0;
-        close(
-            (tc(200.0 + h, 3.0) - tc(200.0 - h, 3.0)) / (2.0 * h),
-            dm,
-            "capture mu_T",
-        );
-        close(
-            (tc(200.0, 3.0 + h) - tc(200.0, 3.0 - h)) / (2.0 * h),
-            dr,
-            "capture r_T",
-        );
+        let capture = |th: &[f64], grad: &mut [f64]| {
+            let (v, dm, dr) = totals_capture(37.0, th[0], th[1], eta, 1.2, 0.5);
+            grad[0] += dm;
+            grad[1] += dr;
+            v
+        };
+        check_gradient(capture, &[200.0, 3.0], 1e-5, "LNMVCP totals");
         // Totals: the NB pmf without ln N! and its derivatives.
-        let (lp, dm, dr) = totals(37.0, 20.0, 3.0);
         let p = 3.0f64 / 23.0;
+        let lp = totals(37.0, 20.0, 3.0).0;
         assert!(
             (lp - (lgamma(40.0) - lgamma(3.0) + 3.0 * p.ln() + 37.0 * (1.0 - p).ln())).abs()
                 < 1e-10
         );
-        close(
-            (totals(37.0, 20.0 + h, 3.0).0 - totals(37.0, 20.0 - h, 3.0).0) / (2.0 * h),
-            dm,
-            "mu_T",
-        );
-        close(
-            (totals(37.0, 20.0, 3.0 + h).0 - totals(37.0, 20.0, 3.0 - h).0) / (2.0 * h),
-            dr,
-            "r_T",
-        );
+        let plain = |th: &[f64], grad: &mut [f64]| {
+            let (v, dm, dr) = totals(37.0, th[0], th[1]);
+            grad[0] += dm;
+            grad[1] += dr;
+            v
+        };
+        check_gradient(plain, &[20.0, 3.0], 1e-5, "LNM totals");
     }
 
     #[test]
@@ -566,34 +504,12 @@ mod tests {
         let mut z = vec![0.0; k];
         newton_z(&u, n_tot, &mut z, &mu, &w, 60, 0.0, 5.0);
         assert!(grad_norm_z(&u, n_tot, &z, &mu, &w) < 1e-9);
-        let f = |mu: &[f64], w: &[f64]| {
-            let (mut a, mut b) = (vec![0.0; g1], vec![0.0; g1 * k]);
-            elbo_grad_z(&u, n_tot, &z, mu, w, &mut a, &mut b)
+        let theta: Vec<f64> = mu.iter().chain(&w).copied().collect();
+        let f = |th: &[f64], grad: &mut [f64]| {
+            let (tm, tw) = th.split_at(g1);
+            let (gm, gw) = grad.split_at_mut(g1);
+            elbo_grad_z(&u, n_tot, &z, tm, tw, gm, gw)
         };
-        let (mut gm, mut gw) = (vec![0.0; g1], vec![0.0; g1 * k]);
-        elbo_grad_z(&u, n_tot, &z, &mu, &w, &mut gm, &mut gw);
-        let h = 1e-6;
-        for i in 0..g1 {
-            let (mut p, mut m) = (mu.clone(), mu.clone());
-            p[i] += h;
-            m[i] -= h;
-            let fd = (f(&p, &w) - f(&m, &w)) / (2.0 * h);
-            assert!(
-                (fd - gm[i]).abs() < 1e-5 * (1.0 + fd.abs()),
-                "mu {i}: {fd} vs {}",
-                gm[i]
-            );
-        }
-        for i in 0..g1 * k {
-            let (mut p, mut m) = (w.clone(), w.clone());
-            p[i] += h;
-            m[i] -= h;
-            let fd = (f(&mu, &p) - f(&mu, &m)) / (2.0 * h);
-            assert!(
-                (fd - gw[i]).abs() < 1e-5 * (1.0 + fd.abs()),
-                "W {i}: {fd} vs {}",
-                gw[i]
-            );
-        }
+        crate::testutil::check_gradient(f, &theta, 1e-5, "low-rank LNM");
     }
 }

@@ -104,13 +104,7 @@ fn sample_cell(
         }
         // L_S^{−T} ε₂ by back substitution.
         let ls = &nf.ls;
-        for i in (0..k).rev() {
-            let mut t = e2[i];
-            for p in i + 1..k {
-                t -= ls[p * k + i] * e2[p];
-            }
-            e2[i] = t / ls[i * k + i];
-        }
+        super::woodbury::solve_lt(ls, k, &mut e2);
         let delta = if aa.is_empty() {
             0.0
         } else {
@@ -212,13 +206,7 @@ fn sample_learned(
             *v = rng.sample(StandardNormal);
         }
         let ls = &nf.ls;
-        for i in (0..k).rev() {
-            let mut s = e2[i];
-            for p in i + 1..k {
-                s -= ls[p * k + i] * e2[p];
-            }
-            e2[i] = s / ls[i * k + i];
-        }
+        super::woodbury::solve_lt(ls, k, &mut e2);
         for gi in 0..g {
             let m = nf.m[gi];
             let vz: f64 = (0..k).map(|j| f.w[gi * k + j] * e2[j]).sum::<f64>() / f.d[gi];
@@ -269,13 +257,7 @@ fn sample_low_rank(
         for x in v.iter_mut() {
             *x = rng.sample(StandardNormal);
         }
-        for i in (0..k).rev() {
-            let mut t = v[i];
-            for p in i + 1..k {
-                t -= m[p * k + i] * v[p];
-            }
-            v[i] = t / m[i * k + i];
-        }
+        super::woodbury::solve_lt(&m, k, &mut v);
         for i in 0..g {
             ys.push(yh[i] + (0..k).map(|j| f.w[i * k + j] * v[j]).sum::<f64>());
         }

@@ -38,12 +38,17 @@ pub fn chol_solve(l: &[f64], k: usize, b: &mut [f64]) {
         }
         b[i] = s / l[i * k + i];
     }
+    solve_lt(l, k, b);
+}
+
+/// Solves `Lᵀ x = b` in place: with `b ~ N(0, I)`, `x ~ N(0, (L Lᵀ)⁻¹)`.
+pub fn solve_lt(l: &[f64], k: usize, b: &mut [f64]) {
     for i in (0..k).rev() {
-        let mut s = b[i];
+        let mut t = b[i];
         for p in i + 1..k {
-            s -= l[p * k + i] * b[p];
+            t -= l[p * k + i] * b[p];
         }
-        b[i] = s / l[i * k + i];
+        b[i] = t / l[i * k + i];
     }
 }
 

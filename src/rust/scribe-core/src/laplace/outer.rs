@@ -1,0 +1,474 @@
+//! The outer loop: the optimiser on the globals of the Laplace ELBO, with
+//! mini-batches, global priors, the divergence detector, early stopping,
+//! the final sweep and the rescue pass.
+
+use super::cell::EtaMode;
+use super::guards::Guards;
+use super::sweep::{cell_norm, sweep, EtaSpec, Globals, Layout};
+use super::{init, w_prior, Capture, Cascade, LaplaceConfig, LaplaceFit, LnModel};
+use crate::data::{BatchSampler, CountMatrix};
+use crate::error::{CoreError, Result};
+use crate::math::{sigmoid, softplus_inv};
+use crate::progress::{Cancel, Progress};
+use crate::svi::optim::Optimizer;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// A snapshot of the fit: `(θ, latents, η)`.
+type State = (Vec<f64>, Vec<f64>, Vec<f64>);
+
+/// The `m` cells (1-based) with the largest (or non-finite) gradient norms.
+fn worst_cells(cells: &[usize], norms: &[f64], m: usize) -> String {
+    let mut idx: Vec<usize> = (0..cells.len()).collect();
+    let key = |i: usize| {
+        if norms[i].is_finite() {
+            norms[i]
+        } else {
+            f64::INFINITY
+        }
+    };
+    idx.sort_by(|&a, &b| {
+        key(b)
+            .partial_cmp(&key(a))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    idx.iter()
+        .take(m)
+        .map(|&i| format!("cell {} ({:.2e})", cells[i] + 1, norms[i]))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Sup-norm summary `(max, p99, median)` of per-cell gradient norms.
+pub fn norm_summary(v: &[f64]) -> (f64, f64, f64) {
+    let mut s: Vec<f64> = v
+        .iter()
+        .map(|x| if x.is_finite() { *x } else { f64::INFINITY })
+        .collect();
+    if s.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let q = |p: f64| s[((p * (s.len() - 1) as f64).round() as usize).min(s.len() - 1)];
+    (s[s.len() - 1], q(0.99), q(0.5))
+}
+
+/// `Σ ln N(v; loc, scale)`, adding its gradient into `g`.
+fn normal_prior(v: &[f64], loc: &[f64], scale: &[f64], g: &mut [f64]) -> f64 {
+    let mut lp = 0.0;
+    for i in 0..v.len() {
+        let z = (v[i] - loc[i]) / scale[i];
+        lp += -0.5 * z * z - scale[i].ln() - 0.5 * (2.0 * std::f64::consts::PI).ln();
+        g[i] -= z / scale[i];
+    }
+    lp
+}
+
+/// Method-of-moments dispersion per gene, `r = m²/(v − m)` (1 for unexpressed genes).
+fn mom_dispersion(data: &CountMatrix) -> Vec<f64> {
+    let (g, n) = (data.n_genes, data.n_cells as f64);
+    let (mut s1, mut s2) = (vec![0.0; g], vec![0.0; g]);
+    for (p, &gi) in data.gene_idx.iter().enumerate() {
+        let u = data.counts[p] as f64;
+        s1[gi as usize] += u;
+        s2[gi as usize] += u * u;
+    }
+    (0..g)
+        .map(|i| {
+            let m = s1[i] / n;
+            if m == 0.0 {
+                return 1.0;
+            }
+            let v = (s2[i] - n * m * m) / (n - 1.0).max(1.0);
+            (m * m / (v - m).max(1e-3)).max(1e-3)
+        })
+        .collect()
+}
+
+/// Fits PLN or NBLN by Laplace.
+pub fn run(
+    data: &CountMatrix,
+    cfg: &LaplaceConfig,
+    progress: &dyn Progress,
+    cancel: &dyn Cancel,
+) -> Result<LaplaceFit> {
+    let n = data.n_cells;
+    let k = cfg.latent_dim;
+    let is_lnm = cfg.model == LnModel::Lnm;
+    // LNM's reference: the gene with the most counts (the most stable ratios).
+    let reference = is_lnm.then(|| {
+        let mut tot = vec![0.0; data.n_genes];
+        for (p, &gi) in data.gene_idx.iter().enumerate() {
+            tot[gi as usize] += data.counts[p] as f64;
+        }
+        (0..data.n_genes).fold(0, |b, i| if tot[i] > tot[b] { i } else { b })
+    });
+    if is_lnm {
+        if matches!(cfg.capture, Capture::PerCell { .. } | Capture::Frozen(_)) {
+            return Err(CoreError::arg(
+                "informative_priors_from",
+                "the cascade applies to nbln",
+            ));
+        }
+        if cfg.loadings_prior != w_prior::LoadingsPrior::None {
+            return Err(CoreError::arg(
+                "priors$loadings",
+                "loadings priors apply to pln and nbln, not lnm",
+            ));
+        }
+        if cfg.cascade != Cascade::default() {
+            return Err(CoreError::arg(
+                "informative_priors_from",
+                "the cascade applies to nbln",
+            ));
+        }
+    }
+    let g = if is_lnm {
+        data.n_genes - 1
+    } else {
+        data.n_genes
+    };
+    if k == 0 || k >= g {
+        return Err(CoreError::arg(
+            "latent_dim",
+            format!("must be between 1 and the number of genes − 1 ({})", g - 1),
+        ));
+    }
+    if cfg.n_newton_steps == 0 || cfg.n_newton_steps > 200 {
+        return Err(CoreError::arg(
+            "laplace_config$n_newton_steps",
+            "must be between 1 and 200",
+        ));
+    }
+    if !(cfg.damping >= 0.0) {
+        return Err(CoreError::arg("laplace_config$damping", "must be >= 0"));
+    }
+    cfg.optimizer.validate()?;
+    cfg.loadings_prior.validate()?;
+    let lay = Layout {
+        g,
+        k,
+        has_r: cfg.model == LnModel::Nbln,
+        reference,
+        low_rank: is_lnm && cfg.lnm_low_rank,
+    };
+    let ld = lay.lat_dim();
+    let cas = &cfg.cascade;
+    for (what, v) in [
+        ("r", cas.r_prior.as_ref().map(|p| (p.0.len(), p.1.len()))),
+        ("mu", cas.mu_prior.as_ref().map(|p| (p.0.len(), p.1.len()))),
+    ] {
+        if v.is_some_and(|(a, b)| a != g || b != g) {
+            return Err(CoreError::arg(
+                "informative_priors_from",
+                format!("its '{what}' prior does not match the genes"),
+            ));
+        }
+    }
+    let (modes, mut eta) = EtaSpec::new(&cfg.capture, data)?;
+    let start = match reference {
+        Some(rf) => init::lnm_start(data, rf, k, cfg.seed),
+        None => init::pln_start(data, k, cfg.seed),
+    };
+    // θ: μ (frozen > prior loc > data), W (PCA), d = 0.1, r (frozen > prior > moments), aux.
+    let mu0 = cas
+        .mu_frozen
+        .clone()
+        .or_else(|| cas.mu_prior.as_ref().map(|p| p.0.clone()))
+        .unwrap_or(start.mu);
+    let mut th: Vec<f64> = mu0.iter().chain(&start.w).copied().collect();
+    th.extend(std::iter::repeat_n(
+        softplus_inv(if is_lnm { 0.01 } else { 0.1 }),
+        g,
+    ));
+    if is_lnm {
+        let mean_total = data.lib_size.iter().sum::<f64>() / n as f64;
+        // With capture, μ_T is the total at full capture, M0.
+        let mu_t0 = match cfg.capture {
+            Capture::Anchor { ln_m0, .. } => ln_m0.exp(),
+            _ => mean_total.max(1.0),
+        };
+        th.push(softplus_inv(mu_t0));
+        th.push(softplus_inv(4.0));
+    }
+    if lay.has_r {
+        let r_loc: Vec<f64> = match (&cas.r_frozen, &cas.r_prior) {
+            (Some(r), _) => r.iter().map(|&v| softplus_inv(v.max(1e-8))).collect(),
+            (None, Some(p)) => p.0.clone(),
+            _ => mom_dispersion(data)
+                .iter()
+                .map(|&v| softplus_inv(v))
+                .collect(),
+        };
+        th.extend(r_loc);
+    }
+    th.extend(cfg.loadings_prior.init_aux(k));
+    // Frozen coordinates, restored after every update.
+    let mut frozen: Vec<(usize, f64)> = Vec::new();
+    if let Some(m) = &cas.mu_frozen {
+        frozen.extend(m.iter().enumerate().map(|(i, &v)| (i, v)));
+    }
+    if lay.has_r && cas.r_frozen.is_some() {
+        frozen.extend((0..g).map(|i| (lay.r() + i, th[lay.r() + i])));
+    }
+    // Low-rank LNM cells start at z = 0 (y = μ).
+    let mut latents = if lay.low_rank {
+        vec![0.0; n * k]
+    } else {
+        start.latents
+    };
+    for (c, e) in eta.iter().enumerate() {
+        // LNM's η does not shift the log-ratios.
+        if modes.mode[c] != EtaMode::None && !is_lnm {
+            latents[c * ld..(c + 1) * ld]
+                .iter_mut()
+                .for_each(|v| *v += e);
+        }
+    }
+    let mut opt = Optimizer::new(cfg.optimizer.clone(), th.len());
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut sampler = cfg
+        .batch_size
+        .filter(|&b| b < n)
+        .map(|b| BatchSampler::new(n, b));
+    let mut history = Vec::with_capacity(cfg.n_steps);
+    let (mut best, mut best_loss) = ((th.clone(), latents.clone(), eta.clone()), f64::INFINITY);
+    let mut guards = Guards::default();
+    let mut tracker = cfg
+        .early_stopping
+        .clone()
+        .map(crate::svi::early_stop::Tracker::new);
+    // (θ, latents, η, step) at the smoothed-best check.
+    let mut es_best: Option<(State, usize)> = None;
+    let mut early_stopped = false;
+    let mut masked_total = 0;
+    let mut aborted = None;
+    let report_every = (cfg.n_steps / cfg.n_reports.max(1)).max(1);
+    for step in 0..cfg.n_steps {
+        if cancel.cancelled() {
+            return Err(CoreError::Cancelled);
+        }
+        let cells: Vec<usize> = match sampler.as_mut() {
+            Some(s) => s.draw(&mut rng).iter().map(|&c| c as usize).collect(),
+            None => (0..n).collect(),
+        };
+        let scale = n as f64 / cells.len() as f64;
+        let Some(gl) = Globals::new(&th, lay) else {
+            aborted = Some(format!(
+                "step {}: the prior covariance is not positive definite",
+                step + 1
+            ));
+            break;
+        };
+        let mut lat: Vec<f64> = cells
+            .iter()
+            .flat_map(|&c| latents[c * ld..(c + 1) * ld].iter().copied())
+            .collect();
+        let mut eta_b: Vec<f64> = cells.iter().map(|&c| eta[c]).collect();
+        let (elbo, norms, masked, grad) = sweep(
+            data,
+            &cells,
+            &mut lat,
+            &mut eta_b,
+            &modes,
+            &gl,
+            lay,
+            cfg.n_newton_steps,
+            cfg.damping,
+            cfg.newton_max_step,
+            true,
+        );
+        masked_total += masked;
+        // Global priors (unscaled by N/B): loadings shrinkage and the cascade's
+        // empirical priors on free μ and r_loc.
+        let mut g_prior = vec![0.0; th.len()];
+        let mut lp = {
+            let (gw, rest) = g_prior[lay.w()..].split_at_mut(g * k);
+            let aux_off = lay.aux() - lay.d();
+            cfg.loadings_prior
+                .log_prob_grad(gl.w, g, k, &th[lay.aux()..], gw, &mut rest[aux_off..])
+        };
+        if let (Some((loc, sc)), None) = (&cas.mu_prior, &cas.mu_frozen) {
+            lp += normal_prior(&th[..g], loc, sc, &mut g_prior[..g]);
+        }
+        if let (true, Some((loc, sc)), None) = (lay.has_r, &cas.r_prior, &cas.r_frozen) {
+            lp += normal_prior(
+                &th[lay.r()..lay.r() + g],
+                loc,
+                sc,
+                &mut g_prior[lay.r()..lay.r() + g],
+            );
+        }
+        let loss = -scale * elbo - lp;
+        history.push(loss);
+        let all_masked = masked == cells.len();
+        if let Some(why) = guards
+            .check(step, loss, &history)
+            .or_else(|| all_masked.then(|| "every cell's ELBO was non-finite".to_string()))
+        {
+            aborted = Some(format!(
+                "step {}: {why} (first loss {:.4e}, best {:.4e}); worst cells by Newton gradient: {}; the best parameters were restored. Lower the step size, raise laplace_config$damping, or reduce latent_dim",
+                step + 1,
+                guards.init_signed,
+                best_loss,
+                worst_cells(&cells, &norms, 3)
+            ));
+            break;
+        }
+        for (i, &c) in cells.iter().enumerate() {
+            latents[c * ld..(c + 1) * ld].copy_from_slice(&lat[i * ld..(i + 1) * ld]);
+            eta[c] = eta_b[i];
+        }
+        if loss < best_loss {
+            best_loss = loss;
+            best = (th.clone(), latents.clone(), eta.clone());
+        }
+        if let Some(tr) = tracker.as_mut() {
+            use crate::svi::early_stop::Decision;
+            match tr.check(step, &history) {
+                Decision::Improved if tr.cfg.restore_best => {
+                    es_best = Some(((th.clone(), latents.clone(), eta.clone()), step + 1));
+                }
+                Decision::Stop => {
+                    early_stopped = true;
+                    progress.report(step + 1, cfg.n_steps, loss);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        // Loss gradient = −scale · ∇ELBO − ∇ priors, chained through softplus for d and r.
+        let mut lg: Vec<f64> = grad.iter().map(|v| -scale * v).collect();
+        lg.resize(th.len(), 0.0);
+        for i in 0..g {
+            lg[lay.d() + i] *= sigmoid(th[lay.d() + i]);
+            if lay.has_r {
+                lg[lay.r() + i] *= sigmoid(th[lay.r() + i]);
+            }
+        }
+        if is_lnm {
+            for i in 0..2 {
+                lg[lay.r() + i] *= sigmoid(th[lay.r() + i]);
+            }
+        }
+        for (a, b) in lg.iter_mut().zip(&g_prior) {
+            *a -= b;
+        }
+        opt.step(&mut th, &lg);
+        for &(i, v) in &frozen {
+            th[i] = v;
+        }
+        if (step + 1) % report_every == 0 || step + 1 == cfg.n_steps {
+            let (mx, p99, med) = norm_summary(&norms);
+            let block = match (
+                is_lnm,
+                matches!(cfg.capture, Capture::None | Capture::Frozen(_)),
+            ) {
+                (true, true) => "comp",
+                (true, false) => "comp, η",
+                (false, true) => "x",
+                (false, false) => "x, η",
+            };
+            progress.detail(format!("{block} max/p99/med {mx:.2e}/{p99:.2e}/{med:.2e}"));
+            progress.report(step + 1, cfg.n_steps, loss);
+        }
+    }
+    let mut restored_step = None;
+    if aborted.is_some() {
+        (th, latents, eta) = best;
+    } else if let Some((state, at)) = es_best {
+        (th, latents, eta) = state;
+        restored_step = Some(at);
+    }
+    // Final sweep over all cells at the final globals, then rescue.
+    let gl = Globals::new(&th, lay).ok_or_else(|| CoreError::NonFinite {
+        step: history.len(),
+        msg: "the prior covariance is not positive definite".into(),
+    })?;
+    let all: Vec<usize> = (0..n).collect();
+    let n_final = (2 * cfg.n_newton_steps).max(10);
+    let (_, mut norms, _, _) = sweep(
+        data,
+        &all,
+        &mut latents,
+        &mut eta,
+        &modes,
+        &gl,
+        lay,
+        n_final,
+        cfg.damping,
+        cfg.newton_max_step,
+        false,
+    );
+    let mut rescued = vec![false; n];
+    if cfg.rescue_diverged_cells {
+        let bad: Vec<usize> = (0..n)
+            .filter(|&c| !(norms[c] <= cfg.newton_tolerance * cfg.rescue_threshold_multiplier))
+            .collect();
+        if !bad.is_empty() {
+            let mut lat: Vec<f64> = bad
+                .iter()
+                .flat_map(|&c| latents[c * ld..(c + 1) * ld].iter().copied())
+                .collect();
+            let mut eta_b: Vec<f64> = bad.iter().map(|&c| eta[c]).collect();
+            let damp = cfg.damping * cfg.rescue_damping_multiplier;
+            sweep(
+                data,
+                &bad,
+                &mut lat,
+                &mut eta_b,
+                &modes,
+                &gl,
+                lay,
+                cfg.rescue_n_newton,
+                damp,
+                cfg.newton_max_step,
+                false,
+            );
+            for (i, &c) in bad.iter().enumerate() {
+                latents[c * ld..(c + 1) * ld].copy_from_slice(&lat[i * ld..(i + 1) * ld]);
+                eta[c] = eta_b[i];
+                rescued[c] = true;
+                let x = &latents[c * ld..(c + 1) * ld];
+                norms[c] = cell_norm(data, c, x, eta[c], modes.mode[c], &gl, lay);
+            }
+        }
+    }
+    let has_eta = !matches!(cfg.capture, Capture::None);
+    // Low-rank LNM reports the MAP log-ratios y = μ + W ẑ, like the learned mode.
+    if lay.low_rank {
+        latents = (0..n)
+            .flat_map(|c| {
+                let z = &latents[c * k..(c + 1) * k];
+                (0..g)
+                    .map(|i| gl.mu[i] + (0..k).map(|j| gl.w[i * k + j] * z[j]).sum::<f64>())
+                    .collect::<Vec<f64>>()
+            })
+            .collect();
+    }
+    Ok(LaplaceFit {
+        n_genes: data.n_genes,
+        latent_dim: k,
+        mu: gl.mu.to_vec(),
+        w: gl.w.to_vec(),
+        d: gl.d.clone(),
+        r: gl.r.clone(),
+        totals: if is_lnm {
+            vec![gl.totals.0, gl.totals.1]
+        } else {
+            Vec::new()
+        },
+        reference,
+        latents,
+        eta: if has_eta { eta } else { Vec::new() },
+        loss_history: history,
+        grad_norms: norms,
+        rescued,
+        masked_cells: masked_total,
+        aborted,
+        early_stopped,
+        restored_step,
+        w_prior: cfg.loadings_prior.diagnostics(gl.w, g, k, &th[lay.aux()..]),
+        w_prior_aux: th[lay.aux()..].to_vec(),
+    })
+}

@@ -1,0 +1,420 @@
+//! One outer step's per-cell work: the parameter layout, each cell's
+//! capture mode, the globals read from θ, and the parallel Newton sweep
+//! with the ELBO gradient (PLN/NBLN through `cell`, LNM through `lnm`).
+
+use super::cell::{self, EtaMode, NegBin, Obs, OuterGrad, Poisson};
+use super::woodbury::SigmaFactor;
+use super::{lnm, Capture};
+use crate::data::CountMatrix;
+use crate::error::{CoreError, Result};
+use crate::math::softplus;
+use rayon::prelude::*;
+
+/// Cells per parallel work unit; fixed so sums group the same way on any
+/// number of threads.
+const CELL_CHUNK: usize = 32;
+
+/// Offsets of the blocks of `θ = [μ | W | d_loc | extra | aux]`, where
+/// `extra` is `r_loc` (G, NBLN) or `(μ_T, r_T)` raw (2, LNM); `g` is the
+/// latent dimension (G − 1 for LNM).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout {
+    pub(crate) g: usize,
+    pub(crate) k: usize,
+    pub(crate) has_r: bool,
+    /// LNM's reference gene.
+    pub(crate) reference: Option<usize>,
+    /// Low-rank LNM: each cell's latent is `z ∈ R^k`.
+    pub(crate) low_rank: bool,
+}
+
+impl Layout {
+    pub(crate) fn w(&self) -> usize {
+        self.g
+    }
+    pub(crate) fn d(&self) -> usize {
+        self.g + self.g * self.k
+    }
+    pub(crate) fn r(&self) -> usize {
+        self.d() + self.g
+    }
+    /// Length of one cell's latent vector.
+    pub(crate) fn lat_dim(&self) -> usize {
+        if self.low_rank {
+            self.k
+        } else {
+            self.g
+        }
+    }
+    pub(crate) fn n_extra(&self) -> usize {
+        if self.has_r {
+            self.g
+        } else if self.reference.is_some() {
+            2
+        } else {
+            0
+        }
+    }
+    pub(crate) fn aux(&self) -> usize {
+        self.r() + self.n_extra()
+    }
+}
+
+/// The per-cell capture mode and the per-cell prior of `η`.
+pub(crate) struct EtaSpec {
+    pub(crate) mode: Vec<EtaMode>,
+}
+
+impl EtaSpec {
+    pub(crate) fn new(capture: &Capture, data: &CountMatrix) -> Result<(Self, Vec<f64>)> {
+        let n = data.n_cells;
+        let bad = |m: &str| Err(CoreError::arg("priors", m.to_string()));
+        Ok(match capture {
+            Capture::None => (
+                EtaSpec {
+                    mode: vec![EtaMode::None; n],
+                },
+                vec![0.0; n],
+            ),
+            Capture::Anchor { ln_m0, sigma } => {
+                if !(*sigma > 0.0) || !ln_m0.is_finite() {
+                    return bad("capture_efficiency must be c(log(M0), sigma) with sigma > 0");
+                }
+                let anchors: Vec<f64> = data
+                    .lib_size
+                    .iter()
+                    .map(|&l| ln_m0 - l.max(1.0).ln())
+                    .collect();
+                let mode = anchors
+                    .iter()
+                    .map(|&a| EtaMode::Free {
+                        anchor: a,
+                        sigma: *sigma,
+                    })
+                    .collect();
+                let eta0 = anchors.iter().map(|a| a.max(cell::ETA_MIN)).collect();
+                (EtaSpec { mode }, eta0)
+            }
+            Capture::PerCell { loc, scale } => {
+                if loc.len() != n || scale.len() != n || scale.iter().any(|s| !(*s > 0.0)) {
+                    return bad("the per-cell capture prior does not match the cells");
+                }
+                let mode = loc
+                    .iter()
+                    .zip(scale)
+                    .map(|(&a, &s)| EtaMode::Free {
+                        anchor: a,
+                        sigma: s,
+                    })
+                    .collect();
+                (
+                    EtaSpec { mode },
+                    loc.iter().map(|a| a.max(cell::ETA_MIN)).collect(),
+                )
+            }
+            Capture::Frozen(eta) => {
+                if eta.len() != n || eta.iter().any(|e| !e.is_finite()) {
+                    return bad("the frozen capture values do not match the cells");
+                }
+                (
+                    EtaSpec {
+                        mode: vec![EtaMode::Fixed; n],
+                    },
+                    eta.clone(),
+                )
+            }
+        })
+    }
+}
+
+/// Globals read from `θ` for one step.
+pub(crate) struct Globals<'a> {
+    pub(crate) mu: &'a [f64],
+    pub(crate) w: &'a [f64],
+    pub(crate) d: Vec<f64>,
+    pub(crate) r: Vec<f64>,
+    /// LNM totals `(μ_T, r_T)`.
+    pub(crate) totals: (f64, f64),
+    pub(crate) sig: SigmaFactor,
+}
+
+impl<'a> Globals<'a> {
+    pub(crate) fn new(th: &'a [f64], lay: Layout) -> Option<Self> {
+        let (g, k) = (lay.g, lay.k);
+        let mu = &th[..g];
+        let w = &th[lay.w()..lay.w() + g * k];
+        let d: Vec<f64> = th[lay.d()..lay.d() + g]
+            .iter()
+            .map(|&v| softplus(v))
+            .collect();
+        let r = if lay.has_r {
+            th[lay.r()..lay.r() + g]
+                .iter()
+                .map(|&v| softplus(v))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let totals = if lay.reference.is_some() {
+            (softplus(th[lay.r()]), softplus(th[lay.r() + 1]))
+        } else {
+            (f64::NAN, f64::NAN)
+        };
+        let sig = SigmaFactor::new(w, &d, k)?;
+        Some(Globals {
+            mu,
+            w,
+            d,
+            r,
+            totals,
+            sig,
+        })
+    }
+}
+
+/// Newton on `cells` (their latents in `lat`, `len·G`, and `eta`) and, with
+/// `want_grad`, the ELBO gradient in `[μ | W | d | r]` order. Returns
+/// (Σ ELBO over finite cells, per-cell grad norms, masked count, gradient).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sweep(
+    data: &CountMatrix,
+    cells: &[usize],
+    lat: &mut [f64],
+    eta: &mut [f64],
+    modes: &EtaSpec,
+    gl: &Globals<'_>,
+    lay: Layout,
+    n_newton: usize,
+    damping: f64,
+    max_step: f64,
+    want_grad: bool,
+) -> (f64, Vec<f64>, usize, Vec<f64>) {
+    let (g, k) = (lay.g, lay.k);
+    let np = g * (k + 2) + lay.n_extra();
+    let nb = NegBin { r: &gl.r };
+    let obs: &dyn Obs = if lay.has_r { &nb } else { &Poisson };
+    let parts: Vec<(f64, Vec<f64>, usize, Vec<f64>)> = lat
+        .par_chunks_mut(CELL_CHUNK * lay.lat_dim())
+        .zip(cells.par_chunks(CELL_CHUNK))
+        .zip(eta.par_chunks_mut(CELL_CHUNK))
+        .map(|((lchunk, cchunk), echunk)| {
+            let mut u = vec![0.0; data.n_genes];
+            let mut grad = vec![0.0; if want_grad { np } else { 0 }];
+            let mut tmp = vec![0.0; if want_grad { np } else { 0 }];
+            let (mut elbo, mut masked) = (0.0, 0);
+            let mut norms = Vec::with_capacity(cchunk.len());
+            for (i, (x, &c)) in lchunk.chunks_mut(lay.lat_dim()).zip(cchunk).enumerate() {
+                cell::dense_counts(data, c, &mut u);
+                let (x0, e0) = (x.to_vec(), echunk[i]);
+                let mode = modes.mode[c];
+                if let Some(rf) = lay.reference {
+                    let (gn, e) = lnm_cell(
+                        &mut echunk[i],
+                        mode,
+                        &u,
+                        rf,
+                        data.lib_size[c],
+                        x,
+                        gl,
+                        lay,
+                        n_newton,
+                        damping,
+                        max_step,
+                        want_grad,
+                        &mut tmp,
+                    );
+                    if !x.iter().all(|v| v.is_finite()) || !echunk[i].is_finite() {
+                        x.copy_from_slice(&x0);
+                        echunk[i] = e0;
+                    }
+                    norms.push(gn);
+                    if want_grad {
+                        if e.is_finite() && tmp.iter().all(|v| v.is_finite()) {
+                            elbo += e;
+                            for (a, b) in grad.iter_mut().zip(&tmp) {
+                                *a += b;
+                            }
+                        } else {
+                            masked += 1;
+                        }
+                    }
+                    continue;
+                }
+                let gn = cell::newton(
+                    obs,
+                    &u,
+                    x,
+                    &mut echunk[i],
+                    mode,
+                    gl.mu,
+                    gl.w,
+                    &gl.sig,
+                    n_newton,
+                    damping,
+                    max_step,
+                );
+                if !x.iter().all(|v| v.is_finite()) || !echunk[i].is_finite() {
+                    x.copy_from_slice(&x0);
+                    echunk[i] = e0;
+                }
+                norms.push(gn);
+                if want_grad {
+                    tmp.iter_mut().for_each(|v| *v = 0.0);
+                    let (tm, rest) = tmp.split_at_mut(g);
+                    let (tw, rest) = rest.split_at_mut(g * k);
+                    let (td, tr) = rest.split_at_mut(g);
+                    let out = OuterGrad {
+                        mu: tm,
+                        w: tw,
+                        d: td,
+                        r: tr,
+                    };
+                    let e = cell::elbo_grad(
+                        obs, &u, x, echunk[i], mode, gl.mu, gl.w, &gl.d, &gl.sig, k, out,
+                    );
+                    if e.is_finite() && tmp.iter().all(|v| v.is_finite()) {
+                        elbo += e;
+                        for (a, b) in grad.iter_mut().zip(&tmp) {
+                            *a += b;
+                        }
+                    } else {
+                        masked += 1;
+                    }
+                }
+            }
+            (elbo, norms, masked, grad)
+        })
+        .collect();
+    let mut total = 0.0;
+    let mut norms = Vec::with_capacity(cells.len());
+    let mut masked = 0;
+    let mut grad = vec![0.0; if want_grad { np } else { 0 }];
+    for (e, n, m, gr) in parts {
+        total += e;
+        norms.extend(n);
+        masked += m;
+        for (a, b) in grad.iter_mut().zip(&gr) {
+            *a += b;
+        }
+    }
+    (total, norms, masked, grad)
+}
+
+/// One LNM cell: Newton on its log-ratios `y`, then (with `want_grad`) its
+/// composition ELBO plus the totals' log-density, gradients into `tmp`.
+#[allow(clippy::too_many_arguments)]
+fn lnm_cell(
+    eta: &mut f64,
+    mode: EtaMode,
+    u: &[f64],
+    reference: usize,
+    n_tot: f64,
+    y: &mut [f64],
+    gl: &Globals<'_>,
+    lay: Layout,
+    n_newton: usize,
+    damping: f64,
+    max_step: f64,
+    want_grad: bool,
+    tmp: &mut [f64],
+) -> (f64, f64) {
+    let (g, k) = (lay.g, lay.k);
+    let ua: Vec<f64> = u
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != reference)
+        .map(|(_, &v)| v)
+        .collect();
+    let mut gn = if lay.low_rank {
+        lnm::newton_z(&ua, n_tot, y, gl.mu, gl.w, n_newton, damping, max_step)
+    } else {
+        lnm::newton(
+            &ua, n_tot, y, gl.mu, gl.w, &gl.sig, n_newton, damping, max_step,
+        )
+    };
+    // LNMVCP: the capture latent is its own scalar problem (the Hessian is
+    // block-diagonal between composition and η).
+    if let EtaMode::Free { anchor, sigma } = mode {
+        let (mu_t, r_t) = gl.totals;
+        let ge = lnm::eta_newton(n_tot, mu_t, r_t, anchor, sigma, eta, n_newton, damping);
+        gn = gn.max(ge);
+    }
+    if !want_grad {
+        return (gn, f64::NAN);
+    }
+    tmp.iter_mut().for_each(|v| *v = 0.0);
+    let (tm, rest) = tmp.split_at_mut(g);
+    let (tw, rest) = rest.split_at_mut(g * k);
+    let (td, tr) = rest.split_at_mut(g);
+    let e = if lay.low_rank {
+        lnm::elbo_grad_z(&ua, n_tot, y, gl.mu, gl.w, tm, tw)
+    } else {
+        lnm::elbo_grad(
+            &ua,
+            n_tot,
+            y,
+            gl.mu,
+            gl.w,
+            &gl.d,
+            &gl.sig,
+            k,
+            OuterGrad {
+                mu: tm,
+                w: tw,
+                d: td,
+                r: &mut [],
+            },
+        )
+    };
+    let (lp, d_mu, d_r) = match mode {
+        EtaMode::Free { anchor, sigma } => {
+            lnm::totals_capture(n_tot, gl.totals.0, gl.totals.1, *eta, anchor, sigma)
+        }
+        _ => lnm::totals(n_tot, gl.totals.0, gl.totals.1),
+    };
+    tr[0] += d_mu;
+    tr[1] += d_r;
+    (gn, e + lp)
+}
+
+/// A cell's gradient sup-norm at its current latents.
+pub(crate) fn cell_norm(
+    data: &CountMatrix,
+    c: usize,
+    x: &[f64],
+    eta: f64,
+    mode: EtaMode,
+    gl: &Globals<'_>,
+    lay: Layout,
+) -> f64 {
+    let mut u = vec![0.0; data.n_genes];
+    cell::dense_counts(data, c, &mut u);
+    if let Some(rf) = lay.reference {
+        let ua: Vec<f64> = u
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != rf)
+            .map(|(_, &v)| v)
+            .collect();
+        let mut gn = if lay.low_rank {
+            lnm::grad_norm_z(&ua, data.lib_size[c], x, gl.mu, gl.w)
+        } else {
+            lnm::grad_norm(&ua, data.lib_size[c], x, gl.mu, gl.w, &gl.sig)
+        };
+        if let EtaMode::Free { anchor, sigma } = mode {
+            let (mu_t, r_t) = gl.totals;
+            gn = gn.max(lnm::eta_grad_norm(
+                data.lib_size[c],
+                mu_t,
+                r_t,
+                anchor,
+                sigma,
+                eta,
+            ));
+        }
+        return gn;
+    }
+    let nb = NegBin { r: &gl.r };
+    let obs: &dyn Obs = if lay.has_r { &nb } else { &Poisson };
+    cell::grad_norm(obs, &u, x, eta, mode, gl.mu, gl.w, &gl.sig)
+}
