@@ -20,7 +20,7 @@ const CLIP: f64 = 30.0;
 
 /// `ρ` over the non-reference genes (softmax of `[y, 0]`) into `rho`;
 /// returns `(log-sum-exp, ρ_ref)`.
-fn softmax_alr(y: &[f64], rho: &mut [f64]) -> (f64, f64) {
+pub(crate) fn softmax_alr(y: &[f64], rho: &mut [f64]) -> (f64, f64) {
     let mx = y
         .iter()
         .map(|v| v.clamp(-CLIP, CLIP))
@@ -299,16 +299,26 @@ fn z_terms(
         .collect();
     softmax_alr(&y, rho);
     let mut grad: Vec<f64> = z.iter().map(|v| -v).collect();
-    let mut wr = vec![0.0; k];
-    let mut h = vec![0.0; k * k];
     for i in 0..g {
         let resid = u[i] - n_tot * rho[i];
+        for j in 0..k {
+            grad[j] += w[i * k + j] * resid;
+        }
+    }
+    let h = low_rank_hessian(w, rho, n_tot, k);
+    (grad, h)
+}
+
+/// `−H = Wᵀ C W + I` of low-rank LNM at composition `ρ`, `C = N(diag ρ − ρρᵀ)` (k × k).
+pub(crate) fn low_rank_hessian(w: &[f64], rho: &[f64], n_tot: f64, k: usize) -> Vec<f64> {
+    let mut wr = vec![0.0; k];
+    let mut h = vec![0.0; k * k];
+    for (i, &r) in rho.iter().enumerate() {
         let row = &w[i * k..(i + 1) * k];
         for j in 0..k {
-            grad[j] += row[j] * resid;
-            wr[j] += row[j] * rho[i];
+            wr[j] += row[j] * r;
             for l in 0..k {
-                h[j * k + l] += n_tot * rho[i] * row[j] * row[l];
+                h[j * k + l] += n_tot * r * row[j] * row[l];
             }
         }
     }
@@ -318,7 +328,7 @@ fn z_terms(
         }
         h[j * k + j] += 1.0;
     }
-    (grad, h)
+    h
 }
 
 /// Low-rank LNM: `n_iter` damped Newton steps on `z`; returns the

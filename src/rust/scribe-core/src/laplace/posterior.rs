@@ -8,6 +8,7 @@
 //! cell's index, so subsets and chunks give the same draws.
 
 use super::cell::{self, EtaMode, NegBin, Obs, Poisson};
+use super::lnm;
 use super::woodbury::{NewtonFactor, SigmaFactor};
 use super::{Capture, EtaSpec, LnModel};
 use crate::data::CountMatrix;
@@ -97,25 +98,17 @@ fn sample_cell(
     };
     let mut xs = Vec::with_capacity(n * g);
     let mut es = Vec::with_capacity(n);
-    let mut e2 = vec![0.0; k];
+    let (mut e2, mut z) = (vec![0.0; k], vec![0.0; g]);
     for _ in 0..n {
-        for v in e2.iter_mut() {
-            *v = rng.sample(StandardNormal);
-        }
-        // L_S^{−T} ε₂ by back substitution.
-        let ls = &nf.ls;
-        super::woodbury::solve_lt(ls, k, &mut e2);
+        nf.sample(sig, f.w, rng, &mut e2, &mut z);
         let delta = if aa.is_empty() {
             0.0
         } else {
             rng.sample::<f64, _>(StandardNormal) / s.sqrt()
         };
         for gi in 0..g {
-            let m = nf.m[gi];
-            let vz: f64 = (0..k).map(|j| f.w[gi * k + j] * e2[j]).sum::<f64>() / f.d[gi];
-            let e1: f64 = rng.sample(StandardNormal);
             let shift = if aa.is_empty() { 0.0 } else { aa[gi] * delta };
-            xs.push(xh[gi] + e1 / m.sqrt() + vz / m + shift);
+            xs.push(xh[gi] + z[gi] + shift);
         }
         es.push(if aa.is_empty() {
             eh
@@ -144,16 +137,8 @@ fn sample_cell_lnm(
     f.reference?;
     let n_tot: f64 = u.iter().sum();
     let yh = &f.latents[c * g..(c + 1) * g];
-    let mx = yh
-        .iter()
-        .map(|v| v.clamp(-30.0, 30.0))
-        .fold(0.0f64, f64::max);
-    let mut rho: Vec<f64> = yh
-        .iter()
-        .map(|v| (v.clamp(-30.0, 30.0) - mx).exp())
-        .collect();
-    let tot = rho.iter().sum::<f64>() + (-mx).exp();
-    rho.iter_mut().for_each(|r| *r /= tot);
+    let mut rho = vec![0.0; g];
+    lnm::softmax_alr(yh, &mut rho);
     let ys = if f.low_rank {
         sample_low_rank(f, &rho, n_tot, yh, n, rng)?
     } else {
@@ -199,20 +184,9 @@ fn sample_learned(
         0.0
     };
     let mut ys = Vec::with_capacity(n * g);
-    let mut e2 = vec![0.0; k];
-    let mut z = vec![0.0; g];
+    let (mut e2, mut z) = (vec![0.0; k], vec![0.0; g]);
     for _ in 0..n {
-        for v in e2.iter_mut() {
-            *v = rng.sample(StandardNormal);
-        }
-        let ls = &nf.ls;
-        super::woodbury::solve_lt(ls, k, &mut e2);
-        for gi in 0..g {
-            let m = nf.m[gi];
-            let vz: f64 = (0..k).map(|j| f.w[gi * k + j] * e2[j]).sum::<f64>() / f.d[gi];
-            let e1: f64 = rng.sample(StandardNormal);
-            z[gi] = e1 / m.sqrt() + vz / m;
-        }
+        nf.sample(sig, f.w, rng, &mut e2, &mut z);
         let rz: f64 = rho.iter().zip(&z).map(|(p, q)| p * q).sum();
         for gi in 0..g {
             ys.push(yh[gi] + z[gi] + coef * ar[gi] * rz);
@@ -231,23 +205,7 @@ fn sample_low_rank(
     rng: &mut ChaCha8Rng,
 ) -> Option<Vec<f64>> {
     let (g, k) = (f.mu.len(), f.k);
-    let mut wr = vec![0.0; k];
-    let mut m = vec![0.0; k * k];
-    for i in 0..g {
-        let row = &f.w[i * k..(i + 1) * k];
-        for j in 0..k {
-            wr[j] += row[j] * rho[i];
-            for l in 0..k {
-                m[j * k + l] += n_tot * rho[i] * row[j] * row[l];
-            }
-        }
-    }
-    for j in 0..k {
-        for l in 0..k {
-            m[j * k + l] -= n_tot * wr[j] * wr[l];
-        }
-        m[j * k + j] += 1.0;
-    }
+    let mut m = lnm::low_rank_hessian(f.w, rho, n_tot, k);
     if !super::woodbury::cholesky(&mut m, k) {
         return None;
     }
@@ -395,12 +353,10 @@ pub fn predictive(
 
 /// Full-gene composition `softmax([y, 0])` (reference inserted) of an LNM cell.
 fn lnm_composition(f: &Fitted<'_>, y: &[f64]) -> Vec<f64> {
-    let rf = f.reference.unwrap_or(y.len());
-    let mut logits: Vec<f64> = y.iter().map(|v| v.clamp(-30.0, 30.0)).collect();
-    logits.insert(rf, 0.0);
-    let mx = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let tot: f64 = logits.iter().map(|l| (l - mx).exp()).sum();
-    logits.iter().map(|l| (l - mx).exp() / tot).collect()
+    let mut rho = vec![0.0; y.len()];
+    let (_, rho_ref) = lnm::softmax_alr(y, &mut rho);
+    rho.insert(f.reference.unwrap_or(y.len()), rho_ref);
+    rho
 }
 
 /// One LNM count vector: total `N ~ NB(mean μ_T e^{−η}, r_T)`, then

@@ -202,6 +202,31 @@ impl NewtonFactor {
     }
 }
 
+impl NewtonFactor {
+    /// One draw of `N(0, A⁻¹)` into `out`, by the exact square root
+    /// `m^{−1/2} ⊙ ε₁ + (1/m) ⊙ V L_S^{−T} ε₂` (`V = D⁻¹W`; `e2` is scratch of length k).
+    pub fn sample<R: rand::Rng>(
+        &self,
+        sig: &SigmaFactor,
+        w: &[f64],
+        rng: &mut R,
+        e2: &mut [f64],
+        out: &mut [f64],
+    ) {
+        let k = sig.k;
+        for v in e2.iter_mut() {
+            *v = rng.sample(rand_distr::StandardNormal);
+        }
+        solve_lt(&self.ls, k, e2);
+        for (g, o) in out.iter_mut().enumerate() {
+            let m = self.m[g];
+            let vz: f64 = (0..k).map(|j| w[g * k + j] * e2[j]).sum::<f64>() * sig.inv_d[g];
+            let e1: f64 = rng.sample(rand_distr::StandardNormal);
+            *o = e1 / m.sqrt() + vz / m;
+        }
+    }
+}
+
 /// `B W` and `diag(B)` for `B = (Σ + diag(1/a))⁻¹`: the covariance part of the
 /// Laplace ELBO's gradient. With `D' = d + 1/a` and `K' = I + Wᵀ D'⁻¹ W`,
 /// `B W = D'⁻¹ W K'⁻¹` and `B_gg = 1/D'_g − w_gᵀ K'⁻¹ w_g / D'_g²`.
