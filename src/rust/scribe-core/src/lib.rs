@@ -16,10 +16,11 @@ pub mod laplace;
 pub mod math;
 pub mod mcmc;
 pub mod models;
+pub mod optim;
 pub mod posterior;
 pub mod progress;
 pub mod svi;
 #[doc(hidden)]
 pub mod testutil;
 
-pub use error::{CoreError, Result};
+pub use error::{CoreError, ErrorKind, Partial, Result};

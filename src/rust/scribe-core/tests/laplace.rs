@@ -8,8 +8,8 @@ use rand_distr::{Gamma, Poisson, StandardNormal};
 use scribe_core::data::CountMatrix;
 use scribe_core::laplace::w_prior::LoadingsPrior;
 use scribe_core::laplace::{run, Capture, Cascade, LaplaceConfig, LaplaceFit, LnModel};
+use scribe_core::optim::OptimizerConfig;
 use scribe_core::progress::{NeverCancel, NoProgress};
-use scribe_core::svi::optim::OptimizerConfig;
 
 /// Truth and counts of a log-normal model: `x = μ + W z + 0.2 ε`,
 /// `u ~ Poisson(e^{x − η})` or, with `r`, `NB(mean e^{x − η}, r)`.
@@ -418,7 +418,7 @@ fn lnmvcp_tracks_capture_through_the_totals() {
 #[test]
 fn early_stopping_stops_and_restores_the_smoothed_best() {
     let sim = simulate(15, 2, 0.3, (0.5, 1.5), &vec![0.0; 100], None, 51);
-    let es = scribe_core::svi::early_stop::EarlyStopping {
+    let es = scribe_core::optim::early_stop::EarlyStopping {
         enabled: true,
         patience: 30,
         // No later window can improve by this much: stop after `patience`.

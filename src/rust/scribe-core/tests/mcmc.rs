@@ -243,7 +243,10 @@ fn cancel_stops_chains() {
         &soon,
         &After(&soon),
     );
-    assert_eq!(res.unwrap_err(), scribe_core::CoreError::Cancelled);
+    assert!(matches!(
+        res.unwrap_err(),
+        scribe_core::CoreError::Cancelled(_)
+    ));
 }
 
 #[test]

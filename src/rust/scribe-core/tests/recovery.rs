@@ -5,9 +5,9 @@ use scribe_core::dist::Link;
 use scribe_core::models::nb::{NbModel, NbSpec, Parameterization, Variant};
 use scribe_core::models::simulate::{simulate_nb, NbTruth};
 use scribe_core::models::Model;
+use scribe_core::optim::OptimizerConfig;
 use scribe_core::posterior::{guide_blocks, nb_sites};
 use scribe_core::progress::{NeverCancel, NoProgress};
-use scribe_core::svi::optim::OptimizerConfig;
 use scribe_core::svi::{initial_guide, run, SviConfig};
 
 fn corr(a: &[f64], b: &[f64]) -> f64 {

@@ -19,7 +19,7 @@ pub mod woodbury;
 pub use outer::{norm_summary, run};
 pub(crate) use sweep::EtaSpec;
 
-use crate::svi::optim::OptimizerConfig;
+use crate::optim::OptimizerConfig;
 
 /// Which log-normal model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +89,7 @@ pub struct LaplaceConfig {
     pub lnm_low_rank: bool,
     /// The SVI engine's early-stopping rule on the outer loss (`None`: off,
     /// and unlike the original nothing is restored unless it is given).
-    pub early_stopping: Option<crate::svi::early_stop::EarlyStopping>,
+    pub early_stopping: Option<crate::optim::early_stop::EarlyStopping>,
 }
 
 impl Default for LaplaceConfig {

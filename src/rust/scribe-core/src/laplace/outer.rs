@@ -7,10 +7,10 @@ use super::guards::Guards;
 use super::sweep::{cell_norm, sweep, EtaSpec, Globals, Layout};
 use super::{init, w_prior, Capture, Cascade, LaplaceConfig, LaplaceFit, LnModel};
 use crate::data::{BatchSampler, CountMatrix};
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, Partial, Result};
 use crate::math::{sigmoid, softplus_inv};
+use crate::optim::Optimizer;
 use crate::progress::{Cancel, Progress};
-use crate::svi::optim::Optimizer;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -237,7 +237,7 @@ pub fn run(
     let mut tracker = cfg
         .early_stopping
         .clone()
-        .map(crate::svi::early_stop::Tracker::new);
+        .map(crate::optim::early_stop::Tracker::new);
     // (θ, latents, η, step) at the smoothed-best check.
     let mut es_best: Option<(State, usize)> = None;
     let mut early_stopped = false;
@@ -246,7 +246,10 @@ pub fn run(
     let report_every = (cfg.n_steps / cfg.n_reports.max(1)).max(1);
     for step in 0..cfg.n_steps {
         if cancel.cancelled() {
-            return Err(CoreError::Cancelled);
+            return Err(CoreError::cancelled().with_partial(Partial {
+                step,
+                loss_history: history,
+            }));
         }
         let cells: Vec<usize> = match sampler.as_mut() {
             Some(s) => s.draw(&mut rng).iter().map(|&c| c as usize).collect(),
@@ -324,7 +327,7 @@ pub fn run(
             best = (th.clone(), latents.clone(), eta.clone());
         }
         if let Some(tr) = tracker.as_mut() {
-            use crate::svi::early_stop::Decision;
+            use crate::optim::early_stop::Decision;
             match tr.check(step, &history) {
                 Decision::Improved if tr.cfg.restore_best => {
                     es_best = Some(((th.clone(), latents.clone(), eta.clone()), step + 1));
@@ -381,9 +384,15 @@ pub fn run(
         restored_step = Some(at);
     }
     // Final sweep over all cells at the final globals, then rescue.
-    let gl = Globals::new(&th, lay).ok_or_else(|| CoreError::NonFinite {
-        step: history.len(),
-        msg: "the prior covariance is not positive definite".into(),
+    let gl = Globals::new(&th, lay).ok_or_else(|| {
+        CoreError::non_finite(
+            history.len(),
+            "the prior covariance is not positive definite",
+        )
+        .with_partial(Partial {
+            step: history.len(),
+            loss_history: history.clone(),
+        })
     })?;
     let all: Vec<usize> = (0..n).collect();
     let n_final = (2 * cfg.n_newton_steps).max(10);

@@ -275,9 +275,9 @@ pub fn sample<D: LogDensity, F: Fn() -> D + Sync>(
     // A cancel anywhere wins over other errors, so Ctrl-C always reads as Ctrl-C.
     if chains
         .iter()
-        .any(|c| matches!(c, Err(CoreError::Cancelled)))
+        .any(|c| matches!(c, Err(CoreError::Cancelled(_))))
     {
-        return Err(CoreError::Cancelled);
+        return Err(CoreError::cancelled());
     }
     for c in chains {
         out.push(c?);
@@ -311,7 +311,7 @@ fn initial_z<D: LogDensity>(
             })
             .collect();
         match target.logp(&z, &mut grad) {
-            Err(nuts::TargetError::Cancelled) => return Err(CoreError::Cancelled),
+            Err(nuts::TargetError::Cancelled) => return Err(CoreError::cancelled()),
             Ok(lp) if lp.is_finite() && grad.iter().all(|g| g.is_finite()) => return Ok(z),
             _ => {}
         }

@@ -8,7 +8,7 @@ use crate::error::{CoreError, Result};
 use nuts_rs::rand::SeedableRng;
 use nuts_rs::{
     Chain, CpuLogpFunc, CpuMath, CpuMathError, DiagNutsSettings, HasDims, LogpError,
-    LowRankNutsSettings, Settings,
+    LowRankNutsSettings, NutsError, Settings,
 };
 use std::collections::HashMap;
 
@@ -175,20 +175,32 @@ fn drive<M: nuts_rs::Math, C: Chain<M>>(
             tr.lp.push(lp);
         }
         if !on_draw(&status) {
-            return Err(CoreError::Cancelled);
+            return Err(CoreError::cancelled());
         }
     }
     tr.warmup_divergences = status.warmup_divergences;
     Ok(tr)
 }
 
+/// Whether nuts-rs stopped because our log-density reported a cancel: the
+/// error travels as a boxed `TargetError` inside `NutsError`, so it is found
+/// by type, never by its text.
 fn is_cancel(e: &anyhow::Error) -> bool {
-    format!("{e:#}").contains("cancelled")
+    let cancel = |t: Option<&TargetError>| matches!(t, Some(TargetError::Cancelled));
+    e.chain().any(|c| {
+        cancel(c.downcast_ref::<TargetError>())
+            || match c.downcast_ref::<NutsError>() {
+                Some(NutsError::LogpFailure(b) | NutsError::BadInitGrad(b)) => {
+                    cancel(b.downcast_ref::<TargetError>())
+                }
+                _ => false,
+            }
+    })
 }
 
 fn init_error(e: anyhow::Error, chain: usize) -> CoreError {
     if is_cancel(&e) {
-        return CoreError::Cancelled;
+        return CoreError::cancelled();
     }
     CoreError::Mcmc(format!(
         "chain {}: the log-density or its gradient is not finite at the initial point ({e:#})",
@@ -198,7 +210,7 @@ fn init_error(e: anyhow::Error, chain: usize) -> CoreError {
 
 fn draw_error(e: anyhow::Error) -> CoreError {
     if is_cancel(&e) {
-        CoreError::Cancelled
+        CoreError::cancelled()
     } else {
         CoreError::Mcmc(format!("NUTS stopped: {e:#}"))
     }

@@ -3,17 +3,15 @@
 //! `stable_update`, early stopping / restore-best of [`early_stop`], and a
 //! Laplace-style initialisation of the guide.
 
-pub mod early_stop;
 pub mod elbo;
-pub mod optim;
 
 use crate::data::{Batch, BatchSampler};
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, Partial, Result};
 use crate::models::{log_joint_grad, Model};
+use crate::optim::early_stop::{Decision, EarlyStopping, Tracker};
+use crate::optim::{Optimizer, OptimizerConfig};
 use crate::progress::{Cancel, Progress};
-use early_stop::{Decision, EarlyStopping, Tracker};
 use elbo::{loss_and_grad, ElboBuffers};
-use optim::{Optimizer, OptimizerConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -155,7 +153,10 @@ pub fn run<M: Model>(
     let mut early_stopped = false;
     for t in 0..cfg.n_steps {
         if cancel.cancelled() {
-            return Err(CoreError::Cancelled);
+            return Err(CoreError::cancelled().with_partial(Partial {
+                step: t,
+                loss_history: losses,
+            }));
         }
         if let Some(s) = sampler.as_mut() {
             let cells = s.draw(&mut rng_batch);
@@ -169,18 +170,19 @@ pub fn run<M: Model>(
             losses.push(loss);
         } else {
             nonfinite_run += 1;
-            if !cfg.stable_update {
-                return Err(CoreError::NonFinite {
-                    step: t + 1,
-                    msg: "the loss or its gradient is not finite (stable_update = FALSE); try stable_update = TRUE or a smaller step_size".into(),
-                });
-            }
             losses.push(f64::NAN);
-            if nonfinite_run >= MAX_NONFINITE_RUN {
-                return Err(CoreError::NonFinite {
+            let why = if !cfg.stable_update {
+                Some("the loss or its gradient is not finite (stable_update = FALSE); try stable_update = TRUE or a smaller step_size".to_string())
+            } else if nonfinite_run >= MAX_NONFINITE_RUN {
+                Some(format!("{MAX_NONFINITE_RUN} consecutive steps had a non-finite loss; try a smaller step_size"))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(CoreError::non_finite(t + 1, why).with_partial(Partial {
                     step: t + 1,
-                    msg: format!("{MAX_NONFINITE_RUN} consecutive steps had a non-finite loss; try a smaller step_size"),
-                });
+                    loss_history: losses,
+                }));
             }
         }
         if let Some(tr) = tracker.as_mut() {
@@ -203,10 +205,13 @@ pub fn run<M: Model>(
         v = b;
     }
     if v.iter().any(|x| !x.is_finite()) {
-        return Err(CoreError::NonFinite {
-            step: losses.len(),
-            msg: "variational parameters are not finite".into(),
-        });
+        return Err(
+            CoreError::non_finite(losses.len(), "variational parameters are not finite")
+                .with_partial(Partial {
+                    step: losses.len(),
+                    loss_history: losses,
+                }),
+        );
     }
     let (best_step, best_loss) = tracker.map_or((None, f64::NAN), |t| (t.best_step, t.best));
     Ok(SviFit {

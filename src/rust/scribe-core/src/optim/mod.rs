@@ -1,6 +1,11 @@
-//! First-order optimizers, with the update rules of `jax.example_libraries.optimizers`
-//! (what NumPyro's `Adam`, `ClippedAdam`, `Adagrad`, `RMSProp`, `SGD`, `Momentum` wrap).
+//! Optimisation shared by every engine that follows a gradient (SVI, the
+//! Laplace outer loop, the VAE): first-order optimizers with the update rules
+//! of `jax.example_libraries.optimizers` (what NumPyro's `Adam`,
+//! `ClippedAdam`, `Adagrad`, `RMSProp`, `SGD`, `Momentum` wrap), and early
+//! stopping with best-state tracking ([`early_stop`]).
 //! All minimise: `params ← params − step · direction(grad)`.
+
+pub mod early_stop;
 
 use crate::error::{CoreError, Result};
 
