@@ -1,7 +1,14 @@
+#' @include results.R
+NULL
+
 # Downstream analyses of a fit: log-likelihoods, component probabilities,
-# denoising, normalization and posterior predictive draws. The numerics live
-# in the core's posterior module; these functions check inputs, choose MAP or
-# posterior draws, and shape and name the results.
+# denoising, normalization and posterior predictive draws. Each is an S4
+# generic with a method per results class: here for the fits of a model's
+# parameter vector (SVI, MCMC: ScribeLayoutResults), in R/laplace.R for
+# Laplace fits. The numerics live in the core's posterior module; these
+# methods check inputs, choose point estimates or posterior draws, and shape
+# and name the results. Long analyses show progress when
+# getOption("scribeR.verbose", interactive()) and stop cleanly on Ctrl-C.
 
 # The counts of `x` as the fitted genes x cells dgCMatrix (errors if they differ).
 matrix_for_fit <- function(fit, x, assay = NULL) {
@@ -23,22 +30,30 @@ matrix_for_fit <- function(fit, x, assay = NULL) {
 }
 
 # The slots of the fit-matched counts, as the core reads them.
-counts_for_fit <- function(fit, x, assay = NULL) {
-  m <- matrix_for_fit(fit, x, assay)
-  list(n_genes = nrow(m), n_cells = ncol(m), p = m@p, i = m@i, x = m@x)
-}
+counts_for_fit <- function(fit, x, assay = NULL) counts_slots(matrix_for_fit(fit, x, assay))
+
+# Whether analyses print progress.
+analysis_verbose <- function() isTRUE(getOption("scribeR.verbose", interactive()))
 
 run_analysis <- function(fit, what, counts, opts, n_samples, seed, num_threads = getOption("scribeR.num_threads", 1L)) {
-  if (!is(fit, "ScribeResults")) abort_input("{.arg fit} must be a scribeR results object.")
-  n_draws <- 0L
-  draw_seed <- 0
+  check_format(fit)
+  n_draws <- 0
   if (!is.null(n_samples)) {
     check_number(n_samples, "n_samples", "a whole number >= 1 (or NULL for the MAP)", function(v) v >= 1 && v == round(v))
-    n_draws <- as.integer(n_samples)
+    n_draws <- as.numeric(n_samples)
   }
   seed <- resolve_seed(seed)
   opts$seed <- seed
-  call_core(rs_nb_analysis(fit@model, fit@params, n_draws, seed, what, counts, opts, resolve_threads(num_threads)))
+  call_core(rs_nb_analysis(core_view(fit), n_draws, seed, what, counts, opts, analysis_verbose(),
+                           resolve_threads(num_threads)))
+}
+
+# The analyses' answer to objects that are not fits (or fits they do not apply to).
+not_a_fit <- function(fit, what) {
+  if (is(fit, "ScribeResults")) {
+    abort_unsupported("{.fn {what}} is not available for {.cls {class(fit)[1]}} fits.")
+  }
+  abort_input("{.arg fit} must be a scribeR results object, not {.cls {class(fit)[1]}}.")
 }
 
 n_components_of <- function(fit) if (is.null(fit@model$n_components)) 1L else as.integer(fit@model$n_components)
@@ -81,11 +96,16 @@ gene_index <- function(fit, genes) {
 #' ll <- log_likelihood(fit, counts, n_samples = 20, seed = 2)
 #' dim(ll)
 #' @export
-log_likelihood <- function(fit, x, by = c("cell", "gene"), n_samples = NULL, split_components = FALSE,
-                           seed = NULL, assay = NULL) {
+setGeneric("log_likelihood", function(fit, x, ...) standardGeneric("log_likelihood"))
+
+#' @rdname log_likelihood
+setMethod("log_likelihood", "ANY", function(fit, x, ...) not_a_fit(fit, "log_likelihood"))
+
+#' @rdname log_likelihood
+setMethod("log_likelihood", "ScribeLayoutResults", function(fit, x, by = c("cell", "gene"), n_samples = NULL,
+                                                            split_components = FALSE, seed = NULL, assay = NULL) {
   by <- match_choice(by[1], c("cell", "gene"), "by")
   check_flag(split_components, "split_components")
-  if (is(fit, "ScribeLaplaceResults")) return(laplace_loglik(fit, x, by, n_samples, seed, assay))
   counts <- counts_for_fit(fit, x, assay)
   res <- run_analysis(fit, "loglik", counts, list(by = by, split = split_components), n_samples, seed)
   labels <- if (by == "cell") fit@cell_names else fit@gene_names
@@ -98,7 +118,7 @@ log_likelihood <- function(fit, x, by = c("cell", "gene"), n_samples = NULL, spl
   }
   if (is.null(n_samples)) return(stats::setNames(v, labels))
   matrix(v, nrow = s, dimnames = list(NULL, labels))
-}
+})
 
 #' Mixture component probabilities of every cell
 #'
@@ -117,7 +137,14 @@ log_likelihood <- function(fit, x, by = c("cell", "gene"), n_samples = NULL, spl
 #' prob <- cell_type_probabilities(fit, sim$counts)
 #' table(prob$assignment, sim$truth$assignment)
 #' @export
-cell_type_probabilities <- function(fit, x, n_samples = NULL, seed = NULL, assay = NULL) {
+setGeneric("cell_type_probabilities", function(fit, x, ...) standardGeneric("cell_type_probabilities"))
+
+#' @rdname cell_type_probabilities
+setMethod("cell_type_probabilities", "ANY", function(fit, x, ...) not_a_fit(fit, "cell_type_probabilities"))
+
+#' @rdname cell_type_probabilities
+setMethod("cell_type_probabilities", "ScribeLayoutResults", function(fit, x, n_samples = NULL, seed = NULL,
+                                                                     assay = NULL) {
   k <- n_components_of(fit)
   if (k < 2L) abort_input("{.arg fit} is not a mixture model; component probabilities need {.arg n_components} >= 2.")
   counts <- counts_for_fit(fit, x, assay)
@@ -133,7 +160,7 @@ cell_type_probabilities <- function(fit, x, n_samples = NULL, seed = NULL, assay
   )
   if (!is.null(n_samples)) out$samples <- a
   out
-}
+})
 
 #' Bayesian denoising of observed counts
 #'
@@ -160,8 +187,14 @@ cell_type_probabilities <- function(fit, x, n_samples = NULL, seed = NULL, assay
 #' den <- denoise_counts(fit, counts, genes = c("LYZ", "CD74"))
 #' den[, 1:5]
 #' @export
-denoise_counts <- function(fit, x, method = "mean", n_samples = NULL, genes = NULL,
-                           return_variance = FALSE, seed = NULL, assay = NULL) {
+setGeneric("denoise_counts", function(fit, x, ...) standardGeneric("denoise_counts"))
+
+#' @rdname denoise_counts
+setMethod("denoise_counts", "ANY", function(fit, x, ...) not_a_fit(fit, "denoise_counts"))
+
+#' @rdname denoise_counts
+setMethod("denoise_counts", "ScribeLayoutResults", function(fit, x, method = "mean", n_samples = NULL, genes = NULL,
+                                                            return_variance = FALSE, seed = NULL, assay = NULL) {
   if (!is.character(method) || !(length(method) %in% 1:2)) {
     abort_input("{.arg method} must be one or two of {.val {c('mean', 'mode', 'sample')}}.")
   }
@@ -181,7 +214,7 @@ denoise_counts <- function(fit, x, method = "mean", n_samples = NULL, genes = NU
   }
   den <- shape(res$values)
   if (return_variance) list(denoised = den, variance = shape(res$variance)) else den
-}
+})
 
 #' Compositional normalization
 #'
@@ -219,8 +252,15 @@ denoise_counts <- function(fit, x, method = "mean", n_samples = NULL, genes = NU
 #' per_cell <- normalize_counts(fit, counts, genes = c("LYZ", "CD74"))
 #' per_cell[, 1:4]
 #' @export
-normalize_counts <- function(fit, x = NULL, n_samples = NULL, n_samples_dirichlet = 1L, genes = NULL,
-                             seed = NULL, assay = NULL) {
+setGeneric("normalize_counts", function(fit, x = NULL, ...) standardGeneric("normalize_counts"))
+
+#' @rdname normalize_counts
+setMethod("normalize_counts", "ANY", function(fit, x = NULL, ...) not_a_fit(fit, "normalize_counts"))
+
+#' @rdname normalize_counts
+setMethod("normalize_counts", "ScribeLayoutResults", function(fit, x = NULL, n_samples = NULL,
+                                                              n_samples_dirichlet = 1L, genes = NULL,
+                                                              seed = NULL, assay = NULL) {
   check_number(n_samples_dirichlet, "n_samples_dirichlet", "a whole number >= 1", function(v) v >= 1 && v == round(v))
   if (!is.null(x)) {
     counts <- counts_for_fit(fit, x, assay)
@@ -247,7 +287,7 @@ normalize_counts <- function(fit, x = NULL, n_samples = NULL, n_samples_dirichle
   a <- array(res$values, dim = c(length(g), t_n, k), dimnames = list(g, NULL, component_names(k)))
   if (k == 1L) return(t(a[, , 1]))
   aperm(a, c(2L, 1L, 3L))
-}
+})
 
 #' Posterior predictive counts
 #'
@@ -276,11 +316,15 @@ normalize_counts <- function(fit, x = NULL, n_samples = NULL, n_samples_dirichle
 #' ppc <- posterior_predictive(fit, n_samples = 20, genes = c("LYZ", "CD74"), seed = 1)
 #' dim(ppc)
 #' @export
-posterior_predictive <- function(fit, n_samples = 100L, genes = NULL, cells = NULL, biological = FALSE,
-                                 use_map = FALSE, chunk_cells = 1000L, seed = NULL, x = NULL) {
-  if (is(fit, "ScribeLaplaceResults")) {
-    return(laplace_predictive(fit, x, n_samples, genes, cells, use_map, seed))
-  }
+setGeneric("posterior_predictive", function(fit, ...) standardGeneric("posterior_predictive"))
+
+#' @rdname posterior_predictive
+setMethod("posterior_predictive", "ANY", function(fit, ...) not_a_fit(fit, "posterior_predictive"))
+
+#' @rdname posterior_predictive
+setMethod("posterior_predictive", "ScribeLayoutResults", function(fit, n_samples = 100L, genes = NULL, cells = NULL,
+                                                                  biological = FALSE, use_map = FALSE,
+                                                                  chunk_cells = 1000L, seed = NULL, x = NULL) {
   check_flag(biological, "biological")
   check_flag(use_map, "use_map")
   check_number(chunk_cells, "chunk_cells", "a whole number >= 1", function(v) v >= 1 && v == round(v))
@@ -303,4 +347,4 @@ posterior_predictive <- function(fit, n_samples = 100L, genes = NULL, cells = NU
     out[, idx, ] <- array(res$values, dim = c(s, length(idx), length(gnames)))
   }
   out
-}
+})

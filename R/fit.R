@@ -146,10 +146,12 @@
 #' are not available for LNM/LNMVCP (as in the original).
 #'
 #' @param x Counts: see Description.
-#' @param model One of `"nbdm"`, `"nbvcp"`, `"zinb"`, `"zinbvcp"`. Default
+#' @param model One of `"nbdm"`, `"nbvcp"`, `"zinb"`, `"zinbvcp"` (SVI and
+#'   MCMC) or `"pln"`, `"nbln"`, `"lnm"`, `"lnmvcp"` (Laplace). Default
 #'   `"nbvcp"` (or the model implied by the flags).
-#' @param inference_method `"svi"` (default) or `"mcmc"` (NUTS; see the MCMC
-#'   section). `"vae"` and `"laplace"` are not available yet.
+#' @param inference_method `"svi"` (default), `"mcmc"` (NUTS; see the MCMC
+#'   section) or `"laplace"` (the log-normal models; see the Laplace section).
+#'   `"vae"` is not available in this version.
 #' @param parameterization See the Parameterizations section.
 #' @param unconstrained Use transformed-Normal priors and guides.
 #' @param positive_transform `"softplus"` (default) or `"exp"`: the link of
@@ -158,7 +160,7 @@
 #' @param zero_inflation,variable_capture Model flags, used when `model` is not given.
 #' @param n_components Number of mixture components (`NULL`: no mixture).
 #' @param mixture_params Which parameters are component-specific; see Mixtures.
-#' @param n_steps Number of optimisation steps (default 50000).
+#' @param n_steps Number of optimisation steps (default 50000; SVI and Laplace).
 #' @param batch_size Cells per step; `NULL` = all cells.
 #' @param optimizer_config `NULL` (Adam, step size 1e-3) or a list with
 #'   `name` (`"adam"`, `"clipped_adam"`, `"adagrad"`, `"rmsprop"`, `"sgd"`,
@@ -229,22 +231,13 @@ scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterizati
                        seed = NULL, num_threads = getOption("scribeR.num_threads", 1L),
                        verbose = interactive(), drop_empty = FALSE, assay = NULL, ...) {
   check_unknown_args(list(...))
+  # Every documented argument, by name, for the engines (the signature above is the one list).
+  args <- mget(setdiff(fit_arg_names(), "assay"), envir = environment())
   counts <- scribe_counts(x, assay = assay)
   if (isTRUE(verbose) && !is.null(attr(counts, "scribe_assay"))) {
     cli::cli_inform("Using assay {.val {attr(counts, 'scribe_assay')}}.")
   }
-  .scribe_fit_counts(
-    counts, model = model, inference_method = inference_method, parameterization = parameterization,
-    unconstrained = unconstrained, positive_transform = positive_transform, priors = priors,
-    zero_inflation = zero_inflation, variable_capture = variable_capture, n_components = n_components,
-    mixture_params = mixture_params, n_steps = n_steps, batch_size = batch_size, optimizer_config = optimizer_config,
-    stable_update = stable_update, restore_best = restore_best, early_stopping = early_stopping,
-    n_samples = n_samples, n_warmup = n_warmup, n_chains = n_chains, svi_init = svi_init,
-    mcmc_config = mcmc_config, latent_dim = latent_dim, vae_latent_dim = vae_latent_dim,
-    laplace_config = laplace_config, informative_priors_from = informative_priors_from,
-    informative_priors_tau = informative_priors_tau, informative_priors_freeze = informative_priors_freeze,
-    d_mode = d_mode, seed = seed, num_threads = num_threads, verbose = verbose, drop_empty = drop_empty
-  )
+  .scribe_fit_counts(counts, args)
 }
 
 #' Extract a genes x cells count matrix from supported inputs
@@ -309,119 +302,105 @@ setMethod("scribe_counts", "ANY", function(x, assay = NULL, ...) {
 .lognormal_models <- c("pln", "nbln", "lnm", "lnmvcp")
 .parameterizations <- c(canonical = "canonical", standard = "canonical", mean_prob = "mean_prob",
                         linked = "mean_prob", mean_odds = "mean_odds", odds_ratio = "mean_odds")
-.fit_args <- c("model", "inference_method", "parameterization", "unconstrained", "positive_transform",
-               "priors", "zero_inflation", "variable_capture", "n_components", "mixture_params", "n_steps",
-               "batch_size",
-               "optimizer_config", "stable_update", "restore_best", "early_stopping",
-               "n_samples", "n_warmup", "n_chains", "svi_init", "mcmc_config",
-               "latent_dim", "vae_latent_dim", "laplace_config", "informative_priors_from",
-               "informative_priors_tau", "informative_priors_freeze", "d_mode", "seed",
-               "num_threads", "verbose", "drop_empty", "assay")
 
-.scribe_fit_counts <- function(counts, model = NULL, inference_method = "svi",
-                               parameterization = "canonical", unconstrained = FALSE,
-                               positive_transform = "softplus", priors = NULL,
-                               zero_inflation = NULL, variable_capture = NULL,
-                               n_components = NULL, mixture_params = "all", n_steps = 50000L, batch_size = NULL,
-                               optimizer_config = NULL, stable_update = TRUE,
-                               restore_best = FALSE, early_stopping = NULL,
-                               n_samples = 2000L, n_warmup = 1000L, n_chains = 1L, svi_init = NULL,
-                               mcmc_config = NULL, latent_dim = NULL, vae_latent_dim = NULL,
-                               laplace_config = NULL, informative_priors_from = NULL,
-                               informative_priors_tau = 1, informative_priors_freeze = NULL, d_mode = NULL,
-                               seed = NULL,
-                               num_threads = getOption("scribeR.num_threads", 1L),
-                               verbose = interactive(), drop_empty = FALSE) {
-  model <- resolve_model(model, zero_inflation, variable_capture)
-  inference_method <- match_choice(inference_method, c("svi", "mcmc", "vae", "laplace"), "inference_method")
-  if (model %in% .lognormal_models) {
-    if (inference_method != "laplace") {
+# The arguments of scribe_fit() (besides `x` and `...`).
+fit_arg_names <- function() setdiff(names(formals(scribe_fit)), c("x", "..."))
+
+# The engines: the models each one fits and the function that fits them
+# (by name, defined in R/svi.R, R/mcmc.R, R/laplace.R). `fit = NULL`: not
+# available in this version. An engine function takes the validated counts,
+# the dropped cells, the model name, every argument of scribe_fit() and the
+# shared settings resolved here.
+.engines <- list(
+  svi = list(models = .nb_models, fit = "fit_svi"),
+  mcmc = list(models = .nb_models, fit = "fit_mcmc"),
+  laplace = list(models = .lognormal_models, fit = "fit_laplace"),
+  vae = list(models = c(.nb_models, .lognormal_models), fit = NULL)
+)
+
+# The matrix-level worker of scribe_fit(): checks what every engine shares,
+# then dispatches through the engine table.
+.scribe_fit_counts <- function(counts, args) {
+  a <- args
+  model <- resolve_model(a$model, a$zero_inflation, a$variable_capture)
+  method <- match_choice(a$inference_method, names(.engines), "inference_method")
+  engine <- .engines[[method]]
+  if (!model %in% engine$models) {
+    if (model %in% .lognormal_models) {
       abort_unsupported(c(
         "{.val {model}} is a log-normal model; it is fitted by {.code inference_method = \"laplace\"}.",
         "i" = "The VAE engine, the other way to fit it, is not available in this version of scribeR."
       ))
     }
-
-  } else if (inference_method == "laplace") {
-    abort_input(c("{.code inference_method = \"laplace\"} fits the log-normal models ({.val {(.lognormal_models)}}), not {.val {model}}.",
+    abort_input(c("{.code inference_method = \"{method}\"} fits the log-normal models ({.val {(.lognormal_models)}}), not {.val {model}}.",
                   "i" = "Fit {.val {model}} by {.val svi} or {.val mcmc}."))
   }
-  if (!inference_method %in% c("svi", "mcmc", "laplace")) {
-    abort_unsupported("{.code inference_method = \"{inference_method}\"} is not available in this version of scribeR; use {.val svi}, {.val mcmc} or {.val laplace}.")
+  if (is.null(engine$fit)) {
+    available <- names(Filter(function(e) !is.null(e$fit), .engines))
+    abort_unsupported("{.code inference_method = \"{method}\"} is not available in this version of scribeR; use {.val {available}}.")
   }
-  if (!is.null(svi_init) && inference_method != "mcmc") {
-    abort_input("{.arg svi_init} is only used with {.code inference_method = \"mcmc\"}, not {.val {inference_method}}.")
+  if (!is.null(a$svi_init) && method != "mcmc") {
+    abort_input("{.arg svi_init} is only used with {.code inference_method = \"mcmc\"}, not {.val {method}}.")
   }
-  parameterization <- .parameterizations[[match_choice(parameterization, names(.parameterizations), "parameterization")]]
-  check_flag(unconstrained, "unconstrained")
-  positive_transform <- match_choice(positive_transform, c("softplus", "exp"), "positive_transform")
-  check_flag(stable_update, "stable_update")
-  check_flag(restore_best, "restore_best")
-  check_flag(verbose, "verbose")
-  check_flag(drop_empty, "drop_empty")
-  check_number(n_steps, "n_steps", "a whole number >= 1", function(v) v >= 1 && v == round(v))
-  seed <- resolve_seed(seed)
-  num_threads <- resolve_threads(num_threads)
-
-  v <- validate_counts(counts, drop_empty = drop_empty)
+  a$parameterization <- .parameterizations[[match_choice(a$parameterization, names(.parameterizations),
+                                                         "parameterization")]]
+  a$positive_transform <- match_choice(a$positive_transform, c("softplus", "exp"), "positive_transform")
+  check_flag(a$unconstrained, "unconstrained")
+  check_flag(a$stable_update, "stable_update")
+  check_flag(a$restore_best, "restore_best")
+  check_flag(a$verbose, "verbose")
+  check_flag(a$drop_empty, "drop_empty")
+  check_number(a$n_steps, "n_steps", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  v <- validate_counts(counts, drop_empty = a$drop_empty)
   counts <- v$counts
-  n_cells <- ncol(counts)
-  if (!is.null(batch_size)) {
-    check_number(batch_size, "batch_size", "a whole number >= 1", function(v) v >= 1 && v == round(v))
-    if (batch_size > n_cells) {
-      abort_input("{.arg batch_size} ({batch_size}) is larger than the number of cells ({n_cells}).")
+  if (!is.null(a$batch_size)) {
+    check_number(a$batch_size, "batch_size", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+    if (a$batch_size > ncol(counts)) {
+      abort_input("{.arg batch_size} ({a$batch_size}) is larger than the number of cells ({ncol(counts)}).")
     }
   }
-  if (inference_method == "laplace") {
-    lap_priors <- laplace_priors(priors, model)
-    cascade <- resolve_cascade(informative_priors_from, informative_priors_tau, informative_priors_freeze,
-                               model, counts)
-    return(fit_laplace(counts, v$dropped_cells, model, latent_dim, vae_latent_dim, laplace_config, n_steps,
-                       batch_size, optimizer_config, seed, num_threads, verbose, lap_priors, cascade, d_mode,
-                       resolve_early_stopping(early_stopping)))
-  }
+  shared <- list(seed = resolve_seed(a$seed), num_threads = resolve_threads(a$num_threads), verbose = a$verbose)
+  get(engine$fit, mode = "function")(counts, v$dropped_cells, model, a, shared)
+}
+
+# The genes x cells slots the core reads.
+counts_slots <- function(m) list(n_genes = nrow(m), n_cells = ncol(m), p = m@p, i = m@i, x = m@x)
+
+# Gene and cell names of fitted counts (generated when the matrix has none).
+fit_names <- function(counts) {
+  genes <- rownames(counts)
+  cells <- colnames(counts)
+  if (is.null(genes)) genes <- paste0("gene", seq_len(nrow(counts)))
+  if (is.null(cells)) cells <- paste0("cell", seq_len(ncol(counts)))
+  list(genes = genes, cells = cells)
+}
+
+# The NB-family model description the core reads (SVI and MCMC).
+nb_model_spec <- function(model, a, n_cells) {
+  parameterization <- a$parameterization
+  priors <- a$priors
   mixing <- NULL
   if (is.list(priors) && !is.null(priors$mixing)) {
     mixing <- priors$mixing
     priors$mixing <- NULL
-    if (is.null(n_components)) abort_input("{.code priors$mixing} needs a mixture model ({.arg n_components} >= 2).")
+    if (is.null(a$n_components)) abort_input("{.code priors$mixing} needs a mixture model ({.arg n_components} >= 2).")
     check_number(mixing, "priors$mixing", "a positive number (the Dirichlet concentration)", function(v) v > 0)
   }
-  model_spec <- list(
-    model = model, parameterization = parameterization, unconstrained = unconstrained,
-    positive_transform = positive_transform,
+  spec <- list(
+    model = model, parameterization = parameterization, unconstrained = a$unconstrained,
+    positive_transform = a$positive_transform,
     priors = resolve_priors(if (length(priors)) priors else NULL, model, parameterization)
   )
-  if (!is.null(n_components)) {
-    check_number(n_components, "n_components", "a whole number >= 2", function(v) v >= 2 && v == round(v))
-    if (n_components > n_cells) {
-      abort_input("{.arg n_components} ({n_components}) is larger than the number of cells ({n_cells}).")
+  if (!is.null(a$n_components)) {
+    check_number(a$n_components, "n_components", "a whole number >= 2", function(v) v >= 2 && v == round(v))
+    if (a$n_components > n_cells) {
+      abort_input("{.arg n_components} ({a$n_components}) is larger than the number of cells ({n_cells}).")
     }
-    model_spec$n_components <- as.numeric(n_components)
-    model_spec$mixture_params <- resolve_mixture_params(mixture_params, model, parameterization)
-    model_spec$mixing_concentration <- if (is.null(mixing)) 1 else as.numeric(mixing)
+    spec$n_components <- as.numeric(a$n_components)
+    spec$mixture_params <- resolve_mixture_params(a$mixture_params, model, parameterization)
+    spec$mixing_concentration <- if (is.null(mixing)) 1 else as.numeric(mixing)
   }
-  if (inference_method == "mcmc") {
-    ignored <- c(batch_size = !is.null(batch_size), optimizer_config = !is.null(optimizer_config),
-                 early_stopping = !is.null(early_stopping))
-    if (any(ignored)) {
-      cli::cli_warn("MCMC uses the full data and no optimiser: {.arg {names(ignored)[ignored]}} {?is/are} ignored.")
-    }
-    return(fit_mcmc(counts, v$dropped_cells, model_spec, n_samples, n_warmup, n_chains, svi_init,
-                    mcmc_config, seed, num_threads, verbose))
-  }
-  svi <- list(
-    n_steps = as.numeric(n_steps), batch_size = if (is.null(batch_size)) NULL else as.numeric(batch_size),
-    optimizer_config = resolve_optimizer(optimizer_config), stable_update = stable_update,
-    restore_best = restore_best, early_stopping = resolve_early_stopping(early_stopping), seed = seed
-  )
-  t0 <- proc.time()[["elapsed"]]
-  res <- call_core(rs_svi_fit(
-    nrow(counts), ncol(counts), counts@p, counts@i, counts@x,
-    model_spec, svi, verbose, num_threads
-  ))
-  elapsed <- proc.time()[["elapsed"]] - t0
-  new_svi_results(res, counts, model_spec, svi, elapsed, v$dropped_cells, num_threads)
+  spec
 }
 
 check_unknown_args <- function(dots) {
@@ -431,7 +410,8 @@ check_unknown_args <- function(dots) {
     abort_input("All arguments after {.arg x} must be named.")
   }
   hints <- vapply(nms, function(n) {
-    close <- .fit_args[utils::adist(n, .fit_args)[1, ] <= 2]
+    known <- fit_arg_names()
+    close <- known[utils::adist(n, known)[1, ] <= 2]
     if (length(close) > 0L) paste0(" (did you mean `", close[1], "`?)") else ""
   }, character(1))
   abort_input(c("Unknown argument{?s} to {.fn scribe_fit}: {.arg {nms}}.",
@@ -473,6 +453,13 @@ resolve_seed <- function(seed) {
   if (is.null(seed)) return(as.numeric(sample.int(.Machine$integer.max, 1L)))
   check_number(seed, "seed", "a non-negative whole number", function(v) v >= 0 && v == round(v))
   as.numeric(seed)
+}
+
+# The core's defaults of every engine setting (rs_defaults()), read once.
+.scribe_cache <- new.env(parent = emptyenv())
+core_defaults <- function() {
+  if (is.null(.scribe_cache$defaults)) .scribe_cache$defaults <- call_core(rs_defaults())
+  .scribe_cache$defaults
 }
 
 resolve_threads <- function(num_threads) {

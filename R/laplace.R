@@ -1,4 +1,4 @@
-#' @include results.R
+#' @include results.R analysis.R
 NULL
 
 # Laplace fits of the log-normal models: argument checks, the results class
@@ -18,9 +18,8 @@ resolve_laplace_config <- function(cfg) {
   if (length(bad)) {
     abort_input(c("Unknown {.arg laplace_config} field{?s}: {.val {bad}}.", "i" = "Known: {.val {(.laplace_config_keys)}}."))
   }
-  out <- list(n_newton_steps = 5, damping = 1e-2, newton_tolerance = 1e-4, newton_max_step = 5,
-              convergence_action = "warn", rescue_diverged_cells = TRUE, rescue_threshold_multiplier = 10,
-              rescue_n_newton = 50, rescue_damping_multiplier = 10)
+  out <- c(core_defaults()$laplace[setdiff(.laplace_config_keys, "convergence_action")],
+           list(convergence_action = "warn"))
   out[names(cfg)] <- cfg
   whole <- function(lo, hi) function(v) v >= lo && v <= hi && v == round(v)
   check_number(out$n_newton_steps, "laplace_config$n_newton_steps", "a whole number between 1 and 200", whole(1, 200))
@@ -45,7 +44,7 @@ resolve_latent_dim <- function(latent_dim, vae_latent_dim, n_genes) {
   if (!is.null(latent_dim) && !is.null(vae_latent_dim)) {
     abort_input("Give {.arg latent_dim} or its legacy alias {.arg vae_latent_dim}, not both.")
   }
-  k <- if (!is.null(latent_dim)) latent_dim else if (!is.null(vae_latent_dim)) vae_latent_dim else 10
+  k <- if (!is.null(latent_dim)) latent_dim else if (!is.null(vae_latent_dim)) vae_latent_dim else core_defaults()$laplace$latent_dim
   arg <- if (is.null(latent_dim) && !is.null(vae_latent_dim)) "vae_latent_dim" else "latent_dim"
   check_number(k, arg, "a whole number >= 1", function(v) v >= 1 && v == round(v))
   if (k >= n_genes) abort_input("{.arg {arg}} ({k}) must be smaller than the number of genes ({n_genes}).")
@@ -142,7 +141,8 @@ resolve_cascade <- function(from, tau, freeze, model, counts) {
   if (anyDuplicated(canon)) {
     abort_input("{.arg informative_priors_freeze} names the same quantity twice: {.val {freeze[duplicated(canon) | duplicated(canon, fromLast = TRUE)]}}.")
   }
-  st <- call_core(rs_cascade_stats(from@model, from@params, 1000L, 0, as.numeric(tau)))
+  check_format(from, "informative_priors_from")
+  st <- call_core(rs_cascade_stats(core_view(from), 1000L, 0, as.numeric(tau)))
   has_capture <- length(st$eta_loc) > 0L
   if (!has_capture) {
     cli::cli_warn("{.arg informative_priors_from} has no capture ({.val {from@model$model}}); {.code eta} gets no cascade prior.")
@@ -163,9 +163,12 @@ resolve_cascade <- function(from, tau, freeze, model, counts) {
   out
 }
 
-fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, laplace_config, n_steps, batch_size,
-                        optimizer_config, seed, num_threads, verbose, priors = list(), cascade = NULL,
-                        d_mode = NULL, early_stopping = NULL) {
+fit_laplace <- function(counts, dropped, model, a, shared) {
+  priors <- laplace_priors(a$priors, model)
+  cascade <- resolve_cascade(a$informative_priors_from, a$informative_priors_tau, a$informative_priors_freeze,
+                             model, counts)
+  early_stopping <- resolve_early_stopping(a$early_stopping)
+  d_mode <- a$d_mode
   if (!is.null(d_mode)) d_mode <- match_choice(d_mode, c("learned", "low_rank"), "d_mode")
   if (identical(d_mode, "low_rank") && !model %in% c("lnm", "lnmvcp")) {
     cli::cli_warn("{.arg d_mode} applies to {.val lnm} and {.val lnmvcp}; {.val {model}} always learns {.code d}.")
@@ -182,22 +185,19 @@ fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, lapl
   } else if (!is.null(capture)) {
     list(mode = "anchor", ln_m0 = capture[1], sigma = capture[2])
   }
-  k <- resolve_latent_dim(latent_dim, vae_latent_dim, nrow(counts))
-  cfg <- resolve_laplace_config(laplace_config)
-  lap <- c(list(latent_dim = k, n_steps = as.numeric(n_steps),
-                batch_size = if (is.null(batch_size)) NULL else as.numeric(batch_size),
-                optimizer_config = resolve_optimizer(optimizer_config), seed = seed, capture = core_capture,
+  k <- resolve_latent_dim(a$latent_dim, a$vae_latent_dim, nrow(counts))
+  cfg <- resolve_laplace_config(a$laplace_config)
+  lap <- c(list(latent_dim = k, n_steps = as.numeric(a$n_steps),
+                batch_size = if (is.null(a$batch_size)) NULL else as.numeric(a$batch_size),
+                optimizer_config = resolve_optimizer(a$optimizer_config), seed = shared$seed, capture = core_capture,
                 cascade = cascade$core, loadings = priors$loadings,
                 d_mode = if (is.null(d_mode)) "learned" else d_mode, early_stopping = early_stopping), cfg)
   t0 <- proc.time()[["elapsed"]]
-  core_model <- if (model == "lnmvcp") "lnm" else model
-  res <- call_core(rs_laplace_fit(nrow(counts), ncol(counts), counts@p, counts@i, counts@x, core_model, lap,
-                                  verbose, num_threads))
+  res <- call_core(rs_laplace_fit(counts_slots(counts), model, lap, shared$verbose, shared$num_threads))
   elapsed <- proc.time()[["elapsed"]] - t0
-  genes <- rownames(counts)
-  cells <- colnames(counts)
-  if (is.null(genes)) genes <- paste0("gene", seq_len(nrow(counts)))
-  if (is.null(cells)) cells <- paste0("cell", seq_len(ncol(counts)))
+  nm <- fit_names(counts)
+  genes <- nm$genes
+  cells <- nm$cells
   all_genes <- genes
   # LNM: the latent coordinates are the log-ratios of all but the reference gene.
   if (!is.null(res$reference)) genes <- genes[-res$reference]
@@ -208,7 +208,7 @@ fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, lapl
                  cascade = if (is.null(cascade)) NULL else cascade[c("freeze", "tau", "source_model")],
                  loadings = if (is.null(priors$loadings)) list(type = "none") else priors$loadings),
     priors = if (is.null(capture)) list() else list(eta_capture = list(family = "truncnormal", hyper = capture)),
-    gene_names = all_genes, cell_names = cells, dropped_cells = dropped, seed = seed,
+    gene_names = all_genes, cell_names = cells, dropped_cells = dropped, seed = shared$seed,
     params = c(list(mu = stats::setNames(res$mu, genes), W = w, d = stats::setNames(res$d, genes)),
                if (length(res$r)) list(r = stats::setNames(res$r, genes)),
                if (length(res$totals)) list(mu_T = res$totals[1], r_T = res$totals[2],
@@ -221,7 +221,7 @@ fit_laplace <- function(counts, dropped, model, latent_dim, vae_latent_dim, lapl
                        grad_norms = stats::setNames(res$grad_norms, cells),
                        rescued = stats::setNames(res$rescued, cells), masked_cells = res$masked_cells,
                        early_stopped = res$early_stopped, restored_step = res$restored_step,
-                       aborted = res$aborted, elapsed = elapsed, num_threads = num_threads)
+                       aborted = res$aborted, elapsed = elapsed, num_threads = shared$num_threads)
   )
   if (!is.null(res$aborted)) {
     cli::cli_warn(c("The Laplace fit stopped early.", "x" = "{res$aborted}"), class = "scribeR_nonfinite")
@@ -277,6 +277,7 @@ setClass("ScribeLaplaceResults", contains = "ScribeResults", representation(
 #' @param object A results object.
 #' @export
 setMethod("show", "ScribeLaplaceResults", function(object) {
+  check_format(object, "object")
   d <- object@diagnostics
   losses <- object@loss_history
   tail_l <- utils::tail(losses[is.finite(losses)], 100L)
@@ -324,6 +325,7 @@ w_perp <- function(w) sweep(w, 2, colMeans(w))
 
 check_laplace <- function(fit) {
   if (!is(fit, "ScribeLaplaceResults")) abort_input("{.arg fit} must be a Laplace fit ({.cls ScribeLaplaceResults}).")
+  check_format(fit)
 }
 
 #' Loadings diagnostics of a Laplace fit
@@ -419,9 +421,10 @@ laplace_cells <- function(fit, cells) {
 }
 
 run_laplace_analysis <- function(fit, x, what, opts, assay = NULL) {
+  check_format(fit)
   if (is.null(x)) abort_input("Laplace fits need the counts they were fitted to: give them as {.arg x}.")
   counts <- counts_for_fit(fit, x, assay)
-  call_core(rs_laplace_analysis(laplace_core_fit(fit), counts, what, opts,
+  call_core(rs_laplace_analysis(laplace_core_fit(fit), counts, what, opts, analysis_verbose(),
                                 resolve_threads(getOption("scribeR.num_threads", 1L))))
 }
 
@@ -465,6 +468,21 @@ get_latent_samples <- function(fit, x, n_samples = 100L, cells = NULL, seed = NU
   if (length(res$eta)) out$eta_capture <- matrix(res$eta, nrow = n, dimnames = list(NULL, fit@cell_names[ci]))
   out
 }
+
+#' @rdname posterior_predictive
+setMethod("posterior_predictive", "ScribeLaplaceResults", function(fit, n_samples = 100L, genes = NULL, cells = NULL,
+                                                                   biological = FALSE, use_map = FALSE,
+                                                                   chunk_cells = 1000L, seed = NULL, x = NULL) {
+  laplace_predictive(fit, x, n_samples, genes, cells, use_map, seed)
+})
+
+#' @rdname log_likelihood
+setMethod("log_likelihood", "ScribeLaplaceResults", function(fit, x, by = c("cell", "gene"), n_samples = NULL,
+                                                             split_components = FALSE, seed = NULL, assay = NULL) {
+  by <- match_choice(by[1], c("cell", "gene"), "by")
+  check_flag(split_components, "split_components")
+  laplace_loglik(fit, x, by, n_samples, seed, assay)
+})
 
 laplace_predictive <- function(fit, x, n_samples, genes, cells, use_map, seed) {
   check_flag(use_map, "use_map")

@@ -16,7 +16,7 @@ resolve_mcmc_config <- function(cfg) {
   if (length(bad)) {
     abort_input(c("Unknown {.arg mcmc_config} field{?s}: {.val {bad}}.", "i" = "Known: {.val {(.mcmc_config_keys)}}."))
   }
-  out <- list(target_accept_prob = 0.8, max_tree_depth = 10, dense_mass = FALSE, init_radius = 2, init_spread = 1)
+  out <- core_defaults()$mcmc[.mcmc_config_keys]
   out[names(cfg)] <- cfg
   check_number(out$target_accept_prob, "mcmc_config$target_accept_prob", "a number in (0, 1)", function(v) v > 0 && v < 1)
   check_number(out$max_tree_depth, "mcmc_config$max_tree_depth", "a whole number between 1 and 30",
@@ -31,17 +31,9 @@ resolve_mcmc_config <- function(cfg) {
   out
 }
 
-# Number of unconstrained parameters NUTS moves in.
+# Number of unconstrained parameters NUTS moves in (the model's layout, from the core).
 mcmc_dimension <- function(model_spec, n_genes, n_cells) {
-  k <- if (is.null(model_spec$n_components)) 1L else as.integer(model_spec$n_components)
-  mp <- model_spec$mixture_params
-  comp <- function(what) if (k > 1L && what %in% mp) k else 1L
-  gene_par <- if (model_spec$parameterization == "canonical") "r" else "mu"
-  scalar_par <- if (model_spec$parameterization == "mean_odds") "phi" else "p"
-  d <- n_genes * comp(gene_par) + comp(scalar_par)
-  if (model_spec$model %in% c("nbvcp", "zinbvcp")) d <- d + n_cells
-  if (model_spec$model %in% c("zinb", "zinbvcp")) d <- d + n_genes * comp("gate")
-  d + (k - 1L)
+  sum(call_core(rs_model_layout(model_spec, as.integer(n_genes), as.integer(n_cells)))$len)
 }
 
 check_svi_init <- function(svi_init, counts, model_spec) {
@@ -49,6 +41,7 @@ check_svi_init <- function(svi_init, counts, model_spec) {
   if (!is(svi_init, "ScribeSVIResults")) {
     abort_input("{.arg svi_init} must be an SVI fit ({.cls ScribeSVIResults}), not {.cls {class(svi_init)[1]}}.")
   }
+  check_format(svi_init, "svi_init")
   genes <- rownames(counts)
   cells <- colnames(counts)
   if (length(svi_init@gene_names) != nrow(counts) || (!is.null(genes) && !identical(svi_init@gene_names, genes))) {
@@ -61,16 +54,21 @@ check_svi_init <- function(svi_init, counts, model_spec) {
     cli::cli_warn(c("{.arg svi_init} is a {.val {svi_init@model$model}} fit; MCMC samples {.val {model_spec$model}}.",
                     "i" = "Shared parameters start from the SVI estimate, the others from the data."))
   }
-  list(model = svi_init@model, params = svi_init@params)
+  core_view(svi_init)
 }
 
-fit_mcmc <- function(counts, dropped, model_spec, n_samples, n_warmup, n_chains, svi_init, mcmc_config,
-                     seed, num_threads, verbose) {
-  check_number(n_samples, "n_samples", "a whole number >= 1", function(v) v >= 1 && v == round(v))
-  check_number(n_warmup, "n_warmup", "a whole number >= 0", function(v) v >= 0 && v == round(v))
-  check_number(n_chains, "n_chains", "a whole number >= 1", function(v) v >= 1 && v == round(v))
-  cfg <- resolve_mcmc_config(mcmc_config)
-  init <- check_svi_init(svi_init, counts, model_spec)
+fit_mcmc <- function(counts, dropped, model, a, shared) {
+  model_spec <- nb_model_spec(model, a, ncol(counts))
+  ignored <- c(batch_size = !is.null(a$batch_size), optimizer_config = !is.null(a$optimizer_config),
+               early_stopping = !is.null(a$early_stopping))
+  if (any(ignored)) {
+    cli::cli_warn("MCMC uses the full data and no optimiser: {.arg {names(ignored)[ignored]}} {?is/are} ignored.")
+  }
+  check_number(a$n_samples, "n_samples", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  check_number(a$n_warmup, "n_warmup", "a whole number >= 0", function(v) v >= 0 && v == round(v))
+  check_number(a$n_chains, "n_chains", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  cfg <- resolve_mcmc_config(a$mcmc_config)
+  init <- check_svi_init(a$svi_init, counts, model_spec)
   dim <- mcmc_dimension(model_spec, nrow(counts), ncol(counts))
   if (dim > getOption("scribeR.mcmc_warn_dim", 20000)) {
     cli::cli_warn(c(
@@ -78,26 +76,20 @@ fit_mcmc <- function(counts, dropped, model_spec, n_samples, n_warmup, n_chains,
       "i" = "Consider SVI, a subset of genes or cells, or {.arg svi_init} with a short {.arg n_warmup}."
     ))
   }
-  mcmc <- c(list(n_samples = as.numeric(n_samples), n_warmup = as.numeric(n_warmup),
-                 n_chains = as.numeric(n_chains), seed = seed), cfg)
+  mcmc <- c(list(n_samples = as.numeric(a$n_samples), n_warmup = as.numeric(a$n_warmup),
+                 n_chains = as.numeric(a$n_chains), seed = shared$seed), cfg)
   t0 <- proc.time()[["elapsed"]]
-  res <- call_core(rs_mcmc_fit(
-    nrow(counts), ncol(counts), counts@p, counts@i, counts@x,
-    model_spec, mcmc, init, verbose, num_threads
-  ))
+  res <- call_core(rs_mcmc_fit(counts_slots(counts), model_spec, mcmc, init, shared$verbose, shared$num_threads))
   elapsed <- proc.time()[["elapsed"]] - t0
-  genes <- rownames(counts)
-  cells <- colnames(counts)
-  if (is.null(genes)) genes <- paste0("gene", seq_len(nrow(counts)))
-  if (is.null(cells)) cells <- paste0("cell", seq_len(ncol(counts)))
+  nm <- fit_names(counts)
   draws <- matrix(res$draws, nrow = res$dim)
   fit <- new("ScribeMCMCResults",
-    model = model_spec, priors = res$priors, gene_names = genes, cell_names = cells,
-    dropped_cells = dropped, seed = seed,
-    params = list(draws = draws, blocks = res$blocks),
+    model = model_spec, priors = res$priors, gene_names = nm$genes, cell_names = nm$cells,
+    dropped_cells = dropped, seed = shared$seed, layout = layout_frame(res$layout),
+    params = list(draws = draws),
     stats = as.data.frame(res$stats),
     config = c(mcmc, list(svi_init = !is.null(init))),
-    diagnostics = c(res$per_chain, list(elapsed = elapsed, num_threads = num_threads))
+    diagnostics = c(res$per_chain, list(elapsed = elapsed, num_threads = shared$num_threads))
   )
   n_div <- sum(fit@stats$diverging)
   if (n_div > 0) {
@@ -124,8 +116,7 @@ fit_mcmc <- function(counts, dropped, model_spec, n_samples, n_warmup, n_chains,
 #' [posterior::as_draws_array()] and [sampler_diagnostics()].
 #'
 #' @slot params List: `draws` (unconstrained parameters x draws, chains one
-#'   after another) and `blocks` (name, link, kind, offset, length of each
-#'   sampled site).
+#'   after another; the rows follow `layout`).
 #' @slot stats Per-draw sampler statistics: `chain`, `diverging`,
 #'   `tree_depth`, `n_leapfrog`, `step_size`, `energy`, `lp`.
 #' @slot config List of the sampler settings (`n_samples`, `n_warmup`,
@@ -136,7 +127,7 @@ fit_mcmc <- function(counts, dropped, model_spec, n_samples, n_warmup, n_chains,
 #'   `num_threads`.
 #' @name ScribeMCMCResults-class
 #' @exportClass ScribeMCMCResults
-setClass("ScribeMCMCResults", contains = "ScribeResults", representation(
+setClass("ScribeMCMCResults", contains = "ScribeLayoutResults", representation(
   params = "list", stats = "data.frame", config = "list", diagnostics = "list"
 ))
 
@@ -147,6 +138,7 @@ n_kept_of <- function(fit) nrow(fit@stats)
 #' @param object A results object.
 #' @export
 setMethod("show", "ScribeMCMCResults", function(object) {
+  check_format(object, "object")
   m <- object@model
   cfg <- object@config
   d <- object@diagnostics
@@ -168,11 +160,8 @@ setMethod("show", "ScribeMCMCResults", function(object) {
   invisible(object)
 })
 
-#' @rdname accessors
-#' @export
-setMethod("get_map", "ScribeMCMCResults", function(object, ...) {
-  sites <- call_core(rs_nb_sites(object@model, object@params, 0L, 0))
-  name_sites(object, sites, draws = FALSE)
+setMethod("core_view", "ScribeMCMCResults", function(object) {
+  list(model = object@model, layout = layout_list(object), draws = object@params$draws)
 })
 
 #' @rdname accessors
@@ -180,8 +169,7 @@ setMethod("get_map", "ScribeMCMCResults", function(object, ...) {
 setMethod("get_posterior_samples", "ScribeMCMCResults", function(object, n_samples = NULL, seed = NULL, ...) {
   if (is.null(n_samples)) n_samples <- n_kept_of(object)
   check_number(n_samples, "n_samples", "a whole number >= 1", function(v) v >= 1 && v == round(v))
-  sites <- call_core(rs_nb_sites(object@model, object@params, as.integer(n_samples), 0))
-  name_sites(object, sites, draws = TRUE)
+  name_sites(object, fit_sites(object, n_samples), draws = TRUE)
 })
 
 #' Draws of an MCMC fit
@@ -220,7 +208,7 @@ get_samples <- function(object, group_by_chain = FALSE, ...) {
 # posterior-style names `site[label]`.
 mcmc_variable_matrix <- function(object, derived = FALSE, variables = NULL) {
   s <- get_posterior_samples(object)
-  keep <- if (derived) names(s) else intersect(names(s), names(object@params$blocks))
+  keep <- if (derived) names(s) else intersect(names(s), object@layout$name)
   cols <- list()
   for (n in keep) {
     v <- s[[n]]

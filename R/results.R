@@ -1,97 +1,114 @@
+#' @include conditions.R
+NULL
+
 #' Results of a scribeR fit
 #'
-#' `ScribeResults` is the virtual parent of every engine's results;
-#' `ScribeSVIResults` holds a variational fit. Both are plain R data (no
-#' external pointers), so `saveRDS()`/`readRDS()` round-trip. Use the
-#' accessors rather than slots: [get_map()], [get_posterior_samples()],
+#' `ScribeResults` is the virtual parent of every engine's results:
+#' [ScribeSVIResults-class], [ScribeMCMCResults-class] and
+#' [ScribeLaplaceResults-class]. `ScribeLayoutResults` is the virtual parent
+#' of the fits that describe the posterior of a model's whole parameter
+#' vector (SVI and MCMC): their `layout` names the blocks of that vector
+#' (one row per sampled site: `name`, `kind` (gene, cell, scalar or
+#' simplex), `link`, `offset`, `len`, `n_comp`), and every downstream
+#' analysis works on them alike. All results are plain R data (no external
+#' pointers), so `saveRDS()`/`readRDS()` round-trip; use the accessors
+#' rather than slots: [get_map()], [get_posterior_samples()],
 #' [loss_history()], [add_scribe_fit()].
 #'
-#' @slot model List: `model`, `parameterization`, `unconstrained`,
-#'   `positive_transform` and the user's `priors`.
+#' Each result records the results format it was written in
+#' (`format_version`); a fit saved by a version of scribeR with another
+#' format gives an error of class `scribeR_format_error` that names both
+#' formats, instead of failing somewhere inside.
+#'
+#' @slot model List: the model and its settings (for NB-family models
+#'   `model`, `parameterization`, `unconstrained`, `positive_transform`,
+#'   `priors`, and for mixtures `n_components`, `mixture_params`,
+#'   `mixing_concentration`).
 #' @slot priors List: the prior family and hyper-parameters of every sampled site.
 #' @slot gene_names,cell_names Names of the genes and cells that were fitted.
 #' @slot dropped_cells Names of cells removed by `drop_empty = TRUE`.
 #' @slot seed The seed of the fit.
-#' @slot params List of guide blocks (`loc`, `scale`, `link`, `kind`) per site:
-#'   `theta = link(x)`, `x ~ Normal(loc, scale)`.
-#' @slot loss_history Negative ELBO per step (`NaN` where an update was skipped).
-#' @slot config List of the inference settings.
-#' @slot diagnostics List: `early_stopped`, `best_step`, `best_loss`,
-#'   `restored_best`, `elapsed` (seconds), `num_threads`.
-#' @name ScribeSVIResults-class
-#' @aliases ScribeResults-class
-#' @exportClass ScribeResults ScribeSVIResults
+#' @slot format_version Integer: the results format.
+#' @slot layout (`ScribeLayoutResults`) Data frame: the blocks of the
+#'   unconstrained parameter vector.
+#' @name ScribeResults-class
+#' @aliases ScribeLayoutResults-class
+#' @exportClass ScribeResults ScribeLayoutResults
 setClass("ScribeResults", representation("VIRTUAL",
   model = "list", priors = "list", gene_names = "character", cell_names = "character",
-  dropped_cells = "character", seed = "numeric"
-))
+  dropped_cells = "character", seed = "numeric", format_version = "integer"
+), prototype(format_version = 2L))
 
-#' @rdname ScribeSVIResults-class
-setClass("ScribeSVIResults", contains = "ScribeResults", representation(
-  params = "list", loss_history = "numeric", config = "list", diagnostics = "list"
-))
+#' @rdname ScribeResults-class
+setClass("ScribeLayoutResults", contains = "ScribeResults", representation("VIRTUAL", layout = "data.frame"))
 
-new_svi_results <- function(res, counts, model_spec, svi, elapsed, dropped, num_threads) {
-  genes <- rownames(counts)
-  cells <- colnames(counts)
-  if (is.null(genes)) genes <- paste0("gene", seq_len(nrow(counts)))
-  if (is.null(cells)) cells <- paste0("cell", seq_len(ncol(counts)))
-  new("ScribeSVIResults",
-    model = model_spec, priors = res$priors, gene_names = genes, cell_names = cells,
-    dropped_cells = dropped, seed = svi$seed, params = res$params,
-    loss_history = res$loss_history, config = svi,
-    diagnostics = list(
-      early_stopped = res$early_stopped, best_step = res$best_step, best_loss = res$best_loss,
-      restored_best = res$restored_best, elapsed = elapsed, num_threads = num_threads
-    )
-  )
+# The results format this version writes and reads. Format 1 (no slot) kept
+# the mean-field layout in the glue; format 2 stores the layout and the guide.
+.format_version <- 2L
+
+setValidity("ScribeResults", function(object) {
+  if (!identical(object@format_version, .format_version)) {
+    return(sprintf("results format %s, expected %s", format(object@format_version), .format_version))
+  }
+  TRUE
+})
+
+# Stops with a clear error when `object` was written in another results format.
+check_format <- function(object, arg = "fit") {
+  if (!is(object, "ScribeResults")) abort_input("{.arg {arg}} must be a scribeR results object.")
+  v <- if (methods::.hasSlot(object, "format_version")) object@format_version else 1L
+  if (!identical(as.integer(v), .format_version)) {
+    cli::cli_abort(c(
+      "{.arg {arg}} was saved in scribeR results format {v}; this version of scribeR reads format {(.format_version)}.",
+      "i" = "Refit the model with this version (the counts and the {.fn scribe_fit} call are all it takes)."
+    ), class = c("scribeR_format_error", "scribeR_input_error"), call = NULL)
+  }
+  invisible(object)
 }
 
-engine_label <- function(object) {
-  if (is(object, "ScribeSVIResults")) "SVI, mean-field guide" else class(object)[1]
-}
-
-#' @rdname ScribeSVIResults-class
+#' @rdname ScribeResults-class
 #' @param object A results object.
 #' @export
-setMethod("show", "ScribeSVIResults", function(object) {
-  m <- object@model
-  losses <- object@loss_history
-  tail_l <- utils::tail(losses[is.finite(losses)], 100L)
-  d <- object@diagnostics
-  cat(sprintf("<ScribeSVIResults> %s%s (%s%s), %s\n", m$model,
-              if (!is.null(m$n_components)) sprintf(" mixture of %d components", as.integer(m$n_components)) else "",
-              m$parameterization, if (isTRUE(m$unconstrained)) ", unconstrained" else "", engine_label(object)))
-  cat(sprintf("  data:   %d genes x %d cells%s\n", length(object@gene_names), length(object@cell_names),
-              if (length(object@dropped_cells)) sprintf(" (%d empty cells dropped)", length(object@dropped_cells)) else ""))
-  bs <- object@config$batch_size
-  cat(sprintf("  steps:  %d%s, %s, %.1f s\n", length(losses),
-              if (isTRUE(d$early_stopped)) " (stopped early)" else "",
-              if (is.null(bs)) "full batch" else sprintf("batch size %d", as.integer(bs)), d$elapsed))
-  cat(sprintf("  loss:   %s (mean of the last %d steps)%s\n", format(mean(tail_l), digits = 7), length(tail_l),
-              if (isTRUE(d$restored_best)) sprintf("; best parameters restored from step %d", as.integer(d$best_step)) else ""))
-  sites <- vapply(names(object@params), function(n) {
-    b <- object@params[[n]]
-    what <- switch(b$kind, gene = "genes", cell = "cells", scalar = "scalar")
-    if (n == "mixing_weights") what <- sprintf("%d components", length(b$loc) + 1L)
-    else if (!is.null(b$n_comp) && b$n_comp > 1) what <- sprintf("%s x %d components", what, as.integer(b$n_comp))
-    sprintf("%s (%s)", n, what)
-  }, character(1))
-  cat(sprintf("  params: %s\n", paste(sites, collapse = ", ")))
-  cat(sprintf("  seed:   %s\n", format(object@seed, scientific = FALSE)))
+setMethod("show", "ScribeResults", function(object) {
+  check_format(object, "object")
+  cat(sprintf("<%s> %s\n", class(object)[1], object@model$model))
   invisible(object)
 })
 
+# What the core reads of a fit: list(model, layout, guide, params) for SVI,
+# list(model, layout, draws) for MCMC.
+setGeneric("core_view", function(object) standardGeneric("core_view"))
+
+layout_list <- function(object) as.list(object@layout)
+
+# The layout the core returns, as a data frame.
+layout_frame <- function(l) {
+  data.frame(name = l$name, kind = l$kind, link = l$link, offset = l$offset, len = l$len,
+             n_comp = l$n_comp, stringsAsFactors = FALSE)
+}
+
+# "name (genes)" per site, for show().
+layout_summary <- function(layout) {
+  vapply(seq_len(nrow(layout)), function(i) {
+    b <- layout[i, ]
+    what <- switch(b$kind, gene = "genes", cell = "cells", scalar = "scalar",
+                   simplex = sprintf("%d components", as.integer(b$n_comp)))
+    if (b$kind != "simplex" && b$n_comp > 1) what <- sprintf("%s x %d components", what, as.integer(b$n_comp))
+    sprintf("%s (%s)", b$name, what)
+  }, character(1))
+}
+
 #' Accessors of fitted models
 #'
-#' `get_map()` returns point estimates: the mode of each parameter's
-#' variational marginal (for log-normal guides `exp(loc - scale^2)`; for
-#' logit- and softplus-normal guides the mode is found numerically), plus the
-#' derived quantities `r`, `mu`, `p`, `phi` (and for capture models
-#' `p_capture` and the identified per-cell success probability
-#' `p_hat = p nu / (1 - p (1 - nu))`) computed from those modes.
-#' `get_posterior_samples()` draws from the variational posterior and derives
-#' the same quantities per draw. `loss_history()` is the per-step negative ELBO.
+#' `get_map()` returns point estimates: for SVI fits the mode of each
+#' parameter's variational marginal (for log-normal guides `exp(loc -
+#' scale^2)`; for logit- and softplus-normal guides the mode is found
+#' numerically), for MCMC fits the posterior means, plus the derived
+#' quantities `r`, `mu`, `p`, `phi` (and for capture models `p_capture` and
+#' the identified per-cell success probability `p_hat = p nu / (1 - p (1 -
+#' nu))`) computed from those estimates. `get_posterior_samples()` draws from
+#' the variational posterior (or returns MCMC draws) and derives the same
+#' quantities per draw. `loss_history()` is the per-step loss.
 #'
 #' @param object A results object.
 #' @param n_samples Number of draws.
@@ -139,9 +156,12 @@ name_sites <- function(object, sites, draws) {
   lapply(stats::setNames(names(sites), names(sites)), function(n) {
     s <- sites[[n]]
     n_draws <- s$shape[1]; len <- s$shape[2]; k <- s$shape[3]
-    labels <- switch(s$kind, gene = object@gene_names, cell = object@cell_names, scalar = NULL)
-    if (n == "mixing_weights") labels <- NULL
+    labels <- switch(s$kind, gene = object@gene_names, cell = object@cell_names, NULL)
     v <- s$values
+    if (s$kind == "simplex") {
+      if (!draws) return(stats::setNames(v, comps(k)))
+      return(matrix(v, nrow = n_draws, dimnames = list(NULL, comps(k))))
+    }
     if (!draws) {
       if (k == 1L) return(stats::setNames(v, labels))
       if (len == 1L) return(stats::setNames(v, comps(k)))
@@ -154,22 +174,15 @@ name_sites <- function(object, sites, draws) {
   })
 }
 
-#' @rdname accessors
-#' @export
-setMethod("get_map", "ScribeSVIResults", function(object, ...) {
-  sites <- call_core(rs_nb_sites(object@model, object@params, 0L, 0))
-  name_sites(object, sites, draws = FALSE)
-})
+# Sites of a layout fit: its point summary (n_draws = 0) or draws.
+fit_sites <- function(object, n_draws, seed = 0) {
+  check_format(object, "object")
+  call_core(rs_fit_sites(core_view(object), as.numeric(n_draws), as.numeric(seed),
+                         resolve_threads(getOption("scribeR.num_threads", 1L))))
+}
 
 #' @rdname accessors
 #' @export
-setMethod("get_posterior_samples", "ScribeSVIResults", function(object, n_samples = 100L, seed = NULL, ...) {
-  check_number(n_samples, "n_samples", "a whole number >= 1", function(v) v >= 1 && v == round(v))
-  seed <- resolve_seed(seed)
-  sites <- call_core(rs_nb_sites(object@model, object@params, as.integer(n_samples), seed))
-  name_sites(object, sites, draws = TRUE)
+setMethod("get_map", "ScribeLayoutResults", function(object, ...) {
+  name_sites(object, fit_sites(object, 0), draws = FALSE)
 })
-
-#' @rdname accessors
-#' @export
-setMethod("loss_history", "ScribeSVIResults", function(object, ...) object@loss_history)

@@ -1,3 +1,6 @@
+#' @include results.R
+NULL
+
 #' Subset a fit by genes and cells
 #'
 #' `fit[genes, cells]` keeps the variational parameters (SVI) or the draws
@@ -19,52 +22,23 @@
 #' small <- fit[c("LYZ", "CD74"), 1:100]
 #' small
 #' @name subset-results
-#' @aliases [,ScribeSVIResults,ANY,ANY,ANY-method [,ScribeMCMCResults,ANY,ANY,ANY-method
+#' @aliases [,ScribeLayoutResults,ANY,ANY,ANY-method
 #' @export
-setMethod("[", "ScribeSVIResults", function(x, i, j, ..., drop = FALSE) {
+setMethod("[", "ScribeLayoutResults", function(x, i, j, ..., drop = FALSE) {
+  check_format(x, "x")
   sel <- subset_selection(x, if (missing(i)) NULL else i, if (missing(j)) NULL else j)
-  gi <- sel$genes
-  ci <- sel$cells
-  g_n <- length(x@gene_names)
-  x@params <- lapply(x@params, function(b) {
-    idx <- block_index(b$kind, b$n_comp, length(b$loc), gi, ci, g_n)
-    b$loc <- b$loc[idx]
-    b$scale <- b$scale[idx]
-    b
-  })
-  x@gene_names <- x@gene_names[gi]
-  x@cell_names <- x@cell_names[ci]
-  x
-})
-
-#' @rdname subset-results
-#' @export
-setMethod("[", "ScribeMCMCResults", function(x, i, j, ..., drop = FALSE) {
-  sel <- subset_selection(x, if (missing(i)) NULL else i, if (missing(j)) NULL else j)
-  g_n <- length(x@gene_names)
-  rows <- integer(0)
-  blocks <- x@params$blocks
-  for (n in names(blocks)) {
-    b <- blocks[[n]]
-    idx <- block_index(b$kind, b$n_comp, b$len, sel$genes, sel$cells, g_n)
-    rows <- c(rows, b$offset + idx)
-    blocks[[n]]$offset <- length(rows) - length(idx)
-    blocks[[n]]$len <- length(idx)
+  # The core knows which coordinates of the posterior belong to which genes and cells.
+  res <- call_core(rs_subset_fit(core_view(x), length(x@gene_names), sel$genes - 1L, sel$cells - 1L))
+  x@layout <- layout_frame(res$layout)
+  if (is(x, "ScribeMCMCResults")) {
+    x@params$draws <- matrix(res$draws, nrow = sum(res$layout$len))
+  } else {
+    x@params <- res$params
   }
-  x@params <- list(draws = x@params$draws[rows, , drop = FALSE], blocks = blocks)
   x@gene_names <- x@gene_names[sel$genes]
   x@cell_names <- x@cell_names[sel$cells]
   x
 })
-
-# Positions (1-based) within a block of the selected genes (every component) or cells.
-block_index <- function(kind, n_comp, len, gi, ci, g_n) {
-  switch(kind,
-    gene = as.vector(outer(gi, (seq_len(n_comp) - 1L) * g_n, "+")),
-    cell = ci,
-    scalar = seq_len(len)
-  )
-}
 
 subset_selection <- function(x, i, j) {
   pick <- function(idx, names, what) {

@@ -32,7 +32,7 @@ add_scribe_fit <- function(sce, fit, overwrite = FALSE, denoised = FALSE) {
   if (!is(sce, "SummarizedExperiment")) {
     abort_input("{.arg sce} must be a SingleCellExperiment or SummarizedExperiment, not {.cls {class(sce)[1]}}.")
   }
-  if (!is(fit, "ScribeResults")) abort_input("{.arg fit} must be a scribeR results object.")
+  check_format(fit)
   check_flag(overwrite, "overwrite")
   genes <- rownames(sce)
   cells <- colnames(sce)

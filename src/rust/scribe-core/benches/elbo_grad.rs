@@ -7,11 +7,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use scribe_core::data::Batch;
 use scribe_core::dist::Link;
+use scribe_core::models::nb::simulate::{simulate_nb, NbTruth};
 use scribe_core::models::nb::{NbModel, NbSpec, Parameterization, Variant};
-use scribe_core::models::simulate::{simulate_nb, NbTruth};
 use scribe_core::models::Model;
-use scribe_core::svi::elbo::{loss_and_grad, ElboBuffers};
-use scribe_core::svi::initial_guide;
+use scribe_core::svi::guide::{Guide, MeanField};
+use scribe_core::svi::initial_params;
 
 fn pbmc_like(variant: Variant) -> scribe_core::data::CountMatrix {
     let mut t = NbTruth::random(variant, 13_700, 2700, 7);
@@ -28,8 +28,12 @@ fn bench(c: &mut Criterion) {
             &data,
         )
         .unwrap();
-        let v = initial_guide(&model, &model.initial_point());
-        let mut buf = ElboBuffers::new(&model);
+        let guide = MeanField {
+            dim: model.layout().total,
+        };
+        let v = initial_params(&model, &guide);
+        let mut buf = guide.scratch();
+        let mut ws = model.workspace();
         let mut grad = vec![0.0; v.len()];
         let full = Batch::full(&data);
         let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -40,7 +44,9 @@ fn bench(c: &mut Criterion) {
             data.n_pairs()
         );
         c.bench_function(&name, |b| {
-            b.iter(|| loss_and_grad(&model, &v, &full, &mut rng, &mut buf, &mut grad))
+            b.iter(|| {
+                guide.loss_and_grad(&model, &v, &full, &mut rng, &mut buf, &mut ws, &mut grad)
+            })
         });
         let mut batch = Batch::full(&data);
         let cells: Vec<u32> = (0..512u32).map(|k| k * 5).collect();
@@ -49,7 +55,7 @@ fn bench(c: &mut Criterion) {
         c.bench_function(&name, |b| {
             b.iter(|| {
                 batch.set_cells(&data, &cells);
-                loss_and_grad(&model, &v, &batch, &mut rng, &mut buf, &mut grad)
+                guide.loss_and_grad(&model, &v, &batch, &mut rng, &mut buf, &mut ws, &mut grad)
             })
         });
         let _ = model.layout();

@@ -3,12 +3,13 @@
 //! `cargo run --release --example convergence -- nbvcp 2000 1000 0.001 5000`
 
 use scribe_core::dist::Link;
+use scribe_core::models::nb::simulate::{simulate_nb, NbTruth};
 use scribe_core::models::nb::{NbModel, NbSpec, Parameterization, Variant};
-use scribe_core::models::simulate::{simulate_nb, NbTruth};
 use scribe_core::models::Model;
 use scribe_core::optim::OptimizerConfig;
 use scribe_core::progress::{NeverCancel, NoProgress};
-use scribe_core::svi::{initial_guide, run, SviConfig};
+use scribe_core::svi::guide::MeanField;
+use scribe_core::svi::{initial_params, run, SviConfig};
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
@@ -21,7 +22,10 @@ fn main() {
     let truth = NbTruth::random(variant, n_genes, n_cells, 1);
     let data = simulate_nb(&truth, 2);
     let model = NbModel::new(NbSpec::new(variant, param, false, Link::Softplus), &data).unwrap();
-    let init = initial_guide(&model, &model.initial_point());
+    let guide = MeanField {
+        dim: model.layout().total,
+    };
+    let init = initial_params(&model, &guide);
     let cfg = SviConfig {
         n_steps: steps,
         optimizer: OptimizerConfig::Adam {
@@ -34,7 +38,7 @@ fn main() {
         ..Default::default()
     };
     let t0 = std::time::Instant::now();
-    let fit = run(&model, init, &cfg, &NoProgress, &NeverCancel).unwrap();
+    let fit = run(&model, &guide, init, &cfg, &NoProgress, &NeverCancel).unwrap();
     let el = t0.elapsed().as_secs_f64();
     let l = &fit.loss_history;
     let w = 100;

@@ -3,8 +3,8 @@
 
 use scribe_core::dist::Link;
 use scribe_core::mcmc::{self, LogDensity, MassMatrix, McmcConfig, McmcFit, Start};
+use scribe_core::models::nb::simulate::{simulate_nb, NbTruth};
 use scribe_core::models::nb::{NbModel, NbSpec, Parameterization, Variant};
-use scribe_core::models::simulate::{simulate_nb, NbTruth};
 use scribe_core::models::Model;
 use scribe_core::progress::{NeverCancel, NoProgress};
 

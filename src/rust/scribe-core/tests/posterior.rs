@@ -4,13 +4,14 @@
 
 use scribe_core::data::CountMatrix;
 use scribe_core::math::lgamma;
+use scribe_core::models::nb::simulate::{simulate_nb, NbTruth};
 use scribe_core::models::nb::Variant;
-use scribe_core::models::simulate::{simulate_nb, NbTruth};
-use scribe_core::posterior::denoise::{denoise, Method};
-use scribe_core::posterior::draws::NbDraws;
-use scribe_core::posterior::loglik::{log_likelihood, responsibilities, By};
-use scribe_core::posterior::normalize::{dirichlet_samples, mean_composition};
-use scribe_core::posterior::predictive::predictive;
+use scribe_core::posterior::nb::denoise::{denoise, Method};
+use scribe_core::posterior::nb::draws::NbDraws;
+use scribe_core::posterior::nb::loglik::{log_likelihood, responsibilities, By};
+use scribe_core::posterior::nb::normalize::{dirichlet_samples, mean_composition};
+use scribe_core::posterior::nb::predictive::predictive;
+use scribe_core::progress::Ctl;
 
 fn one_cell(counts: &[u32]) -> CountMatrix {
     let row: Vec<(u32, u32)> = counts
@@ -48,14 +49,44 @@ fn denoising_a_captured_count_follows_the_nb_posterior() {
     // r = 2, p = 0.5, ν = 0.5: pp = 0.25, q = 0.75; u = 3.
     let d = draws(Variant::Nbvcp, vec![2.0], 0.5, Some(0.5), None);
     let data = one_cell(&[3]);
-    let (mean, var) = denoise(&d, &data, &[0], Method::Mean, Method::Mean, true, 1);
+    let (mean, var) = denoise(
+        &d,
+        &data,
+        &[0],
+        Method::Mean,
+        Method::Mean,
+        true,
+        1,
+        Ctl::none(),
+    )
+    .unwrap();
     assert!((mean[0] - 3.5 / 0.75).abs() < 1e-12);
     assert!((var.unwrap()[0] - 5.0 * 0.25 / 0.5625).abs() < 1e-12);
-    let (mode, _) = denoise(&d, &data, &[0], Method::Mode, Method::Mode, false, 1);
+    let (mode, _) = denoise(
+        &d,
+        &data,
+        &[0],
+        Method::Mode,
+        Method::Mode,
+        false,
+        1,
+        Ctl::none(),
+    )
+    .unwrap();
     assert_eq!(mode[0], 3.0 + (4.0f64 * 0.25 / 0.75).floor());
     // Without capture a nonzero count is its own denoised value.
     let d0 = draws(Variant::Nbdm, vec![2.0], 0.5, None, None);
-    let (m0, v0) = denoise(&d0, &data, &[0], Method::Sample, Method::Sample, true, 1);
+    let (m0, v0) = denoise(
+        &d0,
+        &data,
+        &[0],
+        Method::Sample,
+        Method::Sample,
+        true,
+        1,
+        Ctl::none(),
+    )
+    .unwrap();
     assert_eq!((m0[0], v0.unwrap()[0]), (3.0, 0.0));
 }
 
@@ -71,13 +102,33 @@ fn denoising_a_zinb_zero_mixes_gate_and_nb_pathways() {
     );
     let data = one_cell(&[0, 4]);
     let w = 0.3 / (0.3 + 0.7 * 0.25);
-    let (mean, var) = denoise(&d, &data, &[0, 1], Method::Mean, Method::Mean, true, 1);
+    let (mean, var) = denoise(
+        &d,
+        &data,
+        &[0, 1],
+        Method::Mean,
+        Method::Mean,
+        true,
+        1,
+        Ctl::none(),
+    )
+    .unwrap();
     assert!((mean[0] - w * 2.0).abs() < 1e-12, "{}", mean[0]);
     // Var = w·Vg + (1−w)·0 + w(1−w)(Mg − 0)², Vg = r p/(1−p)² = 4.
     assert!((var.as_ref().unwrap()[0] - (w * 4.0 + w * (1.0 - w) * 4.0)).abs() < 1e-12);
     assert_eq!(mean[1], 4.0);
     // Mode: w > 0.5 → the gate pathway's mode ⌊(r−1)p/(1−p)⌋ = 1.
-    let (mode, _) = denoise(&d, &data, &[0], Method::Mode, Method::Mode, false, 1);
+    let (mode, _) = denoise(
+        &d,
+        &data,
+        &[0],
+        Method::Mode,
+        Method::Mode,
+        false,
+        1,
+        Ctl::none(),
+    )
+    .unwrap();
     assert_eq!(mode[0], 1.0);
 }
 
@@ -135,8 +186,8 @@ fn log_likelihoods_match_the_dense_pmf() {
         for k in [1usize, 2] {
             let data = simulate_nb(&NbTruth::random(variant, 9, 11, 2), 3);
             let d = toy_draws(variant, k, &data);
-            let by_cell = log_likelihood(&d, &data, By::Cell, false);
-            let by_gene = log_likelihood(&d, &data, By::Gene, false);
+            let by_cell = log_likelihood(&d, &data, By::Cell, false, Ctl::none()).unwrap();
+            let by_gene = log_likelihood(&d, &data, By::Gene, false, Ctl::none()).unwrap();
             for c in 0..data.n_cells {
                 let terms: Vec<f64> = (0..k)
                     .map(|kk| {
@@ -146,7 +197,7 @@ fn log_likelihoods_match_the_dense_pmf() {
                                 .sum::<f64>()
                     })
                     .collect();
-                let want = scribe_core::posterior::loglik::logsumexp(&terms);
+                let want = scribe_core::posterior::nb::loglik::logsumexp(&terms);
                 assert!(
                     (by_cell[c] - want).abs() < 1e-9 * want.abs(),
                     "{variant:?} K={k} cell {c}"
@@ -161,14 +212,14 @@ fn log_likelihoods_match_the_dense_pmf() {
                                 .sum::<f64>()
                     })
                     .collect();
-                let want = scribe_core::posterior::loglik::logsumexp(&terms);
+                let want = scribe_core::posterior::nb::loglik::logsumexp(&terms);
                 assert!(
                     (by_gene[g] - want).abs() < 1e-9 * want.abs(),
                     "{variant:?} K={k} gene {g}"
                 );
             }
             if k > 1 {
-                let resp = responsibilities(&d, &data);
+                let resp = responsibilities(&d, &data, Ctl::none()).unwrap();
                 for c in 0..data.n_cells {
                     let s: f64 = (0..k).map(|kk| resp[c + data.n_cells * kk]).sum();
                     assert!((s - 1.0).abs() < 1e-12);
@@ -183,8 +234,8 @@ fn predictive_draws_do_not_depend_on_cell_chunking() {
     let data = simulate_nb(&NbTruth::random(Variant::Zinbvcp, 6, 10, 1), 2);
     let d = toy_draws(Variant::Zinbvcp, 2, &data);
     let all: Vec<usize> = (0..10).collect();
-    let full = predictive(&d, &all, &[1, 4], false, 9);
-    let part = predictive(&d, &all[4..7], &[1, 4], false, 9);
+    let full = predictive(&d, &all, &[1, 4], false, 9, Ctl::none()).unwrap();
+    let part = predictive(&d, &all[4..7], &[1, 4], false, 9, Ctl::none()).unwrap();
     for (ci, c) in (4..7).enumerate() {
         for j in 0..2 {
             assert_eq!(part[ci + 3 * j], full[c + 10 * j]);
@@ -218,7 +269,7 @@ fn predictive_means_match_the_model() {
         weights: vec![1.0],
     };
     let cells: Vec<usize> = (0..c_n).collect();
-    let y = predictive(&d, &cells, &[0], false, 4);
+    let y = predictive(&d, &cells, &[0], false, 4, Ctl::none()).unwrap();
     let mean = y.iter().sum::<f64>() / c_n as f64;
     let ph = 0.3 / (1.0 - 0.6 * 0.5);
     let want = 2.0 * ph / (1.0 - ph);

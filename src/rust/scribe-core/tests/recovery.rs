@@ -2,13 +2,14 @@
 //! the parameters that the data identify.
 
 use scribe_core::dist::Link;
+use scribe_core::models::nb::simulate::{simulate_nb, NbTruth};
 use scribe_core::models::nb::{NbModel, NbSpec, Parameterization, Variant};
-use scribe_core::models::simulate::{simulate_nb, NbTruth};
 use scribe_core::models::Model;
 use scribe_core::optim::OptimizerConfig;
-use scribe_core::posterior::{guide_blocks, nb_sites};
+use scribe_core::posterior::{nb::sites, Summary};
 use scribe_core::progress::{NeverCancel, NoProgress};
-use scribe_core::svi::{initial_guide, run, SviConfig};
+use scribe_core::svi::guide::{Guide, MeanField};
+use scribe_core::svi::{initial_params, run, SviConfig};
 
 fn corr(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len() as f64;
@@ -22,9 +23,12 @@ fn corr(a: &[f64], b: &[f64]) -> f64 {
     sab / (saa * sbb).sqrt()
 }
 
-/// SVI from the model's starting guide with Adam (step size 0.01).
+/// SVI of the mean-field guide from its starting point with Adam (step size 0.01).
 fn run_adam(model: &NbModel, steps: usize, batch: Option<usize>) -> scribe_core::svi::SviFit {
-    let init = initial_guide(model, &model.initial_point());
+    let guide = MeanField {
+        dim: model.layout().total,
+    };
+    let init = initial_params(model, &guide);
     let cfg = SviConfig {
         n_steps: steps,
         batch_size: batch,
@@ -37,7 +41,7 @@ fn run_adam(model: &NbModel, steps: usize, batch: Option<usize>) -> scribe_core:
         },
         ..Default::default()
     };
-    run(model, init, &cfg, &NoProgress, &NeverCancel).unwrap()
+    run(model, &guide, init, &cfg, &NoProgress, &NeverCancel).unwrap()
 }
 
 fn fit(
@@ -50,10 +54,13 @@ fn fit(
     let data = simulate_nb(&truth, 2);
     let model = NbModel::new(NbSpec::new(variant, param, false, Link::Softplus), &data).unwrap();
     let res = run_adam(&model, steps, batch);
-    let blocks = guide_blocks(model.layout(), &res.params, data.n_genes);
+    let fitted = MeanField {
+        dim: model.layout().total,
+    }
+    .fitted(&res.params);
     (
         truth,
-        nb_sites(&model.spec, &blocks, None).unwrap(),
+        sites(&model.spec, model.layout(), fitted.as_ref(), Summary::Point).unwrap(),
         res.loss_history,
     )
 }
@@ -99,8 +106,11 @@ fn nbdm_mixture_recovers_components_and_weights() {
     let model = NbModel::new(spec, &data).unwrap();
     let res = run_adam(&model, 2000, None);
     let g_n = 150;
-    let blocks = guide_blocks(model.layout(), &res.params, g_n);
-    let sites = nb_sites(&model.spec, &blocks, None).unwrap();
+    let fitted = MeanField {
+        dim: model.layout().total,
+    }
+    .fitted(&res.params);
+    let sites = sites(&model.spec, model.layout(), fitted.as_ref(), Summary::Point).unwrap();
     let r = site(&sites, "r");
     let w = site(&sites, "mixing_weights");
     let mt = truth.mixture.as_ref().unwrap();

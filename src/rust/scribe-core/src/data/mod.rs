@@ -204,6 +204,15 @@ impl CountMatrix {
         (&self.gene_idx[lo..hi], &self.counts[lo..hi])
     }
 
+    /// Cell `c`'s counts as a dense gene vector, into a reused buffer.
+    pub fn dense_row(&self, c: usize, u: &mut [f64]) {
+        u.iter_mut().for_each(|v| *v = 0.0);
+        let (genes, counts) = self.row(c);
+        for (&g, &x) in genes.iter().zip(counts) {
+            u[g as usize] = x as f64;
+        }
+    }
+
     /// Dense genes × cells copy, column-major (tests and small references only).
     pub fn to_dense(&self) -> Vec<f64> {
         let mut d = vec![0.0; self.n_genes * self.n_cells];
@@ -267,6 +276,17 @@ impl Batch {
         }
         self.scale = data.n_cells as f64 / self.cells.len() as f64;
         self.is_full = self.cells.len() == data.n_cells;
+    }
+}
+
+/// Checks a mini-batch size against the number of cells (`None`: full batch).
+pub fn check_batch_size(batch_size: Option<usize>, n_cells: usize) -> crate::Result<()> {
+    match batch_size {
+        Some(b) if b == 0 || b > n_cells => Err(crate::CoreError::arg(
+            "batch_size",
+            format!("({b}) must be between 1 and the number of cells ({n_cells})"),
+        )),
+        _ => Ok(()),
     }
 }
 

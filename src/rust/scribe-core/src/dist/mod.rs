@@ -121,6 +121,22 @@ impl Link {
             Link::Identity => "identity",
         }
     }
+
+    /// The link of a name; `arg` names the argument in the error.
+    pub fn parse(s: &str, arg: &str) -> crate::Result<Self> {
+        Ok(match s {
+            "sigmoid" => Link::Sigmoid,
+            "exp" => Link::Exp,
+            "softplus" => Link::Softplus,
+            "identity" => Link::Identity,
+            other => {
+                return Err(crate::CoreError::arg(
+                    arg,
+                    format!("unknown link \"{other}\""),
+                ))
+            }
+        })
+    }
 }
 
 /// A prior for one scalar parameter.

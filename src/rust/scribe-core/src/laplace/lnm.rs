@@ -15,24 +15,8 @@
 use super::cell::OuterGrad;
 use super::woodbury::{inv_sigma_plus_diag, NewtonFactor, SigmaFactor};
 use crate::math::{digamma, lgamma};
-
-const CLIP: f64 = 30.0;
-
-/// `ρ` over the non-reference genes (softmax of `[y, 0]`) into `rho`;
-/// returns `(log-sum-exp, ρ_ref)`.
-pub(crate) fn softmax_alr(y: &[f64], rho: &mut [f64]) -> (f64, f64) {
-    let mx = y
-        .iter()
-        .map(|v| v.clamp(-CLIP, CLIP))
-        .fold(0.0f64, f64::max);
-    let mut tot = (-mx).exp();
-    for (r, &v) in rho.iter_mut().zip(y) {
-        *r = (v.clamp(-CLIP, CLIP) - mx).exp();
-        tot += *r;
-    }
-    rho.iter_mut().for_each(|r| *r /= tot);
-    (mx + tot.ln(), (-mx).exp() / tot)
-}
+use crate::models::lognormal::lnm::{softmax_alr, CLIP};
+use crate::models::lognormal::ETA_MIN;
 
 /// Gradient into `g` and `ρ` into `rho`; returns the sup-norm.
 #[allow(clippy::too_many_arguments)]
@@ -189,16 +173,6 @@ pub fn elbo_grad(
     elbo
 }
 
-/// The totals model `N ~ NB(mean μ_T, shape r_T)` (no `ln N!`):
-/// `(ln p, ∂/∂μ_T, ∂/∂r_T)`.
-pub fn totals(n_tot: f64, mu_t: f64, r_t: f64) -> (f64, f64, f64) {
-    let v = r_t + mu_t;
-    let lp = lgamma(n_tot + r_t) - lgamma(r_t) + r_t * (r_t / v).ln() + n_tot * (mu_t / v).ln();
-    let d_mu = n_tot / mu_t - (r_t + n_tot) / v;
-    let d_r = digamma(n_tot + r_t) - digamma(r_t) + (r_t / v).ln() + 1.0 - (r_t + n_tot) / v;
-    (lp, d_mu, d_r)
-}
-
 /// The LNMVCP capture block of one cell: `N ~ NB(mean μ_T e^{−η}, r_T)`
 /// with the prior `η ~ N(anchor, σ²)` (no truncation normaliser, as in the
 /// original). Returns `(ρ_T, v, ∂/∂η, −∂²/∂η²)` of the log-density (data
@@ -234,12 +208,12 @@ pub fn eta_newton(
     let mut norm = f64::NAN;
     for _ in 0..n_iter {
         let (_, _, g, h) = eta_terms(n_tot, mu_t, r_t, *eta, anchor, sigma);
-        norm = if *eta <= super::cell::ETA_MIN * (1.0 + 1e-9) && g < 0.0 {
+        norm = if *eta <= ETA_MIN * (1.0 + 1e-9) && g < 0.0 {
             0.0
         } else {
             g.abs()
         };
-        *eta = (*eta + (g / (h + damping)).clamp(-5.0, 5.0)).max(super::cell::ETA_MIN);
+        *eta = (*eta + (g / (h + damping)).clamp(-5.0, 5.0)).max(ETA_MIN);
     }
     norm
 }
@@ -247,7 +221,7 @@ pub fn eta_newton(
 /// `|∂/∂η|` at `η` (projected at the bound).
 pub fn eta_grad_norm(n_tot: f64, mu_t: f64, r_t: f64, anchor: f64, sigma: f64, eta: f64) -> f64 {
     let g = eta_terms(n_tot, mu_t, r_t, eta, anchor, sigma).2;
-    if eta <= super::cell::ETA_MIN * (1.0 + 1e-9) && g < 0.0 {
+    if eta <= ETA_MIN * (1.0 + 1e-9) && g < 0.0 {
         0.0
     } else {
         g.abs()
@@ -488,20 +462,6 @@ mod tests {
             v
         };
         check_gradient(capture, &[200.0, 3.0], 1e-5, "LNMVCP totals");
-        // Totals: the NB pmf without ln N! and its derivatives.
-        let p = 3.0f64 / 23.0;
-        let lp = totals(37.0, 20.0, 3.0).0;
-        assert!(
-            (lp - (lgamma(40.0) - lgamma(3.0) + 3.0 * p.ln() + 37.0 * (1.0 - p).ln())).abs()
-                < 1e-10
-        );
-        let plain = |th: &[f64], grad: &mut [f64]| {
-            let (v, dm, dr) = totals(37.0, th[0], th[1]);
-            grad[0] += dm;
-            grad[1] += dr;
-            v
-        };
-        check_gradient(plain, &[20.0, 3.0], 1e-5, "LNM totals");
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! parallel), and an outer optimiser on the global parameters of the
 //! Laplace-approximated marginal likelihood, with the MAPs held fixed.
 //! PLN and NBLN (with or without capture, with empirical priors and frozen
-//! values from an SVI cascade) are implemented; LNM and LNMVCP are not yet.
+//! values from an SVI cascade), LNM and LNMVCP (learned or low-rank `d`).
+//! The observation kernels come from [`crate::models::lognormal`]; this
+//! module owns the Woodbury algebra, the Newton solvers, the outer loop, its
+//! guards, the loadings priors and the cascade.
 
 pub mod cascade;
 pub mod cell;
@@ -19,37 +22,8 @@ pub mod woodbury;
 pub use outer::{norm_summary, run};
 pub(crate) use sweep::EtaSpec;
 
+pub use crate::models::lognormal::{Capture, LnModel};
 use crate::optim::OptimizerConfig;
-
-/// Which log-normal model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LnModel {
-    /// `u ~ Poisson(e^ℓ)`.
-    Pln,
-    /// `u ~ NB(mean e^ℓ, r_g)`, with a global per-gene dispersion `r`.
-    Nbln,
-    /// Logistic-normal multinomial: compositions in log-ratio coordinates
-    /// against a reference gene, with an NB model of the totals.
-    Lnm,
-}
-
-/// The capture block.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Capture {
-    None,
-    /// `η_c ~ TruncN(ln M0 − ln L_c, σ, low = 0)`.
-    Anchor {
-        ln_m0: f64,
-        sigma: f64,
-    },
-    /// Per-cell empirical prior `η_c ~ TruncN(loc_c, scale_c, low = 0)` (cascade).
-    PerCell {
-        loc: Vec<f64>,
-        scale: Vec<f64>,
-    },
-    /// `η_c` frozen at these values (cascade): an offset, not a latent.
-    Frozen(Vec<f64>),
-}
 
 /// Empirical priors and frozen values for the globals (NBLN cascade). Priors
 /// are Normal on `r_loc = softplus⁻¹(r)` and on `μ`; frozen values win.

@@ -94,6 +94,7 @@ pub fn run(
 ) -> Result<LaplaceFit> {
     let n = data.n_cells;
     let k = cfg.latent_dim;
+    crate::data::check_batch_size(cfg.batch_size, n)?;
     let is_lnm = cfg.model == LnModel::Lnm;
     // LNM's reference: the gene with the most counts (the most stable ratios).
     let reference = is_lnm.then(|| {

@@ -7,16 +7,19 @@
 //! by `A⁻¹ a δ`. Every cell's random stream derives from the seed and the
 //! cell's index, so subsets and chunks give the same draws.
 
-use super::cell::{self, EtaMode, NegBin, Obs, Poisson};
+use super::cell::{self, EtaMode};
 use super::lnm;
 use super::woodbury::{NewtonFactor, SigmaFactor};
 use super::{Capture, EtaSpec, LnModel};
 use crate::data::CountMatrix;
 use crate::error::{CoreError, Result};
-use crate::math::lgamma;
-use rand::{Rng, SeedableRng};
+use crate::models::lognormal::lnm::softmax_alr;
+use crate::models::lognormal::obs::{NegBin, Obs, Poisson};
+use crate::posterior::lognormal::{self, cell_rng, Latents, LnObs};
+use crate::progress::Ctl;
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Gamma, Poisson as PoissonDist, StandardNormal};
+use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
 /// A fitted log-normal model, as stored by the results object.
@@ -39,14 +42,35 @@ pub struct Fitted<'a> {
     pub low_rank: bool,
 }
 
-fn cell_rng(seed: u64, c: usize) -> ChaCha8Rng {
-    let mut z = seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ChaCha8Rng::seed_from_u64(z ^ (z >> 31))
-}
-
 impl Fitted<'_> {
+    /// The observation model of the fit (what turns latents into counts).
+    fn obs(&self) -> LnObs<'_> {
+        LnObs {
+            model: self.model,
+            r: self.r,
+            totals: self.totals,
+            reference: self.reference,
+        }
+    }
+
+    /// The MAP latents of `cells` as one "draw" per cell.
+    fn map_latents(&self, cells: &[usize]) -> Latents {
+        let g = self.mu.len();
+        Latents {
+            n: 1,
+            g,
+            x: cells
+                .iter()
+                .flat_map(|&c| self.latents[c * g..(c + 1) * g].iter().copied())
+                .collect(),
+            eta: if self.eta.is_empty() {
+                Vec::new()
+            } else {
+                cells.iter().map(|&c| self.eta[c]).collect()
+            },
+        }
+    }
+
     fn check(&self, data: &CountMatrix) -> Result<()> {
         let g = self.mu.len();
         let g_data = if self.model == LnModel::Lnm { g + 1 } else { g };
@@ -138,7 +162,7 @@ fn sample_cell_lnm(
     let n_tot: f64 = u.iter().sum();
     let yh = &f.latents[c * g..(c + 1) * g];
     let mut rho = vec![0.0; g];
-    lnm::softmax_alr(yh, &mut rho);
+    softmax_alr(yh, &mut rho);
     let ys = if f.low_rank {
         sample_low_rank(f, &rho, n_tot, yh, n, rng)?
     } else {
@@ -231,9 +255,10 @@ pub fn latent_draws(
     cells: &[usize],
     n: usize,
     seed: u64,
+    ctl: Ctl<'_>,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     f.check(data)?;
-    f.check(data)?;
+    let work = ctl.work(cells.len());
     let (spec, _) = EtaSpec::new(f.capture, data)?;
     let sig = SigmaFactor::new(f.w, f.d, f.k)
         .ok_or_else(|| CoreError::arg("fit", "the covariance is not positive definite"))?;
@@ -241,8 +266,12 @@ pub fn latent_draws(
     let per: Vec<Option<(Vec<f64>, Vec<f64>)>> = cells
         .par_iter()
         .map(|&c| {
+            if work.stopped() {
+                return None;
+            }
+            work.tick();
             let mut u = vec![0.0; data.n_genes];
-            cell::dense_counts(data, c, &mut u);
+            data.dense_row(c, &mut u);
             let mut rng = cell_rng(seed, c);
             if f.model == LnModel::Lnm {
                 return sample_cell_lnm(f, &sig, &u, c, spec.mode[c], n, &mut rng);
@@ -250,6 +279,7 @@ pub fn latent_draws(
             f.with_obs(|obs| sample_cell(obs, f, &sig, &u, c, spec.mode[c], n, &mut rng))
         })
         .collect();
+    work.finish(())?;
     let mut xs = vec![0.0; cells.len() * g * n];
     let mut es = Vec::new();
     for (ci, p) in per.into_iter().enumerate() {
@@ -268,8 +298,9 @@ pub fn latent_draws(
 }
 
 /// Count draws `(s, cell, gene)` at `(cell·|genes| + gene)·n + s`: at the
-/// MAP latents (`n_latent = None`: `n` count draws from the MAP) or with
-/// each draw's own latent draw (Laplace uncertainty).
+/// MAP latents (`use_map`: `n` count draws from the MAP) or with each draw's
+/// own latent draw (Laplace uncertainty).
+#[allow(clippy::too_many_arguments)]
 pub fn predictive(
     f: &Fitted<'_>,
     data: &CountMatrix,
@@ -278,116 +309,21 @@ pub fn predictive(
     n: usize,
     use_map: bool,
     seed: u64,
+    ctl: Ctl<'_>,
 ) -> Result<Vec<f64>> {
     f.check(data)?;
-    let g = f.mu.len();
-    let (xs, es) = if use_map {
-        (Vec::new(), Vec::new())
+    let lat = if use_map {
+        f.map_latents(cells)
     } else {
-        latent_draws(f, data, cells, n, seed)?
-    };
-    let ng = genes.len();
-    let out: Vec<Vec<f64>> = cells
-        .par_iter()
-        .enumerate()
-        .map(|(ci, &c)| {
-            let mut rng = cell_rng(seed ^ 0x7070_7063, c);
-            let mut v = vec![0.0; ng * n];
-            if f.model == LnModel::Lnm {
-                for s in 0..n {
-                    let y: Vec<f64> = (0..g)
-                        .map(|gi| {
-                            if use_map {
-                                f.latents[c * g + gi]
-                            } else {
-                                xs[(ci * g + gi) * n + s]
-                            }
-                        })
-                        .collect();
-                    let eta = match (f.eta.is_empty(), use_map) {
-                        (true, _) => 0.0,
-                        (false, true) => f.eta[c],
-                        (false, false) => es[ci * n + s],
-                    };
-                    let counts = lnm_draw(f, &y, eta, &mut rng);
-                    for (j, &gi) in genes.iter().enumerate() {
-                        v[j * n + s] = counts[gi];
-                    }
-                }
-                return v;
-            }
-            for s in 0..n {
-                let eta = if f.eta.is_empty() {
-                    0.0
-                } else if use_map {
-                    f.eta[c]
-                } else {
-                    es[ci * n + s]
-                };
-                for (j, &gi) in genes.iter().enumerate() {
-                    let x = if use_map {
-                        f.latents[c * g + gi]
-                    } else {
-                        xs[(ci * g + gi) * n + s]
-                    };
-                    let m = (x - eta).clamp(-50.0, 50.0).exp();
-                    let lam = match f.model {
-                        LnModel::Pln | LnModel::Lnm => m,
-                        LnModel::Nbln => {
-                            let r = f.r[gi].max(1e-6);
-                            rng.sample(Gamma::new(r, m / r).expect("valid gamma"))
-                        }
-                    };
-                    v[j * n + s] = if lam > 0.0 {
-                        rng.sample(PoissonDist::new(lam).expect("valid rate"))
-                    } else {
-                        0.0
-                    };
-                }
-            }
-            v
-        })
-        .collect();
-    Ok(out.concat())
-}
-
-/// Full-gene composition `softmax([y, 0])` (reference inserted) of an LNM cell.
-fn lnm_composition(f: &Fitted<'_>, y: &[f64]) -> Vec<f64> {
-    let mut rho = vec![0.0; y.len()];
-    let (_, rho_ref) = lnm::softmax_alr(y, &mut rho);
-    rho.insert(f.reference.unwrap_or(y.len()), rho_ref);
-    rho
-}
-
-/// One LNM count vector: total `N ~ NB(mean μ_T e^{−η}, r_T)`, then
-/// `Multinomial(N, ρ)` by sequential binomials.
-fn lnm_draw(f: &Fitted<'_>, y: &[f64], eta: f64, rng: &mut ChaCha8Rng) -> Vec<f64> {
-    let rho = lnm_composition(f, y);
-    let (mu_t, r_t) = (f.totals[0], f.totals[1]);
-    let mean = mu_t * (-eta).clamp(-30.0, 30.0).exp();
-    let lam: f64 = rng.sample(Gamma::new(r_t, mean / r_t).expect("valid gamma"));
-    let mut left = if lam > 0.0 {
-        rng.sample(PoissonDist::new(lam).expect("valid rate"))
-    } else {
-        0.0
-    } as u64;
-    let mut rest = 1.0;
-    let mut out = vec![0.0; rho.len()];
-    for (i, &p) in rho.iter().enumerate() {
-        if left == 0 {
-            break;
+        let (x, eta) = latent_draws(f, data, cells, n, seed, ctl)?;
+        Latents {
+            n,
+            g: f.mu.len(),
+            x,
+            eta,
         }
-        let q = if i + 1 == rho.len() {
-            1.0
-        } else {
-            (p / rest).clamp(0.0, 1.0)
-        };
-        let x = rng.sample(rand_distr::Binomial::new(left, q).expect("valid binomial"));
-        out[i] = x as f64;
-        left -= x;
-        rest -= p;
-    }
-    out
+    };
+    lognormal::predictive(&f.obs(), &lat, cells, genes, n, seed, ctl)
 }
 
 /// Per-cell log-likelihood `Σ_g ln p(u_cg | x, η)` (full pmf, `ln u!`
@@ -398,85 +334,22 @@ pub fn cell_loglik(
     data: &CountMatrix,
     cells: &[usize],
     n: Option<(usize, u64)>,
+    ctl: Ctl<'_>,
 ) -> Result<Vec<f64>> {
     f.check(data)?;
-    let g = f.mu.len();
-    let (spec, _) = EtaSpec::new(f.capture, data)?;
-    let (xs, es, nn) = match n {
-        None => (Vec::new(), Vec::new(), 1),
+    let lat = match n {
+        None => f.map_latents(cells),
         Some((n, seed)) => {
-            let (x, e) = latent_draws(f, data, cells, n, seed)?;
-            (x, e, n)
+            let (x, eta) = latent_draws(f, data, cells, n, seed, ctl)?;
+            Latents {
+                n,
+                g: f.mu.len(),
+                x,
+                eta,
+            }
         }
     };
-    let out: Vec<Vec<f64>> = cells
-        .par_iter()
-        .enumerate()
-        .map(|(ci, &c)| {
-            let mut u = vec![0.0; data.n_genes];
-            cell::dense_counts(data, c, &mut u);
-            let lnfact: f64 = u.iter().map(|&v| lgamma(v + 1.0)).sum();
-            if f.model == LnModel::Lnm {
-                // Multinomial (with its coefficient) plus the NB totals.
-                let n_tot: f64 = u.iter().sum();
-                let (mu_t, r_t) = (f.totals[0], f.totals[1]);
-                return (0..nn)
-                    .map(|s| {
-                        let y: Vec<f64> = (0..g)
-                            .map(|gi| {
-                                if xs.is_empty() {
-                                    f.latents[c * g + gi]
-                                } else {
-                                    xs[(ci * g + gi) * nn + s]
-                                }
-                            })
-                            .collect();
-                        let eta = match (spec.mode[c], es.is_empty()) {
-                            (EtaMode::None, _) => 0.0,
-                            (_, true) => f.eta[c],
-                            (_, false) => es[ci * nn + s],
-                        };
-                        let rho = lnm_composition(f, &y);
-                        let comp: f64 = u
-                            .iter()
-                            .zip(&rho)
-                            .map(|(&uu, &p)| if uu > 0.0 { uu * p.ln() } else { 0.0 })
-                            .sum();
-                        let rho_t = mu_t * (-eta).clamp(-30.0, 30.0).exp();
-                        let v = r_t + rho_t;
-                        let tot = lgamma(n_tot + r_t) - lgamma(r_t)
-                            + r_t * (r_t / v).ln()
-                            + n_tot * (rho_t / v).ln();
-                        comp - lnfact + tot
-                    })
-                    .collect::<Vec<f64>>();
-            }
-            let poisson_const = if f.model == LnModel::Pln { lnfact } else { 0.0 };
-            f.with_obs(|obs| {
-                (0..nn)
-                    .map(|s| {
-                        let eta = match (spec.mode[c], es.is_empty()) {
-                            (EtaMode::None, _) => 0.0,
-                            (_, true) => f.eta[c],
-                            (_, false) => es[ci * nn + s],
-                        };
-                        let total: f64 = (0..g)
-                            .map(|gi| {
-                                let x = if xs.is_empty() {
-                                    f.latents[c * g + gi]
-                                } else {
-                                    xs[(ci * g + gi) * nn + s]
-                                };
-                                obs.value(gi, u[gi], x - eta)
-                            })
-                            .sum();
-                        total - poisson_const
-                    })
-                    .collect::<Vec<f64>>()
-            })
-        })
-        .collect();
-    Ok(out.concat())
+    lognormal::cell_loglik(&f.obs(), data, &lat, cells, ctl)
 }
 
 #[cfg(test)]
@@ -508,7 +381,7 @@ mod tests {
             low_rank: false,
         };
         let n = 200_000;
-        let (xs, _) = latent_draws(&f, &data, &[0], n, 7).unwrap();
+        let (xs, _) = latent_draws(&f, &data, &[0], n, 7, Ctl::none()).unwrap();
         // Dense A = diag(λ) + Σ⁻¹ via the Woodbury factor, inverted column by column.
         let sig = SigmaFactor::new(&w, &d, k).unwrap();
         let lam: Vec<f64> = latents.iter().map(|x| x.exp()).collect();
@@ -562,9 +435,10 @@ mod tests {
             low_rank: false,
         };
         let n = 200_000;
-        let (ys, _) = latent_draws(&f, &data, &[0], n, 3).unwrap();
+        let (ys, _) = latent_draws(&f, &data, &[0], n, 3, Ctl::none()).unwrap();
         let sig = SigmaFactor::new(&w, &d, k).unwrap();
-        let rho = lnm_composition(&f, &latents)[..g1].to_vec();
+        let mut rho = vec![0.0; g1];
+        softmax_alr(&latents, &mut rho);
         let a: Vec<f64> = rho.iter().map(|r| 40.0 * r).collect();
         let nf = NewtonFactor::new(&sig, &w, &a, 0.0).unwrap();
         let mut ar = vec![0.0; g1];

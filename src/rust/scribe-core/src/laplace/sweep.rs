@@ -2,12 +2,14 @@
 //! capture mode, the globals read from θ, and the parallel Newton sweep
 //! with the ELBO gradient (PLN/NBLN through `cell`, LNM through `lnm`).
 
-use super::cell::{self, EtaMode, NegBin, Obs, OuterGrad, Poisson};
+use super::cell::{self, EtaMode, OuterGrad};
 use super::woodbury::SigmaFactor;
 use super::{lnm, Capture};
 use crate::data::CountMatrix;
 use crate::error::{CoreError, Result};
 use crate::math::softplus;
+use crate::models::lognormal::lnm::totals;
+use crate::models::lognormal::obs::{NegBin, Obs, Poisson};
 use rayon::prelude::*;
 
 /// Cells per parallel work unit; fixed so sums group the same way on any
@@ -204,7 +206,7 @@ pub(crate) fn sweep(
             let (mut elbo, mut masked) = (0.0, 0);
             let mut norms = Vec::with_capacity(cchunk.len());
             for (i, (x, &c)) in lchunk.chunks_mut(lay.lat_dim()).zip(cchunk).enumerate() {
-                cell::dense_counts(data, c, &mut u);
+                data.dense_row(c, &mut u);
                 let (x0, e0) = (x.to_vec(), echunk[i]);
                 let mode = modes.mode[c];
                 if let Some(rf) = lay.reference {
@@ -370,7 +372,7 @@ fn lnm_cell(
         EtaMode::Free { anchor, sigma } => {
             lnm::totals_capture(n_tot, gl.totals.0, gl.totals.1, *eta, anchor, sigma)
         }
-        _ => lnm::totals(n_tot, gl.totals.0, gl.totals.1),
+        _ => totals(n_tot, gl.totals.0, gl.totals.1),
     };
     tr[0] += d_mu;
     tr[1] += d_r;
@@ -388,7 +390,7 @@ pub(crate) fn cell_norm(
     lay: Layout,
 ) -> f64 {
     let mut u = vec![0.0; data.n_genes];
-    cell::dense_counts(data, c, &mut u);
+    data.dense_row(c, &mut u);
     if let Some(rf) = lay.reference {
         let ua: Vec<f64> = u
             .iter()

@@ -9,9 +9,9 @@
 
 use crate::error::{CoreError, Result};
 use crate::models::nb::NbModel;
-use crate::models::{BlockKind, Model};
-use crate::posterior::{GuideBlock, Site};
-use crate::svi::initial_guide;
+use crate::models::{BlockKind, Layout, Model};
+use crate::posterior::Site;
+use crate::svi::initial_log_scales;
 
 const EPS: f64 = 1e-6;
 
@@ -27,16 +27,18 @@ fn site<'a>(sites: &'a [Site], name: &str) -> Result<&'a Site> {
 }
 
 /// The starting point (unconstrained) and per-coordinate scales for `model`
-/// from an SVI fit's MAP `sites` (as returned by `posterior::nb_sites`).
-/// Scales come from the SVI guide where it has the same block with the same
-/// link (same parameterization); otherwise from the diagonal of the
-/// log-posterior Hessian at the starting point. Blocks the SVI fit has no
-/// estimate for (capture or gate when the SVI model lacks them) start at the
-/// model's own data-driven starting point.
+/// from an SVI fit's point `sites` (as returned by `posterior::nb::sites`).
+/// Scales come from the SVI posterior (`svi_scales` over its `svi_layout`)
+/// where it has the same block with the same link and length (same
+/// parameterization); otherwise from the diagonal of the log-posterior
+/// Hessian at the starting point. Blocks the SVI fit has no estimate for
+/// (capture or gate when the SVI model lacks them) start at the model's own
+/// data-driven starting point.
 pub fn svi_start(
     model: &NbModel<'_>,
     sites: &[Site],
-    guide: &[GuideBlock],
+    svi_layout: &Layout,
+    svi_scales: Option<&[f64]>,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     let n_genes = model.data().n_genes;
     let n_cells = model.data().n_cells;
@@ -53,7 +55,7 @@ pub fn svi_start(
             continue;
         }
         let k_target = match block.kind {
-            BlockKind::Gene => block.len / n_genes.max(1),
+            BlockKind::Gene => block.n_comp,
             _ => 1,
         };
         let comp_check = |s: &Site, k_target: usize| -> Result<()> {
@@ -162,13 +164,16 @@ pub fn svi_start(
     }
     // Hessian-diagonal scales everywhere, replaced by the guide's where it
     // describes the very same coordinates.
-    let hess = initial_guide(model, &x);
-    let n = x.len();
-    let mut scale: Vec<f64> = hess[n..].iter().map(|v| v.exp()).collect();
-    for block in &model.layout().blocks {
-        if let Some(g) = guide.iter().find(|g| g.name == block.name) {
-            if g.link == block.link && g.scale.len() == block.len {
-                scale[block.offset..block.offset + block.len].copy_from_slice(&g.scale);
+    let mut scale: Vec<f64> = initial_log_scales(model, &x)
+        .iter()
+        .map(|v| v.exp())
+        .collect();
+    if let Some(svi_scales) = svi_scales {
+        for block in &model.layout().blocks {
+            if let Some(g) = svi_layout.find(&block.name) {
+                if g.link == block.link && g.len == block.len {
+                    scale[block.range()].copy_from_slice(&svi_scales[g.range()]);
+                }
             }
         }
     }

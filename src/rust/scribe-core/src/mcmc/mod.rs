@@ -59,6 +59,11 @@ impl Default for McmcConfig {
     }
 }
 
+/// Half-width of uniform starts on the unconstrained scale (the spec's (−2, 2)).
+pub const DEFAULT_INIT_RADIUS: f64 = 2.0;
+/// Half-width of starts around an SVI fit, in its posterior standard deviations.
+pub const DEFAULT_INIT_SPREAD: f64 = 1.0;
+
 /// Where chains start.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Start {

@@ -1,11 +1,11 @@
-//! Count models. A model owns a [`Layout`] of unconstrained parameters and
-//! exposes the batch log-likelihood with its gradient, plus a prior for every
-//! coordinate; engines (SVI now, MCMC later) only see this seam.
+//! Count models, one folder per family: [`nb`] (nbdm, nbvcp, zinb, zinbvcp,
+//! mixtures) and [`lognormal`] (the observation kernels of PLN, NBLN, LNM and
+//! LNMVCP, and their specification). A model owns a [`Layout`] of
+//! unconstrained parameters and exposes the batch log-likelihood with its
+//! gradient, plus a prior for every coordinate: the seam every engine uses.
 
+pub mod lognormal;
 pub mod nb;
-mod nb_init;
-mod nb_mixture;
-pub mod simulate;
 
 use crate::data::Batch;
 use crate::dist::{Link, Prior};
@@ -19,6 +19,35 @@ pub enum BlockKind {
     Scalar,
     /// One value per cell (only batch cells receive gradient).
     Cell,
+    /// `K − 1` free logits of a point on the K-simplex, `w = softmax([x, 0])`
+    /// (mixing weights); its prior is a joint one ([`Model::joint_prior_grad`]).
+    Simplex,
+}
+
+impl BlockKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockKind::Gene => "gene",
+            BlockKind::Scalar => "scalar",
+            BlockKind::Cell => "cell",
+            BlockKind::Simplex => "simplex",
+        }
+    }
+
+    pub fn parse(s: &str) -> crate::Result<Self> {
+        Ok(match s {
+            "gene" => BlockKind::Gene,
+            "scalar" => BlockKind::Scalar,
+            "cell" => BlockKind::Cell,
+            "simplex" => BlockKind::Simplex,
+            other => {
+                return Err(crate::CoreError::arg(
+                    "layout",
+                    format!("unknown block kind '{other}'"),
+                ))
+            }
+        })
+    }
 }
 
 /// A named, contiguous slice of the flat parameter vector.
@@ -29,6 +58,17 @@ pub struct Block {
     pub offset: usize,
     pub len: usize,
     pub link: Link,
+    /// Mixture components along the block (1 if shared): a gene block of a
+    /// component-specific parameter holds `n_comp` slices of `len / n_comp`,
+    /// component-major; a simplex block describes `len + 1` components.
+    pub n_comp: usize,
+}
+
+impl Block {
+    /// Coordinates of the block, in the flat vector.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len
+    }
 }
 
 /// The flat parameter vector's blocks, in order.
@@ -39,13 +79,22 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn push(&mut self, name: &str, kind: BlockKind, len: usize, link: Link) -> usize {
+    /// Appends a block of `n_comp` components (see [`Block::n_comp`]); returns its index.
+    pub fn push(
+        &mut self,
+        name: &str,
+        kind: BlockKind,
+        len: usize,
+        link: Link,
+        n_comp: usize,
+    ) -> usize {
         self.blocks.push(Block {
             name: name.to_string(),
             kind,
             offset: self.total,
             len,
             link,
+            n_comp,
         });
         self.total += len;
         self.blocks.len() - 1
@@ -53,6 +102,53 @@ impl Layout {
 
     pub fn find(&self, name: &str) -> Option<&Block> {
         self.blocks.iter().find(|b| b.name == name)
+    }
+
+    /// The layout restricted to some genes and cells (0-based, in the given
+    /// order; `None` keeps all), and the flat coordinates it keeps: every
+    /// component of each kept gene, the kept cells, all shared coordinates.
+    /// Subsetting a fit keeps exactly these coordinates of its posterior.
+    pub fn select(
+        &self,
+        n_genes: usize,
+        genes: Option<&[usize]>,
+        cells: Option<&[usize]>,
+    ) -> crate::Result<(Layout, Vec<usize>)> {
+        let mut out = Layout::default();
+        let mut keep = Vec::with_capacity(self.total);
+        for b in &self.blocks {
+            let before = keep.len();
+            match (b.kind, genes, cells) {
+                (BlockKind::Gene, Some(gs), _) => {
+                    let per = b.len / b.n_comp.max(1);
+                    if per != n_genes {
+                        return Err(crate::CoreError::arg(
+                            "layout",
+                            format!("block '{}' does not have {n_genes} genes", b.name),
+                        ));
+                    }
+                    for k in 0..b.n_comp {
+                        for &g in gs {
+                            if g >= per {
+                                return Err(crate::CoreError::arg("i", "gene index out of range"));
+                            }
+                            keep.push(b.offset + k * per + g);
+                        }
+                    }
+                }
+                (BlockKind::Cell, _, Some(cs)) => {
+                    for &c in cs {
+                        if c >= b.len {
+                            return Err(crate::CoreError::arg("j", "cell index out of range"));
+                        }
+                        keep.push(b.offset + c);
+                    }
+                }
+                _ => keep.extend(b.range()),
+            }
+            out.push(&b.name, b.kind, keep.len() - before, b.link, b.n_comp);
+        }
+        Ok((out, keep))
     }
 }
 
@@ -120,7 +216,9 @@ pub fn log_joint_grad<M: Model>(
                     add(c as usize, batch.scale);
                 }
             }
-            _ => (0..block.len).for_each(|j| add(j, 1.0)),
+            BlockKind::Gene | BlockKind::Scalar | BlockKind::Simplex => {
+                (0..block.len).for_each(|j| add(j, 1.0))
+            }
         }
     }
     lp

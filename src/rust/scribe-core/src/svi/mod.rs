@@ -1,9 +1,9 @@
-//! Stochastic variational inference: the training loop around the ELBO of
-//! [`elbo`], with mini-batching over cells, the optimizers of [`optim`],
-//! `stable_update`, early stopping / restore-best of [`early_stop`], and a
-//! Laplace-style initialisation of the guide.
+//! Stochastic variational inference: the training loop over any [`Guide`]
+//! (the families live in [`guide`]), with mini-batching over cells, the
+//! shared optimizers and early stopping / restore-best of [`crate::optim`],
+//! `stable_update`, and a Laplace-style start for the guide's scales.
 
-pub mod elbo;
+pub mod guide;
 
 use crate::data::{Batch, BatchSampler};
 use crate::error::{CoreError, Partial, Result};
@@ -11,7 +11,7 @@ use crate::models::{log_joint_grad, Model};
 use crate::optim::early_stop::{Decision, EarlyStopping, Tracker};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::progress::{Cancel, Progress};
-use elbo::{loss_and_grad, ElboBuffers};
+use guide::Guide;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -50,7 +50,7 @@ impl Default for SviConfig {
 /// The outcome of a run.
 #[derive(Debug, Clone)]
 pub struct SviFit {
-    /// `[loc (n) | log_scale (n)]` over the model's layout.
+    /// The guide's variational parameters (see [`Guide::fitted`]).
     pub params: Vec<f64>,
     /// One `−ELBO` estimate per executed step (NaN where an update was skipped).
     pub loss_history: Vec<f64>,
@@ -63,11 +63,12 @@ pub struct SviFit {
 /// Consecutive non-finite steps after which a run is declared diverged.
 const MAX_NONFINITE_RUN: usize = 100;
 
-/// Starting guide: locations at the model's data-driven point; scales from the
-/// diagonal of the log-joint Hessian there (`1/sqrt(−H_jj)`, a Laplace
-/// approximation), so that the guide starts near its optimum instead of at
-/// the prior's width.
-pub fn initial_guide<M: Model>(model: &M, x0: &[f64]) -> Vec<f64> {
+/// Per-coordinate log scales of a Laplace approximation at `x0`:
+/// `ln(1/sqrt(−H_jj))` from the diagonal of the log-joint Hessian (0.1 where
+/// it is not negative), clamped to `[1e-4, 1]`, so that guides start near
+/// their optimum instead of at the prior's width. MCMC warm starts use the
+/// same scales for blocks an SVI fit does not describe.
+pub fn initial_log_scales<M: Model>(model: &M, x0: &[f64]) -> Vec<f64> {
     let n = x0.len();
     let batch = Batch::full(model.data());
     let mut ws = model.workspace();
@@ -77,7 +78,7 @@ pub fn initial_guide<M: Model>(model: &M, x0: &[f64]) -> Vec<f64> {
         let h = 1e-4;
         for block in &model.layout().blocks {
             let mut x = x0.to_vec();
-            let r = block.offset..block.offset + block.len;
+            let r = block.range();
             x[r.clone()].iter_mut().for_each(|v| *v += h);
             log_joint_grad(model, &x, &batch, &mut gp, &mut ws);
             x[r.clone()].iter_mut().for_each(|v| *v -= 2.0 * h);
@@ -87,21 +88,30 @@ pub fn initial_guide<M: Model>(model: &M, x0: &[f64]) -> Vec<f64> {
             }
         }
     }
-    let mut v = x0.to_vec();
-    v.extend(hdiag.iter().map(|&h| {
-        let sd = if h.is_finite() && h < 0.0 {
-            1.0 / (-h).sqrt()
-        } else {
-            0.1
-        };
-        sd.clamp(1e-4, 1.0).ln()
-    }));
-    v
+    hdiag
+        .iter()
+        .map(|&h| {
+            let sd = if h.is_finite() && h < 0.0 {
+                1.0 / (-h).sqrt()
+            } else {
+                0.1
+            };
+            sd.clamp(1e-4, 1.0).ln()
+        })
+        .collect()
 }
 
-/// Runs SVI from `init` (`[loc | log_scale]`, see [`initial_guide`]).
-pub fn run<M: Model>(
+/// The guide's starting parameters for `model`: at the model's data-driven
+/// point with the scales of [`initial_log_scales`].
+pub fn initial_params<M: Model, G: Guide>(model: &M, guide: &G) -> Vec<f64> {
+    let x0 = model.initial_point();
+    guide.initial_params(&x0, &initial_log_scales(model, &x0))
+}
+
+/// Runs SVI of `guide` from its parameters `init` (see [`initial_params`]).
+pub fn run<M: Model, G: Guide>(
     model: &M,
+    guide: &G,
     init: Vec<f64>,
     cfg: &SviConfig,
     progress: &dyn Progress,
@@ -112,17 +122,19 @@ pub fn run<M: Model>(
         return Err(CoreError::arg("n_steps", "must be at least 1"));
     }
     let data = model.data();
-    let n = model.layout().total;
-    if init.len() != 2 * n {
+    crate::data::check_batch_size(cfg.batch_size, data.n_cells)?;
+    let n = guide.n_params();
+    if init.len() != n {
         return Err(CoreError::arg(
             "init",
-            format!("expected {} values, got {}", 2 * n, init.len()),
+            format!("expected {} values, got {}", n, init.len()),
         ));
     }
     let mut v = init;
-    let mut opt = Optimizer::new(cfg.optimizer.clone(), 2 * n);
-    let mut buf = ElboBuffers::new(model);
-    let mut grad = vec![0.0; 2 * n];
+    let mut opt = Optimizer::new(cfg.optimizer.clone(), n);
+    let mut scratch = guide.scratch();
+    let mut ws = model.workspace();
+    let mut grad = vec![0.0; n];
     let mut rng_noise = ChaCha8Rng::seed_from_u64(cfg.seed);
     rng_noise.set_stream(1);
     let mut rng_batch = ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -162,7 +174,15 @@ pub fn run<M: Model>(
             let cells = s.draw(&mut rng_batch);
             batch.set_cells(data, cells);
         }
-        let loss = loss_and_grad(model, &v, &batch, &mut rng_noise, &mut buf, &mut grad);
+        let loss = guide.loss_and_grad(
+            model,
+            &v,
+            &batch,
+            &mut rng_noise,
+            &mut scratch,
+            &mut ws,
+            &mut grad,
+        );
         let finite = loss.is_finite() && grad.iter().all(|g| g.is_finite());
         if finite {
             nonfinite_run = 0;

@@ -5,9 +5,9 @@
 //! settings of the canonical parameters `(r, p, ν, gate, w)`, whatever engine
 //! produced them (a variational guide's draws or MAP, MCMC draws, …).
 
-use super::Site;
 use crate::error::{CoreError, Result};
 use crate::models::nb::Variant;
+use crate::posterior::Site;
 
 /// `n_draws` settings of the canonical NB parameters, draw-major.
 #[derive(Debug, Clone, PartialEq)]

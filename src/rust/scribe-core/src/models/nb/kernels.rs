@@ -1,6 +1,5 @@
-//! The negative-binomial family: nbdm, nbvcp, zinb, zinbvcp.
+//! The NB-family likelihood bound to a data set ([`NbModel`]) and its kernels.
 //!
-//! Code convention: `NB(u | r, p) = Γ(u+r)/(Γ(r) u!) p^u (1−p)^r`, mean `r p/(1−p)`.
 //! Capture thins `p` to `p̂_c = p ν_c / (1 − p (1 − ν_c))`, i.e.
 //! `logit p̂_c = logit p + ln ν_c`; every kernel works with `ℓ_c = logit p̂_c`
 //! so `ln p̂ = −softplus(−ℓ)` and `ln(1−p̂) = −softplus(ℓ)` stay exact in the tails
@@ -14,360 +13,13 @@
 //! (cell, gene) for zinbvcp, which therefore needs one pass over the C × G
 //! zero structure per step.
 
-use super::{BlockKind, Layout, Model};
+use super::{Capture, NbBlocks, NbSpec, Parameterization, Variant};
 use crate::data::{Batch, CountMatrix};
-use crate::dist::{Link, Prior};
+use crate::dist::Prior;
 use crate::error::{CoreError, Result};
 use crate::math::{digamma_diff, lgamma_diff, ln_sigmoid, sigmoid, softplus};
+use crate::models::{Layout, Model};
 use rayon::prelude::*;
-
-/// Which NB model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Variant {
-    Nbdm,
-    Nbvcp,
-    Zinb,
-    Zinbvcp,
-}
-
-impl Variant {
-    pub const ALL: [Variant; 4] = [
-        Variant::Nbdm,
-        Variant::Nbvcp,
-        Variant::Zinb,
-        Variant::Zinbvcp,
-    ];
-
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "nbdm" => Variant::Nbdm,
-            "nbvcp" => Variant::Nbvcp,
-            "zinb" => Variant::Zinb,
-            "zinbvcp" => Variant::Zinbvcp,
-            _ => {
-                return Err(CoreError::arg(
-                    "model",
-                    format!("unknown NB-family model '{s}'"),
-                ))
-            }
-        })
-    }
-    pub fn has_capture(self) -> bool {
-        matches!(self, Variant::Nbvcp | Variant::Zinbvcp)
-    }
-    pub fn has_gate(self) -> bool {
-        matches!(self, Variant::Zinb | Variant::Zinbvcp)
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Variant::Nbdm => "nbdm",
-            Variant::Nbvcp => "nbvcp",
-            Variant::Zinb => "zinb",
-            Variant::Zinbvcp => "zinbvcp",
-        }
-    }
-}
-
-/// Which quantities are sampled (the rest are derived).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parameterization {
-    /// `p`, `r`.
-    Canonical,
-    /// `p`, `mu`; `r = mu (1−p)/p`.
-    MeanProb,
-    /// `phi`, `mu`; `r = mu·phi`, `p = 1/(1+phi)`.
-    MeanOdds,
-}
-
-impl Parameterization {
-    pub const ALL: [Parameterization; 3] = [
-        Parameterization::Canonical,
-        Parameterization::MeanProb,
-        Parameterization::MeanOdds,
-    ];
-
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "canonical" | "standard" => Parameterization::Canonical,
-            "mean_prob" | "linked" => Parameterization::MeanProb,
-            "mean_odds" | "odds_ratio" => Parameterization::MeanOdds,
-            _ => {
-                return Err(CoreError::arg(
-                    "parameterization",
-                    format!("unknown parameterization '{s}'"),
-                ))
-            }
-        })
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Parameterization::Canonical => "canonical",
-            Parameterization::MeanProb => "mean_prob",
-            Parameterization::MeanOdds => "mean_odds",
-        }
-    }
-    pub fn gene_param(self) -> &'static str {
-        if self == Parameterization::Canonical {
-            "r"
-        } else {
-            "mu"
-        }
-    }
-    pub fn scalar_param(self) -> &'static str {
-        if self == Parameterization::MeanOdds {
-            "phi"
-        } else {
-            "p"
-        }
-    }
-    pub fn capture_param(self) -> &'static str {
-        if self == Parameterization::MeanOdds {
-            "phi_capture"
-        } else {
-            "p_capture"
-        }
-    }
-}
-
-/// Biology-informed capture prior `η_c ~ TruncN(ln M0 − ln L_c, σ_M, low = 0)`, `ν_c = e^{−η_c}`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CapturePrior {
-    pub ln_m0: f64,
-    pub sigma: f64,
-}
-
-/// A mixture over cells: every cell's whole gene vector comes from one of
-/// `k` components; `gene`/`scalar`/`gate` say which parameters get a
-/// component axis (capture is always shared).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Mixture {
-    pub k: usize,
-    pub gene: bool,
-    pub scalar: bool,
-    pub gate: bool,
-    /// Symmetric Dirichlet concentration of the mixing weights.
-    pub concentration: f64,
-}
-
-/// Everything that defines an NB-family model apart from the data.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NbSpec {
-    pub variant: Variant,
-    pub param: Parameterization,
-    pub unconstrained: bool,
-    /// Link for positive parameters when `unconstrained` (constrained ones use Exp, i.e. LogNormal).
-    pub positive_link: Link,
-    /// Priors by sampled-site name: "r"/"mu", "p"/"phi", "p_capture"/"phi_capture", "gate".
-    pub priors: Vec<(String, Prior)>,
-    pub capture_prior: Option<CapturePrior>,
-    pub mixture: Option<Mixture>,
-}
-
-impl NbSpec {
-    /// The spec's default priors for this variant and parameterization.
-    pub fn new(
-        variant: Variant,
-        param: Parameterization,
-        unconstrained: bool,
-        positive_link: Link,
-    ) -> Self {
-        let mut priors = Vec::new();
-        let n01 = Prior::Normal {
-            loc: 0.0,
-            scale: 1.0,
-        };
-        let gene = if unconstrained {
-            n01
-        } else {
-            Prior::LogNormal {
-                loc: 0.0,
-                scale: 1.0,
-            }
-        };
-        priors.push((param.gene_param().to_string(), gene));
-        let scalar = match (param, unconstrained) {
-            (_, true) => n01,
-            (Parameterization::MeanOdds, false) => Prior::BetaPrime { a: 1.0, b: 1.0 },
-            _ => Prior::Beta { a: 1.0, b: 1.0 },
-        };
-        priors.push((param.scalar_param().to_string(), scalar));
-        if variant.has_capture() {
-            let cap = match (param, unconstrained) {
-                (_, true) => n01,
-                (Parameterization::MeanOdds, false) => Prior::BetaPrime { a: 1.0, b: 1.0 },
-                _ => Prior::Beta { a: 1.0, b: 1.0 },
-            };
-            priors.push((param.capture_param().to_string(), cap));
-        }
-        if variant.has_gate() {
-            let gate = if unconstrained {
-                Prior::Normal {
-                    loc: -2.0,
-                    scale: 1.0,
-                }
-            } else {
-                Prior::Beta { a: 1.0, b: 9.0 }
-            };
-            priors.push(("gate".to_string(), gate));
-        }
-        NbSpec {
-            variant,
-            param,
-            unconstrained,
-            positive_link,
-            priors,
-            capture_prior: None,
-            mixture: None,
-        }
-    }
-
-    /// Replaces the hyper-parameters of a sampled site's default prior family.
-    pub fn set_prior(&mut self, site: &str, a: f64, b: f64) -> Result<()> {
-        if site == "eta_capture" {
-            if !self.variant.has_capture() {
-                return Err(CoreError::arg(
-                    "priors",
-                    format!(
-                        "a capture prior needs a variable-capture model (nbvcp, zinbvcp), not '{}'",
-                        self.variant.name()
-                    ),
-                ));
-            }
-            if !(b > 0.0) || !a.is_finite() {
-                return Err(CoreError::arg(
-                    "priors",
-                    "capture_efficiency must be c(log(M0), sigma) with sigma > 0",
-                ));
-            }
-            self.capture_prior = Some(CapturePrior { ln_m0: a, sigma: b });
-            return Ok(());
-        }
-        let known: Vec<String> = self.priors.iter().map(|(n, _)| n.clone()).collect();
-        let (variant, param) = (self.variant, self.param);
-        let entry = self
-            .priors
-            .iter_mut()
-            .find(|(n, _)| n == site)
-            .ok_or_else(|| {
-                CoreError::arg(
-                    "priors",
-                    format!(
-                        "'{site}' is not a sampled parameter of {} ({}); sampled: {}",
-                        variant.name(),
-                        param.name(),
-                        known.join(", ")
-                    ),
-                )
-            })?;
-        let new = match entry.1 {
-            Prior::Normal { .. } => Prior::Normal { loc: a, scale: b },
-            Prior::LogNormal { .. } => Prior::LogNormal { loc: a, scale: b },
-            Prior::Beta { .. } => Prior::Beta { a, b },
-            Prior::BetaPrime { .. } => Prior::BetaPrime { a, b },
-            Prior::TruncNormal0 { .. } => Prior::TruncNormal0 { loc: a, scale: b },
-            Prior::Flat => Prior::Flat,
-        };
-        let ok = match new {
-            Prior::Normal { loc, scale } | Prior::LogNormal { loc, scale } => {
-                loc.is_finite() && scale > 0.0
-            }
-            Prior::Beta { a, b } | Prior::BetaPrime { a, b } => a > 0.0 && b > 0.0,
-            Prior::TruncNormal0 { .. } | Prior::Flat => true,
-        };
-        if !ok || !b.is_finite() {
-            return Err(CoreError::arg(
-                "priors",
-                format!("invalid hyper-parameters c({a}, {b}) for '{site}'"),
-            ));
-        }
-        entry.1 = new;
-        Ok(())
-    }
-
-    fn prior_of(&self, site: &str) -> Prior {
-        self.priors
-            .iter()
-            .find(|(n, _)| n == site)
-            .map(|(_, p)| *p)
-            .expect("prior for every sampled site")
-    }
-
-    /// Makes this a `k`-component mixture over the named sampled sites
-    /// (gene param, scalar param, "gate").
-    pub fn set_mixture(&mut self, k: usize, sites: &[&str], concentration: f64) -> Result<()> {
-        if k < 2 {
-            return Err(CoreError::arg(
-                "n_components",
-                "must be at least 2 for a mixture model",
-            ));
-        }
-        if !(concentration > 0.0) {
-            return Err(CoreError::arg(
-                "priors",
-                "the mixing concentration must be positive",
-            ));
-        }
-        let mut m = Mixture {
-            k,
-            gene: false,
-            scalar: false,
-            gate: false,
-            concentration,
-        };
-        for &site in sites {
-            if site == self.param.gene_param() {
-                m.gene = true;
-            } else if site == self.param.scalar_param() {
-                m.scalar = true;
-            } else if site == "gate" && self.variant.has_gate() {
-                m.gate = true;
-            } else {
-                return Err(CoreError::arg(
-                    "mixture_params",
-                    format!(
-                        "'{site}' cannot be component-specific in {} ({})",
-                        self.variant.name(),
-                        self.param.name()
-                    ),
-                ));
-            }
-        }
-        if !(m.gene || m.scalar || m.gate) {
-            return Err(CoreError::arg(
-                "mixture_params",
-                "at least one parameter must be component-specific",
-            ));
-        }
-        self.mixture = Some(m);
-        Ok(())
-    }
-
-    /// Number of mixture components (1 without a mixture).
-    pub fn n_components(&self) -> usize {
-        self.mixture.map_or(1, |m| m.k)
-    }
-
-    /// Link of the sampled positive parameters.
-    pub fn pos_link(&self) -> Link {
-        if self.unconstrained {
-            self.positive_link
-        } else {
-            Link::Exp
-        }
-    }
-}
-
-/// How capture is parameterized in the unconstrained vector.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Capture {
-    None,
-    /// `ν = sigmoid(x)`.
-    Nu,
-    /// `φ_c = T(x)`, `ν = 1/(1+φ_c)`.
-    Phi(Link),
-    /// `η = softplus(x)`, `ν = e^{−η}`.
-    Eta,
-}
 
 /// An NB-family model bound to a data set.
 pub struct NbModel<'a> {
@@ -413,65 +65,15 @@ impl<'a> NbModel<'a> {
                 "capture_efficiency requires nbvcp or zinbvcp",
             ));
         }
-        let mut layout = Layout::default();
-        let pos = spec.pos_link();
-        let mix = spec.mixture;
-        let kk = |on: bool| mix.filter(|_| on).map_or(1, |m| m.k);
-        let (k_gene, k_scalar, k_gate) = (
-            kk(mix.is_some_and(|m| m.gene)),
-            kk(mix.is_some_and(|m| m.scalar)),
-            kk(mix.is_some_and(|m| m.gate)),
-        );
-        let b_gene = layout.push(
-            spec.param.gene_param(),
-            BlockKind::Gene,
-            k_gene * data.n_genes,
-            pos,
-        );
-        let scalar_link = if spec.param == Parameterization::MeanOdds {
-            pos
-        } else {
-            Link::Sigmoid
-        };
-        let b_scalar = layout.push(
-            spec.param.scalar_param(),
-            BlockKind::Scalar,
-            k_scalar,
-            scalar_link,
-        );
-        let (b_cap, capture) = if spec.variant.has_capture() {
-            if spec.capture_prior.is_some() {
-                (
-                    Some(layout.push("eta_capture", BlockKind::Cell, data.n_cells, Link::Softplus)),
-                    Capture::Eta,
-                )
-            } else if spec.param == Parameterization::MeanOdds {
-                (
-                    Some(layout.push("phi_capture", BlockKind::Cell, data.n_cells, pos)),
-                    Capture::Phi(pos),
-                )
-            } else {
-                (
-                    Some(layout.push("p_capture", BlockKind::Cell, data.n_cells, Link::Sigmoid)),
-                    Capture::Nu,
-                )
-            }
-        } else {
-            (None, Capture::None)
-        };
-        let b_gate = if spec.variant.has_gate() {
-            Some(layout.push(
-                "gate",
-                BlockKind::Gene,
-                k_gate * data.n_genes,
-                Link::Sigmoid,
-            ))
-        } else {
-            None
-        };
-        // Mixing weights w = softmax([z, 0]) over K − 1 free coordinates.
-        let b_mix =
-            mix.map(|m| layout.push("mixing_weights", BlockKind::Scalar, m.k - 1, Link::Identity));
+        let (layout, blocks) = spec.build_layout(data.n_genes, data.n_cells);
+        let NbBlocks {
+            gene: b_gene,
+            scalar: b_scalar,
+            cap: b_cap,
+            gate: b_gate,
+            mix: b_mix,
+            capture,
+        } = blocks;
         let eta_loc = match spec.capture_prior {
             Some(cp) => data
                 .lib_size
@@ -906,8 +508,9 @@ pub fn nb_cell_loglik(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::Link;
     use crate::math::lgamma;
-    use crate::models::simulate::{simulate_nb, NbTruth};
+    use crate::models::nb::simulate::{simulate_nb, NbTruth};
     use crate::testutil::check_gradient;
 
     /// Naive dense O(C·G) log-likelihood straight from the pmf.

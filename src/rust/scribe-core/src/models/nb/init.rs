@@ -4,7 +4,7 @@
 //! hundred steps: r_g | p̂ solves `Σ_x n_g(x)[ψ(x+r)−ψ(r)] + Σ_c ln(1−p̂_c) = 0`
 //! (monotone in r, Newton on ln r) and `logit p̂_c | r = ln(L_c / Σ_g r_g)`.
 
-use super::nb::{Capture, NbModel, Parameterization};
+use super::{Capture, NbModel, Parameterization};
 use crate::math::{digamma_diff, ln_sigmoid, logit, softplus_inv, trigamma_diff};
 use rayon::prelude::*;
 

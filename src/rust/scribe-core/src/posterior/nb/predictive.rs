@@ -8,7 +8,9 @@
 
 use super::draws::NbDraws;
 use super::loglik::pick_index;
-use crate::models::simulate::nb_draw;
+use crate::error::Result;
+use crate::models::nb::simulate::nb_draw;
+use crate::progress::Ctl;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -21,13 +23,18 @@ pub fn predictive(
     genes: &[usize],
     biological: bool,
     seed: u64,
-) -> Vec<f64> {
+    ctl: Ctl<'_>,
+) -> Result<Vec<f64>> {
     let (s_n, c_n, j_n, k_n) = (d.n_draws, cells.len(), genes.len(), d.n_comp);
+    let work = ctl.work(s_n * c_n);
     let mut per_cell = vec![0.0; s_n * c_n * j_n]; // (s, c) rows of J genes
     per_cell
         .par_chunks_mut(j_n.max(1))
         .enumerate()
         .for_each(|(idx, row)| {
+            if work.stopped() {
+                return;
+            }
             let (s, ci) = (idx / c_n, idx % c_n);
             let c = cells[ci];
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -53,7 +60,9 @@ pub fn predictive(
                 }
                 row[j] = nb_draw(&mut rng, r[g], odds) as f64;
             }
+            work.tick();
         });
+    work.finish(())?;
     let mut out = vec![0.0; s_n * c_n * j_n];
     for s in 0..s_n {
         for c in 0..c_n {
@@ -62,5 +71,5 @@ pub fn predictive(
             }
         }
     }
-    out
+    Ok(out)
 }

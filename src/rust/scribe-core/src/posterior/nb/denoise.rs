@@ -11,7 +11,9 @@
 use super::draws::NbDraws;
 use super::loglik::{cell_responsibilities, pick_index, zinb_zero_terms, ZeroTerms};
 use crate::data::CountMatrix;
-use crate::models::simulate::nb_draw;
+use crate::error::Result;
+use crate::models::nb::simulate::nb_draw;
+use crate::progress::Ctl;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -22,6 +24,20 @@ pub enum Method {
     Mean,
     Mode,
     Sample,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "mean" => Ok(Method::Mean),
+            "mode" => Ok(Method::Mode),
+            "sample" => Ok(Method::Sample),
+            other => Err(crate::CoreError::arg(
+                "method",
+                format!("must be \"mean\", \"mode\" or \"sample\", not \"{other}\""),
+            )),
+        }
+    }
 }
 
 /// Mean and variance of one (cell, gene, component) posterior.
@@ -54,8 +70,10 @@ pub fn denoise(
     zi_method: Method,
     want_variance: bool,
     seed: u64,
-) -> (Vec<f64>, Option<Vec<f64>>) {
+    ctl: Ctl<'_>,
+) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
     let (s_n, c_n, j_n, k_n) = (d.n_draws, data.n_cells, genes.len(), d.n_comp);
+    let work = ctl.work(s_n);
     let mut vals = vec![0.0; j_n * c_n * s_n];
     let mut vars = if want_variance {
         vec![0.0; j_n * c_n * s_n]
@@ -67,6 +85,9 @@ pub fn denoise(
         pos[g] = j;
     }
     for s in 0..s_n {
+        if work.stopped() {
+            break;
+        }
         let zero_terms: Vec<ZeroTerms> = (0..k_n).map(|k| zinb_zero_terms(d, s, k)).collect();
         let rows: Vec<(Vec<f64>, Vec<f64>)> = (0..c_n)
             .into_par_iter()
@@ -161,6 +182,7 @@ pub fn denoise(
                 vars[at..at + j_n].copy_from_slice(&vrow);
             }
         }
+        work.tick();
     }
-    (vals, if want_variance { Some(vars) } else { None })
+    work.finish((vals, if want_variance { Some(vars) } else { None }))
 }

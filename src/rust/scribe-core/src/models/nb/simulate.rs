@@ -3,7 +3,7 @@
 //! Each cell draws from its own random stream derived from `(seed, cell)`, so
 //! the simulated matrix does not depend on how the work is scheduled.
 
-use super::nb::Variant;
+use super::Variant;
 use crate::data::CountMatrix;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

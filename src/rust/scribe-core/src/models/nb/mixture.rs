@@ -8,10 +8,9 @@
 //! per-component zero sum `S_k = Σ_g s_kg` (zero term constant over cells);
 //! zinbvcp mixtures need the dense C × G × K pass.
 
-use super::nb::{
-    nb_cell_loglik, Mixture, NbModel, NbWorkspace, Parameterization, Variant, CELL_BLOCK,
-};
-use super::nb_init::BaseInit;
+use super::init::BaseInit;
+use super::kernels::CELL_BLOCK;
+use super::{nb_cell_loglik, Mixture, NbModel, NbWorkspace, Parameterization, Variant};
 use crate::data::Batch;
 use crate::math::{digamma_diff, lgamma, lgamma_diff, ln_sigmoid, sigmoid};
 use rayon::prelude::*;
@@ -533,8 +532,8 @@ mod tests {
     use super::*;
     use crate::data::CountMatrix;
     use crate::dist::Link;
+    use crate::models::nb::simulate::{simulate_nb, NbTruth};
     use crate::models::nb::NbSpec;
-    use crate::models::simulate::{simulate_nb, NbTruth};
     use crate::models::{log_joint_grad, Model};
     use crate::testutil::check_gradient;
     use rand::{Rng, SeedableRng};

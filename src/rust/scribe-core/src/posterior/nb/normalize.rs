@@ -4,6 +4,8 @@
 //! (capture cancels). MAP: `μ_k / Σ_g μ_kg` (= `r_k / Σ r_k`).
 
 use super::draws::NbDraws;
+use crate::error::Result;
+use crate::progress::Ctl;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Gamma};
@@ -56,11 +58,13 @@ pub fn cell_fractions(
     genes: &[usize],
     sample: bool,
     seed: u64,
-) -> Vec<f64> {
+    ctl: Ctl<'_>,
+) -> Result<Vec<f64>> {
     use super::loglik::{cell_responsibilities, pick_index, zinb_zero_terms, ZeroTerms};
     use rand::Rng;
     let (s_n, c_n, j_n, k_n, g_n) = (d.n_draws, data.n_cells, genes.len(), d.n_comp, d.n_genes);
     let mut out = vec![0.0; j_n * c_n * s_n];
+    let work = ctl.work(s_n * c_n);
     // zinb zero terms depend on the draw and component only: once per draw.
     let zero_terms: Vec<Vec<ZeroTerms>> = (0..s_n)
         .map(|s| (0..k_n).map(|k| zinb_zero_terms(d, s, k)).collect())
@@ -68,6 +72,10 @@ pub fn cell_fractions(
     out.par_chunks_mut(j_n.max(1))
         .enumerate()
         .for_each(|(idx, row)| {
+            if work.stopped() {
+                return;
+            }
+            work.tick();
             let (s, c) = (idx / c_n, idx % c_n);
             let gam = cell_responsibilities(d, s, data, c, &zero_terms[s]);
             let mut u = vec![0.0; g_n];
@@ -98,5 +106,5 @@ pub fn cell_fractions(
                 row[j] = draws[g] / tot;
             }
         });
-    out
+    work.finish(out)
 }

@@ -9,9 +9,11 @@
 
 use super::draws::NbDraws;
 use crate::data::CountMatrix;
+use crate::error::Result;
 pub use crate::math::pick_index;
 use crate::math::{lgamma, lgamma_diff, ln_sigmoid};
 use crate::models::nb::nb_cell_loglik;
+use crate::progress::Ctl;
 use rayon::prelude::*;
 
 /// What a log-likelihood is summed over.
@@ -19,6 +21,19 @@ use rayon::prelude::*;
 pub enum By {
     Cell,
     Gene,
+}
+
+impl By {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "cell" => Ok(By::Cell),
+            "gene" => Ok(By::Gene),
+            other => Err(crate::CoreError::arg(
+                "by",
+                format!("must be \"cell\" or \"gene\", not \"{other}\""),
+            )),
+        }
+    }
 }
 
 /// `ln f_k(u_c)` of one cell (draw `s`, component `k`); `zero_sum` is
@@ -162,14 +177,24 @@ fn gene_component_ll(d: &NbDraws, s: usize, k: usize, data: &CountMatrix, out: &
 /// Log-likelihood per draw and cell (or gene). With `split`, one value per
 /// component including `ln w_k` (layout `s + S·(i + n·k)`); otherwise the
 /// mixture log-sum-exp (layout `s + S·i`).
-pub fn log_likelihood(d: &NbDraws, data: &CountMatrix, by: By, split: bool) -> Vec<f64> {
+pub fn log_likelihood(
+    d: &NbDraws,
+    data: &CountMatrix,
+    by: By,
+    split: bool,
+    ctl: Ctl<'_>,
+) -> Result<Vec<f64>> {
     let (s_n, k_n) = (d.n_draws, d.n_comp);
+    let work = ctl.work(s_n * k_n);
     let n = match by {
         By::Cell => data.n_cells,
         By::Gene => data.n_genes,
     };
     let mut comp = vec![0.0; s_n * k_n * n]; // (s, k, i) → (s·K + k)·n + i
     comp.par_chunks_mut(n).enumerate().for_each(|(sk, out)| {
+        if work.stopped() {
+            return;
+        }
         let (s, k) = (sk / k_n, sk % k_n);
         match by {
             By::Cell => {
@@ -181,7 +206,9 @@ pub fn log_likelihood(d: &NbDraws, data: &CountMatrix, by: By, split: bool) -> V
             }
             By::Gene => gene_component_ll(d, s, k, data, out),
         }
+        work.tick();
     });
+    work.finish(())?;
     if split {
         let mut res = vec![0.0; s_n * n * k_n];
         for s in 0..s_n {
@@ -192,7 +219,7 @@ pub fn log_likelihood(d: &NbDraws, data: &CountMatrix, by: By, split: bool) -> V
                 }
             }
         }
-        return res;
+        return Ok(res);
     }
     let mut res = vec![0.0; s_n * n];
     for s in 0..s_n {
@@ -207,13 +234,13 @@ pub fn log_likelihood(d: &NbDraws, data: &CountMatrix, by: By, split: bool) -> V
             };
         }
     }
-    res
+    Ok(res)
 }
 
 /// Posterior component probabilities `P(k | u_c, θ_s) = softmax_k(ln w_k + ℓ_ck)`,
 /// layout `s + S·(c + C·k)`.
-pub fn responsibilities(d: &NbDraws, data: &CountMatrix) -> Vec<f64> {
-    let split = log_likelihood(d, data, By::Cell, true);
+pub fn responsibilities(d: &NbDraws, data: &CountMatrix, ctl: Ctl<'_>) -> Result<Vec<f64>> {
+    let split = log_likelihood(d, data, By::Cell, true, ctl)?;
     let (s_n, c_n, k_n) = (d.n_draws, data.n_cells, d.n_comp);
     let mut out = vec![0.0; s_n * c_n * k_n];
     for s in 0..s_n {
@@ -225,7 +252,7 @@ pub fn responsibilities(d: &NbDraws, data: &CountMatrix) -> Vec<f64> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 pub fn logsumexp(v: &[f64]) -> f64 {

@@ -1,0 +1,93 @@
+#' @include results.R
+NULL
+
+# SVI fits of the NB-family models: the engine function of the engine table
+# (R/fit.R) and the results class. The optimisation runs in the core
+# (scribe-core/src/svi); the guide's parameters come back as named fields per
+# site (mean-field: `loc`, `scale`), which only the core interprets.
+
+fit_svi <- function(counts, dropped, model, a, shared) {
+  model_spec <- nb_model_spec(model, a, ncol(counts))
+  svi <- list(
+    n_steps = as.numeric(a$n_steps), batch_size = if (is.null(a$batch_size)) NULL else as.numeric(a$batch_size),
+    optimizer_config = resolve_optimizer(a$optimizer_config), stable_update = a$stable_update,
+    restore_best = a$restore_best, early_stopping = resolve_early_stopping(a$early_stopping), seed = shared$seed
+  )
+  t0 <- proc.time()[["elapsed"]]
+  res <- call_core(rs_svi_fit(counts_slots(counts), model_spec, svi, shared$verbose, shared$num_threads))
+  elapsed <- proc.time()[["elapsed"]] - t0
+  nm <- fit_names(counts)
+  new("ScribeSVIResults",
+    model = model_spec, priors = res$priors, gene_names = nm$genes, cell_names = nm$cells,
+    dropped_cells = dropped, seed = shared$seed, layout = layout_frame(res$layout), guide = res$guide,
+    params = res$params, loss_history = res$loss_history, config = svi,
+    diagnostics = list(
+      early_stopped = res$early_stopped, best_step = res$best_step, best_loss = res$best_loss,
+      restored_best = res$restored_best, elapsed = elapsed, num_threads = shared$num_threads
+    )
+  )
+}
+
+#' SVI results
+#'
+#' `ScribeSVIResults` holds a variational fit (`scribe_fit(..., inference_method
+#' = "svi")`, the default). It is a [ScribeLayoutResults][ScribeResults-class]
+#' object, so [get_map()], [get_posterior_samples()], [log_likelihood()],
+#' [denoise_counts()], [normalize_counts()], [posterior_predictive()],
+#' [cell_type_probabilities()], `[` and [add_scribe_fit()] work on it.
+#'
+#' @slot guide The variational family (`"mean_field"`).
+#' @slot params List of the guide's parameters per site, as named numeric
+#'   fields; for the mean-field guide `loc` and `scale`: `theta = link(x)`,
+#'   `x ~ Normal(loc, scale)`, with the site's link in `layout`.
+#' @slot loss_history Negative ELBO per step (`NaN` where an update was skipped).
+#' @slot config List of the inference settings.
+#' @slot diagnostics List: `early_stopped`, `best_step`, `best_loss`,
+#'   `restored_best`, `elapsed` (seconds), `num_threads`.
+#' @name ScribeSVIResults-class
+#' @exportClass ScribeSVIResults
+setClass("ScribeSVIResults", contains = "ScribeLayoutResults", representation(
+  guide = "character", params = "list", loss_history = "numeric", config = "list", diagnostics = "list"
+))
+
+setMethod("core_view", "ScribeSVIResults", function(object) {
+  list(model = object@model, layout = layout_list(object), guide = object@guide, params = object@params)
+})
+
+#' @rdname ScribeSVIResults-class
+#' @param object A results object.
+#' @export
+setMethod("show", "ScribeSVIResults", function(object) {
+  check_format(object, "object")
+  m <- object@model
+  losses <- object@loss_history
+  tail_l <- utils::tail(losses[is.finite(losses)], 100L)
+  d <- object@diagnostics
+  cat(sprintf("<ScribeSVIResults> %s%s (%s%s), SVI, %s guide\n", m$model,
+              if (!is.null(m$n_components)) sprintf(" mixture of %d components", as.integer(m$n_components)) else "",
+              m$parameterization, if (isTRUE(m$unconstrained)) ", unconstrained" else "",
+              gsub("_", "-", object@guide)))
+  cat(sprintf("  data:   %d genes x %d cells%s\n", length(object@gene_names), length(object@cell_names),
+              if (length(object@dropped_cells)) sprintf(" (%d empty cells dropped)", length(object@dropped_cells)) else ""))
+  bs <- object@config$batch_size
+  cat(sprintf("  steps:  %d%s, %s, %.1f s\n", length(losses),
+              if (isTRUE(d$early_stopped)) " (stopped early)" else "",
+              if (is.null(bs)) "full batch" else sprintf("batch size %d", as.integer(bs)), d$elapsed))
+  cat(sprintf("  loss:   %s (mean of the last %d steps)%s\n", format(mean(tail_l), digits = 7), length(tail_l),
+              if (isTRUE(d$restored_best)) sprintf("; best parameters restored from step %d", as.integer(d$best_step)) else ""))
+  cat(sprintf("  params: %s\n", paste(layout_summary(object@layout), collapse = ", ")))
+  cat(sprintf("  seed:   %s\n", format(object@seed, scientific = FALSE)))
+  invisible(object)
+})
+
+#' @rdname accessors
+#' @export
+setMethod("get_posterior_samples", "ScribeSVIResults", function(object, n_samples = 100L, seed = NULL, ...) {
+  check_number(n_samples, "n_samples", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  seed <- resolve_seed(seed)
+  name_sites(object, fit_sites(object, n_samples, seed), draws = TRUE)
+})
+
+#' @rdname accessors
+#' @export
+setMethod("loss_history", "ScribeSVIResults", function(object, ...) object@loss_history)

@@ -1,0 +1,230 @@
+//! Analyses of log-normal-family fits given latent values, whatever engine
+//! inferred them (the Laplace approximation's per-cell Gaussians, a VAE's
+//! decoder): posterior predictive counts and per-cell log-likelihoods.
+//!
+//! Every cell's random stream derives from the seed and the cell's index, so
+//! subsets and chunks of cells give the same draws.
+
+use crate::data::CountMatrix;
+use crate::error::Result;
+use crate::math::lgamma;
+use crate::models::lognormal::lnm::{softmax_alr, totals};
+use crate::models::lognormal::obs::{NegBin, Obs, Poisson};
+use crate::models::lognormal::LnModel;
+use crate::progress::Ctl;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Gamma, Poisson as PoissonDist};
+use rayon::prelude::*;
+
+/// The observation side of a fitted log-normal model.
+pub struct LnObs<'a> {
+    pub model: LnModel,
+    /// NBLN dispersions (empty otherwise).
+    pub r: &'a [f64],
+    /// LNM `(μ_T, r_T)` (empty otherwise).
+    pub totals: &'a [f64],
+    /// LNM reference gene (the latents cover the other genes).
+    pub reference: Option<usize>,
+}
+
+impl LnObs<'_> {
+    fn with_obs<T>(&self, f: impl FnOnce(&dyn Obs) -> T) -> T {
+        match self.model {
+            LnModel::Pln | LnModel::Lnm => f(&Poisson),
+            LnModel::Nbln => f(&NegBin { r: self.r }),
+        }
+    }
+
+    /// Full-gene composition `softmax([y, 0])` (reference inserted) of an LNM cell.
+    fn composition(&self, y: &[f64]) -> Vec<f64> {
+        let mut rho = vec![0.0; y.len()];
+        let (_, rho_ref) = softmax_alr(y, &mut rho);
+        rho.insert(self.reference.unwrap_or(y.len()), rho_ref);
+        rho
+    }
+
+    /// One LNM count vector: total `N ~ NB(mean μ_T e^{−η}, r_T)`, then
+    /// `Multinomial(N, ρ)` by sequential binomials.
+    fn lnm_draw(&self, y: &[f64], eta: f64, rng: &mut ChaCha8Rng) -> Vec<f64> {
+        let rho = self.composition(y);
+        let (mu_t, r_t) = (self.totals[0], self.totals[1]);
+        let mean = mu_t * (-eta).clamp(-30.0, 30.0).exp();
+        let lam: f64 = rng.sample(Gamma::new(r_t, mean / r_t).expect("valid gamma"));
+        let mut left = if lam > 0.0 {
+            rng.sample(PoissonDist::new(lam).expect("valid rate"))
+        } else {
+            0.0
+        } as u64;
+        let mut rest = 1.0;
+        let mut out = vec![0.0; rho.len()];
+        for (i, &p) in rho.iter().enumerate() {
+            if left == 0 {
+                break;
+            }
+            let q = if i + 1 == rho.len() {
+                1.0
+            } else {
+                (p / rest).clamp(0.0, 1.0)
+            };
+            let x = rng.sample(rand_distr::Binomial::new(left, q).expect("valid binomial"));
+            out[i] = x as f64;
+            left -= x;
+            rest -= p;
+        }
+        out
+    }
+}
+
+/// Latent values of some cells, `n` per cell (`n = 1`: one setting, e.g. the
+/// MAP, shared by every draw): `x` at `(cell·g + gene)·n + s` (log-rates, or
+/// LNM log-ratios), capture `η` at `cell·n + s` (empty without capture).
+pub struct Latents {
+    pub n: usize,
+    pub g: usize,
+    pub x: Vec<f64>,
+    pub eta: Vec<f64>,
+}
+
+impl Latents {
+    #[inline]
+    fn x(&self, ci: usize, gi: usize, s: usize) -> f64 {
+        let s = if self.n == 1 { 0 } else { s };
+        self.x[(ci * self.g + gi) * self.n + s]
+    }
+    #[inline]
+    fn eta(&self, ci: usize, s: usize) -> f64 {
+        if self.eta.is_empty() {
+            return 0.0;
+        }
+        let s = if self.n == 1 { 0 } else { s };
+        self.eta[ci * self.n + s]
+    }
+}
+
+/// A reproducible random stream for item `c` of a seeded computation (SplitMix64).
+pub(crate) fn cell_rng(seed: u64, c: usize) -> ChaCha8Rng {
+    let mut z = seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ChaCha8Rng::seed_from_u64(z ^ (z >> 31))
+}
+
+/// `n` count draws of `genes` for each of `cells` (the rows of `lat`), one
+/// per latent draw: values `(s, cell, gene)` at `(cell·|genes| + gene)·n + s`.
+pub fn predictive(
+    obs: &LnObs<'_>,
+    lat: &Latents,
+    cells: &[usize],
+    genes: &[usize],
+    n: usize,
+    seed: u64,
+    ctl: Ctl<'_>,
+) -> Result<Vec<f64>> {
+    let ng = genes.len();
+    let g = lat.g;
+    let work = ctl.work(cells.len());
+    let out: Vec<Vec<f64>> = cells
+        .par_iter()
+        .enumerate()
+        .map(|(ci, &c)| {
+            if work.stopped() {
+                return Vec::new();
+            }
+            work.tick();
+            let mut rng = cell_rng(seed ^ 0x7070_7063, c);
+            let mut v = vec![0.0; ng * n];
+            if obs.model == LnModel::Lnm {
+                for s in 0..n {
+                    let y: Vec<f64> = (0..g).map(|gi| lat.x(ci, gi, s)).collect();
+                    let counts = obs.lnm_draw(&y, lat.eta(ci, s), &mut rng);
+                    for (j, &gi) in genes.iter().enumerate() {
+                        v[j * n + s] = counts[gi];
+                    }
+                }
+                return v;
+            }
+            for s in 0..n {
+                let eta = lat.eta(ci, s);
+                for (j, &gi) in genes.iter().enumerate() {
+                    let m = (lat.x(ci, gi, s) - eta).clamp(-50.0, 50.0).exp();
+                    let lam = match obs.model {
+                        LnModel::Pln | LnModel::Lnm => m,
+                        LnModel::Nbln => {
+                            let r = obs.r[gi].max(1e-6);
+                            rng.sample(Gamma::new(r, m / r).expect("valid gamma"))
+                        }
+                    };
+                    v[j * n + s] = if lam > 0.0 {
+                        rng.sample(PoissonDist::new(lam).expect("valid rate"))
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            v
+        })
+        .collect();
+    work.finish(out.concat())
+}
+
+/// Per-cell log-likelihood `Σ_g ln p(u_cg | x, η)` (full pmf, `ln u!`
+/// included) for each latent draw: `(s, cell)` at `cell·n + s`.
+pub fn cell_loglik(
+    obs: &LnObs<'_>,
+    data: &CountMatrix,
+    lat: &Latents,
+    cells: &[usize],
+    ctl: Ctl<'_>,
+) -> Result<Vec<f64>> {
+    let (g, nn) = (lat.g, lat.n);
+    let work = ctl.work(cells.len());
+    let out: Vec<Vec<f64>> = cells
+        .par_iter()
+        .enumerate()
+        .map(|(ci, &c)| {
+            if work.stopped() {
+                return Vec::new();
+            }
+            work.tick();
+            let mut u = vec![0.0; data.n_genes];
+            data.dense_row(c, &mut u);
+            let lnfact: f64 = u.iter().map(|&v| lgamma(v + 1.0)).sum();
+            if obs.model == LnModel::Lnm {
+                // Multinomial (with its coefficient) plus the NB totals.
+                let n_tot: f64 = u.iter().sum();
+                let (mu_t, r_t) = (obs.totals[0], obs.totals[1]);
+                return (0..nn)
+                    .map(|s| {
+                        let y: Vec<f64> = (0..g).map(|gi| lat.x(ci, gi, s)).collect();
+                        let rho = obs.composition(&y);
+                        let comp: f64 = u
+                            .iter()
+                            .zip(&rho)
+                            .map(|(&uu, &p)| if uu > 0.0 { uu * p.ln() } else { 0.0 })
+                            .sum();
+                        let rho_t = mu_t * (-lat.eta(ci, s)).clamp(-30.0, 30.0).exp();
+                        comp - lnfact + totals(n_tot, rho_t, r_t).0
+                    })
+                    .collect::<Vec<f64>>();
+            }
+            let poisson_const = if obs.model == LnModel::Pln {
+                lnfact
+            } else {
+                0.0
+            };
+            obs.with_obs(|o| {
+                (0..nn)
+                    .map(|s| {
+                        let eta = lat.eta(ci, s);
+                        let total: f64 = (0..g)
+                            .map(|gi| o.value(gi, u[gi], lat.x(ci, gi, s) - eta))
+                            .sum();
+                        total - poisson_const
+                    })
+                    .collect::<Vec<f64>>()
+            })
+        })
+        .collect();
+    work.finish(out.concat())
+}
