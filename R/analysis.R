@@ -95,6 +95,7 @@ gene_index <- function(fit, genes) {
 #' fit <- scribe_fit(counts, model = "nbdm", n_steps = 200, seed = 1, verbose = FALSE)
 #' ll <- log_likelihood(fit, counts, n_samples = 20, seed = 2)
 #' dim(ll)
+#' @param ... Arguments of the methods (see Usage).
 #' @export
 setGeneric("log_likelihood", function(fit, x, ...) standardGeneric("log_likelihood"))
 
@@ -136,6 +137,7 @@ setMethod("log_likelihood", "ScribeLayoutResults", function(fit, x, by = c("cell
 #'                   verbose = FALSE)
 #' prob <- cell_type_probabilities(fit, sim$counts)
 #' table(prob$assignment, sim$truth$assignment)
+#' @param ... Arguments of the methods (see Usage).
 #' @export
 setGeneric("cell_type_probabilities", function(fit, x, ...) standardGeneric("cell_type_probabilities"))
 
@@ -186,6 +188,7 @@ setMethod("cell_type_probabilities", "ScribeLayoutResults", function(fit, x, n_s
 #' fit <- scribe_fit(counts, n_steps = 200, seed = 1, verbose = FALSE)
 #' den <- denoise_counts(fit, counts, genes = c("LYZ", "CD74"))
 #' den[, 1:5]
+#' @param ... Arguments of the methods (see Usage).
 #' @export
 setGeneric("denoise_counts", function(fit, x, ...) standardGeneric("denoise_counts"))
 
@@ -251,6 +254,7 @@ setMethod("denoise_counts", "ScribeLayoutResults", function(fit, x, method = "me
 #' dim(rho)
 #' per_cell <- normalize_counts(fit, counts, genes = c("LYZ", "CD74"))
 #' per_cell[, 1:4]
+#' @param ... Arguments of the methods (see Usage).
 #' @export
 setGeneric("normalize_counts", function(fit, x = NULL, ...) standardGeneric("normalize_counts"))
 
@@ -315,6 +319,7 @@ setMethod("normalize_counts", "ScribeLayoutResults", function(fit, x = NULL, n_s
 #' fit <- scribe_fit(counts, n_steps = 200, seed = 1, verbose = FALSE)
 #' ppc <- posterior_predictive(fit, n_samples = 20, genes = c("LYZ", "CD74"), seed = 1)
 #' dim(ppc)
+#' @param ... Arguments of the methods (see Usage).
 #' @export
 setGeneric("posterior_predictive", function(fit, ...) standardGeneric("posterior_predictive"))
 

@@ -20,8 +20,8 @@ rs_laplace_fit <- function(counts, model, laplace, verbose, num_threads) {
   .Call(wrap__rs_laplace_fit, counts, model, laplace, verbose, num_threads)
 }
 
-rs_fit_sites <- function(fit, n_draws, seed, num_threads) {
-  .Call(wrap__rs_fit_sites, fit, n_draws, seed, num_threads)
+rs_fit_sites <- function(fit, n_draws, seed, verbose, num_threads) {
+  .Call(wrap__rs_fit_sites, fit, n_draws, seed, verbose, num_threads)
 }
 
 rs_subset_fit <- function(fit, n_genes, genes, cells) {

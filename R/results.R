@@ -177,7 +177,7 @@ name_sites <- function(object, sites, draws) {
 # Sites of a layout fit: its point summary (n_draws = 0) or draws.
 fit_sites <- function(object, n_draws, seed = 0) {
   check_format(object, "object")
-  call_core(rs_fit_sites(core_view(object), as.numeric(n_draws), as.numeric(seed),
+  call_core(rs_fit_sites(core_view(object), as.numeric(n_draws), as.numeric(seed), n_draws > 0 && analysis_verbose(),
                          resolve_threads(getOption("scribeR.num_threads", 1L))))
 }
 

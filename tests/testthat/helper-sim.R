@@ -14,7 +14,9 @@ quick_fit <- function(x, ..., n_steps = 150) {
 
 # Fits in a fresh R process that receives SIGINT 2 s after the fit starts
 # (system(wait = FALSE) only backgrounds the last command: hence the ()).
-# `setup` defines `sim`; `fit` is the call to interrupt. Returns the output.
+# `setup` defines `sim`; `fit` is the call to interrupt. The interrupt
+# condition's partial state is printed as "partial: <step> <n losses>".
+# Returns the output.
 run_interrupted_fit <- function(setup, fit) {
   script <- tempfile(fileext = ".R")
   writeLines(c(
@@ -23,7 +25,8 @@ run_interrupted_fit <- function(setup, fit) {
     "system(sprintf('(sleep 2; kill -INT %d)', Sys.getpid()), wait = FALSE)",
     "t0 <- proc.time()[['elapsed']]",
     sprintf("res <- tryCatch(%s,", fit),
-    "  scribeR_interrupt = function(e) 'stopped', interrupt = function(e) 'interrupt outside the fit')",
+    "  scribeR_interrupt = function(e) { cat('partial:', e$step, length(e$loss_history), '\\n'); 'stopped' },",
+    "  interrupt = function(e) 'interrupt outside the fit')",
     "cat('result:', if (is.character(res)) res else 'finished', '\\n')",
     "cat('seconds:', proc.time()[['elapsed']] - t0, '\\n')",
     "ok <- scribe_fit(sim$counts[1:10, 1:30], model = 'nbdm', n_steps = 5, seed = 1, verbose = FALSE)",

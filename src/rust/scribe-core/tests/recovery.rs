@@ -7,7 +7,7 @@ use scribe_core::models::nb::{NbModel, NbSpec, Parameterization, Variant};
 use scribe_core::models::Model;
 use scribe_core::optim::OptimizerConfig;
 use scribe_core::posterior::{nb::sites, Summary};
-use scribe_core::progress::{NeverCancel, NoProgress};
+use scribe_core::progress::{Ctl, NeverCancel, NoProgress};
 use scribe_core::svi::guide::{Guide, MeanField};
 use scribe_core::svi::{initial_params, run, SviConfig};
 
@@ -60,7 +60,14 @@ fn fit(
     .fitted(&res.params);
     (
         truth,
-        sites(&model.spec, model.layout(), fitted.as_ref(), Summary::Point).unwrap(),
+        sites(
+            &model.spec,
+            model.layout(),
+            fitted.as_ref(),
+            Summary::Point,
+            Ctl::none(),
+        )
+        .unwrap(),
         res.loss_history,
     )
 }
@@ -110,7 +117,14 @@ fn nbdm_mixture_recovers_components_and_weights() {
         dim: model.layout().total,
     }
     .fitted(&res.params);
-    let sites = sites(&model.spec, model.layout(), fitted.as_ref(), Summary::Point).unwrap();
+    let sites = sites(
+        &model.spec,
+        model.layout(),
+        fitted.as_ref(),
+        Summary::Point,
+        Ctl::none(),
+    )
+    .unwrap();
     let r = site(&sites, "r");
     let w = site(&sites, "mixing_weights");
     let mt = truth.mixture.as_ref().unwrap();

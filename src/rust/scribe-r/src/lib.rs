@@ -114,7 +114,13 @@ fn rs_mcmc_fit(
             let start = match &warm {
                 None => Start::Uniform { radius },
                 Some(v) => {
-                    let point = sites(&v.spec, &v.layout, v.posterior.source(), Summary::Point)?;
+                    let point = sites(
+                        &v.spec,
+                        &v.layout,
+                        v.posterior.source(),
+                        Summary::Point,
+                        Ctl::new(sh, sh),
+                    )?;
                     let scales = v.posterior.source().scales();
                     let (loc, scale) = svi_start(&nb, &point, &v.layout, scales.as_deref())?;
                     Start::Around { loc, scale, spread }
@@ -225,12 +231,18 @@ fn rs_laplace_fit(
 /// site of an SVI or MCMC fit (`fit` is its core view).
 /// @noRd
 #[extendr]
-fn rs_fit_sites(fit: Robj, n_draws: Robj, seed: Robj, num_threads: i32) -> Robj {
+fn rs_fit_sites(fit: Robj, n_draws: Robj, seed: Robj, verbose: bool, num_threads: i32) -> Robj {
     respond((|| -> GResult<Robj> {
         let v = fit_view(&fit)?;
         let sm = summary(n_draws, seed)?;
-        let s = runner::run("draws", false, num_threads, |_| {
-            sites(&v.spec, &v.layout, v.posterior.source(), sm)
+        let s = runner::run("draws", verbose, num_threads, |sh| {
+            sites(
+                &v.spec,
+                &v.layout,
+                v.posterior.source(),
+                sm,
+                Ctl::new(sh, sh),
+            )
         })?;
         sites_to_r(s)
     })())
@@ -276,8 +288,13 @@ fn rs_subset_fit(fit: Robj, n_genes: i32, genes: Robj, cells: Robj) -> Robj {
 }
 
 /// The parameter draws of an NB-family fit for the downstream analyses.
-fn nb_draws(v: &FitView, sm: Summary, replicate: Option<usize>) -> scribe_core::Result<NbDraws> {
-    let s = sites(&v.spec, &v.layout, v.posterior.source(), sm)?;
+fn nb_draws(
+    v: &FitView,
+    sm: Summary,
+    replicate: Option<usize>,
+    ctl: Ctl<'_>,
+) -> scribe_core::Result<NbDraws> {
+    let s = sites(&v.spec, &v.layout, v.posterior.source(), sm, ctl)?;
     let d = NbDraws::from_sites(v.spec.variant, &s)?;
     Ok(match replicate {
         Some(n) => d.replicate(n),
@@ -326,7 +343,7 @@ fn rs_nb_analysis(
             "loglik" => {
                 let (by, split, dat) = (By::parse(&o.string("by")?)?, o.boolean("split")?, dat()?);
                 let (vals, k) = runner::run("log-likelihood", verbose, num_threads, |sh| {
-                    let d = nb_draws(&v, sm, replicate)?;
+                    let d = nb_draws(&v, sm, replicate, Ctl::new(sh, sh))?;
                     Ok((
                         log_likelihood(&d, dat, by, split, Ctl::new(sh, sh))?,
                         d.n_comp,
@@ -337,7 +354,7 @@ fn rs_nb_analysis(
             "responsibilities" => {
                 let dat = dat()?;
                 let (vals, k) = runner::run("responsibilities", verbose, num_threads, |sh| {
-                    let d = nb_draws(&v, sm, replicate)?;
+                    let d = nb_draws(&v, sm, replicate, Ctl::new(sh, sh))?;
                     Ok((responsibilities(&d, dat, Ctl::new(sh, sh))?, d.n_comp))
                 })?;
                 list!(values = vals, n_comp = k as i32).into()
@@ -351,7 +368,7 @@ fn rs_nb_analysis(
                 let want_var = o.boolean("return_variance")?;
                 let genes = indices(o.get("genes"), dat.n_genes, "genes")?;
                 let (vals, var) = runner::run("denoising", verbose, num_threads, |sh| {
-                    let d = nb_draws(&v, sm, replicate)?;
+                    let d = nb_draws(&v, sm, replicate, Ctl::new(sh, sh))?;
                     denoise(&d, dat, &genes, m, zm, want_var, aseed, Ctl::new(sh, sh))
                 })?;
                 list!(
@@ -362,8 +379,8 @@ fn rs_nb_analysis(
             }
             "normalize" => {
                 let n_dir = o.count_or("n_dirichlet", 0)?;
-                let (vals, k) = runner::run("normalization", verbose, num_threads, |_| {
-                    let d = nb_draws(&v, sm, replicate)?;
+                let (vals, k) = runner::run("normalization", verbose, num_threads, |sh| {
+                    let d = nb_draws(&v, sm, replicate, Ctl::new(sh, sh))?;
                     let vals = if n_dir == 0 {
                         mean_composition(&d)
                     } else {
@@ -378,7 +395,7 @@ fn rs_nb_analysis(
                 let genes = indices(o.get("genes"), dat.n_genes, "genes")?;
                 let sample = o.boolean("sample")?;
                 let vals = runner::run("fractions", verbose, num_threads, |sh| {
-                    let d = nb_draws(&v, sm, replicate)?;
+                    let d = nb_draws(&v, sm, replicate, Ctl::new(sh, sh))?;
                     cell_fractions(&d, dat, &genes, sample, aseed, Ctl::new(sh, sh))
                 })?;
                 list!(values = vals).into()
@@ -389,7 +406,7 @@ fn rs_nb_analysis(
                 let genes = indices(o.get("genes"), n_genes, "genes")?;
                 let bio = o.boolean("biological")?;
                 let vals = runner::run("predictive", verbose, num_threads, |sh| {
-                    let d = nb_draws(&v, sm, replicate)?;
+                    let d = nb_draws(&v, sm, replicate, Ctl::new(sh, sh))?;
                     predictive(&d, &cells, &genes, bio, aseed, Ctl::new(sh, sh))
                 })?;
                 list!(values = vals).into()
@@ -498,8 +515,9 @@ fn rs_cascade_stats(fit: Robj, n_draws: i32, seed: f64, tau: f64) -> Robj {
                 n: n_draws.max(1) as usize,
                 seed: seed as u64,
             },
+            Ctl::none(),
         )?;
-        let point = sites(&v.spec, &v.layout, src, Summary::Point)?;
+        let point = sites(&v.spec, &v.layout, src, Summary::Point, Ctl::none())?;
         let st = cascade_stats(&draws, &point, tau)?;
         Ok(list!(
             r_loc = st.r_loc.0,

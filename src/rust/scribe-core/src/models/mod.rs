@@ -223,3 +223,51 @@ pub fn log_joint_grad<M: Model>(
     }
     lp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two-component gene block, a scalar, a cell block and a simplex.
+    fn layout() -> Layout {
+        let mut l = Layout::default();
+        l.push("r", BlockKind::Gene, 2 * 4, Link::Exp, 2);
+        l.push("p", BlockKind::Scalar, 1, Link::Sigmoid, 1);
+        l.push("p_capture", BlockKind::Cell, 3, Link::Sigmoid, 1);
+        l.push("mixing_weights", BlockKind::Simplex, 1, Link::Identity, 2);
+        l
+    }
+
+    #[test]
+    fn select_keeps_every_component_of_the_kept_genes() {
+        let l = layout();
+        let (sub, keep) = l.select(4, Some(&[3, 1]), Some(&[2])).unwrap();
+        // r: genes 3, 1 of component 0 (offsets 3, 1) then of component 1 (7, 5);
+        // p; cell 2 of the capture block (offset 9 + 2); the simplex logit.
+        assert_eq!(keep, vec![3, 1, 7, 5, 8, 11, 12]);
+        assert_eq!(sub.total, keep.len());
+        let lens: Vec<usize> = sub.blocks.iter().map(|b| b.len).collect();
+        assert_eq!(lens, vec![4, 1, 1, 1]);
+        assert_eq!(sub.blocks[0].n_comp, 2);
+        assert_eq!(sub.blocks[2].offset, 5);
+        // Keeping everything is the identity.
+        let (same, all) = l.select(4, None, None).unwrap();
+        assert_eq!(same, l);
+        assert_eq!(all, (0..l.total).collect::<Vec<_>>());
+        assert!(l.select(4, Some(&[4]), None).is_err());
+        assert!(l.select(4, None, Some(&[3])).is_err());
+    }
+
+    #[test]
+    fn block_kinds_round_trip_their_names() {
+        for k in [
+            BlockKind::Gene,
+            BlockKind::Scalar,
+            BlockKind::Cell,
+            BlockKind::Simplex,
+        ] {
+            assert_eq!(BlockKind::parse(k.name()).unwrap(), k);
+        }
+        assert!(BlockKind::parse("genes").is_err());
+    }
+}

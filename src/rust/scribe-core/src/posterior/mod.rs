@@ -12,6 +12,7 @@ pub mod nb;
 
 use crate::error::{CoreError, Result};
 use crate::models::{Block, BlockKind, Layout};
+use crate::progress::Ctl;
 
 /// A named site with `n_draws × len` values, draw index fastest (column-major in R).
 #[derive(Debug, Clone, PartialEq)]
@@ -53,7 +54,8 @@ pub enum Summary {
 pub trait Source: Sync {
     /// The values `θ = link(x)` of every block of `layout` (simplex blocks
     /// as their `K` weights), with `n_draws = 1` for [`Summary::Point`].
-    fn sampled_sites(&self, layout: &Layout, summary: Summary) -> Result<Vec<Site>>;
+    /// Stops (with `CoreError::Cancelled`) when `ctl` is cancelled.
+    fn sampled_sites(&self, layout: &Layout, summary: Summary, ctl: Ctl<'_>) -> Result<Vec<Site>>;
 
     /// Per-coordinate posterior scales of `x`, where the source knows them
     /// (warm starts precondition MCMC with them).
@@ -130,7 +132,7 @@ impl XDraws {
 }
 
 impl Source for XDraws {
-    fn sampled_sites(&self, layout: &Layout, summary: Summary) -> Result<Vec<Site>> {
+    fn sampled_sites(&self, layout: &Layout, summary: Summary, ctl: Ctl<'_>) -> Result<Vec<Site>> {
         if layout.total != self.dim {
             return Err(CoreError::arg(
                 "fit",
@@ -152,7 +154,12 @@ impl Source for XDraws {
         }
         let n = cols.len();
         let mut sites: Vec<Site> = layout.blocks.iter().map(|b| site_for(b, n)).collect();
+        let work = ctl.work(n);
         for (s, &c) in cols.iter().enumerate() {
+            if work.stopped() {
+                break;
+            }
+            work.tick();
             let x = &self.x[c * self.dim..(c + 1) * self.dim];
             for (b, site) in layout.blocks.iter().zip(sites.iter_mut()) {
                 put_draw(b, x, s, site);
@@ -167,6 +174,48 @@ impl Source for XDraws {
                 site.n_draws = 1;
             }
         }
-        Ok(sites)
+        work.finish(sites)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dist::Link;
+
+    fn layout() -> Layout {
+        let mut l = Layout::default();
+        l.push("r", BlockKind::Gene, 2, Link::Exp, 1);
+        l.push("mixing_weights", BlockKind::Simplex, 1, Link::Identity, 2);
+        l
+    }
+
+    #[test]
+    fn draws_point_summary_is_the_posterior_mean_of_theta() {
+        // Three draws of (ln r1, ln r2, mixing logit).
+        let d = XDraws {
+            dim: 3,
+            x: vec![0.0, 1.0, 0.0, 1.0, 2.0, 2.0, 2.0, 0.0, -1.0],
+        };
+        let l = layout();
+        let pt = d.sampled_sites(&l, Summary::Point, Ctl::none()).unwrap();
+        let r1 = (1.0 + 1f64.exp() + 2f64.exp()) / 3.0;
+        assert!((pt[0].values[0] - r1).abs() < 1e-12);
+        let w: Vec<f64> = [0.0f64, 2.0, -1.0]
+            .iter()
+            .map(|z| z.exp() / (z.exp() + 1.0))
+            .collect();
+        assert!((pt[1].values[0] - w.iter().sum::<f64>() / 3.0).abs() < 1e-12);
+        assert!((pt[1].values[0] + pt[1].values[1] - 1.0).abs() < 1e-12);
+        // Draws: evenly spaced, recycled beyond the three kept.
+        let dr = d
+            .sampled_sites(&l, Summary::Draws { n: 5, seed: 0 }, Ctl::none())
+            .unwrap();
+        let r2: Vec<f64> = (0..5).map(|s| dr[0].at(s, 0, 1).ln()).collect();
+        let want = [1.0, 2.0, 0.0, 1.0, 2.0];
+        assert!(r2.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-12));
+        // Subsetting to gene 2 keeps its draws.
+        let sub = d.select(&[1, 2]);
+        assert_eq!(sub.x, vec![1.0, 0.0, 2.0, 2.0, 0.0, -1.0]);
     }
 }

@@ -132,6 +132,7 @@ mod tests {
             &layout,
             &fit,
             crate::posterior::Summary::Draws { n: 50, seed: 3 },
+            crate::progress::Ctl::none(),
         )
         .unwrap();
         let by = |n: &str| sites.iter().find(|s| s.name == n).unwrap().clone();

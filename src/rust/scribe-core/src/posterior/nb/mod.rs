@@ -15,6 +15,7 @@ use super::{Site, Source, Summary};
 use crate::error::Result;
 use crate::models::nb::NbSpec;
 use crate::models::Layout;
+use crate::progress::Ctl;
 
 /// Sampled plus derived NB sites of a fitted posterior: a point summary or
 /// draws (see [`crate::models::nb::sites::derive`]).
@@ -23,7 +24,8 @@ pub fn sites(
     layout: &Layout,
     source: &dyn Source,
     summary: Summary,
+    ctl: Ctl<'_>,
 ) -> Result<Vec<Site>> {
-    let sampled = source.sampled_sites(layout, summary)?;
+    let sampled = source.sampled_sites(layout, summary, ctl)?;
     crate::models::nb::sites::derive(spec, sampled)
 }

@@ -24,6 +24,7 @@ use crate::dist::Link;
 use crate::error::{CoreError, Result};
 use crate::models::{BlockKind, Layout, Model};
 use crate::posterior::{put_draw, site_for, softmax_into, Site, Source, Summary};
+use crate::progress::Ctl;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -196,7 +197,7 @@ impl MeanFieldFit {
 }
 
 impl Source for MeanFieldFit {
-    fn sampled_sites(&self, layout: &Layout, summary: Summary) -> Result<Vec<Site>> {
+    fn sampled_sites(&self, layout: &Layout, summary: Summary, ctl: Ctl<'_>) -> Result<Vec<Site>> {
         if layout.total != self.loc.len() {
             return Err(CoreError::arg("fit", "its guide does not match its layout"));
         }
@@ -221,7 +222,12 @@ impl Source for MeanFieldFit {
             Summary::Draws { n, seed } => {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
                 let mut x = vec![0.0; layout.total];
+                let work = ctl.work(n);
                 for s in 0..n {
+                    if work.stopped() {
+                        return Err(crate::CoreError::cancelled());
+                    }
+                    work.tick();
                     for (j, xj) in x.iter_mut().enumerate() {
                         let e: f64 = rng.sample(StandardNormal);
                         *xj = self.loc[j] + self.scale[j] * e;
@@ -413,5 +419,42 @@ mod tests {
         // Logit-normal with small scale: mode ≈ sigmoid(loc).
         let m = transformed_normal_mode(Link::Sigmoid, 0.4, 1e-3);
         assert!((m - crate::math::sigmoid(0.4)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn fields_round_trip_and_subsets_keep_their_coordinates() {
+        let mut layout = Layout::default();
+        layout.push("r", BlockKind::Gene, 3, Link::Exp, 1);
+        layout.push("p", BlockKind::Scalar, 1, Link::Sigmoid, 1);
+        layout.push("mixing_weights", BlockKind::Simplex, 2, Link::Identity, 3);
+        let fit = MeanFieldFit {
+            loc: vec![0.1, 0.2, 0.3, -0.5, 1.0, -1.0],
+            scale: vec![0.5, 0.4, 0.3, 0.2, 0.1, 0.6],
+        };
+        let fields = fit.fields(&layout);
+        assert_eq!(fields.len(), 3);
+        assert_eq!(fields[0].get("loc"), Some(&[0.1, 0.2, 0.3][..]));
+        let back = super::super::import("mean_field", &layout, &fields).unwrap();
+        let pt = |f: &dyn FittedGuide| f.sampled_sites(&layout, Summary::Point, Ctl::none());
+        assert_eq!(pt(back.as_ref()).unwrap(), pt(&fit).unwrap());
+        // The point of a simplex block is softmax([loc, 0]).
+        let w = &pt(&fit).unwrap()[2];
+        let z = [1f64.exp(), (-1f64).exp(), 1.0];
+        let tot: f64 = z.iter().sum();
+        assert!(w
+            .values
+            .iter()
+            .zip(z)
+            .all(|(a, b)| (a - b / tot).abs() < 1e-12));
+        // Dropping gene 1 drops its loc and scale only.
+        let (sub_layout, keep) = layout.select(3, Some(&[0, 2]), None).unwrap();
+        let sub = fit.select(&keep);
+        let f0 = &sub.fields(&sub_layout)[0];
+        assert_eq!(f0.get("scale"), Some(&[0.5, 0.3][..]));
+        // Malformed fields are an input error, not a panic.
+        let mut bad = fields.clone();
+        bad[1].fields.retain(|(n, _)| n != "scale");
+        assert!(super::super::import("mean_field", &layout, &bad).is_err());
+        assert!(super::super::import("flow", &layout, &fields).is_err());
     }
 }
