@@ -11,8 +11,8 @@ mod runner;
 use convert::configs::{laplace_config, mcmc_config, nb_spec, svi_config};
 use convert::counts::counts;
 use convert::results::{
-    dims_of, fit_view, guide_fields_to_r, layout_to_r, priors_to_r, sites_to_r, summary, FitView,
-    Posterior,
+    dims_of, fit_view, guide_fields_to_r, laplace_to_r, layout_to_r, mcmc_to_r, priors_to_r,
+    simulation_to_r, sites_to_r, summary, FitView, Posterior,
 };
 use convert::{indices, number, Args};
 use errors::{internal, respond, GResult};
@@ -21,7 +21,7 @@ use scribe_core::laplace::cascade::cascade_stats;
 use scribe_core::laplace::posterior::{self as laplace_posterior, Fitted};
 use scribe_core::laplace::LnModel;
 use scribe_core::mcmc::init::svi_start;
-use scribe_core::mcmc::{ChainTrace, Start};
+use scribe_core::mcmc::Start;
 use scribe_core::models::nb::simulate::{simulate_nb, NbTruth};
 use scribe_core::models::nb::{NbModel, Variant};
 use scribe_core::models::Model;
@@ -128,51 +128,7 @@ fn rs_mcmc_fit(
             };
             scribe_core::mcmc::run(&nb, &cfg, &start, sh, sh)
         })?;
-        let cat = |f: &dyn Fn(&ChainTrace) -> Vec<f64>| -> Vec<f64> {
-            fit.chains.iter().flat_map(f).collect()
-        };
-        let chain: Vec<i32> = fit
-            .chains
-            .iter()
-            .enumerate()
-            .flat_map(|(k, c)| std::iter::repeat_n(k as i32 + 1, c.diverging.len()))
-            .collect();
-        let diverging: Vec<bool> = fit
-            .chains
-            .iter()
-            .flat_map(|c| c.diverging.clone())
-            .collect();
-        let stats = list!(
-            chain = chain,
-            diverging = diverging,
-            tree_depth = cat(&|c| c.tree_depth.iter().map(|&v| v as f64).collect()),
-            n_leapfrog = cat(&|c| c.n_leapfrog.iter().map(|&v| v as f64).collect()),
-            step_size = cat(&|c| c.step_size.clone()),
-            energy = cat(&|c| c.energy.clone()),
-            lp = cat(&|c| c.lp.clone())
-        );
-        let per_chain = list!(
-            e_bfmi = fit.chains.iter().map(|c| c.e_bfmi()).collect::<Vec<f64>>(),
-            warmup_divergences = fit
-                .chains
-                .iter()
-                .map(|c| c.warmup_divergences as i32)
-                .collect::<Vec<i32>>(),
-            n_grad = fit
-                .chains
-                .iter()
-                .map(|c| c.n_grad as f64)
-                .collect::<Vec<f64>>()
-        );
-        Ok(list!(
-            draws = cat(&|c| c.draws.clone()),
-            dim = fit.dim as i32,
-            layout = layout_to_r(nb.layout()),
-            priors = priors_to_r(&nb)?,
-            stats = stats,
-            per_chain = per_chain
-        )
-        .into())
+        mcmc_to_r(&fit, &nb)
     })())
 }
 
@@ -193,37 +149,7 @@ fn rs_laplace_fit(
         let fit = runner::run("Laplace", verbose, num_threads, |sh| {
             scribe_core::laplace::run(&data, &cfg, sh, sh)
         })?;
-        let w = &fit.w_prior;
-        Ok(list!(
-            mu = fit.mu,
-            w = fit.w,
-            d = fit.d,
-            r = fit.r,
-            totals = fit.totals,
-            reference = fit.reference.map_or_else(none, |g| (g as i32 + 1).into()),
-            latents = fit.latents,
-            eta = fit.eta,
-            latent_dim = fit.latent_dim as i32,
-            loss_history = fit.loss_history,
-            grad_norms = fit.grad_norms,
-            rescued = fit.rescued,
-            masked_cells = fit.masked_cells as i32,
-            early_stopped = fit.early_stopped,
-            restored_step = fit.restored_step.map_or_else(none, |s| (s as f64).into()),
-            aborted = fit.aborted.map_or_else(none, |s| s.into()),
-            w_prior = list!(
-                column_norms = w.column_norms.clone(),
-                column_norms_raw = w.column_norms_raw.clone(),
-                effective_rank = w.effective_rank as i32,
-                sigma_k = w.sigma_k.clone(),
-                scale_effective_rank = w
-                    .scale_effective_rank
-                    .map_or_else(none, |v| (v as i32).into()),
-                global = w.global.map_or_else(none, |v| v.into())
-            ),
-            w_prior_aux = fit.w_prior_aux
-        )
-        .into())
+        Ok(laplace_to_r(fit))
     })())
 }
 
@@ -577,42 +503,7 @@ fn rs_simulate_nb(
             }
         }
         let m = simulate_nb(&truth, seed as u64 + 1);
-        let pp: Vec<i32> = m.cell_ptr.iter().map(|&v| v as i32).collect();
-        let i: Vec<i32> = m.gene_idx.iter().map(|&v| v as i32).collect();
-        let x: Vec<f64> = m.counts.iter().map(|&v| v as f64).collect();
-        let (r, prob, gate, weights, assignment): (Vec<f64>, Vec<f64>, Robj, Robj, Robj) =
-            match truth.mixture {
-                Some(m) => (
-                    m.r.concat(),
-                    m.p,
-                    m.gate.map_or_else(none, |g| g.concat().into()),
-                    m.weights.into(),
-                    m.assignment
-                        .iter()
-                        .map(|&a| a as i32 + 1)
-                        .collect::<Vec<i32>>()
-                        .into(),
-                ),
-                None => (
-                    truth.r,
-                    vec![truth.p],
-                    truth.gate.map_or_else(none, |v| v.into()),
-                    none(),
-                    none(),
-                ),
-            };
-        Ok(list!(
-            p = pp,
-            i = i,
-            x = x,
-            r = r,
-            prob = prob,
-            p_capture = truth.nu.map_or_else(none, |v| v.into()),
-            gate = gate,
-            weights = weights,
-            assignment = assignment
-        )
-        .into())
+        Ok(simulation_to_r(&m, truth))
     })())
 }
 

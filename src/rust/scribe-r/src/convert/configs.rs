@@ -13,9 +13,6 @@ use scribe_core::optim::early_stop::EarlyStopping;
 use scribe_core::optim::OptimizerConfig;
 use scribe_core::svi::SviConfig;
 
-/// Progress reports per run (the R console shows the latest one).
-const N_REPORTS: usize = 100;
-
 /// An NB-family model from `list(model, parameterization, unconstrained,
 /// positive_transform, priors, n_components, mixture_params,
 /// mixing_concentration)`.
@@ -143,7 +140,7 @@ pub fn svi_config(robj: &Robj) -> GResult<SviConfig> {
         restore_best: a.boolean("restore_best")?,
         early_stopping: early_stopping(a.get("early_stopping"))?,
         seed: a.real("seed")? as u64,
-        n_reports: N_REPORTS,
+        n_reports: SviConfig::default().n_reports,
     })
 }
 
@@ -276,7 +273,7 @@ pub fn laplace_config(model: &str, robj: &Robj) -> GResult<LaplaceConfig> {
             .real_or("rescue_damping_multiplier", d.rescue_damping_multiplier)?,
         optimizer: optimizer(a.get("optimizer_config"))?,
         seed: a.real("seed")? as u64,
-        n_reports: N_REPORTS,
+        n_reports: d.n_reports,
         capture: capture(a.get("capture"))?,
         cascade,
         loadings_prior: loadings_prior(a.get("loadings"))?,
