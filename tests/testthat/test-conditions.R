@@ -64,7 +64,7 @@ test_that("a long analysis stops on Ctrl-C", {
   out <- run_interrupted_fit(
     c("sim <- scribe_simulate('zinbvcp', n_genes = 300, n_cells = 1000, seed = 1)",
       "f <- scribe_fit(sim$counts, model = 'zinbvcp', n_steps = 5, seed = 1, verbose = FALSE)"),
-    "log_likelihood(f, sim$counts, n_samples = 20000, seed = 1)"
+    "log_likelihood(f, sim$counts, n_samples = 5000, seed = 1)"
   )
   expect_clean_interrupt(out)
 })
