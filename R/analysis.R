@@ -10,23 +10,43 @@ NULL
 # and name the results. Long analyses show progress when
 # getOption("scribeR.verbose", interactive()) and stop cleanly on Ctrl-C.
 
-# The counts of `x` as the fitted genes x cells dgCMatrix (errors if they differ).
+# The counts of `x` as the fitted genes x cells dgCMatrix: named as the fit
+# named them, without the cells the fit dropped, and checked against the
+# totals of the fitted counts (errors if they differ).
 matrix_for_fit <- function(fit, x, assay = NULL) {
-  m <- as_counts_dgc(scribe_counts(x, assay = assay))
+  m <- name_counts(as_counts_dgc(scribe_counts(x, assay = assay)), warn = FALSE)
   # Empty cells are fine here (e.g. after subsetting genes); only fitting needs counts.
   m <- validate_counts(m, allow_empty_cells = TRUE)$counts
-  if (nrow(m) != length(fit@gene_names) || (!is.null(rownames(m)) && !identical(rownames(m), fit@gene_names))) {
+  if (nrow(m) != length(fit@gene_names) || !identical(rownames(m), fit@gene_names)) {
     abort_input(c("The genes of {.arg x} are not the genes of {.arg fit}.",
                   "i" = "{.arg x} has {nrow(m)} genes; the fit has {length(fit@gene_names)}."))
   }
-  if (!is.null(colnames(m)) && length(fit@dropped_cells) > 0L) {
-    m <- m[, setdiff(colnames(m), fit@dropped_cells), drop = FALSE]
-  }
-  if (ncol(m) != length(fit@cell_names) || (!is.null(colnames(m)) && !identical(colnames(m), fit@cell_names))) {
+  if (length(fit@dropped_cells) > 0L) m <- m[, !colnames(m) %in% fit@dropped_cells, drop = FALSE]
+  if (ncol(m) != length(fit@cell_names) || !identical(colnames(m), fit@cell_names)) {
     abort_input(c("The cells of {.arg x} are not the cells of {.arg fit}.",
                   "i" = "{.arg x} has {ncol(m)} cells; the fit has {length(fit@cell_names)}."))
   }
+  check_fingerprint(fit, m)
   m
+}
+
+# The fit keeps the cell and gene totals of the counts it was fitted to; data
+# with the same names but other counts are refused.
+check_fingerprint <- function(fit, m) {
+  fp <- if (methods::.hasSlot(fit, "counts_summary")) fit@counts_summary else list()
+  for (what in c("cell", "gene")) {
+    want <- fp[[paste0(what, "_totals")]]
+    if (!length(want)) next
+    got <- if (what == "cell") Matrix::colSums(m) else Matrix::rowSums(m)
+    bad <- which(unname(got) != unname(want))
+    if (length(bad)) {
+      abort_input(c(
+        "{.arg x} is not the data {.arg fit} was fitted to.",
+        "x" = "The totals of {length(bad)} {what}{cli::qty(length(bad))}{?s} differ (e.g. {what} {.val {names(got)[bad[1]]}}: {got[bad[1]]}, fitted {want[bad[1]]}).",
+        "i" = "Give the counts {.fn scribe_fit} was called with (the same assay, before any normalisation)."
+      ))
+    }
+  }
 }
 
 # The slots of the fit-matched counts, as the core reads them.
@@ -39,7 +59,7 @@ run_analysis <- function(fit, what, counts, opts, n_samples, seed, num_threads =
   check_format(fit)
   n_draws <- 0
   if (!is.null(n_samples)) {
-    check_number(n_samples, "n_samples", "a whole number >= 1 (or NULL for the MAP)", function(v) v >= 1 && v == round(v))
+    check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647 (or NULL for the MAP)", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
     n_draws <- as.numeric(n_samples)
   }
   seed <- resolve_seed(seed)
@@ -265,7 +285,7 @@ setMethod("normalize_counts", "ANY", function(fit, x = NULL, ...) not_a_fit(fit,
 setMethod("normalize_counts", "ScribeLayoutResults", function(fit, x = NULL, n_samples = NULL,
                                                               n_samples_dirichlet = 1L, genes = NULL,
                                                               seed = NULL, assay = NULL) {
-  check_number(n_samples_dirichlet, "n_samples_dirichlet", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  check_number(n_samples_dirichlet, "n_samples_dirichlet", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
   if (!is.null(x)) {
     counts <- counts_for_fit(fit, x, assay)
     gi <- gene_index(fit, genes)
@@ -332,8 +352,8 @@ setMethod("posterior_predictive", "ScribeLayoutResults", function(fit, n_samples
                                                                   chunk_cells = 1000L, seed = NULL, x = NULL) {
   check_flag(biological, "biological")
   check_flag(use_map, "use_map")
-  check_number(chunk_cells, "chunk_cells", "a whole number >= 1", function(v) v >= 1 && v == round(v))
-  check_number(n_samples, "n_samples", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  check_number(chunk_cells, "chunk_cells", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
+  check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
   gi <- gene_index(fit, genes)
   gnames <- if (is.null(gi)) fit@gene_names else fit@gene_names[gi + 1L]
   ci <- if (is.null(cells)) seq_along(fit@cell_names) else if (is.character(cells)) match(cells, fit@cell_names) else cells
@@ -341,6 +361,7 @@ setMethod("posterior_predictive", "ScribeLayoutResults", function(fit, n_samples
     abort_input("{.arg cells} has entries that are not cells of the fit.")
   }
   seed <- resolve_seed(seed)
+  call_core(rs_check_values("n_samples", as.numeric(n_samples) * length(ci) * length(gnames)))
   s <- as.integer(n_samples)
   out <- array(0, dim = c(s, length(ci), length(gnames)), dimnames = list(NULL, fit@cell_names[ci], gnames))
   for (start in seq.int(1L, length(ci), by = chunk_cells)) {

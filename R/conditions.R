@@ -75,7 +75,7 @@ call_core <- function(expr) {
 # `arg` must be a single number satisfying `ok`; `what` describes the requirement.
 check_number <- function(x, arg, what, ok = function(v) TRUE, allow_null = FALSE) {
   if (is.null(x) && allow_null) return(invisible(NULL))
-  if (!is.numeric(x) || length(x) != 1L || is.na(x) || !ok(x)) {
+  if (!is.numeric(x) || length(x) != 1L || !is.finite(x) || !ok(x)) {
     shown <- if (is.null(x)) "NULL" else paste(format(x), collapse = ", ")
     abort_input("{.arg {arg}} must be {what}, not {shown}.")
   }

@@ -4,6 +4,8 @@
 
 rs_defaults <- function() .Call(wrap__rs_defaults)
 
+rs_check_values <- function(arg, n) .Call(wrap__rs_check_values, arg, n)
+
 rs_model_layout <- function(model, n_genes, n_cells) {
   .Call(wrap__rs_model_layout, model, n_genes, n_cells)
 }

@@ -350,30 +350,28 @@ fit_arg_names <- function() setdiff(names(formals(scribe_fit)), c("x", "..."))
   check_flag(a$restore_best, "restore_best")
   check_flag(a$verbose, "verbose")
   check_flag(a$drop_empty, "drop_empty")
-  check_number(a$n_steps, "n_steps", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  check_number(a$n_steps, "n_steps", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
+  counts <- name_counts(counts)
   v <- validate_counts(counts, drop_empty = a$drop_empty)
   counts <- v$counts
+  check_orientation(counts)
   if (!is.null(a$batch_size)) {
-    check_number(a$batch_size, "batch_size", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+    check_number(a$batch_size, "batch_size", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
     if (a$batch_size > ncol(counts)) {
       abort_input("{.arg batch_size} ({a$batch_size}) is larger than the number of cells ({ncol(counts)}).")
     }
   }
-  shared <- list(seed = resolve_seed(a$seed), num_threads = resolve_threads(a$num_threads), verbose = a$verbose)
+  shared <- list(seed = resolve_seed(a$seed), num_threads = resolve_threads(a$num_threads), verbose = a$verbose,
+                 counts_summary = list(cell_totals = unname(Matrix::colSums(counts)),
+                                       gene_totals = unname(Matrix::rowSums(counts))))
   get(engine$fit, mode = "function")(counts, v$dropped_cells, model, a, shared)
 }
 
 # The genes x cells slots the core reads.
 counts_slots <- function(m) list(n_genes = nrow(m), n_cells = ncol(m), p = m@p, i = m@i, x = m@x)
 
-# Gene and cell names of fitted counts (generated when the matrix has none).
-fit_names <- function(counts) {
-  genes <- rownames(counts)
-  cells <- colnames(counts)
-  if (is.null(genes)) genes <- paste0("gene", seq_len(nrow(counts)))
-  if (is.null(cells)) cells <- paste0("cell", seq_len(ncol(counts)))
-  list(genes = genes, cells = cells)
-}
+# Gene and cell names of fitted counts (named by name_counts()).
+fit_names <- function(counts) list(genes = rownames(counts), cells = colnames(counts))
 
 # The NB-family model description the core reads (SVI and MCMC).
 nb_model_spec <- function(model, a, n_cells) {
@@ -392,7 +390,7 @@ nb_model_spec <- function(model, a, n_cells) {
     priors = resolve_priors(if (length(priors)) priors else NULL, model, parameterization)
   )
   if (!is.null(a$n_components)) {
-    check_number(a$n_components, "n_components", "a whole number >= 2", function(v) v >= 2 && v == round(v))
+    check_number(a$n_components, "n_components", "a whole number from 2 to 2147483647", function(v) v >= 2 && v <= .Machine$integer.max && v == round(v))
     if (a$n_components > n_cells) {
       abort_input("{.arg n_components} ({a$n_components}) is larger than the number of cells ({n_cells}).")
     }
@@ -451,7 +449,7 @@ resolve_model <- function(model, zero_inflation, variable_capture) {
 
 resolve_seed <- function(seed) {
   if (is.null(seed)) return(as.numeric(sample.int(.Machine$integer.max, 1L)))
-  check_number(seed, "seed", "a non-negative whole number", function(v) v >= 0 && v == round(v))
+  check_number(seed, "seed", "a whole number between 0 and 2^53", function(v) v >= 0 && v <= 2^53 && v == round(v))
   as.numeric(seed)
 }
 
@@ -464,8 +462,8 @@ core_defaults <- function() {
 
 resolve_threads <- function(num_threads) {
   if (is.null(num_threads)) return(0L)
-  check_number(num_threads, "num_threads", "a whole number >= 1 (or NULL for all cores)",
-               function(v) v >= 1 && v == round(v))
+  check_number(num_threads, "num_threads", "a whole number between 1 and 1024 (or NULL for all cores)",
+               function(v) v >= 1 && v <= 1024 && v == round(v))
   as.integer(num_threads)
 }
 

@@ -4,7 +4,7 @@
 as_counts_dgc <- function(x, arg = "x") {
   if (inherits(x, "dgCMatrix")) return(x)
   if (is.matrix(x)) {
-    if (!is.numeric(x) && !is.logical(x)) {
+    if (!is.numeric(x)) {
       abort_input("{.arg {arg}} must be a numeric count matrix, not a {typeof(x)} matrix.")
     }
     if (anyNA(x)) abort_input("{.arg {arg}} contains NA values; counts must be complete.")
@@ -13,6 +13,9 @@ as_counts_dgc <- function(x, arg = "x") {
   }
   if (is(x, "DelayedMatrix")) return(delayed_to_dgc(x))
   if (is(x, "Matrix")) {
+    if (is(x, "lMatrix") || is(x, "nMatrix")) {
+      abort_input("{.arg {arg}} must hold counts, not a logical ({.cls {class(x)[1]}}) matrix.")
+    }
     return(as(as(as(x, "dMatrix"), "generalMatrix"), "CsparseMatrix"))
   }
   abort_input(c(
@@ -37,6 +40,41 @@ delayed_to_dgc <- function(x) {
   out
 }
 
+# The largest count the core stores (an unsigned 32-bit integer).
+.max_count <- 4294967295
+
+# Fills missing dimnames (gene1, ..., cell1, ...) and makes duplicated ones
+# unique (make.unique), so that fits and analyses name genes and cells alike
+# and dropped cells keep the names of their columns.
+name_counts <- function(m, warn = TRUE) {
+  if (nrow(m) == 0L || ncol(m) == 0L) return(m)
+  dn <- dimnames(m)
+  if (is.null(dn[[1]])) dn[[1]] <- paste0("gene", seq_len(nrow(m)))
+  if (is.null(dn[[2]])) dn[[2]] <- paste0("cell", seq_len(ncol(m)))
+  for (k in 1:2) {
+    if (anyDuplicated(dn[[k]])) {
+      what <- c("gene", "cell")[k]
+      dup <- unique(dn[[k]][duplicated(dn[[k]])])
+      if (warn) {
+        cli::cli_warn(c("{length(dup)} {what} name{?s} of {.arg x} {?is/are} not unique (e.g. {.val {dup[1]}}).",
+                        "i" = "scribeR names them with {.fn make.unique}, as analyses of the same counts will."))
+      }
+      dn[[k]] <- make.unique(dn[[k]])
+    }
+  }
+  dimnames(m) <- dn
+  m
+}
+
+# A warning when the rows look like cell barcodes: scribeR wants genes x cells.
+check_orientation <- function(m) {
+  rn <- utils::head(rownames(m), 200L)
+  if (length(rn) && mean(grepl("^[ACGTN]{8,}([-_][0-9]+)?$", rn)) > 0.5) {
+    cli::cli_warn(c("The rows of {.arg x} look like cell barcodes (e.g. {.val {rn[1]}}).",
+                    "i" = "scribeR expects genes x cells; transpose with {.code t(x)} if these are cells."))
+  }
+}
+
 # Validates counts; returns the (possibly filtered) matrix and what was dropped.
 validate_counts <- function(m, drop_empty = FALSE, arg = "x", allow_empty_cells = FALSE) {
   if (nrow(m) == 0L || ncol(m) == 0L) {
@@ -52,6 +90,9 @@ validate_counts <- function(m, drop_empty = FALSE, arg = "x", allow_empty_cells 
       "i" = "Pass the raw counts assay, not normalised or log-transformed values."
     ))
   }
+  if (length(v) && max(v) > .max_count) {
+    abort_input("{.arg {arg}} contains a count of {format(max(v), big.mark = ',')}; counts above {format(.max_count, big.mark = ',', scientific = FALSE)} (2^32 - 1) are not supported.")
+  }
   # Cell totals straight from the CSC slots (exact for integer counts).
   cs <- cumsum(c(0, v))
   totals <- cs[m@p[-1L] + 1L] - cs[m@p[-length(m@p)] + 1L]
@@ -64,7 +105,7 @@ validate_counts <- function(m, drop_empty = FALSE, arg = "x", allow_empty_cells 
         "i" = "Filter them first (e.g. {.code x[, colSums(x) > 0]}) or use {.code drop_empty = TRUE}."
       ))
     }
-    dropped <- if (is.null(colnames(m))) as.character(empty) else colnames(m)[empty]
+    dropped <- colnames(m)[empty]
     m <- m[, -empty, drop = FALSE]
     if (ncol(m) == 0L) abort_input("{.arg {arg}} has no cell with a nonzero count.")
   }

@@ -46,7 +46,7 @@ resolve_latent_dim <- function(latent_dim, vae_latent_dim, n_genes) {
   }
   k <- if (!is.null(latent_dim)) latent_dim else if (!is.null(vae_latent_dim)) vae_latent_dim else core_defaults()$laplace$latent_dim
   arg <- if (is.null(latent_dim) && !is.null(vae_latent_dim)) "vae_latent_dim" else "latent_dim"
-  check_number(k, arg, "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  check_number(k, arg, "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
   if (k >= n_genes) abort_input("{.arg {arg}} ({k}) must be smaller than the number of genes ({n_genes}).")
   as.numeric(k)
 }
@@ -209,6 +209,7 @@ fit_laplace <- function(counts, dropped, model, a, shared) {
                  loadings = if (is.null(priors$loadings)) list(type = "none") else priors$loadings),
     priors = if (is.null(capture)) list() else list(eta_capture = list(family = "truncnormal", hyper = capture)),
     gene_names = all_genes, cell_names = cells, dropped_cells = dropped, seed = shared$seed,
+    counts_summary = shared$counts_summary,
     params = c(list(mu = stats::setNames(res$mu, genes), W = w, d = stats::setNames(res$d, genes)),
                if (length(res$r)) list(r = stats::setNames(res$r, genes)),
                if (length(res$totals)) list(mu_T = res$totals[1], r_T = res$totals[2],
@@ -455,7 +456,7 @@ run_laplace_analysis <- function(fit, x, what, opts, assay = NULL) {
 #' @export
 get_latent_samples <- function(fit, x, n_samples = 100L, cells = NULL, seed = NULL, assay = NULL) {
   check_laplace(fit)
-  check_number(n_samples, "n_samples", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
   ci <- laplace_cells(fit, cells)
   seed <- resolve_seed(seed)
   res <- run_laplace_analysis(fit, x, "latents", list(cells = ci - 1L, n_draws = as.numeric(n_samples), seed = seed),
@@ -486,7 +487,7 @@ setMethod("log_likelihood", "ScribeLaplaceResults", function(fit, x, by = c("cel
 
 laplace_predictive <- function(fit, x, n_samples, genes, cells, use_map, seed) {
   check_flag(use_map, "use_map")
-  check_number(n_samples, "n_samples", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
   gi <- gene_index(fit, genes)
   gnames <- if (is.null(gi)) fit@gene_names else fit@gene_names[gi + 1L]
   ci <- laplace_cells(fit, cells)
@@ -503,7 +504,7 @@ laplace_loglik <- function(fit, x, by, n_samples, seed, assay) {
   if (by != "cell") abort_unsupported("Laplace fits give log-likelihoods by cell ({.code by = \"cell\"}).")
   opts <- list(cells = seq_along(fit@cell_names) - 1L)
   if (!is.null(n_samples)) {
-    check_number(n_samples, "n_samples", "a whole number >= 1 (or NULL for the MAP)", function(v) v >= 1 && v == round(v))
+    check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647 (or NULL for the MAP)", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
     opts$n_draws <- as.numeric(n_samples)
     opts$seed <- resolve_seed(seed)
   }

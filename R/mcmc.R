@@ -64,9 +64,9 @@ fit_mcmc <- function(counts, dropped, model, a, shared) {
   if (any(ignored)) {
     cli::cli_warn("MCMC uses the full data and no optimiser: {.arg {names(ignored)[ignored]}} {?is/are} ignored.")
   }
-  check_number(a$n_samples, "n_samples", "a whole number >= 1", function(v) v >= 1 && v == round(v))
-  check_number(a$n_warmup, "n_warmup", "a whole number >= 0", function(v) v >= 0 && v == round(v))
-  check_number(a$n_chains, "n_chains", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  check_number(a$n_samples, "n_samples", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
+  check_number(a$n_warmup, "n_warmup", "a whole number from 0 to 2147483647", function(v) v >= 0 && v <= .Machine$integer.max && v == round(v))
+  check_number(a$n_chains, "n_chains", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
   cfg <- resolve_mcmc_config(a$mcmc_config)
   init <- check_svi_init(a$svi_init, counts, model_spec)
   dim <- mcmc_dimension(model_spec, nrow(counts), ncol(counts))
@@ -85,7 +85,8 @@ fit_mcmc <- function(counts, dropped, model, a, shared) {
   draws <- matrix(res$draws, nrow = res$dim)
   fit <- new("ScribeMCMCResults",
     model = model_spec, priors = res$priors, gene_names = nm$genes, cell_names = nm$cells,
-    dropped_cells = dropped, seed = shared$seed, layout = layout_frame(res$layout),
+    dropped_cells = dropped, seed = shared$seed, counts_summary = shared$counts_summary,
+    layout = layout_frame(res$layout),
     params = list(draws = draws),
     stats = as.data.frame(res$stats),
     config = c(mcmc, list(svi_init = !is.null(init))),
@@ -168,7 +169,7 @@ setMethod("core_view", "ScribeMCMCResults", function(object) {
 #' @export
 setMethod("get_posterior_samples", "ScribeMCMCResults", function(object, n_samples = NULL, seed = NULL, ...) {
   if (is.null(n_samples)) n_samples <- n_kept_of(object)
-  check_number(n_samples, "n_samples", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
   name_sites(object, fit_sites(object, n_samples), draws = TRUE)
 })
 

@@ -16,7 +16,7 @@
 plot_loss <- function(fit, smooth = 50L, log_steps = TRUE) {
   if (!is(fit, "ScribeSVIResults")) abort_input("{.arg fit} must be a ScribeSVIResults object.")
   if (!requireNamespace("ggplot2", quietly = TRUE)) abort_input("{.fn plot_loss} needs the {.pkg ggplot2} package.")
-  check_number(smooth, "smooth", "a whole number >= 0", function(v) v >= 0 && v == round(v))
+  check_number(smooth, "smooth", "a whole number from 0 to 2147483647", function(v) v >= 0 && v <= .Machine$integer.max && v == round(v))
   loss <- loss_history(fit)
   df <- data.frame(step = seq_along(loss), loss = loss)
   p <- ggplot2::ggplot(df, ggplot2::aes(x = .data$step, y = .data$loss)) +
@@ -61,7 +61,9 @@ plot_ppc <- function(fit, x, genes, n_samples = 200L, max_count = NULL, seed = N
   require_ggplot("plot_ppc")
   m <- matrix_for_fit(fit, x, assay)
   gi <- gene_index(fit, genes) + 1L
-  ppc <- posterior_predictive(fit, n_samples = n_samples, genes = gi, seed = seed)
+  check_number(max_count, "max_count", "a whole number between 1 and 10000", function(v) v >= 1 && v <= 1e4 && v == round(v),
+               allow_null = TRUE)
+  ppc <- posterior_predictive(fit, n_samples = n_samples, genes = gi, seed = seed, x = m)
   rows <- lapply(seq_along(gi), function(j) {
     obs <- as.numeric(m[gi[j], ])
     top <- if (is.null(max_count)) max(stats::quantile(obs, 0.99), 3) else max_count
@@ -111,7 +113,7 @@ plot_mean_variance <- function(fit, x, genes = NULL, seed = NULL, assay = NULL) 
   m <- m[gi, , drop = FALSE]
   obs_mean <- Matrix::rowMeans(m)
   obs_var <- Matrix::rowMeans(m^2) - obs_mean^2
-  ppc <- posterior_predictive(fit, n_samples = 1L, genes = gi, seed = seed)[1, , , drop = TRUE]
+  ppc <- posterior_predictive(fit, n_samples = 1L, genes = gi, seed = seed, x = m)[1, , , drop = TRUE]
   ppc <- matrix(ppc, nrow = length(fit@cell_names))
   df <- rbind(
     data.frame(gene = rownames(m), mean = obs_mean, variance = obs_var, source = "observed"),

@@ -28,6 +28,8 @@ NULL
 #' @slot gene_names,cell_names Names of the genes and cells that were fitted.
 #' @slot dropped_cells Names of cells removed by `drop_empty = TRUE`.
 #' @slot seed The seed of the fit.
+#' @slot counts_summary List: `cell_totals` and `gene_totals` of the fitted
+#'   counts, by which analyses recognise the data the fit belongs to.
 #' @slot format_version Integer: the results format.
 #' @slot layout (`ScribeLayoutResults`) Data frame: the blocks of the
 #'   unconstrained parameter vector.
@@ -36,7 +38,7 @@ NULL
 #' @exportClass ScribeResults ScribeLayoutResults
 setClass("ScribeResults", representation("VIRTUAL",
   model = "list", priors = "list", gene_names = "character", cell_names = "character",
-  dropped_cells = "character", seed = "numeric", format_version = "integer"
+  dropped_cells = "character", seed = "numeric", counts_summary = "list", format_version = "integer"
 ), prototype(format_version = 2L))
 
 #' @rdname ScribeResults-class
@@ -162,14 +164,17 @@ name_sites <- function(object, sites, draws) {
       if (!draws) return(stats::setNames(v, comps(k)))
       return(matrix(v, nrow = n_draws, dimnames = list(NULL, comps(k))))
     }
+    # A scalar with components is a vector over components; a gene or cell
+    # site keeps its gene/cell axis even when it has a single gene.
+    per_item <- s$kind != "scalar"
     if (!draws) {
       if (k == 1L) return(stats::setNames(v, labels))
-      if (len == 1L) return(stats::setNames(v, comps(k)))
+      if (len == 1L && !per_item) return(stats::setNames(v, comps(k)))
       return(t(matrix(v, nrow = len, ncol = k, dimnames = list(labels, comps(k)))))
     }
-    if (k == 1L && len == 1L) return(v)
+    if (k == 1L && len == 1L && !per_item) return(v)
     if (k == 1L) return(matrix(v, nrow = n_draws, dimnames = list(NULL, labels)))
-    if (len == 1L) return(matrix(v, nrow = n_draws, dimnames = list(NULL, comps(k))))
+    if (len == 1L && !per_item) return(matrix(v, nrow = n_draws, dimnames = list(NULL, comps(k))))
     aperm(array(v, dim = c(n_draws, len, k), dimnames = list(NULL, labels, comps(k))), c(1L, 3L, 2L))
   })
 }

@@ -30,8 +30,12 @@ scribe_simulate <- function(model = c("nbdm", "nbvcp", "zinb", "zinbvcp"), n_gen
                             n_cells = 500L, r = NULL, p = NULL, p_capture = NULL, gate = NULL,
                             n_components = NULL, seed = NULL) {
   model <- match_choice(model[1], c("nbdm", "nbvcp", "zinb", "zinbvcp"), "model")
-  check_number(n_genes, "n_genes", "a whole number >= 1", function(v) v >= 1 && v == round(v))
-  check_number(n_cells, "n_cells", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  whole <- function(v) v >= 1 && v == round(v) && v <= .Machine$integer.max
+  check_number(n_genes, "n_genes", "a whole number between 1 and 2147483647", whole)
+  check_number(n_cells, "n_cells", "a whole number between 1 and 2147483647", whole)
+  if (n_genes * n_cells > 1e9) {
+    abort_input("{.arg n_genes} x {.arg n_cells} ({format(n_genes * n_cells)}) is above the simulator's limit of 1e9 entries.")
+  }
   check_vec <- function(v, arg, n, ok, what) {
     if (is.null(v)) return(NULL)
     if (!is.numeric(v) || length(v) != n || anyNA(v) || !all(ok(v))) {
@@ -45,7 +49,7 @@ scribe_simulate <- function(model = c("nbdm", "nbvcp", "zinb", "zinbvcp"), n_gen
   gate <- check_vec(gate, "gate", n_genes, function(v) v >= 0 & v < 1, "in [0, 1)")
   k <- 1L
   if (!is.null(n_components)) {
-    check_number(n_components, "n_components", "a whole number >= 2", function(v) v >= 2 && v == round(v))
+    check_number(n_components, "n_components", "a whole number from 2 to 2147483647", function(v) v >= 2 && v <= .Machine$integer.max && v == round(v))
     if (!is.null(r) || !is.null(p) || !is.null(gate)) {
       abort_input("{.arg r}, {.arg p} and {.arg gate} are drawn per component when {.arg n_components} is given.")
     }

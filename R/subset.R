@@ -35,6 +35,12 @@ setMethod("[", "ScribeLayoutResults", function(x, i, j, ..., drop = FALSE) {
   } else {
     x@params <- res$params
   }
+  # Totals stay known only along the axis that kept everything of the other.
+  fp <- x@counts_summary
+  all_genes <- length(sel$genes) == length(x@gene_names) && all(sel$genes == seq_along(x@gene_names))
+  all_cells <- length(sel$cells) == length(x@cell_names) && all(sel$cells == seq_along(x@cell_names))
+  x@counts_summary <- list(cell_totals = if (all_genes && length(fp$cell_totals)) fp$cell_totals[sel$cells],
+                           gene_totals = if (all_cells && length(fp$gene_totals)) fp$gene_totals[sel$genes])
   x@gene_names <- x@gene_names[sel$genes]
   x@cell_names <- x@cell_names[sel$cells]
   x

@@ -17,15 +17,38 @@ fit_svi <- function(counts, dropped, model, a, shared) {
   res <- call_core(rs_svi_fit(counts_slots(counts), model_spec, svi, shared$verbose, shared$num_threads))
   elapsed <- proc.time()[["elapsed"]] - t0
   nm <- fit_names(counts)
-  new("ScribeSVIResults",
+  fit <- new("ScribeSVIResults",
     model = model_spec, priors = res$priors, gene_names = nm$genes, cell_names = nm$cells,
-    dropped_cells = dropped, seed = shared$seed, layout = layout_frame(res$layout), guide = res$guide,
+    dropped_cells = dropped, seed = shared$seed, counts_summary = shared$counts_summary,
+    layout = layout_frame(res$layout), guide = res$guide,
     params = res$params, loss_history = res$loss_history, config = svi,
     diagnostics = list(
       early_stopped = res$early_stopped, best_step = res$best_step, best_loss = res$best_loss,
       restored_best = res$restored_best, elapsed = elapsed, num_threads = shared$num_threads
     )
   )
+  check_svi_result(fit)
+  fit
+}
+
+# A fit whose point estimates are not finite is unusable: an error (with the
+# loss history); many skipped updates are worth a warning.
+check_svi_result <- function(fit) {
+  losses <- fit@loss_history
+  skipped <- mean(!is.finite(losses))
+  point <- fit_sites(fit, 0)
+  bad <- names(point)[!vapply(point, function(s) all(is.finite(s$values)), logical(1))]
+  hint <- "Lower {.code optimizer_config$step_size}, or use {.code clipped_adam}."
+  if (length(bad)) {
+    cli::cli_abort(c("The fit did not converge to finite values.",
+                     "x" = "Its estimates of {.val {bad}} are not finite; {round(100 * skipped)}% of the updates had a non-finite loss.",
+                     "i" = hint),
+                   class = "scribeR_nonfinite", call = NULL, step = length(losses), loss_history = losses)
+  }
+  if (skipped > 0.1) {
+    cli::cli_warn(c("{round(100 * skipped)}% of the updates had a non-finite loss and were skipped.", "i" = hint),
+                  class = "scribeR_nonfinite")
+  }
 }
 
 #' SVI results
@@ -83,7 +106,7 @@ setMethod("show", "ScribeSVIResults", function(object) {
 #' @rdname accessors
 #' @export
 setMethod("get_posterior_samples", "ScribeSVIResults", function(object, n_samples = 100L, seed = NULL, ...) {
-  check_number(n_samples, "n_samples", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
   seed <- resolve_seed(seed)
   name_sites(object, fit_sites(object, n_samples, seed), draws = TRUE)
 })

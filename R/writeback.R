@@ -95,7 +95,8 @@ add_scribe_fit <- function(sce, fit, overwrite = FALSE, denoised = FALSE) {
   md$scribe <- list(
     model = fit@model, engine = class(fit)[1], p = map$p, phi = map$phi,
     mixing_weights = map$mixing_weights,
-    loss_history = loss_history(fit), seed = fit@seed, dropped_cells = fit@dropped_cells
+    loss_history = if (methods::hasMethod("loss_history", class(fit))) loss_history(fit),
+    seed = fit@seed, dropped_cells = fit@dropped_cells
   )
   S4Vectors::metadata(sce) <- md
   sce
@@ -146,6 +147,7 @@ add_scribe_fit_seurat <- function(obj, fit, overwrite, denoised) {
     obj[["scribe_denoised"]] <- assay_obj
   }
   SeuratObject::Misc(obj, "scribe") <- list(model = fit@model, p = map$p, mixing_weights = map$mixing_weights,
-                                            loss_history = loss_history(fit), seed = fit@seed)
+                                            loss_history = if (methods::hasMethod("loss_history", class(fit))) loss_history(fit),
+                                            seed = fit@seed)
   obj
 }

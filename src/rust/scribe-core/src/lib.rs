@@ -13,6 +13,7 @@ pub mod data;
 pub mod dist;
 pub mod error;
 pub mod laplace;
+pub mod limits;
 pub mod math;
 pub mod mcmc;
 pub mod models;

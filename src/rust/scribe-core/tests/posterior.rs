@@ -136,7 +136,7 @@ fn denoising_a_zinb_zero_mixes_gate_and_nb_pathways() {
 fn normalization_of_a_two_gene_toy() {
     let d = draws(Variant::Nbdm, vec![1.0, 3.0], 0.4, None, None);
     assert_eq!(mean_composition(&d), vec![0.25, 0.75]);
-    let s = dirichlet_samples(&d, 20_000, 3);
+    let s = dirichlet_samples(&d, 20_000, 3).unwrap();
     let m0: f64 = s.chunks(2).map(|x| x[0]).sum::<f64>() / 20_000.0;
     assert!((m0 - 0.25).abs() < 0.01, "{m0}");
     assert!(s.chunks(2).all(|x| (x[0] + x[1] - 1.0).abs() < 1e-12));

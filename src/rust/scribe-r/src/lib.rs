@@ -46,6 +46,17 @@ fn rs_defaults() -> Robj {
     respond(Ok(convert::configs::defaults()))
 }
 
+/// Whether `n` numbers fit in the memory available (for R's own results).
+/// @noRd
+#[extendr]
+fn rs_check_values(arg: &str, n: f64) -> Robj {
+    respond(
+        scribe_core::limits::check_values(arg, n)
+            .map(|_| ().into())
+            .map_err(Into::into),
+    )
+}
+
 /// The unconstrained layout of an NB-family model for a data size.
 /// @noRd
 #[extendr]
@@ -223,7 +234,7 @@ fn nb_draws(
     let s = sites(&v.spec, &v.layout, v.posterior.source(), sm, ctl)?;
     let d = NbDraws::from_sites(v.spec.variant, &s)?;
     Ok(match replicate {
-        Some(n) => d.replicate(n),
+        Some(n) => d.replicate(n)?,
         None => d,
     })
 }
@@ -310,7 +321,7 @@ fn rs_nb_analysis(
                     let vals = if n_dir == 0 {
                         mean_composition(&d)
                     } else {
-                        dirichlet_samples(&d, n_dir, aseed)
+                        dirichlet_samples(&d, n_dir, aseed)?
                     };
                     Ok((vals, d.n_comp))
                 })?;
@@ -510,6 +521,7 @@ fn rs_simulate_nb(
 extendr_module! {
     mod scribeR;
     fn rs_defaults;
+    fn rs_check_values;
     fn rs_model_layout;
     fn rs_svi_fit;
     fn rs_mcmc_fit;

@@ -4,6 +4,8 @@
 //! Every engine works on unconstrained `x`; a parameter is `θ = T(x)`. A prior
 //! given on `θ` becomes `ln p_x(x) = ln p_θ(T(x)) + ln |T'(x)|`.
 
+pub mod draw;
+
 use crate::math::{
     lbeta, ln_normal, ln_normal_sf, ln_sigmoid, ln_softplus, sigmoid, softplus, softplus_inv,
 };

@@ -95,6 +95,7 @@ pub fn run(
     let n = data.n_cells;
     let k = cfg.latent_dim;
     crate::data::check_batch_size(cfg.batch_size, n)?;
+    crate::limits::check_values("n_steps", cfg.n_steps as f64)?;
     let is_lnm = cfg.model == LnModel::Lnm;
     // LNM's reference: the gene with the most counts (the most stable ratios).
     let reference = is_lnm.then(|| {
@@ -133,6 +134,13 @@ pub fn run(
         return Err(CoreError::arg(
             "latent_dim",
             format!("must be between 1 and the number of genes − 1 ({})", g - 1),
+        ));
+    }
+    // The PCA start needs more cells than factors.
+    if k >= n {
+        return Err(CoreError::arg(
+            "latent_dim",
+            format!("({k}) must be smaller than the number of cells ({n})"),
         ));
     }
     if cfg.n_newton_steps == 0 || cfg.n_newton_steps > 200 {
@@ -232,7 +240,7 @@ pub fn run(
         .batch_size
         .filter(|&b| b < n)
         .map(|b| BatchSampler::new(n, b));
-    let mut history = Vec::with_capacity(cfg.n_steps);
+    let mut history = Vec::with_capacity(crate::limits::history_capacity(cfg.n_steps));
     let (mut best, mut best_loss) = ((th.clone(), latents.clone(), eta.clone()), f64::INFINITY);
     let mut guards = Guards::default();
     let mut tracker = cfg

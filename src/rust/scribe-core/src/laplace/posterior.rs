@@ -258,6 +258,10 @@ pub fn latent_draws(
     ctl: Ctl<'_>,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     f.check(data)?;
+    crate::limits::check_values(
+        "n_samples",
+        2.0 * (cells.len() * f.mu.len()) as f64 * n as f64,
+    )?;
     let work = ctl.work(cells.len());
     let (spec, _) = EtaSpec::new(f.capture, data)?;
     let sig = SigmaFactor::new(f.w, f.d, f.k)

@@ -224,6 +224,16 @@ pub fn sample<D: LogDensity, F: Fn() -> D + Sync>(
     if cfg.n_samples == 0 || cfg.n_chains == 0 {
         return Err(CoreError::arg("n_samples", "must be at least 1"));
     }
+    // Kept draws plus six per-draw statistics, in every chain.
+    let per_chain = cfg.n_samples as f64 * (dim as f64 + 6.0);
+    crate::limits::check_values("n_samples", per_chain)?;
+    crate::limits::check_values("n_chains", cfg.n_chains as f64 * per_chain)?;
+    if cfg.n_chains > 1024 {
+        return Err(CoreError::arg(
+            "n_chains",
+            format!("({}) must be at most 1024", cfg.n_chains),
+        ));
+    }
     if !(cfg.target_accept > 0.0 && cfg.target_accept < 1.0) {
         return Err(CoreError::arg("target_accept_prob", "must be in (0, 1)"));
     }

@@ -6,6 +6,7 @@
 //! subsets and chunks of cells give the same draws.
 
 use crate::data::CountMatrix;
+use crate::dist::draw;
 use crate::error::Result;
 use crate::math::lgamma;
 use crate::models::lognormal::lnm::{softmax_alr, totals};
@@ -14,7 +15,6 @@ use crate::models::lognormal::LnModel;
 use crate::progress::Ctl;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Gamma, Poisson as PoissonDist};
 use rayon::prelude::*;
 
 /// The observation side of a fitted log-normal model.
@@ -50,12 +50,8 @@ impl LnObs<'_> {
         let rho = self.composition(y);
         let (mu_t, r_t) = (self.totals[0], self.totals[1]);
         let mean = mu_t * (-eta).clamp(-30.0, 30.0).exp();
-        let lam: f64 = rng.sample(Gamma::new(r_t, mean / r_t).expect("valid gamma"));
-        let mut left = if lam > 0.0 {
-            rng.sample(PoissonDist::new(lam).expect("valid rate"))
-        } else {
-            0.0
-        } as u64;
+        let lam = draw::gamma(rng, r_t, mean / r_t);
+        let mut left = draw::poisson(rng, lam) as u64;
         let mut rest = 1.0;
         let mut out = vec![0.0; rho.len()];
         for (i, &p) in rho.iter().enumerate() {
@@ -67,7 +63,7 @@ impl LnObs<'_> {
             } else {
                 (p / rest).clamp(0.0, 1.0)
             };
-            let x = rng.sample(rand_distr::Binomial::new(left, q).expect("valid binomial"));
+            let x = rand_distr::Binomial::new(left, q).map_or(0, |b| rng.sample(b));
             out[i] = x as f64;
             left -= x;
             rest -= p;
@@ -123,6 +119,7 @@ pub fn predictive(
 ) -> Result<Vec<f64>> {
     let ng = genes.len();
     let g = lat.g;
+    crate::limits::check_values("n_samples", (cells.len() * ng) as f64 * n as f64)?;
     let work = ctl.work(cells.len());
     let out: Vec<Vec<f64>> = cells
         .par_iter()
@@ -152,14 +149,10 @@ pub fn predictive(
                         LnModel::Pln | LnModel::Lnm => m,
                         LnModel::Nbln => {
                             let r = obs.r[gi].max(1e-6);
-                            rng.sample(Gamma::new(r, m / r).expect("valid gamma"))
+                            draw::gamma(&mut rng, r, m / r)
                         }
                     };
-                    v[j * n + s] = if lam > 0.0 {
-                        rng.sample(PoissonDist::new(lam).expect("valid rate"))
-                    } else {
-                        0.0
-                    };
+                    v[j * n + s] = draw::poisson(&mut rng, lam);
                 }
             }
             v

@@ -64,6 +64,12 @@ pub trait Source: Sync {
     }
 }
 
+/// Checks that `n` draws of every coordinate of `layout` (and as many again
+/// for the derived quantities) fit in memory, before any is drawn.
+pub(crate) fn check_draws(layout: &Layout, n: usize) -> Result<()> {
+    crate::limits::check_values("n_samples", 2.0 * n as f64 * (layout.total as f64 + 1.0))
+}
+
 /// `softmax([z])` written through `put(k, w_k)`.
 pub(crate) fn softmax_into(z: &[f64], mut put: impl FnMut(usize, f64)) {
     let mx = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -143,6 +149,13 @@ impl Source for XDraws {
             ));
         }
         let total = self.n_draws();
+        check_draws(
+            layout,
+            match summary {
+                Summary::Point => total,
+                Summary::Draws { n, .. } => n,
+            },
+        )?;
         let cols: Vec<usize> = match summary {
             Summary::Point => (0..total).collect(),
             Summary::Draws { n, .. } => (0..n)

@@ -123,6 +123,7 @@ pub fn run<M: Model, G: Guide>(
     }
     let data = model.data();
     crate::data::check_batch_size(cfg.batch_size, data.n_cells)?;
+    crate::limits::check_values("n_steps", cfg.n_steps as f64)?;
     let n = guide.n_params();
     if init.len() != n {
         return Err(CoreError::arg(
@@ -158,7 +159,7 @@ pub fn run<M: Model, G: Guide>(
     };
     let mut tracker = es_cfg.map(Tracker::new);
     let mut best_params: Option<Vec<f64>> = None;
-    let mut losses = Vec::with_capacity(cfg.n_steps);
+    let mut losses = Vec::with_capacity(crate::limits::history_capacity(cfg.n_steps));
     let report_every = (cfg.n_steps / cfg.n_reports.max(1)).max(1);
     let mut last_report = 0usize;
     let mut nonfinite_run = 0usize;

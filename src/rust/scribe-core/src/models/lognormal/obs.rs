@@ -3,7 +3,34 @@
 //! solvers and the Laplace log-determinant need, and the derivatives in the
 //! NB dispersion.
 
-use crate::math::{digamma, lgamma, sigmoid, softplus};
+use crate::math::{digamma, digamma_diff_scaled, lgamma, lgamma_diff_scaled, sigmoid, softplus};
+
+/// A count as an integer, when it is one (data always is).
+#[inline]
+fn count(u: f64) -> Option<u32> {
+    (u >= 0.0 && u <= u32::MAX as f64 && u.fract() == 0.0).then_some(u as u32)
+}
+
+/// `σ(δ) − ln(1 + e^δ)`, by its series where both are tiny (δ < −7).
+#[inline]
+fn sigmoid_minus_softplus(delta: f64) -> f64 {
+    if delta >= -7.0 {
+        return sigmoid(delta) - softplus(delta);
+    }
+    // Σ_{k≥2} (−1)^{k+1} (1 − 1/k) tᵏ with t = e^δ < 1e-3.
+    let t = delta.exp();
+    let mut pow = t * t;
+    let mut sum = 0.0f64;
+    let mut k = 2.0f64;
+    loop {
+        sum -= (1.0 - 1.0 / k) * pow;
+        pow *= -t;
+        k += 1.0;
+        if pow.abs() <= 1e-18 * sum.abs() {
+            return sum;
+        }
+    }
+}
 
 /// The observation model of one gene's count given its log-rate.
 pub trait Obs: Sync {
@@ -33,7 +60,10 @@ impl Obs for Poisson {
 }
 
 /// `u ~ NB(mean e^ℓ, concentration r_g)` with the full pmf; `ℓ` clipped to
-/// ±50 and all probabilities in log space through `δ = ℓ − ln r`.
+/// ±50 and all probabilities in log space through `δ = ℓ − ln r`. The value
+/// and the dispersion derivatives are arranged so that nothing of size
+/// `u ln r` cancels: they keep their precision up to the Poisson limit
+/// (`r` in 1e6 … 1e12 and beyond).
 pub struct NegBin<'a> {
     pub r: &'a [f64],
 }
@@ -43,8 +73,8 @@ impl NegBin<'_> {
     fn parts(&self, g: usize, ell: f64) -> (f64, f64, f64, f64) {
         let r = self.r[g].max(1e-6);
         let delta = ell.clamp(-50.0, 50.0) - r.ln();
-        let q = sigmoid(delta); // 1 − p
-        (r, delta, 1.0 - q, q)
+        // q = 1 − p = μ/(μ + r); each from its own sigmoid, exact in both tails.
+        (r, delta, sigmoid(-delta), sigmoid(delta))
     }
 }
 
@@ -56,15 +86,27 @@ impl Obs for NegBin<'_> {
     }
     fn value(&self, g: usize, u: f64, ell: f64) -> f64 {
         let (r, delta, _, _) = self.parts(g, ell);
-        let ln_p = -softplus(delta);
-        let ln_q = delta - softplus(delta);
-        lgamma(u + r) - lgamma(r) - lgamma(u + 1.0) + r * ln_p + u * ln_q
+        let sp = softplus(delta);
+        // lnΓ(u+r) − lnΓ(r) + u ln q with the u·ln r of both taken out:
+        // [lnΓ(u+r) − lnΓ(r) − u ln r] + u (ℓ − softplus δ).
+        let scaled = match count(u) {
+            Some(n) => lgamma_diff_scaled(n, r),
+            None => lgamma(u + r) - lgamma(r) - u * r.ln(),
+        };
+        scaled + u * (ell.clamp(-50.0, 50.0) - sp) - lgamma(u + 1.0) - r * sp
     }
     #[inline]
     fn d_r(&self, g: usize, u: f64, ell: f64) -> (f64, f64) {
         let (r, delta, p, q) = self.parts(g, ell);
-        let dv = digamma(u + r) - digamma(r) - softplus(delta) + q - u * p / r;
-        let da = p * q + (u + r) * (1.0 - 2.0 * p) * p * q / r;
+        // ψ(u+r) − ψ(r) − softplus δ + q − u p/r, as
+        // [ψ(u+r) − ψ(r) − u/r] + [q − softplus δ] + u q/r.
+        let psi = match count(u) {
+            Some(n) => digamma_diff_scaled(n, r),
+            None => digamma(u + r) - digamma(r) - u / r,
+        };
+        let dv = psi + sigmoid_minus_softplus(delta) + u * q / r;
+        // ∂a/∂r of a = (u + r) p q, without cancelling p q against (u+r)(1−2p)pq/r.
+        let da = p * q * (2.0 * q * (u + r) - u) / r;
         (dv, da)
     }
 }
@@ -118,6 +160,46 @@ mod tests {
                     (fda - da).abs() < 1e-6 * fda.abs().max(1.0),
                     "{u} {ell} {r}"
                 );
+            }
+        }
+    }
+
+    /// Near the Poisson limit the NB value and its r-derivatives follow the
+    /// expansion `ln NB − ln Poisson = ((u − μ)² − u)/(2r) + O(r⁻²)`, so
+    /// `∂/∂r ≈ −((u − μ)² − u)/(2r²)`; the curvature `a = (u+r)pq` tends to `μ`.
+    #[test]
+    fn nb_keeps_its_precision_near_the_poisson_limit() {
+        for &r in &[1e6f64, 1e9, 1e11] {
+            for (u, ell) in [(0.0f64, 0.7f64), (3.0, 0.2), (17.0, 2.1), (250.0, 5.3)] {
+                let nb = NegBin { r: &[r] };
+                let mu = ell.exp();
+                let c = ((u - mu).powi(2) - u) / 2.0;
+                let pois = u * ell - mu - lgamma(u + 1.0);
+                // The next term of the expansion is O((u + μ)/r) relative to the first.
+                let tol = |x: f64| (2e-6 + 50.0 * (u + mu + 1.0) / r) * x.abs();
+                let dv = nb.value(0, u, ell) - pois;
+                // The value itself rounds at the scale of its terms (u ℓ, ln u!, μ);
+                // differencing lnΓ at r = 1e11, as before, erred by ~1e-4.
+                let ulp = 1e-14 * (u * ell.abs() + lgamma(u + 1.0) + mu + 1.0);
+                assert!(
+                    (dv - c / r).abs() <= tol(c / r) + ulp,
+                    "value u={u} r={r}: {dv} vs {}",
+                    c / r
+                );
+                let (dr, da) = nb.d_r(0, u, ell);
+                let want = -c / (r * r);
+                assert!(
+                    (dr - want).abs() <= tol(want) + 1e-14 / (r * r),
+                    "d_r u={u} r={r}: {dr} vs {want}"
+                );
+                // a = (u + r) μ r/(μ + r)², so ∂a/∂r = μ(u(μ − r) + 2rμ)/(μ + r)³.
+                let exact_da = mu * (u * (mu - r) + 2.0 * r * mu) / (mu + r).powi(3);
+                assert!(
+                    (da - exact_da).abs() <= 1e-9 * exact_da.abs() + 1e-30,
+                    "da u={u} r={r}: {da} vs {exact_da}"
+                );
+                let (_, curv) = nb.terms(0, u, ell);
+                assert!((curv - mu).abs() < 1e-5 * mu + mu * (u + mu) / r);
             }
         }
     }

@@ -5,9 +5,10 @@
 
 use super::Variant;
 use crate::data::CountMatrix;
+use crate::dist::draw::nb_count;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Gamma, Poisson};
+use rand_distr::Distribution;
 
 /// True parameters of an NB-family data set (canonical form).
 #[derive(Debug, Clone, PartialEq)]
@@ -146,7 +147,7 @@ pub fn simulate_nb(truth: &NbTruth, seed: u64) -> CountMatrix {
                         continue;
                     }
                 }
-                let u = nb_draw(&mut rng, r[g], odds);
+                let u = nb_count(&mut rng, r[g], odds);
                 if u > 0 {
                     row.push((g as u32, u));
                 }
@@ -155,18 +156,6 @@ pub fn simulate_nb(truth: &NbTruth, seed: u64) -> CountMatrix {
         })
         .collect();
     CountMatrix::from_cell_rows(g_n, &rows)
-}
-
-/// One NB draw as a Gamma–Poisson mixture: `λ ~ Gamma(r, odds)`, `u ~ Poisson(λ)`.
-pub fn nb_draw<R: Rng>(rng: &mut R, r: f64, odds: f64) -> u32 {
-    let lambda = Gamma::new(r, odds)
-        .expect("positive shape and scale")
-        .sample(rng);
-    if lambda <= 0.0 || !lambda.is_finite() {
-        return 0;
-    }
-    let u: f64 = Poisson::new(lambda).expect("positive rate").sample(rng);
-    u.min(u32::MAX as f64) as u32
 }
 
 #[cfg(test)]

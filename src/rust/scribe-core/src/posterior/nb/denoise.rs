@@ -11,8 +11,8 @@
 use super::draws::NbDraws;
 use super::loglik::{cell_responsibilities, pick_index, zinb_zero_terms, ZeroTerms};
 use crate::data::CountMatrix;
+use crate::dist::draw::nb_count;
 use crate::error::Result;
-use crate::models::nb::simulate::nb_draw;
 use crate::progress::Ctl;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -73,6 +73,8 @@ pub fn denoise(
     ctl: Ctl<'_>,
 ) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
     let (s_n, c_n, j_n, k_n) = (d.n_draws, data.n_cells, genes.len(), d.n_comp);
+    let copies = if want_variance { 2.0 } else { 1.0 };
+    crate::limits::check_values("n_samples", copies * (j_n * c_n) as f64 * s_n as f64)?;
     let work = ctl.work(s_n);
     let mut vals = vec![0.0; j_n * c_n * s_n];
     let mut vars = if want_variance {
@@ -138,9 +140,9 @@ pub fn denoise(
                                         }
                                         Method::Mode => nb_mode(0.0, r, pp),
                                         _ if rng.random::<f64>() < w => {
-                                            nb_draw(&mut rng, r, p / (1.0 - p)) as f64
+                                            nb_count(&mut rng, r, p / (1.0 - p)) as f64
                                         }
-                                        _ => nb_draw(&mut rng, r, pp / q) as f64,
+                                        _ => nb_count(&mut rng, r, pp / q) as f64,
                                     };
                                 }
                                 (
@@ -156,7 +158,7 @@ pub fn denoise(
                                     value = match m {
                                         Method::Mode => nb_mode(u, r, pp),
                                         _ if pp > 0.0 => {
-                                            u + nb_draw(&mut rng, r + u, pp / q) as f64
+                                            u + nb_count(&mut rng, r + u, pp / q) as f64
                                         }
                                         _ => u,
                                     };

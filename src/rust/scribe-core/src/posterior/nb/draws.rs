@@ -130,9 +130,11 @@ impl NbDraws {
     }
 
     /// The same single setting repeated `n` times (e.g. MAP predictive draws).
-    pub fn replicate(&self, n: usize) -> Self {
+    pub fn replicate(&self, n: usize) -> Result<Self> {
+        let per = (self.r.len() + self.nu.as_ref().map_or(0, Vec::len)) as f64;
+        crate::limits::check_values("n_samples", 2.0 * per * n as f64)?;
         let rep = |v: &Vec<f64>| -> Vec<f64> { (0..n).flat_map(|_| v.iter().copied()).collect() };
-        NbDraws {
+        Ok(NbDraws {
             n_draws: self.n_draws * n,
             r: rep(&self.r),
             p: rep(&self.p),
@@ -140,7 +142,7 @@ impl NbDraws {
             gate: self.gate.as_ref().map(rep),
             weights: rep(&self.weights),
             ..self.clone()
-        }
+        })
     }
 
     /// Only the listed genes (in that order).

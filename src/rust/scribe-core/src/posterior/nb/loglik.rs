@@ -185,6 +185,11 @@ pub fn log_likelihood(
     ctl: Ctl<'_>,
 ) -> Result<Vec<f64>> {
     let (s_n, k_n) = (d.n_draws, d.n_comp);
+    let n_out = match by {
+        By::Cell => data.n_cells,
+        By::Gene => data.n_genes,
+    };
+    crate::limits::check_values("n_samples", 2.0 * (s_n * k_n) as f64 * n_out as f64)?;
     let work = ctl.work(s_n * k_n);
     let n = match by {
         By::Cell => data.n_cells,

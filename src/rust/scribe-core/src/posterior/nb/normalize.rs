@@ -24,8 +24,12 @@ pub fn mean_composition(d: &NbDraws) -> Vec<f64> {
 /// `n_dir` draws `ρ ~ Dirichlet(r_k^(s))` per draw and component (Gamma
 /// normalisation; draw-and-component streams from `seed`): layout
 /// `g + G·(t + T·k)` with `t = s·n_dir + i`.
-pub fn dirichlet_samples(d: &NbDraws, n_dir: usize, seed: u64) -> Vec<f64> {
+pub fn dirichlet_samples(d: &NbDraws, n_dir: usize, seed: u64) -> Result<Vec<f64>> {
     let (g_n, k_n, s_n) = (d.n_genes, d.n_comp, d.n_draws);
+    crate::limits::check_values(
+        "n_samples_dirichlet",
+        g_n as f64 * s_n as f64 * n_dir as f64 * k_n as f64,
+    )?;
     let t_n = s_n * n_dir;
     let mut out = vec![0.0; g_n * t_n * k_n];
     out.par_chunks_mut(g_n.max(1))
@@ -42,7 +46,7 @@ pub fn dirichlet_samples(d: &NbDraws, n_dir: usize, seed: u64) -> Vec<f64> {
             let tot: f64 = row.iter().sum::<f64>().max(1e-300);
             row.iter_mut().for_each(|v| *v /= tot);
         });
-    out
+    Ok(out)
 }
 
 /// Per-cell expression fractions. Given its counts `u_c`, a cell's
@@ -63,6 +67,7 @@ pub fn cell_fractions(
     use super::loglik::{cell_responsibilities, pick_index, zinb_zero_terms, ZeroTerms};
     use rand::Rng;
     let (s_n, c_n, j_n, k_n, g_n) = (d.n_draws, data.n_cells, genes.len(), d.n_comp, d.n_genes);
+    crate::limits::check_values("n_samples", (j_n * c_n) as f64 * s_n as f64)?;
     let mut out = vec![0.0; j_n * c_n * s_n];
     let work = ctl.work(s_n * c_n);
     // zinb zero terms depend on the draw and component only: once per draw.

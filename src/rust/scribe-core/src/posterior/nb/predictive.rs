@@ -8,8 +8,8 @@
 
 use super::draws::NbDraws;
 use super::loglik::pick_index;
+use crate::dist::draw::nb_count;
 use crate::error::Result;
-use crate::models::nb::simulate::nb_draw;
 use crate::progress::Ctl;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -26,6 +26,7 @@ pub fn predictive(
     ctl: Ctl<'_>,
 ) -> Result<Vec<f64>> {
     let (s_n, c_n, j_n, k_n) = (d.n_draws, cells.len(), genes.len(), d.n_comp);
+    crate::limits::check_values("n_samples", 2.0 * (c_n * j_n) as f64 * s_n as f64)?;
     let work = ctl.work(s_n * c_n);
     let mut per_cell = vec![0.0; s_n * c_n * j_n]; // (s, c) rows of J genes
     per_cell
@@ -58,7 +59,7 @@ pub fn predictive(
                         continue;
                     }
                 }
-                row[j] = nb_draw(&mut rng, r[g], odds) as f64;
+                row[j] = nb_count(&mut rng, r[g], odds) as f64;
             }
             work.tick();
         });

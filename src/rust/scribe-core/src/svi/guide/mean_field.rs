@@ -205,6 +205,7 @@ impl Source for MeanFieldFit {
             Summary::Point => 1,
             Summary::Draws { n, .. } => n,
         };
+        crate::posterior::check_draws(layout, n)?;
         let mut sites: Vec<Site> = layout.blocks.iter().map(|b| site_for(b, n)).collect();
         match summary {
             Summary::Point => {
