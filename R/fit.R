@@ -59,12 +59,31 @@
 #' log-posterior Hessian, so fits converge in far fewer steps than from the
 #' prior.
 #'
-#' @section Early stopping:
-#' `early_stopping = list(patience = 500, min_delta = 1, min_delta_pct = NULL,
-#' check_every = 100, warmup = 5000, smoothing_window = 100, restore_best =
-#' TRUE, enabled = TRUE)` (defaults shown) follows the original's algorithm:
-#' every `check_every` steps after `warmup`, the mean of the last
-#' `smoothing_window` finite losses is compared with the best so far.
+#' @section Stopping:
+#' By default (`early_stopping = NULL`) SVI and Laplace fits stop when they
+#' have settled, and `n_steps` is only the maximum. Every `window` (100)
+#' steps the mean loss of the window is compared with that of the previous
+#' window, and the window means of the parameters with theirs: the fit has
+#' converged when the loss improved by no more than twice its standard error
+#' plus `loss_rtol` (1e-6) of its size and every parameter moved by less than
+#' `param_tol` (0.1) of its scale (SVI: its posterior standard deviation under
+#' the guide, for per-cell parameters 99% of the cells; Laplace: 1% of its
+#' size, with the rotation-invariant row norms of `W`). When the loss has
+#' settled but some parameters keep drifting for `patience` (10) windows,
+#' the fit stops and names them as weakly identified: in `nbvcp`, for
+#' example, the data determine only `p_hat`, so `p` and `p_capture` can move
+#' together along a ridge of equal loss, pulled only by their priors. No fit
+#' stops before `min_steps` (300). `show()` and [plot_loss()] say why and
+#' when a fit stopped. Change the settings with `early_stopping = list(rule =
+#' "settled", window = 200, ...)`; `early_stopping = FALSE` runs all
+#' `n_steps`.
+#'
+#' `early_stopping = TRUE`, `"original"` or a list without `rule` use the
+#' original's rule instead: `list(patience = 500, min_delta = 1, min_delta_pct
+#' = NULL, check_every = 100, warmup = 5000, smoothing_window = 100,
+#' restore_best = TRUE, enabled = TRUE)` (defaults shown); every
+#' `check_every` steps after `warmup`, the mean of the last `smoothing_window`
+#' finite losses is compared with the best so far.
 #'
 #' @section MCMC:
 #' `inference_method = "mcmc"` samples the exact posterior with the No-U-Turn
@@ -168,7 +187,9 @@
 #'   `momentum`, `gamma`, `grad_clip_norm` (clipped_adam only, default 10).
 #' @param stable_update Skip updates with a non-finite loss or gradient.
 #' @param restore_best Return the parameters of the best smoothed loss.
-#' @param early_stopping `NULL`, `TRUE` (defaults) or a list; see Early stopping.
+#' @param early_stopping `NULL` (stop when settled), `FALSE` (run all
+#'   `n_steps`), `TRUE` or `"original"` (the original's rule) or a list of
+#'   settings; see Stopping.
 #' @param n_samples,n_warmup,n_chains MCMC: kept draws per chain (default
 #'   2000), warmup draws per chain (default 1000) and chains (default 1).
 #' @param svi_init MCMC: a [ScribeSVIResults-class] fit to the same data to
@@ -569,17 +590,42 @@ resolve_optimizer <- function(cfg) {
   lapply(out, function(v) if (is.numeric(v)) as.numeric(v) else v)
 }
 
+# The stopping rule: list(early_stopping = <the original's rule or NULL>,
+# settle = <the settled rule or NULL>). `NULL` (the default) is the settled
+# rule with its defaults, `FALSE` none (run all `n_steps`), `TRUE` or
+# `"original"` the original's rule, `"settled"` the settled rule, and a list
+# either rule's settings (`rule = "settled"` for the settled rule; without
+# `rule`, the original's).
 resolve_early_stopping <- function(es) {
-  if (is.null(es)) return(NULL)
-  if (isTRUE(es)) es <- list()
-  if (!is.list(es)) abort_input("{.arg early_stopping} must be NULL, TRUE or a list of settings.")
+  if (is.null(es) || identical(es, "settled")) return(list(settle = list()))
+  if (isFALSE(es)) return(list())
+  if (isTRUE(es) || identical(es, "original")) return(list(early_stopping = list()))
+  if (!is.list(es)) {
+    abort_input(c("{.arg early_stopping} must be NULL, TRUE, FALSE, {.val original}, {.val settled} or a list of settings.",
+                  "i" = "NULL (the default) stops when the loss and the parameters have settled; FALSE runs all {.arg n_steps}."))
+  }
+  rule <- if (is.null(es$rule)) "original" else match_choice(es$rule, c("original", "settled"), "early_stopping$rule")
+  es$rule <- NULL
+  whole <- function(v) v == round(v)
+  if (rule == "settled") {
+    known <- c("window", "loss_rtol", "param_tol", "patience", "min_steps")
+    bad <- setdiff(names(es), known)
+    if (length(bad) > 0L) {
+      abort_input(c("Unknown {.arg early_stopping} field{?s} of the settled rule: {.val {bad}}.", "i" = "Known fields: {.val {known}}."))
+    }
+    check_number(es$window, "early_stopping$window", "a whole number >= 2", function(v) v >= 2 && whole(v), TRUE)
+    check_number(es$patience, "early_stopping$patience", "a whole number >= 1", function(v) v >= 1 && whole(v), TRUE)
+    check_number(es$min_steps, "early_stopping$min_steps", "a whole number >= 0", function(v) v >= 0 && whole(v), TRUE)
+    check_number(es$loss_rtol, "early_stopping$loss_rtol", "a number >= 0", function(v) v >= 0, TRUE)
+    check_number(es$param_tol, "early_stopping$param_tol", "a number > 0", function(v) v > 0, TRUE)
+    return(list(settle = lapply(es, as.numeric)))
+  }
   known <- c("enabled", "patience", "min_delta", "min_delta_pct", "check_every", "warmup",
              "smoothing_window", "restore_best")
   bad <- setdiff(names(es), known)
   if (length(bad) > 0L) {
     abort_input(c("Unknown {.arg early_stopping} field{?s}: {.val {bad}}.", "i" = "Known fields: {.val {known}}."))
   }
-  whole <- function(v) v == round(v)
   check_number(es$patience, "early_stopping$patience", "a whole number > 0", function(v) v > 0 && whole(v), TRUE)
   check_number(es$check_every, "early_stopping$check_every", "a whole number > 0", function(v) v > 0 && whole(v), TRUE)
   check_number(es$smoothing_window, "early_stopping$smoothing_window", "a whole number > 0", function(v) v > 0 && whole(v), TRUE)
@@ -591,5 +637,5 @@ resolve_early_stopping <- function(es) {
   if (!is.null(es$smoothing_window) && es$smoothing_window > 1000) {
     cli::cli_warn("{.field smoothing_window} = {es$smoothing_window} averages over a very long window.")
   }
-  lapply(es, function(v) if (is.numeric(v)) as.numeric(v) else v)
+  list(early_stopping = lapply(es, function(v) if (is.numeric(v)) as.numeric(v) else v))
 }

@@ -191,7 +191,7 @@ fit_laplace <- function(counts, dropped, model, a, shared) {
                 batch_size = if (is.null(a$batch_size)) NULL else as.numeric(a$batch_size),
                 optimizer_config = resolve_optimizer(a$optimizer_config), seed = shared$seed, capture = core_capture,
                 cascade = cascade$core, loadings = priors$loadings,
-                d_mode = if (is.null(d_mode)) "learned" else d_mode, early_stopping = early_stopping), cfg)
+                d_mode = if (is.null(d_mode)) "learned" else d_mode), early_stopping, cfg)
   t0 <- proc.time()[["elapsed"]]
   res <- call_core(rs_laplace_fit(counts_slots(counts), model, lap, shared$verbose, shared$num_threads))
   elapsed <- proc.time()[["elapsed"]] - t0
@@ -221,7 +221,7 @@ fit_laplace <- function(counts, dropped, model, a, shared) {
     diagnostics = list(w_prior = res$w_prior, w_prior_aux = res$w_prior_aux,
                        grad_norms = stats::setNames(res$grad_norms, cells),
                        rescued = stats::setNames(res$rescued, cells), masked_cells = res$masked_cells,
-                       early_stopped = res$early_stopped, restored_step = res$restored_step,
+                       early_stopped = res$early_stopped, stop = res$stop, restored_step = res$restored_step,
                        aborted = res$aborted, elapsed = elapsed, num_threads = shared$num_threads)
   )
   if (!is.null(res$aborted)) {
@@ -297,11 +297,12 @@ setMethod("show", "ScribeLaplaceResults", function(object) {
   cat(sprintf("  data:   %d genes x %d cells%s\n", length(object@gene_names), length(object@cell_names),
               if (length(object@dropped_cells)) sprintf(" (%d empty cells dropped)", length(object@dropped_cells)) else ""))
   bs <- object@config$batch_size
-  cat(sprintf("  steps:  %d, %s, %d Newton steps per cell and step, %.1f s\n", length(losses),
+  cat(sprintf("  steps:  %d%s, %s, %d Newton steps per cell and step, %.1f s\n", length(losses),
+              if (is.null(d$aborted) && !identical(d$stop$reason, "early_stopping")) stop_summary(object) else "",
               if (is.null(bs)) "full batch" else sprintf("batch size %d", as.integer(bs)),
               as.integer(object@config$n_newton_steps), d$elapsed))
   cat(sprintf("  loss:   %s (mean of the last %d steps)%s%s\n", format(mean(tail_l), digits = 7), length(tail_l),
-              if (!is.null(d$aborted)) "; stopped by the divergence detector" else if (isTRUE(d$early_stopped)) "; stopped early" else "",
+              if (!is.null(d$aborted)) "; stopped by the divergence detector" else if (identical(d$stop$reason, "early_stopping")) "; stopped early" else "",
               if (!is.null(d$restored_step)) sprintf("; state of step %d restored", as.integer(d$restored_step)) else ""))
   gn <- d$grad_norms
   cat(sprintf("  Newton: gradient norm max %.2e, median %.2e; %d cells rescued, %d not converged (tol %g)\n",

@@ -1,6 +1,9 @@
 #' Plot the loss curve of a fit
 #'
-#' @param fit A [ScribeSVIResults-class] object.
+#' The raw and smoothed loss per step; when a stopping rule ended the fit, the
+#' last step is marked and the subtitle says why.
+#'
+#' @param fit A [ScribeSVIResults-class] or [ScribeLaplaceResults-class] object.
 #' @param smooth Width of the running-mean window drawn over the raw loss
 #'   (`0` for none).
 #' @param log_steps Put the step axis on a log scale.
@@ -14,7 +17,9 @@
 #' }
 #' @export
 plot_loss <- function(fit, smooth = 50L, log_steps = TRUE) {
-  if (!is(fit, "ScribeSVIResults")) abort_input("{.arg fit} must be a ScribeSVIResults object.")
+  if (!is(fit, "ScribeResults") || !methods::hasMethod("loss_history", class(fit))) {
+    abort_input("{.arg fit} must be an SVI or Laplace fit (one with a loss history).")
+  }
   if (!requireNamespace("ggplot2", quietly = TRUE)) abort_input("{.fn plot_loss} needs the {.pkg ggplot2} package.")
   check_number(smooth, "smooth", "a whole number from 0 to 2147483647", function(v) v >= 0 && v <= .Machine$integer.max && v == round(v))
   loss <- loss_history(fit)
@@ -22,13 +27,21 @@ plot_loss <- function(fit, smooth = 50L, log_steps = TRUE) {
   p <- ggplot2::ggplot(df, ggplot2::aes(x = .data$step, y = .data$loss)) +
     ggplot2::geom_line(colour = "grey70", na.rm = TRUE) +
     ggplot2::labs(x = "step", y = "loss (negative ELBO)",
-                  title = sprintf("%s (%s): SVI loss", fit@model$model, fit@model$parameterization))
+                  title = sprintf("%s%s: %s loss", fit@model$model,
+                                  if (is.null(fit@model$parameterization)) "" else sprintf(" (%s)", fit@model$parameterization),
+                                  if (is(fit, "ScribeLaplaceResults")) "Laplace" else "SVI"))
   if (smooth > 1 && length(loss) > smooth) {
     sm <- stats::filter(ifelse(is.finite(loss), loss, NA), rep(1 / smooth, smooth), sides = 1)
     df$smooth <- as.numeric(sm)
     p <- p + ggplot2::geom_line(data = df, ggplot2::aes(y = .data$smooth), colour = "steelblue4", na.rm = TRUE)
   }
   if (log_steps) p <- p + ggplot2::scale_x_log10()
+  why <- trimws(gsub("^ \\(|\\)$", "", stop_summary(fit)))
+  if (nzchar(why)) {
+    end <- data.frame(step = length(loss), loss = utils::tail(loss[is.finite(loss)], 1))
+    p <- p + ggplot2::geom_point(data = end, colour = "firebrick", size = 2) +
+      ggplot2::labs(subtitle = sprintf("stopped at step %d: %s", length(loss), why))
+  }
   p + ggplot2::theme_minimal()
 }
 

@@ -89,6 +89,26 @@ layout_frame <- function(l) {
              n_comp = l$n_comp, stringsAsFactors = FALSE)
 }
 
+# Why and when a fit stopped, for show(): " (converged: ...)".
+stop_summary <- function(object) {
+  d <- object@diagnostics
+  st <- d$stop
+  reason <- if (is.null(st)) if (isTRUE(d$early_stopped)) "early_stopping" else "n_steps" else st$reason
+  settled_on <- !is.null(object@config$settle)
+  switch(reason,
+    converged = " (converged: the loss and every parameter settled)",
+    weakly_identified = sprintf(" (stopped: the loss settled while %s kept drifting: weakly identified%s)",
+                                paste(st$drifting, collapse = ", "),
+                                if (any(st$drifting %in% c("p", "phi", "p_capture", "phi_capture", "eta_capture")) &&
+                                    !is.null(object@model$model) && object@model$model %in% c("nbvcp", "zinbvcp")) {
+                                  "; the data determine only p_hat, use p_hat or a capture_efficiency prior"
+                                } else ""),
+    early_stopping = " (stopped early by the original rule)",
+    n_steps = if (settled_on) " (n_steps reached before the loss and parameters settled)" else "",
+    ""
+  )
+}
+
 # "name (genes)" per site, for show().
 layout_summary <- function(layout) {
   vapply(seq_len(nrow(layout)), function(i) {

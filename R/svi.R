@@ -11,8 +11,9 @@ fit_svi <- function(counts, dropped, model, a, shared) {
   svi <- list(
     n_steps = as.numeric(a$n_steps), batch_size = if (is.null(a$batch_size)) NULL else as.numeric(a$batch_size),
     optimizer_config = resolve_optimizer(a$optimizer_config), stable_update = a$stable_update,
-    restore_best = a$restore_best, early_stopping = resolve_early_stopping(a$early_stopping), seed = shared$seed
+    restore_best = a$restore_best, seed = shared$seed
   )
+  svi <- c(svi, resolve_early_stopping(a$early_stopping))
   t0 <- proc.time()[["elapsed"]]
   res <- call_core(rs_svi_fit(counts_slots(counts), model_spec, svi, shared$verbose, shared$num_threads))
   elapsed <- proc.time()[["elapsed"]] - t0
@@ -24,7 +25,7 @@ fit_svi <- function(counts, dropped, model, a, shared) {
     params = res$params, loss_history = res$loss_history, config = svi,
     diagnostics = list(
       early_stopped = res$early_stopped, best_step = res$best_step, best_loss = res$best_loss,
-      restored_best = res$restored_best, elapsed = elapsed, num_threads = shared$num_threads
+      restored_best = res$restored_best, stop = res$stop, elapsed = elapsed, num_threads = shared$num_threads
     )
   )
   check_svi_result(fit)
@@ -93,8 +94,7 @@ setMethod("show", "ScribeSVIResults", function(object) {
   cat(sprintf("  data:   %d genes x %d cells%s\n", length(object@gene_names), length(object@cell_names),
               if (length(object@dropped_cells)) sprintf(" (%d empty cells dropped)", length(object@dropped_cells)) else ""))
   bs <- object@config$batch_size
-  cat(sprintf("  steps:  %d%s, %s, %.1f s\n", length(losses),
-              if (isTRUE(d$early_stopped)) " (stopped early)" else "",
+  cat(sprintf("  steps:  %d%s, %s, %.1f s\n", length(losses), stop_summary(object),
               if (is.null(bs)) "full batch" else sprintf("batch size %d", as.integer(bs)), d$elapsed))
   cat(sprintf("  loss:   %s (mean of the last %d steps)%s\n", format(mean(tail_l), digits = 7), length(tail_l),
               if (isTRUE(d$restored_best)) sprintf("; best parameters restored from step %d", as.integer(d$best_step)) else ""))

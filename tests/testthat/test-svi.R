@@ -68,3 +68,49 @@ test_that("Ctrl-C stops a fit with a classed error and leaves R usable", {
   )
   expect_clean_interrupt(out)
 })
+
+test_that("by default a fit stops when the loss and the parameters have settled", {
+  sim <- sim_data("nbdm", n_genes = 60, n_cells = 400, seed = 3)
+  fit <- scribe_fit(sim$counts, model = "nbdm", n_steps = 20000, seed = 1, verbose = FALSE)
+  st <- fit@diagnostics$stop
+  expect_true(st$reason %in% c("converged", "weakly_identified"))
+  expect_lt(length(loss_history(fit)), 20000)
+  expect_gte(length(loss_history(fit)), 300)
+  expect_output(show(fit), if (st$reason == "converged") "converged" else "weakly identified")
+  expect_named(st$drift, fit@layout$name)
+  # It stopped near where a long run ends: p within 2 % of the run to 8000 steps.
+  long <- scribe_fit(sim$counts, model = "nbdm", n_steps = 8000, seed = 1, verbose = FALSE,
+                     early_stopping = FALSE)
+  expect_length(loss_history(long), 8000)
+  expect_equal(get_map(fit)$p, get_map(long)$p, tolerance = 0.02)
+  expect_equal(long@diagnostics$stop$reason, "n_steps")
+  skip_if_not_installed("ggplot2")
+  expect_match(plot_loss(fit)$labels$subtitle, "stopped at step")
+})
+
+test_that("a drift along a flat loss is reported as weak identification", {
+  # nbvcp: only p_hat = p nu / (1 - p (1 - nu)) is identified; p and capture trade off.
+  sim <- sim_data("nbvcp", n_genes = 80, n_cells = 400, seed = 4)
+  fit <- scribe_fit(sim$counts, model = "nbvcp", n_steps = 20000, seed = 1, verbose = FALSE,
+                    early_stopping = list(rule = "settled", param_tol = 0.01))
+  st <- fit@diagnostics$stop
+  expect_identical(st$reason, "weakly_identified")
+  expect_true(any(c("p", "p_capture") %in% st$drifting))
+  expect_output(show(fit), "weakly identified")
+})
+
+test_that("the stopping rule is chosen by early_stopping", {
+  m <- sim_data("nbdm", n_genes = 20, n_cells = 60)$counts
+  expect_identical(quick_fit(m, model = "nbdm", n_steps = 700, early_stopping = FALSE)@diagnostics$stop$reason,
+                   "n_steps")
+  orig <- quick_fit(m, model = "nbdm", n_steps = 700, early_stopping = "original")
+  expect_null(orig@config$settle)
+  expect_false(is.null(orig@config$early_stopping))
+  custom <- quick_fit(m, model = "nbdm", n_steps = 3000, early_stopping = list(rule = "settled", window = 50,
+                                                                                min_steps = 100))
+  expect_identical(custom@config$settle$window, 50)
+  expect_error(quick_fit(m, early_stopping = list(rule = "settled", patience = 5, warmup = 1)), "warmup",
+               class = "scribeR_input_error")
+  expect_error(quick_fit(m, early_stopping = list(rule = "fast")), "rule", class = "scribeR_input_error")
+  expect_error(quick_fit(m, early_stopping = "sometimes"), "early_stopping", class = "scribeR_input_error")
+})

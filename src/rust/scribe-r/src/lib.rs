@@ -94,7 +94,8 @@ fn rs_svi_fit(counts_r: Robj, model: Robj, svi: Robj, verbose: bool, num_threads
             early_stopped = fit.early_stopped,
             best_step = fit.best_step.map_or_else(none, |s| ((s + 1) as f64).into()),
             best_loss = fit.best_loss,
-            restored_best = fit.restored_best
+            restored_best = fit.restored_best,
+            stop = convert::results::stop_to_r(&fit.stop, &fit.drift)
         )
         .into())
     })())

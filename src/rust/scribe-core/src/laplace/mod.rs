@@ -64,6 +64,10 @@ pub struct LaplaceConfig {
     /// The SVI engine's early-stopping rule on the outer loss (`None`: off,
     /// and unlike the original nothing is restored unless it is given).
     pub early_stopping: Option<crate::optim::early_stop::EarlyStopping>,
+    /// The default stopping rule on the outer loss and the globals (`μ`,
+    /// the rotation-invariant row norms of `W`, `d`, `r` or the totals, and
+    /// the loadings prior's scales), each judged against 1 % of its size.
+    pub settle: Option<crate::optim::settle::Settle>,
 }
 
 impl Default for LaplaceConfig {
@@ -89,6 +93,7 @@ impl Default for LaplaceConfig {
             loadings_prior: w_prior::LoadingsPrior::None,
             lnm_low_rank: false,
             early_stopping: None,
+            settle: Some(crate::optim::settle::Settle::default()),
         }
     }
 }
@@ -121,6 +126,9 @@ pub struct LaplaceFit {
     pub aborted: Option<String>,
     /// Stopped by the early-stopping rule.
     pub early_stopped: bool,
+    pub stop: crate::optim::StopReason,
+    /// The last drift of each group of globals under the settled rule.
+    pub drift: Vec<(String, f64)>,
     /// Step (1-based) whose smoothed-best state was restored, if any.
     pub restored_step: Option<usize>,
     /// Auxiliary parameters of the loadings prior (unconstrained).

@@ -8,8 +8,10 @@ use super::sweep::{cell_norm, sweep, EtaSpec, Globals, Layout};
 use super::{init, w_prior, Capture, Cascade, LaplaceConfig, LaplaceFit, LnModel};
 use crate::data::{BatchSampler, CountMatrix};
 use crate::error::{CoreError, Partial, Result};
-use crate::math::{sigmoid, softplus_inv};
+use crate::math::{sigmoid, softplus, softplus_inv};
+use crate::optim::settle::{Group, SettleTracker, Verdict};
 use crate::optim::Optimizer;
+use crate::optim::StopReason;
 use crate::progress::{Cancel, Progress};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -83,6 +85,49 @@ fn mom_dispersion(data: &CountMatrix) -> Vec<f64> {
             (m * m / (v - m).max(1e-3)).max(1e-3)
         })
         .collect()
+}
+
+/// The globals the settled rule watches: `μ`, the row norms of `W` (a
+/// rotation of the loadings leaves the model unchanged, so `W` itself need
+/// not settle), `d`, then `r` or the totals, then the loadings prior's
+/// auxiliaries, all on their natural scale.
+fn watched(th: &[f64], lay: Layout) -> Vec<f64> {
+    let (g, k) = (lay.g, lay.k);
+    let mut v = th[..g].to_vec();
+    v.extend((0..g).map(|i| {
+        th[lay.w() + i * k..lay.w() + (i + 1) * k]
+            .iter()
+            .map(|x| x * x)
+            .sum::<f64>()
+            .sqrt()
+    }));
+    v.extend(th[lay.d()..lay.aux()].iter().map(|&x| softplus(x)));
+    v.extend_from_slice(&th[lay.aux()..]);
+    v
+}
+
+/// The groups of [`watched`].
+fn settle_groups(lay: Layout, n_theta: usize) -> Vec<Group> {
+    let g = lay.g;
+    let mut out = Vec::new();
+    let mut at = 0;
+    let mut add = |name: &str, len: usize| {
+        if len > 0 {
+            out.push(Group {
+                name: name.to_string(),
+                range: at..at + len,
+                robust: false,
+            });
+        }
+        at += len;
+    };
+    add("mu", g);
+    add("W", g);
+    add("d", g);
+    let extra = if lay.has_r { "r" } else { "totals" };
+    add(extra, lay.n_extra());
+    add("loadings_prior", n_theta - lay.aux());
+    out
 }
 
 /// Fits PLN or NBLN by Laplace.
@@ -250,6 +295,16 @@ pub fn run(
     // (θ, latents, η, step) at the smoothed-best check.
     let mut es_best: Option<(State, usize)> = None;
     let mut early_stopped = false;
+    if let Some(s) = &cfg.settle {
+        s.validate()?;
+    }
+    let watch_groups = settle_groups(lay, th.len());
+    let n_watch = watch_groups.last().map_or(0, |gr| gr.range.end);
+    let mut settle = cfg
+        .settle
+        .clone()
+        .map(|s| SettleTracker::new(s, watch_groups, n_watch));
+    let mut stop = StopReason::MaxSteps;
     let mut masked_total = 0;
     let mut aborted = None;
     let report_every = (cfg.n_steps / cfg.n_reports.max(1)).max(1);
@@ -343,10 +398,26 @@ pub fn run(
                 }
                 Decision::Stop => {
                     early_stopped = true;
+                    stop = StopReason::EarlyStopping;
                     progress.report(step + 1, cfg.n_steps, loss);
                     break;
                 }
                 _ => {}
+            }
+        }
+        if let Some(st) = settle.as_mut() {
+            let w = watched(&th, lay);
+            let scale = || w.iter().map(|v| 0.01 * v.abs().max(1.0)).collect();
+            match st.push(step, loss, &w, &scale) {
+                Verdict::Continue => {}
+                Verdict::Converged => stop = StopReason::Converged,
+                Verdict::WeaklyIdentified(g) => stop = StopReason::WeaklyIdentified(g),
+            }
+            // On the last step the loop ends anyway, after its update.
+            if stop != StopReason::MaxSteps && step + 1 < cfg.n_steps {
+                early_stopped = true;
+                progress.report(step + 1, cfg.n_steps, loss);
+                break;
             }
         }
         // Loss gradient = −scale · ∇ELBO − ∇ priors, chained through softplus for d and r.
@@ -485,6 +556,8 @@ pub fn run(
         masked_cells: masked_total,
         aborted,
         early_stopped,
+        stop,
+        drift: settle.map_or_else(Vec::new, |st| st.drifts()),
         restored_step,
         w_prior: cfg.loadings_prior.diagnostics(gl.w, g, k, &th[lay.aux()..]),
         w_prior_aux: th[lay.aux()..].to_vec(),

@@ -147,7 +147,21 @@ pub fn lgamma_diff_scaled(n: u32, r: f64) -> f64 {
 
 /// `ln B(a, b)`.
 pub fn lbeta(a: f64, b: f64) -> f64 {
-    lgamma(a) + lgamma(b) - lgamma(a + b)
+    // Priors ask for the same constant once per coordinate and step: keep
+    // the last one per thread (the value is the same bits either way).
+    thread_local! {
+        static LAST: std::cell::Cell<(f64, f64, f64)> =
+            const { std::cell::Cell::new((f64::NAN, f64::NAN, f64::NAN)) };
+    }
+    LAST.with(|last| {
+        let (la, lb, v) = last.get();
+        if la == a && lb == b {
+            return v;
+        }
+        let v = lgamma(a) + lgamma(b) - lgamma(a + b);
+        last.set((a, b, v));
+        v
+    })
 }
 
 /// `lnΓ(n + r) − lnΓ(r)` for an integer count `n ≥ 0` and `r > 0`.

@@ -6,6 +6,37 @@
 //! All minimise: `params ← params − step · direction(grad)`.
 
 pub mod early_stop;
+pub mod settle;
+
+/// Why a fit stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// It ran all its steps.
+    MaxSteps,
+    /// The original's early-stopping rule (no improvement for `patience`).
+    EarlyStopping,
+    /// The loss and the parameters settled ([`settle`]).
+    Converged,
+    /// The loss settled while these parameter groups kept drifting.
+    WeaklyIdentified(Vec<String>),
+}
+
+impl StopReason {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StopReason::MaxSteps => "n_steps",
+            StopReason::EarlyStopping => "early_stopping",
+            StopReason::Converged => "converged",
+            StopReason::WeaklyIdentified(_) => "weakly_identified",
+        }
+    }
+    pub fn drifting(&self) -> &[String] {
+        match self {
+            StopReason::WeaklyIdentified(g) => g,
+            _ => &[],
+        }
+    }
+}
 
 use crate::error::{CoreError, Result};
 

@@ -10,6 +10,7 @@ use scribe_core::laplace::{Capture, Cascade, LaplaceConfig, LnModel};
 use scribe_core::mcmc::{MassMatrix, McmcConfig, DEFAULT_INIT_RADIUS, DEFAULT_INIT_SPREAD};
 use scribe_core::models::nb::{NbSpec, Parameterization, Variant};
 use scribe_core::optim::early_stop::EarlyStopping;
+use scribe_core::optim::settle::Settle;
 use scribe_core::optim::OptimizerConfig;
 use scribe_core::svi::SviConfig;
 
@@ -127,6 +128,21 @@ pub fn early_stopping(robj: Option<&Robj>) -> GResult<Option<EarlyStopping>> {
     }))
 }
 
+/// The settled rule from `settle` (`None`: off); missing fields take the
+/// core's defaults.
+pub fn settle(robj: Option<&Robj>) -> GResult<Option<Settle>> {
+    let Some(robj) = robj else { return Ok(None) };
+    let a = Args::new(robj, "settle")?;
+    let d = Settle::default();
+    Ok(Some(Settle {
+        window: a.count_or("window", d.window)?,
+        loss_rtol: a.real_or("loss_rtol", d.loss_rtol)?,
+        param_tol: a.real_or("param_tol", d.param_tol)?,
+        patience: a.count_or("patience", d.patience)?,
+        min_steps: a.count_or("min_steps", d.min_steps)?,
+    }))
+}
+
 pub fn svi_config(robj: &Robj) -> GResult<SviConfig> {
     let a = Args::new(robj, "svi")?;
     Ok(SviConfig {
@@ -139,6 +155,7 @@ pub fn svi_config(robj: &Robj) -> GResult<SviConfig> {
         stable_update: a.boolean("stable_update")?,
         restore_best: a.boolean("restore_best")?,
         early_stopping: early_stopping(a.get("early_stopping"))?,
+        settle: settle(a.get("settle"))?,
         seed: a.real("seed")? as u64,
         n_reports: SviConfig::default().n_reports,
     })
@@ -279,6 +296,7 @@ pub fn laplace_config(model: &str, robj: &Robj) -> GResult<LaplaceConfig> {
         loadings_prior: loadings_prior(a.get("loadings"))?,
         lnm_low_rank,
         early_stopping: early_stopping(a.get("early_stopping"))?,
+        settle: settle(a.get("settle"))?,
     })
 }
 
@@ -299,6 +317,16 @@ pub fn defaults() -> Robj {
             restore_best = s.restore_best
         ),
         optimizer = list!(name = "adam", step_size = step_size),
+        settle = {
+            let s = Settle::default();
+            list!(
+                window = s.window as f64,
+                loss_rtol = s.loss_rtol,
+                param_tol = s.param_tol,
+                patience = s.patience as f64,
+                min_steps = s.min_steps as f64
+            )
+        },
         early_stopping = list!(
             enabled = e.enabled,
             patience = e.patience as f64,

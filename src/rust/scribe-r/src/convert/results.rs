@@ -13,6 +13,7 @@ use scribe_core::mcmc::{ChainTrace, McmcFit};
 use scribe_core::models::nb::simulate::NbTruth;
 use scribe_core::models::nb::{NbModel, NbSpec};
 use scribe_core::models::{BlockKind, Layout, Model};
+use scribe_core::optim::StopReason;
 use scribe_core::posterior::{Site, Source, XDraws};
 use scribe_core::svi::guide::{self, BlockFields, FittedGuide};
 
@@ -309,6 +310,7 @@ pub fn laplace_to_r(fit: LaplaceFit) -> Robj {
         rescued = fit.rescued,
         masked_cells = fit.masked_cells as i32,
         early_stopped = fit.early_stopped,
+        stop = stop_to_r(&fit.stop, &fit.drift),
         restored_step = fit.restored_step.map_or_else(none, |s| (s as f64).into()),
         aborted = fit.aborted.map_or_else(none, |s| s.into()),
         w_prior = list!(
@@ -363,6 +365,25 @@ pub fn simulation_to_r(m: &CountMatrix, truth: NbTruth) -> Robj {
         gate = gate,
         weights = weights,
         assignment = assignment
+    )
+    .into()
+}
+
+/// Why a fit stopped: `list(reason, drifting, drift)` (`drift`: the last
+/// drift per parameter group under the settled rule, ≤ 1 meaning settled).
+pub fn stop_to_r(stop: &StopReason, drift: &[(String, f64)]) -> Robj {
+    let (names, values): (Vec<String>, Vec<f64>) = drift.iter().cloned().unzip();
+    let drift: Robj = if names.is_empty() {
+        ().into()
+    } else {
+        let mut v: Robj = values.into();
+        let _ = v.set_names(names);
+        v
+    };
+    list!(
+        reason = stop.name(),
+        drifting = stop.drifting().to_vec(),
+        drift = drift
     )
     .into()
 }

@@ -5,7 +5,8 @@
 //! (monotone in r, Newton on ln r) and `logit p̂_c | r = ln(L_c / Σ_g r_g)`.
 
 use super::{Capture, NbModel, Parameterization};
-use crate::math::{digamma_diff, ln_sigmoid, logit, softplus_inv, trigamma_diff};
+use crate::math::{digamma_diff, lgamma_diff, ln_sigmoid, logit, softplus_inv, trigamma_diff};
+use crate::models::Model;
 use rayon::prelude::*;
 
 impl NbModel<'_> {
@@ -90,35 +91,99 @@ impl NbModel<'_> {
         pi
     }
 
-    /// Alternating conditional NB maximum likelihood for (r, logit p̂_c), used
-    /// only to start the guide near the posterior mode.
-    fn alternating_nb_mle(
-        &self,
-        mut r: Vec<f64>,
-        mut ell: Vec<f64>,
-        rounds: usize,
-    ) -> (Vec<f64>, Vec<f64>) {
+    /// The NB log-likelihood (without `ln u!`) at `r` and `logit p̂_c = ell_c`,
+    /// from the per-gene count histograms and the cells' library sizes.
+    fn nb_loglik(&self, r: &[f64], ell: &[f64]) -> f64 {
         let d = self.data;
-        let cf = d.n_cells as f64;
-        let total: f64 = d.lib_size.iter().sum();
-        for _ in 0..rounds {
+        let pairs: f64 = (0..d.n_genes)
+            .into_par_iter()
+            .with_min_len(256)
+            .map(|g| {
+                (d.gene_pair_ptr[g]..d.gene_pair_ptr[g + 1])
+                    .map(|k| d.pair_weight[k] * lgamma_diff(d.pair_count[k], r[g]))
+                    .sum::<f64>()
+            })
+            .collect::<Vec<f64>>()
+            .iter()
+            .sum();
+        let big_r: f64 = r.iter().sum();
+        let cells: f64 = ell
+            .iter()
+            .zip(&d.lib_size)
+            .map(|(&l, &lib)| lib * ln_sigmoid(l) + big_r * ln_sigmoid(-l))
+            .sum();
+        pairs + cells
+    }
+
+    /// Joint NB maximum likelihood of (r, logit p̂_c) along the direction the
+    /// data identify only weakly: every cell's `logit p̂_c = λ + shape_c`
+    /// (`shape_c = ln L_c` with capture, which is exactly the form of the
+    /// conditional maximum `ln(L_c / Σ r)`; 0 without), each `r_g` at its
+    /// conditional maximum given λ, and λ maximising that profile
+    /// likelihood (a grid, then golden section). Alternating conditional
+    /// maximisation crawls along this ridge; the profile finds its top
+    /// directly, so SVI starts where it would otherwise spend thousands of
+    /// steps drifting to.
+    fn profile_nb_mle(&self, mut r: Vec<f64>, ell0: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let d = self.data;
+        let shape: Vec<f64> = if self.spec.variant.has_capture() {
+            d.lib_size.iter().map(|l| l.max(0.5).ln()).collect()
+        } else {
+            vec![0.0; d.n_cells]
+        };
+        let mut mid = ell0.iter().zip(&shape).map(|(e, s)| e - s).sum::<f64>() / d.n_cells as f64;
+        if !mid.is_finite() {
+            mid = 0.0;
+        }
+        let ell_at = |lam: f64| -> Vec<f64> { shape.iter().map(|s| lam + s).collect() };
+        let profile = |lam: f64, r: &mut Vec<f64>| -> f64 {
+            let ell = ell_at(lam);
             let s1: f64 = ell.iter().map(|&l| ln_sigmoid(-l)).sum();
-            self.solve_r(&d.pair_weight, s1, &mut r);
-            let big_r: f64 = r.iter().sum();
-            if self.spec.variant.has_capture() {
-                for (c, l) in ell.iter_mut().enumerate() {
-                    *l = (d.lib_size[c].max(0.5) / big_r).ln();
-                }
+            self.solve_r(&d.pair_weight, s1, r);
+            let v = self.nb_loglik(r, &ell);
+            if v.is_finite() {
+                v
             } else {
-                let lp = (total / (cf * big_r)).ln();
-                ell.iter_mut().for_each(|l| *l = lp);
+                f64::NEG_INFINITY
+            }
+        };
+        // Grid over ±6 around the start (odds from e^-6 to e^6 times it) ...
+        let mut best = (mid, f64::NEG_INFINITY);
+        for k in -12..=12 {
+            let lam = mid + 0.5 * k as f64;
+            let v = profile(lam, &mut r);
+            if v > best.1 {
+                best = (lam, v);
             }
         }
-        (r, ell)
+        // ... then golden section within half a grid step of the best.
+        let (mut a, mut b) = (best.0 - 0.5, best.0 + 0.5);
+        let g = 0.618_033_988_749_895;
+        let (mut c, mut e) = (b - g * (b - a), a + g * (b - a));
+        let (mut fc, mut fe) = (profile(c, &mut r), profile(e, &mut r));
+        while b - a > 1e-4 {
+            if fc > fe {
+                b = e;
+                e = c;
+                fe = fc;
+                c = b - g * (b - a);
+                fc = profile(c, &mut r);
+            } else {
+                a = c;
+                c = e;
+                fc = fe;
+                e = a + g * (b - a);
+                fe = profile(e, &mut r);
+            }
+        }
+        let lam = 0.5 * (a + b);
+        profile(lam, &mut r);
+        (r, ell_at(lam))
     }
 }
 
 /// A single-component starting point, shared by plain and mixture models.
+#[derive(Clone)]
 pub(crate) struct BaseInit {
     pub r: Vec<f64>,
     /// logit p (the shared scalar).
@@ -191,7 +256,7 @@ impl NbModel<'_> {
         // p̂ | r is closed form: logit p̂_c = ln(L_c / R) (capture) or
         // logit p = ln(Σ L / (C R)) (shared p).
         let ell0: Vec<f64> = nu.iter().map(|v| (odds0 * v).ln()).collect();
-        let (mut r_hat, mut ell) = self.alternating_nb_mle(r0, ell0, 8);
+        let (mut r_hat, mut ell) = self.profile_nb_mle(r0, &ell0);
         let gate_em = if self.spec.variant.has_gate() {
             Some(self.zero_inflation_em(&mut r_hat, &mut ell, 10))
         } else {
@@ -225,6 +290,71 @@ impl NbModel<'_> {
             ell,
             gate,
         }
+    }
+
+    /// The log prior density (in the unconstrained coordinates) of the start
+    /// when `logit p̂_c = ell_c` is split as `logit p + ln ν_c` at `logit p =
+    /// lp`. The likelihood is the same all along this line; the prior alone
+    /// decides where the posterior sits on it.
+    fn ridge_prior(&self, base: &BaseInit, lp: f64) -> f64 {
+        let mut at = base.clone();
+        at.lp = lp;
+        at.nu = base
+            .ell
+            .iter()
+            .map(|l| (l - lp).exp().clamp(1e-12, 1.0 - 1e-12))
+            .collect();
+        let x = self.materialize(&at, std::slice::from_ref(&at.r), &[lp], &[]);
+        let mut lp_sum = 0.0;
+        for (b, block) in self.layout.blocks.iter().enumerate() {
+            for j in 0..block.len {
+                lp_sum += self
+                    .prior(b, j)
+                    .ln_density_x(x[block.offset + j], block.link)
+                    .0;
+            }
+        }
+        lp_sum
+    }
+
+    /// For capture models the data identify only `p̂_c`: moves `logit p`
+    /// (and with it every `ν_c`) to where the prior is highest along the
+    /// line of equal likelihood, so that SVI need not drift there.
+    pub(crate) fn split_on_ridge(&self, base: &mut BaseInit) {
+        if !self.spec.variant.has_capture() || self.spec.mixture.is_some() {
+            return;
+        }
+        let max = base.ell.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        // ν_c < 1 needs logit p > max ell_c: search u = ln(logit p − max ell).
+        let f = |u: f64| self.ridge_prior(base, max + u.exp());
+        let mut best = (f64::NAN, f64::NEG_INFINITY);
+        for k in 0..=50 {
+            let u = -10.0 + 0.3 * k as f64;
+            let v = f(u);
+            if v > best.1 {
+                best = (u, v);
+            }
+        }
+        if !best.1.is_finite() {
+            return;
+        }
+        let (mut a, mut b) = (best.0 - 0.3, best.0 + 0.3);
+        let g = 0.618_033_988_749_895;
+        for _ in 0..40 {
+            let (c, e) = (b - g * (b - a), a + g * (b - a));
+            if f(c) > f(e) {
+                b = e;
+            } else {
+                a = c;
+            }
+        }
+        let lp = max + (0.5 * (a + b)).exp();
+        base.lp = lp;
+        base.nu = base
+            .ell
+            .iter()
+            .map(|l| (l - lp).exp().clamp(1e-6, 1.0 - 1e-6))
+            .collect();
     }
 
     /// Writes a starting point into the layout: `r[k]` per gene component,

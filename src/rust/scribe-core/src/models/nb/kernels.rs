@@ -34,6 +34,8 @@ pub struct NbModel<'a> {
     pub(crate) capture: Capture,
     /// Per-cell TruncNormal location `ln M0 − ln max(L_c, 1)` under the capture prior.
     pub(crate) eta_loc: Vec<f64>,
+    /// The prior of every block (looked up once, not per coordinate and step).
+    pub(crate) block_prior: Vec<Prior>,
 }
 
 /// Scratch buffers of [`NbModel::log_lik_grad`].
@@ -82,6 +84,18 @@ impl<'a> NbModel<'a> {
                 .collect(),
             None => Vec::new(),
         };
+        let block_prior = layout
+            .blocks
+            .iter()
+            .map(|b| {
+                // Simplex blocks have a joint prior, eta capture a per-cell one.
+                if b.kind == crate::models::BlockKind::Simplex || b.name == "eta_capture" {
+                    Prior::Flat
+                } else {
+                    spec.prior_of(&b.name)
+                }
+            })
+            .collect();
         Ok(NbModel {
             spec,
             data,
@@ -93,6 +107,7 @@ impl<'a> NbModel<'a> {
             b_mix,
             capture,
             eta_loc,
+            block_prior,
         })
     }
 
@@ -443,7 +458,7 @@ impl Model for NbModel<'_> {
                 scale: cp.sigma,
             };
         }
-        self.spec.prior_of(&self.layout.blocks[b].name)
+        self.block_prior[b]
     }
 
     fn joint_prior_grad(&self, x: &[f64], grad: &mut [f64]) -> f64 {
@@ -458,7 +473,8 @@ impl Model for NbModel<'_> {
     }
 
     fn initial_point(&self) -> Vec<f64> {
-        let base = self.base_init();
+        let mut base = self.base_init();
+        self.split_on_ridge(&mut base);
         if self.spec.mixture.is_some() {
             return self.mixture_initial_point(&base);
         }

@@ -304,7 +304,7 @@ impl NbSpec {
         Ok(())
     }
 
-    fn prior_of(&self, site: &str) -> Prior {
+    pub(crate) fn prior_of(&self, site: &str) -> Prior {
         self.priors
             .iter()
             .find(|(n, _)| n == site)

@@ -42,6 +42,8 @@ pub struct Scratch {
     x: Vec<f64>,
     eps: Vec<f64>,
     gx: Vec<f64>,
+    /// `exp(log_scale)` of the active coordinates, computed once per step.
+    s: Vec<f64>,
 }
 
 impl Guide for MeanField {
@@ -56,6 +58,7 @@ impl Guide for MeanField {
             x: vec![0.0; self.dim],
             eps: vec![0.0; self.dim],
             gx: vec![0.0; self.dim],
+            s: vec![0.0; self.dim],
         }
     }
 
@@ -74,6 +77,16 @@ impl Guide for MeanField {
         grad: &mut [f64],
     ) -> f64 {
         loss_and_grad(model, params, batch, rng, scratch, ws, grad)
+    }
+
+    fn location(&self, params: &[f64], out: &mut [f64]) {
+        out.copy_from_slice(&params[..self.dim]);
+    }
+
+    fn spread(&self, params: &[f64], out: &mut [f64]) {
+        for (o, ls) in out.iter_mut().zip(&params[self.dim..]) {
+            *o = ls.exp();
+        }
     }
 
     fn fitted(&self, params: &[f64]) -> Box<dyn FittedGuide> {
@@ -118,26 +131,29 @@ fn loss_and_grad<M: Model, R: Rng>(
     grad.iter_mut().for_each(|g| *g = 0.0);
     // Draw the noise in a fixed sequential order so results never depend on threads.
     {
-        let (x, eps) = (&mut buf.x, &mut buf.eps);
+        let (x, eps, sc) = (&mut buf.x, &mut buf.eps, &mut buf.s);
         for_each_active(model, batch, |_, _, k, _| {
             let e: f64 = rng.sample(StandardNormal);
             eps[k] = e;
-            x[k] = loc[k] + log_scale[k].exp() * e;
+            sc[k] = log_scale[k].exp();
+            x[k] = loc[k] + sc[k] * e;
         });
     }
     buf.gx.iter_mut().for_each(|g| *g = 0.0);
     let ll = model.log_lik_grad(&buf.x, batch, &mut buf.gx, ws);
     let mut elbo = ll + model.joint_prior_grad(&buf.x, &mut buf.gx);
     let (g_loc, g_ls) = grad.split_at_mut(n);
-    let (x, eps, gx) = (&buf.x, &buf.eps, &buf.gx);
+    let (x, eps, gx, sc) = (&buf.x, &buf.eps, &buf.gx, &buf.s);
+    let blocks = &model.layout().blocks;
     for_each_active(model, batch, |b, j, k, w| {
-        let link = model.layout().blocks[b].link;
+        let link = blocks[b].link;
         let prior = model.prior(b, j);
-        let s = log_scale[k].exp();
+        let s = sc[k];
         match prior.normal_in_x(link) {
             Some((m0, s0)) => {
                 let d = loc[k] - m0;
-                let kl = (s0 / s).ln() + (s * s + d * d) / (2.0 * s0 * s0) - 0.5;
+                // ln(s0/s) = ln s0 − log_scale: one logarithm fewer per coordinate.
+                let kl = s0.ln() - log_scale[k] + (s * s + d * d) / (2.0 * s0 * s0) - 0.5;
                 elbo -= w * kl;
                 g_loc[k] = -(gx[k] - w * d / (s0 * s0));
                 g_ls[k] = -(gx[k] * s * eps[k] - w * (s * s / (s0 * s0) - 1.0));

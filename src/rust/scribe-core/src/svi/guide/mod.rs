@@ -51,6 +51,14 @@ pub trait Guide: Sync {
 
     /// The fitted guide at `params`.
     fn fitted(&self, params: &[f64]) -> Box<dyn FittedGuide>;
+
+    /// Each coordinate's location under the guide at `params` (what the
+    /// stopping rule watches).
+    fn location(&self, params: &[f64], out: &mut [f64]);
+
+    /// Each coordinate's posterior standard deviation under the guide (the
+    /// scale the stopping rule measures movement against).
+    fn spread(&self, params: &[f64], out: &mut [f64]);
 }
 
 /// The stored parameters of one layout block: named numeric fields (for
