@@ -7,7 +7,7 @@ dir.create(out, showWarnings = FALSE, recursive = TRUE)
 
 sce <- scribe_example_data("SingleCellExperiment")
 cat(sprintf("pbmc3k subset: %d genes x %d cells\n", nrow(sce), ncol(sce)))
-fit <- scribe_fit(sce, model = "nbvcp", n_steps = 3000, seed = 1, verbose = TRUE)
+fit <- scribe_fit(sce, model = "nbvcp", seed = 1, verbose = TRUE)   # stops when settled
 print(fit)
 
 map <- get_map(fit)

@@ -86,6 +86,8 @@ pub struct SettleTracker {
     prev_loss: Option<(f64, f64)>,
     in_window: usize,
     flat_windows: usize,
+    /// Per group: consecutive judgements in which it drifted.
+    drifting_for: Vec<usize>,
     /// The latest drift of each group (in units of `param_tol`·scale; ≤ 1 is settled).
     pub drift: Vec<f64>,
 }
@@ -102,6 +104,7 @@ impl SettleTracker {
             prev_loss: None,
             in_window: 0,
             flat_windows: 0,
+            drifting_for: vec![0; n],
             drift: vec![f64::NAN; n],
         }
     }
@@ -194,6 +197,11 @@ impl SettleTracker {
             } else {
                 d.iter().copied().fold(0.0, f64::max)
             };
+            self.drifting_for[k] = if self.drift[k] <= 1.0 {
+                0
+            } else {
+                self.drifting_for[k] + 1
+            };
         }
         if t + 1 < self.cfg.min_steps {
             return Verdict::Continue;
@@ -203,21 +211,28 @@ impl SettleTracker {
             self.flat_windows = 0;
             return Verdict::Continue;
         }
-        let drifting: Vec<String> = self
-            .groups
-            .iter()
-            .zip(&self.drift)
-            .filter(|(_, d)| !(**d <= 1.0))
-            .map(|(g, _)| g.name.clone())
-            .collect();
-        if drifting.is_empty() {
+        if self.drift.iter().all(|d| *d <= 1.0) {
             return Verdict::Converged;
         }
         self.flat_windows += 1;
-        if self.flat_windows >= self.cfg.patience {
-            return Verdict::WeaklyIdentified(drifting);
+        if self.flat_windows < self.cfg.patience {
+            return Verdict::Continue;
         }
-        Verdict::Continue
+        // Named only if it drifted in every one of the flat windows: a group
+        // that wanders in and out of its tolerance has settled for practical
+        // purposes.
+        let drifting: Vec<String> = self
+            .groups
+            .iter()
+            .zip(&self.drifting_for)
+            .filter(|(_, n)| **n >= self.cfg.patience)
+            .map(|(g, _)| g.name.clone())
+            .collect();
+        if drifting.is_empty() {
+            Verdict::Converged
+        } else {
+            Verdict::WeaklyIdentified(drifting)
+        }
     }
 }
 
