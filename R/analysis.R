@@ -100,6 +100,13 @@ gene_index <- function(fit, genes) {
 #' quantity in which all cells share one component); `split_components = TRUE`
 #' returns the per-component terms instead.
 #'
+#' Laplace fits (log-normal models) condition on each cell's latent log-rates:
+#' at their MAP (`n_samples = NULL`) or drawn from the per-cell Laplace
+#' posteriors. By gene, PLN and NBLN sum each gene's pmf over cells; LNM
+#' gives each gene its share `sum_c u_cg log rho_cg` of the multinomial (the
+#' multinomial coefficient and the NB of the totals belong to no gene, so
+#' LNM's by-gene values do not add up to its by-cell ones).
+#'
 #' @param fit A fitted model.
 #' @param x The counts the model was fitted to (any input [scribe_fit()] accepts).
 #' @param by `"cell"` or `"gene"`.

@@ -76,10 +76,24 @@ call_core <- function(expr) {
 check_number <- function(x, arg, what, ok = function(v) TRUE, allow_null = FALSE) {
   if (is.null(x) && allow_null) return(invisible(NULL))
   if (!is.numeric(x) || length(x) != 1L || !is.finite(x) || !ok(x)) {
-    shown <- if (is.null(x)) "NULL" else paste(format(x), collapse = ", ")
-    abort_input("{.arg {arg}} must be {what}, not {shown}.")
+    abort_input("{.arg {arg}} must be {what}, not {describe_value(x)}.")
   }
   invisible(x)
+}
+
+# A short description of a bad value for messages: the value itself when it
+# is a scalar (strings quoted, so "10" is not mistaken for 10), else its kind.
+describe_value <- function(x) {
+  if (is.null(x)) return("NULL")
+  if (is.atomic(x) && length(x) == 1L) {
+    return(if (is.character(x) && !is.na(x)) paste0('"', x, '"') else format(x))
+  }
+  if (is.atomic(x) && length(x) <= 5L && length(x) > 0L) {
+    shown <- if (is.character(x)) paste0('"', x, '"') else format(x)
+    return(paste0("c(", paste(shown, collapse = ", "), ")"))
+  }
+  if (is.atomic(x)) return(paste0("a ", typeof(x), " vector of length ", length(x)))
+  paste0("an object of class ", class(x)[1])
 }
 
 check_flag <- function(x, arg) {
@@ -92,8 +106,7 @@ check_flag <- function(x, arg) {
 # match.arg() with a message that names the argument and lists the choices.
 match_choice <- function(x, choices, arg) {
   if (!is.character(x) || length(x) != 1L || is.na(x) || !(x %in% choices)) {
-    shown <- if (is.character(x)) paste0('"', x, '"', collapse = ", ") else format(x)
-    abort_input(c("{.arg {arg}} must be one of {.val {choices}}.", "x" = "You supplied {shown}."))
+    abort_input(c("{.arg {arg}} must be one of {.val {choices}}.", "x" = "You supplied {describe_value(x)}."))
   }
   x
 }

@@ -63,20 +63,34 @@
 #' By default (`early_stopping = NULL`) SVI and Laplace fits stop when they
 #' have settled, and `n_steps` is only the maximum. Every `window` (100)
 #' steps the mean loss of the window is compared with that of the previous
-#' window, and the window means of the parameters with theirs: the fit has
-#' converged when the loss improved by no more than twice its standard error
-#' plus `loss_rtol` (1e-6) of its size and every parameter moved by less than
-#' `param_tol` (0.1) of its scale (SVI: its posterior standard deviation under
-#' the guide, for per-cell parameters 99% of the cells; Laplace: 1% of its
-#' size, with the rotation-invariant row norms of `W`). When the loss has
-#' settled but some parameters keep drifting for `patience` (10) windows,
-#' the fit stops and names them as weakly identified: in `nbvcp`, for
-#' example, the data determine only `p_hat`, so `p` and `p_capture` can move
-#' together along a ridge of equal loss, pulled only by their priors. No fit
-#' stops before `min_steps` (300). `show()` and [plot_loss()] say why and
-#' when a fit stopped. Change the settings with `early_stopping = list(rule =
-#' "settled", window = 200, ...)`; `early_stopping = FALSE` runs all
-#' `n_steps`.
+#' window, and the window means of the parameters with theirs. The loss has
+#' settled when it improved by no more than twice its standard error plus
+#' `loss_rtol` (1e-6) of its size; a parameter has settled when it moved by
+#' less than `param_tol` (0.25) of its scale (SVI: its posterior standard
+#' deviation under the guide, at least 0.01 on the unconstrained scale; for
+#' per-gene and per-cell parameters 99% of them; Laplace: 1% of its size,
+#' with the rotation-invariant row norms of `W`). Once ten windows are at
+#' hand, a parameter's movement is its mean movement per window over them,
+#' and a parameter whose net movement over them is within four times the
+#' movement of a single window counts as settled: an optimiser with a fixed
+#' step size jitters around the optimum, and that jitter, however wide, is
+#' not a reason to go on. The fit has converged when the loss and every
+#' parameter settled in two windows in a row. When the loss has settled but
+#' some parameters keep drifting for `patience` (5) windows, the fit stops
+#' and names them as weakly identified (not before ten windows, so that
+#' drift can be told from jitter). No fit stops before `min_steps` (300).
+#' `show()` and [plot_loss()] say why and when a fit stopped;
+#' `fit@diagnostics$stop` holds the verdict and each group's latest drift
+#' (in units of its tolerance). Change the settings with
+#' `early_stopping = list(rule = "settled", window = 200, ...)`;
+#' `early_stopping = FALSE` runs all `n_steps`.
+#'
+#' Some quantities are identified by the model's structure only in
+#' combination: in `nbvcp` and `zinbvcp` without a capture prior the data
+#' determine each cell's `p_hat`, not `p` and `p_capture` apart. Along that
+#' ridge a fit moves too slowly for any stopping rule to see, and the
+#' mean-field spreads do not show it, so `show()` says so for these models;
+#' read `p_hat`, or give `priors = list(capture_efficiency = ...)`.
 #'
 #' `early_stopping = TRUE`, `"original"` or a list without `rule` use the
 #' original's rule instead: `list(patience = 500, min_delta = 1, min_delta_pct
@@ -170,7 +184,10 @@
 #'   `"nbvcp"` (or the model implied by the flags).
 #' @param inference_method `"svi"` (default), `"mcmc"` (NUTS; see the MCMC
 #'   section) or `"laplace"` (the log-normal models; see the Laplace section).
-#'   `"vae"` is not available in this version.
+#'   `"vae"` is not available in this version. Arguments that only other
+#'   engines read (say `latent_dim` or `n_samples` for SVI, `n_steps` for
+#'   MCMC) are an error when given a value other than their default, rather
+#'   than ignored.
 #' @param parameterization See the Parameterizations section.
 #' @param unconstrained Use transformed-Normal priors and guides.
 #' @param positive_transform `"softplus"` (default) or `"exp"`: the link of
@@ -339,6 +356,44 @@ fit_arg_names <- function() setdiff(names(formals(scribe_fit)), c("x", "..."))
   vae = list(models = c(.nb_models, .lognormal_models), fit = NULL)
 )
 
+# Arguments that only some engines read. Given a value other than its default
+# for an engine that does not read it, an argument is an input error rather
+# than silently ignored (a user who sets `latent_dim` for an SVI fit expects
+# it to do something). The VAE will read the SVI optimiser settings and
+# `latent_dim` when it arrives.
+.engine_only_args <- list(
+  parameterization = c("svi", "mcmc"), unconstrained = c("svi", "mcmc"), positive_transform = c("svi", "mcmc"),
+  n_components = c("svi", "mcmc"), mixture_params = c("svi", "mcmc"),
+  n_steps = c("svi", "laplace"), batch_size = c("svi", "laplace"), optimizer_config = c("svi", "laplace"),
+  early_stopping = c("svi", "laplace"), stable_update = "svi", restore_best = "svi",
+  n_samples = "mcmc", n_warmup = "mcmc", n_chains = "mcmc", svi_init = "mcmc", mcmc_config = "mcmc",
+  latent_dim = "laplace", vae_latent_dim = "laplace", laplace_config = "laplace",
+  informative_priors_from = "laplace", informative_priors_tau = "laplace",
+  informative_priors_freeze = "laplace", d_mode = "laplace"
+)
+
+check_engine_args <- function(a, method) {
+  defaults <- formals(scribe_fit)
+  given <- vapply(names(.engine_only_args), function(n) {
+    !method %in% .engine_only_args[[n]] && differs_from_default(a[[n]], eval(defaults[[n]]))
+  }, NA)
+  if (!any(given)) return(invisible())
+  nms <- names(given)[given]
+  used_by <- vapply(nms, function(n) paste(.engine_only_args[[n]], collapse = " and "), "")
+  abort_input(c(
+    "{.arg {nms}} {?does/do} not apply to {.code inference_method = \"{method}\"}.",
+    stats::setNames(paste0("`", nms, "` is read by ", used_by, "."), rep("i", length(nms)))
+  ))
+}
+
+differs_from_default <- function(value, default) {
+  if (is.null(value) || is.null(default)) return(!is.null(value) || !is.null(default))
+  if (is.numeric(value) && is.numeric(default) && length(value) == 1L && length(default) == 1L) {
+    return(is.na(value) || value != default)
+  }
+  !identical(value, default)
+}
+
 # The matrix-level worker of scribe_fit(): checks what every engine shares,
 # then dispatches through the engine table.
 .scribe_fit_counts <- function(counts, args) {
@@ -360,9 +415,7 @@ fit_arg_names <- function() setdiff(names(formals(scribe_fit)), c("x", "..."))
     available <- names(Filter(function(e) !is.null(e$fit), .engines))
     abort_unsupported("{.code inference_method = \"{method}\"} is not available in this version of scribeR; use {.val {available}}.")
   }
-  if (!is.null(a$svi_init) && method != "mcmc") {
-    abort_input("{.arg svi_init} is only used with {.code inference_method = \"mcmc\"}, not {.val {method}}.")
-  }
+  check_engine_args(a, method)
   a$parameterization <- .parameterizations[[match_choice(a$parameterization, names(.parameterizations),
                                                          "parameterization")]]
   a$positive_transform <- match_choice(a$positive_transform, c("softplus", "exp"), "positive_transform")
@@ -410,6 +463,9 @@ nb_model_spec <- function(model, a, n_cells) {
     positive_transform = a$positive_transform,
     priors = resolve_priors(if (length(priors)) priors else NULL, model, parameterization)
   )
+  if (is.null(a$n_components) && differs_from_default(a$mixture_params, "all")) {
+    abort_input("{.arg mixture_params} applies to mixture models: give {.arg n_components} >= 2 as well.")
+  }
   if (!is.null(a$n_components)) {
     check_number(a$n_components, "n_components", "a whole number from 2 to 2147483647", function(v) v >= 2 && v <= .Machine$integer.max && v == round(v))
     if (a$n_components > n_cells) {

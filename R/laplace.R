@@ -502,16 +502,16 @@ laplace_predictive <- function(fit, x, n_samples, genes, cells, use_map, seed) {
 }
 
 laplace_loglik <- function(fit, x, by, n_samples, seed, assay) {
-  if (by != "cell") abort_unsupported("Laplace fits give log-likelihoods by cell ({.code by = \"cell\"}).")
-  opts <- list(cells = seq_along(fit@cell_names) - 1L)
+  opts <- list(cells = seq_along(fit@cell_names) - 1L, by = by)
   if (!is.null(n_samples)) {
     check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647 (or NULL for the MAP)", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
     opts$n_draws <- as.numeric(n_samples)
     opts$seed <- resolve_seed(seed)
   }
   v <- run_laplace_analysis(fit, x, "loglik", opts, assay)$values
-  if (is.null(n_samples)) return(stats::setNames(v, fit@cell_names))
-  matrix(v, nrow = as.integer(n_samples), dimnames = list(NULL, fit@cell_names))
+  names_by <- if (by == "cell") fit@cell_names else fit@gene_names
+  if (is.null(n_samples)) return(stats::setNames(v, names_by))
+  matrix(v, nrow = as.integer(n_samples), dimnames = list(NULL, names_by))
 }
 
 #' @rdname accessors

@@ -59,11 +59,6 @@ check_svi_init <- function(svi_init, counts, model_spec) {
 
 fit_mcmc <- function(counts, dropped, model, a, shared) {
   model_spec <- nb_model_spec(model, a, ncol(counts))
-  ignored <- c(batch_size = !is.null(a$batch_size), optimizer_config = !is.null(a$optimizer_config),
-               early_stopping = !is.null(a$early_stopping))
-  if (any(ignored)) {
-    cli::cli_warn("MCMC uses the full data and no optimiser: {.arg {names(ignored)[ignored]}} {?is/are} ignored.")
-  }
   check_number(a$n_samples, "n_samples", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
   check_number(a$n_warmup, "n_warmup", "a whole number from 0 to 2147483647", function(v) v >= 0 && v <= .Machine$integer.max && v == round(v))
   check_number(a$n_chains, "n_chains", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))

@@ -97,12 +97,8 @@ stop_summary <- function(object) {
   settled_on <- !is.null(object@config$settle)
   switch(reason,
     converged = " (converged: the loss and every parameter settled)",
-    weakly_identified = sprintf(" (stopped: the loss settled while %s kept drifting: weakly identified%s)",
-                                paste(st$drifting, collapse = ", "),
-                                if (any(st$drifting %in% c("p", "phi", "p_capture", "phi_capture", "eta_capture")) &&
-                                    !is.null(object@model$model) && object@model$model %in% c("nbvcp", "zinbvcp")) {
-                                  "; the data determine only p_hat, use p_hat or a capture_efficiency prior"
-                                } else ""),
+    weakly_identified = sprintf(" (stopped: the loss settled while %s kept drifting: weakly identified)",
+                                paste(st$drifting, collapse = ", ")),
     early_stopping = " (stopped early by the original rule)",
     n_steps = if (settled_on) " (n_steps reached before the loss and parameters settled)" else "",
     ""

@@ -100,8 +100,22 @@ setMethod("show", "ScribeSVIResults", function(object) {
               if (isTRUE(d$restored_best)) sprintf("; best parameters restored from step %d", as.integer(d$best_step)) else ""))
   cat(sprintf("  params: %s\n", paste(layout_summary(object@layout), collapse = ", ")))
   cat(sprintf("  seed:   %s\n", format(object@seed, scientific = FALSE)))
+  note <- ridge_note(object)
+  if (length(note)) cat(sprintf("  note:   %s\n", note))
   invisible(object)
 })
+
+# Capture models without a capture prior: the data determine each cell's
+# p_hat, not p and its capture apart. The mean-field guide cannot show this
+# (its spreads of p and p_capture are those across the ridge, not along it),
+# and along the ridge the fit moves too slowly for any stopping rule to see,
+# so show() says so whatever the stopping verdict.
+ridge_note <- function(object) {
+  m <- object@model
+  if (!isTRUE(m$model %in% c("nbvcp", "zinbvcp")) || !is.null(object@priors$eta_capture)) return(character())
+  paste("p and p_capture are identified only through p_hat (get_map(fit)$p_hat);",
+        "priors = list(capture_efficiency = ...) separates them")
+}
 
 #' @rdname accessors
 #' @export

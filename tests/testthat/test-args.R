@@ -42,6 +42,20 @@ test_that("engines and models not yet available say so", {
   expect_error(quick_fit(m, n_components = 1), "n_components", class = "scribeR_input_error")
 })
 
+test_that("arguments of another engine are an error that names them and their engine", {
+  expect_error(quick_fit(m, latent_dim = 4), "latent_dim.*does not apply.*read by laplace",
+               class = "scribeR_input_error")
+  expect_error(quick_fit(m, n_samples = 100, n_chains = 2), "n_samples.*n_chains.*read by mcmc",
+               class = "scribeR_input_error")
+  expect_error(quick_fit(m, model = "nbdm", inference_method = "mcmc", n_steps = 10),
+               "n_steps.*read by svi and laplace", class = "scribeR_input_error")
+  expect_error(quick_fit(m, model = "pln", inference_method = "laplace", latent_dim = 2, n_components = 2),
+               "n_components.*read by svi and mcmc", class = "scribeR_input_error")
+  expect_error(quick_fit(m, mixture_params = "mean"), "mixture_params.*n_components", class = "scribeR_input_error")
+  # Defaults given explicitly are not "given" for another engine.
+  expect_s4_class(quick_fit(m, n_samples = 2000L, n_steps = 5), "ScribeSVIResults")
+})
+
 test_that("model flags resolve to models", {
   expect_identical(quick_fit(m, zero_inflation = TRUE, n_steps = 5)@model$model, "zinbvcp")
   expect_identical(quick_fit(m, variable_capture = FALSE, n_steps = 5)@model$model, "nbdm")

@@ -200,7 +200,16 @@ test_that("Laplace posteriors: latent draws, predictive checks and log-likelihoo
   lld <- log_likelihood(fit, x, n_samples = 5, seed = 1)
   expect_equal(dim(lld), c(5L, 80L))
   expect_error(posterior_predictive(fit, n_samples = 2), "counts", class = "scribeR_input_error")
-  expect_error(log_likelihood(fit, x, by = "gene"), class = "scribeR_unsupported")
+  # By gene: at the MAP, each gene's Poisson pmf summed over cells; for PLN
+  # the by-gene values add up to the by-cell ones, at the MAP and per draw.
+  llg <- log_likelihood(fit, x, by = "gene")
+  expect_named(llg, rownames(x))
+  rate <- exp(sweep(fit@latents, 2, fit@params$eta_capture))
+  expect_equal(llg, rowSums(stats::dpois(as.matrix(x), rate, log = TRUE)), tolerance = 1e-9)
+  expect_equal(sum(llg), sum(ll), tolerance = 1e-9)
+  lldg <- log_likelihood(fit, x, by = "gene", n_samples = 5, seed = 1)
+  expect_equal(dim(lldg), c(5L, 12L))
+  expect_equal(rowSums(lldg), rowSums(lld), tolerance = 1e-9)
 })
 
 test_that("a divergence is stopped, reported and the best state kept", {

@@ -127,7 +127,8 @@ test_that("MCMC arguments are checked with clear messages", {
   expect_error(mcmc_fit(x, model = "nbdm", n_chains = 0), class = "scribeR_input_error", regexp = "n_chains")
   expect_error(mcmc_fit(x, model = "nbdm", n_samples = 1.5), class = "scribeR_input_error", regexp = "n_samples")
   expect_error(mcmc_fit(x, model = "pln"), class = "scribeR_unsupported")
-  expect_warning(mcmc_fit(x, model = "nbdm", batch_size = 10, n_samples = 5, n_warmup = 5), "batch_size")
+  expect_error(mcmc_fit(x, model = "nbdm", batch_size = 10, n_samples = 5, n_warmup = 5),
+               class = "scribeR_input_error", regexp = "batch_size.*does not apply")
   expect_error(print_summary(svi), class = "scribeR_input_error", regexp = "MCMC fit")
   # Large dimensions warn with the count and a suggestion (threshold lowered for the test).
   old <- options(scribeR.mcmc_warn_dim = 50)

@@ -97,6 +97,12 @@ test_that("a drift along a flat loss is reported as weak identification", {
   expect_identical(st$reason, "weakly_identified")
   expect_true(any(c("p", "p_capture") %in% st$drifting))
   expect_output(show(fit), "weakly identified")
+  # The ridge is the model's, whatever the verdict: show() names it for
+  # capture models without a capture prior, and only for them.
+  expect_output(show(fit), "only through p_hat")
+  pinned <- scribe_fit(sim$counts, model = "nbvcp", n_steps = 300, seed = 1, verbose = FALSE,
+                       priors = list(capture_efficiency = c(log(1000), 0.5)))
+  expect_false(any(grepl("only through p_hat", capture.output(show(pinned)))))
 })
 
 test_that("the stopping rule is chosen by early_stopping", {

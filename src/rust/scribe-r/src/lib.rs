@@ -356,7 +356,8 @@ fn rs_nb_analysis(
 
 /// Posterior analyses of a Laplace fit: "latents" (draws of the latent
 /// log-rates and capture), "predictive" (count draws; `use_map` for the MAP
-/// latents) and "loglik" (per-cell log-likelihood at the MAP or per draw).
+/// latents) and "loglik" (log-likelihood by cell or by gene, at the MAP or
+/// per draw).
 /// `fit` is list(model, k, mu, w (row-major), d, r, latents, eta, capture,
 /// and for LNM totals and the 0-based reference gene).
 /// @noRd
@@ -427,8 +428,9 @@ fn rs_laplace_analysis(
             }
             "loglik" => {
                 let draws = (n > 0).then_some((n, seed));
+                let by = By::parse(&o.string("by")?)?;
                 let v = runner::run("log-likelihood", verbose, num_threads, |sh| {
-                    laplace_posterior::cell_loglik(&fitted, &data, &cells, draws, Ctl::new(sh, sh))
+                    laplace_posterior::loglik(&fitted, &data, &cells, draws, by, Ctl::new(sh, sh))
                 })?;
                 list!(values = v).into()
             }

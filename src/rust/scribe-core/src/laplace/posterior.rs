@@ -16,6 +16,7 @@ use crate::error::{CoreError, Result};
 use crate::models::lognormal::lnm::softmax_alr;
 use crate::models::lognormal::obs::{NegBin, Obs, Poisson};
 use crate::posterior::lognormal::{self, cell_rng, Latents, LnObs};
+use crate::posterior::By;
 use crate::progress::Ctl;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -333,11 +334,12 @@ pub fn predictive(
 /// Per-cell log-likelihood `Σ_g ln p(u_cg | x, η)` (full pmf, `ln u!`
 /// included): at the MAP (one value per cell) or for `n` latent draws
 /// (`(s, cell)` at `cell·n + s`).
-pub fn cell_loglik(
+pub fn loglik(
     f: &Fitted<'_>,
     data: &CountMatrix,
     cells: &[usize],
     n: Option<(usize, u64)>,
+    by: By,
     ctl: Ctl<'_>,
 ) -> Result<Vec<f64>> {
     f.check(data)?;
@@ -353,7 +355,7 @@ pub fn cell_loglik(
             }
         }
     };
-    lognormal::cell_loglik(&f.obs(), data, &lat, cells, ctl)
+    lognormal::loglik(&f.obs(), data, &lat, cells, by, ctl)
 }
 
 #[cfg(test)]

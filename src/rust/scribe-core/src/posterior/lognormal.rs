@@ -1,6 +1,7 @@
 //! Analyses of log-normal-family fits given latent values, whatever engine
 //! inferred them (the Laplace approximation's per-cell Gaussians, a VAE's
-//! decoder): posterior predictive counts and per-cell log-likelihoods.
+//! decoder): posterior predictive counts and log-likelihoods by cell or by
+//! gene.
 //!
 //! Every cell's random stream derives from the seed and the cell's index, so
 //! subsets and chunks of cells give the same draws.
@@ -12,6 +13,7 @@ use crate::math::lgamma;
 use crate::models::lognormal::lnm::{softmax_alr, totals};
 use crate::models::lognormal::obs::{NegBin, Obs, Poisson};
 use crate::models::lognormal::LnModel;
+use crate::posterior::By;
 use crate::progress::Ctl;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -161,6 +163,87 @@ pub fn predictive(
     work.finish(out.concat())
 }
 
+/// Log-likelihoods for each latent draw, by cell (`(s, cell)` at
+/// `cell·n + s`, see [`cell_loglik`]) or by gene over `cells` (`(s, gene)`
+/// at `gene·n + s`, see [`gene_loglik`]).
+pub fn loglik(
+    obs: &LnObs<'_>,
+    data: &CountMatrix,
+    lat: &Latents,
+    cells: &[usize],
+    by: By,
+    ctl: Ctl<'_>,
+) -> Result<Vec<f64>> {
+    match by {
+        By::Cell => cell_loglik(obs, data, lat, cells, ctl),
+        By::Gene => gene_loglik(obs, data, lat, cells, ctl),
+    }
+}
+
+/// Cells per sequentially summed chunk of [`gene_loglik`]: the chunks run in
+/// parallel and are added in order, so sums do not depend on the threads.
+const GENE_SUM_CHUNK: usize = 64;
+
+/// Per-gene log-likelihood `Σ_c ln p(u_cg | x_c, η_c)` over `cells` for each
+/// latent draw: `(s, gene)` at `gene·n + s`. PLN and NBLN: the full pmf of
+/// each count. LNM: `Σ_c u_cg ln ρ_cg`, the gene's share of the multinomial;
+/// the coefficient `ln N_c! − Σ_g ln u_cg!` and the NB of the totals belong
+/// to no gene and are left out (so by-gene values do not add up to by-cell
+/// ones for LNM).
+pub fn gene_loglik(
+    obs: &LnObs<'_>,
+    data: &CountMatrix,
+    lat: &Latents,
+    cells: &[usize],
+    ctl: Ctl<'_>,
+) -> Result<Vec<f64>> {
+    let (g_lat, nn, g) = (lat.g, lat.n, data.n_genes);
+    crate::limits::check_values("n_samples", g as f64 * nn as f64 * 2.0)?;
+    let work = ctl.work(cells.len());
+    let partial: Vec<Vec<f64>> = cells
+        .par_chunks(GENE_SUM_CHUNK)
+        .enumerate()
+        .map(|(k, chunk)| {
+            let mut acc = vec![0.0; g * nn];
+            let mut u = vec![0.0; g];
+            for (j, &c) in chunk.iter().enumerate() {
+                if work.stopped() {
+                    return Vec::new();
+                }
+                work.tick();
+                let ci = k * GENE_SUM_CHUNK + j;
+                data.dense_row(c, &mut u);
+                for s in 0..nn {
+                    if obs.model == LnModel::Lnm {
+                        let y: Vec<f64> = (0..g_lat).map(|gi| lat.x(ci, gi, s)).collect();
+                        let rho = obs.composition(&y);
+                        for (gi, (&uu, &p)) in u.iter().zip(&rho).enumerate() {
+                            if uu > 0.0 {
+                                acc[gi * nn + s] += uu * p.ln();
+                            }
+                        }
+                        continue;
+                    }
+                    let eta = lat.eta(ci, s);
+                    let pln = obs.model == LnModel::Pln;
+                    obs.with_obs(|o| {
+                        for (gi, &uu) in u.iter().enumerate() {
+                            let lnfact = if pln { lgamma(uu + 1.0) } else { 0.0 };
+                            acc[gi * nn + s] += o.value(gi, uu, lat.x(ci, gi, s) - eta) - lnfact;
+                        }
+                    });
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut out = vec![0.0; g * nn];
+    for p in &partial {
+        out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
+    }
+    work.finish(out)
+}
+
 /// Per-cell log-likelihood `Σ_g ln p(u_cg | x, η)` (full pmf, `ln u!`
 /// included) for each latent draw: `(s, cell)` at `cell·n + s`.
 pub fn cell_loglik(
@@ -220,4 +303,88 @@ pub fn cell_loglik(
         })
         .collect();
     work.finish(out.concat())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 3 genes × 150 cells (more than one summing chunk), latents with two draws per cell.
+    fn fixture() -> (CountMatrix, Latents) {
+        let (g, c, n) = (3, 150, 2);
+        let mut p = vec![0i32];
+        let (mut idx, mut val) = (Vec::new(), Vec::new());
+        for cell in 0..c {
+            for gene in 0..g {
+                let u = ((cell * 7 + gene * 3) % 5) as f64;
+                if u > 0.0 {
+                    idx.push(gene as i32);
+                    val.push(u);
+                }
+            }
+            p.push(idx.len() as i32);
+        }
+        let data = CountMatrix::from_csc(g, c, &p, &idx, &val).unwrap();
+        let x = (0..c * g * n)
+            .map(|i| ((i % 11) as f64) * 0.15 - 0.3)
+            .collect();
+        let eta = (0..c * n).map(|i| ((i % 3) as f64) * 0.1).collect();
+        (data, Latents { n, g, x, eta })
+    }
+
+    #[test]
+    fn gene_loglik_adds_up_to_cell_loglik_and_matches_the_pmf() {
+        let (data, lat) = fixture();
+        let cells: Vec<usize> = (0..data.n_cells).collect();
+        let r = [2.0, 0.5, 30.0];
+        for model in [LnModel::Pln, LnModel::Nbln] {
+            let obs = LnObs {
+                model,
+                r: &r,
+                totals: &[],
+                reference: None,
+            };
+            let by_cell = loglik(&obs, &data, &lat, &cells, By::Cell, Ctl::none()).unwrap();
+            let by_gene = loglik(&obs, &data, &lat, &cells, By::Gene, Ctl::none()).unwrap();
+            for s in 0..lat.n {
+                let tc: f64 = (0..data.n_cells).map(|c| by_cell[c * lat.n + s]).sum();
+                let tg: f64 = (0..data.n_genes).map(|g| by_gene[g * lat.n + s]).sum();
+                assert!(
+                    (tc - tg).abs() < 1e-9 * tc.abs(),
+                    "{model:?} draw {s}: {tc} vs {tg}"
+                );
+            }
+            if model == LnModel::Pln {
+                // Gene 1, draw 0, by hand: Σ_c u ℓ − e^ℓ − ln u!.
+                let mut u = vec![0.0; data.n_genes];
+                let mut want = 0.0;
+                for c in 0..data.n_cells {
+                    data.dense_row(c, &mut u);
+                    let l = lat.x(c, 1, 0) - lat.eta(c, 0);
+                    want += u[1] * l - l.exp() - lgamma(u[1] + 1.0);
+                }
+                assert!((by_gene[lat.n] - want).abs() < 1e-9 * want.abs());
+            }
+        }
+    }
+
+    #[test]
+    fn gene_loglik_does_not_depend_on_threads() {
+        let (data, lat) = fixture();
+        let cells: Vec<usize> = (0..data.n_cells).collect();
+        let obs = LnObs {
+            model: LnModel::Pln,
+            r: &[],
+            totals: &[],
+            reference: None,
+        };
+        let run = |t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+                .install(|| gene_loglik(&obs, &data, &lat, &cells, Ctl::none()).unwrap())
+        };
+        assert_eq!(run(1), run(4));
+    }
 }

@@ -14,6 +14,26 @@ use crate::error::{CoreError, Result};
 use crate::models::{Block, BlockKind, Layout};
 use crate::progress::Ctl;
 
+/// What a log-likelihood is summed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    Cell,
+    Gene,
+}
+
+impl By {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "cell" => Ok(By::Cell),
+            "gene" => Ok(By::Gene),
+            other => Err(crate::CoreError::arg(
+                "by",
+                format!("must be \"cell\" or \"gene\", not \"{other}\""),
+            )),
+        }
+    }
+}
+
 /// A named site with `n_draws × len` values, draw index fastest (column-major in R).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Site {

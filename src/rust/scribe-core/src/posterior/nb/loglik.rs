@@ -13,28 +13,9 @@ use crate::error::Result;
 pub use crate::math::pick_index;
 use crate::math::{lgamma, lgamma_diff, ln_sigmoid};
 use crate::models::nb::nb_cell_loglik;
+pub use crate::posterior::By;
 use crate::progress::Ctl;
 use rayon::prelude::*;
-
-/// What a log-likelihood is summed over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum By {
-    Cell,
-    Gene,
-}
-
-impl By {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "cell" => Ok(By::Cell),
-            "gene" => Ok(By::Gene),
-            other => Err(crate::CoreError::arg(
-                "by",
-                format!("must be \"cell\" or \"gene\", not \"{other}\""),
-            )),
-        }
-    }
-}
 
 /// `ln f_k(u_c)` of one cell (draw `s`, component `k`); `zero_sum` is
 /// [`zinb_zero_terms`] for zinb.
