@@ -1,7 +1,9 @@
 # Fixed-seed fits of every engine, pinned to the values they gave when this
 # test was written. A refactor that changes any of these numbers changed a
 # fit; a deliberate change of the numerics updates the pins in the same commit
-# (the SVI pins moved once, with the profile-likelihood start of the NB models).
+# (the SVI pins moved with the profile-likelihood start of the NB models, and in
+# their last digits with the carried count differences of math::lgamma_digamma_pair_sums;
+# the MCMC fits warm-started from SVI moved with them).
 
 pin_sim <- scribe_simulate("nbvcp", n_genes = 30, n_cells = 80, seed = 3)
 pin_x <- pin_sim$counts
@@ -25,12 +27,12 @@ svi_nbvcp <- scribe_fit(pin_x, model = "nbvcp", n_steps = 100, seed = 1, verbose
 test_that("SVI fits keep their numbers", {
   pin(svi_nbvcp, list(
     r = 64.960503607155516, r3 = c(2.3512993335641283, 0.12840971079518787, 0.51821553783083518),
-    p = 0.56373361506184694, p_capture = 35.312905860059445, mu = 83.940502406325422,
+    p = 0.56373361506184694, p_capture = 35.312905851397268, mu = 83.940502406325422,
     loss100 = 3286.7422792265425))
   pin(scribe_fit(pin_x, model = "zinbvcp", parameterization = "mean_odds", unconstrained = TRUE,
                  n_steps = 100, batch_size = 40, seed = 2, verbose = FALSE), list(
-    r = 79.627336294936754, r3 = c(3.346972404224458, 0.15536307757716622, 0.6754054829794941),
-    p = 0.49533965103858046, p_capture = 42.213347695677129, mu = 78.156679149922638,
+    r = 79.627336402444087, r3 = c(3.3469724088554722, 0.15536307600118354, 0.6754054839144954),
+    p = 0.49533965069269981, p_capture = 42.213347690698583, mu = 78.156679149922638,
     loss100 = 3498.1947364715929))
   pin(scribe_fit(pin_x, model = "nbdm", n_components = 2, n_steps = 100, seed = 3, verbose = FALSE), list(
     r = 88.656987000886772, r3 = c(0.27353163494233845, 2.6276973302825954, 0.047426750827307164),
@@ -38,7 +40,7 @@ test_that("SVI fits keep their numbers", {
     loss100 = 3299.195718800579))
   pin(scribe_fit(pin_x, model = "nbvcp", parameterization = "mean_prob", n_steps = 100, seed = 4,
                  priors = list(capture_efficiency = c(log(100), 0.5)), verbose = FALSE), list(
-    r = 60.167919610800041, r3 = c(2.1707814174327296, 0.11917208864037369, 0.47930655905979264),
+    r = 60.167919623028531, r3 = c(2.1707814178739211, 0.11917208866459421, 0.47930655915720666),
     p = 0.63293489414146886, p_capture = 28.475949791405995, mu = 103.7482866711152,
     loss100 = 3264.2417909839783))
 })
@@ -46,12 +48,12 @@ test_that("SVI fits keep their numbers", {
 test_that("MCMC fits keep their numbers", {
   pin(scribe_fit(pin_x[1:8, ], model = "nbdm", inference_method = "mcmc", n_samples = 60, n_warmup = 60,
                  n_chains = 2, seed = 5, verbose = FALSE), list(
-    r = 8.9578392692546753, r3 = c(1.704981144456688, 0.14769063303193017, 0.43480794571434084),
-    p = 0.4392996421776082, mu = 7.0183218732930035))
+    r = 8.9578425774985995, r3 = c(1.704981702315415, 0.14769067636697619, 0.43480812969207339),
+    p = 0.43929953842331321, mu = 7.0183215089535356))
   pin(scribe_fit(pin_x, model = "nbvcp", inference_method = "mcmc", n_samples = 30, n_warmup = 30,
                  svi_init = svi_nbvcp, seed = 6, verbose = FALSE), list(
-    r = 54.522700214291945, r3 = c(1.962526683728741, 0.16671658947418974, 0.45714460037295301),
-    p = 0.52863198982130299, p_capture = 48.756106426489275, mu = 61.146371587212428))
+    r = 53.06718621061345, r3 = c(1.8767634216952744, 0.18407282939902106, 0.46427133663330616),
+    p = 0.53488335437407353, p_capture = 49.008068158932041, mu = 61.027174224925837))
 })
 
 test_that("Laplace fits keep their numbers", {

@@ -17,7 +17,7 @@ use super::{Capture, NbBlocks, NbSpec, Parameterization, Variant};
 use crate::data::{Batch, CountMatrix};
 use crate::dist::Prior;
 use crate::error::{CoreError, Result};
-use crate::math::{digamma_diff, lgamma_diff, ln_sigmoid, sigmoid, softplus};
+use crate::math::{lgamma_diff, lgamma_digamma_pair_sums, ln_sigmoid, sigmoid, softplus};
 use crate::models::{Layout, Model};
 use rayon::prelude::*;
 
@@ -140,18 +140,12 @@ impl<'a> NbModel<'a> {
             .enumerate()
             .with_min_len(256)
             .for_each(|(g, (ll, gr))| {
-                let rg = r[g];
-                let (mut a, mut b) = (0.0, 0.0);
-                for k in d.gene_pair_ptr[g]..d.gene_pair_ptr[g + 1] {
-                    let w = batch.pair_weight[k];
-                    if w != 0.0 {
-                        let x = d.pair_count[k];
-                        a += w * lgamma_diff(x, rg);
-                        b += w * digamma_diff(x, rg);
-                    }
-                }
-                *ll = a;
-                *gr = b;
+                let pairs = d.gene_pair_ptr[g]..d.gene_pair_ptr[g + 1];
+                (*ll, *gr) = lgamma_digamma_pair_sums(
+                    &d.pair_count[pairs.clone()],
+                    &batch.pair_weight[pairs],
+                    r[g],
+                );
             });
     }
 
