@@ -65,7 +65,11 @@
 #' steps the mean loss of the window is compared with that of the previous
 #' window, and the window means of the parameters with theirs. The loss has
 #' settled when it improved by no more than twice its standard error plus
-#' `loss_rtol` (1e-6) of its size; a parameter has settled when it moved by
+#' `loss_rtol` (1e-6) of its size plus `loss_ptol` (0.01) nats per
+#' parameter (with millions of counts, an improvement of a hundredth of a nat
+#' per parameter and window is still far above the noise, but it moves no
+#' parameter visibly; the parameters' own test decides then); a parameter
+#' has settled when it moved by
 #' less than `param_tol` (0.25) of its scale (SVI: its posterior standard
 #' deviation under the guide, at least 0.01 on the unconstrained scale; for
 #' per-gene and per-cell parameters 99% of them; Laplace: 1% of its size,
@@ -75,10 +79,11 @@
 #' movement of a single window counts as settled: an optimiser with a fixed
 #' step size jitters around the optimum, and that jitter, however wide, is
 #' not a reason to go on. The fit has converged when the loss and every
-#' parameter settled in two windows in a row. When the loss has settled but
-#' some parameters keep drifting for `patience` (5) windows, the fit stops
-#' and names them as weakly identified (not before ten windows, so that
-#' drift can be told from jitter). No fit stops before `min_steps` (300).
+#' parameter settled in two windows in a row. When the loss is flat within
+#' its noise but some parameters keep drifting for `patience` (5) windows,
+#' the fit stops and names them as weakly identified (not before ten
+#' windows, so that drift can be told from jitter; a loss that is only below
+#' `loss_ptol` waits for the parameters instead). No fit stops before `min_steps` (300).
 #' `show()` and [plot_loss()] say why and when a fit stopped;
 #' `fit@diagnostics$stop` holds the verdict and each group's latest drift
 #' (in units of its tolerance). Change the settings with
@@ -89,8 +94,11 @@
 #' combination: in `nbvcp` and `zinbvcp` without a capture prior the data
 #' determine each cell's `p_hat`, not `p` and `p_capture` apart. Along that
 #' ridge a fit moves too slowly for any stopping rule to see, and the
-#' mean-field spreads do not show it, so `show()` says so for these models;
-#' read `p_hat`, or give `priors = list(capture_efficiency = ...)`.
+#' mean-field spreads do not show it. So the rule does not wait for `p`
+#' (`phi`) and the capture parameters of these models (their drift is still
+#' in `fit@diagnostics$stop$drift`), and `show()` says that they are
+#' identified only together; read `p_hat`, or give `priors =
+#' list(capture_efficiency = ...)`.
 #'
 #' `early_stopping = TRUE`, `"original"` or a list without `rule` use the
 #' original's rule instead: `list(patience = 500, min_delta = 1, min_delta_pct
@@ -664,7 +672,7 @@ resolve_early_stopping <- function(es) {
   es$rule <- NULL
   whole <- function(v) v == round(v)
   if (rule == "settled") {
-    known <- c("window", "loss_rtol", "param_tol", "patience", "min_steps")
+    known <- c("window", "loss_rtol", "loss_ptol", "param_tol", "patience", "min_steps")
     bad <- setdiff(names(es), known)
     if (length(bad) > 0L) {
       abort_input(c("Unknown {.arg early_stopping} field{?s} of the settled rule: {.val {bad}}.", "i" = "Known fields: {.val {known}}."))
@@ -673,6 +681,7 @@ resolve_early_stopping <- function(es) {
     check_number(es$patience, "early_stopping$patience", "a whole number >= 1", function(v) v >= 1 && whole(v), TRUE)
     check_number(es$min_steps, "early_stopping$min_steps", "a whole number >= 0", function(v) v >= 0 && whole(v), TRUE)
     check_number(es$loss_rtol, "early_stopping$loss_rtol", "a number >= 0", function(v) v >= 0, TRUE)
+    check_number(es$loss_ptol, "early_stopping$loss_ptol", "a number >= 0", function(v) v >= 0, TRUE)
     check_number(es$param_tol, "early_stopping$param_tol", "a number > 0", function(v) v > 0, TRUE)
     return(list(settle = lapply(es, as.numeric)))
   }

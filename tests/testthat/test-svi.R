@@ -89,13 +89,18 @@ test_that("by default a fit stops when the loss and the parameters have settled"
 })
 
 test_that("a drift along a flat loss is reported as weak identification", {
-  # nbvcp: only p_hat = p nu / (1 - p (1 - nu)) is identified; p and capture trade off.
+  # nbvcp: only p_hat = p nu / (1 - p (1 - nu)) is identified; p and capture
+  # trade off along a ridge. The rule does not wait for them (their drift is
+  # reported); in mean_prob, mu moves along the ridge with p, and a tight
+  # param_tol names it.
   sim <- sim_data("nbvcp", n_genes = 80, n_cells = 400, seed = 4)
-  fit <- scribe_fit(sim$counts, model = "nbvcp", n_steps = 20000, seed = 1, verbose = FALSE,
-                    early_stopping = list(rule = "settled", param_tol = 0.01))
+  fit <- scribe_fit(sim$counts, model = "nbvcp", parameterization = "mean_prob", n_steps = 20000, seed = 1,
+                    verbose = FALSE, early_stopping = list(rule = "settled", param_tol = 0.01))
   st <- fit@diagnostics$stop
   expect_identical(st$reason, "weakly_identified")
-  expect_true(any(c("p", "p_capture") %in% st$drifting))
+  expect_identical(st$drifting, "mu")
+  expect_named(st$drift, c("mu", "p", "p_capture"))
+  expect_gt(st$drift[["p_capture"]], 1)
   expect_output(show(fit), "weakly identified")
   # The ridge is the model's, whatever the verdict: show() names it for
   # capture models without a capture prior, and only for them.

@@ -94,6 +94,19 @@ impl Link {
         }
     }
 
+    /// `(θ, dθ/dx)`, the same values as [`Link::forward`] and
+    /// [`Link::deriv`], with the exponential shared where they have one.
+    #[inline]
+    pub fn forward_deriv(self, x: f64) -> (f64, f64) {
+        match self {
+            Link::Exp => {
+                let t = x.exp();
+                (t, t)
+            }
+            _ => (self.forward(x), self.deriv(x)),
+        }
+    }
+
     /// dθ/dx
     #[inline]
     pub fn deriv(self, x: f64) -> f64 {

@@ -117,6 +117,7 @@ fn settle_groups(lay: Layout, n_theta: usize) -> Vec<Group> {
                 name: name.to_string(),
                 range: at..at + len,
                 robust: false,
+                ridge: false,
             });
         }
         at += len;

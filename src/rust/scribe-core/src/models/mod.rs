@@ -183,6 +183,15 @@ pub trait Model: Sync {
     /// A data-driven starting point.
     fn initial_point(&self) -> Vec<f64>;
 
+    /// Blocks that the model's structure identifies only jointly with other
+    /// blocks (the likelihood is flat along a ridge through them, and only
+    /// the prior pulls): a fit moves along the ridge too slowly for a
+    /// stopping rule to wait for, so the settled rule does not wait for
+    /// these blocks (it still reports their drift).
+    fn ridge_blocks(&self) -> Vec<usize> {
+        Vec::new()
+    }
+
     /// Coordinates within one block are conditionally independent given the
     /// other blocks, so one finite-difference sweep per block gives the exact
     /// diagonal of the Hessian (used to initialise posterior scales).

@@ -124,6 +124,10 @@ impl OptimizerConfig {
 }
 
 /// Optimizer state for a flat parameter vector.
+/// Parameter vectors at least this long are updated by several threads.
+const PARALLEL_UPDATE_LEN: usize = 16_384;
+const UPDATE_CHUNK: usize = 4096;
+
 #[derive(Debug, Clone)]
 pub struct Optimizer {
     cfg: OptimizerConfig,
@@ -156,16 +160,29 @@ impl Optimizer {
             } => {
                 let c1 = 1.0 - b1.powi(i + 1);
                 let c2 = 1.0 - b2.powi(i + 1);
-                for k in 0..x.len() {
-                    let gk = match clip {
-                        Some(c) => g[k].clamp(-c, c),
-                        None => g[k],
-                    };
-                    self.m[k] = (1.0 - b1) * gk + b1 * self.m[k];
-                    self.v[k] = (1.0 - b2) * gk * gk + b2 * self.v[k];
-                    let mhat = self.m[k] / c1;
-                    let vhat = self.v[k] / c2;
-                    x[k] -= step_size * mhat / (vhat.sqrt() + eps);
+                let update = |x: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64]| {
+                    for (((xk, &gk), mk), vk) in x.iter_mut().zip(g).zip(m).zip(v) {
+                        let gk = match clip {
+                            Some(c) => gk.clamp(-c, c),
+                            None => gk,
+                        };
+                        *mk = (1.0 - b1) * gk + b1 * *mk;
+                        *vk = (1.0 - b2) * gk * gk + b2 * *vk;
+                        let mhat = *mk / c1;
+                        let vhat = *vk / c2;
+                        *xk -= step_size * mhat / (vhat.sqrt() + eps);
+                    }
+                };
+                // Element-wise, so splitting across threads gives the same bits.
+                if x.len() >= PARALLEL_UPDATE_LEN {
+                    use rayon::prelude::*;
+                    x.par_chunks_mut(UPDATE_CHUNK)
+                        .zip(g.par_chunks(UPDATE_CHUNK))
+                        .zip(self.m.par_chunks_mut(UPDATE_CHUNK))
+                        .zip(self.v.par_chunks_mut(UPDATE_CHUNK))
+                        .for_each(|(((x, g), m), v)| update(x, g, m, v));
+                } else {
+                    update(x, g, &mut self.m, &mut self.v);
                 }
             }
             OptimizerConfig::Adagrad {

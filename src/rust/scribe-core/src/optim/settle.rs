@@ -9,7 +9,11 @@
 //! Losses and parameters are compared as means over consecutive windows of
 //! `window` steps, so mini-batch noise and optimizer oscillation average
 //! out: the loss has settled when the improvement of its window mean is
-//! within twice its standard error plus `loss_rtol`·|loss|; a group of
+//! within twice its standard error plus `loss_rtol`·|loss| plus `loss_ptol`
+//! nats per tracked parameter (with millions of counts, an improvement of a
+//! hundredth of a nat per parameter per window is still far above the noise,
+//! yet it moves no parameter by a visible fraction of its spread; the
+//! parameters' own test then decides); a group of
 //! parameters has settled when its window mean moved by less than
 //! `param_tol` of its scale (every coordinate of a shared or per-gene group;
 //! 99 % of a per-cell group, whose coordinates move only when their cell is
@@ -43,6 +47,9 @@ pub const JITTER_Z: f64 = 4.0;
 pub struct Settle {
     pub window: usize,
     pub loss_rtol: f64,
+    /// Improvement per window, in nats per tracked parameter, below which the
+    /// loss counts as settled however clearly it is still falling.
+    pub loss_ptol: f64,
     pub param_tol: f64,
     pub patience: usize,
     /// No stop before this many steps.
@@ -54,6 +61,7 @@ impl Default for Settle {
         Settle {
             window: 100,
             loss_rtol: 1e-6,
+            loss_ptol: 0.01,
             param_tol: 0.25,
             patience: 5,
             min_steps: 300,
@@ -67,8 +75,8 @@ impl Settle {
         if self.window < 2 {
             return bad("window must be at least 2 steps");
         }
-        if !(self.loss_rtol >= 0.0) || !(self.param_tol > 0.0) {
-            return bad("loss_rtol must be >= 0 and param_tol > 0");
+        if !(self.loss_rtol >= 0.0) || !(self.loss_ptol >= 0.0) || !(self.param_tol > 0.0) {
+            return bad("loss_rtol and loss_ptol must be >= 0 and param_tol > 0");
         }
         if self.patience == 0 {
             return bad("patience must be at least 1 window");
@@ -84,6 +92,9 @@ pub struct Group {
     pub range: Range<usize>,
     /// Judge by the 99th percentile of its drifts instead of the maximum.
     pub robust: bool,
+    /// Identified only jointly with other groups by the model's structure:
+    /// its drift is reported but not waited for.
+    pub ridge: bool,
 }
 
 /// Why a fit stopped early.
@@ -255,15 +266,20 @@ impl SettleTracker {
         if t + 1 < self.cfg.min_steps {
             return Verdict::Continue;
         }
-        let loss_settled = improvement <= noise + self.cfg.loss_rtol * loss.abs();
+        // Flat within its noise; or, more loosely, improving by less than
+        // `loss_ptol` per parameter, enough to stop once the parameters
+        // have settled, but not to call those still moving weakly identified.
+        let flat = improvement <= noise + self.cfg.loss_rtol * loss.abs();
+        let loss_settled = flat || improvement <= self.cfg.loss_ptol * cur.len() as f64;
         if !loss_settled {
             self.flat_windows = 0;
             self.settled_windows = 0;
             return Verdict::Continue;
         }
+        let waited_for = |(g, d): (&Group, &f64)| !g.ridge && *d > 1.0;
         // Settled twice in a row, so that one window in which a drifting
         // parameter happened to stand still does not end the fit.
-        if self.drift.iter().all(|d| *d <= 1.0) {
+        if !self.groups.iter().zip(&self.drift).any(waited_for) {
             self.settled_windows += 1;
             return if self.settled_windows >= 2 {
                 Verdict::Converged
@@ -272,6 +288,10 @@ impl SettleTracker {
             };
         }
         self.settled_windows = 0;
+        if !flat {
+            self.flat_windows = 0;
+            return Verdict::Continue;
+        }
         self.flat_windows += 1;
         // A drift is named only once jitter can be told from it.
         if self.flat_windows < self.cfg.patience || self.history.len() < JITTER_WINDOWS {
@@ -284,7 +304,7 @@ impl SettleTracker {
             .groups
             .iter()
             .zip(&self.drifting_for)
-            .filter(|(_, n)| **n >= self.cfg.patience)
+            .filter(|(g, n)| !g.ridge && **n >= self.cfg.patience)
             .map(|(g, _)| g.name.clone())
             .collect();
         if drifting.is_empty() {
@@ -305,11 +325,13 @@ mod tests {
                 name: "a".into(),
                 range: 0..1,
                 robust: false,
+                ridge: false,
             },
             Group {
                 name: "b".into(),
                 range: 1..2,
                 robust: false,
+                ridge: false,
             },
         ]
     }
@@ -352,6 +374,38 @@ mod tests {
         // Named once jitter can be told from drift: 10 windows before the
         // current one (step 1099).
         assert_eq!(at, 1099);
+    }
+
+    #[test]
+    fn ridge_groups_are_not_waited_for_and_a_slow_loss_does_not_name_drifts() {
+        // b walks along a flat loss; as a ridge group it does not hold the fit.
+        let mut g = groups();
+        g[1].ridge = true;
+        let mut tr = SettleTracker::new(Settle::default(), g, 2);
+        let mut verdict = Verdict::Continue;
+        for t in 0..20_000 {
+            verdict = tr.push(t, 1000.0, &[2.0, 0.005 * t as f64], &|| vec![1.0, 1.0]);
+            if verdict != Verdict::Continue {
+                break;
+            }
+        }
+        assert_eq!(verdict, Verdict::Converged);
+        // A loss falling clearly above its noise but by less than loss_ptol
+        // per parameter: settled parameters stop the fit, a drifting one is
+        // not called weakly identified (the loss is not flat), so it runs on.
+        let cfg = Settle {
+            loss_ptol: 1.0,
+            ..Settle::default()
+        };
+        let falling = |t: usize| 1e4 - 0.01 * t as f64;
+        assert_eq!(
+            run(cfg.clone(), 20_000, |t| (falling(t), [2.0, 1.0])).map(|(_, v)| v),
+            Some(Verdict::Converged)
+        );
+        assert_eq!(
+            run(cfg, 20_000, |t| (falling(t), [2.0, 0.005 * t as f64])),
+            None
+        );
     }
 
     #[test]

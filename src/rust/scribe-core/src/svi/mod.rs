@@ -72,17 +72,22 @@ pub struct SviFit {
 /// per-cell blocks are judged by 99 % of their coordinates (the dispersion of
 /// a gene seen in a handful of cells stays weakly identified long after the
 /// rest has settled).
-pub fn settle_groups(layout: &crate::models::Layout) -> Vec<Group> {
-    layout
+/// The model's ridge blocks ([`Model::ridge_blocks`]) are not waited for.
+pub fn settle_groups<M: Model>(model: &M) -> Vec<Group> {
+    let ridge = model.ridge_blocks();
+    model
+        .layout()
         .blocks
         .iter()
-        .map(|b| Group {
+        .enumerate()
+        .map(|(i, b)| Group {
             name: b.name.clone(),
             range: b.range(),
             robust: matches!(
                 b.kind,
                 crate::models::BlockKind::Cell | crate::models::BlockKind::Gene
             ),
+            ridge: ridge.contains(&i),
         })
         .collect()
 }
@@ -195,7 +200,7 @@ pub fn run<M: Model, G: Guide>(
     let mut settle = cfg
         .settle
         .clone()
-        .map(|s| SettleTracker::new(s, settle_groups(model.layout()), dim));
+        .map(|s| SettleTracker::new(s, settle_groups(model), dim));
     let mut loc = vec![0.0; if settle.is_some() { dim } else { 0 }];
     let mut stop = StopReason::MaxSteps;
     let mut best_params: Option<Vec<f64>> = None;

@@ -137,6 +137,7 @@ pub fn settle(robj: Option<&Robj>) -> GResult<Option<Settle>> {
     Ok(Some(Settle {
         window: a.count_or("window", d.window)?,
         loss_rtol: a.real_or("loss_rtol", d.loss_rtol)?,
+        loss_ptol: a.real_or("loss_ptol", d.loss_ptol)?,
         param_tol: a.real_or("param_tol", d.param_tol)?,
         patience: a.count_or("patience", d.patience)?,
         min_steps: a.count_or("min_steps", d.min_steps)?,
@@ -322,6 +323,7 @@ pub fn defaults() -> Robj {
             list!(
                 window = s.window as f64,
                 loss_rtol = s.loss_rtol,
+                loss_ptol = s.loss_ptol,
                 param_tol = s.param_tol,
                 patience = s.patience as f64,
                 min_steps = s.min_steps as f64

@@ -303,9 +303,9 @@ impl<'a> NbModel<'a> {
         let link = gb.link;
         for g in 0..gb.len {
             let xg = x[gb.offset + g];
-            let t = link.forward(xg);
+            let (t, dt) = link.forward_deriv(xg);
             ws.theta[g] = t;
-            ws.dtheta[g] = link.deriv(xg);
+            ws.dtheta[g] = dt;
             ws.r[g] = t * mult;
         }
         let cap_off = self.b_cap.map(|b| lay.blocks[b].offset);
@@ -453,6 +453,16 @@ impl Model for NbModel<'_> {
             };
         }
         self.block_prior[b]
+    }
+
+    /// Capture models without a capture prior: the data determine each
+    /// cell's `p̂ = p ν_c / (1 − p (1 − ν_c))`, not `p` (or `φ`) and `ν_c`
+    /// apart.
+    fn ridge_blocks(&self) -> Vec<usize> {
+        match (self.b_cap, self.capture) {
+            (Some(b_cap), Capture::Nu | Capture::Phi(_)) => vec![self.b_scalar, b_cap],
+            _ => Vec::new(),
+        }
     }
 
     fn joint_prior_grad(&self, x: &[f64], grad: &mut [f64]) -> f64 {

@@ -145,6 +145,8 @@ fn loss_and_grad<M: Model, R: Rng>(
     let (g_loc, g_ls) = grad.split_at_mut(n);
     let (x, eps, gx, sc) = (&buf.x, &buf.eps, &buf.gx, &buf.s);
     let blocks = &model.layout().blocks;
+    // Prior scales repeat across a block: keep the last logarithm.
+    let (mut last_s0, mut last_ln_s0) = (f64::NAN, f64::NAN);
     for_each_active(model, batch, |b, j, k, w| {
         let link = blocks[b].link;
         let prior = model.prior(b, j);
@@ -152,8 +154,11 @@ fn loss_and_grad<M: Model, R: Rng>(
         match prior.normal_in_x(link) {
             Some((m0, s0)) => {
                 let d = loc[k] - m0;
+                if s0 != last_s0 {
+                    (last_s0, last_ln_s0) = (s0, s0.ln());
+                }
                 // ln(s0/s) = ln s0 − log_scale: one logarithm fewer per coordinate.
-                let kl = s0.ln() - log_scale[k] + (s * s + d * d) / (2.0 * s0 * s0) - 0.5;
+                let kl = last_ln_s0 - log_scale[k] + (s * s + d * d) / (2.0 * s0 * s0) - 0.5;
                 elbo -= w * kl;
                 g_loc[k] = -(gx[k] - w * d / (s0 * s0));
                 g_ls[k] = -(gx[k] * s * eps[k] - w * (s * s / (s0 * s0) - 1.0));
