@@ -196,7 +196,6 @@ fuzz_run <- function(case, base) {
     fit <- do.call(scribe_fit, args)
     a <- case$analysis
     other <- if (isTRUE(a$other_data)) x + 1L else x
-    fit_or_sub <- fit
     res <- switch(a$what %||% "show",
       samples = if (is(fit, "ScribeLaplaceResults")) {
         get_posterior_samples(fit, n_samples = a$n_samples %||% 3, seed = a$seed, x = other)
@@ -211,7 +210,7 @@ fuzz_run <- function(case, base) {
       loglik = log_likelihood(fit, other, by = a$by %||% "cell", n_samples = a$n_samples, seed = a$seed),
       map = get_map(fit),
       show = utils::capture.output(show(fit)),
-      subset = fit_or_sub[a$genes %||% 1, ],
+      subset = fit[a$genes %||% 1, ],
       probs = cell_type_probabilities(fit, other, n_samples = a$n_samples, seed = a$seed),
       latent = get_latent_samples(fit, other, n_samples = a$n_samples %||% 3, cells = a$cells, seed = a$seed)
     )

@@ -90,6 +90,10 @@ impl Latents {
         let s = if self.n == 1 { 0 } else { s };
         self.x[(ci * self.g + gi) * self.n + s]
     }
+    /// All latent values of row `ci` in draw `s`.
+    fn row(&self, ci: usize, s: usize) -> Vec<f64> {
+        (0..self.g).map(|gi| self.x(ci, gi, s)).collect()
+    }
     #[inline]
     fn eta(&self, ci: usize, s: usize) -> f64 {
         if self.eta.is_empty() {
@@ -120,7 +124,6 @@ pub fn predictive(
     ctl: Ctl<'_>,
 ) -> Result<Vec<f64>> {
     let ng = genes.len();
-    let g = lat.g;
     crate::limits::check_values("n_samples", (cells.len() * ng) as f64 * n as f64)?;
     let work = ctl.work(cells.len());
     let out: Vec<Vec<f64>> = cells
@@ -135,7 +138,7 @@ pub fn predictive(
             let mut v = vec![0.0; ng * n];
             if obs.model == LnModel::Lnm {
                 for s in 0..n {
-                    let y: Vec<f64> = (0..g).map(|gi| lat.x(ci, gi, s)).collect();
+                    let y = lat.row(ci, s);
                     let counts = obs.lnm_draw(&y, lat.eta(ci, s), &mut rng);
                     for (j, &gi) in genes.iter().enumerate() {
                         v[j * n + s] = counts[gi];
@@ -197,7 +200,7 @@ pub fn gene_loglik(
     cells: &[usize],
     ctl: Ctl<'_>,
 ) -> Result<Vec<f64>> {
-    let (g_lat, nn, g) = (lat.g, lat.n, data.n_genes);
+    let (nn, g) = (lat.n, data.n_genes);
     crate::limits::check_values("n_samples", g as f64 * nn as f64 * 2.0)?;
     let work = ctl.work(cells.len());
     let partial: Vec<Vec<f64>> = cells
@@ -215,7 +218,7 @@ pub fn gene_loglik(
                 data.dense_row(c, &mut u);
                 for s in 0..nn {
                     if obs.model == LnModel::Lnm {
-                        let y: Vec<f64> = (0..g_lat).map(|gi| lat.x(ci, gi, s)).collect();
+                        let y = lat.row(ci, s);
                         let rho = obs.composition(&y);
                         for (gi, (&uu, &p)) in u.iter().zip(&rho).enumerate() {
                             if uu > 0.0 {
@@ -272,7 +275,7 @@ pub fn cell_loglik(
                 let (mu_t, r_t) = (obs.totals[0], obs.totals[1]);
                 return (0..nn)
                     .map(|s| {
-                        let y: Vec<f64> = (0..g).map(|gi| lat.x(ci, gi, s)).collect();
+                        let y = lat.row(ci, s);
                         let rho = obs.composition(&y);
                         let comp: f64 = u
                             .iter()
