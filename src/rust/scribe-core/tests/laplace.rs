@@ -2,8 +2,8 @@
 //! of μ, of the span of W, of the rank under shrinkage, of capture and of
 //! dispersions; reproducibility; the cascade's frozen values.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
 use rand_distr::{Gamma, Poisson, StandardNormal};
 use scribe_core::data::CountMatrix;
 use scribe_core::laplace::w_prior::LoadingsPrior;

@@ -290,9 +290,9 @@ fn low_rank_mass_matrix_samples_a_correlated_gaussian() {
 /// the nominal rate when the truth is drawn from the prior.
 #[test]
 fn nbvcp_interval_coverage() {
-    use rand::{Rng, SeedableRng};
+    use rand::{RngExt, SeedableRng};
     let (g, c) = (100, 100);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(77);
+    let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(77);
     let truth = NbTruth {
         r: (0..g)
             .map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal).exp())
@@ -359,12 +359,12 @@ fn nbvcp_interval_coverage() {
 /// the rank of the true p among (thinned) posterior draws is uniform.
 #[test]
 fn nbdm_sbc_rank_of_p_is_uniform() {
-    use rand::{Rng, SeedableRng};
+    use rand::{RngExt, SeedableRng};
     let n_sets = 60;
     let n_bins = 5;
     let mut counts = vec![0usize; n_bins];
     for set in 0..n_sets {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1000 + set as u64);
+        let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(1000 + set as u64);
         let (g, c) = (5, 30);
         let p: f64 = rng.random_range(0.0..1.0);
         let p = p.clamp(0.02, 0.98);

@@ -9,7 +9,7 @@
 
 use crate::error::{CoreError, Result};
 use crate::math::lgamma;
-use rand::Rng;
+use rand::{Rng, RngExt};
 
 /// Immutable count matrix with per-cell rows and per-gene count histograms.
 #[derive(Debug, Clone)]
@@ -363,7 +363,7 @@ mod tests {
     #[test]
     fn sampler_draws_distinct_cells() {
         let mut s = BatchSampler::new(50, 20);
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(1);
         for _ in 0..10 {
             let mut d = s.draw(&mut rng).to_vec();
             d.sort();

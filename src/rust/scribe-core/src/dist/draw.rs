@@ -4,7 +4,7 @@
 //! below 1e-6), and counts are capped at the largest `u32`. With ordinary
 //! parameters they consume the random stream exactly as `rand_distr` does.
 
-use rand::Rng;
+use rand::{Rng, RngExt};
 use rand_distr::{Distribution, Gamma, Poisson, StandardNormal};
 
 /// Rates above this are drawn as `N(λ, λ)` (rand_distr's Poisson stops near 1.8e19).
@@ -57,8 +57,8 @@ pub fn nb_count<R: Rng + ?Sized>(rng: &mut R, r: f64, odds: f64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::rngs::ChaCha8Rng;
     use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
 
     #[test]
     fn degenerate_and_huge_parameters_give_their_limits() {

@@ -4,8 +4,8 @@
 //! multiplies by the sparse counts, so the count matrix is never densified.
 
 use crate::data::CountMatrix;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
 
 pub struct PlnStart {

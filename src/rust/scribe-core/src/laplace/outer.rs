@@ -13,8 +13,8 @@ use crate::optim::settle::{Group, SettleTracker, Verdict};
 use crate::optim::Optimizer;
 use crate::optim::StopReason;
 use crate::progress::{Cancel, Progress};
+use rand::rngs::ChaCha8Rng;
 use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 /// A snapshot of the fit: `(θ, latents, η)`.
 type State = (Vec<f64>, Vec<f64>, Vec<f64>);

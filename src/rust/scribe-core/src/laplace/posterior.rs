@@ -18,8 +18,8 @@ use crate::models::lognormal::obs::{NegBin, Obs, Poisson};
 use crate::posterior::lognormal::{self, cell_rng, Latents, LnObs};
 use crate::posterior::By;
 use crate::progress::Ctl;
-use rand::Rng;
-use rand_chacha::ChaCha8Rng;
+use rand::rngs::ChaCha8Rng;
+use rand::RngExt;
 use rand_distr::StandardNormal;
 use rayon::prelude::*;
 

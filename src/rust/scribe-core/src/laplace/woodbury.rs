@@ -205,7 +205,7 @@ impl NewtonFactor {
 impl NewtonFactor {
     /// One draw of `N(0, A⁻¹)` into `out`, by the exact square root
     /// `m^{−1/2} ⊙ ε₁ + (1/m) ⊙ V L_S^{−T} ε₂` (`V = D⁻¹W`; `e2` is scratch of length k).
-    pub fn sample<R: rand::Rng>(
+    pub fn sample<R: rand::RngExt>(
         &self,
         sig: &SigmaFactor,
         w: &[f64],

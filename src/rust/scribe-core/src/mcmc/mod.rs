@@ -18,8 +18,8 @@ use crate::data::Batch;
 use crate::error::{CoreError, Result};
 use crate::models::{log_joint_grad, Model};
 use crate::progress::{Cancel, ChainProgress, ChainStatus};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 
 /// Mass-matrix adaptation.

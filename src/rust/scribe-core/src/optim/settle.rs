@@ -415,7 +415,7 @@ mod tests {
         // there is nothing to wait for.
         use rand::SeedableRng;
         use rand_distr::{Distribution, StandardNormal};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(3);
         let jitter: Vec<f64> = (0..30_000)
             .map(|_| {
                 let z: f64 = StandardNormal.sample(&mut rng);
@@ -433,8 +433,8 @@ mod tests {
 
     #[test]
     fn noise_alone_does_not_keep_a_fit_running_and_a_trend_does() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(1);
         let noise: Vec<f64> = (0..30_000).map(|_| rng.random_range(-50.0..50.0)).collect();
         let flat = |t: usize| (1000.0 + noise[t], [1.0 + noise[t] * 1e-4, 0.0]);
         let (_, v) = run(Settle::default(), 30_000, flat).unwrap();

@@ -15,8 +15,8 @@ use crate::models::lognormal::obs::{NegBin, Obs, Poisson};
 use crate::models::lognormal::LnModel;
 use crate::posterior::By;
 use crate::progress::Ctl;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 
 /// The observation side of a fitted log-normal model.

@@ -14,8 +14,8 @@ use crate::optim::StopReason;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::progress::{Cancel, Progress};
 use guide::Guide;
+use rand::rngs::ChaCha8Rng;
 use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 /// Settings of one SVI run.
 #[derive(Debug, Clone, PartialEq)]

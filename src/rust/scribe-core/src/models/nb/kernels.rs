@@ -583,8 +583,8 @@ mod tests {
     }
 
     fn jitter(x: &mut [f64], seed: u64) {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(seed);
         for v in x.iter_mut() {
             *v += rng.random_range(-0.3..0.3);
         }

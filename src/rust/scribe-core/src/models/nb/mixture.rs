@@ -536,7 +536,7 @@ mod tests {
     use crate::models::nb::NbSpec;
     use crate::models::{log_joint_grad, Model};
     use crate::testutil::check_gradient;
-    use rand::{Rng, SeedableRng};
+    use rand::{RngExt, SeedableRng};
 
     fn specs() -> Vec<NbSpec> {
         let mut out = Vec::new();
@@ -570,7 +570,7 @@ mod tests {
 
     fn jittered(model: &NbModel, seed: u64) -> Vec<f64> {
         let mut x = model.initial_point();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(seed);
         x.iter_mut().for_each(|v| *v += rng.random_range(-0.4..0.4));
         x
     }

@@ -6,8 +6,8 @@
 use super::Variant;
 use crate::data::CountMatrix;
 use crate::dist::draw::nb_count;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
 use rand_distr::Distribution;
 
 /// True parameters of an NB-family data set (canonical form).

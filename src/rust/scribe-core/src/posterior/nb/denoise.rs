@@ -14,8 +14,8 @@ use crate::data::CountMatrix;
 use crate::dist::draw::nb_count;
 use crate::error::Result;
 use crate::progress::Ctl;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 
 /// A denoising estimator.

@@ -6,8 +6,8 @@
 use super::draws::NbDraws;
 use crate::error::Result;
 use crate::progress::Ctl;
+use rand::rngs::ChaCha8Rng;
 use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Gamma};
 use rayon::prelude::*;
 
@@ -65,7 +65,7 @@ pub fn cell_fractions(
     ctl: Ctl<'_>,
 ) -> Result<Vec<f64>> {
     use super::loglik::{cell_responsibilities, pick_index, zinb_zero_terms, ZeroTerms};
-    use rand::Rng;
+    use rand::RngExt;
     let (s_n, c_n, j_n, k_n, g_n) = (d.n_draws, data.n_cells, genes.len(), d.n_comp, d.n_genes);
     crate::limits::check_values("n_samples", (j_n * c_n) as f64 * s_n as f64)?;
     let mut out = vec![0.0; j_n * c_n * s_n];

@@ -11,8 +11,8 @@ use super::loglik::pick_index;
 use crate::dist::draw::nb_count;
 use crate::error::Result;
 use crate::progress::Ctl;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 
 /// Counts for cells `cells` and genes `genes`: layout `s + S·(c + C·j)`

@@ -25,8 +25,8 @@ use crate::error::{CoreError, Result};
 use crate::models::{BlockKind, Layout, Model};
 use crate::posterior::{put_draw, site_for, softmax_into, Site, Source, Summary};
 use crate::progress::Ctl;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::rngs::ChaCha8Rng;
+use rand::{Rng, RngExt, SeedableRng};
 use rand_distr::StandardNormal;
 
 const HALF_LN_2PI_E: f64 = 1.418_938_533_204_672_7;
@@ -358,8 +358,8 @@ mod tests {
     use crate::models::nb::simulate::{simulate_nb, NbTruth};
     use crate::models::nb::{NbModel, NbSpec, Parameterization, Variant};
     use crate::testutil::check_gradient;
+    use rand::rngs::ChaCha8Rng;
     use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
 
     #[test]
     fn reparameterized_gradient_matches_finite_differences() {

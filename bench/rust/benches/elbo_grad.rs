@@ -1,10 +1,10 @@
 //! One ELBO-gradient evaluation (the cost of an SVI step) on simulated data
 //! shaped like pbmc3k after filtering genes seen in ≥ 3 cells: 2700 cells ×
-//! 13 700 genes, ~2.3 M nonzeros. `cargo bench -p scribe-core`.
+//! 13 700 genes, ~2.3 M nonzeros. `cargo bench --manifest-path bench/rust/Cargo.toml`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use rand::rngs::ChaCha8Rng;
 use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use scribe_core::data::Batch;
 use scribe_core::dist::Link;
 use scribe_core::models::nb::simulate::{simulate_nb, NbTruth};
