@@ -131,9 +131,13 @@
 #' @section Laplace:
 #' `model = "pln", inference_method = "laplace"` fits the Poisson log-normal
 #' model `x_c ~ N(mu, W W^T + diag(d))`, `u_cg ~ Poisson(exp(x_cg))`. Each
-#' cell's MAP `x_c` comes from damped Newton steps (warm-started across outer
-#' steps); every solve uses nested Woodbury identities, so no genes x genes
-#' matrix is formed and a Newton step costs O(G k^2 + k^3) per cell. The
+#' cell's MAP `x_c` comes from damped Newton steps, warm-started across outer
+#' steps: at most `n_newton_steps` per cell and step, and none once the cell's
+#' gradient sup-norm is at most `newton_tolerance` (the original always runs
+#' all of them and uses the tolerance only for diagnostics; a warm-started
+#' cell usually needs one or two, and `show()` reports the mean). Every solve
+#' uses nested Woodbury identities, so no genes x genes matrix is formed and a
+#' Newton step costs O(G k^2 + k^3) per cell. The
 #' global `mu`, `W` and `d` follow the optimiser (`optimizer_config`, default
 #' Adam 1e-3) on the Laplace approximation of the marginal likelihood, with
 #' the MAPs held fixed; mini-batches with `batch_size`. The start is a PCA of

@@ -221,6 +221,7 @@ fit_laplace <- function(counts, dropped, model, a, shared) {
     diagnostics = list(w_prior = res$w_prior, w_prior_aux = res$w_prior_aux,
                        grad_norms = stats::setNames(res$grad_norms, cells),
                        rescued = stats::setNames(res$rescued, cells), masked_cells = res$masked_cells,
+                       newton = res$newton,
                        early_stopped = res$early_stopped, stop = res$stop, restored_step = res$restored_step,
                        aborted = res$aborted, elapsed = elapsed, num_threads = shared$num_threads)
   )
@@ -265,7 +266,9 @@ check_newton_convergence <- function(fit) {
 #' @slot config List of the engine settings.
 #' @slot diagnostics List: per-cell `grad_norms` (gradient sup-norm after the
 #'   final sweep and rescue), `rescued`, `masked_cells` (cell-steps left out
-#'   for a non-finite ELBO), `aborted` (why the divergence detector stopped
+#'   for a non-finite ELBO), `newton` (Newton steps taken: `outer_steps` over
+#'   `outer_cell_visits` cell visits of the outer loop, `final_steps`,
+#'   `rescue_steps`), `aborted` (why the divergence detector stopped
 #'   the loop, or `NULL`), `early_stopped`, `restored_step`, `elapsed`,
 #'   `num_threads`.
 #' @name ScribeLaplaceResults-class
@@ -297,10 +300,12 @@ setMethod("show", "ScribeLaplaceResults", function(object) {
   cat(sprintf("  data:   %d genes x %d cells%s\n", length(object@gene_names), length(object@cell_names),
               if (length(object@dropped_cells)) sprintf(" (%d empty cells dropped)", length(object@dropped_cells)) else ""))
   bs <- object@config$batch_size
-  cat(sprintf("  steps:  %d%s, %s, %d Newton steps per cell and step, %.1f s\n", length(losses),
+  nw <- d$newton
+  per_visit <- if (!is.null(nw) && nw$outer_cell_visits > 0) nw$outer_steps / nw$outer_cell_visits else NA_real_
+  cat(sprintf("  steps:  %d%s, %s, %s Newton steps per cell and step (at most %d), %.1f s\n", length(losses),
               if (is.null(d$aborted) && !identical(d$stop$reason, "early_stopping")) stop_summary(object) else "",
               if (is.null(bs)) "full batch" else sprintf("batch size %d", as.integer(bs)),
-              as.integer(object@config$n_newton_steps), d$elapsed))
+              sprintf("%.1f", per_visit), as.integer(object@config$n_newton_steps), d$elapsed))
   cat(sprintf("  loss:   %s (mean of the last %d steps)%s%s\n", format(mean(tail_l), digits = 7), length(tail_l),
               if (!is.null(d$aborted)) "; stopped by the divergence detector" else if (identical(d$stop$reason, "early_stopping")) "; stopped early" else "",
               if (!is.null(d$restored_step)) sprintf("; state of step %d restored", as.integer(d$restored_step)) else ""))

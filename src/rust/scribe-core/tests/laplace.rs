@@ -444,3 +444,46 @@ fn early_stopping_stops_and_restores_the_smoothed_best() {
     );
     assert_eq!(f.restored_step, Some(21));
 }
+
+/// Ctrl-C inside an outer step: the sweep polls per chunk of cells, so a
+/// request that arrives after the step began stops the fit in that step
+/// (before, the flag was read once per outer step), for the outer steps, the
+/// final sweep and the rescue pass alike.
+#[test]
+fn cancel_is_polled_inside_a_sweep() {
+    use scribe_core::progress::Cancel;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    /// Cancelled from the `after`-th poll on.
+    struct After {
+        polls: AtomicUsize,
+        after: usize,
+    }
+    impl Cancel for After {
+        fn cancelled(&self) -> bool {
+            self.polls.fetch_add(1, Ordering::SeqCst) >= self.after
+        }
+    }
+    let sim = simulate(30, 2, 0.3, (0.0, 1.5), &vec![0.0; 200], None, 5);
+    let cfg = LaplaceConfig {
+        latent_dim: 2,
+        n_steps: 3,
+        settle: None,
+        ..LaplaceConfig::default()
+    };
+    // 200 cells are 7 chunks of 32: poll 1 is the outer loop's at step 1,
+    // polls 2..8 the chunks of its sweep.
+    for after in [1, 4, 3 * 8 + 1 + 3] {
+        let cancel = After {
+            polls: AtomicUsize::new(0),
+            after,
+        };
+        let err = run(&sim.data, &cfg, &NoProgress, &cancel).unwrap_err();
+        assert_eq!(err.kind(), scribe_core::error::ErrorKind::Interrupt);
+        let polls = cancel.polls.load(Ordering::SeqCst);
+        // Stopped within the sweep it was in: at most one more chunk
+        // per thread started after the flag.
+        assert!(polls <= after + 8 + 1, "after {after}: {polls} polls");
+        let done = err.partial().unwrap().loss_history.len();
+        assert_eq!(done, (after - 1) / 8, "after {after}");
+    }
+}

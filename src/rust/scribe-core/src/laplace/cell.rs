@@ -77,9 +77,10 @@ fn gradient<O: Obs + ?Sized>(
     (norm, g_eta)
 }
 
-/// `n_iter` damped Newton steps on `(x, η)` (warm-started in place).
-/// Returns the gradient sup-norm before the last step (NaN if a
-/// factorisation failed).
+/// At most `n_iter` damped Newton steps on `(x, η)` (warm-started in
+/// place), stopping once the gradient sup-norm is at most `tol`. Returns
+/// that sup-norm (at the final point when converged, else before the last
+/// step; NaN if a factorisation failed) and the steps taken.
 #[allow(clippy::too_many_arguments)]
 pub fn newton<O: Obs + ?Sized>(
     obs: &O,
@@ -91,17 +92,21 @@ pub fn newton<O: Obs + ?Sized>(
     w: &[f64],
     sig: &SigmaFactor,
     n_iter: usize,
+    tol: f64,
     damping: f64,
     max_step: f64,
-) -> f64 {
+) -> (f64, usize) {
     let n = x.len();
     let (mut a, mut g, mut ag, mut aa) = (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
     let mut norm = f64::NAN;
-    for _ in 0..n_iter {
+    for it in 0..n_iter {
         let (nm, g_eta) = gradient(obs, u, x, *eta, mode, mu, w, sig, &mut a, &mut g);
         norm = nm;
+        if norm <= tol {
+            return (norm, it);
+        }
         let Some(nf) = NewtonFactor::new(sig, w, &a, damping) else {
-            return f64::NAN;
+            return (f64::NAN, it + 1);
         };
         nf.solve(sig, w, &g, &mut ag);
         let mut d_eta = 0.0;
@@ -127,7 +132,7 @@ pub fn newton<O: Obs + ?Sized>(
             *eta = (*eta + kappa * d_eta).max(ETA_MIN);
         }
     }
-    norm
+    (norm, n_iter)
 }
 
 /// `(A⁻¹a, s)` for a free capture latent: the Schur complement
@@ -293,13 +298,17 @@ mod tests {
             EtaMode::Fixed => 0.4,
             EtaMode::None => 0.0,
         };
-        newton(obs, &u, &mut x, &mut eta, mode, &mu, &w, &sig, 80, 0.0, 5.0);
+        newton(
+            obs, &u, &mut x, &mut eta, mode, &mu, &w, &sig, 80, 0.0, 0.0, 5.0,
+        );
         assert!(
             grad_norm(obs, &u, &x, eta, mode, &mu, &w, &sig) < 1e-9,
             "{mode:?}"
         );
         let (x0, e0) = (x.clone(), eta);
-        newton(obs, &u, &mut x, &mut eta, mode, &mu, &w, &sig, 1, 0.0, 5.0);
+        newton(
+            obs, &u, &mut x, &mut eta, mode, &mu, &w, &sig, 1, 0.0, 0.0, 5.0,
+        );
         let moved = x
             .iter()
             .zip(&x0)

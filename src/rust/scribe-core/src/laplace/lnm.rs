@@ -61,8 +61,9 @@ fn sm_solve(
     av.iter().zip(&ar).map(|(p, q)| p + alpha * q).collect()
 }
 
-/// `n_iter` damped Newton steps on one cell's `y` (warm-started in place);
-/// returns the gradient sup-norm before the last step.
+/// At most `n_iter` damped Newton steps on one cell's `y` (warm-started in
+/// place), stopping once the gradient sup-norm is at most `tol`; returns
+/// that sup-norm (see [`super::cell::newton`]) and the steps taken.
 #[allow(clippy::too_many_arguments)]
 pub fn newton(
     u: &[f64],
@@ -72,17 +73,21 @@ pub fn newton(
     w: &[f64],
     sig: &SigmaFactor,
     n_iter: usize,
+    tol: f64,
     damping: f64,
     max_step: f64,
-) -> f64 {
+) -> (f64, usize) {
     let n = y.len();
     let (mut rho, mut g) = (vec![0.0; n], vec![0.0; n]);
     let mut norm = f64::NAN;
-    for _ in 0..n_iter {
+    for it in 0..n_iter {
         norm = gradient(u, n_tot, y, mu, w, sig, &mut rho, &mut g);
+        if norm <= tol {
+            return (norm, it);
+        }
         let a: Vec<f64> = rho.iter().map(|r| n_tot * r).collect();
         let Some(nf) = NewtonFactor::new(sig, w, &a, damping) else {
-            return f64::NAN;
+            return (f64::NAN, it + 1);
         };
         let step = sm_solve(&nf, sig, w, &rho, n_tot, &g);
         let big = step.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
@@ -91,7 +96,7 @@ pub fn newton(
             y[i] += kappa * step[i];
         }
     }
-    norm
+    (norm, n_iter)
 }
 
 /// The gradient sup-norm at `y`.
@@ -305,8 +310,8 @@ pub(crate) fn low_rank_hessian(w: &[f64], rho: &[f64], n_tot: f64, k: usize) -> 
     h
 }
 
-/// Low-rank LNM: `n_iter` damped Newton steps on `z`; returns the
-/// gradient sup-norm before the last step.
+/// Low-rank LNM: at most `n_iter` damped Newton steps on `z`, stopping
+/// once the gradient sup-norm is at most `tol` (as [`newton`]).
 #[allow(clippy::too_many_arguments)]
 pub fn newton_z(
     u: &[f64],
@@ -315,20 +320,24 @@ pub fn newton_z(
     mu: &[f64],
     w: &[f64],
     n_iter: usize,
+    tol: f64,
     damping: f64,
     max_step: f64,
-) -> f64 {
+) -> (f64, usize) {
     let k = z.len();
     let mut rho = vec![0.0; mu.len()];
     let mut norm = f64::NAN;
-    for _ in 0..n_iter {
+    for it in 0..n_iter {
         let (mut g, mut h) = z_terms(u, n_tot, z, mu, w, &mut rho);
         norm = g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        if norm <= tol {
+            return (norm, it);
+        }
         for j in 0..k {
             h[j * k + j] += damping;
         }
         if !super::woodbury::cholesky(&mut h, k) {
-            return f64::NAN;
+            return (f64::NAN, it + 1);
         }
         super::woodbury::chol_solve(&h, k, &mut g);
         let big = g.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
@@ -337,7 +346,7 @@ pub fn newton_z(
             z[j] += kappa * g[j];
         }
     }
-    norm
+    (norm, n_iter)
 }
 
 /// The gradient sup-norm of a low-rank LNM cell at `z`.
@@ -428,10 +437,10 @@ mod tests {
         let n_tot = u.iter().sum::<f64>() + 6.0; // 6 counts of the reference gene
         let sig = SigmaFactor::new(&w, &d, k).unwrap();
         let mut y = mu.clone();
-        newton(&u, n_tot, &mut y, &mu, &w, &sig, 60, 0.0, 5.0);
+        newton(&u, n_tot, &mut y, &mu, &w, &sig, 60, 0.0, 0.0, 5.0);
         assert!(grad_norm(&u, n_tot, &y, &mu, &w, &sig) < 1e-9);
         let y0 = y.clone();
-        newton(&u, n_tot, &mut y, &mu, &w, &sig, 1, 0.0, 5.0);
+        newton(&u, n_tot, &mut y, &mu, &w, &sig, 1, 0.0, 0.0, 5.0);
         assert!(y.iter().zip(&y0).all(|(p, q)| (p - q).abs() < 1e-6));
         use crate::testutil::check_gradient;
         // Composition: θ = [μ | W | d] with ŷ fixed.
@@ -472,7 +481,7 @@ mod tests {
         let u: Vec<f64> = (0..g1).map(|i| ((i * 7) % 5) as f64).collect();
         let n_tot = u.iter().sum::<f64>() + 6.0;
         let mut z = vec![0.0; k];
-        newton_z(&u, n_tot, &mut z, &mu, &w, 60, 0.0, 5.0);
+        newton_z(&u, n_tot, &mut z, &mu, &w, 60, 0.0, 0.0, 5.0);
         assert!(grad_norm_z(&u, n_tot, &z, &mu, &w) < 1e-9);
         let theta: Vec<f64> = mu.iter().chain(&w).copied().collect();
         let f = |th: &[f64], grad: &mut [f64]| {

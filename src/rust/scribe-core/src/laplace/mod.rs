@@ -98,6 +98,21 @@ impl Default for LaplaceConfig {
     }
 }
 
+/// Newton steps taken in a fit: a cell stops once its gradient sup-norm is
+/// at most `newton_tolerance`, so warm-started cells take fewer than the
+/// `n_newton_steps` maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct NewtonCounts {
+    /// Summed over the outer steps' cells.
+    pub outer_steps: usize,
+    /// Cells visited over the outer steps (one per cell per step).
+    pub outer_cell_visits: usize,
+    /// In the final sweep over all cells.
+    pub final_steps: usize,
+    /// In the rescue pass.
+    pub rescue_steps: usize,
+}
+
 /// A Laplace fit: globals, per-cell MAP latents (cell-major, `C × G`) and diagnostics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LaplaceFit {
@@ -122,6 +137,8 @@ pub struct LaplaceFit {
     pub rescued: Vec<bool>,
     /// Cell-steps whose ELBO was non-finite (left out of that step).
     pub masked_cells: usize,
+    /// Newton steps actually taken (cells stop at `newton_tolerance`).
+    pub newton: NewtonCounts,
     /// Why the outer loop stopped early, if it did (best state restored).
     pub aborted: Option<String>,
     /// Stopped by the early-stopping rule.

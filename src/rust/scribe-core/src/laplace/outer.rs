@@ -4,8 +4,8 @@
 
 use super::cell::EtaMode;
 use super::guards::Guards;
-use super::sweep::{cell_norm, sweep, EtaSpec, Globals, Layout};
-use super::{init, w_prior, Capture, Cascade, LaplaceConfig, LaplaceFit, LnModel};
+use super::sweep::{cell_norm, sweep, EtaSpec, Globals, Layout, SweepOut};
+use super::{init, w_prior, Capture, Cascade, LaplaceConfig, LaplaceFit, LnModel, NewtonCounts};
 use crate::data::{BatchSampler, CountMatrix};
 use crate::error::{CoreError, Partial, Result};
 use crate::math::{sigmoid, softplus, softplus_inv};
@@ -18,6 +18,13 @@ use rand::SeedableRng;
 
 /// A snapshot of the fit: `(θ, latents, η)`.
 type State = (Vec<f64>, Vec<f64>, Vec<f64>);
+
+/// Overwrites a snapshot in place (no allocation per improving step).
+fn copy_state(state: &mut State, th: &[f64], latents: &[f64], eta: &[f64]) {
+    state.0.copy_from_slice(th);
+    state.1.copy_from_slice(latents);
+    state.2.copy_from_slice(eta);
+}
 
 /// The `m` cells (1-based) with the largest (or non-finite) gradient norms.
 fn worst_cells(cells: &[usize], norms: &[f64], m: usize) -> String {
@@ -287,6 +294,8 @@ pub fn run(
         .filter(|&b| b < n)
         .map(|b| BatchSampler::new(n, b));
     let mut history = Vec::with_capacity(crate::limits::history_capacity(cfg.n_steps));
+    let batch = sampler.as_ref().map_or(0, |_| cfg.batch_size.unwrap_or(0));
+    let (mut lat_buf, mut eta_buf) = (vec![0.0; batch * ld], vec![0.0; batch]);
     let (mut best, mut best_loss) = ((th.clone(), latents.clone(), eta.clone()), f64::INFINITY);
     let mut guards = Guards::default();
     let mut tracker = cfg
@@ -307,6 +316,7 @@ pub fn run(
         .map(|s| SettleTracker::new(s, watch_groups, n_watch));
     let mut stop = StopReason::MaxSteps;
     let mut masked_total = 0;
+    let mut newton = NewtonCounts::default();
     let mut aborted = None;
     let report_every = (cfg.n_steps / cfg.n_reports.max(1)).max(1);
     for step in 0..cfg.n_steps {
@@ -328,25 +338,52 @@ pub fn run(
             ));
             break;
         };
-        let mut lat: Vec<f64> = cells
-            .iter()
-            .flat_map(|&c| latents[c * ld..(c + 1) * ld].iter().copied())
-            .collect();
-        let mut eta_b: Vec<f64> = cells.iter().map(|&c| eta[c]).collect();
-        let (elbo, norms, masked, grad) = sweep(
+        // Full batch: the sweep works on the latents in place (an aborted
+        // step restores the best state anyway); a mini-batch is gathered
+        // into buffers kept across steps and scattered back below.
+        let (lat, eta_b): (&mut [f64], &mut [f64]) = if sampler.is_some() {
+            for (i, &c) in cells.iter().enumerate() {
+                lat_buf[i * ld..(i + 1) * ld].copy_from_slice(&latents[c * ld..(c + 1) * ld]);
+                eta_buf[i] = eta[c];
+            }
+            (
+                &mut lat_buf[..cells.len() * ld],
+                &mut eta_buf[..cells.len()],
+            )
+        } else {
+            (&mut latents, &mut eta)
+        };
+        let SweepOut {
+            elbo,
+            norms,
+            masked,
+            grad,
+            newton_steps,
+            cancelled,
+        } = sweep(
+            cancel,
             data,
             &cells,
-            &mut lat,
-            &mut eta_b,
+            lat,
+            eta_b,
             &modes,
             &gl,
             lay,
             cfg.n_newton_steps,
+            cfg.newton_tolerance,
             cfg.damping,
             cfg.newton_max_step,
             true,
         );
+        if cancelled {
+            return Err(CoreError::cancelled().with_partial(Partial {
+                step,
+                loss_history: history,
+            }));
+        }
         masked_total += masked;
+        newton.outer_steps += newton_steps;
+        newton.outer_cell_visits += cells.len();
         // Global priors (unscaled by N/B): loadings shrinkage and the cascade's
         // empirical priors on free μ and r_loc.
         let mut g_prior = vec![0.0; th.len()];
@@ -383,20 +420,26 @@ pub fn run(
             ));
             break;
         }
-        for (i, &c) in cells.iter().enumerate() {
-            latents[c * ld..(c + 1) * ld].copy_from_slice(&lat[i * ld..(i + 1) * ld]);
-            eta[c] = eta_b[i];
+        if sampler.is_some() {
+            for (i, &c) in cells.iter().enumerate() {
+                latents[c * ld..(c + 1) * ld].copy_from_slice(&lat_buf[i * ld..(i + 1) * ld]);
+                eta[c] = eta_buf[i];
+            }
         }
         if loss < best_loss {
             best_loss = loss;
-            best = (th.clone(), latents.clone(), eta.clone());
+            copy_state(&mut best, &th, &latents, &eta);
         }
         if let Some(tr) = tracker.as_mut() {
             use crate::optim::early_stop::Decision;
             match tr.check(step, &history) {
-                Decision::Improved if tr.cfg.restore_best => {
-                    es_best = Some(((th.clone(), latents.clone(), eta.clone()), step + 1));
-                }
+                Decision::Improved if tr.cfg.restore_best => match es_best.as_mut() {
+                    Some((state, at)) => {
+                        copy_state(state, &th, &latents, &eta);
+                        *at = step + 1;
+                    }
+                    None => es_best = Some(((th.clone(), latents.clone(), eta.clone()), step + 1)),
+                },
                 Decision::Stop => {
                     early_stopped = true;
                     stop = StopReason::EarlyStopping;
@@ -453,7 +496,10 @@ pub fn run(
                 (false, true) => "x",
                 (false, false) => "x, η",
             };
-            progress.detail(format!("{block} max/p99/med {mx:.2e}/{p99:.2e}/{med:.2e}"));
+            let per_cell = newton_steps as f64 / cells.len() as f64;
+            progress.detail(format!(
+                "{block} max/p99/med {mx:.2e}/{p99:.2e}/{med:.2e}, {per_cell:.1} Newton steps/cell"
+            ));
             progress.report(step + 1, cfg.n_steps, loss);
         }
     }
@@ -477,7 +523,8 @@ pub fn run(
     })?;
     let all: Vec<usize> = (0..n).collect();
     let n_final = (2 * cfg.n_newton_steps).max(10);
-    let (_, mut norms, _, _) = sweep(
+    let final_sweep = sweep(
+        cancel,
         data,
         &all,
         &mut latents,
@@ -486,10 +533,23 @@ pub fn run(
         &gl,
         lay,
         n_final,
+        cfg.newton_tolerance,
         cfg.damping,
         cfg.newton_max_step,
         false,
     );
+    let stopped = |out: &SweepOut| -> Result<()> {
+        if out.cancelled {
+            return Err(CoreError::cancelled().with_partial(Partial {
+                step: history.len(),
+                loss_history: history.clone(),
+            }));
+        }
+        Ok(())
+    };
+    stopped(&final_sweep)?;
+    newton.final_steps = final_sweep.newton_steps;
+    let mut norms = final_sweep.norms;
     let mut rescued = vec![false; n];
     if cfg.rescue_diverged_cells {
         let bad: Vec<usize> = (0..n)
@@ -502,7 +562,8 @@ pub fn run(
                 .collect();
             let mut eta_b: Vec<f64> = bad.iter().map(|&c| eta[c]).collect();
             let damp = cfg.damping * cfg.rescue_damping_multiplier;
-            sweep(
+            let rescue = sweep(
+                cancel,
                 data,
                 &bad,
                 &mut lat,
@@ -511,10 +572,13 @@ pub fn run(
                 &gl,
                 lay,
                 cfg.rescue_n_newton,
+                cfg.newton_tolerance,
                 damp,
                 cfg.newton_max_step,
                 false,
             );
+            stopped(&rescue)?;
+            newton.rescue_steps = rescue.newton_steps;
             for (i, &c) in bad.iter().enumerate() {
                 latents[c * ld..(c + 1) * ld].copy_from_slice(&lat[i * ld..(i + 1) * ld]);
                 eta[c] = eta_b[i];
@@ -555,6 +619,7 @@ pub fn run(
         grad_norms: norms,
         rescued,
         masked_cells: masked_total,
+        newton,
         aborted,
         early_stopped,
         stop,

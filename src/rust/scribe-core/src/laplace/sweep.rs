@@ -10,6 +10,7 @@ use crate::error::{CoreError, Result};
 use crate::math::softplus;
 use crate::models::lognormal::lnm::totals;
 use crate::models::lognormal::obs::{NegBin, Obs, Poisson};
+use crate::progress::Cancel;
 use rayon::prelude::*;
 
 /// Cells per parallel work unit; fixed so sums group the same way on any
@@ -174,11 +175,31 @@ impl<'a> Globals<'a> {
     }
 }
 
-/// Newton on `cells` (their latents in `lat`, `len·G`, and `eta`) and, with
-/// `want_grad`, the ELBO gradient in `[μ | W | d | r]` order. Returns
-/// (Σ ELBO over finite cells, per-cell grad norms, masked count, gradient).
+/// What one sweep over cells returns.
+pub(crate) struct SweepOut {
+    /// Σ ELBO over the cells whose ELBO was finite.
+    pub(crate) elbo: f64,
+    /// Per-cell gradient sup-norms (see [`cell::newton`]).
+    pub(crate) norms: Vec<f64>,
+    /// Cells whose ELBO or gradient was non-finite (left out).
+    pub(crate) masked: usize,
+    /// `[μ | W | d | r]` gradient (empty without `want_grad`).
+    pub(crate) grad: Vec<f64>,
+    /// Newton steps taken, summed over cells.
+    pub(crate) newton_steps: usize,
+    /// The user asked to stop: chunks started after that did no work, and
+    /// the results are incomplete.
+    pub(crate) cancelled: bool,
+}
+
+/// Newton on `cells` (their latents in `lat`, `len·G`, and `eta`), at most
+/// `n_newton` steps per cell and none once its gradient sup-norm is at most
+/// `tol`, and, with `want_grad`, the ELBO gradient in `[μ | W | d | r]` order.
+/// `cancel` is polled once per chunk of cells, so Ctrl-C stops a long sweep
+/// within one chunk's work.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sweep(
+    cancel: &dyn Cancel,
     data: &CountMatrix,
     cells: &[usize],
     lat: &mut [f64],
@@ -187,30 +208,41 @@ pub(crate) fn sweep(
     gl: &Globals<'_>,
     lay: Layout,
     n_newton: usize,
+    tol: f64,
     damping: f64,
     max_step: f64,
     want_grad: bool,
-) -> (f64, Vec<f64>, usize, Vec<f64>) {
+) -> SweepOut {
     let (g, k) = (lay.g, lay.k);
     let np = g * (k + 2) + lay.n_extra();
     let nb = NegBin { r: &gl.r };
     let obs: &dyn Obs = if lay.has_r { &nb } else { &Poisson };
-    let parts: Vec<(f64, Vec<f64>, usize, Vec<f64>)> = lat
+    let parts: Vec<SweepOut> = lat
         .par_chunks_mut(CELL_CHUNK * lay.lat_dim())
         .zip(cells.par_chunks(CELL_CHUNK))
         .zip(eta.par_chunks_mut(CELL_CHUNK))
         .map(|((lchunk, cchunk), echunk)| {
+            if cancel.cancelled() {
+                return SweepOut {
+                    elbo: 0.0,
+                    norms: Vec::new(),
+                    masked: 0,
+                    grad: Vec::new(),
+                    newton_steps: 0,
+                    cancelled: true,
+                };
+            }
             let mut u = vec![0.0; data.n_genes];
             let mut grad = vec![0.0; if want_grad { np } else { 0 }];
             let mut tmp = vec![0.0; if want_grad { np } else { 0 }];
-            let (mut elbo, mut masked) = (0.0, 0);
+            let (mut elbo, mut masked, mut steps) = (0.0, 0, 0);
             let mut norms = Vec::with_capacity(cchunk.len());
             for (i, (x, &c)) in lchunk.chunks_mut(lay.lat_dim()).zip(cchunk).enumerate() {
                 data.dense_row(c, &mut u);
                 let (x0, e0) = (x.to_vec(), echunk[i]);
                 let mode = modes.mode[c];
                 if let Some(rf) = lay.reference {
-                    let (gn, e) = lnm_cell(
+                    let (gn, e, its) = lnm_cell(
                         &mut echunk[i],
                         mode,
                         &u,
@@ -220,11 +252,13 @@ pub(crate) fn sweep(
                         gl,
                         lay,
                         n_newton,
+                        tol,
                         damping,
                         max_step,
                         want_grad,
                         &mut tmp,
                     );
+                    steps += its;
                     if !x.iter().all(|v| v.is_finite()) || !echunk[i].is_finite() {
                         x.copy_from_slice(&x0);
                         echunk[i] = e0;
@@ -242,7 +276,7 @@ pub(crate) fn sweep(
                     }
                     continue;
                 }
-                let gn = cell::newton(
+                let (gn, its) = cell::newton(
                     obs,
                     &u,
                     x,
@@ -252,9 +286,11 @@ pub(crate) fn sweep(
                     gl.w,
                     &gl.sig,
                     n_newton,
+                    tol,
                     damping,
                     max_step,
                 );
+                steps += its;
                 if !x.iter().all(|v| v.is_finite()) || !echunk[i].is_finite() {
                     x.copy_from_slice(&x0);
                     echunk[i] = e0;
@@ -284,22 +320,38 @@ pub(crate) fn sweep(
                     }
                 }
             }
-            (elbo, norms, masked, grad)
+            SweepOut {
+                elbo,
+                norms,
+                masked,
+                grad,
+                newton_steps: steps,
+                cancelled: false,
+            }
         })
         .collect();
-    let mut total = 0.0;
-    let mut norms = Vec::with_capacity(cells.len());
-    let mut masked = 0;
-    let mut grad = vec![0.0; if want_grad { np } else { 0 }];
-    for (e, n, m, gr) in parts {
-        total += e;
-        norms.extend(n);
-        masked += m;
-        for (a, b) in grad.iter_mut().zip(&gr) {
+    let mut out = SweepOut {
+        elbo: 0.0,
+        norms: Vec::with_capacity(cells.len()),
+        masked: 0,
+        grad: vec![0.0; if want_grad { np } else { 0 }],
+        newton_steps: 0,
+        cancelled: false,
+    };
+    for part in parts {
+        if part.cancelled {
+            out.cancelled = true;
+            continue;
+        }
+        out.elbo += part.elbo;
+        out.norms.extend(part.norms);
+        out.masked += part.masked;
+        out.newton_steps += part.newton_steps;
+        for (a, b) in out.grad.iter_mut().zip(&part.grad) {
             *a += b;
         }
     }
-    (total, norms, masked, grad)
+    out
 }
 
 /// One LNM cell: Newton on its log-ratios `y`, then (with `want_grad`) its
@@ -315,11 +367,12 @@ fn lnm_cell(
     gl: &Globals<'_>,
     lay: Layout,
     n_newton: usize,
+    tol: f64,
     damping: f64,
     max_step: f64,
     want_grad: bool,
     tmp: &mut [f64],
-) -> (f64, f64) {
+) -> (f64, f64, usize) {
     let (g, k) = (lay.g, lay.k);
     let ua: Vec<f64> = u
         .iter()
@@ -327,11 +380,11 @@ fn lnm_cell(
         .filter(|&(i, _)| i != reference)
         .map(|(_, &v)| v)
         .collect();
-    let mut gn = if lay.low_rank {
-        lnm::newton_z(&ua, n_tot, y, gl.mu, gl.w, n_newton, damping, max_step)
+    let (mut gn, its) = if lay.low_rank {
+        lnm::newton_z(&ua, n_tot, y, gl.mu, gl.w, n_newton, tol, damping, max_step)
     } else {
         lnm::newton(
-            &ua, n_tot, y, gl.mu, gl.w, &gl.sig, n_newton, damping, max_step,
+            &ua, n_tot, y, gl.mu, gl.w, &gl.sig, n_newton, tol, damping, max_step,
         )
     };
     // LNMVCP: the capture latent is its own scalar problem (the Hessian is
@@ -342,7 +395,7 @@ fn lnm_cell(
         gn = gn.max(ge);
     }
     if !want_grad {
-        return (gn, f64::NAN);
+        return (gn, f64::NAN, its);
     }
     tmp.iter_mut().for_each(|v| *v = 0.0);
     let (tm, rest) = tmp.split_at_mut(g);
@@ -376,7 +429,7 @@ fn lnm_cell(
     };
     tr[0] += d_mu;
     tr[1] += d_r;
-    (gn, e + lp)
+    (gn, e + lp, its)
 }
 
 /// A cell's gradient sup-norm at its current latents.

@@ -309,6 +309,12 @@ pub fn laplace_to_r(fit: LaplaceFit) -> Robj {
         grad_norms = fit.grad_norms,
         rescued = fit.rescued,
         masked_cells = fit.masked_cells as i32,
+        newton = list!(
+            outer_steps = fit.newton.outer_steps as f64,
+            outer_cell_visits = fit.newton.outer_cell_visits as f64,
+            final_steps = fit.newton.final_steps as f64,
+            rescue_steps = fit.newton.rescue_steps as f64
+        ),
         early_stopped = fit.early_stopped,
         stop = stop_to_r(&fit.stop, &fit.drift),
         restored_step = fit.restored_step.map_or_else(none, |s| (s as f64).into()),
