@@ -24,7 +24,7 @@ fn main() {
     let n = 2000;
     let t = std::time::Instant::now();
     for _ in 0..n {
-        let nf = NewtonFactor::new(&sig, &w, &lam, 1e-2).unwrap();
+        let nf = NewtonFactor::new(&sig, &lam, 1e-2).unwrap();
         nf.solve(&sig, &w, &lam, &mut out);
     }
     println!(

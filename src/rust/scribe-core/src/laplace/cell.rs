@@ -105,7 +105,7 @@ pub fn newton<O: Obs + ?Sized>(
         if norm <= tol {
             return (norm, it);
         }
-        let Some(nf) = NewtonFactor::new(sig, w, &a, damping) else {
+        let Some(nf) = NewtonFactor::new(sig, &a, damping) else {
             return (f64::NAN, it + 1);
         };
         nf.solve(sig, w, &g, &mut ag);
@@ -202,10 +202,10 @@ pub fn elbo_grad<O: Obs + ?Sized>(
     let e: Vec<f64> = (0..n).map(|i| x[i] - mu[i]).collect();
     let mut b = vec![0.0; n];
     sig.solve(w, &e, &mut b);
-    let Some(nf) = NewtonFactor::new(sig, w, &a, 0.0) else {
+    let Some(nf) = NewtonFactor::new(sig, &a, 0.0) else {
         return f64::NAN;
     };
-    let Some((bw, bdiag)) = inv_sigma_plus_diag(w, d, &a, k) else {
+    let Some((bw, bdiag)) = inv_sigma_plus_diag(w, Some(&sig.vech), d, &a, k) else {
         return f64::NAN;
     };
     let ln2pi = (2.0 * std::f64::consts::PI).ln();

@@ -86,7 +86,7 @@ pub fn newton(
             return (norm, it);
         }
         let a: Vec<f64> = rho.iter().map(|r| n_tot * r).collect();
-        let Some(nf) = NewtonFactor::new(sig, w, &a, damping) else {
+        let Some(nf) = NewtonFactor::new(sig, &a, damping) else {
             return (f64::NAN, it + 1);
         };
         let step = sm_solve(&nf, sig, w, &rho, n_tot, &g);
@@ -134,7 +134,7 @@ pub fn elbo_grad(
     let e: Vec<f64> = y.iter().zip(mu).map(|(p, q)| p - q).collect();
     let mut b = vec![0.0; n];
     sig.solve(w, &e, &mut b);
-    let Some(nf) = NewtonFactor::new(sig, w, &a, 0.0) else {
+    let Some(nf) = NewtonFactor::new(sig, &a, 0.0) else {
         return f64::NAN;
     };
     let mut ar = vec![0.0; n];
@@ -159,7 +159,7 @@ pub fn elbo_grad(
         wa[i * k1..i * k1 + k].copy_from_slice(&w[i * k..(i + 1) * k]);
         wa[i * k1 + k] = c1;
     }
-    let Some((bw, bdiag)) = inv_sigma_plus_diag(&wa, d, &a, k1) else {
+    let Some((bw, bdiag)) = inv_sigma_plus_diag(&wa, None, d, &a, k1) else {
         return f64::NAN;
     };
     let mut btw = vec![0.0; k];

@@ -115,7 +115,7 @@ fn sample_cell(
     let eh = if f.eta.is_empty() { 0.0 } else { f.eta[c] };
     let off = if mode == EtaMode::None { 0.0 } else { eh };
     let a: Vec<f64> = (0..g).map(|i| obs.terms(i, u[i], xh[i] - off).1).collect();
-    let nf = NewtonFactor::new(sig, f.w, &a, 0.0)?;
+    let nf = NewtonFactor::new(sig, &a, 0.0)?;
     // A⁻¹ a and s for a free η.
     let (aa, s) = match mode {
         EtaMode::Free { sigma, .. } => cell::schur(&nf, sig, f.w, &a, sigma, 0.0),
@@ -198,7 +198,7 @@ fn sample_learned(
 ) -> Option<Vec<f64>> {
     let (g, k) = (f.mu.len(), f.k);
     let a: Vec<f64> = rho.iter().map(|r| n_tot * r).collect();
-    let nf = NewtonFactor::new(sig, f.w, &a, 0.0)?;
+    let nf = NewtonFactor::new(sig, &a, 0.0)?;
     let mut ar = vec![0.0; g];
     nf.solve(sig, f.w, rho, &mut ar);
     let t: f64 = rho.iter().zip(&ar).map(|(p, q)| p * q).sum();
@@ -391,7 +391,7 @@ mod tests {
         // Dense A = diag(λ) + Σ⁻¹ via the Woodbury factor, inverted column by column.
         let sig = SigmaFactor::new(&w, &d, k).unwrap();
         let lam: Vec<f64> = latents.iter().map(|x| x.exp()).collect();
-        let nf = NewtonFactor::new(&sig, &w, &lam, 0.0).unwrap();
+        let nf = NewtonFactor::new(&sig, &lam, 0.0).unwrap();
         for i in 0..g {
             let mut e = vec![0.0; g];
             e[i] = 1.0;
@@ -446,7 +446,7 @@ mod tests {
         let mut rho = vec![0.0; g1];
         softmax_alr(&latents, &mut rho);
         let a: Vec<f64> = rho.iter().map(|r| 40.0 * r).collect();
-        let nf = NewtonFactor::new(&sig, &w, &a, 0.0).unwrap();
+        let nf = NewtonFactor::new(&sig, &a, 0.0).unwrap();
         let mut ar = vec![0.0; g1];
         nf.solve(&sig, &w, &rho, &mut ar);
         let t: f64 = rho.iter().zip(&ar).map(|(p, q)| p * q).sum();

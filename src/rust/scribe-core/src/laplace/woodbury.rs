@@ -56,17 +56,96 @@ fn chol_logdet(l: &[f64], k: usize) -> f64 {
     (0..k).map(|i| 2.0 * l[i * k + i].ln()).sum()
 }
 
-/// `Wᵀ diag(s) W` (k × k): full-row rank-one updates, which vectorise
-/// better than the symmetric half.
+/// `Wᵀ diag(s) W` (k × k): rank-one updates of the upper triangle only (half
+/// the multiply-adds; each row's tail is a contiguous, vectorisable update),
+/// mirrored at the end.
 fn wt_diag_w(w: &[f64], s: &[f64], k: usize, out: &mut [f64]) {
     out.iter_mut().for_each(|v| *v = 0.0);
     for (g, &sg) in s.iter().enumerate() {
         let row = &w[g * k..(g + 1) * k];
         for i in 0..k {
             let a = sg * row[i];
-            for (o, &r) in out[i * k..(i + 1) * k].iter_mut().zip(row) {
+            for (o, &r) in out[i * k + i..(i + 1) * k].iter_mut().zip(&row[i..]) {
                 *o += a * r;
             }
+        }
+    }
+    for i in 0..k {
+        for j in 0..i {
+            out[i * k + j] = out[j * k + i];
+        }
+    }
+}
+
+/// Number of entries of a k × k matrix's upper triangle.
+fn n_vech(k: usize) -> usize {
+    k * (k + 1) / 2
+}
+
+/// Per gene, the upper triangle of `w_g w_gᵀ` (row-major, `G × k(k+1)/2`):
+/// formed once per set of loadings, it turns every `Wᵀ diag(s) W` of the
+/// Newton steps into one contiguous multiply-add of length k(k+1)/2 per gene.
+pub fn outer_vech(w: &[f64], k: usize) -> Vec<f64> {
+    let g_n = w.len() / k.max(1);
+    let nv = n_vech(k);
+    let mut out = vec![0.0; g_n * nv];
+    for (g, o) in out.chunks_exact_mut(nv.max(1)).enumerate().take(g_n) {
+        let row = &w[g * k..(g + 1) * k];
+        let mut p = 0;
+        for i in 0..k {
+            for j in i..k {
+                o[p] = row[i] * row[j];
+                p += 1;
+            }
+        }
+    }
+    out
+}
+
+/// `Wᵀ diag(s) W` from [`outer_vech`]'s table: `Σ_g s_g vech(w_g w_gᵀ)`,
+/// unpacked into the full symmetric k × k `out`.
+fn wt_diag_w_vech(vech: &[f64], s: &[f64], k: usize, acc: &mut Vec<f64>, out: &mut [f64]) {
+    let nv = n_vech(k);
+    acc.clear();
+    acc.resize(nv, 0.0);
+    for (&sg, v) in s.iter().zip(vech.chunks_exact(nv)) {
+        for (a, &x) in acc.iter_mut().zip(v) {
+            *a += sg * x;
+        }
+    }
+    let mut p = 0;
+    for i in 0..k {
+        for j in i..k {
+            out[i * k + j] = acc[p];
+            out[j * k + i] = acc[p];
+            p += 1;
+        }
+    }
+}
+
+/// The inverse of `L Lᵀ` (k × k, symmetric) from its Cholesky factor: k
+/// solves once, so that per-gene quadratic forms are plain products instead
+/// of triangular solves (with their divisions) per gene.
+fn chol_inverse(l: &[f64], k: usize) -> Vec<f64> {
+    let mut inv = vec![0.0; k * k];
+    let mut e = vec![0.0; k];
+    for c in 0..k {
+        e.iter_mut().for_each(|v| *v = 0.0);
+        e[c] = 1.0;
+        chol_solve(l, k, &mut e);
+        for (r, v) in e.iter().enumerate() {
+            inv[r * k + c] = *v;
+        }
+    }
+    inv
+}
+
+/// `out = M v` for a symmetric k × k `M`, as a sum of its rows (vectorises).
+fn sym_matvec(m: &[f64], v: &[f64], k: usize, out: &mut [f64]) {
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for (i, &vi) in v.iter().enumerate() {
+        for (o, &mij) in out.iter_mut().zip(&m[i * k..(i + 1) * k]) {
+            *o += vi * mij;
         }
     }
 }
@@ -92,14 +171,17 @@ pub struct SigmaFactor {
     pub lk: Vec<f64>,
     pub logdet_k: f64,
     pub logdet_sigma: f64,
+    /// [`outer_vech`] of W.
+    pub vech: Vec<f64>,
 }
 
 impl SigmaFactor {
     pub fn new(w: &[f64], d: &[f64], k: usize) -> Option<Self> {
         let g = d.len();
         let inv_d: Vec<f64> = d.iter().map(|v| 1.0 / v).collect();
+        let vech = outer_vech(w, k);
         let mut lk = vec![0.0; k * k];
-        wt_diag_w(w, &inv_d, k, &mut lk);
+        wt_diag_w_vech(&vech, &inv_d, k, &mut Vec::new(), &mut lk);
         for i in 0..k {
             lk[i * k + i] += 1.0;
         }
@@ -117,6 +199,7 @@ impl SigmaFactor {
             lk,
             logdet_k,
             logdet_sigma,
+            vech,
         })
     }
 
@@ -147,7 +230,7 @@ pub struct NewtonFactor {
 }
 
 impl NewtonFactor {
-    pub fn new(sig: &SigmaFactor, w: &[f64], a: &[f64], damping: f64) -> Option<Self> {
+    pub fn new(sig: &SigmaFactor, a: &[f64], damping: f64) -> Option<Self> {
         let k = sig.k;
         let m: Vec<f64> = (0..sig.g).map(|g| a[g] + sig.inv_d[g] + damping).collect();
         // S = K − Wᵀ diag(1/(d² m)) W.
@@ -155,7 +238,7 @@ impl NewtonFactor {
             .map(|g| sig.inv_d[g] * sig.inv_d[g] / m[g])
             .collect();
         let mut s = vec![0.0; k * k];
-        wt_diag_w(w, &s_diag, k, &mut s);
+        wt_diag_w_vech(&sig.vech, &s_diag, k, &mut Vec::new(), &mut s);
         for (v, kv) in s.iter_mut().zip(&sig.kmat) {
             *v = kv - *v;
         }
@@ -187,15 +270,16 @@ impl NewtonFactor {
     /// `diag(A⁻¹)`: `1/m_g + (v_gᵀ S⁻¹ v_g)/m_g²` with `v_g = w_g/d_g`.
     pub fn diag_inv(&self, sig: &SigmaFactor, w: &[f64]) -> Vec<f64> {
         let k = sig.k;
+        let s_inv = chol_inverse(&self.ls, k);
         let mut t = vec![0.0; k];
         (0..sig.g)
             .map(|g| {
-                for j in 0..k {
-                    t[j] = w[g * k + j] * sig.inv_d[g];
-                }
-                let v = t.clone();
-                chol_solve(&self.ls, k, &mut t);
-                let q: f64 = v.iter().zip(&t).map(|(a, b)| a * b).sum();
+                // q = v_gᵀ S⁻¹ v_g with v_g = w_g / d_g.
+                let row = &w[g * k..(g + 1) * k];
+                sym_matvec(&s_inv, row, k, &mut t);
+                let q: f64 = row.iter().zip(&t).map(|(a, b)| a * b).sum::<f64>()
+                    * sig.inv_d[g]
+                    * sig.inv_d[g];
                 1.0 / self.m[g] + q / (self.m[g] * self.m[g])
             })
             .collect()
@@ -230,8 +314,10 @@ impl NewtonFactor {
 /// `B W` and `diag(B)` for `B = (Σ + diag(1/a))⁻¹`: the covariance part of the
 /// Laplace ELBO's gradient. With `D' = d + 1/a` and `K' = I + Wᵀ D'⁻¹ W`,
 /// `B W = D'⁻¹ W K'⁻¹` and `B_gg = 1/D'_g − w_gᵀ K'⁻¹ w_g / D'_g²`.
+/// `vech`: W's [`outer_vech`] table when at hand (else W itself is used).
 pub fn inv_sigma_plus_diag(
     w: &[f64],
+    vech: Option<&[f64]>,
     d: &[f64],
     a: &[f64],
     k: usize,
@@ -239,22 +325,26 @@ pub fn inv_sigma_plus_diag(
     let g_n = d.len();
     let inv_dp: Vec<f64> = (0..g_n).map(|g| 1.0 / (d[g] + 1.0 / a[g])).collect();
     let mut kp = vec![0.0; k * k];
-    wt_diag_w(w, &inv_dp, k, &mut kp);
+    match vech {
+        Some(v) => wt_diag_w_vech(v, &inv_dp, k, &mut Vec::new(), &mut kp),
+        None => wt_diag_w(w, &inv_dp, k, &mut kp),
+    }
     for i in 0..k {
         kp[i * k + i] += 1.0;
     }
     if !cholesky(&mut kp, k) {
         return None;
     }
+    let kp_inv = chol_inverse(&kp, k);
     let mut bw = vec![0.0; g_n * k];
     let mut diag = vec![0.0; g_n];
-    let mut row = vec![0.0; k];
+    let mut t = vec![0.0; k];
     for g in 0..g_n {
-        row.copy_from_slice(&w[g * k..(g + 1) * k]);
-        chol_solve(&kp, k, &mut row); // K'⁻¹ w_g
-        let q: f64 = (0..k).map(|j| w[g * k + j] * row[j]).sum();
-        for j in 0..k {
-            bw[g * k + j] = inv_dp[g] * row[j];
+        let row = &w[g * k..(g + 1) * k];
+        sym_matvec(&kp_inv, row, k, &mut t); // K'⁻¹ w_g
+        let q: f64 = row.iter().zip(&t).map(|(a, b)| a * b).sum();
+        for (b, &tj) in bw[g * k..(g + 1) * k].iter_mut().zip(&t) {
+            *b = inv_dp[g] * tj;
         }
         diag[g] = inv_dp[g] - inv_dp[g] * inv_dp[g] * q;
     }
@@ -370,7 +460,7 @@ mod tests {
             for i in 0..g {
                 ad[i * g + i] += a[i] + delta;
             }
-            let nf = NewtonFactor::new(&sig, &w, &a, delta).unwrap();
+            let nf = NewtonFactor::new(&sig, &a, delta).unwrap();
             let (z_ref, lda_ref) = dense_solve(&ad, &y, g);
             let mut z = vec![0.0; g];
             nf.solve(&sig, &w, &y, &mut z);
@@ -391,7 +481,14 @@ mod tests {
                 spa[i * g + i] += 1.0 / a[i];
             }
             let b = dense_inv(&spa, g);
-            let (bw, bd) = inv_sigma_plus_diag(&w, &d, &a, k).unwrap();
+            let (bw, bd) = inv_sigma_plus_diag(&w, None, &d, &a, k).unwrap();
+            let (bw2, bd2) = inv_sigma_plus_diag(&w, Some(&sig.vech), &d, &a, k).unwrap();
+            for i in 0..g {
+                assert!((bd[i] - bd2[i]).abs() < 1e-12 * (1.0 + bd[i].abs()));
+            }
+            for (p, q) in bw.iter().zip(&bw2) {
+                assert!((p - q).abs() < 1e-12 * (1.0 + p.abs()));
+            }
             for i in 0..g {
                 assert!((bd[i] - b[i * g + i]).abs() < 1e-8);
                 for p in 0..k {
