@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: the Rust core's cargo tests, fmt and clippy, then the R
 # package's testthat suite on the installed package (including the README's
-# R example), then the release path: the crates vendored into the source
-# tarball (tools/vendor.sh), R CMD build, and R CMD check --as-cran of that
-# tarball offline with an empty cargo home.
+# R example), the offline pkgdown site, then the release path: the crates
+# vendored into the source tarball (tools/vendor.sh), R CMD build, and
+# R CMD check --as-cran of that tarball offline with an empty cargo home.
 # Usage (from the repository root): bash tools/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +34,9 @@ bash tools/install.sh
 
 echo "== testthat"
 Rscript -e 'res <- testthat::test_local(".", load_package = "installed", reporter = testthat::ProgressReporter$new(show_praise = FALSE), stop_on_failure = TRUE); df <- as.data.frame(res); cat(sprintf("testthat: %d passed, %d failed, %d skipped\n", sum(df$passed), sum(df$failed), sum(df$skipped)))'
+
+echo "== pkgdown site (offline)"
+bash tools/site.sh "$work/site" >"$work/site.log" 2>&1 || { tail -40 "$work/site.log"; exit 1; }
 
 echo "== R CMD build of the vendored tree, then R CMD check --as-cran offline"
 # What CRAN and r-universe get: the crates travel in the tarball, the build
