@@ -27,9 +27,10 @@ run <- function(x, k, steps, batch = NULL, model = "pln") {
     x, model = model, inference_method = "laplace", latent_dim = k, n_steps = steps, batch_size = batch,
     seed = 1, num_threads = threads, verbose = FALSE,
     laplace_config = list(convergence_action = "ignore", rescue_diverged_cells = FALSE))))[["elapsed"]]
-  cells <- if (is.null(batch)) ncol(x) else batch
-  # Outer steps run n_newton (5) iterations per cell; the final sweep max(2 * 5, 10) per cell.
-  iters <- steps * cells * 5 + ncol(x) * 10
+  # Newton iterations actually taken: a cell stops at newton_tolerance, so
+  # warm-started cells take fewer than n_newton_steps (5) per outer step.
+  nw <- fit@diagnostics$newton
+  iters <- nw$outer_steps + nw$final_steps + nw$rescue_steps
   list(t = t, per_step = t / steps, iters_per_s_core = iters / t / threads, us_per_iter = 1e6 * t / iters, fit = fit)
 }
 
