@@ -56,27 +56,6 @@ fn chol_logdet(l: &[f64], k: usize) -> f64 {
     (0..k).map(|i| 2.0 * l[i * k + i].ln()).sum()
 }
 
-/// `Wᵀ diag(s) W` (k × k): rank-one updates of the upper triangle only (half
-/// the multiply-adds; each row's tail is a contiguous, vectorisable update),
-/// mirrored at the end.
-fn wt_diag_w(w: &[f64], s: &[f64], k: usize, out: &mut [f64]) {
-    out.iter_mut().for_each(|v| *v = 0.0);
-    for (g, &sg) in s.iter().enumerate() {
-        let row = &w[g * k..(g + 1) * k];
-        for i in 0..k {
-            let a = sg * row[i];
-            for (o, &r) in out[i * k + i..(i + 1) * k].iter_mut().zip(&row[i..]) {
-                *o += a * r;
-            }
-        }
-    }
-    for i in 0..k {
-        for j in 0..i {
-            out[i * k + j] = out[j * k + i];
-        }
-    }
-}
-
 /// Number of entries of a k × k matrix's upper triangle.
 fn n_vech(k: usize) -> usize {
     k * (k + 1) / 2
@@ -104,10 +83,9 @@ pub fn outer_vech(w: &[f64], k: usize) -> Vec<f64> {
 
 /// `Wᵀ diag(s) W` from [`outer_vech`]'s table: `Σ_g s_g vech(w_g w_gᵀ)`,
 /// unpacked into the full symmetric k × k `out`.
-fn wt_diag_w_vech(vech: &[f64], s: &[f64], k: usize, acc: &mut Vec<f64>, out: &mut [f64]) {
+fn wt_diag_w_vech(vech: &[f64], s: &[f64], k: usize, out: &mut [f64]) {
     let nv = n_vech(k);
-    acc.clear();
-    acc.resize(nv, 0.0);
+    let mut acc = vec![0.0; nv];
     for (&sg, v) in s.iter().zip(vech.chunks_exact(nv)) {
         for (a, &x) in acc.iter_mut().zip(v) {
             *a += sg * x;
@@ -181,7 +159,7 @@ impl SigmaFactor {
         let inv_d: Vec<f64> = d.iter().map(|v| 1.0 / v).collect();
         let vech = outer_vech(w, k);
         let mut lk = vec![0.0; k * k];
-        wt_diag_w_vech(&vech, &inv_d, k, &mut Vec::new(), &mut lk);
+        wt_diag_w_vech(&vech, &inv_d, k, &mut lk);
         for i in 0..k {
             lk[i * k + i] += 1.0;
         }
@@ -238,7 +216,7 @@ impl NewtonFactor {
             .map(|g| sig.inv_d[g] * sig.inv_d[g] / m[g])
             .collect();
         let mut s = vec![0.0; k * k];
-        wt_diag_w_vech(&sig.vech, &s_diag, k, &mut Vec::new(), &mut s);
+        wt_diag_w_vech(&sig.vech, &s_diag, k, &mut s);
         for (v, kv) in s.iter_mut().zip(&sig.kmat) {
             *v = kv - *v;
         }
@@ -314,7 +292,7 @@ impl NewtonFactor {
 /// `B W` and `diag(B)` for `B = (Σ + diag(1/a))⁻¹`: the covariance part of the
 /// Laplace ELBO's gradient. With `D' = d + 1/a` and `K' = I + Wᵀ D'⁻¹ W`,
 /// `B W = D'⁻¹ W K'⁻¹` and `B_gg = 1/D'_g − w_gᵀ K'⁻¹ w_g / D'_g²`.
-/// `vech`: W's [`outer_vech`] table when at hand (else W itself is used).
+/// `vech`: W's [`outer_vech`] table when at hand (else it is formed here).
 pub fn inv_sigma_plus_diag(
     w: &[f64],
     vech: Option<&[f64]>,
@@ -326,8 +304,8 @@ pub fn inv_sigma_plus_diag(
     let inv_dp: Vec<f64> = (0..g_n).map(|g| 1.0 / (d[g] + 1.0 / a[g])).collect();
     let mut kp = vec![0.0; k * k];
     match vech {
-        Some(v) => wt_diag_w_vech(v, &inv_dp, k, &mut Vec::new(), &mut kp),
-        None => wt_diag_w(w, &inv_dp, k, &mut kp),
+        Some(v) => wt_diag_w_vech(v, &inv_dp, k, &mut kp),
+        None => wt_diag_w_vech(&outer_vech(w, k), &inv_dp, k, &mut kp),
     }
     for i in 0..k {
         kp[i * k + i] += 1.0;
