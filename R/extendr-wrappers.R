@@ -45,3 +45,28 @@ rs_cascade_stats <- function(fit, n_draws, seed, tau) {
 rs_simulate_nb <- function(model, n_genes, n_cells, n_components, r, p, nu, gate, seed) {
   .Call(wrap__rs_simulate_nb, model, n_genes, n_cells, n_components, r, p, nu, gate, seed)
 }
+
+# Differential expression and model comparison (src/rust/scribe-r/src/de.rs).
+rs_de_nb <- function(fit_a, fit_b, n_draws, seed, opts, verbose, num_threads) {
+  .Call(wrap__rs_de_nb, fit_a, fit_b, n_draws, seed, opts, verbose, num_threads)
+}
+
+rs_de_gaussian <- function(a, b, n, seed, gene_mask, verbose, num_threads) {
+  .Call(wrap__rs_de_gaussian, a, b, n, seed, gene_mask, verbose, num_threads)
+}
+
+rs_de_empirical <- function(delta, n, taus) .Call(wrap__rs_de_empirical, delta, n, taus)
+
+rs_de_clr_moments <- function(side) .Call(wrap__rs_de_clr_moments, side)
+
+rs_de_gaussian_stats <- function(mean, sd, taus) .Call(wrap__rs_de_gaussian_stats, mean, sd, taus)
+
+rs_de_shrink <- function(mean, sd, taus, max_iter, tol) .Call(wrap__rs_de_shrink, mean, sd, taus, max_iter, tol)
+
+rs_de_threshold <- function(lfsr, target) .Call(wrap__rs_de_threshold, lfsr, target)
+
+rs_de_balances <- function(delta, n, sets) .Call(wrap__rs_de_balances, delta, n, sets)
+
+rs_waic <- function(l, n_draws) .Call(wrap__rs_waic, l, n_draws)
+
+rs_paired_sd <- function(l_a, l_b, n_draws) .Call(wrap__rs_paired_sd, l_a, l_b, n_draws)

@@ -7,9 +7,16 @@
 #' mixture are stored as matrix columns (genes x K, cells x K). Existing columns are only replaced with
 #' `overwrite = TRUE`. Cells dropped by `drop_empty = TRUE` get `NA`.
 #'
+#' A differential expression result of [scribe_de()] adds the gene columns
+#' `scribe_de_delta_mean`, `scribe_de_delta_sd`, `scribe_de_lfsr` and
+#' `scribe_de_is_de` (called at PEFP 0.05, `tau = 0`), `NA` for genes it did
+#' not compare, and its method and labels to `metadata()$scribe_de`
+#' (Seurat: feature metadata and `Misc(object, "scribe_de")`).
+#'
 #' @param sce A `SingleCellExperiment` or `SummarizedExperiment` with the
 #'   fitted genes and cells.
-#' @param fit A [ScribeSVIResults-class] object fitted to `sce`.
+#' @param fit A fit of `sce` (e.g. [ScribeSVIResults-class]) or a
+#'   [ScribeDEResults-class] comparison of fits to its genes.
 #' @param overwrite Replace existing `scribe_*` columns, assays and metadata.
 #' @param denoised Also add the MAP-denoised counts (posterior mean, dense)
 #'   as the assay (Seurat: layer of a new assay) `"scribe_denoised"`.
@@ -28,6 +35,7 @@
 #' @export
 add_scribe_fit <- function(sce, fit, overwrite = FALSE, denoised = FALSE) {
   check_flag(denoised, "denoised")
+  if (is(fit, "ScribeDEResults")) return(add_de_columns(sce, fit, overwrite))
   if (inherits(sce, "Seurat")) return(add_scribe_fit_seurat(sce, fit, overwrite, denoised))
   if (!is(sce, "SummarizedExperiment")) {
     abort_input("{.arg sce} must be a SingleCellExperiment or SummarizedExperiment, not {.cls {class(sce)[1]}}.")

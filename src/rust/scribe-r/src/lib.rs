@@ -5,6 +5,7 @@
 //! numerics live here.
 
 mod convert;
+mod de;
 mod errors;
 mod runner;
 
@@ -523,6 +524,7 @@ fn rs_simulate_nb(
 
 extendr_module! {
     mod scribeR;
+    use de;
     fn rs_defaults;
     fn rs_check_values;
     fn rs_model_layout;
