@@ -28,6 +28,7 @@ use scribe_core::models::nb::{NbModel, Variant};
 use scribe_core::models::Model;
 use scribe_core::posterior::nb::denoise::{denoise, Method};
 use scribe_core::posterior::nb::draws::NbDraws;
+use scribe_core::posterior::nb::gof::{ppc_scores, quantile_residuals};
 use scribe_core::posterior::nb::loglik::{log_likelihood, responsibilities, By};
 use scribe_core::posterior::nb::normalize::{cell_fractions, dirichlet_samples, mean_composition};
 use scribe_core::posterior::nb::predictive::predictive;
@@ -243,8 +244,9 @@ fn nb_draws(
 
 /// Downstream analyses of an SVI or MCMC fit at its point summary
 /// (`n_draws <= 0`) or on posterior draws: `what` is "loglik",
-/// "responsibilities", "denoise", "normalize", "cell_fractions" or
-/// "predictive"; `counts` is the fitted counts or NULL; `opts` the
+/// "responsibilities", "denoise", "normalize", "cell_fractions",
+/// "predictive", "residuals" (randomized quantile residuals) or
+/// "ppc_scores"; `counts` is the fitted counts or NULL; `opts` the
 /// analysis' options. Returns list(values, ...).
 /// @noRd
 #[allow(clippy::too_many_arguments)]
@@ -349,6 +351,38 @@ fn rs_nb_analysis(
                     predictive(&d, &cells, &genes, bio, aseed, Ctl::new(sh, sh))
                 })?;
                 list!(values = vals).into()
+            }
+            "residuals" => {
+                let dat = dat()?;
+                let genes = indices(o.get("genes"), dat.n_genes, "genes")?;
+                let (keep, eps) = (o.boolean("keep")?, o.real("epsilon")?);
+                let res = runner::run("quantile residuals", verbose, num_threads, |sh| {
+                    let d = nb_draws(&v, sm, replicate, Ctl::new(sh, sh))?;
+                    quantile_residuals(&d, dat, &genes, keep, eps, aseed, Ctl::new(sh, sh))
+                })?;
+                list!(
+                    mean = res.mean,
+                    variance = res.variance,
+                    tail_excess = res.tail_excess,
+                    ks_distance = res.ks_distance,
+                    values = res.values.map_or_else(none, |x| x.into())
+                )
+                .into()
+            }
+            "ppc_scores" => {
+                let dat = dat()?;
+                let genes = indices(o.get("genes"), dat.n_genes, "genes")?;
+                let level = o.real("level")?;
+                let max_bin = o.opt_real("max_bin")?.map(|m| m as usize);
+                let sc = runner::run("PPC scores", verbose, num_threads, |sh| {
+                    let d = nb_draws(&v, sm, replicate, Ctl::new(sh, sh))?;
+                    ppc_scores(&d, dat, &genes, level, max_bin, aseed, Ctl::new(sh, sh))
+                })?;
+                list!(
+                    calibration_failure = sc.calibration_failure,
+                    l1_distance = sc.l1_distance
+                )
+                .into()
             }
             other => return Err(internal(format!("unknown analysis '{other}'"))),
         })

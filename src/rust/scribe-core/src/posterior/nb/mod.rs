@@ -7,6 +7,7 @@
 
 pub mod denoise;
 pub mod draws;
+pub mod gof;
 pub mod loglik;
 pub mod normalize;
 pub mod predictive;

@@ -1,0 +1,39 @@
+# Goodness of fit: residuals of the generating model are standard normal;
+# a model without capture on capture-varying data is not.
+
+test_that("quantile residuals are uniform under the true model and not without capture", {
+  # Strongly varying capture: half the cells keep 10 % of their molecules, half 90 %.
+  set.seed(3)
+  sim <- scribe_simulate("nbvcp", n_genes = 30, n_cells = 600, r = exp(stats::rnorm(30, log(20), 0.5)),
+                         p = 0.6, p_capture = rep(c(0.1, 0.9), 300), seed = 3)
+  vcp <- scribe_fit(sim$counts, model = "nbvcp", seed = 1, verbose = FALSE)
+  dm <- scribe_fit(sim$counts, model = "nbdm", seed = 1, verbose = FALSE)
+  good <- goodness_of_fit(vcp, sim$counts, n_ppc_samples = 100, seed = 2)
+  bad <- goodness_of_fit(dm, sim$counts, n_ppc_samples = 100, seed = 2)
+  expect_equal(dim(good$residuals), c(600L, 30L))
+  # Pooled over genes, the residuals of the fitted generating model pass a KS test.
+  expect_gt(suppressWarnings(stats::ks.test(as.vector(good$residuals), "pnorm"))$p.value, 0.01)
+  expect_lt(suppressWarnings(stats::ks.test(as.vector(bad$residuals), "pnorm"))$p.value, 1e-6)
+  expect_gt(mean(good$scores$well_fit), mean(bad$scores$well_fit))
+  expect_lt(stats::median(good$scores$calibration_failure), stats::median(bad$scores$calibration_failure))
+  expect_output(print(good), "well fit")
+})
+
+test_that("goodness_of_fit options, reproducibility and errors", {
+  sim <- scribe_simulate("zinb", n_genes = 12, n_cells = 200, seed = 1)
+  fit <- scribe_fit(sim$counts, model = "zinb", n_steps = 300, seed = 1, verbose = FALSE)
+  a <- goodness_of_fit(fit, sim$counts, genes = c("gene2", "gene5"), ppc = FALSE, seed = 4)
+  b <- goodness_of_fit(fit, sim$counts, genes = c("gene2", "gene5"), ppc = FALSE, seed = 4)
+  expect_identical(a, b)
+  expect_identical(a$scores$gene, c("gene2", "gene5"))
+  expect_false("calibration_failure" %in% names(a$scores))
+  post <- goodness_of_fit(fit, sim$counts, n_samples = 20, ppc = FALSE, residuals = FALSE, seed = 4)
+  expect_null(post$residuals)
+  expect_error(plot_residuals(post), "residuals = TRUE", class = "scribeR_input_error")
+  expect_error(goodness_of_fit(fit, sim$counts, genes = "nope"), "genes", class = "scribeR_input_error")
+  expect_error(goodness_of_fit(fit, sim$counts, credible_level = 120), "credible_level", class = "scribeR_input_error")
+  expect_error(goodness_of_fit("fit", sim$counts), "results object", class = "scribeR_input_error")
+  skip_if_not_installed("ggplot2")
+  expect_s3_class(plot_residuals(a, genes = "gene2"), "ggplot")
+  expect_error(plot_residuals(a, genes = "gene9"), "genes", class = "scribeR_input_error")
+})
