@@ -75,7 +75,7 @@ compare_models <- function(fits, x, by = c("cell", "gene"), n_samples = 200L, se
   n_obs <- vapply(ll, ncol, integer(1))
   if (length(unique(n_obs)) != 1L) abort_input("The fits in {.arg fits} were not fitted to the same {by}s.")
   loos <- lapply(ll, function(l) suppressWarnings(loo::loo(l, r_eff = rep(1, ncol(l)))))
-  waics <- lapply(ll, function(l) call_core(rs_waic(as.vector(l), nrow(l))))
+  waics <- lapply(ll, function(l) call_core(rs_waic(l, nrow(l))))
   point <- vapply(loos, function(o) o$pointwise[, "elpd_loo"], numeric(n_obs[1]))
   point <- matrix(point, ncol = length(fits), dimnames = list(colnames(ll[[1]]), names(fits)))
   elpd <- colSums(point)
@@ -161,9 +161,9 @@ gene_level_comparison <- function(fit_a, fit_b, x, labels = c("A", "B"), n_sampl
   seed <- resolve_seed(seed)
   la <- loglik_draws(fit_a, x, "gene", n_samples, seed, assay)
   lb <- loglik_draws(fit_b, x, "gene", n_samples, seed, assay)
-  wa <- call_core(rs_waic(as.vector(la), nrow(la)))
-  wb <- call_core(rs_waic(as.vector(lb), nrow(lb)))
-  se <- call_core(rs_paired_sd(as.vector(la), as.vector(lb), nrow(la)))
+  wa <- call_core(rs_waic(la, nrow(la)))
+  wb <- call_core(rs_waic(lb, nrow(lb)))
+  se <- call_core(rs_paired_sd(la, lb, nrow(la)))
   diff <- wa$elpd - wb$elpd
   z <- ifelse(se > 0, diff / se, 0)
   out <- data.frame(gene = colnames(la), elpd_a = wa$elpd, elpd_b = wb$elpd, elpd_diff = diff, elpd_diff_se = se,

@@ -149,7 +149,7 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
     } else {
       d <- call_core(rs_de_gaussian(pa, pb, as.numeric(n_samples), seed,
                                     if (is.null(keep)) NULL else keep, verbose, threads))
-      delta <- matrix(d$delta, nrow = d$n, dimnames = list(NULL, kept))
+      delta <- as_draw_matrix(d, kept)
     }
   } else {
     comps <- resolve_de_components(fit_a, fit_b, component_a, component_b, mixture_weighted)
@@ -162,7 +162,7 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
                  n_dirichlet = as.numeric(n_samples_dirichlet), gene_mask = keep)
     d <- call_core(rs_de_nb(core_view(fit_a), if (same) NULL else core_view(fit_b), as.numeric(n_samples),
                             seed, opts, verbose, threads))
-    delta <- matrix(d$delta, nrow = d$n, dimnames = list(NULL, kept))
+    delta <- as_draw_matrix(d, kept)
     expression <- cbind(nb_log_composition(fit_a, comps[[1]]), nb_log_composition(fit_b, comps[[2]]))
     info$components <- vapply(comps, function(k) if (k < 0) NA_integer_ else as.integer(k + 1), integer(1))
     info$paired <- same
@@ -172,7 +172,7 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
   colnames(expression) <- labels
   expression <- expression[kept, , drop = FALSE]
   if (method %in% c("empirical", "shrinkage")) {
-    stats <- call_core(rs_de_empirical(as.vector(delta), nrow(delta), 0))
+    stats <- call_core(rs_de_empirical(delta, nrow(delta), 0))
     moments <- list()
     if (method == "shrinkage") {
       moments <- list(mean = stats$delta_mean, sd = stats$delta_sd, max_iter = as.numeric(shrinkage_max_iter),
@@ -185,6 +185,15 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
   }
   new("ScribeDEResults", method = method, labels = labels, gene_names = kept, stats = stats,
       delta = delta, moments = moments, expression = expression, info = info)
+}
+
+# The core's gene-major draws as a draws x genes matrix, without copying them
+# (setting dim() on an unshared vector modifies it in place).
+as_draw_matrix <- function(d, genes) {
+  delta <- d$delta
+  dim(delta) <- c(d$n, length(genes))
+  dimnames(delta) <- list(NULL, genes)
+  delta
 }
 
 log_sum_exp <- function(x) {
@@ -262,7 +271,7 @@ de_stats <- function(de, taus) {
         abort_input(c("This result kept no draws, so its summaries exist at {.code tau = 0} only.",
                       "i" = "Rerun {.fn scribe_de} with {.code keep_draws = TRUE}."))
       }
-      call_core(rs_de_empirical(as.vector(de@delta), nrow(de@delta), taus))
+      call_core(rs_de_empirical(de@delta, nrow(de@delta), taus))
     }
   )
 }
@@ -429,7 +438,7 @@ test_gene_sets <- function(de, sets, tau = 0, target_pefp = 0.05) {
     as.numeric(i - 1L)
   })
   n <- nrow(de@delta)
-  b <- call_core(rs_de_balances(as.vector(de@delta), n, idx))
+  b <- call_core(rs_de_balances(de@delta, n, idx))
   s <- call_core(rs_de_empirical(b, n, tau))
   out <- data.frame(set = names(sets), n_genes = lengths(idx), balance_mean = s$delta_mean,
                     balance_sd = s$delta_sd, prob_positive = s$prob_positive, lfsr = s$lfsr,

@@ -216,3 +216,15 @@ test_that("DE results print, plot and write back", {
   expect_error(add_scribe_fit(sce, de), "overwrite", class = "scribeR_input_error")
   expect_silent(add_scribe_fit(sce, de, overwrite = TRUE))
 })
+
+test_that("MCMC fits are compared on their draws", {
+  skip_on_cran()
+  s <- de_sim(5, n_genes = 40, n_cells = 150)
+  mc <- function(x) scribe_fit(x, model = "nbdm", inference_method = "mcmc", n_samples = 150, n_warmup = 150,
+                               n_chains = 1, seed = 1, verbose = FALSE)
+  de <- scribe_de(mc(s$a), mc(s$b), n_samples = 150, n_samples_dirichlet = 0, seed = 1)
+  expect_equal(dim(de@delta), c(150L, 40L))
+  truth <- s$lfc != 0
+  expect_gt(auc(-de@stats$lfsr, truth), 0.9)
+  expect_equal(sign(de@stats$delta_mean[truth]), -sign(s$lfc[truth]))
+})
