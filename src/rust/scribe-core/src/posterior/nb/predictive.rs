@@ -8,7 +8,7 @@
 
 use super::draws::NbDraws;
 use super::loglik::pick_index;
-use crate::dist::draw::nb_count;
+use crate::dist::draw::nb_count_fast;
 use crate::error::Result;
 use crate::progress::Ctl;
 use rand::rngs::ChaCha8Rng;
@@ -59,7 +59,7 @@ pub fn predictive(
                         continue;
                     }
                 }
-                row[j] = nb_count(&mut rng, r[g], odds) as f64;
+                row[j] = nb_count_fast(&mut rng, r[g], odds) as f64;
             }
             work.tick();
         });
