@@ -143,7 +143,7 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
       if (!is.null(keep)) abort_unsupported("{.arg gene_mask} applies to empirical comparisons; the parametric one uses all genes.")
       ma <- call_core(rs_de_clr_moments(pa))
       mb <- call_core(rs_de_clr_moments(pb))
-      moments <- list(mean = ma$mean - mb$mean, sd = sqrt(ma$var + mb$var))
+      moments <- list(mean = ma$mean - mb$mean, sd = sqrt(ma$var + mb$var), populations = list(pa, pb))
       stats <- call_core(rs_de_gaussian_stats(moments$mean, moments$sd, 0))
       delta <- matrix(numeric(0), 0, 0)
     } else {
@@ -398,9 +398,10 @@ setMethod("show", "ScribeDEResults", function(object) {
 #' other genes, `b = sum_g v_g delta_g` with `v_g = +sqrt(n_out / (n_in D))`
 #' on the set and `-sqrt(n_in / (n_out D))` off it (the log geometric-mean
 #' ratio of the set to the rest, scaled), summarised per draw like a gene;
-#' sets are called at `target_pefp` on their lfsr. Needs the draws of an
-#' empirical or shrinkage result (`keep_draws = TRUE`; shrinkage does not
-#' apply to balances).
+#' sets are called at `target_pefp` on their lfsr. Empirical and shrinkage
+#' results use their draws (`keep_draws = TRUE`; shrinkage does not apply to
+#' balances); parametric results the exact Gaussian moments of the balance,
+#' `c' mu` and `|W'c|^2 + sum c_g^2 d_g` per side.
 #'
 #' @param de A [ScribeDEResults-class] object.
 #' @param sets A named list of character vectors of genes.
@@ -421,9 +422,10 @@ test_gene_sets <- function(de, sets, tau = 0, target_pefp = 0.05) {
   check_de(de)
   tau <- check_tau(tau)
   check_pefp(target_pefp, allow_null = FALSE)
-  if (!length(de@delta)) {
+  parametric <- identical(de@method, "parametric")
+  if (!parametric && !length(de@delta)) {
     abort_unsupported(c("{.fn test_gene_sets} needs the draws of an empirical comparison.",
-                        "i" = "Rerun {.fn scribe_de} with {.code method = \"empirical\"} and {.code keep_draws = TRUE}."))
+                        "i" = "Rerun {.fn scribe_de} with {.code keep_draws = TRUE}."))
   }
   if (!is.list(sets) || !length(sets) || is.null(names(sets)) || any(names(sets) == "") ||
       !all(vapply(sets, is.character, logical(1)))) {
@@ -437,9 +439,13 @@ test_gene_sets <- function(de, sets, tau = 0, target_pefp = 0.05) {
     if (length(i) >= length(de@gene_names)) abort_input("{.arg sets}: set {.val {nm}} holds every gene; it needs genes outside it.")
     as.numeric(i - 1L)
   })
-  n <- nrow(de@delta)
-  b <- call_core(rs_de_balances(de@delta, n, idx))
-  s <- call_core(rs_de_empirical(b, n, tau))
+  s <- if (parametric) {
+    m <- call_core(rs_de_gaussian_balances(de@moments$populations[[1]], de@moments$populations[[2]], idx))
+    call_core(rs_de_gaussian_stats(m$mean, m$sd, tau))
+  } else {
+    b <- call_core(rs_de_balances(de@delta, nrow(de@delta), idx))
+    call_core(rs_de_empirical(b, nrow(de@delta), tau))
+  }
   out <- data.frame(set = names(sets), n_genes = lengths(idx), balance_mean = s$delta_mean,
                     balance_sd = s$delta_sd, prob_positive = s$prob_positive, lfsr = s$lfsr,
                     prob_effect = s$prob_effect, lfsr_tau = s$lfsr_tau, stringsAsFactors = FALSE)

@@ -67,6 +67,8 @@ rs_de_threshold <- function(lfsr, target) .Call(wrap__rs_de_threshold, lfsr, tar
 
 rs_de_balances <- function(delta, n, sets) .Call(wrap__rs_de_balances, delta, n, sets)
 
+rs_de_gaussian_balances <- function(a, b, sets) .Call(wrap__rs_de_gaussian_balances, a, b, sets)
+
 rs_waic <- function(l, n_draws) .Call(wrap__rs_waic, l, n_draws)
 
 rs_paired_sd <- function(l_a, l_b, n_draws) .Call(wrap__rs_paired_sd, l_a, l_b, n_draws)

@@ -175,6 +175,12 @@ test_that("parametric and empirical DE agree for Laplace fits", {
   emp <- scribe_de(la, lb, method = "empirical", n_samples = 4000, seed = 1)
   expect_gte(stats::cor(par@stats$delta_mean, emp@stats$delta_mean), 0.99)
   expect_lt(max(abs(par@stats$delta_sd / emp@stats$delta_sd - 1)), 0.1)
+  # Gene-set balances: exact Gaussian moments against the draws.
+  sets <- list(first = la@gene_names[1:5], last = la@gene_names[20:30])
+  gp <- test_gene_sets(par, sets)
+  ge <- test_gene_sets(emp, sets)
+  expect_equal(gp$balance_mean, ge$balance_mean, tolerance = 0.05)
+  expect_equal(gp$balance_sd, ge$balance_sd, tolerance = 0.05)
   expect_error(scribe_de(la, la), "same Laplace fit", class = "scribeR_input_error")
 })
 

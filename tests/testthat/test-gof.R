@@ -37,3 +37,27 @@ test_that("goodness_of_fit options, reproducibility and errors", {
   expect_s3_class(plot_residuals(a, genes = "gene2"), "ggplot")
   expect_error(plot_residuals(a, genes = "gene9"), "genes", class = "scribeR_input_error")
 })
+
+test_that("PPC calibration scores agree with the same statistic computed in R from predictive draws", {
+  counts <- scribe_example_data()
+  fit <- scribe_fit(counts, seed = 1, n_steps = 300, verbose = FALSE)
+  genes <- rownames(counts)[1:40]
+  g <- goodness_of_fit(fit, counts, genes = genes, n_ppc_samples = 200, residuals = FALSE, seed = 1)
+  pp <- posterior_predictive(fit, n_samples = 200, genes = genes, seed = 2)
+  obs <- as.matrix(counts[genes, ])
+  in_r <- vapply(seq_along(genes), function(j) {
+    x <- pp[, , j]
+    lo <- min(x)
+    nb <- max(x) - lo + 1
+    dens <- t(apply(x, 1, function(v) tabulate(v - lo + 1, nbins = nb) / length(v)))
+    band <- apply(dens, 2, stats::quantile, c(0.025, 0.975))
+    o <- obs[j, ]
+    o <- o[o >= lo & o <= max(x)]
+    ob <- tabulate(o - lo + 1, nbins = nb) / length(o)
+    ne <- ob > 0
+    mean(ob[ne] < band[1, ne] | ob[ne] > band[2, ne])
+  }, numeric(1))
+  # Different random draws, the same statistic.
+  expect_gt(stats::cor(g$scores$calibration_failure, in_r), 0.9)
+  expect_lt(abs(mean(g$scores$calibration_failure) - mean(in_r)), 0.05)
+})

@@ -7,7 +7,8 @@ use crate::errors::{internal, respond, GResult};
 use crate::runner;
 use extendr_api::prelude::*;
 use scribe_core::de::compositions::{
-    gaussian_clr, gaussian_differences, nb_differences, Component, GaussianSide, NbSide,
+    gaussian_clr, gaussian_contrast, gaussian_differences, nb_differences, Component, GaussianSide,
+    NbSide,
 };
 use scribe_core::de::error_control::{find_threshold, pefp};
 use scribe_core::de::shrinkage::{shrink, ShrinkConfig};
@@ -190,6 +191,47 @@ fn rs_de_clr_moments(side: Robj) -> Robj {
     })())
 }
 
+/// Mean and sd of the balance of each gene set (0-based indices) between
+/// two log-normal populations: ILR weights `+sqrt(n₋/(n₊D))` on the set,
+/// `−sqrt(n₊/(n₋D))` off it.
+/// @noRd
+#[extendr]
+fn rs_de_gaussian_balances(a: Robj, b: Robj, sets: Robj) -> Robj {
+    respond((|| -> GResult<Robj> {
+        let (pa, pb) = (
+            Population::read(&a, "fit_a")?,
+            Population::read(&b, "fit_b")?,
+        );
+        let d_n = pa.mu.len();
+        let sets: List = sets
+            .try_into()
+            .map_err(|_| internal("`sets` must be a list"))?;
+        let (mut mean, mut sd) = (Vec::new(), Vec::new());
+        for (_, s) in sets.iter() {
+            let idx = reals(Some(&s), "sets")?;
+            let mut in_set = vec![false; d_n];
+            idx.iter().for_each(|&i| in_set[i as usize] = true);
+            let n_plus = in_set.iter().filter(|&&x| x).count() as f64;
+            let (n_minus, dn) = (d_n as f64 - n_plus, d_n as f64);
+            let c: Vec<f64> = in_set
+                .iter()
+                .map(|&x| {
+                    if x {
+                        (n_minus / (n_plus * dn)).sqrt()
+                    } else {
+                        -(n_plus / (n_minus * dn)).sqrt()
+                    }
+                })
+                .collect();
+            let (ma, va) = gaussian_contrast(&pa.side(), &c);
+            let (mb, vb) = gaussian_contrast(&pb.side(), &c);
+            mean.push(ma - mb);
+            sd.push((va + vb).sqrt());
+        }
+        Ok(list!(mean = mean, sd = sd).into())
+    })())
+}
+
 /// Summaries of Gaussian `Δ` per gene (the parametric path).
 /// @noRd
 #[extendr]
@@ -304,6 +346,7 @@ extendr_module! {
     fn rs_de_shrink;
     fn rs_de_threshold;
     fn rs_de_balances;
+    fn rs_de_gaussian_balances;
     fn rs_waic;
     fn rs_paired_sd;
 }

@@ -337,6 +337,23 @@ pub fn gaussian_clr(side: &GaussianSide<'_>) -> (Vec<f64>, Vec<f64>) {
     (mean, var)
 }
 
+/// Mean and variance of the contrast `cᵀ ln ρ` of a log-normal population
+/// for a centred `c` (`Σ c = 0`, so the CLR centring drops out exactly):
+/// `cᵀ μ` and `‖Wᵀ c‖² + Σ c_g² d_g`.
+pub fn gaussian_contrast(side: &GaussianSide<'_>, c: &[f64]) -> (f64, f64) {
+    let k = side.k;
+    let mean = c.iter().zip(side.mu).map(|(a, b)| a * b).sum();
+    let mut wc = vec![0.0; k];
+    let mut var = 0.0;
+    for (g, &cg) in c.iter().enumerate() {
+        for j in 0..k {
+            wc[j] += side.w[g * k + j] * cg;
+        }
+        var += cg * cg * side.d[g];
+    }
+    (mean, var + wc.iter().map(|v| v * v).sum::<f64>())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

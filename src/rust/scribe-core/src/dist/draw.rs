@@ -142,12 +142,18 @@ mod tests {
             for k in 0..5u32 {
                 let freq = xs.iter().filter(|&&x| x == k).count() as f64 / n as f64;
                 let sd = (pmf * (1.0 - pmf) / n as f64).sqrt();
-                assert!((freq - pmf).abs() < 5.0 * sd + 1e-9, "r {r}, odds {odds}, k {k}: {freq} vs {pmf}");
+                assert!(
+                    (freq - pmf).abs() < 5.0 * sd + 1e-9,
+                    "r {r}, odds {odds}, k {k}: {freq} vs {pmf}"
+                );
                 pmf *= p * (r + k as f64) / (k as f64 + 1.0);
             }
             let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
             let se = (r * odds * (1.0 + odds) / n as f64).sqrt();
-            assert!((mean - r * odds).abs() < 5.0 * se, "r {r}, odds {odds}: mean {mean}");
+            assert!(
+                (mean - r * odds).abs() < 5.0 * se,
+                "r {r}, odds {odds}: mean {mean}"
+            );
         }
         assert_eq!(nb_count_fast(&mut rng, 3.0, 0.0), 0);
         assert_eq!(nb_count_fast(&mut rng, 3.0, f64::INFINITY), u32::MAX);

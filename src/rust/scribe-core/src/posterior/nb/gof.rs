@@ -12,12 +12,12 @@
 //! incomplete beta.
 //!
 //! PPC calibration: per gene, the histogram of counts over cells of each
-//! predictive draw gives per-bin central bands; the observed histogram's
+//! predictive data set gives per-bin central bands; the observed histogram's
 //! non-empty bins outside their band are the calibration failures.
 
 use super::draws::NbDraws;
-use super::predictive::predictive;
 use crate::data::CountMatrix;
+use crate::dist::draw::nb_count_fast;
 use crate::error::{CoreError, Result};
 use crate::progress::Ctl;
 use rand::rngs::ChaCha8Rng;
@@ -188,8 +188,11 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
-/// PPC scores of `genes` from `n_draws` predictive draws per parameter
-/// setting of `d` (one predictive count matrix per setting).
+/// PPC scores of `genes`: one predictive data set per parameter setting of
+/// `d` (its draws). Counts are drawn gene by gene and binned on the fly, from
+/// a `(seed, gene, draw)` stream, so no predictive count matrix is ever
+/// held; each cell's component is drawn from the weights (the genes' marginal
+/// predictive, which is all a per-gene histogram sees).
 pub fn ppc_scores(
     d: &NbDraws,
     data: &CountMatrix,
@@ -202,103 +205,131 @@ pub fn ppc_scores(
     if !(level > 0.0 && level < 1.0) {
         return Err(CoreError::arg("credible_level", "must be in (0, 100)"));
     }
-    let (c_n, s_n) = (data.n_cells, d.n_draws);
-    let cells: Vec<usize> = (0..c_n).collect();
-    // Predictive counts of a block of genes: at most ~1e7 values at a time.
-    let block = (10_000_000 / (c_n * s_n).max(1)).clamp(1, GENE_BLOCK / 4);
-    let mut out = PpcScores {
-        calibration_failure: Vec::with_capacity(genes.len()),
-        l1_distance: Vec::with_capacity(genes.len()),
-    };
+    let (c_n, s_n, k_n) = (data.n_cells, d.n_draws, d.n_comp);
+    // Observed nonzero counts per requested gene (the rest of the cells are zeros).
     let mut pos = vec![usize::MAX; data.n_genes];
-    let work = ctl.work(genes.len());
-    for chunk in genes.chunks(block) {
-        if work.stopped() {
-            break;
-        }
-        let pred = predictive(d, &cells, chunk, false, seed, Ctl::none())?;
-        chunk.iter().enumerate().for_each(|(j, &g)| pos[g] = j);
-        let mut obs = vec![vec![0u32; c_n]; chunk.len()];
-        for c in 0..c_n {
-            let (gi, ci) = data.row(c);
-            for (&g, &x) in gi.iter().zip(ci) {
-                let j = pos[g as usize];
-                if j != usize::MAX && j < chunk.len() && chunk[j] == g as usize {
-                    obs[j][c] = x;
-                }
+    for (j, &g) in genes.iter().enumerate() {
+        pos[g] = j;
+    }
+    let mut observed: Vec<Vec<u32>> = vec![Vec::new(); genes.len()];
+    for c in 0..c_n {
+        let (gi, ci) = data.row(c);
+        for (&g, &x) in gi.iter().zip(ci) {
+            if pos[g as usize] != usize::MAX {
+                observed[pos[g as usize]].push(x);
             }
         }
-        let scores: Vec<(f64, f64)> = (0..chunk.len())
-            .into_par_iter()
-            .map(|j| {
-                let col = &pred[s_n * c_n * j..s_n * c_n * (j + 1)];
-                let lo = col.iter().cloned().fold(f64::INFINITY, f64::min) as usize;
-                let mut hi = col.iter().cloned().fold(0.0, f64::max) as usize;
-                if let Some(m) = max_bin {
-                    hi = hi.min(lo + m);
-                }
-                let n_bins = hi - lo + 1;
-                // Density histograms per draw: bins × draws.
-                let mut dens = vec![0.0; n_bins * s_n];
-                for s in 0..s_n {
-                    let mut tot = 0.0;
-                    for c in 0..c_n {
-                        let x = col[s + s_n * c] as usize;
-                        if x >= lo && x <= hi {
-                            dens[(x - lo) * s_n + s] += 1.0;
-                            tot += 1.0;
-                        }
-                    }
-                    if tot > 0.0 {
-                        for b in 0..n_bins {
-                            dens[b * s_n + s] /= tot;
-                        }
-                    }
-                }
-                let mut o = vec![0.0; n_bins];
-                let mut o_tot = 0.0;
-                for &x in &obs[j] {
-                    let x = x as usize;
-                    if x >= lo && x <= hi {
-                        o[x - lo] += 1.0;
-                        o_tot += 1.0;
-                    }
-                }
-                let (mut fails, mut nonempty, mut l1) = (0usize, 0usize, 0.0);
-                let tail = (1.0 - level) / 2.0;
-                for b in 0..n_bins {
-                    let row = &mut dens[b * s_n..(b + 1) * s_n];
-                    row.sort_by(|x, y| x.partial_cmp(y).unwrap());
-                    let (lower, upper, med) = (
-                        percentile(row, tail),
-                        percentile(row, 1.0 - tail),
-                        percentile(row, 0.5),
-                    );
-                    let ob = if o_tot > 0.0 { o[b] / o_tot } else { 0.0 };
-                    if o[b] > 0.0 {
-                        nonempty += 1;
-                        if ob < lower || ob > upper {
-                            fails += 1;
-                        }
-                    }
-                    l1 += (ob - med).abs();
-                }
-                let fail = if nonempty > 0 {
-                    fails as f64 / nonempty as f64
-                } else {
-                    0.0
-                };
-                (fail, l1)
-            })
-            .collect();
-        chunk.iter().for_each(|&g| pos[g] = usize::MAX);
-        for (f, l) in scores {
-            out.calibration_failure.push(f);
-            out.l1_distance.push(l);
-            work.tick();
-        }
     }
-    work.finish(out)
+    // Odds of the capture-adjusted success probability per (draw, component, cell).
+    let odds: Vec<f64> = (0..s_n * k_n * c_n)
+        .map(|i| {
+            let (sk, c) = (i / c_n, i % c_n);
+            let (s, k) = (sk / k_n, sk % k_n);
+            let (p, nu) = (d.p_of(s, k), d.nu_of(s, c));
+            let p_hat = p * nu / (1.0 - p * (1.0 - nu));
+            p_hat / (1.0 - p_hat)
+        })
+        .collect();
+    let work = ctl.work(genes.len());
+    let tail = (1.0 - level) / 2.0;
+    let scores: Vec<(f64, f64)> = genes
+        .par_iter()
+        .enumerate()
+        .map(|(j, &g)| {
+            if work.stopped() {
+                return (f64::NAN, f64::NAN);
+            }
+            let mut hists: Vec<Vec<u32>> = Vec::with_capacity(s_n);
+            let (mut lo, mut hi) = (usize::MAX, 0usize);
+            for s in 0..s_n {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                rng.set_stream(((g as u64 + 1) << 32) | s as u64);
+                let w = &d.weights[s * k_n..(s + 1) * k_n];
+                let mut h: Vec<u32> = Vec::new();
+                for c in 0..c_n {
+                    let k = if k_n == 1 {
+                        0
+                    } else {
+                        crate::math::pick_index(w, rng.random())
+                    };
+                    let gated = d
+                        .gate_of(s, k)
+                        .is_some_and(|pi| rng.random::<f64>() < pi[g]);
+                    let x = if gated {
+                        0
+                    } else {
+                        nb_count_fast(&mut rng, d.r_of(s, k)[g], odds[(s * k_n + k) * c_n + c])
+                            as usize
+                    };
+                    if x >= h.len() {
+                        h.resize(x + 1, 0);
+                    }
+                    h[x] += 1;
+                }
+                lo = lo.min(h.iter().position(|&v| v > 0).unwrap_or(0));
+                hi = hi.max(h.len() - 1);
+                hists.push(h);
+            }
+            if let Some(m) = max_bin {
+                hi = hi.min(lo + m);
+            }
+            let n_bins = hi - lo + 1;
+            let in_range = |h: &[u32]| -> f64 {
+                h.iter()
+                    .enumerate()
+                    .filter(|(x, _)| *x >= lo && *x <= hi)
+                    .map(|(_, &v)| v as f64)
+                    .sum()
+            };
+            let totals: Vec<f64> = hists.iter().map(|h| in_range(h)).collect();
+            let mut obs = vec![0.0; n_bins];
+            let n_zero = c_n - observed[j].len();
+            if lo == 0 && n_zero > 0 {
+                obs[0] = n_zero as f64;
+            }
+            for &x in &observed[j] {
+                let x = x as usize;
+                if x >= lo && x <= hi {
+                    obs[x - lo] += 1.0;
+                }
+            }
+            let o_tot: f64 = obs.iter().sum();
+            let (mut fails, mut nonempty, mut l1) = (0usize, 0usize, 0.0);
+            let mut col = vec![0.0; s_n];
+            for b in 0..n_bins {
+                for (s, h) in hists.iter().enumerate() {
+                    let v = h.get(lo + b).copied().unwrap_or(0) as f64;
+                    col[s] = if totals[s] > 0.0 { v / totals[s] } else { 0.0 };
+                }
+                col.sort_by(|x, y| x.partial_cmp(y).unwrap());
+                let (lower, upper, med) = (
+                    percentile(&col, tail),
+                    percentile(&col, 1.0 - tail),
+                    percentile(&col, 0.5),
+                );
+                let ob = if o_tot > 0.0 { obs[b] / o_tot } else { 0.0 };
+                if obs[b] > 0.0 {
+                    nonempty += 1;
+                    if ob < lower || ob > upper {
+                        fails += 1;
+                    }
+                }
+                l1 += (ob - med).abs();
+            }
+            work.tick();
+            let fail = if nonempty > 0 {
+                fails as f64 / nonempty as f64
+            } else {
+                0.0
+            };
+            (fail, l1)
+        })
+        .collect();
+    let (calibration_failure, l1_distance) = scores.into_iter().unzip();
+    work.finish(PpcScores {
+        calibration_failure,
+        l1_distance,
+    })
 }
 
 #[cfg(test)]
