@@ -58,6 +58,12 @@ setClass("ScribeDEResults", representation(
 #' variability, so lfsr measures how much the two populations overlap, not
 #' the uncertainty of a mean shift.
 #'
+#' Paired designs: with `fit_a` and `fit_b` named lists of fits (one per
+#' donor or sample, fitted separately in each condition), each pair's
+#' `delta` draws are computed as above and combined as `sum_d w_d delta_d`,
+#' so that baseline differences between donors cancel within each pair.
+#' Pairs are matched by name; at least two are needed.
+#'
 #' `"shrinkage"` fits an adaptive-shrinkage prior (a mixture of centred
 #' normals on a grid of 26 scales from `1e-6` to three times the largest
 #' posterior sd, weights by EM accelerated with SQUAREM) to the empirical
@@ -83,6 +89,11 @@ setClass("ScribeDEResults", representation(
 #' @param shrinkage_max_iter,shrinkage_tol EM settings of `"shrinkage"`.
 #' @param seed Seed (`NULL`: from R's RNG).
 #' @param num_threads Threads of the core.
+#' @param pair_weighting,incomplete_pairs Paired designs (see Details):
+#'   how pairs are weighted (`"uniform"`, or by `"min_cells"`, the
+#'   `"harmonic"` mean or the `"total_cells"` of the pair's two fits), and
+#'   whether names seen on one side only are dropped (with a message) or an
+#'   error.
 #' @return A [ScribeDEResults-class] object.
 #' @examples
 #' counts <- scribe_example_data()
@@ -97,7 +108,15 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
                       n_samples = 1000L, n_samples_dirichlet = 1L, component_a = NULL, component_b = NULL,
                       mixture_weighted = FALSE, gene_mask = NULL, labels = c("A", "B"), keep_draws = TRUE,
                       shrinkage_max_iter = 200L, shrinkage_tol = 1e-8, seed = NULL,
-                      num_threads = getOption("scribeR.num_threads", 1L)) {
+                      num_threads = getOption("scribeR.num_threads", 1L),
+                      pair_weighting = c("uniform", "min_cells", "harmonic", "total_cells"),
+                      incomplete_pairs = c("drop", "error")) {
+  pairs <- NULL
+  if (is_fit_list(fit_a) || is_fit_list(fit_b)) {
+    pairs <- resolve_pairs(fit_a, fit_b, pair_weighting, incomplete_pairs)
+    fit_a <- pairs$a[[1]]
+    fit_b <- pairs$b[[1]]
+  }
   check_format(fit_a, "fit_a")
   check_format(fit_b, "fit_b")
   method <- match_choice(method[1], c("auto", "empirical", "parametric", "shrinkage"), "method")
@@ -131,6 +150,9 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
   verbose <- analysis_verbose()
   threads <- resolve_threads(num_threads)
   info <- list(n_samples = as.integer(n_samples), seed = seed, models = c(fit_a@model$model, fit_b@model$model))
+  if (!is.null(pairs) && laplace[1]) {
+    abort_unsupported("Paired designs compare SVI or MCMC fits; Laplace fits describe populations, not posteriors of a mean.")
+  }
   if (laplace[1]) {
     if (!is.null(component_a) || !is.null(component_b) || mixture_weighted) {
       abort_unsupported("Laplace fits have no mixture components; drop {.arg component_a}, {.arg component_b} and {.arg mixture_weighted}.")
@@ -153,18 +175,39 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
     }
   } else {
     comps <- resolve_de_components(fit_a, fit_b, component_a, component_b, mixture_weighted)
-    same <- identical(fit_a, fit_b)
+    same <- is.null(pairs) && identical(fit_a, fit_b)
     if (same && identical(comps[1], comps[2])) {
       abort_input(c("Both sides are the same fit and component: there is nothing to compare.",
                     "i" = "Give a second fit, or two different {.arg component_a} and {.arg component_b}."))
     }
     opts <- list(component_a = comps[[1]], component_b = comps[[2]],
                  n_dirichlet = as.numeric(n_samples_dirichlet), gene_mask = keep)
-    d <- call_core(rs_de_nb(core_view(fit_a), if (same) NULL else core_view(fit_b), as.numeric(n_samples),
-                            seed, opts, verbose, threads))
+    if (is.null(pairs)) {
+      d <- call_core(rs_de_nb(core_view(fit_a), if (same) NULL else core_view(fit_b), as.numeric(n_samples),
+                              seed, opts, verbose, threads))
+      expression <- cbind(nb_log_composition(fit_a, comps[[1]]), nb_log_composition(fit_b, comps[[2]]))
+    } else {
+      for (side in c("a", "b")) for (nm in names(pairs[[side]])) {
+        f <- pairs[[side]][[nm]]
+        if (is(f, "ScribeLaplaceResults") || !identical(f@gene_names, genes)) {
+          abort_input("Every fit of a paired design must be an SVI or MCMC fit to the same genes ({.arg fit_{side}}${nm} is not).")
+        }
+        resolve_de_components(f, f, if (side == "a") component_a else component_b,
+                              if (side == "a") component_a else component_b, mixture_weighted)
+      }
+      d <- call_core(rs_de_nb_pairs(lapply(pairs$a, core_view), lapply(pairs$b, core_view), pairs$weights,
+                                    as.numeric(n_samples), seed, opts, verbose, threads))
+      avg <- function(side, comp) Reduce(`+`, Map(function(f, w) w * nb_log_composition(f, comp), pairs[[side]], pairs$weights))
+      expression <- cbind(avg("a", comps[[1]]), avg("b", comps[[2]]))
+      info$pairs <- data.frame(pair = names(pairs$a), weight = pairs$weights,
+                               cells_a = vapply(pairs$a, function(f) length(f@cell_names), integer(1)),
+                               cells_b = vapply(pairs$b, function(f) length(f@cell_names), integer(1)),
+                               row.names = NULL)
+    }
     delta <- as_draw_matrix(d, kept)
-    expression <- cbind(nb_log_composition(fit_a, comps[[1]]), nb_log_composition(fit_b, comps[[2]]))
-    info$components <- vapply(comps, function(k) if (k < 0) NA_integer_ else as.integer(k + 1), integer(1))
+    if (n_components_of(fit_a) > 1L || n_components_of(fit_b) > 1L) {
+      info$components <- vapply(comps, function(k) if (k < 0) NA_integer_ else as.integer(k + 1), integer(1))
+    }
     info$paired <- same
     info$n_samples_dirichlet <- as.integer(n_samples_dirichlet)
   }
@@ -194,6 +237,36 @@ as_draw_matrix <- function(d, genes) {
   dim(delta) <- c(d$n, length(genes))
   dimnames(delta) <- list(NULL, genes)
   delta
+}
+
+is_fit_list <- function(x) is.list(x) && !isS4(x)
+
+# The complete pairs of two named lists of fits, and their weights.
+resolve_pairs <- function(fit_a, fit_b, pair_weighting, incomplete_pairs) {
+  pair_weighting <- match_choice(pair_weighting[1], c("uniform", "min_cells", "harmonic", "total_cells"), "pair_weighting")
+  incomplete_pairs <- match_choice(incomplete_pairs[1], c("drop", "error"), "incomplete_pairs")
+  for (arg in c("fit_a", "fit_b")) {
+    x <- get(arg)
+    if (!is_fit_list(x) || !length(x) || is.null(names(x)) || any(names(x) == "") || anyDuplicated(names(x))) {
+      abort_input(c("{.arg {arg}} must be a fit, or (for a paired design) a named list of fits, one per pair (e.g. donor).",
+                    "i" = "Both {.arg fit_a} and {.arg fit_b} are then lists, matched by name."))
+    }
+    for (nm in names(x)) check_format(x[[nm]], sprintf("%s$%s", arg, nm))
+  }
+  both <- intersect(names(fit_a), names(fit_b))
+  lone <- setdiff(union(names(fit_a), names(fit_b)), both)
+  if (length(lone)) {
+    if (incomplete_pairs == "error") abort_input("Pairs seen on one side only: {.val {lone}}.")
+    cli::cli_inform("Dropping {length(lone)} pair{?s} seen on one side only: {.val {lone}}.")
+  }
+  if (length(both) < 2L) abort_input("A paired design needs at least 2 complete pairs; {length(both)} found.")
+  a <- fit_a[both]
+  b <- fit_b[both]
+  na <- vapply(a, function(f) length(f@cell_names), integer(1))
+  nb <- vapply(b, function(f) length(f@cell_names), integer(1))
+  w <- switch(pair_weighting, uniform = rep(1, length(both)), min_cells = pmin(na, nb),
+              harmonic = na * nb / (na + nb), total_cells = na + nb)
+  list(a = a, b = b, weights = unname(as.numeric(w / sum(w))))
 }
 
 log_sum_exp <- function(x) {
@@ -370,8 +443,13 @@ setMethod("show", "ScribeDEResults", function(object) {
   cat(sprintf("<ScribeDEResults> %s: %s vs %s, %d genes, %s\n", object@method, object@labels[1],
               object@labels[2], n, draws))
   comps <- object@info$components
-  if (!is.null(comps) && any(!is.na(comps) & comps > 0) && !identical(object@info$models, NULL)) {
+  if (!is.null(comps)) {
     cat(sprintf("  components: %s\n", paste(ifelse(is.na(comps), "weighted mixture", comps), collapse = " vs ")))
+  }
+  pr <- object@info$pairs
+  if (!is.null(pr)) {
+    cat(sprintf("  paired design: %d pairs (%s), weights %s\n", nrow(pr), paste(utils::head(pr$pair, 5), collapse = ", "),
+                paste(format(round(pr$weight, 3)), collapse = " ")))
   }
   if (object@method == "shrinkage") {
     pr <- object@moments$prior

@@ -51,6 +51,10 @@ rs_de_nb <- function(fit_a, fit_b, n_draws, seed, opts, verbose, num_threads) {
   .Call(wrap__rs_de_nb, fit_a, fit_b, n_draws, seed, opts, verbose, num_threads)
 }
 
+rs_de_nb_pairs <- function(fits_a, fits_b, weights, n_draws, seed, opts, verbose, num_threads) {
+  .Call(wrap__rs_de_nb_pairs, fits_a, fits_b, weights, n_draws, seed, opts, verbose, num_threads)
+}
+
 rs_de_gaussian <- function(a, b, n, seed, gene_mask, verbose, num_threads) {
   .Call(wrap__rs_de_gaussian, a, b, n, seed, gene_mask, verbose, num_threads)
 }

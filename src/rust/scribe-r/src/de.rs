@@ -7,8 +7,8 @@ use crate::errors::{internal, respond, GResult};
 use crate::runner;
 use extendr_api::prelude::*;
 use scribe_core::de::compositions::{
-    gaussian_clr, gaussian_contrast, gaussian_differences, nb_differences, Component, GaussianSide,
-    NbSide,
+    gaussian_clr, gaussian_contrast, gaussian_differences, nb_differences, paired_differences,
+    Component, GaussianSide, NbSide,
 };
 use scribe_core::de::error_control::{find_threshold, pefp};
 use scribe_core::de::shrinkage::{shrink, ShrinkConfig};
@@ -97,6 +97,80 @@ fn rs_de_nb(
                 n_dir,
                 keep.as_deref(),
                 seed as u64 + 2,
+                Ctl::new(sh, sh),
+            )
+        })?;
+        Ok(list!(delta = delta, n = (n * n_dir.max(1)) as f64).into())
+    })())
+}
+
+/// `Δ` draws of a paired design: `fits_a[[d]]` against `fits_b[[d]]` (core
+/// views), weighted by `weights`.
+/// @noRd
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn rs_de_nb_pairs(
+    fits_a: Robj,
+    fits_b: Robj,
+    weights: Robj,
+    n_draws: f64,
+    seed: f64,
+    opts: Robj,
+    verbose: bool,
+    num_threads: i32,
+) -> Robj {
+    respond((|| -> GResult<Robj> {
+        let o = Args::new(&opts, "opts")?;
+        let views = |r: &Robj| -> GResult<Vec<crate::convert::results::FitView>> {
+            let l: List = r
+                .clone()
+                .try_into()
+                .map_err(|_| internal("fits must be a list"))?;
+            l.iter().map(|(_, f)| fit_view(&f)).collect()
+        };
+        let (va, vb) = (views(&fits_a)?, views(&fits_b)?);
+        let (ca, cb) = (component(&o, "component_a")?, component(&o, "component_b")?);
+        let n_dir = o.count_or("n_dirichlet", 1)?;
+        let keep = mask(&o)?;
+        let w = reals(Some(&weights), "weights")?;
+        let n = n_draws.max(1.0) as usize;
+        let delta = runner::run("differential expression", verbose, num_threads, |sh| {
+            let draws = |v: &crate::convert::results::FitView, s: u64| {
+                crate::nb_draws(v, Summary::Draws { n, seed: s }, None, Ctl::none())
+            };
+            let base = seed as u64;
+            let da: Vec<_> = va
+                .iter()
+                .enumerate()
+                .map(|(i, v)| draws(v, base + 2 * i as u64))
+                .collect::<Result<_, _>>()?;
+            let db: Vec<_> = vb
+                .iter()
+                .enumerate()
+                .map(|(i, v)| draws(v, base + 2 * i as u64 + 1))
+                .collect::<Result<_, _>>()?;
+            let pairs: Vec<_> = da
+                .iter()
+                .zip(&db)
+                .map(|(a, b)| {
+                    (
+                        NbSide {
+                            draws: a,
+                            component: ca,
+                        },
+                        NbSide {
+                            draws: b,
+                            component: cb,
+                        },
+                    )
+                })
+                .collect();
+            paired_differences(
+                &pairs,
+                &w,
+                n_dir,
+                keep.as_deref(),
+                base + 2 * va.len() as u64,
                 Ctl::new(sh, sh),
             )
         })?;
@@ -339,6 +413,7 @@ fn rs_paired_sd(l_a: Robj, l_b: Robj, n_draws: f64) -> Robj {
 extendr_module! {
     mod de;
     fn rs_de_nb;
+    fn rs_de_nb_pairs;
     fn rs_de_gaussian;
     fn rs_de_empirical;
     fn rs_de_clr_moments;

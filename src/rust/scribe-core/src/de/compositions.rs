@@ -294,6 +294,45 @@ pub fn nb_differences(
     differences(&fa, &fb, n, keep, seed, ctl)
 }
 
+/// A paired design: `Δ = Σ_d w_d Δ_d`, the weighted sum over pairs `d`
+/// (e.g. donors seen in both conditions) of each pair's `Δ` draws (drawn
+/// with [`nb_differences`] from its own seed), so between-pair differences
+/// in baseline cancel within each pair. Every side must hold the same number
+/// of draws and genes; the weights must sum to 1.
+pub fn paired_differences(
+    pairs: &[(NbSide<'_>, NbSide<'_>)],
+    weights: &[f64],
+    n_dir: usize,
+    keep: Option<&[bool]>,
+    seed: u64,
+    ctl: Ctl<'_>,
+) -> Result<Vec<f64>> {
+    if pairs.is_empty() || weights.len() != pairs.len() {
+        return Err(CoreError::arg("fit_a", "needs one weight per pair of fits"));
+    }
+    if weights.iter().any(|w| !(*w >= 0.0)) || (weights.iter().sum::<f64>() - 1.0).abs() > 1e-9 {
+        return Err(CoreError::arg(
+            "pair_weighting",
+            "weights must be non-negative and sum to 1",
+        ));
+    }
+    let mut acc: Vec<f64> = Vec::new();
+    for (i, ((a, b), &w)) in pairs.iter().zip(weights).enumerate() {
+        let d = nb_differences(a, b, n_dir, keep, seed.wrapping_add(1 + i as u64), ctl)?;
+        if acc.is_empty() {
+            acc = d.iter().map(|x| w * x).collect();
+        } else if acc.len() != d.len() {
+            return Err(CoreError::arg(
+                "fit_a",
+                "the pairs differ in genes or draws",
+            ));
+        } else {
+            acc.iter_mut().zip(&d).for_each(|(x, y)| *x += w * y);
+        }
+    }
+    Ok(acc)
+}
+
 /// `n` draws of `Δ` between two log-normal populations (one imaginary cell
 /// per side and draw).
 pub fn gaussian_differences(
@@ -444,6 +483,27 @@ mod tests {
         assert_eq!(one, run(3));
         // Tiny concentrations stay finite and respect the floor.
         assert!(one.iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn paired_differences_are_the_weighted_sum_of_the_pairs() {
+        let a1 = nb(vec![vec![10.0, 20.0, 40.0]; 50], 1);
+        let b1 = nb(vec![vec![10.0, 10.0, 10.0]; 50], 1);
+        let a2 = nb(vec![vec![5.0, 50.0, 5.0]; 50], 1);
+        let b2 = nb(vec![vec![5.0, 5.0, 5.0]; 50], 1);
+        let side = |d| NbSide {
+            draws: d,
+            component: Component::One(0),
+        };
+        let pairs = [(side(&a1), side(&b1)), (side(&a2), side(&b2))];
+        let w = [0.25, 0.75];
+        let got = paired_differences(&pairs, &w, 0, None, 4, Ctl::none()).unwrap();
+        let d1 = nb_differences(&pairs[0].0, &pairs[0].1, 0, None, 5, Ctl::none()).unwrap();
+        let d2 = nb_differences(&pairs[1].0, &pairs[1].1, 0, None, 6, Ctl::none()).unwrap();
+        for i in 0..got.len() {
+            assert!((got[i] - (0.25 * d1[i] + 0.75 * d2[i])).abs() < 1e-12);
+        }
+        assert!(paired_differences(&pairs, &[0.5, 0.6], 0, None, 4, Ctl::none()).is_err());
     }
 
     #[test]
