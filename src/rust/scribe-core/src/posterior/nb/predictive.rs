@@ -64,13 +64,17 @@ pub fn predictive(
             work.tick();
         });
     work.finish(())?;
+    // Gene-major output, one gene per task (a serial strided copy dominated
+    // large checks).
     let mut out = vec![0.0; s_n * c_n * j_n];
-    for s in 0..s_n {
-        for c in 0..c_n {
-            for j in 0..j_n {
-                out[s + s_n * (c + c_n * j)] = per_cell[(s * c_n + c) * j_n + j];
+    out.par_chunks_mut((s_n * c_n).max(1))
+        .enumerate()
+        .for_each(|(j, col)| {
+            for c in 0..c_n {
+                for s in 0..s_n {
+                    col[s + s_n * c] = per_cell[(s * c_n + c) * j_n + j];
+                }
             }
-        }
-    }
+        });
     Ok(out)
 }
