@@ -28,11 +28,15 @@ NULL
 #' @slot expression Numeric matrix genes x 2: the log expected composition
 #'   of each side at its point estimate (for MA plots).
 #' @slot info List: how the comparison was made (draws, components, seed).
+#' @slot biological List: with `biological = TRUE`, summaries of the log fold
+#'   change of the means (`lfc`), the log variance ratio (`lvr`), the
+#'   Jeffreys divergence (`kl_mean`, `kl_sd`) and each side's posterior mean
+#'   expression and variance; otherwise empty.
 #' @name ScribeDEResults-class
 #' @exportClass ScribeDEResults
 setClass("ScribeDEResults", representation(
   method = "character", labels = "character", gene_names = "character", stats = "list",
-  delta = "matrix", moments = "list", expression = "matrix", info = "list"
+  delta = "matrix", moments = "list", expression = "matrix", info = "list", biological = "list"
 ))
 
 #' Differential expression between two fits
@@ -89,6 +93,12 @@ setClass("ScribeDEResults", representation(
 #' @param shrinkage_max_iter,shrinkage_tol EM settings of `"shrinkage"`.
 #' @param seed Seed (`NULL`: from R's RNG).
 #' @param num_threads Threads of the core.
+#' @param biological Also compare absolute expression draw by draw (SVI and
+#'   MCMC fits, one component per side): the log fold change of the NB means
+#'   `mu = r p / (1 - p)`, the log ratio of the variances `mu / (1 - p)`, and
+#'   the Jeffreys divergence between the Gamma expression distributions
+#'   (shape `r`, rate `(1 - p) / p`); see [as.data.frame()]. Unlike the
+#'   compositional `delta`, these change when total expression changes.
 #' @param pair_weighting,incomplete_pairs Paired designs (see Details):
 #'   how pairs are weighted (`"uniform"`, or by `"min_cells"`, the
 #'   `"harmonic"` mean or the `"total_cells"` of the pair's two fits), and
@@ -110,7 +120,7 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
                       shrinkage_max_iter = 200L, shrinkage_tol = 1e-8, seed = NULL,
                       num_threads = getOption("scribeR.num_threads", 1L),
                       pair_weighting = c("uniform", "min_cells", "harmonic", "total_cells"),
-                      incomplete_pairs = c("drop", "error")) {
+                      incomplete_pairs = c("drop", "error"), biological = FALSE) {
   pairs <- NULL
   if (is_fit_list(fit_a) || is_fit_list(fit_b)) {
     pairs <- resolve_pairs(fit_a, fit_b, pair_weighting, incomplete_pairs)
@@ -125,6 +135,7 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
   check_number(n_samples_dirichlet, "n_samples_dirichlet", "a whole number of at least 0", whole(0))
   check_flag(mixture_weighted, "mixture_weighted")
   check_flag(keep_draws, "keep_draws")
+  check_flag(biological, "biological")
   check_number(shrinkage_max_iter, "shrinkage_max_iter", "a whole number of at least 1", whole(1))
   check_number(shrinkage_tol, "shrinkage_tol", "a positive number", function(v) v > 0)
   if (!is.character(labels) || length(labels) != 2L || anyNA(labels)) {
@@ -150,6 +161,9 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
   verbose <- analysis_verbose()
   threads <- resolve_threads(num_threads)
   info <- list(n_samples = as.integer(n_samples), seed = seed, models = c(fit_a@model$model, fit_b@model$model))
+  if (biological && (laplace[1] || !is.null(pairs))) {
+    abort_unsupported("{.code biological = TRUE} compares two SVI or MCMC fits (or two components of one), not Laplace fits or paired designs.")
+  }
   if (!is.null(pairs) && laplace[1]) {
     abort_unsupported("Paired designs compare SVI or MCMC fits; Laplace fits describe populations, not posteriors of a mean.")
   }
@@ -181,7 +195,7 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
                     "i" = "Give a second fit, or two different {.arg component_a} and {.arg component_b}."))
     }
     opts <- list(component_a = comps[[1]], component_b = comps[[2]],
-                 n_dirichlet = as.numeric(n_samples_dirichlet), gene_mask = keep)
+                 n_dirichlet = as.numeric(n_samples_dirichlet), gene_mask = keep, biological = biological)
     if (is.null(pairs)) {
       d <- call_core(rs_de_nb(core_view(fit_a), if (same) NULL else core_view(fit_b), as.numeric(n_samples),
                               seed, opts, verbose, threads))
@@ -211,6 +225,15 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
     info$paired <- same
     info$n_samples_dirichlet <- as.integer(n_samples_dirichlet)
   }
+  bio <- list()
+  if (biological) {
+    if (any(comps < 0)) abort_unsupported("{.code biological = TRUE} needs one component per side, not {.arg mixture_weighted}.")
+    sel <- if (is.null(keep)) seq_along(genes) else which(keep)
+    b <- d$biological
+    pick <- function(st) lapply(st, function(v) if (length(v) == length(genes)) v[sel] else v)
+    bio <- list(lfc = pick(b$lfc), lvr = pick(b$lvr), kl_mean = b$kl_mean[sel], kl_sd = b$kl_sd[sel],
+                mu_a = b$mu_a[sel], mu_b = b$mu_b[sel], var_a = b$var_a[sel], var_b = b$var_b[sel])
+  }
   rownames(expression) <- genes
   colnames(expression) <- labels
   expression <- expression[kept, , drop = FALSE]
@@ -227,7 +250,7 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
     if (!keep_draws) delta <- matrix(numeric(0), 0, 0)
   }
   new("ScribeDEResults", method = method, labels = labels, gene_names = kept, stats = stats,
-      delta = delta, moments = moments, expression = expression, info = info)
+      delta = delta, moments = moments, expression = expression, info = info, biological = bio)
 }
 
 # The core's gene-major draws as a draws x genes matrix, without copying them
@@ -369,7 +392,11 @@ check_pefp <- function(target_pefp, allow_null = TRUE) {
 #' `as.data.frame()` returns one row per gene: `gene`, `delta_mean`,
 #' `delta_sd`, `prob_positive`, `lfsr`, `prob_up`, `prob_down`,
 #' `prob_effect`, `lfsr_tau` (at `tau`), the log expected composition of
-#' each side (`log_expr_<label>`), and with `target_pefp` a column `is_de`.
+#' each side (`log_expr_<label>`), with `target_pefp` a column `is_de`, and
+#' for results made with `biological = TRUE` the posterior mean, sd and lfsr
+#' of the log fold change of the means (`bio_lfc_*`) and of the log variance
+#' ratio (`bio_lvr_*`), the Jeffreys divergence (`bio_kl_mean`, `bio_kl_sd`)
+#' and each side's posterior mean expression (`mu_<label>`).
 #'
 #' @param x,de A [ScribeDEResults-class] object.
 #' @param tau Practical-significance threshold on `delta` (a log-ratio):
@@ -429,6 +456,19 @@ as.data.frame.ScribeDEResults <- function(x, row.names = NULL, optional = FALSE,
   out[[paste0("log_expr_", x@labels[2])]] <- unname(x@expression[, 2])
   if (!is.null(target_pefp)) {
     out$is_de <- unname(call_de(x, tau = tau, target_pefp = target_pefp, use_lfsr_tau = use_lfsr_tau))
+  }
+  b <- x@biological
+  if (length(b)) {
+    out$bio_lfc_mean <- b$lfc$delta_mean
+    out$bio_lfc_sd <- b$lfc$delta_sd
+    out$bio_lfc_lfsr <- b$lfc$lfsr
+    out$bio_lvr_mean <- b$lvr$delta_mean
+    out$bio_lvr_sd <- b$lvr$delta_sd
+    out$bio_lvr_lfsr <- b$lvr$lfsr
+    out$bio_kl_mean <- b$kl_mean
+    out$bio_kl_sd <- b$kl_sd
+    out[[paste0("mu_", x@labels[1])]] <- b$mu_a
+    out[[paste0("mu_", x@labels[2])]] <- b$mu_b
   }
   out
 }

@@ -270,3 +270,20 @@ test_that("paired designs combine per-donor differences", {
   expect_error(scribe_de(fits_a[1], fits_b[1]), "at least 2", class = "scribeR_input_error")
   expect_error(scribe_de(unname(fits_a), fits_b), "named list", class = "scribeR_input_error")
 })
+
+test_that("biological metrics compare absolute means and variances", {
+  f <- de_fits()
+  de <- scribe_de(f$a, f$b, n_samples = 300, biological = TRUE, seed = 1)
+  df <- as.data.frame(de)
+  expect_true(all(c("bio_lfc_mean", "bio_lfc_lfsr", "bio_lvr_mean", "bio_kl_mean", "mu_A", "mu_B") %in% names(df)))
+  # The same posterior draws as get_posterior_samples(): LFC of their means.
+  da <- get_posterior_samples(f$a, n_samples = 300, seed = 1)
+  db <- get_posterior_samples(f$b, n_samples = 300, seed = 2)
+  expect_equal(df$bio_lfc_mean, unname(colMeans(log(da$mu) - log(db$mu))), tolerance = 1e-10)
+  expect_equal(df$mu_A, unname(colMeans(da$mu)), tolerance = 1e-10)
+  # Shared p: the variance mu / (1 - p) moves with the mean, so LVR tracks LFC.
+  expect_gt(stats::cor(df$bio_lvr_mean, df$bio_lfc_mean), 0.95)
+  truth <- f$sim$lfc != 0
+  expect_gt(auc(df$bio_kl_mean, truth), 0.95)
+  expect_error(scribe_de(f$a, f$b, biological = NA), "biological", class = "scribeR_input_error")
+})

@@ -6,6 +6,11 @@ use crate::convert::{reals, Args};
 use crate::errors::{internal, respond, GResult};
 use crate::runner;
 use extendr_api::prelude::*;
+
+fn none() -> Robj {
+    ().into()
+}
+use scribe_core::de::biological::biological;
 use scribe_core::de::compositions::{
     gaussian_clr, gaussian_contrast, gaussian_differences, nb_differences, paired_differences,
     Component, GaussianSide, NbSide,
@@ -74,33 +79,67 @@ fn rs_de_nb(
         let n_dir = o.count_or("n_dirichlet", 1)?;
         let keep = mask(&o)?;
         let n = n_draws.max(1.0) as usize;
-        let delta = runner::run("differential expression", verbose, num_threads, |sh| {
-            let draws = |v: &crate::convert::results::FitView, s: u64| {
-                crate::nb_draws(v, Summary::Draws { n, seed: s }, None, Ctl::none())
-            };
-            let da = draws(&va, seed as u64)?;
-            let db = match &vb {
-                Some(v) => Some(draws(v, seed as u64 + 1)?),
-                None => None,
-            };
-            let sa = NbSide {
-                draws: &da,
-                component: ca,
-            };
-            let sb = NbSide {
-                draws: db.as_ref().unwrap_or(&da),
-                component: cb,
-            };
-            nb_differences(
-                &sa,
-                &sb,
-                n_dir,
-                keep.as_deref(),
-                seed as u64 + 2,
-                Ctl::new(sh, sh),
-            )
-        })?;
-        Ok(list!(delta = delta, n = (n * n_dir.max(1)) as f64).into())
+        let bio = o.boolean_or("biological", false)?;
+        let (delta, metrics) =
+            runner::run("differential expression", verbose, num_threads, |sh| {
+                let draws = |v: &crate::convert::results::FitView, s: u64| {
+                    crate::nb_draws(v, Summary::Draws { n, seed: s }, None, Ctl::none())
+                };
+                let da = draws(&va, seed as u64)?;
+                let db = match &vb {
+                    Some(v) => Some(draws(v, seed as u64 + 1)?),
+                    None => None,
+                };
+                let sa = NbSide {
+                    draws: &da,
+                    component: ca,
+                };
+                let sb = NbSide {
+                    draws: db.as_ref().unwrap_or(&da),
+                    component: cb,
+                };
+                let metrics = if bio {
+                    Some(biological(&sa, &sb)?)
+                } else {
+                    None
+                };
+                let delta = nb_differences(
+                    &sa,
+                    &sb,
+                    n_dir,
+                    keep.as_deref(),
+                    seed as u64 + 2,
+                    Ctl::new(sh, sh),
+                )?;
+                Ok((delta, metrics))
+            })?;
+        let metrics = match metrics {
+            None => none(),
+            Some(m) => {
+                let (lfc, lvr, kl) = (
+                    empirical(&m.lfc, m.n, &[0.0])?,
+                    empirical(&m.lvr, m.n, &[0.0])?,
+                    empirical(&m.jeffreys, m.n, &[0.0])?,
+                );
+                list!(
+                    lfc = stats_to_r(lfc),
+                    lvr = stats_to_r(lvr),
+                    kl_mean = kl.delta_mean,
+                    kl_sd = kl.delta_sd,
+                    mu_a = m.mu_a,
+                    mu_b = m.mu_b,
+                    var_a = m.var_a,
+                    var_b = m.var_b
+                )
+                .into()
+            }
+        };
+        Ok(list!(
+            delta = delta,
+            n = (n * n_dir.max(1)) as f64,
+            biological = metrics
+        )
+        .into())
     })())
 }
 

@@ -2,6 +2,8 @@
 //! of one fit, or two fitted log-normal populations), on the compositional
 //! scale: `Δ = CLR(ρ_A) − CLR(ρ_B)`, so a gene up in B has negative `Δ`.
 //!
+//! - [`biological`]: log fold changes of means, log variance ratios and
+//!   Jeffreys divergences of absolute expression, per draw.
 //! - [`compositions`]: draws of `Δ` (gene-major, `Δ[g·N + t]`) from
 //!   NB-family parameter draws (Dirichlet compositions) or from log-normal
 //!   populations (imaginary cells `softmax(μ + Wz + √d ε)`).
@@ -15,6 +17,7 @@
 //!   (PEFP) of a set of calls, and the lfsr threshold that keeps it at a
 //!   target.
 
+pub mod biological;
 pub mod compositions;
 pub mod error_control;
 pub mod shrinkage;
