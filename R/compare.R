@@ -12,9 +12,21 @@ has_cell_latents <- function(fit) {
   is(fit, "ScribeLaplaceResults") || isTRUE(fit@model$model %in% c("nbvcp", "zinbvcp"))
 }
 
-# `n_samples x n` log-likelihood draws of a fit.
+# `n_samples x n` log-likelihood draws of a fit; MCMC fits use every kept
+# draw, in chain order, so that loo can account for autocorrelation.
 loglik_draws <- function(fit, x, by, n_samples, seed, assay) {
+  if (is(fit, "ScribeMCMCResults")) n_samples <- n_kept_of(fit)
   log_likelihood(fit, x, by = by, n_samples = n_samples, seed = seed, assay = assay)
+}
+
+# Relative efficiency of each observation's draws: 1 for independent draws
+# (SVI), loo's estimate from the chains for MCMC. exp() of a column shifted by
+# its maximum has the same effective sample size and does not underflow.
+relative_eff_of <- function(fit, l) {
+  if (!is(fit, "ScribeMCMCResults")) return(rep(1, ncol(l)))
+  n_ch <- n_chains_of(fit)
+  shifted <- exp(sweep(l, 2, apply(l, 2, max)))
+  loo::relative_eff(shifted, chain_id = rep(seq_len(n_ch), each = nrow(l) %/% n_ch))
 }
 
 #' Compare fitted models by their expected predictive accuracy
@@ -34,13 +46,14 @@ loglik_draws <- function(fit, x, by, n_samples, seed, assay) {
 #' treating genes as the exchangeable observations; [gene_level_comparison()]
 #' shows which genes favour which model.
 #'
-#' Draws of SVI fits are independent (relative efficiency 1); MCMC draws are
-#' treated the same way after thinning to `n_samples`.
+#' Draws of SVI fits are independent (relative efficiency 1); MCMC fits use
+#' all their kept draws, whose relative efficiencies `loo::relative_eff()`
+#' estimates from the chains.
 #'
 #' @param fits A named list of two or more fits of the same data.
 #' @param x The counts the models were fitted to.
 #' @param by `"cell"` or `"gene"`.
-#' @param n_samples Posterior draws per model.
+#' @param n_samples Posterior draws per SVI model (MCMC fits use all theirs).
 #' @param seed Seed of the draws.
 #' @param assay Assay of `x`, as in [scribe_fit()].
 #' @return An object of class `scribe_model_comparison`: a list with `table`
@@ -74,7 +87,11 @@ compare_models <- function(fits, x, by = c("cell", "gene"), n_samples = 200L, se
   ll <- lapply(fits, loglik_draws, x = x, by = by, n_samples = n_samples, seed = seed, assay = assay)
   n_obs <- vapply(ll, ncol, integer(1))
   if (length(unique(n_obs)) != 1L) abort_input("The fits in {.arg fits} were not fitted to the same {by}s.")
-  loos <- lapply(ll, function(l) suppressWarnings(loo::loo(l, r_eff = rep(1, ncol(l)))))
+  loos <- lapply(names(fits), function(nm) {
+    l <- ll[[nm]]
+    suppressWarnings(loo::loo(l, r_eff = relative_eff_of(fits[[nm]], l)))
+  })
+  names(loos) <- names(fits)
   waics <- lapply(ll, function(l) call_core(rs_waic(l, nrow(l))))
   point <- vapply(loos, function(o) o$pointwise[, "elpd_loo"], numeric(n_obs[1]))
   point <- matrix(point, ncol = length(fits), dimnames = list(colnames(ll[[1]]), names(fits)))
@@ -111,8 +128,8 @@ compare_models <- function(fits, x, by = c("cell", "gene"), n_samples = 200L, se
 
 #' @export
 print.scribe_model_comparison <- function(x, digits = 1, ...) {
-  cat(sprintf("<scribe_model_comparison> %d models, %d %ss, %d draws each (PSIS-LOO by loo)\n",
-              nrow(x$table), nrow(x$pointwise), x$by, x$n_samples))
+  cat(sprintf("<scribe_model_comparison> %d models, %d %ss (PSIS-LOO by loo)\n",
+              nrow(x$table), nrow(x$pointwise), x$by))
   t <- x$table
   shown <- data.frame(model = t$model, elpd_loo = round(t$elpd_loo, digits), elpd_diff = round(t$elpd_diff, digits),
                       se_diff = round(t$se_diff, digits), p_loo = round(t$p_loo, digits),

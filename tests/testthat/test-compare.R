@@ -53,3 +53,19 @@ test_that("model comparison argument errors are clear", {
   expect_error(compare_models(list(a = f, b = f), sim$counts, by = "draw"), "by", class = "scribeR_input_error")
   expect_error(gene_level_comparison(f, f, sim$counts, labels = c("a", "a")), "labels", class = "scribeR_input_error")
 })
+
+test_that("MCMC fits enter PSIS-LOO with all their draws and chain-based relative efficiencies", {
+  skip_on_cran()
+  sim <- scribe_simulate("nbdm", n_genes = 8, n_cells = 120, seed = 2)
+  mc <- scribe_fit(sim$counts, model = "nbdm", inference_method = "mcmc", n_samples = 100, n_warmup = 100,
+                   n_chains = 2, seed = 1, verbose = FALSE)
+  sv <- scribe_fit(sim$counts, model = "nbdm", seed = 1, verbose = FALSE)
+  cmp <- compare_models(list(mcmc = mc, svi = sv), sim$counts, n_samples = 50, seed = 3)
+  l <- log_likelihood(mc, sim$counts, n_samples = 200, seed = 3)
+  r_eff <- loo::relative_eff(exp(sweep(l, 2, apply(l, 2, max))), chain_id = rep(1:2, each = 100))
+  ref <- suppressWarnings(loo::loo(l, r_eff = r_eff))
+  expect_equal(cmp$loo$mcmc$estimates, ref$estimates)
+  expect_equal(dim(cmp$loo$svi$pointwise)[1], 120L)
+  # Two fits of one model to the same data: no meaningful difference.
+  expect_lt(abs(cmp$table$elpd_diff[2]), 4 * cmp$table$se_diff[2] + 1)
+})
