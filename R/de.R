@@ -579,6 +579,7 @@ test_gene_sets <- function(de, sets, tau = 0, target_pefp = 0.05) {
 #' against `delta_mean`. Genes called at `target_pefp` are highlighted.
 #'
 #' @inheritParams call_de
+#' @param de A [ScribeDEResults-class] object.
 #' @param label Number of top genes (by lfsr) to label.
 #' @return A ggplot object.
 #' @examples
