@@ -8,6 +8,7 @@
 //! module owns the Woodbury algebra, the Newton solvers, the outer loop, its
 //! guards, the loadings priors and the cascade.
 
+mod block;
 pub mod cascade;
 pub mod cell;
 mod guards;

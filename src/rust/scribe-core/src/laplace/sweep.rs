@@ -2,6 +2,7 @@
 //! capture mode, the globals read from θ, and the parallel Newton sweep
 //! with the ELBO gradient (PLN/NBLN through `cell`, LNM through `lnm`).
 
+use super::block;
 use super::cell::{self, EtaMode, OuterGrad};
 use super::woodbury::SigmaFactor;
 use super::{lnm, Capture};
@@ -221,30 +222,37 @@ pub(crate) fn sweep(
         .par_chunks_mut(CELL_CHUNK * lay.lat_dim())
         .zip(cells.par_chunks(CELL_CHUNK))
         .zip(eta.par_chunks_mut(CELL_CHUNK))
-        .map(|((lchunk, cchunk), echunk)| {
-            if cancel.cancelled() {
-                return SweepOut {
-                    elbo: 0.0,
-                    norms: Vec::new(),
-                    masked: 0,
-                    grad: Vec::new(),
-                    newton_steps: 0,
-                    cancelled: true,
+        .map_init(
+            block::Scratch::default,
+            |scratch, ((lchunk, cchunk), echunk)| {
+                if cancel.cancelled() {
+                    return SweepOut {
+                        elbo: 0.0,
+                        norms: Vec::new(),
+                        masked: 0,
+                        grad: Vec::new(),
+                        newton_steps: 0,
+                        cancelled: true,
+                    };
+                }
+                let Some(rf) = lay.reference else {
+                    return block_chunk(
+                        obs, data, cchunk, lchunk, echunk, modes, gl, lay, n_newton, tol, damping,
+                        max_step, want_grad, scratch,
+                    );
                 };
-            }
-            let mut u = vec![0.0; data.n_genes];
-            let mut grad = vec![0.0; if want_grad { np } else { 0 }];
-            let mut tmp = vec![0.0; if want_grad { np } else { 0 }];
-            let (mut elbo, mut masked, mut steps) = (0.0, 0, 0);
-            let mut norms = Vec::with_capacity(cchunk.len());
-            for (i, (x, &c)) in lchunk.chunks_mut(lay.lat_dim()).zip(cchunk).enumerate() {
-                data.dense_row(c, &mut u);
-                let (x0, e0) = (x.to_vec(), echunk[i]);
-                let mode = modes.mode[c];
-                if let Some(rf) = lay.reference {
+                // LNM: one cell at a time.
+                let mut u = vec![0.0; data.n_genes];
+                let mut grad = vec![0.0; if want_grad { np } else { 0 }];
+                let mut tmp = vec![0.0; if want_grad { np } else { 0 }];
+                let (mut elbo, mut masked, mut steps) = (0.0, 0, 0);
+                let mut norms = Vec::with_capacity(cchunk.len());
+                for (i, (x, &c)) in lchunk.chunks_mut(lay.lat_dim()).zip(cchunk).enumerate() {
+                    data.dense_row(c, &mut u);
+                    let (x0, e0) = (x.to_vec(), echunk[i]);
                     let (gn, e, its) = lnm_cell(
                         &mut echunk[i],
-                        mode,
+                        modes.mode[c],
                         &u,
                         rf,
                         data.lib_size[c],
@@ -274,61 +282,17 @@ pub(crate) fn sweep(
                             masked += 1;
                         }
                     }
-                    continue;
                 }
-                let (gn, its) = cell::newton(
-                    obs,
-                    &u,
-                    x,
-                    &mut echunk[i],
-                    mode,
-                    gl.mu,
-                    gl.w,
-                    &gl.sig,
-                    n_newton,
-                    tol,
-                    damping,
-                    max_step,
-                );
-                steps += its;
-                if !x.iter().all(|v| v.is_finite()) || !echunk[i].is_finite() {
-                    x.copy_from_slice(&x0);
-                    echunk[i] = e0;
+                SweepOut {
+                    elbo,
+                    norms,
+                    masked,
+                    grad,
+                    newton_steps: steps,
+                    cancelled: false,
                 }
-                norms.push(gn);
-                if want_grad {
-                    tmp.iter_mut().for_each(|v| *v = 0.0);
-                    let (tm, rest) = tmp.split_at_mut(g);
-                    let (tw, rest) = rest.split_at_mut(g * k);
-                    let (td, tr) = rest.split_at_mut(g);
-                    let out = OuterGrad {
-                        mu: tm,
-                        w: tw,
-                        d: td,
-                        r: tr,
-                    };
-                    let e = cell::elbo_grad(
-                        obs, &u, x, echunk[i], mode, gl.mu, gl.w, &gl.d, &gl.sig, k, out,
-                    );
-                    if e.is_finite() && tmp.iter().all(|v| v.is_finite()) {
-                        elbo += e;
-                        for (a, b) in grad.iter_mut().zip(&tmp) {
-                            *a += b;
-                        }
-                    } else {
-                        masked += 1;
-                    }
-                }
-            }
-            SweepOut {
-                elbo,
-                norms,
-                masked,
-                grad,
-                newton_steps: steps,
-                cancelled: false,
-            }
-        })
+            },
+        )
         .collect();
     let mut out = SweepOut {
         elbo: 0.0,
@@ -349,6 +313,99 @@ pub(crate) fn sweep(
         out.newton_steps += part.newton_steps;
         for (a, b) in out.grad.iter_mut().zip(&part.grad) {
             *a += b;
+        }
+    }
+    out
+}
+
+/// One chunk of PLN/NBLN cells as a block (see [`block`]): Newton, then
+/// (with `want_grad`) the ELBO and its gradient in `[μ | W | d | r]` order.
+/// A cell whose Newton steps left non-finite latents returns to its start.
+#[allow(clippy::too_many_arguments)]
+fn block_chunk(
+    obs: &dyn Obs,
+    data: &CountMatrix,
+    cells: &[usize],
+    lat: &mut [f64],
+    eta: &mut [f64],
+    modes: &EtaSpec,
+    gl: &Globals<'_>,
+    lay: Layout,
+    n_newton: usize,
+    tol: f64,
+    damping: f64,
+    max_step: f64,
+    want_grad: bool,
+    scratch: &mut block::Scratch,
+) -> SweepOut {
+    let (g, k) = (lay.g, lay.k);
+    let n = cells.len();
+    scratch.u.resize(n * g, 0.0);
+    for (row, &c) in scratch.u.chunks_exact_mut(g).zip(cells) {
+        data.dense_row(c, row);
+    }
+    let cell_modes: Vec<EtaMode> = cells.iter().map(|&c| modes.mode[c]).collect();
+    let (x0, e0) = (lat.to_vec(), eta.to_vec());
+    let res = block::newton(
+        obs,
+        lat,
+        eta,
+        &cell_modes,
+        gl.mu,
+        &gl.sig,
+        n_newton,
+        tol,
+        damping,
+        max_step,
+        scratch,
+    );
+    for i in 0..n {
+        let x = &mut lat[i * g..(i + 1) * g];
+        if !x.iter().all(|v| v.is_finite()) || !eta[i].is_finite() {
+            x.copy_from_slice(&x0[i * g..(i + 1) * g]);
+            eta[i] = e0[i];
+        }
+    }
+    let mut out = SweepOut {
+        elbo: 0.0,
+        norms: res.iter().map(|r| r.0).collect(),
+        masked: 0,
+        grad: Vec::new(),
+        newton_steps: res.iter().map(|r| r.1).sum(),
+        cancelled: false,
+    };
+    if want_grad {
+        let np = g * (k + 2) + lay.n_extra();
+        out.grad = vec![0.0; np];
+        let (tm, rest) = out.grad.split_at_mut(g);
+        let (tw, rest) = rest.split_at_mut(g * k);
+        let (td, tr) = rest.split_at_mut(g);
+        let grads = OuterGrad {
+            mu: tm,
+            w: tw,
+            d: td,
+            r: tr,
+        };
+        let mut elbo = vec![0.0; n];
+        block::elbo_grad(
+            obs,
+            lat,
+            eta,
+            &cell_modes,
+            gl.mu,
+            gl.w,
+            &gl.d,
+            &gl.sig,
+            scratch,
+            grads,
+            &mut elbo,
+        );
+        for e in elbo {
+            if e.is_finite() {
+                out.elbo += e;
+            } else {
+                out.masked += 1;
+            }
         }
     }
     out

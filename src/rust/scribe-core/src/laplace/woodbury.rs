@@ -52,12 +52,12 @@ pub fn solve_lt(l: &[f64], k: usize, b: &mut [f64]) {
     }
 }
 
-fn chol_logdet(l: &[f64], k: usize) -> f64 {
+pub(crate) fn chol_logdet(l: &[f64], k: usize) -> f64 {
     (0..k).map(|i| 2.0 * l[i * k + i].ln()).sum()
 }
 
 /// Number of entries of a k × k matrix's upper triangle.
-fn n_vech(k: usize) -> usize {
+pub(crate) fn n_vech(k: usize) -> usize {
     k * (k + 1) / 2
 }
 
@@ -91,11 +91,40 @@ fn wt_diag_w_vech(vech: &[f64], s: &[f64], k: usize, out: &mut [f64]) {
             *a += sg * x;
         }
     }
+    unpack_vech(&acc, None, 1.0, k, out);
+}
+
+/// Unpacks an upper-triangle `vech` (the order of [`outer_vech`]) into the
+/// full symmetric k × k `out`, as `out = base + sign · vech`.
+pub(crate) fn unpack_vech(
+    vech: &[f64],
+    base: Option<&[f64]>,
+    sign: f64,
+    k: usize,
+    out: &mut [f64],
+) {
     let mut p = 0;
     for i in 0..k {
         for j in i..k {
-            out[i * k + j] = acc[p];
-            out[j * k + i] = acc[p];
+            let b = base.map_or(0.0, |m| m[i * k + j]);
+            out[i * k + j] = b + sign * vech[p];
+            out[j * k + i] = out[i * k + j];
+            p += 1;
+        }
+    }
+}
+
+/// The upper triangle of a symmetric k × k `m` with off-diagonal entries
+/// doubled, so that `w_gᵀ M w_g` is its dot product with `w_g`'s [`outer_vech`] row.
+pub(crate) fn vech_doubled(m: &[f64], k: usize, out: &mut [f64]) {
+    let mut p = 0;
+    for i in 0..k {
+        for j in i..k {
+            out[p] = if i == j {
+                m[i * k + j]
+            } else {
+                2.0 * m[i * k + j]
+            };
             p += 1;
         }
     }
@@ -104,7 +133,7 @@ fn wt_diag_w_vech(vech: &[f64], s: &[f64], k: usize, out: &mut [f64]) {
 /// The inverse of `L Lᵀ` (k × k, symmetric) from its Cholesky factor: k
 /// solves once, so that per-gene quadratic forms are plain products instead
 /// of triangular solves (with their divisions) per gene.
-fn chol_inverse(l: &[f64], k: usize) -> Vec<f64> {
+pub(crate) fn chol_inverse(l: &[f64], k: usize) -> Vec<f64> {
     let mut inv = vec![0.0; k * k];
     let mut e = vec![0.0; k];
     for c in 0..k {
@@ -151,6 +180,8 @@ pub struct SigmaFactor {
     pub logdet_sigma: f64,
     /// [`outer_vech`] of W.
     pub vech: Vec<f64>,
+    /// `V = D⁻¹ W` (row-major G × k), the factor of every batched solve.
+    pub wd: Vec<f64>,
 }
 
 impl SigmaFactor {
@@ -169,6 +200,11 @@ impl SigmaFactor {
         }
         let logdet_k = chol_logdet(&lk, k);
         let logdet_sigma = d.iter().map(|v| v.ln()).sum::<f64>() + logdet_k;
+        let wd = w
+            .chunks_exact(k.max(1))
+            .zip(&inv_d)
+            .flat_map(|(row, &s)| row.iter().map(move |v| v * s))
+            .collect();
         Some(SigmaFactor {
             g,
             k,
@@ -178,6 +214,7 @@ impl SigmaFactor {
             logdet_k,
             logdet_sigma,
             vech,
+            wd,
         })
     }
 
