@@ -77,6 +77,7 @@ pub(crate) struct Scratch {
     sv: Vec<f64>,
     ls: Vec<f64>,
     kinv: Vec<f64>,
+    mg: Vec<f64>,
     /// Dense counts of the block's cells (filled by the caller).
     pub(crate) u: Vec<f64>,
 }
@@ -142,7 +143,7 @@ fn newton_factors(
             unpack_vech(v, Some(&sig.kmat), -1.0, k, l);
             cholesky(l, k).then(|| {
                 if want_logdet {
-                    mr.iter().map(|x| x.ln()).sum::<f64>() + chol_logdet(l, k) - sig.logdet_k
+                    crate::math::sum_ln(mr) + chol_logdet(l, k) - sig.logdet_k
                 } else {
                     0.0
                 }
@@ -349,9 +350,9 @@ pub(crate) fn elbo_grad<O: Obs + ?Sized>(
         let (xr, ur) = (&x[c * g..(c + 1) * g], &s.u[c * g..(c + 1) * g]);
         let mut total = 0.0;
         for i in 0..g {
-            let ell = xr[i] - offs[c];
-            a[c * g + i] = obs.terms(i, ur[i], ell).1;
-            total += obs.value(i, ur[i], ell);
+            let (v, cv) = obs.value_curvature(i, ur[i], xr[i] - offs[c]);
+            a[c * g + i] = cv;
+            total += v;
         }
         let quad: f64 = s.e[c * g..(c + 1) * g]
             .iter()
@@ -378,8 +379,10 @@ pub(crate) fn elbo_grad<O: Obs + ?Sized>(
     }
     let sv = buf(&mut s.sv, n * nv);
     gemm(sv, view(&idp, n, g), view(&sig.vech, g, nv), false, 1.0);
+    // Per cell: K'⁻¹ as its upper triangle (for the W gradient) and with
+    // doubled off-diagonals (for the quadratic forms of diag B).
     let mut kinv_buf = std::mem::take(&mut s.kinv);
-    let kinv = buf(&mut kinv_buf, n * k * k);
+    let kinv = buf(&mut kinv_buf, n * nv);
     let mut kv2 = vec![0.0; n * nv];
     let mut kp = vec![0.0; k * k];
     let ident: Vec<f64> = (0..k * k)
@@ -392,8 +395,14 @@ pub(crate) fn elbo_grad<O: Obs + ?Sized>(
             continue;
         }
         let inv = chol_inverse(&kp, k);
-        kinv[c * k * k..(c + 1) * k * k].copy_from_slice(&inv);
         vech_doubled(&inv, k, &mut kv2[c * nv..(c + 1) * nv]);
+        let mut p = c * nv;
+        for i in 0..k {
+            for j in i..k {
+                kinv[p] = inv[i * k + j];
+                p += 1;
+            }
+        }
     }
     // diag(B) = idp − idp² w_gᵀ K'⁻¹ w_g.
     let q = buf(&mut s.q, n * g);
@@ -484,7 +493,7 @@ pub(crate) fn elbo_grad<O: Obs + ?Sized>(
             && elbo[c].is_finite()
             && finite(&b, c, g)
             && finite(&bdiag, c, g)
-            && finite(kinv, c, k * k)
+            && finite(kinv, c, nv)
             && finite(&qf, c, g)
             && finite(&rterm, c, g)
             && (!matches!(modes[c], EtaMode::Free { .. }) || schur[c].is_finite());
@@ -492,9 +501,7 @@ pub(crate) fn elbo_grad<O: Obs + ?Sized>(
             elbo[c] = f64::NAN;
             b[c * g..(c + 1) * g].iter_mut().for_each(|v| *v = 0.0);
             idp[c * g..(c + 1) * g].iter_mut().for_each(|v| *v = 0.0);
-            kinv[c * k * k..(c + 1) * k * k]
-                .iter_mut()
-                .for_each(|v| *v = 0.0);
+            kinv[c * nv..(c + 1) * nv].iter_mut().for_each(|v| *v = 0.0);
             if !qf.is_empty() {
                 qf[c * g..(c + 1) * g].iter_mut().for_each(|v| *v = 0.0);
             }
@@ -530,12 +537,13 @@ pub(crate) fn elbo_grad<O: Obs + ?Sized>(
         true,
         1.0,
     );
-    // Σ_c idp_cg K'_c⁻¹ per gene, as one product (G × n)·(n × k²).
-    let mut mg = vec![0.0; g * k * k];
+    // Σ_c idp_cg K'_c⁻¹ per gene, as one product (G × n)·(n × k(k+1)/2),
+    // then times w_g gene by gene.
+    let mg = buf(&mut s.mg, g * nv);
     gemm(
-        &mut mg,
+        mg,
         view(&idp, n, g).transpose(),
-        view(kinv, n, k * k),
+        view(kinv, n, nv),
         false,
         1.0,
     );
@@ -543,10 +551,17 @@ pub(crate) fn elbo_grad<O: Obs + ?Sized>(
         .w
         .chunks_exact_mut(k)
         .zip(w.chunks_exact(k))
-        .zip(mg.chunks_exact(k * k))
+        .zip(mg.chunks_exact(nv))
     {
-        for (o, mrow) in ow.iter_mut().zip(mr.chunks_exact(k)) {
-            *o -= mrow.iter().zip(wr).map(|(p, q)| p * q).sum::<f64>();
+        let mut p = 0;
+        for i in 0..k {
+            ow[i] -= mr[p] * wr[i];
+            p += 1;
+            for j in i + 1..k {
+                ow[i] -= mr[p] * wr[j];
+                ow[j] -= mr[p] * wr[i];
+                p += 1;
+            }
         }
     }
     if !qf.is_empty() {
@@ -614,7 +629,7 @@ mod tests {
         let (w, d) = crate::laplace::woodbury::test_loadings(g, k, 0.5, 0.1, 0.2);
         let sig = SigmaFactor::new(&w, &d, k).unwrap();
         let r: Vec<f64> = (0..g).map(|i| 0.5 + 0.3 * i as f64).collect();
-        let nb = NegBin { r: &r };
+        let nb = NegBin::new(&r);
         for (obs, has_r) in [(&Poisson as &dyn Obs, false), (&nb as &dyn Obs, true)] {
             for mode in MODES {
                 for (n_iter, tol) in [(3, 0.0), (8, 1e-3), (40, 1e-10)] {

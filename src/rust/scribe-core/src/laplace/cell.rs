@@ -282,7 +282,7 @@ mod tests {
         if r.is_empty() {
             Box::new(Poisson)
         } else {
-            Box::new(NegBin { r })
+            Box::new(NegBin::new(r))
         }
     }
 

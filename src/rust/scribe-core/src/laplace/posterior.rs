@@ -93,7 +93,7 @@ impl Fitted<'_> {
         match self.model {
             // LNM cells do not use an `Obs` (see `sample_cell_lnm`).
             LnModel::Pln | LnModel::Lnm => f(&Poisson),
-            LnModel::Nbln => f(&NegBin { r: self.r }),
+            LnModel::Nbln => f(&NegBin::new(self.r)),
         }
     }
 }

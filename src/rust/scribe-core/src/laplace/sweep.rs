@@ -216,7 +216,7 @@ pub(crate) fn sweep(
 ) -> SweepOut {
     let (g, k) = (lay.g, lay.k);
     let np = g * (k + 2) + lay.n_extra();
-    let nb = NegBin { r: &gl.r };
+    let nb = NegBin::new(&gl.r);
     let obs: &dyn Obs = if lay.has_r { &nb } else { &Poisson };
     let parts: Vec<SweepOut> = lat
         .par_chunks_mut(CELL_CHUNK * lay.lat_dim())
@@ -526,7 +526,7 @@ pub(crate) fn cell_norm(
         }
         return gn;
     }
-    let nb = NegBin { r: &gl.r };
+    let nb = NegBin::new(&gl.r);
     let obs: &dyn Obs = if lay.has_r { &nb } else { &Poisson };
     cell::grad_norm(obs, &u, x, eta, mode, gl.mu, gl.w, &gl.sig)
 }

@@ -34,7 +34,7 @@ impl LnObs<'_> {
     fn with_obs<T>(&self, f: impl FnOnce(&dyn Obs) -> T) -> T {
         match self.model {
             LnModel::Pln | LnModel::Lnm => f(&Poisson),
-            LnModel::Nbln => f(&NegBin { r: self.r }),
+            LnModel::Nbln => f(&NegBin::new(self.r)),
         }
     }
 

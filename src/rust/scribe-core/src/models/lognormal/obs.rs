@@ -38,6 +38,10 @@ pub trait Obs: Sync {
     fn terms(&self, g: usize, u: f64, ell: f64) -> (f64, f64);
     /// The log-density itself (only the ELBO needs it; Newton does not).
     fn value(&self, g: usize, u: f64, ell: f64) -> f64;
+    /// `(value, −∂²/∂ℓ²)` in one go (the ELBO needs both at every gene).
+    fn value_curvature(&self, g: usize, u: f64, ell: f64) -> (f64, f64) {
+        (self.value(g, u, ell), self.terms(g, u, ell).1)
+    }
     /// `(∂ log-density/∂r_g, ∂a_g/∂r_g)` for models with a dispersion.
     fn d_r(&self, _g: usize, _u: f64, _ell: f64) -> (f64, f64) {
         (0.0, 0.0)
@@ -57,6 +61,12 @@ impl Obs for Poisson {
         let l = ell.clamp(-30.0, 30.0);
         u * l - l.exp()
     }
+    #[inline]
+    fn value_curvature(&self, _g: usize, u: f64, ell: f64) -> (f64, f64) {
+        let l = ell.clamp(-30.0, 30.0);
+        let lam = l.exp();
+        (u * l - lam, lam)
+    }
 }
 
 /// `u ~ NB(mean e^ℓ, concentration r_g)` with the full pmf; `ℓ` clipped to
@@ -65,16 +75,37 @@ impl Obs for Poisson {
 /// `u ln r` cancels: they keep their precision up to the Poisson limit
 /// (`r` in 1e6 … 1e12 and beyond).
 pub struct NegBin<'a> {
-    pub r: &'a [f64],
+    r: &'a [f64],
+    /// `ln r_g` (of `r_g` floored at 1e-6), once per set of dispersions:
+    /// Newton evaluates the terms G times per cell and step.
+    ln_r: Vec<f64>,
 }
 
-impl NegBin<'_> {
+impl<'a> NegBin<'a> {
+    pub fn new(r: &'a [f64]) -> Self {
+        let ln_r = r.iter().map(|v| v.max(1e-6).ln()).collect();
+        NegBin { r, ln_r }
+    }
+
     #[inline]
     fn parts(&self, g: usize, ell: f64) -> (f64, f64, f64, f64) {
         let r = self.r[g].max(1e-6);
-        let delta = ell.clamp(-50.0, 50.0) - r.ln();
-        // q = 1 − p = μ/(μ + r); each from its own sigmoid, exact in both tails.
-        (r, delta, sigmoid(-delta), sigmoid(delta))
+        let delta = ell.clamp(-50.0, 50.0) - self.ln_r[g];
+        // q = 1 − p = μ/(μ + r) and p, both from one e^{−|δ|}: exact in both tails.
+        let (p, q) = sigmoid_pair(delta);
+        (r, delta, p, q)
+    }
+}
+
+/// `(σ(−δ), σ(δ))` from one exponential.
+#[inline]
+fn sigmoid_pair(delta: f64) -> (f64, f64) {
+    let e = (-delta.abs()).exp();
+    let (big, small) = (1.0 / (1.0 + e), e / (1.0 + e));
+    if delta >= 0.0 {
+        (small, big)
+    } else {
+        (big, small)
     }
 }
 
@@ -118,7 +149,7 @@ mod tests {
     #[test]
     fn nb_terms_match_the_pmf_and_its_derivatives() {
         let r = [2.5];
-        let nb = NegBin { r: &r };
+        let nb = NegBin::new(&r);
         for (u, ell) in [(0.0f64, -1.0f64), (3.0, 0.5), (40.0, 3.0)] {
             let m: f64 = ell.exp();
             let p = 2.5 / (2.5 + m);
@@ -147,9 +178,9 @@ mod tests {
             let fd2 = -(p.terms(0, u, ell + h).0 - p.terms(0, u, ell - h).0) / (2.0 * h);
             assert!((fd2 - p.terms(0, u, ell).1).abs() < 1e-6 * fd2.abs().max(1.0));
             for r in [0.4, 3.0, 40.0] {
-                let at = |r: f64| NegBin { r: &[r] }.value(0, u, ell);
-                let curv = |r: f64| NegBin { r: &[r] }.terms(0, u, ell).1;
-                let (dv, da) = NegBin { r: &[r] }.d_r(0, u, ell);
+                let at = |r: f64| NegBin::new(&[r]).value(0, u, ell);
+                let curv = |r: f64| NegBin::new(&[r]).terms(0, u, ell).1;
+                let (dv, da) = NegBin::new(&[r]).d_r(0, u, ell);
                 let fdv = (at(r + h) - at(r - h)) / (2.0 * h);
                 let fda = (curv(r + h) - curv(r - h)) / (2.0 * h);
                 assert!(
@@ -171,7 +202,8 @@ mod tests {
     fn nb_keeps_its_precision_near_the_poisson_limit() {
         for &r in &[1e6f64, 1e9, 1e11] {
             for (u, ell) in [(0.0f64, 0.7f64), (3.0, 0.2), (17.0, 2.1), (250.0, 5.3)] {
-                let nb = NegBin { r: &[r] };
+                let rs = [r];
+                let nb = NegBin::new(&rs);
                 let mu = ell.exp();
                 let c = ((u - mu).powi(2) - u) / 2.0;
                 let pois = u * ell - mu - lgamma(u + 1.0);
