@@ -141,7 +141,13 @@
 #' global `mu`, `W` and `d` follow the optimiser (`optimizer_config`, default
 #' Adam 1e-3) on the Laplace approximation of the marginal likelihood, with
 #' the MAPs held fixed; mini-batches with `batch_size`. The start is a PCA of
-#' `log(u + 1)`. Cells whose ELBO turns non-finite are left out of that step;
+#' `log(u + 1)`, after which `mu` is moved to the mean of the cells' MAPs
+#' (the exact maximiser in `mu` with the MAPs fixed), alternating with Newton
+#' sweeps over all cells until it moves by less than 0.01 (at most
+#' `laplace_config$mu_warm_rounds`, 10): the `log(u + 1)` start sits several units too high for sparse
+#' genes, which cost thousands of Adam steps (not for `lnm` with `d_mode =
+#' "low_rank"`, nor a `mu` that a cascade fixes or puts a prior on; the
+#' original has no such step). Cells whose ELBO turns non-finite are left out of that step;
 #' a loss that turns non-finite or grows 1000-fold stops the fit with the best
 #' parameters restored. After the last step every cell gets a final Newton
 #' sweep, and cells whose gradient norm stays above `10 x newton_tolerance`
@@ -236,7 +242,9 @@
 #'   `newton_max_step` (5), `convergence_action` (`"warn"`, `"raise"` or
 #'   `"ignore"`), `rescue_diverged_cells` (`TRUE`),
 #'   `rescue_threshold_multiplier` (10), `rescue_n_newton` (50),
-#'   `rescue_damping_multiplier` (10); see the Laplace section.
+#'   `rescue_damping_multiplier` (10), `mu_warm_rounds` (10: the most
+#'   rounds that start `mu` at the mean of the MAPs; 0 turns them off); see
+#'   the Laplace section.
 #' @param informative_priors_from NBLN by Laplace: an SVI fit
 #'   ([ScribeSVIResults-class]) of an NB model with capture to the same data,
 #'   whose posterior becomes the priors (the cascade; see the Laplace section).

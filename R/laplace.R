@@ -7,7 +7,7 @@ NULL
 
 .laplace_config_keys <- c("n_newton_steps", "damping", "newton_tolerance", "newton_max_step",
                           "convergence_action", "rescue_diverged_cells", "rescue_threshold_multiplier",
-                          "rescue_n_newton", "rescue_damping_multiplier")
+                          "rescue_n_newton", "rescue_damping_multiplier", "mu_warm_rounds")
 
 resolve_laplace_config <- function(cfg) {
   if (is.null(cfg)) cfg <- list()
@@ -35,6 +35,8 @@ resolve_laplace_config <- function(cfg) {
                whole(1, 1000))
   check_number(out$rescue_damping_multiplier, "laplace_config$rescue_damping_multiplier", "a number >= 1",
                function(v) v >= 1)
+  check_number(out$mu_warm_rounds, "laplace_config$mu_warm_rounds", "a whole number between 0 and 1000",
+               whole(0, 1000))
   num <- setdiff(names(out), c("convergence_action", "rescue_diverged_cells"))
   out[num] <- lapply(out[num], as.numeric)
   out
@@ -268,7 +270,8 @@ check_newton_convergence <- function(fit) {
 #'   final sweep and rescue), `rescued`, `masked_cells` (cell-steps left out
 #'   for a non-finite ELBO), `newton` (Newton steps taken: `outer_steps` over
 #'   `outer_cell_visits` cell visits of the outer loop, `final_steps`,
-#'   `rescue_steps`), `aborted` (why the divergence detector stopped
+#'   `rescue_steps`, `warm_steps` in the sweeps before the first outer step
+#'   that start `mu` at the mean of the cells' MAPs), `aborted` (why the divergence detector stopped
 #'   the loop, or `NULL`), `early_stopped`, `restored_step`, `elapsed`,
 #'   `num_threads`.
 #' @name ScribeLaplaceResults-class

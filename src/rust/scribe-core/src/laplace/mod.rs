@@ -53,6 +53,9 @@ pub struct LaplaceConfig {
     pub rescue_threshold_multiplier: f64,
     pub rescue_n_newton: usize,
     pub rescue_damping_multiplier: f64,
+    /// At most this many (Newton sweep, μ ← mean of the MAPs) rounds before
+    /// the first outer step (0: none).
+    pub mu_warm_rounds: usize,
     pub optimizer: OptimizerConfig,
     pub seed: u64,
     pub n_reports: usize,
@@ -86,6 +89,7 @@ impl Default for LaplaceConfig {
             rescue_threshold_multiplier: 10.0,
             rescue_n_newton: 50,
             rescue_damping_multiplier: 10.0,
+            mu_warm_rounds: 10,
             optimizer: OptimizerConfig::default(),
             seed: 42,
             n_reports: 100,
@@ -110,6 +114,8 @@ pub struct NewtonCounts {
     pub outer_cell_visits: usize,
     /// In the final sweep over all cells.
     pub final_steps: usize,
+    /// In the sweeps that start μ at the mean of the MAPs.
+    pub warm_steps: usize,
     /// In the rescue pass.
     pub rescue_steps: usize,
 }

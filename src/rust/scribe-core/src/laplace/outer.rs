@@ -20,6 +20,9 @@ use rand::SeedableRng;
 type State = (Vec<f64>, Vec<f64>, Vec<f64>);
 
 /// Overwrites a snapshot in place (no allocation per improving step).
+/// The rounds stop once no μ_g moves by more than this.
+const MU_WARM_TOL: f64 = 1e-2;
+
 fn copy_state(state: &mut State, th: &[f64], latents: &[f64], eta: &[f64]) {
     state.0.copy_from_slice(th);
     state.1.copy_from_slice(latents);
@@ -318,6 +321,58 @@ pub fn run(
     let mut masked_total = 0;
     let mut newton = NewtonCounts::default();
     let mut aborted = None;
+    // μ from the MAPs before the first optimiser step. With the MAPs held
+    // fixed, the ELBO depends on μ only through Σ_c (x̂_c − μ)ᵀ Σ⁻¹ (x̂_c − μ),
+    // so the mean of the MAPs maximises it exactly; alternating Newton sweeps
+    // with that update moves μ from the log(u + 1) start, which sits several
+    // units too high for sparse genes (thousands of optimiser steps at the
+    // default step size), to where it settles. Not for low-rank LNM (its
+    // latents are z, not y) nor for a μ the cascade fixes or puts a prior on.
+    if !lay.low_rank && cas.mu_frozen.is_none() && cas.mu_prior.is_none() {
+        let all: Vec<usize> = (0..n).collect();
+        for _ in 0..cfg.mu_warm_rounds {
+            let Some(gl) = Globals::new(&th, lay) else {
+                break;
+            };
+            let sw = sweep(
+                cancel,
+                data,
+                &all,
+                &mut latents,
+                &mut eta,
+                &modes,
+                &gl,
+                lay,
+                cfg.n_newton_steps,
+                cfg.newton_tolerance,
+                cfg.damping,
+                cfg.newton_max_step,
+                false,
+            );
+            if sw.cancelled {
+                return Err(CoreError::cancelled().with_partial(Partial {
+                    step: 0,
+                    loss_history: history,
+                }));
+            }
+            newton.warm_steps += sw.newton_steps;
+            let mut mean = vec![0.0; g];
+            for x in latents.chunks_exact(ld) {
+                for (m, v) in mean.iter_mut().zip(x) {
+                    *m += v;
+                }
+            }
+            let mut shift: f64 = 0.0;
+            for (t, m) in th[..g].iter_mut().zip(&mean) {
+                let m = m / n as f64;
+                shift = shift.max((m - *t).abs());
+                *t = m;
+            }
+            if shift < MU_WARM_TOL {
+                break;
+            }
+        }
+    }
     let report_every = (cfg.n_steps / cfg.n_reports.max(1)).max(1);
     for step in 0..cfg.n_steps {
         if cancel.cancelled() {

@@ -289,6 +289,7 @@ pub fn laplace_config(model: &str, robj: &Robj) -> GResult<LaplaceConfig> {
         rescue_n_newton: a.count_or("rescue_n_newton", d.rescue_n_newton)?,
         rescue_damping_multiplier: a
             .real_or("rescue_damping_multiplier", d.rescue_damping_multiplier)?,
+        mu_warm_rounds: a.count_or("mu_warm_rounds", d.mu_warm_rounds)?,
         optimizer: optimizer(a.get("optimizer_config"))?,
         seed: a.real("seed")? as u64,
         n_reports: d.n_reports,
@@ -357,7 +358,8 @@ pub fn defaults() -> Robj {
             rescue_diverged_cells = l.rescue_diverged_cells,
             rescue_threshold_multiplier = l.rescue_threshold_multiplier,
             rescue_n_newton = l.rescue_n_newton as f64,
-            rescue_damping_multiplier = l.rescue_damping_multiplier
+            rescue_damping_multiplier = l.rescue_damping_multiplier,
+            mu_warm_rounds = l.mu_warm_rounds as f64
         )
     )
     .into()

@@ -313,6 +313,7 @@ pub fn laplace_to_r(fit: LaplaceFit) -> Robj {
             outer_steps = fit.newton.outer_steps as f64,
             outer_cell_visits = fit.newton.outer_cell_visits as f64,
             final_steps = fit.newton.final_steps as f64,
+            warm_steps = fit.newton.warm_steps as f64,
             rescue_steps = fit.newton.rescue_steps as f64
         ),
         early_stopped = fit.early_stopped,
