@@ -1,7 +1,11 @@
 # Laplace speed and memory on pbmc3k: time per outer step and Newton
 # iterations per second per core for PLN, NBLN and LNM with the 2000 most
 # variable genes and latent_dim 16, then how one PLN step scales with k (4, 8, 16, 32) and with G
-# (500 ... 8000); the cost should follow G k^2 + k^3 per cell.
+# (500 ... 8000); the cost should follow G k^2 + k^3 per cell. Each figure
+# "per outer step" divides a whole fit (start, mu warm-up sweeps, final sweep)
+# by its steps; "marginal" is the difference of a 12- and a 2-step fit over
+# 10, the cost of one more step. Last, the loss after 300 full-batch steps
+# with and without the mu warm-up (laplace_config$mu_warm_rounds).
 # Usage: Rscript bench/laplace.R [path to shared/data] [threads]
 suppressPackageStartupMessages({ library(scribeR); library(Matrix) })
 args <- commandArgs(trailingOnly = TRUE)
@@ -21,12 +25,12 @@ peak_rss_mb <- function() {
   l <- grep("^VmHWM", readLines("/proc/self/status"), value = TRUE)
   as.numeric(gsub("[^0-9]", "", l)) / 1024
 }
-run <- function(x, k, steps, batch = NULL, model = "pln") {
+run <- function(x, k, steps, batch = NULL, model = "pln", cfg = list()) {
   x <- x[, colSums(x) > 0]
+  cfg <- utils::modifyList(list(convergence_action = "ignore", rescue_diverged_cells = FALSE), cfg)
   t <- system.time(fit <- suppressWarnings(scribe_fit(
     x, model = model, inference_method = "laplace", latent_dim = k, n_steps = steps, batch_size = batch,
-    seed = 1, num_threads = threads, verbose = FALSE,
-    laplace_config = list(convergence_action = "ignore", rescue_diverged_cells = FALSE))))[["elapsed"]]
+    seed = 1, num_threads = threads, verbose = FALSE, laplace_config = cfg)))[["elapsed"]]
   # Newton iterations actually taken: a cell stops at newton_tolerance, so
   # warm-started cells take fewer than n_newton_steps (5) per outer step.
   nw <- fit@diagnostics$newton
@@ -48,6 +52,11 @@ r <- run(x, 16, 20, model = "lnm")
 cat(sprintf("LNM, 2000 HVG, k = 16, full batch:  %.2f s per outer step, %.0f Newton iterations/s/core\n",
             r$per_step, r$iters_per_s_core))
 
+for (model in c("pln", "nbln")) {
+  marginal <- (run(x, 16, 12, model = model)$t - run(x, 16, 2, model = model)$t) / 10
+  cat(sprintf("%s, 2000 HVG, k = 16, full batch: marginal %.3f s per outer step\n", toupper(model), marginal))
+}
+
 cat("\nScaling (10 steps of 256 cells plus the final sweep; time per cell Newton iteration, all threads):\n")
 cat(sprintf("%6s %4s %16s\n", "G", "k", "us per cell-iter"))
 for (k in c(4, 8, 16, 32)) {
@@ -57,4 +66,10 @@ for (k in c(4, 8, 16, 32)) {
 for (g in c(500, 1000, 2000, 4000, 8000)) {
   r <- run(pbmc[hvg[1:g], ], 16, 10, batch = 256)
   cat(sprintf("%6d %4d %16.1f\n", as.integer(g), 16L, r$us_per_iter))
+}
+
+cat("\nPLN, 2000 HVG, k = 16, full batch, loss after 300 steps:\n")
+for (rounds in c(0, 10)) {
+  r <- run(x, 16, 300, cfg = list(mu_warm_rounds = rounds))
+  cat(sprintf("  mu_warm_rounds = %2d: %.4g (%.0f s)\n", rounds, r$fit@loss_history[300], r$t))
 }
