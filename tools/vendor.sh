@@ -28,6 +28,16 @@ for crate in vendor/*/; do
   sed -i 's/"files":{[^}]*}/"files":{}/' "$crate".cargo-checksum.json
 done
 
+# windows-sys reaches Cargo.lock only through winapi-util, which walkdir
+# uses on Windows, while walkdir comes only through sysctl, which gemm-common
+# uses on Apple: no platform compiles it. Its 19 MB of bindings would put
+# the source tarball over CRAN's 5 MB, so an empty lib.rs stands in (cargo
+# still resolves the lock offline).
+for crate in vendor/windows-sys*/; do
+  [ -d "$crate" ] || continue
+  rm -rf "$crate"src && mkdir "$crate"src && : > "$crate"src/lib.rs
+done
+
 # Reproducible archive: sorted names, fixed owner and time.
 XZ_OPT=-9 tar --sort=name --owner=0 --group=0 --numeric-owner \
   --mtime='2000-01-01 00:00Z' -cJf vendor.tar.xz vendor

@@ -16,17 +16,20 @@ use crate::progress::{Cancel, Progress};
 use rand::rngs::ChaCha8Rng;
 use rand::SeedableRng;
 
-/// A snapshot of the fit: `(θ, latents, η)`.
-type State = (Vec<f64>, Vec<f64>, Vec<f64>);
-
-/// Overwrites a snapshot in place (no allocation per improving step).
-/// The rounds stop once no μ_g moves by more than this.
+/// The μ warm-up rounds stop once no μ_g moves by more than this.
 const MU_WARM_TOL: f64 = 1e-2;
 
-fn copy_state(state: &mut State, th: &[f64], latents: &[f64], eta: &[f64]) {
+/// A snapshot of the fit: `(θ, η)`. The latents are not kept: the final
+/// sweep re-solves every cell's MAP at the restored globals (the PLN/NBLN
+/// posterior of `x` is log-concave, so the MAP does not depend on where
+/// Newton starts), and a copy of the C × G latents per snapshot was the
+/// largest allocation of a fit after the latents themselves.
+type State = (Vec<f64>, Vec<f64>);
+
+/// Overwrites a snapshot in place (no allocation per improving step).
+fn copy_state(state: &mut State, th: &[f64], eta: &[f64]) {
     state.0.copy_from_slice(th);
-    state.1.copy_from_slice(latents);
-    state.2.copy_from_slice(eta);
+    state.1.copy_from_slice(eta);
 }
 
 /// The `m` cells (1-based) with the largest (or non-finite) gradient norms.
@@ -299,13 +302,13 @@ pub fn run(
     let mut history = Vec::with_capacity(crate::limits::history_capacity(cfg.n_steps));
     let batch = sampler.as_ref().map_or(0, |_| cfg.batch_size.unwrap_or(0));
     let (mut lat_buf, mut eta_buf) = (vec![0.0; batch * ld], vec![0.0; batch]);
-    let (mut best, mut best_loss) = ((th.clone(), latents.clone(), eta.clone()), f64::INFINITY);
+    let (mut best, mut best_loss) = ((th.clone(), eta.clone()), f64::INFINITY);
     let mut guards = Guards::default();
     let mut tracker = cfg
         .early_stopping
         .clone()
         .map(crate::optim::early_stop::Tracker::new);
-    // (θ, latents, η, step) at the smoothed-best check.
+    // (θ, η, step) at the smoothed-best check.
     let mut es_best: Option<(State, usize)> = None;
     let mut early_stopped = false;
     if let Some(s) = &cfg.settle {
@@ -483,17 +486,17 @@ pub fn run(
         }
         if loss < best_loss {
             best_loss = loss;
-            copy_state(&mut best, &th, &latents, &eta);
+            copy_state(&mut best, &th, &eta);
         }
         if let Some(tr) = tracker.as_mut() {
             use crate::optim::early_stop::Decision;
             match tr.check(step, &history) {
                 Decision::Improved if tr.cfg.restore_best => match es_best.as_mut() {
                     Some((state, at)) => {
-                        copy_state(state, &th, &latents, &eta);
+                        copy_state(state, &th, &eta);
                         *at = step + 1;
                     }
-                    None => es_best = Some(((th.clone(), latents.clone(), eta.clone()), step + 1)),
+                    None => es_best = Some(((th.clone(), eta.clone()), step + 1)),
                 },
                 Decision::Stop => {
                     early_stopped = true;
@@ -560,9 +563,9 @@ pub fn run(
     }
     let mut restored_step = None;
     if aborted.is_some() {
-        (th, latents, eta) = best;
+        (th, eta) = best;
     } else if let Some((state, at)) = es_best {
-        (th, latents, eta) = state;
+        (th, eta) = state;
         restored_step = Some(at);
     }
     // Final sweep over all cells at the final globals, then rescue.
