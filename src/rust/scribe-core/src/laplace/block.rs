@@ -679,15 +679,7 @@ mod tests {
                     let mut eref = Vec::new();
                     for c in 0..n {
                         let mut tmp = vec![0.0; np];
-                        let (tm, rest) = tmp.split_at_mut(g);
-                        let (tw, rest) = rest.split_at_mut(g * k);
-                        let (td, tr) = rest.split_at_mut(g);
-                        let out = OuterGrad {
-                            mu: tm,
-                            w: tw,
-                            d: td,
-                            r: tr,
-                        };
+                        let out = OuterGrad::split(&mut tmp, g, k);
                         eref.push(cell::elbo_grad(
                             obs,
                             &u[c * g..(c + 1) * g],
@@ -708,15 +700,7 @@ mod tests {
                     let mut gb = vec![0.0; np];
                     let mut eb_elbo = vec![0.0; n];
                     {
-                        let (tm, rest) = gb.split_at_mut(g);
-                        let (tw, rest) = rest.split_at_mut(g * k);
-                        let (td, tr) = rest.split_at_mut(g);
-                        let out = OuterGrad {
-                            mu: tm,
-                            w: tw,
-                            d: td,
-                            r: tr,
-                        };
+                        let out = OuterGrad::split(&mut gb, g, k);
                         elbo_grad(
                             obs,
                             &xr,

@@ -178,6 +178,16 @@ pub struct OuterGrad<'a> {
     pub r: &'a mut [f64],
 }
 
+impl<'a> OuterGrad<'a> {
+    /// Views a flat `[μ | W | d | r]` gradient (`r` may be empty) as its blocks.
+    pub fn split(flat: &'a mut [f64], g: usize, k: usize) -> Self {
+        let (mu, rest) = flat.split_at_mut(g);
+        let (w, rest) = rest.split_at_mut(g * k);
+        let (d, r) = rest.split_at_mut(g);
+        OuterGrad { mu, w, d, r }
+    }
+}
+
 /// One cell's Laplace ELBO at its MAP `(x̂, η̂)`, adding its gradient.
 #[allow(clippy::too_many_arguments)]
 pub fn elbo_grad<O: Obs + ?Sized>(

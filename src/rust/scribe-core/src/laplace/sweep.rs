@@ -377,15 +377,7 @@ fn block_chunk(
     if want_grad {
         let np = g * (k + 2) + lay.n_extra();
         out.grad = vec![0.0; np];
-        let (tm, rest) = out.grad.split_at_mut(g);
-        let (tw, rest) = rest.split_at_mut(g * k);
-        let (td, tr) = rest.split_at_mut(g);
-        let grads = OuterGrad {
-            mu: tm,
-            w: tw,
-            d: td,
-            r: tr,
-        };
+        let grads = OuterGrad::split(&mut out.grad, g, k);
         let mut elbo = vec![0.0; n];
         block::elbo_grad(
             obs,
