@@ -11,7 +11,10 @@
 #' @param model Model name.
 #' @param n_genes,n_cells Dimensions.
 #' @param r Per-gene dispersion (length `n_genes`).
-#' @param p Success probability (NB convention: mean `r p / (1 - p)`).
+#' @param p Success probability (NB convention: mean `r p / (1 - p)`): one
+#'   number shared by all genes, or `n_genes` numbers for a gene-specific `p`
+#'   (the model of `priors = list(probability = "gaussian")` in
+#'   [scribe_fit()]; `truth$p` is then named by gene and `p_hat` omitted).
 #' @param p_capture Per-cell capture probability (capture models).
 #' @param gate Per-gene zero-inflation probability (zero-inflated models).
 #' @param n_components `NULL` or the number of mixture components (>= 2);
@@ -44,7 +47,11 @@ scribe_simulate <- function(model = c("nbdm", "nbvcp", "zinb", "zinbvcp"), n_gen
     as.numeric(v)
   }
   r <- check_vec(r, "r", n_genes, function(v) v > 0 & is.finite(v), "> 0")
-  check_number(p, "p", "a number in (0, 1)", function(v) v > 0 && v < 1, allow_null = TRUE)
+  if (length(p) > 1L) {
+    p <- check_vec(p, "p", n_genes, function(v) v > 0 & v < 1, "in (0, 1) (one per gene, or a single number)")
+  } else {
+    check_number(p, "p", "a number in (0, 1)", function(v) v > 0 && v < 1, allow_null = TRUE)
+  }
   p_capture <- check_vec(p_capture, "p_capture", n_cells, function(v) v > 0 & v <= 1, "in (0, 1]")
   gate <- check_vec(gate, "gate", n_genes, function(v) v >= 0 & v < 1, "in [0, 1)")
   k <- 1L
@@ -64,10 +71,11 @@ scribe_simulate <- function(model = c("nbdm", "nbvcp", "zinb", "zinbvcp"), n_gen
                 Dimnames = list(genes, cells))
   comps <- paste0("component", seq_len(k))
   per_comp <- function(v) if (k == 1L) stats::setNames(v, genes) else t(matrix(v, n_genes, k, dimnames = list(genes, comps)))
-  truth <- list(r = per_comp(s$r), p = if (k == 1L) s$prob else stats::setNames(s$prob, comps))
+  gene_p <- length(s$prob) == n_genes && k == 1L && length(p) > 1L
+  truth <- list(r = per_comp(s$r), p = if (gene_p) stats::setNames(s$prob, genes) else if (k == 1L) s$prob else stats::setNames(s$prob, comps))
   if (!is.null(s$p_capture)) {
     truth$p_capture <- stats::setNames(s$p_capture, cells)
-    if (k == 1L) truth$p_hat <- truth$p * truth$p_capture / (1 - truth$p * (1 - truth$p_capture))
+    if (k == 1L && !gene_p) truth$p_hat <- truth$p * truth$p_capture / (1 - truth$p * (1 - truth$p_capture))
   }
   if (!is.null(s$gate)) truth$gate <- per_comp(s$gate)
   if (k > 1L) {

@@ -1,7 +1,8 @@
 #' Write a fit back into a SingleCellExperiment
 #'
 #' Gene-level MAP estimates go to `rowData()` (`scribe_r`, `scribe_mu`,
-#' `scribe_gate`), cell-level ones to `colData()` (`scribe_p_capture`,
+#' `scribe_gate`, and `scribe_p`, `scribe_phi` when `p` is gene-specific),
+#' cell-level ones to `colData()` (`scribe_p_capture`,
 #' `scribe_p_hat`), and a summary (model, scalars, mixing weights, loss
 #' history, seed) to `metadata()$scribe`. Component-specific estimates of a
 #' mixture are stored as matrix columns (genes x K, cells x K). Existing columns are only replaced with
@@ -62,7 +63,7 @@ add_scribe_fit <- function(sce, fit, overwrite = FALSE, denoised = FALSE) {
     df[[col]] <- values
     df
   }
-  for (n in intersect(c("r", "mu", "gate", "d"), names(map))) {
+  for (n in intersect(c("r", "mu", "gate", "d", gene_specific_p_sites(map)), names(map))) {
     v <- map[[n]]
     if (is(fit, "ScribeLaplaceResults")) {
       # LNM's per-gene values skip the reference gene: align by name.
@@ -101,7 +102,8 @@ add_scribe_fit <- function(sce, fit, overwrite = FALSE, denoised = FALSE) {
     abort_input("{.code metadata(sce)$scribe} already exists; use {.code overwrite = TRUE} to replace it.")
   }
   md$scribe <- list(
-    model = fit@model, engine = class(fit)[1], p = map$p, phi = map$phi,
+    model = fit@model, engine = class(fit)[1],
+    p = if (!length(gene_specific_p_sites(map))) map$p, phi = if (!length(gene_specific_p_sites(map))) map$phi,
     mixing_weights = map$mixing_weights,
     loss_history = if (methods::hasMethod("loss_history", class(fit))) loss_history(fit),
     seed = fit@seed, dropped_cells = fit@dropped_cells
@@ -120,7 +122,7 @@ add_scribe_fit_seurat <- function(obj, fit, overwrite, denoised) {
   if (!all(fit@cell_names %in% cells)) abort_input("The cells of the Seurat object are not the cells of {.arg fit}.")
   map <- get_map(fit)
   feat <- list()
-  for (n in intersect(c("r", "mu", "gate"), names(map))) {
+  for (n in intersect(c("r", "mu", "gate", gene_specific_p_sites(map)), names(map))) {
     v <- map[[n]]
     if (is.matrix(v)) {
       for (k in seq_len(nrow(v))) feat[[sprintf("scribe_%s_%s", n, rownames(v)[k])]] <- unname(v[k, ])
@@ -154,8 +156,14 @@ add_scribe_fit_seurat <- function(obj, fit, overwrite, denoised) {
     SeuratObject::Key(assay_obj) <- "scribedenoised_" # keys may not contain inner underscores
     obj[["scribe_denoised"]] <- assay_obj
   }
-  SeuratObject::Misc(obj, "scribe") <- list(model = fit@model, p = map$p, mixing_weights = map$mixing_weights,
+  SeuratObject::Misc(obj, "scribe") <- list(model = fit@model, p = if (!length(gene_specific_p_sites(map))) map$p,
+                                            mixing_weights = map$mixing_weights,
                                             loss_history = if (methods::hasMethod("loss_history", class(fit))) loss_history(fit),
                                             seed = fit@seed)
   obj
+}
+
+# "p" and "phi" when the fit's p is gene-specific (a vector named by gene).
+gene_specific_p_sites <- function(map) {
+  if (length(map$p) > 1L && !is.null(names(map$p)) && !any(grepl("^component", names(map$p)))) c("p", "phi") else character()
 }

@@ -150,6 +150,7 @@ fn conjugate_nb_posterior() {
     let truth = NbTruth {
         r: vec![2.0; g],
         p: 0.3,
+        p_gene: None,
         nu: None,
         gate: None,
         n_cells: c,
@@ -298,6 +299,7 @@ fn nbvcp_interval_coverage() {
             .map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal).exp())
             .collect(),
         p: rng.random_range(0.2..0.8),
+        p_gene: None,
         nu: Some((0..c).map(|_| rng.random_range(0.05..0.95)).collect()),
         gate: None,
         n_cells: c,
@@ -373,6 +375,7 @@ fn nbdm_sbc_rank_of_p_is_uniform() {
                 .map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal).exp())
                 .collect(),
             p,
+            p_gene: None,
             nu: None,
             gate: None,
             n_cells: c,

@@ -38,6 +38,7 @@ fn draws(
         n_cells: if nu.is_some() { 1 } else { 0 },
         r,
         p: vec![p],
+        p_gene: None,
         nu: nu.map(|v| vec![v]),
         gate,
         weights: vec![1.0],
@@ -146,7 +147,7 @@ fn dense_ll(d: &NbDraws, data: &CountMatrix, c: usize, g: usize, k: usize) -> f6
     let dense = data.to_dense();
     let u = dense[c * data.n_genes + g];
     let r = d.r_of(0, k)[g];
-    let p = d.p_of(0, k);
+    let p = d.p_at(0, k, g);
     let nu = d.nu_of(0, c);
     let ph = p * nu / (1.0 - p * (1.0 - nu));
     let lnb = lgamma(u + r) - lgamma(r) - lgamma(u + 1.0) + u * ph.ln() + r * (1.0 - ph).ln();
@@ -168,6 +169,7 @@ fn toy_draws(variant: Variant, k: usize, data: &CountMatrix) -> NbDraws {
         n_cells: c,
         r: (0..k * g).map(|j| 0.3 + (j % 7) as f64 * 0.4).collect(),
         p: (0..k).map(|j| 0.4 + 0.1 * j as f64).collect(),
+        p_gene: None,
         nu: variant
             .has_capture()
             .then(|| (0..c).map(|j| 0.2 + 0.05 * (j % 9) as f64).collect()),
@@ -183,9 +185,15 @@ fn toy_draws(variant: Variant, k: usize, data: &CountMatrix) -> NbDraws {
 #[test]
 fn log_likelihoods_match_the_dense_pmf() {
     for variant in Variant::ALL {
-        for k in [1usize, 2] {
+        // k = 0: one component with a gene-specific p.
+        for k in [1usize, 2, 0] {
             let data = simulate_nb(&NbTruth::random(variant, 9, 11, 2), 3);
-            let d = toy_draws(variant, k, &data);
+            let mut d = toy_draws(variant, k.max(1), &data);
+            if k == 0 {
+                d.p_gene = Some((0..9).map(|g| 0.2 + 0.07 * g as f64).collect());
+                d.p = vec![f64::NAN];
+            }
+            let k = k.max(1);
             let by_cell = log_likelihood(&d, &data, By::Cell, false, Ctl::none()).unwrap();
             let by_gene = log_likelihood(&d, &data, By::Gene, false, Ctl::none()).unwrap();
             for c in 0..data.n_cells {
@@ -250,6 +258,7 @@ fn predictive_means_match_the_model() {
     let truth = NbTruth {
         r: vec![2.0],
         p: 0.6,
+        p_gene: None,
         nu: Some(vec![0.5; c_n]),
         gate: None,
         n_cells: c_n,
@@ -264,6 +273,7 @@ fn predictive_means_match_the_model() {
         n_cells: c_n,
         r: vec![2.0],
         p: vec![0.6],
+        p_gene: None,
         nu: Some(vec![0.5; c_n]),
         gate: None,
         weights: vec![1.0],
@@ -275,4 +285,90 @@ fn predictive_means_match_the_model() {
     let want = 2.0 * ph / (1.0 - ph);
     assert!((mean - want).abs() < 0.05 * want, "{mean} vs {want}");
     let _ = data;
+}
+
+#[test]
+fn gene_specific_p_reduces_to_shared_p_when_all_genes_agree() {
+    use scribe_core::posterior::nb::normalize::cell_fractions;
+    for variant in Variant::ALL {
+        let data = simulate_nb(&NbTruth::random(variant, 7, 12, 4), 5);
+        let shared = toy_draws(variant, 1, &data);
+        let mut gene = shared.clone();
+        gene.p_gene = Some(vec![shared.p[0]; 7]);
+        gene.p = vec![f64::NAN];
+        let close = |a: &[f64], b: &[f64], what: &str| {
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() < 1e-9 * y.abs().max(1.0),
+                    "{variant:?} {what}: {x} vs {y}"
+                );
+            }
+        };
+        for by in [By::Cell, By::Gene] {
+            close(
+                &log_likelihood(&gene, &data, by, false, Ctl::none()).unwrap(),
+                &log_likelihood(&shared, &data, by, false, Ctl::none()).unwrap(),
+                "log-likelihood",
+            );
+        }
+        close(
+            &mean_composition(&gene),
+            &mean_composition(&shared),
+            "composition",
+        );
+        let genes: Vec<usize> = (0..7).collect();
+        for m in [Method::Mean, Method::Mode, Method::Sample] {
+            let a = denoise(&gene, &data, &genes, m, m, true, 3, Ctl::none()).unwrap();
+            let b = denoise(&shared, &data, &genes, m, m, true, 3, Ctl::none()).unwrap();
+            close(&a.0, &b.0, "denoised");
+        }
+        let cells: Vec<usize> = (0..12).collect();
+        assert_eq!(
+            predictive(&gene, &cells, &genes, false, 2, Ctl::none()).unwrap(),
+            predictive(&shared, &cells, &genes, false, 2, Ctl::none()).unwrap()
+        );
+        // Cell fractions: the Gamma route's mean is the ratio of expected
+        // rates, which for a shared p and no capture is Dirichlet's mean.
+        if !variant.has_capture() {
+            close(
+                &cell_fractions(&gene, &data, &genes, false, 1, Ctl::none()).unwrap(),
+                &cell_fractions(&shared, &data, &genes, false, 1, Ctl::none()).unwrap(),
+                "cell fractions",
+            );
+        }
+    }
+}
+
+#[test]
+fn gene_specific_p_predictive_means_follow_each_gene() {
+    let c_n = 4000;
+    let d = NbDraws {
+        variant: Variant::Nbvcp,
+        n_draws: 1,
+        n_comp: 1,
+        n_genes: 2,
+        n_cells: c_n,
+        r: vec![2.0, 2.0],
+        p: vec![f64::NAN],
+        p_gene: Some(vec![0.3, 0.8]),
+        nu: Some(vec![0.5; c_n]),
+        gate: None,
+        weights: vec![1.0],
+    };
+    let cells: Vec<usize> = (0..c_n).collect();
+    let y = predictive(&d, &cells, &[0, 1], false, 4, Ctl::none()).unwrap();
+    for (j, p) in [0.3f64, 0.8].into_iter().enumerate() {
+        let mean = y[j * c_n..(j + 1) * c_n].iter().sum::<f64>() / c_n as f64;
+        let ph = p * 0.5 / (1.0 - p * 0.5);
+        let want = 2.0 * ph / (1.0 - ph);
+        assert!(
+            (mean - want).abs() < 0.06 * want,
+            "gene {j}: {mean} vs {want}"
+        );
+    }
+    // The composition follows the means r p/(1−p), not r.
+    let m = mean_composition(&d);
+    let (a, b) = (2.0 * 0.3 / 0.7, 2.0 * 0.8 / 0.2);
+    assert!((m[0] - a / (a + b)).abs() < 1e-12);
 }

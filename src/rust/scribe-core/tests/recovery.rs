@@ -195,3 +195,64 @@ fn the_starting_guide_is_already_near_the_optimum() {
         );
     }
 }
+
+/// Gene-specific p: each gene's own variance-to-mean ratio is recovered
+/// (logit p_g up to the shift that capture leaves unidentified), for genes
+/// expressed well enough to show it.
+#[test]
+fn gene_specific_p_recovers_each_genes_probability() {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+    for variant in [Variant::Nbdm, Variant::Nbvcp] {
+        let mut truth = NbTruth::random(variant, 200, 800, 11);
+        let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(12);
+        let n = Normal::new(0.3, 0.8).unwrap();
+        let lp: Vec<f64> = (0..200).map(|_| n.sample(&mut rng)).collect();
+        truth.p_gene = Some(lp.iter().map(|l| 1.0 / (1.0 + (-l).exp())).collect());
+        let data = simulate_nb(&truth, 13);
+        let mut spec = NbSpec::new(variant, Parameterization::Canonical, true, Link::Softplus);
+        spec.set_gene_p(scribe_core::models::nb::Shrinkage::Gaussian)
+            .unwrap();
+        let model = NbModel::new(spec, &data).unwrap();
+        let res = run_adam(&model, 2000, None);
+        let fitted = MeanField {
+            dim: model.layout().total,
+        }
+        .fitted(&res.params);
+        let s = sites(
+            &model.spec,
+            model.layout(),
+            fitted.as_ref(),
+            Summary::Point,
+            Ctl::none(),
+        )
+        .unwrap();
+        let p = site(&s, "p");
+        assert_eq!(p.len(), 200);
+        let nu_bar = truth
+            .nu
+            .as_ref()
+            .map_or(1.0, |v| v.iter().sum::<f64>() / 800.0);
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        for g in 0..200 {
+            let pg = truth.p_gene.as_ref().unwrap()[g];
+            if truth.r[g] * pg / (1.0 - pg) * nu_bar >= 1.0 {
+                got.push((p[g] / (1.0 - p[g])).ln());
+                want.push(lp[g]);
+            }
+        }
+        assert!(got.len() >= 40, "{} well-expressed genes", got.len());
+        let c = corr(&got, &want);
+        assert!(
+            c >= 0.9,
+            "{variant:?}: corr of logit p_g {c} over {} genes",
+            got.len()
+        );
+        // The hierarchy learns how much genes differ (truth: sd 0.8).
+        let scale = site(&s, "logit_p_scale")[0];
+        assert!(
+            scale > 0.4 && scale < 1.3,
+            "{variant:?}: hierarchy scale {scale} (truth 0.8)"
+        );
+    }
+}

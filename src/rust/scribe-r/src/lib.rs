@@ -538,8 +538,13 @@ fn rs_simulate_nb(
         if let Some(v) = opt(&r) {
             truth.r = v;
         }
-        if let Some(v) = number(&p) {
-            truth.p = v;
+        match opt(&p) {
+            Some(v) if v.len() > 1 => truth.p_gene = Some(v),
+            _ => {
+                if let Some(v) = number(&p) {
+                    truth.p = v;
+                }
+            }
         }
         if variant.has_capture() {
             if let Some(v) = opt(&nu) {

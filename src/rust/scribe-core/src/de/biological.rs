@@ -76,10 +76,10 @@ pub fn biological(a: &NbSide<'_>, b: &NbSide<'_>) -> Result<Biological> {
         var_b: vec![0.0; g_n],
     };
     for s in 0..n {
-        let (pa, pb) = (da.p_of(s, ka), db.p_of(s, kb));
         let (ra, rb) = (da.r_of(s, ka), db.r_of(s, kb));
-        let (ba, bb) = ((1.0 - pa) / pa, (1.0 - pb) / pb);
         for g in 0..g_n {
+            let (pa, pb) = (da.p_at(s, ka, g), db.p_at(s, kb, g));
+            let (ba, bb) = ((1.0 - pa) / pa, (1.0 - pb) / pb);
             let (mua, mub) = (ra[g] * pa / (1.0 - pa), rb[g] * pb / (1.0 - pb));
             let (va, vb) = (mua / (1.0 - pa), mub / (1.0 - pb));
             let i = g * n + s;
@@ -110,6 +110,7 @@ mod tests {
             n_cells: 0,
             r,
             p: vec![p],
+            p_gene: None,
             nu: None,
             gate: None,
             weights: vec![1.0],

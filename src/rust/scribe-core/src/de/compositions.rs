@@ -132,12 +132,17 @@ impl LogComposition for NbFill<'_> {
         let s = t / self.n_dir;
         let mean = self.mean;
         let dirichlet = |k: usize, rng: &mut ChaCha8Rng, out: &mut [f64]| {
-            for (o, &r) in out.iter_mut().zip(d.r_of(s, k)) {
+            for (g, (o, &r)) in out.iter_mut().zip(d.r_of(s, k)).enumerate() {
                 *o = if mean {
                     r.max(1e-300).ln()
                 } else {
                     ln_gamma_draw(r, rng)
                 };
+                // Gene-specific p: the Gamma route, λ_g = γ_g p_g/(1−p_g).
+                if d.gene_specific_p() {
+                    let p = d.p_at(s, k, g);
+                    *o += (p / (1.0 - p)).ln();
+                }
             }
             let tot = log_sum_exp(out.iter().copied());
             out.iter_mut().for_each(|o| *o -= tot);
@@ -409,6 +414,7 @@ mod tests {
             n_cells: 0,
             r: r.concat(),
             p: vec![0.5; n * n_comp],
+            p_gene: None,
             nu: None,
             gate: None,
             weights: vec![1.0 / n_comp as f64; n * n_comp],

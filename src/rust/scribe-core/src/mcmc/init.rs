@@ -105,8 +105,36 @@ pub fn svi_start(
                 }
                 set(v);
             }
+            "p" | "phi" if block.kind == BlockKind::Gene => {
+                // Gene-specific p, from a gene-specific or a shared SVI p.
+                let s = site(sites, "p")?;
+                let per_gene = s.kind == BlockKind::Gene;
+                if per_gene && s.len() != n_genes {
+                    return Err(CoreError::arg("svi_init", "was fitted to different genes"));
+                }
+                let v = (0..n_genes)
+                    .map(|g| {
+                        let p = clamp01(value(s, 0, if per_gene { g } else { 0 }, 1));
+                        if name == "p" {
+                            p
+                        } else {
+                            ((1.0 - p) / p).max(EPS)
+                        }
+                    })
+                    .collect();
+                set(v);
+            }
+            "logit_p_loc" | "logit_p_scale" | "log_phi_loc" | "log_phi_scale" => {
+                set(vec![site(sites, name)?.at(0, 0, 0)]);
+            }
             "p" | "phi" => {
                 let s = site(sites, "p")?;
+                if s.kind == BlockKind::Gene {
+                    return Err(CoreError::arg(
+                        "svi_init",
+                        "has a gene-specific p; give the MCMC fit the same `priors$probability`",
+                    ));
+                }
                 comp_check(s, block.len)?;
                 let v = (0..block.len)
                     .map(|k| {

@@ -8,7 +8,7 @@ use scribe_core::dist::Link;
 use scribe_core::laplace::w_prior::LoadingsPrior;
 use scribe_core::laplace::{Capture, Cascade, LaplaceConfig, LnModel};
 use scribe_core::mcmc::{MassMatrix, McmcConfig, DEFAULT_INIT_RADIUS, DEFAULT_INIT_SPREAD};
-use scribe_core::models::nb::{NbSpec, Parameterization, Variant};
+use scribe_core::models::nb::{NbSpec, Parameterization, Shrinkage, Variant};
 use scribe_core::optim::early_stop::EarlyStopping;
 use scribe_core::optim::settle::Settle;
 use scribe_core::optim::OptimizerConfig;
@@ -16,7 +16,7 @@ use scribe_core::svi::SviConfig;
 
 /// An NB-family model from `list(model, parameterization, unconstrained,
 /// positive_transform, priors, n_components, mixture_params,
-/// mixing_concentration)`.
+/// mixing_concentration, gene_p)`.
 pub fn nb_spec(model: &Robj) -> GResult<NbSpec> {
     let a = Args::new(model, "model")?;
     let variant = Variant::parse(&a.string("model")?)?;
@@ -48,6 +48,12 @@ pub fn nb_spec(model: &Robj) -> GResult<NbSpec> {
             &refs,
             a.real_or("mixing_concentration", 1.0)?,
         )?;
+    }
+    if a.get("gene_p").is_some() {
+        spec.set_gene_p(Shrinkage::parse(
+            &a.string("gene_p")?,
+            "priors$probability",
+        )?)?;
     }
     if let Some(priors) = a.get("priors") {
         let l: List = priors

@@ -356,7 +356,7 @@ pub fn simulation_to_r(m: &CountMatrix, truth: NbTruth) -> Robj {
             ),
             None => (
                 truth.r,
-                vec![truth.p],
+                truth.p_gene.unwrap_or_else(|| vec![truth.p]),
                 truth.gate.map_or_else(none, |v| v.into()),
                 none(),
                 none(),

@@ -388,6 +388,11 @@ impl NbModel<'_> {
                 _ => l,
             };
         }
+        // Gene-specific p starts shared: the hierarchy's location at that
+        // value, its scale at softplus(0) ≈ 0.69, the prior's centre.
+        if let Some((b_loc, _)) = self.b_p_hyper {
+            x[lay.blocks[b_loc].offset] = x[sblk.offset];
+        }
         if let Some(b) = self.b_cap {
             let blk = &lay.blocks[b];
             for (c, &nu) in base.nu.iter().enumerate() {

@@ -31,6 +31,8 @@ pub struct NbModel<'a> {
     pub(crate) b_cap: Option<usize>,
     pub(crate) b_gate: Option<usize>,
     pub(crate) b_mix: Option<usize>,
+    /// `(loc, scale)` blocks of the gene-specific `p` hierarchy.
+    pub(crate) b_p_hyper: Option<(usize, usize)>,
     pub(crate) capture: Capture,
     /// Per-cell TruncNormal location `ln M0 − ln max(L_c, 1)` under the capture prior.
     pub(crate) eta_loc: Vec<f64>,
@@ -50,6 +52,13 @@ pub struct NbWorkspace {
     pub(crate) g_gate: Vec<f64>,
     pub(crate) g_ell: Vec<f64>,
     pub(crate) gene_ll: Vec<f64>,
+    /// Gene-specific `p`: logit `p_g`, `dφ_g/dx_g` (mean_odds), and the
+    /// gradient with respect to logit `p_g`.
+    pub(crate) lpg: Vec<f64>,
+    /// `p_g/(1−p_g)`.
+    pub(crate) odds_g: Vec<f64>,
+    pub(crate) dphig: Vec<f64>,
+    pub(crate) g_lpg: Vec<f64>,
     /// Per cell-block partial gene gradients (zinbvcp, mixtures), reduced in block order.
     pub(crate) blk: Vec<f64>,
     pub(crate) blk_ll: Vec<f64>,
@@ -74,6 +83,7 @@ impl<'a> NbModel<'a> {
             cap: b_cap,
             gate: b_gate,
             mix: b_mix,
+            p_hyper: b_p_hyper,
             capture,
         } = blocks;
         let eta_loc = match spec.capture_prior {
@@ -105,6 +115,7 @@ impl<'a> NbModel<'a> {
             b_cap,
             b_gate,
             b_mix,
+            b_p_hyper,
             capture,
             eta_loc,
             block_prior,
@@ -272,14 +283,24 @@ impl<'a> NbModel<'a> {
         ll
     }
 
-    /// Derived NB quantities at `x` for a set of cells: (r per gene, logit p̂ per cell, gate per gene).
+    /// Derived NB quantities at `x` for a set of cells: r per gene, logit p̂
+    /// per (cell, gene) (cell-major), gate per gene.
     pub fn derived(&self, x: &[f64], cells: &[u32]) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
         let mut ws = self.workspace();
         let mut b = Batch::full(self.data);
         b.cells = cells.to_vec();
-        self.fill_derived(x, &b, &mut ws);
+        let g_n = self.data.n_genes;
+        let ell: Vec<f64> = if self.spec.gene_p.is_some() {
+            self.fill_gene_p(x, &b, &mut ws);
+            (0..cells.len() * g_n)
+                .map(|i| ws.ell[i / g_n] + ws.lpg[i % g_n])
+                .collect()
+        } else {
+            self.fill_derived(x, &b, &mut ws);
+            (0..cells.len() * g_n).map(|i| ws.ell[i / g_n]).collect()
+        };
         let gate = self.b_gate.map(|_| ws.pi.clone());
-        (ws.r.clone(), ws.ell[..cells.len()].to_vec(), gate)
+        (ws.r.clone(), ell, gate)
     }
 
     /// Fills `theta`, `dtheta`, `r`, `ell`, `dlnnu`, `pi`; returns `logit p` (and phi for mean_odds).
@@ -350,8 +371,12 @@ impl Model for NbModel<'_> {
     fn workspace(&self) -> NbWorkspace {
         let (g, c) = (self.data.n_genes, self.data.n_cells);
         let k = self.spec.n_components();
-        let per_block = self.spec.variant == Variant::Zinbvcp || k > 1;
+        let gene_p = self.spec.gene_p.is_some();
+        let per_block = self.spec.variant == Variant::Zinbvcp
+            || k > 1
+            || (gene_p && self.spec.variant.has_capture());
         let n_blocks = c.div_ceil(CELL_BLOCK);
+        let gp = if gene_p { g } else { 0 };
         NbWorkspace {
             theta: vec![0.0; k * g],
             dtheta: vec![0.0; k * g],
@@ -363,8 +388,12 @@ impl Model for NbModel<'_> {
             g_gate: vec![0.0; k * g],
             g_ell: vec![0.0; k * c],
             gene_ll: vec![0.0; g],
+            lpg: vec![0.0; gp],
+            odds_g: vec![0.0; gp],
+            dphig: vec![0.0; gp],
+            g_lpg: vec![0.0; gp],
             blk: if per_block {
-                vec![0.0; n_blocks * (2 * k * g + 4 * k)]
+                vec![0.0; n_blocks * (2 * k * g + 4 * k).max(3 * gp)]
             } else {
                 Vec::new()
             },
@@ -381,6 +410,9 @@ impl Model for NbModel<'_> {
     ) -> f64 {
         if self.spec.mixture.is_some() {
             return self.mixture_log_lik_grad(x, batch, grad, ws);
+        }
+        if self.spec.gene_p.is_some() {
+            return self.gene_p_log_lik_grad(x, batch, grad, ws);
         }
         let (lp, phi, dphi) = self.fill_derived(x, batch, ws);
         let nb = batch.len();
@@ -457,15 +489,23 @@ impl Model for NbModel<'_> {
 
     /// Capture models without a capture prior: the data determine each
     /// cell's `p̂ = p ν_c / (1 − p (1 − ν_c))`, not `p` (or `φ`) and `ν_c`
-    /// apart.
+    /// apart (with a gene-specific p: every `logit p_g` may shift against
+    /// every `ln ν_c`).
     fn ridge_blocks(&self) -> Vec<usize> {
         match (self.b_cap, self.capture) {
-            (Some(b_cap), Capture::Nu | Capture::Phi(_)) => vec![self.b_scalar, b_cap],
+            // With a gene-specific p the ridge also moves the hierarchy's location.
+            (Some(b_cap), Capture::Nu | Capture::Phi(_)) => match self.b_p_hyper {
+                Some((b_loc, _)) => vec![self.b_scalar, b_loc, b_cap],
+                None => vec![self.b_scalar, b_cap],
+            },
             _ => Vec::new(),
         }
     }
 
     fn joint_prior_grad(&self, x: &[f64], grad: &mut [f64]) -> f64 {
+        if self.b_p_hyper.is_some() {
+            return self.gene_p_prior_grad(x, grad);
+        }
         match (self.b_mix, self.spec.mixture) {
             (Some(b), Some(m)) => self.dirichlet_prior_grad(
                 &x[self.layout.blocks[b].offset..][..m.k - 1],
@@ -525,6 +565,35 @@ pub fn nb_cell_loglik(
     acc
 }
 
+/// [`nb_cell_loglik`] when `logit p̂` differs by gene (`ell(g)`, gene-specific
+/// `p`): every gene's zero term differs, so the pass is dense over genes.
+pub fn nb_cell_loglik_genewise(
+    data: &CountMatrix,
+    c: usize,
+    r: &[f64],
+    pi: Option<&[f64]>,
+    ell: impl Fn(usize) -> f64,
+) -> f64 {
+    let zero = |g: usize, l1m: f64| match pi {
+        None => r[g] * l1m,
+        Some(pi) => (pi[g] + (1.0 - pi[g]) * (r[g] * l1m).exp()).ln(),
+    };
+    let mut acc = -data.ln_fact[c];
+    for g in 0..r.len() {
+        acc += zero(g, ln_sigmoid(-ell(g)));
+    }
+    let (genes, counts) = data.row(c);
+    for (&g, &u) in genes.iter().zip(counts) {
+        let g = g as usize;
+        let l = ell(g);
+        let l1m = ln_sigmoid(-l);
+        let ln_gate = pi.map_or(0.0, |pi| (-pi[g]).ln_1p());
+        acc +=
+            ln_gate + lgamma_diff(u, r[g]) + u as f64 * ln_sigmoid(l) + r[g] * l1m - zero(g, l1m);
+    }
+    acc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,8 +609,8 @@ mod tests {
         let (r, ell, gate) = model.derived(x, cells);
         let mut ll = 0.0;
         for (k, &c) in cells.iter().enumerate() {
-            let ph = sigmoid(ell[k]);
             for g in 0..d.n_genes {
+                let ph = sigmoid(ell[k * d.n_genes + g]);
                 let u = dense[c as usize * d.n_genes + g];
                 let lnb = lgamma(u + r[g]) - lgamma(r[g]) - lgamma(u + 1.0)
                     + u * ph.ln()
@@ -574,6 +643,14 @@ mod tests {
                 }
                 if variant.has_capture() {
                     let mut s = NbSpec::new(variant, param, false, Link::Exp);
+                    s.set_prior("eta_capture", (2000f64).ln(), 0.5).unwrap();
+                    v.push(s);
+                }
+                // Gene-specific p, with and without a capture prior.
+                let mut s = NbSpec::new(variant, param, true, Link::Softplus);
+                s.set_gene_p(super::super::Shrinkage::Gaussian).unwrap();
+                v.push(s.clone());
+                if variant.has_capture() {
                     s.set_prior("eta_capture", (2000f64).ln(), 0.5).unwrap();
                     v.push(s);
                 }

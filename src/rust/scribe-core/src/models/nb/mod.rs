@@ -7,13 +7,14 @@
 //!
 //! Code convention: `NB(u | r, p) = Γ(u+r)/(Γ(r) u!) p^u (1−p)^r`, mean `r p/(1−p)`.
 
+mod gene_p;
 mod init;
 pub mod kernels;
 mod mixture;
 pub mod simulate;
 pub mod sites;
 
-pub use kernels::{nb_cell_loglik, NbModel, NbWorkspace};
+pub use kernels::{nb_cell_loglik, nb_cell_loglik_genewise, NbModel, NbWorkspace};
 
 use crate::dist::{Link, Prior};
 use crate::error::{CoreError, Result};
@@ -38,6 +39,8 @@ pub(crate) struct NbBlocks {
     pub(crate) cap: Option<usize>,
     pub(crate) gate: Option<usize>,
     pub(crate) mix: Option<usize>,
+    /// `(loc, scale)` blocks of the gene-specific `p` hierarchy.
+    pub(crate) p_hyper: Option<(usize, usize)>,
     pub(crate) capture: Capture,
 }
 
@@ -156,6 +159,30 @@ pub struct CapturePrior {
     pub sigma: f64,
 }
 
+/// Gene-level shrinkage family of a hierarchical prior
+/// (`priors = list(probability = "gaussian")`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shrinkage {
+    /// Centred: `x_g ~ N(loc, softplus(s))`, `loc` and `s` sampled.
+    Gaussian,
+}
+
+impl Shrinkage {
+    pub fn parse(s: &str, arg: &str) -> Result<Self> {
+        match s {
+            "gaussian" => Ok(Shrinkage::Gaussian),
+            "horseshoe" | "neg" => Err(CoreError::arg(
+                arg,
+                format!("\"{s}\" is not available yet; use \"gaussian\""),
+            )),
+            other => Err(CoreError::arg(
+                arg,
+                format!("unknown shrinkage family \"{other}\" (use \"gaussian\")"),
+            )),
+        }
+    }
+}
+
 /// A mixture over cells: every cell's whole gene vector comes from one of
 /// `k` components; `gene`/`scalar`/`gate` say which parameters get a
 /// component axis (capture is always shared).
@@ -181,6 +208,8 @@ pub struct NbSpec {
     pub priors: Vec<(String, Prior)>,
     pub capture_prior: Option<CapturePrior>,
     pub mixture: Option<Mixture>,
+    /// Gene-specific `p` (or `φ` under mean_odds) with a hierarchical prior.
+    pub gene_p: Option<Shrinkage>,
 }
 
 impl NbSpec {
@@ -238,7 +267,62 @@ impl NbSpec {
             priors,
             capture_prior: None,
             mixture: None,
+            gene_p: None,
         }
+    }
+
+    /// Names of the location and scale sites of the gene-specific `p`
+    /// hierarchy (in the unconstrained coordinate of `p` or `φ`).
+    pub fn p_hyper_names(&self) -> (&'static str, &'static str) {
+        if self.param == Parameterization::MeanOdds {
+            ("log_phi_loc", "log_phi_scale")
+        } else {
+            ("logit_p_loc", "logit_p_scale")
+        }
+    }
+
+    /// Makes `p` (`φ` under mean_odds) gene-specific with a hierarchical
+    /// prior: `x_g ~ N(loc, softplus(s))` on the unconstrained coordinate,
+    /// `loc ~ N(0, 1)`, `s ~ N(0, 0.5)`. The hierarchy lives on the
+    /// unconstrained scale, so the model becomes unconstrained (every other
+    /// parameter takes its unconstrained default prior); a mixture is not
+    /// supported yet.
+    pub fn set_gene_p(&mut self, family: Shrinkage) -> Result<()> {
+        if self.mixture.is_some() {
+            return Err(CoreError::arg(
+                "priors",
+                "a gene-specific `probability` prior with a mixture model is not available yet",
+            ));
+        }
+        if !self.unconstrained {
+            *self = NbSpec {
+                capture_prior: self.capture_prior,
+                ..NbSpec::new(self.variant, self.param, true, self.positive_link)
+            };
+        }
+        let (loc, scale) = self.p_hyper_names();
+        let sp = self.param.scalar_param();
+        for (n, p) in self.priors.iter_mut() {
+            if n == sp {
+                *p = Prior::Flat;
+            }
+        }
+        self.priors.push((
+            loc.to_string(),
+            Prior::Normal {
+                loc: 0.0,
+                scale: 1.0,
+            },
+        ));
+        self.priors.push((
+            scale.to_string(),
+            Prior::Normal {
+                loc: 0.0,
+                scale: 0.5,
+            },
+        ));
+        self.gene_p = Some(family);
+        Ok(())
     }
 
     /// Replaces the hyper-parameters of a sampled site's default prior family.
@@ -279,6 +363,12 @@ impl NbSpec {
                     ),
                 )
             })?;
+        if entry.1 == Prior::Flat {
+            return Err(CoreError::arg(
+                "priors",
+                format!("'{site}' has a hierarchical prior here; set its hyper-priors instead"),
+            ));
+        }
         let new = match entry.1 {
             Prior::Normal { .. } => Prior::Normal { loc: a, scale: b },
             Prior::LogNormal { .. } => Prior::LogNormal { loc: a, scale: b },
@@ -315,6 +405,12 @@ impl NbSpec {
     /// Makes this a `k`-component mixture over the named sampled sites
     /// (gene param, scalar param, "gate").
     pub fn set_mixture(&mut self, k: usize, sites: &[&str], concentration: f64) -> Result<()> {
+        if self.gene_p.is_some() {
+            return Err(CoreError::arg(
+                "priors",
+                "a gene-specific `probability` prior with a mixture model is not available yet",
+            ));
+        }
         if k < 2 {
             return Err(CoreError::arg(
                 "n_components",
@@ -406,13 +502,30 @@ impl NbSpec {
         } else {
             Link::Sigmoid
         };
-        let scalar = layout.push(
-            self.param.scalar_param(),
-            BlockKind::Scalar,
-            k_scalar,
-            scalar_link,
-            k_scalar,
-        );
+        let scalar = if self.gene_p.is_some() {
+            layout.push(
+                self.param.scalar_param(),
+                BlockKind::Gene,
+                n_genes,
+                scalar_link,
+                1,
+            )
+        } else {
+            layout.push(
+                self.param.scalar_param(),
+                BlockKind::Scalar,
+                k_scalar,
+                scalar_link,
+                k_scalar,
+            )
+        };
+        let p_hyper = self.gene_p.map(|_| {
+            let (loc, scale) = self.p_hyper_names();
+            (
+                layout.push(loc, BlockKind::Scalar, 1, Link::Identity, 1),
+                layout.push(scale, BlockKind::Scalar, 1, Link::Softplus, 1),
+            )
+        });
         let (cap, capture) = if !self.variant.has_capture() {
             (None, Capture::None)
         } else if self.capture_prior.is_some() {
@@ -452,6 +565,7 @@ impl NbSpec {
                 cap,
                 gate,
                 mix,
+                p_hyper,
                 capture,
             },
         )

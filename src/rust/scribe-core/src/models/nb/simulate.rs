@@ -15,6 +15,8 @@ use rand_distr::Distribution;
 pub struct NbTruth {
     pub r: Vec<f64>,
     pub p: f64,
+    /// Gene-specific `p` (replaces `p` when present; not with a mixture).
+    pub p_gene: Option<Vec<f64>>,
     /// Capture probability per cell (`None` for nbdm/zinb).
     pub nu: Option<Vec<f64>>,
     /// Zero-inflation gate per gene (`None` for nbdm/nbvcp).
@@ -61,6 +63,7 @@ impl NbTruth {
         NbTruth {
             r,
             p: 0.6,
+            p_gene: None,
             nu,
             gate,
             n_cells,
@@ -123,7 +126,8 @@ impl NbTruth {
     }
 }
 
-/// Draws `u_cg ~ π_g δ_0 + (1−π_g) NB(r_g, p̂_c)`, `p̂_c = p ν_c / (1 − p(1 − ν_c))`.
+/// Draws `u_cg ~ π_g δ_0 + (1−π_g) NB(r_g, p̂_cg)`, `p̂_cg = p_g ν_c / (1 − p_g(1 − ν_c))`
+/// (`p_g = p` unless `p_gene` is set).
 pub fn simulate_nb(truth: &NbTruth, seed: u64) -> CountMatrix {
     let g_n = truth.r.len();
     let rows: Vec<Vec<(u32, u32)>> = (0..truth.n_cells)
@@ -138,10 +142,17 @@ pub fn simulate_nb(truth: &NbTruth, seed: u64) -> CountMatrix {
                 }
                 None => (&truth.r, truth.p, truth.gate.as_ref()),
             };
-            let p_hat = p * nu / (1.0 - p * (1.0 - nu));
-            let odds = p_hat / (1.0 - p_hat);
+            let odds_of = |p: f64| {
+                let p_hat = p * nu / (1.0 - p * (1.0 - nu));
+                p_hat / (1.0 - p_hat)
+            };
+            let shared_odds = odds_of(p);
             let mut row = Vec::new();
             for g in 0..g_n {
+                let odds = match (&truth.p_gene, &truth.mixture) {
+                    (Some(pg), None) => odds_of(pg[g]),
+                    _ => shared_odds,
+                };
                 if let Some(gate) = gate {
                     if rng.random::<f64>() < gate[g] {
                         continue;
@@ -167,6 +178,7 @@ mod tests {
         let truth = NbTruth {
             r: vec![2.0, 0.5],
             p: 0.6,
+            p_gene: None,
             nu: None,
             gate: None,
             n_cells: 20_000,

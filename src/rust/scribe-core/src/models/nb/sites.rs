@@ -26,19 +26,27 @@ pub fn derive(spec: &NbSpec, mut sites: Vec<Site>) -> Result<Vec<Site>> {
     let g_len = gene.len();
     let k_rp = gene.n_comp.max(scalar.n_comp);
     let k_s = scalar.n_comp;
-    // p per (draw, component)
-    let p_at = |s: usize, k: usize| -> f64 {
-        let v = scalar.at(s, k, 0);
+    // Gene-specific p: the "scalar" site has one value per gene.
+    let p_len = if scalar.kind == BlockKind::Gene {
+        g_len
+    } else {
+        1
+    };
+    // p per (draw, component, gene of a gene-specific p)
+    let p_at = |s: usize, k: usize, j: usize| -> f64 {
+        let v = scalar.at(s, k, if p_len == 1 { 0 } else { j });
         if spec.param == Parameterization::MeanOdds {
             1.0 / (1.0 + v)
         } else {
             v
         }
     };
-    let mut p = vec![0.0; n * k_s];
+    let mut p = vec![0.0; n * k_s * p_len];
     for k in 0..k_s {
-        for s in 0..n {
-            p[k * n + s] = p_at(s, k);
+        for j in 0..p_len {
+            for s in 0..n {
+                p[(k * p_len + j) * n + s] = p_at(s, k, j);
+            }
         }
     }
     let mut r = vec![0.0; n * g_len * k_rp];
@@ -47,7 +55,7 @@ pub fn derive(spec: &NbSpec, mut sites: Vec<Site>) -> Result<Vec<Site>> {
         for j in 0..g_len {
             for s in 0..n {
                 let idx = (k * g_len + j) * n + s;
-                let ps = p_at(s, k);
+                let ps = p_at(s, k, j);
                 let t = gene.at(s, k, j);
                 let odds = ps / (1.0 - ps);
                 if spec.param == Parameterization::Canonical {
@@ -67,13 +75,14 @@ pub fn derive(spec: &NbSpec, mut sites: Vec<Site>) -> Result<Vec<Site>> {
         n_comp,
         values,
     };
+    let p_kind = scalar.kind;
     sites.retain(|s| !matches!(s.name.as_str(), "r" | "mu" | "p" | "phi"));
     sites.push(derived("r", BlockKind::Gene, k_rp, r));
     sites.push(derived("mu", BlockKind::Gene, k_rp, mu));
-    sites.push(derived("p", BlockKind::Scalar, k_s, p.clone()));
+    sites.push(derived("p", p_kind, k_s, p.clone()));
     sites.push(derived(
         "phi",
-        BlockKind::Scalar,
+        p_kind,
         k_s,
         p.iter().map(|p| (1.0 - p) / p).collect(),
     ));
@@ -92,19 +101,22 @@ pub fn derive(spec: &NbSpec, mut sites: Vec<Site>) -> Result<Vec<Site>> {
             }
         };
         let c_len = cap.len();
-        let mut p_hat = vec![0.0; n * c_len * k_s];
-        for k in 0..k_s {
-            for c in 0..c_len {
-                for s in 0..n {
-                    let (ps, v) = (p_at(s, k), nu[c * n + s]);
-                    p_hat[(k * c_len + c) * n + s] = ps * v / (1.0 - ps * (1.0 - v));
+        if cap.name == "phi_capture" || cap.name == "eta_capture" {
+            sites.push(derived("p_capture", BlockKind::Cell, 1, nu.clone()));
+        }
+        // With a gene-specific p, p̂ differs by gene and cell; it is not a site.
+        if p_len == 1 {
+            let mut p_hat = vec![0.0; n * c_len * k_s];
+            for k in 0..k_s {
+                for c in 0..c_len {
+                    for s in 0..n {
+                        let (ps, v) = (p_at(s, k, 0), nu[c * n + s]);
+                        p_hat[(k * c_len + c) * n + s] = ps * v / (1.0 - ps * (1.0 - v));
+                    }
                 }
             }
+            sites.push(derived("p_hat", BlockKind::Cell, k_s, p_hat));
         }
-        if cap.name == "phi_capture" || cap.name == "eta_capture" {
-            sites.push(derived("p_capture", BlockKind::Cell, 1, nu));
-        }
-        sites.push(derived("p_hat", BlockKind::Cell, k_s, p_hat));
     }
     Ok(sites)
 }

@@ -123,7 +123,7 @@ pub fn denoise(
                     let (mut m_tot, mut second, mut value) = (0.0, 0.0, 0.0);
                     for k in 0..k_n {
                         let r = d.r_of(s, k)[g];
-                        let p = d.p_of(s, k);
+                        let p = d.p_at(s, k, g);
                         let pp = p * (1.0 - nu);
                         let q = 1.0 - pp;
                         let nb = nb_post(u, r, pp);

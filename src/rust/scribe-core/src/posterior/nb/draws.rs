@@ -19,8 +19,10 @@ pub struct NbDraws {
     pub n_cells: usize,
     /// `r[(s·K + k)·G + g]`
     pub r: Vec<f64>,
-    /// `p[s·K + k]`
+    /// `p[s·K + k]` (NaN when `p` is gene-specific).
     pub p: Vec<f64>,
+    /// Gene-specific `p[(s·K + k)·G + g]` (`priors = list(probability = ...)`).
+    pub p_gene: Option<Vec<f64>>,
     /// Capture probability `nu[s·C + c]` (capture models only).
     pub nu: Option<Vec<f64>>,
     /// `gate[(s·K + k)·G + g]` (zero-inflated models only).
@@ -78,6 +80,12 @@ impl NbDraws {
             None => vec![1.0; n],
         };
         let n_cells = nu.as_ref().map_or(0, |v| v.len() / n.max(1));
+        let p_gene = (p.kind == crate::models::BlockKind::Gene).then(|| spread(p));
+        let p = if p_gene.is_some() {
+            vec![f64::NAN; n * k_n]
+        } else {
+            spread(p)
+        };
         Ok(NbDraws {
             variant,
             n_draws: n,
@@ -85,7 +93,8 @@ impl NbDraws {
             n_genes: g_n,
             n_cells,
             r: spread(r),
-            p: spread(p),
+            p,
+            p_gene,
             nu,
             gate,
             weights,
@@ -106,9 +115,26 @@ impl NbDraws {
             .map(|v| &v[(s * self.n_comp + k) * g..(s * self.n_comp + k + 1) * g])
     }
 
+    /// The shared `p` of draw `s`, component `k` (NaN when `p` is
+    /// gene-specific: use [`Self::p_at`] where a gene is at hand).
     #[inline]
     pub fn p_of(&self, s: usize, k: usize) -> f64 {
         self.p[s * self.n_comp + k]
+    }
+
+    /// `p` of gene `g` (draw `s`, component `k`), shared or gene-specific.
+    #[inline]
+    pub fn p_at(&self, s: usize, k: usize, g: usize) -> f64 {
+        match &self.p_gene {
+            Some(v) => v[(s * self.n_comp + k) * self.n_genes + g],
+            None => self.p[s * self.n_comp + k],
+        }
+    }
+
+    /// Whether `p` differs by gene.
+    #[inline]
+    pub fn gene_specific_p(&self) -> bool {
+        self.p_gene.is_some()
     }
 
     #[inline]
@@ -122,10 +148,18 @@ impl NbDraws {
         self.nu.as_ref().map_or(1.0, |v| v[s * self.n_cells + c])
     }
 
-    /// `logit p̂_c = logit p + ln ν_c` for draw `s`, component `k`, cell `c`.
+    /// `logit p̂_c = logit p + ln ν_c` for draw `s`, component `k`, cell `c`
+    /// (shared `p` only).
     #[inline]
     pub fn ell(&self, s: usize, k: usize, c: usize) -> f64 {
         let p = self.p_of(s, k);
+        (p / (1.0 - p)).ln() + self.nu_of(s, c).ln()
+    }
+
+    /// `logit p̂_cg = logit p_g + ln ν_c`, shared or gene-specific `p`.
+    #[inline]
+    pub fn ell_at(&self, s: usize, k: usize, c: usize, g: usize) -> f64 {
+        let p = self.p_at(s, k, g);
         (p / (1.0 - p)).ln() + self.nu_of(s, c).ln()
     }
 
@@ -138,6 +172,7 @@ impl NbDraws {
             n_draws: self.n_draws * n,
             r: rep(&self.r),
             p: rep(&self.p),
+            p_gene: self.p_gene.as_ref().map(rep),
             nu: self.nu.as_ref().map(rep),
             gate: self.gate.as_ref().map(rep),
             weights: rep(&self.weights),
@@ -158,6 +193,7 @@ impl NbDraws {
         };
         NbDraws {
             r: pick(&self.r),
+            p_gene: self.p_gene.as_ref().map(pick),
             gate: self.gate.as_ref().map(pick),
             n_genes: genes.len(),
             ..self.clone()

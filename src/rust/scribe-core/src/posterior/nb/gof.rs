@@ -109,7 +109,7 @@ pub fn quantile_residuals(
                     let (mut lo, mut hi) = (0.0, 0.0);
                     for s in 0..s_n {
                         for k in 0..k_n {
-                            let p = d.p_of(s, k);
+                            let p = d.p_at(s, k, g);
                             let nu = d.nu_of(s, c);
                             let p_hat = p * nu / (1.0 - p * (1.0 - nu));
                             let r = d.r_of(s, k)[g];
@@ -220,16 +220,23 @@ pub fn ppc_scores(
             }
         }
     }
-    // Odds of the capture-adjusted success probability per (draw, component, cell).
-    let odds: Vec<f64> = (0..s_n * k_n * c_n)
-        .map(|i| {
-            let (sk, c) = (i / c_n, i % c_n);
-            let (s, k) = (sk / k_n, sk % k_n);
-            let (p, nu) = (d.p_of(s, k), d.nu_of(s, c));
-            let p_hat = p * nu / (1.0 - p * (1.0 - nu));
-            p_hat / (1.0 - p_hat)
-        })
-        .collect();
+    // Odds of the capture-adjusted success probability per (draw, component,
+    // cell), shared by all genes unless p is gene-specific.
+    let odds_at = |s: usize, k: usize, c: usize, g: usize| {
+        let (p, nu) = (d.p_at(s, k, g), d.nu_of(s, c));
+        let p_hat = p * nu / (1.0 - p * (1.0 - nu));
+        p_hat / (1.0 - p_hat)
+    };
+    let odds: Vec<f64> = if d.gene_specific_p() {
+        Vec::new()
+    } else {
+        (0..s_n * k_n * c_n)
+            .map(|i| {
+                let (sk, c) = (i / c_n, i % c_n);
+                odds_at(sk / k_n, sk % k_n, c, 0)
+            })
+            .collect()
+    };
     let work = ctl.work(genes.len());
     let tail = (1.0 - level) / 2.0;
     let scores: Vec<(f64, f64)> = genes
@@ -258,8 +265,12 @@ pub fn ppc_scores(
                     let x = if gated {
                         0
                     } else {
-                        nb_count_fast(&mut rng, d.r_of(s, k)[g], odds[(s * k_n + k) * c_n + c])
-                            as usize
+                        let o = if odds.is_empty() {
+                            odds_at(s, k, c, g)
+                        } else {
+                            odds[(s * k_n + k) * c_n + c]
+                        };
+                        nb_count_fast(&mut rng, d.r_of(s, k)[g], o) as usize
                     };
                     if x >= h.len() {
                         h.resize(x + 1, 0);
@@ -347,6 +358,7 @@ mod tests {
             n_cells: t.nu.as_ref().map_or(0, Vec::len),
             r: t.r.clone(),
             p: vec![t.p],
+            p_gene: None,
             nu: t.nu.clone(),
             gate: t.gate.clone(),
             weights: vec![1.0],

@@ -12,7 +12,7 @@ use crate::data::CountMatrix;
 use crate::error::Result;
 pub use crate::math::pick_index;
 use crate::math::{lgamma, lgamma_diff, ln_sigmoid};
-use crate::models::nb::nb_cell_loglik;
+use crate::models::nb::{nb_cell_loglik, nb_cell_loglik_genewise};
 pub use crate::posterior::By;
 use crate::progress::Ctl;
 use rayon::prelude::*;
@@ -28,6 +28,9 @@ pub fn cell_component_ll(
     zero_sum: Option<(&[f64], f64)>,
 ) -> f64 {
     let r = d.r_of(s, k);
+    if d.gene_specific_p() {
+        return nb_cell_loglik_genewise(data, c, r, d.gate_of(s, k), |g| d.ell_at(s, k, c, g));
+    }
     nb_cell_loglik(
         data,
         c,
@@ -73,7 +76,7 @@ pub type ZeroTerms = Option<(Vec<f64>, f64)>;
 
 /// zinb (no capture): per-gene zero terms `s_g = ln(π + (1−π)(1−p)^r)` and their sum.
 pub fn zinb_zero_terms(d: &NbDraws, s: usize, k: usize) -> ZeroTerms {
-    if d.variant.has_capture() {
+    if d.variant.has_capture() || d.gene_specific_p() {
         return None;
     }
     let pi = d.gate_of(s, k)?;
@@ -102,13 +105,24 @@ fn gene_component_ll(d: &NbDraws, s: usize, k: usize, data: &CountMatrix, out: &
     let capture = d.variant.has_capture();
     match (pi, capture) {
         (None, false) => {
-            let l = d.ell(s, k, 0);
-            let (lph, l1m) = (ln_sigmoid(l), ln_sigmoid(-l));
             for g in 0..data.n_genes {
+                let l = d.ell_at(s, k, 0, g);
+                let (lph, l1m) = (ln_sigmoid(l), ln_sigmoid(-l));
                 let tot: f64 = (data.gene_pair_ptr[g]..data.gene_pair_ptr[g + 1])
                     .map(|j| data.pair_weight[j] * data.pair_count[j] as f64)
                     .sum();
                 out[g] += tot * lph + r[g] * l1m * c_n as f64;
+            }
+        }
+        (None, true) if d.gene_specific_p() => {
+            for c in 0..c_n {
+                for (g, o) in out.iter_mut().enumerate() {
+                    *o += r[g] * ln_sigmoid(-d.ell_at(s, k, c, g));
+                }
+                let (genes, counts) = data.row(c);
+                for (&g, &u) in genes.iter().zip(counts) {
+                    out[g as usize] += u as f64 * ln_sigmoid(d.ell_at(s, k, c, g as usize));
+                }
             }
         }
         (None, true) => {
@@ -125,9 +139,9 @@ fn gene_component_ll(d: &NbDraws, s: usize, k: usize, data: &CountMatrix, out: &
             }
         }
         (Some(pi), false) => {
-            let l = d.ell(s, k, 0);
-            let (lph, l1m) = (ln_sigmoid(l), ln_sigmoid(-l));
             for g in 0..data.n_genes {
+                let l = d.ell_at(s, k, 0, g);
+                let (lph, l1m) = (ln_sigmoid(l), ln_sigmoid(-l));
                 let s0 = (pi[g] + (1.0 - pi[g]) * (r[g] * l1m).exp()).ln();
                 let nnz = data.gene_nnz[g];
                 let tot: f64 = (data.gene_pair_ptr[g]..data.gene_pair_ptr[g + 1])
@@ -139,14 +153,15 @@ fn gene_component_ll(d: &NbDraws, s: usize, k: usize, data: &CountMatrix, out: &
         }
         (Some(pi), true) => {
             for c in 0..c_n {
-                let l = d.ell(s, k, c);
-                let (lph, l1m) = (ln_sigmoid(l), ln_sigmoid(-l));
                 for g in 0..data.n_genes {
+                    let l1m = ln_sigmoid(-d.ell_at(s, k, c, g));
                     out[g] += (pi[g] + (1.0 - pi[g]) * (r[g] * l1m).exp()).ln();
                 }
                 let (genes, counts) = data.row(c);
                 for (&g, &u) in genes.iter().zip(counts) {
                     let g = g as usize;
+                    let l = d.ell_at(s, k, c, g);
+                    let (lph, l1m) = (ln_sigmoid(l), ln_sigmoid(-l));
                     let s0 = (pi[g] + (1.0 - pi[g]) * (r[g] * l1m).exp()).ln();
                     out[g] += (-pi[g]).ln_1p() + u as f64 * lph + r[g] * l1m - s0;
                 }

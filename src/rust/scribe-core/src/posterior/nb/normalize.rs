@@ -2,6 +2,11 @@
 //! the NB factorises into a total and a Dirichlet-multinomial composition
 //! whose concentration is `r`, so normalized expression is `ρ ~ Dirichlet(r)`
 //! (capture cancels). MAP: `μ_k / Σ_g μ_kg` (= `r_k / Σ r_k`).
+//!
+//! With a gene-specific `p` the factorisation breaks and the Gamma route
+//! takes over: each gene's rate is `λ_g = γ_g p_g/(1−p_g)` with
+//! `γ_g ~ Gamma(r_g, 1)`, and `ρ = λ / Σλ` (which is `Dirichlet(r)` again
+//! when `p` is shared). The expected composition is then `μ / Σμ`.
 
 use super::draws::NbDraws;
 use crate::error::Result;
@@ -14,6 +19,11 @@ use rayon::prelude::*;
 /// Expected composition per draw and component: layout `g + G·(k + K·s)`.
 pub fn mean_composition(d: &NbDraws) -> Vec<f64> {
     let mut out = d.r.clone();
+    if let Some(pg) = &d.p_gene {
+        for (o, &p) in out.iter_mut().zip(pg) {
+            *o *= p / (1.0 - p);
+        }
+    }
     for chunk in out.chunks_mut(d.n_genes.max(1)) {
         let tot: f64 = chunk.iter().sum();
         chunk.iter_mut().for_each(|v| *v /= tot);
@@ -42,6 +52,10 @@ pub fn dirichlet_samples(d: &NbDraws, n_dir: usize, seed: u64) -> Result<Vec<f64
             let r = d.r_of(s, k);
             for g in 0..g_n {
                 row[g] = Gamma::new(r[g].max(1e-300), 1.0).map_or(0.0, |gm| gm.sample(&mut rng));
+                if d.gene_specific_p() {
+                    let p = d.p_at(s, k, g);
+                    row[g] *= p / (1.0 - p);
+                }
             }
             let tot: f64 = row.iter().sum::<f64>().max(1e-300);
             row.iter_mut().for_each(|v| *v /= tot);
@@ -52,7 +66,10 @@ pub fn dirichlet_samples(d: &NbDraws, n_dir: usize, seed: u64) -> Result<Vec<f64
 /// Per-cell expression fractions. Given its counts `u_c`, a cell's
 /// composition has the conjugate posterior `ρ_c ~ Dirichlet(r + u_c)` (the
 /// Dirichlet-multinomial factorisation; capture cancels, the gate is
-/// ignored). `sample = false` returns the posterior mean
+/// ignored). With a gene-specific `p`, each gene's latent rate has the
+/// posterior `Gamma(r_g + u_cg, rate β_g + ν_c)`, `β_g = (1−p_g)/p_g`, and
+/// the fractions normalise those rates: draws are exact, the mean is the
+/// ratio of expected rates. `sample = false` returns the posterior mean
 /// `(r_g + u_cg) / (Σr + L_c)`; `true` one Dirichlet draw per cell and
 /// parameter draw. Mixtures weight (mean) or pick (draw) components by the
 /// cell's responsibilities. Layout `j + J·(c + C·s)` for the genes `genes`.
@@ -89,6 +106,39 @@ pub fn cell_fractions(
                 u[g as usize] = x as f64;
             }
             let lib = data.lib_size[c];
+            // Gamma route (gene-specific p): per-gene posterior rates of each component.
+            let rate = |k: usize, g: usize| {
+                let p = d.p_at(s, k, g);
+                (1.0 - p) / p + d.nu_of(s, c)
+            };
+            if d.gene_specific_p() {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                rng.set_stream(((s as u64 + 1) << 32) | c as u64);
+                let ks: Vec<(usize, f64)> = if sample {
+                    vec![(pick_index(&gam, rng.random()), 1.0)]
+                } else {
+                    gam.iter().copied().enumerate().collect()
+                };
+                for (k, wk) in ks {
+                    let r = d.r_of(s, k);
+                    let lam: Vec<f64> = (0..g_n)
+                        .map(|g| {
+                            let shape = r[g] + u[g];
+                            let e = if sample {
+                                Gamma::new(shape, 1.0).map_or(0.0, |gm| gm.sample(&mut rng))
+                            } else {
+                                shape
+                            };
+                            e / rate(k, g)
+                        })
+                        .collect();
+                    let tot: f64 = lam.iter().sum::<f64>().max(1e-300);
+                    for (j, &g) in genes.iter().enumerate() {
+                        row[j] += wk * lam[g] / tot;
+                    }
+                }
+                return;
+            }
             if !sample {
                 for k in 0..k_n {
                     let r = d.r_of(s, k);

@@ -46,10 +46,12 @@ pub fn predictive(
             } else {
                 pick_index(&d.weights[s * k_n..(s + 1) * k_n], rng.random())
             };
-            let p = d.p_of(s, k);
             let nu = if biological { 1.0 } else { d.nu_of(s, c) };
-            let p_hat = p * nu / (1.0 - p * (1.0 - nu));
-            let odds = p_hat / (1.0 - p_hat);
+            let odds_of = |p: f64| {
+                let p_hat = p * nu / (1.0 - p * (1.0 - nu));
+                p_hat / (1.0 - p_hat)
+            };
+            let shared = (!d.gene_specific_p()).then(|| odds_of(d.p_of(s, k)));
             let r = d.r_of(s, k);
             let gate = if biological { None } else { d.gate_of(s, k) };
             for (j, &g) in genes.iter().enumerate() {
@@ -59,6 +61,7 @@ pub fn predictive(
                         continue;
                     }
                 }
+                let odds = shared.unwrap_or_else(|| odds_of(d.p_at(s, k, g)));
                 row[j] = nb_count_fast(&mut rng, r[g], odds) as f64;
             }
             work.tick();

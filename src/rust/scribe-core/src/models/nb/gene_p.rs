@@ -1,0 +1,356 @@
+//! Gene-specific `p` (`priors = list(probability = "gaussian")`): every gene
+//! has its own success probability `p_g` (or odds `φ_g` under mean_odds), so
+//! the variance-to-mean ratio varies by gene, with a hierarchical prior
+//! `x_g ~ N(loc, softplus(s))` on the unconstrained coordinate `x_g` of
+//! `p_g` that lets the data decide how much genes differ.
+//!
+//! With capture, `logit p̂_cg = logit p_g + ln ν_c` differs in every (cell,
+//! gene), so the zero terms `r_g ln(1 − p̂_cg)` no longer sum to one term per
+//! cell: capture models need one dense pass over the batch's cells × genes
+//! per step (as zinbvcp does anyway). Without capture every cell shares
+//! `p̂_g = p_g` and the likelihood stays a per-gene sum over count
+//! histograms plus the gene's batch total: O(#pairs + G).
+
+use super::kernels::CELL_BLOCK;
+use super::{NbModel, NbWorkspace, Parameterization};
+use crate::data::Batch;
+use crate::math::{ln_normal, ln_sigmoid, sigmoid, softplus};
+use rayon::prelude::*;
+
+/// `(softplus(l), sigmoid(l))` from one `exp` (the dense pass evaluates
+/// both for every cell and gene): `ln(1−p̂) = −softplus(ℓ)`,
+/// `ln p̂ = ℓ − softplus(ℓ)`.
+#[inline]
+fn softplus_sigmoid(l: f64) -> (f64, f64) {
+    let e = (-l.abs()).exp();
+    let sp = l.max(0.0) + e.ln_1p();
+    let sg = if l >= 0.0 {
+        1.0 / (1.0 + e)
+    } else {
+        e / (1.0 + e)
+    };
+    (sp, sg)
+}
+
+impl NbModel<'_> {
+    /// Fills `theta`, `dtheta`, `r`, `lpg` (logit `p_g`), `dphig` (mean_odds:
+    /// `dφ_g/dx_g`), `pi`, and per batch cell `ell = ln ν_c` with `dlnnu`.
+    pub(crate) fn fill_gene_p(&self, x: &[f64], batch: &Batch, ws: &mut NbWorkspace) {
+        let lay = &self.layout;
+        let gb = &lay.blocks[self.b_gene];
+        let sb = &lay.blocks[self.b_scalar];
+        for g in 0..gb.len {
+            let xs = x[sb.offset + g];
+            let (t, dt) = gb.link.forward_deriv(x[gb.offset + g]);
+            ws.theta[g] = t;
+            ws.dtheta[g] = dt;
+            let (lp, mult) = match self.spec.param {
+                Parameterization::Canonical => (xs, 1.0),
+                Parameterization::MeanProb => (xs, (-xs).exp()),
+                Parameterization::MeanOdds => {
+                    let e = sb.link.eval(xs);
+                    ws.dphig[g] = sb.link.deriv(xs);
+                    (-e.ln_theta, e.theta)
+                }
+            };
+            ws.lpg[g] = lp;
+            ws.r[g] = t * mult;
+        }
+        let cap_off = self.b_cap.map(|b| lay.blocks[b].offset);
+        for (k, &c) in batch.cells.iter().enumerate() {
+            (ws.ell[k], ws.dlnnu[k]) = match cap_off {
+                Some(off) => self.capture_eval(x[off + c as usize]),
+                None => (0.0, 0.0),
+            };
+        }
+        if let Some(b) = self.b_gate {
+            let off = lay.blocks[b].offset;
+            for g in 0..self.data.n_genes {
+                ws.pi[g] = sigmoid(x[off + g]);
+            }
+        }
+    }
+
+    /// `scale · ln p(u_batch | x)` with gene-specific `p`; adds the gradient.
+    pub(crate) fn gene_p_log_lik_grad(
+        &self,
+        x: &[f64],
+        batch: &Batch,
+        grad: &mut [f64],
+        ws: &mut NbWorkspace,
+    ) -> f64 {
+        self.fill_gene_p(x, batch, ws);
+        let g_n = self.data.n_genes;
+        self.pair_terms(batch, &ws.r, &mut ws.gene_ll, &mut ws.g_r);
+        ws.g_gate[..g_n].iter_mut().for_each(|v| *v = 0.0);
+        ws.g_lpg[..g_n].iter_mut().for_each(|v| *v = 0.0);
+        let mut ll: f64 = ws.gene_ll.iter().sum();
+        ll -= batch
+            .cells
+            .iter()
+            .map(|&c| self.data.ln_fact[c as usize])
+            .sum::<f64>();
+        ll += if self.b_cap.is_some() {
+            self.gene_p_dense(batch, ws)
+        } else {
+            self.gene_p_shared_cells(batch, ws)
+        };
+        let s = batch.scale;
+        let lay = &self.layout;
+        if let Some(b) = self.b_cap {
+            let off = lay.blocks[b].offset;
+            for (k, &c) in batch.cells.iter().enumerate() {
+                grad[off + c as usize] += s * ws.g_ell[k] * ws.dlnnu[k];
+            }
+        }
+        let gb = lay.blocks[self.b_gene].offset;
+        let sb = lay.blocks[self.b_scalar].offset;
+        for g in 0..g_n {
+            let (gr, gl) = (s * ws.g_r[g], s * ws.g_lpg[g]);
+            match self.spec.param {
+                Parameterization::Canonical => {
+                    grad[gb + g] += gr * ws.dtheta[g];
+                    grad[sb + g] += gl;
+                }
+                // r = μ e^{−ℓ}
+                Parameterization::MeanProb => {
+                    grad[gb + g] += gr * (-ws.lpg[g]).exp() * ws.dtheta[g];
+                    grad[sb + g] += gl - gr * ws.r[g];
+                }
+                // r = μ φ, ℓ = −ln φ
+                Parameterization::MeanOdds => {
+                    let phi = (-ws.lpg[g]).exp();
+                    grad[gb + g] += gr * phi * ws.dtheta[g];
+                    grad[sb + g] += (-gl / phi + gr * ws.theta[g]) * ws.dphig[g];
+                }
+            }
+        }
+        if let Some(b) = self.b_gate {
+            let off = lay.blocks[b].offset;
+            for g in 0..g_n {
+                grad[off + g] += s * ws.g_gate[g];
+            }
+        }
+        ll * s
+    }
+
+    /// nbdm / zinb: cells share `p̂_g = p_g`, so each gene needs only its batch
+    /// total, its detected-cell count and the closed-form zero term.
+    fn gene_p_shared_cells(&self, batch: &Batch, ws: &mut NbWorkspace) -> f64 {
+        let d = self.data;
+        let n_b = batch.len() as f64;
+        let mut ll = 0.0;
+        for g in 0..d.n_genes {
+            let pairs = d.gene_pair_ptr[g]..d.gene_pair_ptr[g + 1];
+            let total: f64 = d.pair_count[pairs.clone()]
+                .iter()
+                .zip(&batch.pair_weight[pairs])
+                .map(|(&x, &w)| x as f64 * w)
+                .sum();
+            let (l, r) = (ws.lpg[g], ws.r[g]);
+            let (l1m, ph, qh) = (ln_sigmoid(-l), sigmoid(l), sigmoid(-l));
+            let z = r * l1m;
+            ll += total * ln_sigmoid(l);
+            let mut g_l = total * qh;
+            match self.b_gate {
+                None => {
+                    ll += n_b * z;
+                    ws.g_r[g] += n_b * l1m;
+                    g_l -= n_b * r * ph;
+                }
+                Some(_) => {
+                    let pi = ws.pi[g];
+                    let nnz = batch.gene_nnz[g];
+                    let n0 = n_b - nnz;
+                    let ez = z.exp();
+                    let es = pi + (1.0 - pi) * ez;
+                    let w0 = (1.0 - pi) * ez / es;
+                    ll += nnz * ((-pi).ln_1p() + z) + n0 * es.ln();
+                    ws.g_r[g] += (nnz + n0 * w0) * l1m;
+                    ws.g_gate[g] = -nnz * pi + n0 * pi * (1.0 - pi) * (1.0 - ez) / es;
+                    g_l -= (nnz + n0 * w0) * r * ph;
+                }
+            }
+            ws.g_lpg[g] = g_l;
+        }
+        ll
+    }
+
+    /// nbvcp / zinbvcp: the zero term of every (cell, gene), then the swap to
+    /// the nonzero term where the count is positive. Cell blocks of fixed size
+    /// reduce in block order, so results do not depend on the thread count.
+    fn gene_p_dense(&self, batch: &Batch, ws: &mut NbWorkspace) -> f64 {
+        let d = self.data;
+        let g_n = d.n_genes;
+        let n_blocks = batch.len().div_ceil(CELL_BLOCK);
+        let gated = self.b_gate.is_some();
+        // p̂_cg/(1−p̂_cg) = (p_g/(1−p_g))·ν_c: the odds factorise, so one
+        // product per (cell, gene) replaces an `exp` (bounded so that the
+        // odds stay finite; logits beyond ±700 are not reachable by a fit).
+        for (o, &l) in ws.odds_g.iter_mut().zip(&ws.lpg) {
+            *o = l.clamp(-700.0, 700.0).exp();
+        }
+        let (r, pi, lpg, lnnu, odds_g) = (&ws.r, &ws.pi, &ws.lpg, &ws.ell, &ws.odds_g);
+        let blk = &mut ws.blk[..n_blocks * 3 * g_n];
+        let blk_ll = &mut ws.blk_ll[..n_blocks];
+        let g_ell = &mut ws.g_ell[..batch.len()];
+        blk.par_chunks_mut(3 * g_n)
+            .zip(blk_ll.par_iter_mut())
+            .zip(g_ell.par_chunks_mut(CELL_BLOCK))
+            .enumerate()
+            .for_each(|(bi, ((buf, bll), gell))| {
+                buf.iter_mut().for_each(|v| *v = 0.0);
+                gell.iter_mut().for_each(|v| *v = 0.0);
+                let (gr, rest) = buf.split_at_mut(g_n);
+                let (gg, gl) = rest.split_at_mut(g_n);
+                let mut acc = 0.0;
+                let n_in = gell.len();
+                let mut nu = [0.0; CELL_BLOCK];
+                for (kk, v) in nu[..n_in].iter_mut().enumerate() {
+                    *v = lnnu[bi * CELL_BLOCK + kk].exp();
+                }
+                let nu = &nu[..n_in];
+                if !gated {
+                    // Zero terms gene by gene: Σ_c ln(1 + t_cg) is the log of a
+                    // product over 8 cells at a time (one `ln` per 8 cells).
+                    for g in 0..g_n {
+                        let (a, rg) = (odds_g[g], r[g]);
+                        let (mut s_ln, mut s_sg) = (0.0, 0.0);
+                        for (nus, gcs) in nu.chunks(8).zip(gell.chunks_mut(8)) {
+                            if a <= 1e30 {
+                                let mut prod = 1.0;
+                                for (&v, gc) in nus.iter().zip(gcs.iter_mut()) {
+                                    let t = a * v;
+                                    let q = 1.0 + t;
+                                    prod *= q;
+                                    let sg = t / q;
+                                    s_sg += sg;
+                                    *gc -= rg * sg;
+                                }
+                                s_ln += prod.ln();
+                            } else {
+                                for (&v, gc) in nus.iter().zip(gcs.iter_mut()) {
+                                    let t = a * v;
+                                    let sg = t / (1.0 + t);
+                                    s_ln += t.ln_1p();
+                                    s_sg += sg;
+                                    *gc -= rg * sg;
+                                }
+                            }
+                        }
+                        acc -= rg * s_ln;
+                        gr[g] -= s_ln;
+                        gl[g] -= rg * s_sg;
+                    }
+                }
+                for (kk, ge) in gell.iter_mut().enumerate() {
+                    let k = bi * CELL_BLOCK + kk;
+                    let c = batch.cells[k] as usize;
+                    let ln_nu = lnnu[k];
+                    let mut gc = 0.0;
+                    if gated {
+                        for g in 0..g_n {
+                            let t = odds_g[g] * nu[kk];
+                            let (l1m, sg) = (-t.ln_1p(), t / (1.0 + t));
+                            let z = r[g] * l1m;
+                            let ez = z.exp();
+                            let es = pi[g] + (1.0 - pi[g]) * ez;
+                            let w0 = (1.0 - pi[g]) * ez / es;
+                            acc += es.ln();
+                            gr[g] += w0 * l1m;
+                            gg[g] += pi[g] * (1.0 - pi[g]) * (1.0 - ez) / es;
+                            let dl = -w0 * r[g] * sg;
+                            gl[g] += dl;
+                            gc += dl;
+                        }
+                    }
+                    let (genes, counts) = d.row(c);
+                    for (&g, &u) in genes.iter().zip(counts) {
+                        let g = g as usize;
+                        let u = u as f64;
+                        let l = lpg[g] + ln_nu;
+                        let t = odds_g[g] * nu[kk];
+                        let (sp, sg) = if t.is_finite() {
+                            (t.ln_1p(), t / (1.0 + t))
+                        } else {
+                            softplus_sigmoid(l)
+                        };
+                        let mut dl = u * (1.0 - sg);
+                        acc += u * (l - sp);
+                        if gated {
+                            let l1m = -sp;
+                            let z = r[g] * l1m;
+                            let ez = z.exp();
+                            let es = pi[g] + (1.0 - pi[g]) * ez;
+                            let w0 = (1.0 - pi[g]) * ez / es;
+                            acc += (-pi[g]).ln_1p() + z - es.ln();
+                            gr[g] += l1m - w0 * l1m;
+                            gg[g] += -pi[g] - pi[g] * (1.0 - pi[g]) * (1.0 - ez) / es;
+                            dl += (w0 - 1.0) * r[g] * sg;
+                        }
+                        gl[g] += dl;
+                        gc += dl;
+                    }
+                    *ge += gc;
+                }
+                *bll = acc;
+            });
+        for buf in blk.chunks(3 * g_n) {
+            for g in 0..g_n {
+                ws.g_r[g] += buf[g];
+                ws.g_gate[g] += buf[g_n + g];
+                ws.g_lpg[g] += buf[2 * g_n + g];
+            }
+        }
+        blk_ll.iter().sum()
+    }
+
+    /// The hierarchical prior of the gene-specific `p`:
+    /// `Σ_g ln N(x_g | loc, softplus(s))` (the hyper-parameters' own priors
+    /// are per coordinate); adds its gradient.
+    pub(crate) fn gene_p_prior_grad(&self, x: &[f64], grad: &mut [f64]) -> f64 {
+        let Some((b_loc, b_scale)) = self.b_p_hyper else {
+            return 0.0;
+        };
+        let lay = &self.layout;
+        let sb = &lay.blocks[self.b_scalar];
+        let (il, is) = (lay.blocks[b_loc].offset, lay.blocks[b_scale].offset);
+        let (m, xs) = (x[il], x[is]);
+        let sigma = softplus(xs).max(1e-300);
+        let (mut lp, mut d_m, mut d_sigma) = (0.0, 0.0, 0.0);
+        for g in 0..sb.len {
+            let v = x[sb.offset + g];
+            let z = (v - m) / sigma;
+            lp += ln_normal(v, m, sigma);
+            grad[sb.offset + g] -= z / sigma;
+            d_m += z / sigma;
+            d_sigma += (z * z - 1.0) / sigma;
+        }
+        grad[il] += d_m;
+        grad[is] += d_sigma * sigmoid(xs);
+        lp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::softplus_sigmoid;
+    use crate::math::{sigmoid, softplus};
+
+    #[test]
+    fn one_exp_softplus_and_sigmoid_agree_with_the_separate_functions() {
+        for l in [
+            -800.0, -40.0, -3.0, -1e-9, 0.0, 1e-9, 0.7, 25.0, 40.0, 800.0,
+        ] {
+            let (sp, sg) = softplus_sigmoid(l);
+            assert!(
+                (sp - softplus(l)).abs() <= 1e-15 * softplus(l).max(1e-300),
+                "{l}"
+            );
+            assert!(
+                (sg - sigmoid(l)).abs() <= 1e-15 * sigmoid(l).max(1e-300),
+                "{l}"
+            );
+        }
+    }
+}

@@ -1,0 +1,127 @@
+# Hierarchical extensions of the NB family: gene-specific p
+# (priors = list(probability = "gaussian")). Likelihood and prior gradients
+# are tested in the core (models/nb/kernels.rs), recovery of logit p_g in
+# src/rust/scribe-core/tests/recovery.rs.
+
+gene_p_sim <- function(model = "nbvcp", n_genes = 120, n_cells = 500, seed = 3) {
+  key <- paste("gene_p", model, n_genes, n_cells, seed)
+  if (is.null(sim_cache[[key]])) {
+    set.seed(seed)
+    lp <- stats::rnorm(n_genes, 0.3, 1)
+    sim_cache[[key]] <- scribe_simulate(model, n_genes = n_genes, n_cells = n_cells, p = stats::plogis(lp),
+                                        seed = seed)
+  }
+  sim_cache[[key]]
+}
+
+gene_p_fit <- function(x, ..., n_steps = 2000) {
+  scribe_fit(x, ..., n_steps = n_steps, seed = 1, verbose = FALSE,
+             optimizer_config = list(name = "adam", step_size = 0.01))
+}
+
+# Share of genes whose observed variance lies in the central 95 % band of
+# the posterior predictive variance.
+variance_coverage <- function(fit, counts) {
+  pp <- posterior_predictive(fit, n_samples = 100, seed = 2)
+  v <- apply(pp, c(1, 3), stats::var)
+  observed <- apply(as.matrix(counts), 1, stats::var)
+  lo <- apply(v, 2, stats::quantile, 0.025)
+  hi <- apply(v, 2, stats::quantile, 0.975)
+  mean(observed >= lo & observed <= hi)
+}
+
+test_that("gene-specific p: the simulator takes one p per gene", {
+  sim <- gene_p_sim(n_genes = 20, n_cells = 50)
+  expect_length(sim$truth$p, 20L)
+  expect_named(sim$truth$p, rownames(sim$counts))
+  expect_null(sim$truth$p_hat)
+  expect_error(scribe_simulate("nbdm", n_genes = 5, p = c(0.5, 0.6)), class = "scribeR_input_error")
+  expect_error(scribe_simulate("nbdm", n_genes = 2, p = c(0.5, 1.2)), "`p`")
+})
+
+test_that("gene-specific p fits every gene's variance where shared p cannot", {
+  sim <- gene_p_sim()
+  shared <- gene_p_fit(sim$counts, model = "nbvcp")
+  gene <- gene_p_fit(sim$counts, model = "nbvcp", priors = list(probability = "gaussian"))
+  expect_true(gene@model$unconstrained)
+  map <- get_map(gene)
+  expect_named(map$p, rownames(sim$counts))
+  expect_null(map$p_hat)
+  expect_true(all(c("logit_p_loc", "logit_p_scale") %in% names(map)))
+  # Each gene's p up to the shift capture leaves free, for genes with signal.
+  expressed <- rowMeans(as.matrix(sim$counts)) >= 0.5
+  expect_gt(stats::cor(stats::qlogis(map$p[expressed]), stats::qlogis(sim$truth$p[expressed])), 0.9)
+  expect_gt(variance_coverage(gene, sim$counts), 0.9)
+  expect_lt(variance_coverage(shared, sim$counts), 0.6)
+  # The hierarchy's scale estimates the spread of logit p_g (truth: 1).
+  expect_gt(map$logit_p_scale, 0.6)
+  expect_lt(map$logit_p_scale, 1.5)
+  expect_output(show(gene), "p \\(genes\\)")
+  expect_output(show(gene), "common shift")
+})
+
+test_that("every downstream verb handles a gene-specific p", {
+  sim <- gene_p_sim(n_genes = 30, n_cells = 80, seed = 5)
+  fit <- gene_p_fit(sim$counts, model = "zinbvcp", priors = list(probability = list(type = "gaussian")),
+                    n_steps = 200)
+  d <- get_posterior_samples(fit, n_samples = 10, seed = 1)
+  expect_equal(dim(d$p), c(10L, 30L))
+  expect_equal(dim(d$mu), c(10L, 30L))
+  expect_equal(d$mu, d$r * d$p / (1 - d$p), tolerance = 1e-10)
+  pp <- posterior_predictive(fit, n_samples = 5, seed = 1)
+  expect_equal(dim(pp), c(5L, 80L, 30L))
+  den <- denoise_counts(fit, sim$counts)
+  expect_equal(dim(den), c(30L, 80L))
+  expect_true(all(den >= as.matrix(sim$counts) - 1e-9))
+  ll <- log_likelihood(fit, sim$counts, n_samples = 4, seed = 1)
+  expect_true(all(is.finite(ll)))
+  nrm <- normalize_counts(fit, n_samples = 4, seed = 1)
+  expect_equal(unname(rowSums(nrm)), rep(1, 4), tolerance = 1e-10)
+  sce <- SummarizedExperiment::SummarizedExperiment(list(counts = sim$counts))
+  sce <- add_scribe_fit(sce, fit)
+  rd <- SummarizedExperiment::rowData(sce)
+  expect_equal(rd$scribe_p, unname(get_map(fit)$p))
+  expect_null(S4Vectors::metadata(sce)$scribe$p)
+  # nbdm and mean_odds (gene-specific phi).
+  fo <- gene_p_fit(sim$counts, model = "nbdm", parameterization = "mean_odds",
+                   priors = list(probability = "gaussian"), n_steps = 200)
+  mo <- get_map(fo)
+  expect_named(mo$phi, rownames(sim$counts))
+  expect_equal(unname(mo$p), unname(1 / (1 + mo$phi)), tolerance = 1e-12)
+  expect_true(all(c("log_phi_loc", "log_phi_scale") %in% names(mo)))
+})
+
+test_that("gene-specific p: MCMC samples it and warm-starts from SVI", {
+  sim <- gene_p_sim(model = "nbdm", n_genes = 10, n_cells = 80, seed = 7)
+  svi <- gene_p_fit(sim$counts, model = "nbdm", priors = list(probability = "gaussian"), n_steps = 500)
+  fit <- scribe_fit(sim$counts, model = "nbdm", inference_method = "mcmc", priors = list(probability = "gaussian"),
+                    svi_init = svi, n_samples = 150, n_warmup = 150, n_chains = 1, seed = 1, verbose = FALSE)
+  s <- get_samples(fit)
+  expect_equal(dim(s$p), c(150L, 10L))
+  expect_gt(stats::cor(colMeans(s$p), get_map(svi)$p), 0.9)
+})
+
+test_that("gene-specific p fits are reproducible and thread-count invariant", {
+  sim <- gene_p_sim(n_genes = 25, n_cells = 150, seed = 9)
+  f <- function(threads, seed = 4) {
+    scribe_fit(sim$counts, model = "nbvcp", priors = list(probability = "gaussian"), n_steps = 60,
+               seed = seed, num_threads = threads, verbose = FALSE)
+  }
+  a <- f(1)
+  expect_identical(a@params, f(2)@params)
+  expect_false(identical(a@params, f(1, seed = 5)@params))
+})
+
+test_that("hierarchical priors that do not exist yet are classed errors", {
+  m <- sim_data("nbdm", n_genes = 10, n_cells = 30)$counts
+  expect_error(quick_fit(m, priors = list(probability = "horseshoe")), class = "scribeR_unsupported")
+  expect_error(quick_fit(m, priors = list(probability = "neg")), "not available yet")
+  expect_error(quick_fit(m, priors = list(probability = "cauchy")), "priors\\$probability", class = "scribeR_input_error")
+  expect_error(quick_fit(m, model = "zinb", priors = list(zero_inflation = "gaussian")),
+               class = "scribeR_unsupported")
+  expect_error(quick_fit(m, priors = list(dispersion = "gaussian")), "not available yet")
+  expect_error(quick_fit(m, n_components = 2, priors = list(probability = "gaussian")),
+               class = "scribeR_unsupported")
+  expect_error(quick_fit(m, priors = list(probability = list(type = "gaussian", tau0 = 1))), "tau0")
+  expect_error(quick_fit(m, priors = list(probability = "gaussian", p = c(1, 1))), "both a family")
+})
