@@ -50,9 +50,18 @@
 #' capture, the likelihood needs one pass over each batch's cells x genes per
 #' step (the zero terms differ by gene); `p_hat` is not reported (it differs
 #' by gene), and normalization takes the Gamma route (`lambda_g = gamma_g p_g
-#' / (1 - p_g)`, `gamma_g ~ Gamma(r_g, 1)`). The `horseshoe` and `neg` families,
-#' hierarchies on other parameters, and gene-specific `p` with mixtures are
-#' classed `scribeR_unsupported` errors for now.
+#' / (1 - p_g)`, `gamma_g ~ Gamma(r_g, 1)`).
+#' `priors = list(zero_inflation = "gaussian")` (zinb, zinbvcp) shrinks the
+#' gates together: `logit gate_g ~ Normal(logit_gate_loc, softplus(s))`,
+#' `logit_gate_loc ~ Normal(-5, 1)`, `s ~ Normal(-2, 0.5)`.
+#' `priors = list(mean_expression = "gaussian")` with `n_components >= 2`
+#' shares strength between the components gene by gene: the gene parameter's
+#' unconstrained value (`mu`, or `r` under canonical) in every component is
+#' `Normal(log_mu_loc_g, softplus(s))`, `log_mu_loc_g ~ Normal(0, 1)` per gene,
+#' `s ~ Normal(-2, 0.5)` (sites `log_r_loc`, `log_r_scale` under canonical).
+#' The `horseshoe` and `neg` families, hierarchies on other parameters, and
+#' gene-specific `p` with mixtures are classed `scribeR_unsupported` errors
+#' for now.
 #'
 #' @section Mixtures:
 #' `n_components = K` (K >= 2) makes every cell's gene vector come from one of
@@ -495,22 +504,27 @@ nb_model_spec <- function(model, a, n_cells) {
     if (is.null(a$n_components)) abort_input("{.code priors$mixing} needs a mixture model ({.arg n_components} >= 2).")
     check_number(mixing, "priors$mixing", "a positive number (the Dirichlet concentration)", function(v) v > 0)
   }
-  families <- split_prior_families(priors, parameterization)
+  families <- split_prior_families(priors, model, parameterization)
   priors <- families$priors
+  hier <- families$hierarchies
   spec <- list(
     model = model, parameterization = parameterization,
     # Hierarchical priors live on the unconstrained scale (see ?scribe_fit, Priors).
-    unconstrained = a$unconstrained || !is.null(families$gene_p),
+    unconstrained = a$unconstrained || length(hier) > 0L,
     positive_transform = a$positive_transform,
     priors = resolve_priors(if (length(priors)) priors else NULL, model, parameterization)
   )
-  if (!is.null(families$gene_p)) {
-    if (!is.null(a$n_components)) {
-      abort_unsupported(c("A gene-specific {.code priors$probability} with a mixture model is not available yet.",
-                          "i" = "Drop {.arg n_components}, or give {.code priors$probability} as two numbers."))
-    }
-    spec$gene_p <- families$gene_p
+  scalar <- if (parameterization == "mean_odds") "phi" else "p"
+  gene <- if (parameterization == "canonical") "r" else "mu"
+  if (!is.null(hier[[scalar]]) && !is.null(a$n_components)) {
+    abort_unsupported(c("A gene-specific {.code priors$probability} with a mixture model is not available yet.",
+                        "i" = "Drop {.arg n_components}, or give {.code priors$probability} as two numbers."))
   }
+  if (!is.null(hier[[gene]]) && is.null(a$n_components)) {
+    abort_input(c("A {.code mean_expression} hierarchy shares each gene's value across mixture components.",
+                  "i" = "Give {.arg n_components} >= 2 (with the gene parameter component-specific)."))
+  }
+  if (length(hier)) spec$hierarchies <- hier
   if (is.null(a$n_components) && differs_from_default(a$mixture_params, "all")) {
     abort_input("{.arg mixture_params} applies to mixture models: give {.arg n_components} >= 2 as well.")
   }
@@ -627,11 +641,19 @@ resolve_mixture_params <- function(mixture_params, model, parameterization) {
 
 # Takes the hierarchical (family) entries out of `priors`: a family name, or
 # list(type = family), selects a gene-level hierarchy instead of
-# hyper-parameters. Today `probability` (p, or phi under mean_odds) takes
-# one; families on other parameters are classed "not available" errors.
-split_prior_families <- function(priors, parameterization) {
-  out <- list(priors = priors, gene_p = NULL)
+# hyper-parameters. Targets: `probability` (p, or phi under mean_odds; made
+# gene-specific), `zero_inflation` (gate) and `mean_expression` (the gene
+# parameter across mixture components). Returns the remaining priors and
+# `hierarchies`, a named list (internal target site -> family).
+split_prior_families <- function(priors, model, parameterization) {
+  out <- list(priors = priors, hierarchies = list())
   if (!is.list(priors) || is.null(names(priors))) return(out)
+  gene <- if (parameterization == "canonical") "r" else "mu"
+  scalar <- if (parameterization == "mean_odds") "phi" else "p"
+  targets <- c(probability = scalar, p = scalar, zero_inflation = "gate", gate = "gate",
+               mean_expression = gene, stats::setNames(gene, gene))
+  if (parameterization == "mean_odds") targets <- c(targets, odds_ratio = "phi", phi = "phi")
+  if (parameterization == "canonical") targets <- c(targets, dispersion = "r")
   is_family <- vapply(seq_along(priors), function(k) {
     v <- priors[[k]]
     is.character(v) || (is.list(v) && !is.null(v$type) && names(priors)[k] != "loadings")
@@ -654,20 +676,23 @@ split_prior_families <- function(priors, parameterization) {
       abort_unsupported(c("The {.val {family}} family for {.code priors${name}} is not available yet.",
                           "i" = "Use {.val gaussian}."))
     }
-    targets <- c("probability", "p", if (parameterization == "mean_odds") c("odds_ratio", "phi"))
-    if (!(name %in% targets)) {
+    if (!(name %in% names(targets))) {
       abort_unsupported(c("A hierarchical ({.val {family}}) prior on {.val {name}} is not available yet.",
-                          "i" = "Gene-specific hierarchies exist for {.code priors$probability} (p{if (parameterization == 'mean_odds') ', phi under mean_odds' else ''})."))
+                          "i" = "Hierarchies exist for {.code probability}, {.code zero_inflation} and {.code mean_expression}."))
     }
-    if (!is.null(out$gene_p)) abort_input("{.arg priors} gives the gene-specific probability family twice.")
-    out$gene_p <- family
+    site <- unname(targets[name])
+    if (!is.null(out$hierarchies[[site]])) abort_input("{.arg priors} gives a family for {.val {site}} twice.")
+    out$hierarchies[[site]] <- family
   }
   out$priors <- priors[!is_family]
-  if (!is.null(out$gene_p)) {
-    both <- intersect(names(out$priors), c("probability", "p", "odds_ratio", "phi"))
+  for (site in names(out$hierarchies)) {
+    both <- intersect(names(out$priors), names(targets)[targets == site])
     if (length(both)) {
-      abort_input("{.arg priors} gives both a family and hyper-parameters for the probability ({.val {both}}).")
+      abort_input("{.arg priors} gives both a family and hyper-parameters for {.val {both}}.")
     }
+  }
+  if (!is.null(out$hierarchies$gate) && !(model %in% c("zinb", "zinbvcp"))) {
+    abort_input("A {.code zero_inflation} hierarchy needs a zero-inflated model ({.val zinb}, {.val zinbvcp}), not {.val {model}}.")
   }
   out
 }

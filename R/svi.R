@@ -113,7 +113,7 @@ setMethod("show", "ScribeSVIResults", function(object) {
 ridge_note <- function(object) {
   m <- object@model
   if (!isTRUE(m$model %in% c("nbvcp", "zinbvcp")) || !is.null(object@priors$eta_capture)) return(character())
-  if (!is.null(m$gene_p)) {
+  if (!is.null(m$hierarchies[[if (isTRUE(m$parameterization == "mean_odds")) "phi" else "p"]])) {
     return(paste("p_g and p_capture are identified only up to a common shift of every logit p_g against",
                  "every log p_capture; priors = list(capture_efficiency = ...) separates them"))
   }

@@ -117,11 +117,36 @@ test_that("hierarchical priors that do not exist yet are classed errors", {
   expect_error(quick_fit(m, priors = list(probability = "horseshoe")), class = "scribeR_unsupported")
   expect_error(quick_fit(m, priors = list(probability = "neg")), "not available yet")
   expect_error(quick_fit(m, priors = list(probability = "cauchy")), "priors\\$probability", class = "scribeR_input_error")
-  expect_error(quick_fit(m, model = "zinb", priors = list(zero_inflation = "gaussian")),
-               class = "scribeR_unsupported")
-  expect_error(quick_fit(m, priors = list(dispersion = "gaussian")), "not available yet")
+  expect_error(quick_fit(m, model = "nbdm", priors = list(zero_inflation = "gaussian")),
+               "zero-inflated", class = "scribeR_input_error")
+  expect_error(quick_fit(m, priors = list(mean_expression = "gaussian")), "n_components")
+  expect_error(quick_fit(m, priors = list(capture_probability = "gaussian")), class = "scribeR_unsupported")
+  expect_error(quick_fit(m, parameterization = "mean_prob", priors = list(dispersion = "gaussian")),
+               "not available yet")
   expect_error(quick_fit(m, n_components = 2, priors = list(probability = "gaussian")),
                class = "scribeR_unsupported")
   expect_error(quick_fit(m, priors = list(probability = list(type = "gaussian", tau0 = 1))), "tau0")
   expect_error(quick_fit(m, priors = list(probability = "gaussian", p = c(1, 1))), "both a family")
+})
+
+test_that("a gate hierarchy shrinks the gates and a mean hierarchy ties components", {
+  sim <- sim_data("zinb", n_genes = 40, n_cells = 300, seed = 13)
+  fit <- gene_p_fit(sim$counts, model = "zinb", priors = list(zero_inflation = "gaussian"), n_steps = 600)
+  map <- get_map(fit)
+  expect_true(fit@model$unconstrained)
+  expect_true(all(c("logit_gate_loc", "logit_gate_scale") %in% names(map)))
+  expect_length(map$gate, 40L)
+  expect_true(all(is.finite(log_likelihood(fit, sim$counts))))
+  # Mixture: every component's mu of a gene is drawn around that gene's location.
+  mix <- sim_data("nbdm", n_genes = 30, n_cells = 200, seed = 14)
+  fm <- gene_p_fit(mix$counts, model = "nbdm", n_components = 2, parameterization = "mean_prob",
+                   priors = list(mean_expression = "gaussian"), n_steps = 300)
+  mm <- get_map(fm)
+  expect_equal(dim(mm$mu), c(2L, 30L))
+  expect_length(mm$log_mu_loc, 30L)
+  expect_named(mm$log_mu_loc, rownames(mix$counts))
+  expect_gt(stats::cor(mm$log_mu_loc, log(colMeans(mm$mu))), 0.9)
+  expect_error(gene_p_fit(mix$counts, model = "nbdm", n_components = 2, mixture_params = "prob",
+                          priors = list(mean_expression = "gaussian"), n_steps = 5),
+               "component-specific", class = "scribeR_input_error")
 })

@@ -211,7 +211,7 @@ fn gene_specific_p_recovers_each_genes_probability() {
         truth.p_gene = Some(lp.iter().map(|l| 1.0 / (1.0 + (-l).exp())).collect());
         let data = simulate_nb(&truth, 13);
         let mut spec = NbSpec::new(variant, Parameterization::Canonical, true, Link::Softplus);
-        spec.set_gene_p(scribe_core::models::nb::Shrinkage::Gaussian)
+        spec.add_hierarchy("p", scribe_core::models::nb::Shrinkage::Gaussian)
             .unwrap();
         let model = NbModel::new(spec, &data).unwrap();
         let res = run_adam(&model, 2000, None);

@@ -16,7 +16,8 @@ use scribe_core::svi::SviConfig;
 
 /// An NB-family model from `list(model, parameterization, unconstrained,
 /// positive_transform, priors, n_components, mixture_params,
-/// mixing_concentration, gene_p)`.
+/// mixing_concentration, hierarchies)`; `hierarchies` names a family per
+/// target site.
 pub fn nb_spec(model: &Robj) -> GResult<NbSpec> {
     let a = Args::new(model, "model")?;
     let variant = Variant::parse(&a.string("model")?)?;
@@ -49,11 +50,17 @@ pub fn nb_spec(model: &Robj) -> GResult<NbSpec> {
             a.real_or("mixing_concentration", 1.0)?,
         )?;
     }
-    if a.get("gene_p").is_some() {
-        spec.set_gene_p(Shrinkage::parse(
-            &a.string("gene_p")?,
-            "priors$probability",
-        )?)?;
+    if let Some(h) = a.get("hierarchies") {
+        let l: List = h
+            .clone()
+            .try_into()
+            .map_err(|_| internal("`hierarchies` must be a named list"))?;
+        for (site, fam) in l.iter() {
+            let fam = fam
+                .as_str()
+                .ok_or_else(|| internal(format!("`hierarchies${site}` must be a string")))?;
+            spec.add_hierarchy(site, Shrinkage::parse(fam, "priors")?)?;
+        }
     }
     if let Some(priors) = a.get("priors") {
         let l: List = priors

@@ -14,7 +14,7 @@
 use super::kernels::CELL_BLOCK;
 use super::{NbModel, NbWorkspace, Parameterization};
 use crate::data::Batch;
-use crate::math::{ln_normal, ln_sigmoid, sigmoid, softplus};
+use crate::math::{ln_sigmoid, sigmoid};
 use rayon::prelude::*;
 
 /// `(softplus(l), sigmoid(l))` from one `exp` (the dense pass evaluates
@@ -303,32 +303,6 @@ impl NbModel<'_> {
             }
         }
         blk_ll.iter().sum()
-    }
-
-    /// The hierarchical prior of the gene-specific `p`:
-    /// `Σ_g ln N(x_g | loc, softplus(s))` (the hyper-parameters' own priors
-    /// are per coordinate); adds its gradient.
-    pub(crate) fn gene_p_prior_grad(&self, x: &[f64], grad: &mut [f64]) -> f64 {
-        let Some((b_loc, b_scale)) = self.b_p_hyper else {
-            return 0.0;
-        };
-        let lay = &self.layout;
-        let sb = &lay.blocks[self.b_scalar];
-        let (il, is) = (lay.blocks[b_loc].offset, lay.blocks[b_scale].offset);
-        let (m, xs) = (x[il], x[is]);
-        let sigma = softplus(xs).max(1e-300);
-        let (mut lp, mut d_m, mut d_sigma) = (0.0, 0.0, 0.0);
-        for g in 0..sb.len {
-            let v = x[sb.offset + g];
-            let z = (v - m) / sigma;
-            lp += ln_normal(v, m, sigma);
-            grad[sb.offset + g] -= z / sigma;
-            d_m += z / sigma;
-            d_sigma += (z * z - 1.0) / sigma;
-        }
-        grad[il] += d_m;
-        grad[is] += d_sigma * sigmoid(xs);
-        lp
     }
 }
 

@@ -5,6 +5,7 @@
 //! (monotone in r, Newton on ln r) and `logit p̂_c | r = ln(L_c / Σ_g r_g)`.
 
 use super::{Capture, NbModel, Parameterization};
+use crate::dist::Prior;
 use crate::math::{digamma_diff, lgamma_diff, ln_sigmoid, logit, softplus_inv, trigamma_diff};
 use crate::models::Model;
 use rayon::prelude::*;
@@ -388,10 +389,22 @@ impl NbModel<'_> {
                 _ => l,
             };
         }
-        // Gene-specific p starts shared: the hierarchy's location at that
-        // value, its scale at softplus(0) ≈ 0.69, the prior's centre.
-        if let Some((b_loc, _)) = self.b_p_hyper {
-            x[lay.blocks[b_loc].offset] = x[sblk.offset];
+        // Hierarchies start with their location at the mean of the target's
+        // starting coordinates (per gene across components, or overall) and
+        // their scale coordinate at its prior's centre.
+        for h in &self.hier {
+            let (tb, lb) = (&lay.blocks[h.target], &lay.blocks[h.loc]);
+            let per = lb.len;
+            for i in 0..per {
+                let vals: Vec<f64> = (0..tb.len)
+                    .filter(|j| per == 1 || j % g_n == i)
+                    .map(|j| x[tb.offset + j])
+                    .collect();
+                x[lb.offset + i] = vals.iter().sum::<f64>() / vals.len() as f64;
+            }
+            if let Prior::Normal { loc, .. } = self.block_prior[h.scale] {
+                x[lay.blocks[h.scale].offset] = loc;
+            }
         }
         if let Some(b) = self.b_cap {
             let blk = &lay.blocks[b];

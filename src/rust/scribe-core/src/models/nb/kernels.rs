@@ -31,8 +31,8 @@ pub struct NbModel<'a> {
     pub(crate) b_cap: Option<usize>,
     pub(crate) b_gate: Option<usize>,
     pub(crate) b_mix: Option<usize>,
-    /// `(loc, scale)` blocks of the gene-specific `p` hierarchy.
-    pub(crate) b_p_hyper: Option<(usize, usize)>,
+    /// Blocks of the gene-level hierarchies.
+    pub(crate) hier: Vec<super::HierBlocks>,
     pub(crate) capture: Capture,
     /// Per-cell TruncNormal location `ln M0 − ln max(L_c, 1)` under the capture prior.
     pub(crate) eta_loc: Vec<f64>,
@@ -83,7 +83,7 @@ impl<'a> NbModel<'a> {
             cap: b_cap,
             gate: b_gate,
             mix: b_mix,
-            p_hyper: b_p_hyper,
+            hier,
             capture,
         } = blocks;
         let eta_loc = match spec.capture_prior {
@@ -115,7 +115,7 @@ impl<'a> NbModel<'a> {
             b_cap,
             b_gate,
             b_mix,
-            b_p_hyper,
+            hier,
             capture,
             eta_loc,
             block_prior,
@@ -290,7 +290,7 @@ impl<'a> NbModel<'a> {
         let mut b = Batch::full(self.data);
         b.cells = cells.to_vec();
         let g_n = self.data.n_genes;
-        let ell: Vec<f64> = if self.spec.gene_p.is_some() {
+        let ell: Vec<f64> = if self.spec.gene_specific_p() {
             self.fill_gene_p(x, &b, &mut ws);
             (0..cells.len() * g_n)
                 .map(|i| ws.ell[i / g_n] + ws.lpg[i % g_n])
@@ -371,7 +371,7 @@ impl Model for NbModel<'_> {
     fn workspace(&self) -> NbWorkspace {
         let (g, c) = (self.data.n_genes, self.data.n_cells);
         let k = self.spec.n_components();
-        let gene_p = self.spec.gene_p.is_some();
+        let gene_p = self.spec.gene_specific_p();
         let per_block = self.spec.variant == Variant::Zinbvcp
             || k > 1
             || (gene_p && self.spec.variant.has_capture());
@@ -411,7 +411,7 @@ impl Model for NbModel<'_> {
         if self.spec.mixture.is_some() {
             return self.mixture_log_lik_grad(x, batch, grad, ws);
         }
-        if self.spec.gene_p.is_some() {
+        if self.spec.gene_specific_p() {
             return self.gene_p_log_lik_grad(x, batch, grad, ws);
         }
         let (lp, phi, dphi) = self.fill_derived(x, batch, ws);
@@ -494,19 +494,19 @@ impl Model for NbModel<'_> {
     fn ridge_blocks(&self) -> Vec<usize> {
         match (self.b_cap, self.capture) {
             // With a gene-specific p the ridge also moves the hierarchy's location.
-            (Some(b_cap), Capture::Nu | Capture::Phi(_)) => match self.b_p_hyper {
-                Some((b_loc, _)) => vec![self.b_scalar, b_loc, b_cap],
-                None => vec![self.b_scalar, b_cap],
-            },
+            (Some(b_cap), Capture::Nu | Capture::Phi(_)) => {
+                match self.hier.iter().find(|h| h.target == self.b_scalar) {
+                    Some(h) => vec![self.b_scalar, h.loc, b_cap],
+                    None => vec![self.b_scalar, b_cap],
+                }
+            }
             _ => Vec::new(),
         }
     }
 
     fn joint_prior_grad(&self, x: &[f64], grad: &mut [f64]) -> f64 {
-        if self.b_p_hyper.is_some() {
-            return self.gene_p_prior_grad(x, grad);
-        }
-        match (self.b_mix, self.spec.mixture) {
+        let hier = self.hierarchy_prior_grad(x, grad);
+        hier + match (self.b_mix, self.spec.mixture) {
             (Some(b), Some(m)) => self.dirichlet_prior_grad(
                 &x[self.layout.blocks[b].offset..][..m.k - 1],
                 m,
@@ -648,10 +648,22 @@ mod tests {
                 }
                 // Gene-specific p, with and without a capture prior.
                 let mut s = NbSpec::new(variant, param, true, Link::Softplus);
-                s.set_gene_p(super::super::Shrinkage::Gaussian).unwrap();
+                s.add_hierarchy(param.scalar_param(), super::super::Shrinkage::Gaussian)
+                    .unwrap();
                 v.push(s.clone());
                 if variant.has_capture() {
                     s.set_prior("eta_capture", (2000f64).ln(), 0.5).unwrap();
+                    v.push(s);
+                }
+                // A gate hierarchy, alone and with gene-specific p.
+                if variant.has_gate() {
+                    let mut s = NbSpec::new(variant, param, false, Link::Exp);
+                    s.add_hierarchy("gate", super::super::Shrinkage::Gaussian)
+                        .unwrap();
+                    assert!(s.unconstrained);
+                    v.push(s.clone());
+                    s.add_hierarchy(param.scalar_param(), super::super::Shrinkage::Gaussian)
+                        .unwrap();
                     v.push(s);
                 }
             }

@@ -557,6 +557,17 @@ mod tests {
                         Link::Softplus,
                     );
                     s.set_mixture(3, &set, 1.5).unwrap();
+                    // Hierarchies across components (mean) and on the gate.
+                    if set.contains(&gp) && set.len() == 1 {
+                        let mut h = s.clone();
+                        h.add_hierarchy(gp, super::super::Shrinkage::Gaussian)
+                            .unwrap();
+                        if variant.has_gate() {
+                            h.add_hierarchy("gate", super::super::Shrinkage::Gaussian)
+                                .unwrap();
+                        }
+                        out.push(h);
+                    }
                     out.push(s);
                 }
             }

@@ -8,6 +8,7 @@
 //! Code convention: `NB(u | r, p) = Γ(u+r)/(Γ(r) u!) p^u (1−p)^r`, mean `r p/(1−p)`.
 
 mod gene_p;
+mod hierarchy;
 mod init;
 pub mod kernels;
 mod mixture;
@@ -39,9 +40,16 @@ pub(crate) struct NbBlocks {
     pub(crate) cap: Option<usize>,
     pub(crate) gate: Option<usize>,
     pub(crate) mix: Option<usize>,
-    /// `(loc, scale)` blocks of the gene-specific `p` hierarchy.
-    pub(crate) p_hyper: Option<(usize, usize)>,
+    pub(crate) hier: Vec<HierBlocks>,
     pub(crate) capture: Capture,
+}
+
+/// Blocks of one hierarchy: its target, location and scale.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HierBlocks {
+    pub(crate) target: usize,
+    pub(crate) loc: usize,
+    pub(crate) scale: usize,
 }
 
 /// Which NB model.
@@ -208,8 +216,22 @@ pub struct NbSpec {
     pub priors: Vec<(String, Prior)>,
     pub capture_prior: Option<CapturePrior>,
     pub mixture: Option<Mixture>,
-    /// Gene-specific `p` (or `φ` under mean_odds) with a hierarchical prior.
-    pub gene_p: Option<Shrinkage>,
+    /// Gene-level hierarchical priors (see [`NbSpec::add_hierarchy`]).
+    pub hierarchies: Vec<Hierarchy>,
+}
+
+/// A centred hierarchy `x_j ~ N(loc, softplus(s))` on the unconstrained
+/// coordinates of a sampled site; `loc` and `s` are sampled sites too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hierarchy {
+    /// The site it shrinks: the scalar parameter (made gene-specific),
+    /// `gate`, or the gene parameter of a mixture.
+    pub target: String,
+    pub family: Shrinkage,
+    pub loc: String,
+    pub scale: String,
+    /// One location per gene (shared by the components) instead of one.
+    pub loc_per_gene: bool,
 }
 
 impl NbSpec {
@@ -267,61 +289,111 @@ impl NbSpec {
             priors,
             capture_prior: None,
             mixture: None,
-            gene_p: None,
+            hierarchies: Vec::new(),
         }
     }
 
-    /// Names of the location and scale sites of the gene-specific `p`
-    /// hierarchy (in the unconstrained coordinate of `p` or `φ`).
-    pub fn p_hyper_names(&self) -> (&'static str, &'static str) {
-        if self.param == Parameterization::MeanOdds {
-            ("log_phi_loc", "log_phi_scale")
+    /// Whether `p` (`φ` under mean_odds) differs by gene.
+    pub fn gene_specific_p(&self) -> bool {
+        let sp = self.param.scalar_param();
+        self.hierarchies.iter().any(|h| h.target == sp)
+    }
+
+    /// Puts a gene-level hierarchical prior on a sampled site, on its
+    /// unconstrained coordinates `x_j ~ N(loc, softplus(s))`:
+    /// - the scalar parameter (`p`, or `φ` under mean_odds) becomes
+    ///   gene-specific, `loc ~ N(0, 1)`, `s ~ N(0, 0.5)` (not with a mixture);
+    /// - `gate` (zero-inflated models): `loc ~ N(−5, 1)`, `s ~ N(−2, 0.5)`,
+    ///   shared by all genes (and components);
+    /// - the gene parameter (`r` or `mu`) of a mixture in which it is
+    ///   component-specific: one location per gene, `loc_g ~ N(0, 1)`,
+    ///   `s ~ N(−2, 0.5)`, so components share strength gene by gene.
+    ///
+    /// The hierarchy lives on the unconstrained scale, so the model becomes
+    /// unconstrained (every other parameter takes its unconstrained default
+    /// prior).
+    pub fn add_hierarchy(&mut self, site: &str, family: Shrinkage) -> Result<()> {
+        let n01 = |loc: f64, scale: f64| Prior::Normal { loc, scale };
+        let (loc, scale, loc_prior, scale_prior, per_gene) = if site == self.param.scalar_param() {
+            if self.mixture.is_some() {
+                return Err(CoreError::arg(
+                    "priors",
+                    "a gene-specific `probability` prior with a mixture model is not available yet",
+                ));
+            }
+            let (l, s) = if self.param == Parameterization::MeanOdds {
+                ("log_phi_loc", "log_phi_scale")
+            } else {
+                ("logit_p_loc", "logit_p_scale")
+            };
+            (l, s, n01(0.0, 1.0), n01(0.0, 0.5), false)
+        } else if site == "gate" {
+            if !self.variant.has_gate() {
+                return Err(CoreError::arg(
+                    "priors",
+                    format!(
+                        "a `zero_inflation` hierarchy needs a zero-inflated model, not '{}'",
+                        self.variant.name()
+                    ),
+                ));
+            }
+            (
+                "logit_gate_loc",
+                "logit_gate_scale",
+                n01(-5.0, 1.0),
+                n01(-2.0, 0.5),
+                false,
+            )
+        } else if site == self.param.gene_param() {
+            if !self.mixture.is_some_and(|m| m.gene) {
+                return Err(CoreError::arg(
+                    "priors",
+                    "a `mean_expression` hierarchy shares a gene's value across mixture \
+                     components: it needs n_components >= 2 with the gene parameter \
+                     component-specific",
+                ));
+            }
+            let (l, s) = if self.param == Parameterization::Canonical {
+                ("log_r_loc", "log_r_scale")
+            } else {
+                ("log_mu_loc", "log_mu_scale")
+            };
+            (l, s, n01(0.0, 1.0), n01(-2.0, 0.5), true)
         } else {
-            ("logit_p_loc", "logit_p_scale")
-        }
-    }
-
-    /// Makes `p` (`φ` under mean_odds) gene-specific with a hierarchical
-    /// prior: `x_g ~ N(loc, softplus(s))` on the unconstrained coordinate,
-    /// `loc ~ N(0, 1)`, `s ~ N(0, 0.5)`. The hierarchy lives on the
-    /// unconstrained scale, so the model becomes unconstrained (every other
-    /// parameter takes its unconstrained default prior); a mixture is not
-    /// supported yet.
-    pub fn set_gene_p(&mut self, family: Shrinkage) -> Result<()> {
-        if self.mixture.is_some() {
             return Err(CoreError::arg(
                 "priors",
-                "a gene-specific `probability` prior with a mixture model is not available yet",
+                format!("no hierarchical prior is available for '{site}'"),
+            ));
+        };
+        if self.hierarchies.iter().any(|h| h.target == site) {
+            return Err(CoreError::arg(
+                "priors",
+                format!("'{site}' already has a hierarchical prior"),
             ));
         }
         if !self.unconstrained {
-            *self = NbSpec {
-                capture_prior: self.capture_prior,
-                ..NbSpec::new(self.variant, self.param, true, self.positive_link)
-            };
+            self.unconstrained = true;
+            let fresh = NbSpec::new(self.variant, self.param, true, self.positive_link).priors;
+            for (n, p) in self.priors.iter_mut() {
+                if let Some((_, q)) = fresh.iter().find(|(m, _)| m == n) {
+                    *p = *q;
+                }
+            }
         }
-        let (loc, scale) = self.p_hyper_names();
-        let sp = self.param.scalar_param();
         for (n, p) in self.priors.iter_mut() {
-            if n == sp {
+            if n == site {
                 *p = Prior::Flat;
             }
         }
-        self.priors.push((
-            loc.to_string(),
-            Prior::Normal {
-                loc: 0.0,
-                scale: 1.0,
-            },
-        ));
-        self.priors.push((
-            scale.to_string(),
-            Prior::Normal {
-                loc: 0.0,
-                scale: 0.5,
-            },
-        ));
-        self.gene_p = Some(family);
+        self.priors.push((loc.to_string(), loc_prior));
+        self.priors.push((scale.to_string(), scale_prior));
+        self.hierarchies.push(Hierarchy {
+            target: site.to_string(),
+            family,
+            loc: loc.to_string(),
+            scale: scale.to_string(),
+            loc_per_gene: per_gene,
+        });
         Ok(())
     }
 
@@ -405,10 +477,10 @@ impl NbSpec {
     /// Makes this a `k`-component mixture over the named sampled sites
     /// (gene param, scalar param, "gate").
     pub fn set_mixture(&mut self, k: usize, sites: &[&str], concentration: f64) -> Result<()> {
-        if self.gene_p.is_some() {
+        if !self.hierarchies.is_empty() {
             return Err(CoreError::arg(
                 "priors",
-                "a gene-specific `probability` prior with a mixture model is not available yet",
+                "set the mixture before any hierarchical prior",
             ));
         }
         if k < 2 {
@@ -502,7 +574,7 @@ impl NbSpec {
         } else {
             Link::Sigmoid
         };
-        let scalar = if self.gene_p.is_some() {
+        let scalar = if self.gene_specific_p() {
             layout.push(
                 self.param.scalar_param(),
                 BlockKind::Gene,
@@ -519,13 +591,6 @@ impl NbSpec {
                 k_scalar,
             )
         };
-        let p_hyper = self.gene_p.map(|_| {
-            let (loc, scale) = self.p_hyper_names();
-            (
-                layout.push(loc, BlockKind::Scalar, 1, Link::Identity, 1),
-                layout.push(scale, BlockKind::Scalar, 1, Link::Softplus, 1),
-            )
-        });
         let (cap, capture) = if !self.variant.has_capture() {
             (None, Capture::None)
         } else if self.capture_prior.is_some() {
@@ -557,6 +622,29 @@ impl NbSpec {
                 m.k,
             )
         });
+        // Hyper-parameters of the hierarchies, after every other block.
+        let hier = self
+            .hierarchies
+            .iter()
+            .map(|h| {
+                let target = match h.target.as_str() {
+                    "gate" => gate.expect("gate hierarchies need a gate"),
+                    t if t == self.param.scalar_param() => scalar,
+                    _ => gene,
+                };
+                let n_loc = if h.loc_per_gene { n_genes } else { 1 };
+                let kind = if h.loc_per_gene {
+                    BlockKind::Gene
+                } else {
+                    BlockKind::Scalar
+                };
+                HierBlocks {
+                    target,
+                    loc: layout.push(&h.loc, kind, n_loc, Link::Identity, 1),
+                    scale: layout.push(&h.scale, BlockKind::Scalar, 1, Link::Softplus, 1),
+                }
+            })
+            .collect();
         (
             layout,
             NbBlocks {
@@ -565,7 +653,7 @@ impl NbSpec {
                 cap,
                 gate,
                 mix,
-                p_hyper,
+                hier,
                 capture,
             },
         )
