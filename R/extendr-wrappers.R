@@ -42,8 +42,8 @@ rs_cascade_stats <- function(fit, n_draws, seed, tau) {
   .Call(wrap__rs_cascade_stats, fit, n_draws, seed, tau)
 }
 
-rs_simulate_nb <- function(model, n_genes, n_cells, n_components, r, p, nu, gate, seed) {
-  .Call(wrap__rs_simulate_nb, model, n_genes, n_cells, n_components, r, p, nu, gate, seed)
+rs_simulate_nb <- function(model, n_genes, n_cells, n_components, r, p, nu, gate, omega, seed) {
+  .Call(wrap__rs_simulate_nb, model, n_genes, n_cells, n_components, r, p, nu, gate, omega, seed)
 }
 
 # Differential expression and model comparison (src/rust/scribe-r/src/de.rs).

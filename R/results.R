@@ -165,7 +165,8 @@ setGeneric("loss_history", function(object, ...) standardGeneric("loss_history")
 
 .site_order <- c("r", "mu", "p", "phi", "gate", "mixing_weights", "p_capture", "phi_capture", "eta_capture", "p_hat",
                  "logit_p_loc", "logit_p_scale", "log_phi_loc", "log_phi_scale", "logit_gate_loc", "logit_gate_scale",
-                 "log_mu_loc", "log_mu_scale", "log_r_loc", "log_r_scale")
+                 "log_mu_loc", "log_mu_scale", "log_r_loc", "log_r_scale", "bnb_concentration",
+                 "bnb_omega_hyper_loc", "bnb_omega_hyper_scale")
 
 # Turns the core's flat site values (draw fastest, then element, then
 # component) into named vectors (MAP) or arrays (draws): `draws x K x genes`

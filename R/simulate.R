@@ -17,6 +17,8 @@
 #'   [scribe_fit()]; `truth$p` is then named by gene and `p_hat` omitted).
 #' @param p_capture Per-cell capture probability (capture models).
 #' @param gate Per-gene zero-inflation probability (zero-inflated models).
+#' @param omega Per-gene excess dispersion of beta-negative-binomial counts
+#'   (`overdispersion = "bnb"` in [scribe_fit()]; `NULL`: negative binomial).
 #' @param n_components `NULL` or the number of mixture components (>= 2);
 #'   then `r`, `p` and `gate` are drawn and cannot be given.
 #' @param seed Seed (`NULL`: from R's RNG).
@@ -31,7 +33,7 @@
 #' @export
 scribe_simulate <- function(model = c("nbdm", "nbvcp", "zinb", "zinbvcp"), n_genes = 100L,
                             n_cells = 500L, r = NULL, p = NULL, p_capture = NULL, gate = NULL,
-                            n_components = NULL, seed = NULL) {
+                            omega = NULL, n_components = NULL, seed = NULL) {
   model <- match_choice(model[1], c("nbdm", "nbvcp", "zinb", "zinbvcp"), "model")
   whole <- function(v) v >= 1 && v == round(v) && v <= .Machine$integer.max
   check_number(n_genes, "n_genes", "a whole number between 1 and 2147483647", whole)
@@ -54,17 +56,19 @@ scribe_simulate <- function(model = c("nbdm", "nbvcp", "zinb", "zinbvcp"), n_gen
   }
   p_capture <- check_vec(p_capture, "p_capture", n_cells, function(v) v > 0 & v <= 1, "in (0, 1]")
   gate <- check_vec(gate, "gate", n_genes, function(v) v >= 0 & v < 1, "in [0, 1)")
+  omega <- check_vec(omega, "omega", n_genes, function(v) v > 0 & is.finite(v), "> 0")
   k <- 1L
   if (!is.null(n_components)) {
     check_number(n_components, "n_components", "a whole number from 2 to 2147483647", function(v) v >= 2 && v <= .Machine$integer.max && v == round(v))
     if (!is.null(r) || !is.null(p) || !is.null(gate)) {
       abort_input("{.arg r}, {.arg p} and {.arg gate} are drawn per component when {.arg n_components} is given.")
     }
+    if (!is.null(omega)) abort_input("{.arg omega} (BNB counts) cannot be combined with {.arg n_components}.")
     k <- as.integer(n_components)
   }
   seed <- resolve_seed(seed)
   s <- call_core(rs_simulate_nb(model, as.integer(n_genes), as.integer(n_cells), k, r,
-                                if (is.null(p)) NULL else as.numeric(p), p_capture, gate, seed))
+                                if (is.null(p)) NULL else as.numeric(p), p_capture, gate, omega, seed))
   genes <- paste0("gene", seq_len(n_genes))
   cells <- paste0("cell", seq_len(n_cells))
   counts <- new("dgCMatrix", i = s$i, p = s$p, x = s$x, Dim = c(as.integer(n_genes), as.integer(n_cells)),
@@ -78,6 +82,7 @@ scribe_simulate <- function(model = c("nbdm", "nbvcp", "zinb", "zinbvcp"), n_gen
     if (k == 1L && !gene_p) truth$p_hat <- truth$p * truth$p_capture / (1 - truth$p * (1 - truth$p_capture))
   }
   if (!is.null(s$gate)) truth$gate <- per_comp(s$gate)
+  if (!is.null(omega)) truth$omega <- stats::setNames(omega, genes)
   if (k > 1L) {
     truth$weights <- stats::setNames(s$weights, comps)
     truth$assignment <- stats::setNames(s$assignment, cells)

@@ -1,7 +1,8 @@
 #' Write a fit back into a SingleCellExperiment
 #'
 #' Gene-level MAP estimates go to `rowData()` (`scribe_r`, `scribe_mu`,
-#' `scribe_gate`, and `scribe_p`, `scribe_phi` when `p` is gene-specific),
+#' `scribe_gate`, `scribe_bnb_concentration` of BNB fits, and `scribe_p`,
+#' `scribe_phi` when `p` is gene-specific),
 #' cell-level ones to `colData()` (`scribe_p_capture`,
 #' `scribe_p_hat`), and a summary (model, scalars, mixing weights, loss
 #' history, seed) to `metadata()$scribe`. Component-specific estimates of a
@@ -63,7 +64,7 @@ add_scribe_fit <- function(sce, fit, overwrite = FALSE, denoised = FALSE) {
     df[[col]] <- values
     df
   }
-  for (n in intersect(c("r", "mu", "gate", "d", gene_specific_p_sites(map)), names(map))) {
+  for (n in intersect(c("r", "mu", "gate", "d", "bnb_concentration", gene_specific_p_sites(map)), names(map))) {
     v <- map[[n]]
     if (is(fit, "ScribeLaplaceResults")) {
       # LNM's per-gene values skip the reference gene: align by name.
@@ -122,7 +123,7 @@ add_scribe_fit_seurat <- function(obj, fit, overwrite, denoised) {
   if (!all(fit@cell_names %in% cells)) abort_input("The cells of the Seurat object are not the cells of {.arg fit}.")
   map <- get_map(fit)
   feat <- list()
-  for (n in intersect(c("r", "mu", "gate", gene_specific_p_sites(map)), names(map))) {
+  for (n in intersect(c("r", "mu", "gate", "bnb_concentration", gene_specific_p_sites(map)), names(map))) {
     v <- map[[n]]
     if (is.matrix(v)) {
       for (k in seq_len(nrow(v))) feat[[sprintf("scribe_%s_%s", n, rownames(v)[k])]] <- unname(v[k, ])

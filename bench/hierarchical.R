@@ -57,9 +57,13 @@ calibration <- function(fit) {
 runs <- list(
   "nbvcp" = list(model = "nbvcp"),
   "nbvcp, gene-specific p" = list(model = "nbvcp", priors = list(probability = "gaussian")),
+  "nbvcp, BNB" = list(model = "nbvcp", overdispersion = "bnb"),
+  "nbvcp, BNB, gene-specific p" = list(model = "nbvcp", overdispersion = "bnb", priors = list(probability = "gaussian")),
   "nbvcp, 4 components" = list(model = "nbvcp", n_components = 4),
+  "nbvcp, 4 components, mean hierarchy" = list(model = "nbvcp", n_components = 4, priors = list(mean_expression = "gaussian")),
   "zinbvcp" = list(model = "zinbvcp"),
-  "zinbvcp, gene-specific p" = list(model = "zinbvcp", priors = list(probability = "gaussian"))
+  "zinbvcp, gene-specific p" = list(model = "zinbvcp", priors = list(probability = "gaussian")),
+  "zinbvcp, gate hierarchy" = list(model = "zinbvcp", priors = list(zero_inflation = "gaussian"))
 )
 base <- NULL
 for (name in names(runs)) {

@@ -150,3 +150,39 @@ test_that("a gate hierarchy shrinks the gates and a mean hierarchy ties componen
                           priors = list(mean_expression = "gaussian"), n_steps = 5),
                "component-specific", class = "scribeR_input_error")
 })
+
+test_that("BNB: heavy-tailed genes get their excess dispersion, and the verbs handle it", {
+  set.seed(2)
+  omega <- rep(c(0.05, 1.5), 20)
+  sim <- scribe_simulate("nbdm", n_genes = 40, n_cells = 800, r = stats::rlnorm(40, 1, 0.5), omega = omega, seed = 4)
+  expect_named(sim$truth$omega, rownames(sim$counts))
+  fit <- gene_p_fit(sim$counts, model = "nbdm", overdispersion = "bnb")
+  expect_true(fit@model$unconstrained)
+  map <- get_map(fit)
+  expect_named(map$bnb_concentration, rownames(sim$counts))
+  heavy <- omega > 1
+  expect_gt(stats::median(map$bnb_concentration[heavy]), 5 * stats::median(map$bnb_concentration[!heavy]))
+  nb <- gene_p_fit(sim$counts, model = "nbdm")
+  expect_gt(variance_coverage(fit, sim$counts), variance_coverage(nb, sim$counts))
+  expect_gt(variance_coverage(fit, sim$counts), 0.85)
+  # Log-likelihoods (and so model comparison) favour the BNB on BNB data.
+  ll_bnb <- sum(log_likelihood(fit, sim$counts))
+  ll_nb <- sum(log_likelihood(nb, sim$counts))
+  expect_gt(ll_bnb, ll_nb)
+  expect_equal(unname(rowSums(normalize_counts(fit, n_samples = 3, seed = 1))), rep(1, 3), tolerance = 1e-10)
+  expect_error(denoise_counts(fit, sim$counts), "bnb", class = "scribeR_input_error")
+  sce <- add_scribe_fit(SummarizedExperiment::SummarizedExperiment(list(counts = sim$counts)), fit)
+  expect_equal(SummarizedExperiment::rowData(sce)$scribe_bnb_concentration, unname(map$bnb_concentration))
+  # With capture and zero inflation, and MCMC.
+  small <- sim$counts[1:8, 1:80]
+  z <- gene_p_fit(small, model = "zinbvcp", overdispersion = "bnb", priors = list(probability = "gaussian"),
+                  n_steps = 100)
+  expect_true(all(is.finite(log_likelihood(z, small))))
+  mc <- scribe_fit(small, model = "nbdm", overdispersion = "bnb", inference_method = "mcmc", n_samples = 100,
+                   n_warmup = 100, seed = 1, verbose = FALSE)
+  expect_equal(dim(get_samples(mc)$bnb_concentration), c(100L, 8L))
+  expect_error(quick_fit(small, overdispersion = "bnb", n_components = 2), class = "scribeR_unsupported")
+  expect_error(quick_fit(small, overdispersion = "nb2"), "overdispersion")
+  expect_error(scribe_fit(small, model = "pln", inference_method = "laplace", overdispersion = "bnb", verbose = FALSE),
+               "overdispersion")
+})

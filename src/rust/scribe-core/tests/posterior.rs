@@ -39,6 +39,7 @@ fn draws(
         r,
         p: vec![p],
         p_gene: None,
+        omega: None,
         nu: nu.map(|v| vec![v]),
         gate,
         weights: vec![1.0],
@@ -150,7 +151,11 @@ fn dense_ll(d: &NbDraws, data: &CountMatrix, c: usize, g: usize, k: usize) -> f6
     let p = d.p_at(0, k, g);
     let nu = d.nu_of(0, c);
     let ph = p * nu / (1.0 - p * (1.0 - nu));
-    let lnb = lgamma(u + r) - lgamma(r) - lgamma(u + 1.0) + u * ph.ln() + r * (1.0 - ph).ln();
+    let lnb = lgamma(u + r) - lgamma(r) - lgamma(u + 1.0)
+        + match d.omega_at(0, g) {
+            None => u * ph.ln() + r * (1.0 - ph).ln(),
+            Some(om) => scribe_core::models::nb::bnb_ratio(u as u32, r, om, ph / (1.0 - ph)),
+        };
     match d.gate_of(0, k) {
         None => lnb,
         Some(pi) if u == 0.0 => (pi[g] + (1.0 - pi[g]) * lnb.exp()).ln(),
@@ -170,6 +175,7 @@ fn toy_draws(variant: Variant, k: usize, data: &CountMatrix) -> NbDraws {
         r: (0..k * g).map(|j| 0.3 + (j % 7) as f64 * 0.4).collect(),
         p: (0..k).map(|j| 0.4 + 0.1 * j as f64).collect(),
         p_gene: None,
+        omega: None,
         nu: variant
             .has_capture()
             .then(|| (0..c).map(|j| 0.2 + 0.05 * (j % 9) as f64).collect()),
@@ -185,15 +191,19 @@ fn toy_draws(variant: Variant, k: usize, data: &CountMatrix) -> NbDraws {
 #[test]
 fn log_likelihoods_match_the_dense_pmf() {
     for variant in Variant::ALL {
-        // k = 0: one component with a gene-specific p.
-        for k in [1usize, 2, 0] {
+        // k = 0: one component with a gene-specific p; 3: BNB; 4: both.
+        for k in [1usize, 2, 0, 3, 4] {
             let data = simulate_nb(&NbTruth::random(variant, 9, 11, 2), 3);
-            let mut d = toy_draws(variant, k.max(1), &data);
-            if k == 0 {
+            let n_comp = if k == 2 { 2 } else { 1 };
+            let mut d = toy_draws(variant, n_comp, &data);
+            if k == 0 || k == 4 {
                 d.p_gene = Some((0..9).map(|g| 0.2 + 0.07 * g as f64).collect());
                 d.p = vec![f64::NAN];
             }
-            let k = k.max(1);
+            if k >= 3 {
+                d.omega = Some((0..9).map(|g| 0.05 + 0.3 * g as f64).collect());
+            }
+            let k = n_comp;
             let by_cell = log_likelihood(&d, &data, By::Cell, false, Ctl::none()).unwrap();
             let by_gene = log_likelihood(&d, &data, By::Gene, false, Ctl::none()).unwrap();
             for c in 0..data.n_cells {
@@ -259,6 +269,7 @@ fn predictive_means_match_the_model() {
         r: vec![2.0],
         p: 0.6,
         p_gene: None,
+        omega: None,
         nu: Some(vec![0.5; c_n]),
         gate: None,
         n_cells: c_n,
@@ -274,6 +285,7 @@ fn predictive_means_match_the_model() {
         r: vec![2.0],
         p: vec![0.6],
         p_gene: None,
+        omega: None,
         nu: Some(vec![0.5; c_n]),
         gate: None,
         weights: vec![1.0],
@@ -352,6 +364,7 @@ fn gene_specific_p_predictive_means_follow_each_gene() {
         r: vec![2.0, 2.0],
         p: vec![f64::NAN],
         p_gene: Some(vec![0.3, 0.8]),
+        omega: None,
         nu: Some(vec![0.5; c_n]),
         gate: None,
         weights: vec![1.0],

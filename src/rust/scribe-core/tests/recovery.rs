@@ -256,3 +256,53 @@ fn gene_specific_p_recovers_each_genes_probability() {
         );
     }
 }
+
+/// BNB: each gene's excess dispersion ω_g, for genes with enough counts to
+/// show it, and the NB mean kept.
+#[test]
+fn bnb_recovers_excess_dispersion() {
+    let mut truth = NbTruth::random(Variant::Nbdm, 120, 1500, 21);
+    truth.r.iter_mut().for_each(|r| *r = 1.0 + 2.0 * *r);
+    let om: Vec<f64> = (0..120).map(|g| [0.05, 0.4, 1.5][g % 3]).collect();
+    truth.omega = Some(om.clone());
+    let data = simulate_nb(&truth, 22);
+    let mut spec = NbSpec::new(
+        Variant::Nbdm,
+        Parameterization::Canonical,
+        true,
+        Link::Softplus,
+    );
+    spec.set_bnb(scribe_core::models::nb::Shrinkage::Gaussian)
+        .unwrap();
+    let model = NbModel::new(spec, &data).unwrap();
+    let res = run_adam(&model, 3000, None);
+    let fitted = MeanField {
+        dim: model.layout().total,
+    }
+    .fitted(&res.params);
+    let s = sites(
+        &model.spec,
+        model.layout(),
+        fitted.as_ref(),
+        Summary::Point,
+        Ctl::none(),
+    )
+    .unwrap();
+    let got: Vec<f64> = site(&s, "bnb_concentration")
+        .iter()
+        .map(|v| v.ln())
+        .collect();
+    let want: Vec<f64> = om.iter().map(|v| v.ln()).collect();
+    let c = corr(&got, &want);
+    assert!(c > 0.8, "corr of ln omega {c}");
+    // Mean per group, in the right order.
+    let mean_of = |k: usize| {
+        let v: Vec<f64> = (0..120).filter(|g| g % 3 == k).map(|g| got[g]).collect();
+        (v.iter().sum::<f64>() / v.len() as f64).exp()
+    };
+    let (a, b, c3) = (mean_of(0), mean_of(1), mean_of(2));
+    assert!(a < b && b < c3, "group means {a} {b} {c3}");
+    let mu = site(&s, "mu");
+    let want_mu: Vec<f64> = truth.r.iter().map(|r| r * 0.6 / 0.4).collect();
+    assert!(corr(mu, &want_mu) > 0.95);
+}

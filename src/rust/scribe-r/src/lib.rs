@@ -524,6 +524,7 @@ fn rs_simulate_nb(
     p: Robj,
     nu: Robj,
     gate: Robj,
+    omega: Robj,
     seed: f64,
 ) -> Robj {
     respond((|| -> GResult<Robj> {
@@ -556,6 +557,7 @@ fn rs_simulate_nb(
                 truth.gate = Some(v);
             }
         }
+        truth.omega = opt(&omega);
         let m = simulate_nb(&truth, seed as u64 + 1);
         Ok(simulation_to_r(&m, truth))
     })())

@@ -63,6 +63,8 @@ pub fn biological(a: &NbSide<'_>, b: &NbSide<'_>) -> Result<Biological> {
             "differs from fit_a in draws or genes",
         ));
     }
+    da.require_nb("biological DE")?;
+    db.require_nb("biological DE")?;
     let (n, g_n) = (da.n_draws, da.n_genes);
     crate::limits::check_values("n_samples", 3.0 * (n * g_n) as f64)?;
     let mut out = Biological {
@@ -111,6 +113,7 @@ mod tests {
             r,
             p: vec![p],
             p_gene: None,
+            omega: None,
             nu: None,
             gate: None,
             weights: vec![1.0],

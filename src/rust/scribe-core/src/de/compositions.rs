@@ -415,6 +415,7 @@ mod tests {
             r: r.concat(),
             p: vec![0.5; n * n_comp],
             p_gene: None,
+            omega: None,
             nu: None,
             gate: None,
             weights: vec![1.0 / n_comp as f64; n * n_comp],

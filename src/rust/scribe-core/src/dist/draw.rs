@@ -87,6 +87,19 @@ pub fn nb_count_fast<R: Rng + ?Sized>(rng: &mut R, r: f64, odds: f64) -> u32 {
     k
 }
 
+/// One beta-negative-binomial count: `NB(r, p)` with `p ~ Beta(α, κ)`,
+/// `κ = 2 + (r + 1)/ω`, `α = (κ − 1)·odds` (mean `r·odds`, the NB's). `ω ≤ 0`
+/// or a Beta that cannot be drawn falls back to the NB at `odds`.
+pub fn bnb_count<R: Rng + ?Sized>(rng: &mut R, r: f64, odds: f64, omega: f64) -> u32 {
+    let kappa = 2.0 + (r + 1.0) / omega.max(1e-6);
+    let alpha = (kappa - 1.0) * odds;
+    let p = match rand_distr::Beta::new(alpha, kappa) {
+        Ok(b) if alpha > 0.0 && alpha.is_finite() => b.sample(rng).clamp(1e-300, 1.0 - 1e-16),
+        _ => return nb_count_fast(rng, r, odds),
+    };
+    nb_count_fast(rng, r, p / (1.0 - p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +170,41 @@ mod tests {
         }
         assert_eq!(nb_count_fast(&mut rng, 3.0, 0.0), 0);
         assert_eq!(nb_count_fast(&mut rng, 3.0, f64::INFINITY), u32::MAX);
+    }
+}
+
+#[cfg(test)]
+mod bnb_tests {
+    use super::*;
+    use rand::rngs::ChaCha8Rng;
+    use rand::SeedableRng;
+
+    #[test]
+    fn bnb_counts_keep_the_nb_mean_and_inflate_its_variance() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (r, odds, omega) = (2.0, 1.5, 0.8);
+        let n = 400_000;
+        let x: Vec<f64> = (0..n)
+            .map(|_| bnb_count(&mut rng, r, odds, omega) as f64)
+            .collect();
+        let m = x.iter().sum::<f64>() / n as f64;
+        let v = x.iter().map(|y| (y - m) * (y - m)).sum::<f64>() / n as f64;
+        let (nb_mean, nb_var) = (r * odds, r * odds * (1.0 + odds));
+        assert!(
+            (m - nb_mean).abs() < 0.02 * nb_mean,
+            "mean {m} vs {nb_mean}"
+        );
+        // Var/NB var = (κ − 1 + r(1 + o)... ) > 1; exactly, for p ~ Beta(α, κ):
+        let kappa = 2.0 + (r + 1.0) / omega;
+        let alpha = (kappa - 1.0) * odds;
+        // E[o'] and E[o'^2] of o' = p/(1−p) under Beta(α, κ) (beta-prime moments).
+        let e1 = alpha / (kappa - 1.0);
+        let e2 = alpha * (alpha + 1.0) / ((kappa - 1.0) * (kappa - 2.0));
+        let want = r * e1 + r * e2 + r * r * (e2 - e1 * e1);
+        assert!(
+            (v - want).abs() < 0.03 * want,
+            "var {v} vs {want} (NB {nb_var})"
+        );
+        assert!(v > 1.3 * nb_var);
     }
 }

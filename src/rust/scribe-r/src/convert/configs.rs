@@ -16,7 +16,7 @@ use scribe_core::svi::SviConfig;
 
 /// An NB-family model from `list(model, parameterization, unconstrained,
 /// positive_transform, priors, n_components, mixture_params,
-/// mixing_concentration, hierarchies)`; `hierarchies` names a family per
+/// mixing_concentration, overdispersion, hierarchies)`; `hierarchies` names a family per
 /// target site.
 pub fn nb_spec(model: &Robj) -> GResult<NbSpec> {
     let a = Args::new(model, "model")?;
@@ -49,6 +49,9 @@ pub fn nb_spec(model: &Robj) -> GResult<NbSpec> {
             &refs,
             a.real_or("mixing_concentration", 1.0)?,
         )?;
+    }
+    if a.get("overdispersion").is_some() && a.string("overdispersion")? == "bnb" {
+        spec.set_bnb(Shrinkage::Gaussian)?;
     }
     if let Some(h) = a.get("hierarchies") {
         let l: List = h

@@ -14,7 +14,7 @@
 use super::kernels::CELL_BLOCK;
 use super::{NbModel, NbWorkspace, Parameterization};
 use crate::data::Batch;
-use crate::math::{ln_sigmoid, sigmoid};
+use crate::math::{ln_sigmoid, sigmoid, softplus};
 use rayon::prelude::*;
 
 /// `(softplus(l), sigmoid(l))` from one `exp` (the dense pass evaluates
@@ -33,14 +33,29 @@ fn softplus_sigmoid(l: f64) -> (f64, f64) {
 }
 
 impl NbModel<'_> {
-    /// Fills `theta`, `dtheta`, `r`, `lpg` (logit `p_g`), `dphig` (mean_odds:
-    /// `dφ_g/dx_g`), `pi`, and per batch cell `ell = ln ν_c` with `dlnnu`.
+    /// Whether the likelihood goes gene by gene (gene-specific `p`, or BNB).
+    pub(crate) fn genewise(&self) -> bool {
+        self.spec.gene_specific_p() || self.spec.bnb
+    }
+
+    /// Fills `theta`, `dtheta`, `r`, `lpg` (logit `p_g`, the same for every
+    /// gene when `p` is shared), `dphig` (mean_odds: `dφ_g/dx_g`), `pi`,
+    /// `omega` (BNB), and per batch cell `ell = ln ν_c` with `dlnnu`.
     pub(crate) fn fill_gene_p(&self, x: &[f64], batch: &Batch, ws: &mut NbWorkspace) {
         let lay = &self.layout;
         let gb = &lay.blocks[self.b_gene];
         let sb = &lay.blocks[self.b_scalar];
+        let per_gene = sb.len > 1 || self.spec.gene_specific_p();
+        if let Some(b) = self.b_bnb {
+            let off = lay.blocks[b].offset;
+            for g in 0..gb.len {
+                let v = x[off + g];
+                ws.omega[g] = softplus(v).max(1e-6);
+                ws.domega[g] = if softplus(v) > 1e-6 { sigmoid(v) } else { 0.0 };
+            }
+        }
         for g in 0..gb.len {
-            let xs = x[sb.offset + g];
+            let xs = x[sb.offset + if per_gene { g } else { 0 }];
             let (t, dt) = gb.link.forward_deriv(x[gb.offset + g]);
             ws.theta[g] = t;
             ws.dtheta[g] = dt;
@@ -90,10 +105,11 @@ impl NbModel<'_> {
             .iter()
             .map(|&c| self.data.ln_fact[c as usize])
             .sum::<f64>();
-        ll += if self.b_cap.is_some() {
-            self.gene_p_dense(batch, ws)
-        } else {
-            self.gene_p_shared_cells(batch, ws)
+        ll += match (self.spec.bnb, self.b_cap.is_some()) {
+            (false, true) => self.gene_p_dense(batch, ws),
+            (false, false) => self.gene_p_shared_cells(batch, ws),
+            (true, true) => self.bnb_dense(batch, ws),
+            (true, false) => self.bnb_shared_cells(batch, ws),
         };
         let s = batch.scale;
         let lay = &self.layout;
@@ -105,24 +121,33 @@ impl NbModel<'_> {
         }
         let gb = lay.blocks[self.b_gene].offset;
         let sb = lay.blocks[self.b_scalar].offset;
+        // A shared p collects every gene's share in its one coordinate.
+        let per_gene = self.spec.gene_specific_p();
         for g in 0..g_n {
             let (gr, gl) = (s * ws.g_r[g], s * ws.g_lpg[g]);
+            let ip = sb + if per_gene { g } else { 0 };
             match self.spec.param {
                 Parameterization::Canonical => {
                     grad[gb + g] += gr * ws.dtheta[g];
-                    grad[sb + g] += gl;
+                    grad[ip] += gl;
                 }
                 // r = μ e^{−ℓ}
                 Parameterization::MeanProb => {
                     grad[gb + g] += gr * (-ws.lpg[g]).exp() * ws.dtheta[g];
-                    grad[sb + g] += gl - gr * ws.r[g];
+                    grad[ip] += gl - gr * ws.r[g];
                 }
                 // r = μ φ, ℓ = −ln φ
                 Parameterization::MeanOdds => {
                     let phi = (-ws.lpg[g]).exp();
                     grad[gb + g] += gr * phi * ws.dtheta[g];
-                    grad[sb + g] += (-gl / phi + gr * ws.theta[g]) * ws.dphig[g];
+                    grad[ip] += (-gl / phi + gr * ws.theta[g]) * ws.dphig[g];
                 }
+            }
+        }
+        if let Some(b) = self.b_bnb {
+            let off = lay.blocks[b].offset;
+            for g in 0..g_n {
+                grad[off + g] += s * ws.g_omega[g] * ws.domega[g];
             }
         }
         if let Some(b) = self.b_gate {

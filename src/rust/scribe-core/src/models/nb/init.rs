@@ -392,6 +392,11 @@ impl NbModel<'_> {
         // Hierarchies start with their location at the mean of the target's
         // starting coordinates (per gene across components, or overall) and
         // their scale coordinate at its prior's centre.
+        // BNB starts close to the NB: ω = 0.05 (5 % extra variance).
+        if let Some(b) = self.b_bnb {
+            let blk = &lay.blocks[b];
+            x[blk.range()].fill(softplus_inv(0.05));
+        }
         for h in &self.hier {
             let (tb, lb) = (&lay.blocks[h.target], &lay.blocks[h.loc]);
             let per = lb.len;

@@ -31,6 +31,7 @@ pub struct NbModel<'a> {
     pub(crate) b_cap: Option<usize>,
     pub(crate) b_gate: Option<usize>,
     pub(crate) b_mix: Option<usize>,
+    pub(crate) b_bnb: Option<usize>,
     /// Blocks of the gene-level hierarchies.
     pub(crate) hier: Vec<super::HierBlocks>,
     pub(crate) capture: Capture,
@@ -59,6 +60,10 @@ pub struct NbWorkspace {
     pub(crate) odds_g: Vec<f64>,
     pub(crate) dphig: Vec<f64>,
     pub(crate) g_lpg: Vec<f64>,
+    /// BNB: `ω_g`, `dω_g/dx_g` and the gradient with respect to `ω_g`.
+    pub(crate) omega: Vec<f64>,
+    pub(crate) domega: Vec<f64>,
+    pub(crate) g_omega: Vec<f64>,
     /// Per cell-block partial gene gradients (zinbvcp, mixtures), reduced in block order.
     pub(crate) blk: Vec<f64>,
     pub(crate) blk_ll: Vec<f64>,
@@ -83,6 +88,7 @@ impl<'a> NbModel<'a> {
             cap: b_cap,
             gate: b_gate,
             mix: b_mix,
+            bnb: b_bnb,
             hier,
             capture,
         } = blocks;
@@ -115,6 +121,7 @@ impl<'a> NbModel<'a> {
             b_cap,
             b_gate,
             b_mix,
+            b_bnb,
             hier,
             capture,
             eta_loc,
@@ -290,7 +297,7 @@ impl<'a> NbModel<'a> {
         let mut b = Batch::full(self.data);
         b.cells = cells.to_vec();
         let g_n = self.data.n_genes;
-        let ell: Vec<f64> = if self.spec.gene_specific_p() {
+        let ell: Vec<f64> = if self.genewise() {
             self.fill_gene_p(x, &b, &mut ws);
             (0..cells.len() * g_n)
                 .map(|i| ws.ell[i / g_n] + ws.lpg[i % g_n])
@@ -371,12 +378,13 @@ impl Model for NbModel<'_> {
     fn workspace(&self) -> NbWorkspace {
         let (g, c) = (self.data.n_genes, self.data.n_cells);
         let k = self.spec.n_components();
-        let gene_p = self.spec.gene_specific_p();
+        let genewise = self.genewise();
         let per_block = self.spec.variant == Variant::Zinbvcp
             || k > 1
-            || (gene_p && self.spec.variant.has_capture());
+            || (genewise && self.spec.variant.has_capture());
         let n_blocks = c.div_ceil(CELL_BLOCK);
-        let gp = if gene_p { g } else { 0 };
+        let gp = if genewise { g } else { 0 };
+        let gb = if self.spec.bnb { g } else { 0 };
         NbWorkspace {
             theta: vec![0.0; k * g],
             dtheta: vec![0.0; k * g],
@@ -392,8 +400,11 @@ impl Model for NbModel<'_> {
             odds_g: vec![0.0; gp],
             dphig: vec![0.0; gp],
             g_lpg: vec![0.0; gp],
+            omega: vec![0.0; gb],
+            domega: vec![0.0; gb],
+            g_omega: vec![0.0; gb],
             blk: if per_block {
-                vec![0.0; n_blocks * (2 * k * g + 4 * k).max(3 * gp)]
+                vec![0.0; n_blocks * (2 * k * g + 4 * k).max(4 * gp)]
             } else {
                 Vec::new()
             },
@@ -411,7 +422,7 @@ impl Model for NbModel<'_> {
         if self.spec.mixture.is_some() {
             return self.mixture_log_lik_grad(x, batch, grad, ws);
         }
-        if self.spec.gene_specific_p() {
+        if self.genewise() {
             return self.gene_p_log_lik_grad(x, batch, grad, ws);
         }
         let (lp, phi, dphi) = self.fill_derived(x, batch, ws);
@@ -565,35 +576,6 @@ pub fn nb_cell_loglik(
     acc
 }
 
-/// [`nb_cell_loglik`] when `logit p̂` differs by gene (`ell(g)`, gene-specific
-/// `p`): every gene's zero term differs, so the pass is dense over genes.
-pub fn nb_cell_loglik_genewise(
-    data: &CountMatrix,
-    c: usize,
-    r: &[f64],
-    pi: Option<&[f64]>,
-    ell: impl Fn(usize) -> f64,
-) -> f64 {
-    let zero = |g: usize, l1m: f64| match pi {
-        None => r[g] * l1m,
-        Some(pi) => (pi[g] + (1.0 - pi[g]) * (r[g] * l1m).exp()).ln(),
-    };
-    let mut acc = -data.ln_fact[c];
-    for g in 0..r.len() {
-        acc += zero(g, ln_sigmoid(-ell(g)));
-    }
-    let (genes, counts) = data.row(c);
-    for (&g, &u) in genes.iter().zip(counts) {
-        let g = g as usize;
-        let l = ell(g);
-        let l1m = ln_sigmoid(-l);
-        let ln_gate = pi.map_or(0.0, |pi| (-pi[g]).ln_1p());
-        acc +=
-            ln_gate + lgamma_diff(u, r[g]) + u as f64 * ln_sigmoid(l) + r[g] * l1m - zero(g, l1m);
-    }
-    acc
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,13 +590,23 @@ mod tests {
         let dense = d.to_dense();
         let (r, ell, gate) = model.derived(x, cells);
         let mut ll = 0.0;
+        let omega: Option<Vec<f64>> = model.b_bnb.map(|b| {
+            let off = model.layout.blocks[b].offset;
+            (0..d.n_genes)
+                .map(|g| crate::math::softplus(x[off + g]).max(1e-6))
+                .collect()
+        });
         for (k, &c) in cells.iter().enumerate() {
             for g in 0..d.n_genes {
                 let ph = sigmoid(ell[k * d.n_genes + g]);
                 let u = dense[c as usize * d.n_genes + g];
                 let lnb = lgamma(u + r[g]) - lgamma(r[g]) - lgamma(u + 1.0)
-                    + u * ph.ln()
-                    + r[g] * (1.0 - ph).ln();
+                    + match &omega {
+                        None => u * ph.ln() + r[g] * (1.0 - ph).ln(),
+                        Some(om) => {
+                            super::super::bnb::bnb_ratio(u as u32, r[g], om[g], ph / (1.0 - ph))
+                        }
+                    };
                 ll += match &gate {
                     None => lnb,
                     Some(pi) if u == 0.0 => (pi[g] + (1.0 - pi[g]) * lnb.exp()).ln(),
@@ -655,6 +647,13 @@ mod tests {
                     s.set_prior("eta_capture", (2000f64).ln(), 0.5).unwrap();
                     v.push(s);
                 }
+                // BNB, with shared and with gene-specific p.
+                let mut s = NbSpec::new(variant, param, true, Link::Softplus);
+                s.set_bnb(super::super::Shrinkage::Gaussian).unwrap();
+                v.push(s.clone());
+                s.add_hierarchy(param.scalar_param(), super::super::Shrinkage::Gaussian)
+                    .unwrap();
+                v.push(s);
                 // A gate hierarchy, alone and with gene-specific p.
                 if variant.has_gate() {
                     let mut s = NbSpec::new(variant, param, false, Link::Exp);

@@ -7,6 +7,7 @@
 //!
 //! Code convention: `NB(u | r, p) = Γ(u+r)/(Γ(r) u!) p^u (1−p)^r`, mean `r p/(1−p)`.
 
+mod bnb;
 mod gene_p;
 mod hierarchy;
 mod init;
@@ -15,7 +16,8 @@ mod mixture;
 pub mod simulate;
 pub mod sites;
 
-pub use kernels::{nb_cell_loglik, nb_cell_loglik_genewise, NbModel, NbWorkspace};
+pub use bnb::bnb_ratio;
+pub use kernels::{nb_cell_loglik, NbModel, NbWorkspace};
 
 use crate::dist::{Link, Prior};
 use crate::error::{CoreError, Result};
@@ -40,6 +42,7 @@ pub(crate) struct NbBlocks {
     pub(crate) cap: Option<usize>,
     pub(crate) gate: Option<usize>,
     pub(crate) mix: Option<usize>,
+    pub(crate) bnb: Option<usize>,
     pub(crate) hier: Vec<HierBlocks>,
     pub(crate) capture: Capture,
 }
@@ -218,6 +221,9 @@ pub struct NbSpec {
     pub mixture: Option<Mixture>,
     /// Gene-level hierarchical priors (see [`NbSpec::add_hierarchy`]).
     pub hierarchies: Vec<Hierarchy>,
+    /// Beta-negative-binomial observations with per-gene excess dispersion
+    /// `ω_g` (site `bnb_concentration`; see [`NbSpec::set_bnb`]).
+    pub bnb: bool,
 }
 
 /// A centred hierarchy `x_j ~ N(loc, softplus(s))` on the unconstrained
@@ -290,7 +296,30 @@ impl NbSpec {
             capture_prior: None,
             mixture: None,
             hierarchies: Vec::new(),
+            bnb: false,
         }
+    }
+
+    /// Beta-negative-binomial observations (`overdispersion = "bnb"`): the
+    /// success probability of each count is `Beta(α, κ_g)` around `p̂`,
+    /// `κ_g = 2 + (r_g + 1)/ω_g`, `α = p̂(κ_g − 1)/(1 − p̂)`, which keeps the
+    /// mean `r p̂/(1 − p̂)` and multiplies the NB variance by about `1 + ω_g`.
+    /// `ω_g = softplus(x_g)` with a gene-level hierarchy on `x_g`
+    /// (gaussian: location `~ N(0, 1)`, scale `softplus(N(0, 1))`).
+    pub fn set_bnb(&mut self, family: Shrinkage) -> Result<()> {
+        if self.mixture.is_some() {
+            return Err(CoreError::arg(
+                "overdispersion",
+                "\"bnb\" with a mixture model is not available yet",
+            ));
+        }
+        if self.bnb {
+            return Ok(());
+        }
+        self.bnb = true;
+        self.priors
+            .push(("bnb_concentration".to_string(), Prior::Flat));
+        self.add_hierarchy("bnb_concentration", family)
     }
 
     /// Whether `p` (`φ` under mean_odds) differs by gene.
@@ -342,6 +371,17 @@ impl NbSpec {
                 "logit_gate_scale",
                 n01(-5.0, 1.0),
                 n01(-2.0, 0.5),
+                false,
+            )
+        } else if site == "bnb_concentration" {
+            if !self.bnb {
+                return Err(CoreError::arg("priors", "`overdispersion` needs \"bnb\""));
+            }
+            (
+                "bnb_omega_hyper_loc",
+                "bnb_omega_hyper_scale",
+                n01(0.0, 1.0),
+                n01(0.0, 1.0),
                 false,
             )
         } else if site == self.param.gene_param() {
@@ -622,6 +662,15 @@ impl NbSpec {
                 m.k,
             )
         });
+        let bnb = self.bnb.then(|| {
+            layout.push(
+                "bnb_concentration",
+                BlockKind::Gene,
+                n_genes,
+                Link::Softplus,
+                1,
+            )
+        });
         // Hyper-parameters of the hierarchies, after every other block.
         let hier = self
             .hierarchies
@@ -629,6 +678,7 @@ impl NbSpec {
             .map(|h| {
                 let target = match h.target.as_str() {
                     "gate" => gate.expect("gate hierarchies need a gate"),
+                    "bnb_concentration" => bnb.expect("a bnb hierarchy needs bnb"),
                     t if t == self.param.scalar_param() => scalar,
                     _ => gene,
                 };
@@ -653,6 +703,7 @@ impl NbSpec {
                 cap,
                 gate,
                 mix,
+                bnb,
                 hier,
                 capture,
             },

@@ -17,6 +17,8 @@ pub struct NbTruth {
     pub p: f64,
     /// Gene-specific `p` (replaces `p` when present; not with a mixture).
     pub p_gene: Option<Vec<f64>>,
+    /// BNB excess dispersion per gene (`None`: NB counts; not with a mixture).
+    pub omega: Option<Vec<f64>>,
     /// Capture probability per cell (`None` for nbdm/zinb).
     pub nu: Option<Vec<f64>>,
     /// Zero-inflation gate per gene (`None` for nbdm/nbvcp).
@@ -64,6 +66,7 @@ impl NbTruth {
             r,
             p: 0.6,
             p_gene: None,
+            omega: None,
             nu,
             gate,
             n_cells,
@@ -158,7 +161,18 @@ pub fn simulate_nb(truth: &NbTruth, seed: u64) -> CountMatrix {
                         continue;
                     }
                 }
-                let u = nb_count(&mut rng, r[g], odds);
+                let u = match (&truth.omega, &truth.mixture) {
+                    // BNB: the count's success probability is Beta(α, κ) around p̂.
+                    (Some(om), None) => {
+                        let kappa = 2.0 + (r[g] + 1.0) / om[g].max(1e-6);
+                        let alpha = (kappa - 1.0) * odds;
+                        let p = rand_distr::Beta::new(alpha, kappa)
+                            .map_or(odds / (1.0 + odds), |b| b.sample(&mut rng))
+                            .clamp(1e-12, 1.0 - 1e-12);
+                        nb_count(&mut rng, r[g], p / (1.0 - p))
+                    }
+                    _ => nb_count(&mut rng, r[g], odds),
+                };
                 if u > 0 {
                     row.push((g as u32, u));
                 }
@@ -179,6 +193,7 @@ mod tests {
             r: vec![2.0, 0.5],
             p: 0.6,
             p_gene: None,
+            omega: None,
             nu: None,
             gate: None,
             n_cells: 20_000,

@@ -72,6 +72,7 @@ pub fn denoise(
     seed: u64,
     ctl: Ctl<'_>,
 ) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
+    d.require_nb("denoising")?;
     let (s_n, c_n, j_n, k_n) = (d.n_draws, data.n_cells, genes.len(), d.n_comp);
     let copies = if want_variance { 2.0 } else { 1.0 };
     crate::limits::check_values("n_samples", copies * (j_n * c_n) as f64 * s_n as f64)?;

@@ -23,6 +23,8 @@ pub struct NbDraws {
     pub p: Vec<f64>,
     /// Gene-specific `p[(s·K + k)·G + g]` (`priors = list(probability = ...)`).
     pub p_gene: Option<Vec<f64>>,
+    /// BNB excess dispersion `ω[s·G + g]` (`overdispersion = "bnb"`).
+    pub omega: Option<Vec<f64>>,
     /// Capture probability `nu[s·C + c]` (capture models only).
     pub nu: Option<Vec<f64>>,
     /// `gate[(s·K + k)·G + g]` (zero-inflated models only).
@@ -81,6 +83,15 @@ impl NbDraws {
         };
         let n_cells = nu.as_ref().map_or(0, |v| v.len() / n.max(1));
         let p_gene = (p.kind == crate::models::BlockKind::Gene).then(|| spread(p));
+        let omega = get("bnb_concentration").map(|o| {
+            let mut v = vec![0.0; n * g_n];
+            for s in 0..n {
+                for g in 0..g_n {
+                    v[s * g_n + g] = o.at(s, 0, g).max(1e-6);
+                }
+            }
+            v
+        });
         let p = if p_gene.is_some() {
             vec![f64::NAN; n * k_n]
         } else {
@@ -95,6 +106,7 @@ impl NbDraws {
             r: spread(r),
             p,
             p_gene,
+            omega,
             nu,
             gate,
             weights,
@@ -129,6 +141,23 @@ impl NbDraws {
             Some(v) => v[(s * self.n_comp + k) * self.n_genes + g],
             None => self.p[s * self.n_comp + k],
         }
+    }
+
+    /// BNB excess dispersion of gene `g` in draw `s` (`None` for the NB).
+    #[inline]
+    pub fn omega_at(&self, s: usize, g: usize) -> Option<f64> {
+        self.omega.as_ref().map(|v| v[s * self.n_genes + g])
+    }
+
+    /// An error for analyses that have no BNB form yet.
+    pub fn require_nb(&self, what: &str) -> Result<()> {
+        if self.omega.is_some() {
+            return Err(CoreError::arg(
+                "fit",
+                format!("{what} is not available for overdispersion = \"bnb\" yet"),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether `p` differs by gene.
@@ -173,6 +202,7 @@ impl NbDraws {
             r: rep(&self.r),
             p: rep(&self.p),
             p_gene: self.p_gene.as_ref().map(rep),
+            omega: self.omega.as_ref().map(rep),
             nu: self.nu.as_ref().map(rep),
             gate: self.gate.as_ref().map(rep),
             weights: rep(&self.weights),
@@ -194,6 +224,7 @@ impl NbDraws {
         NbDraws {
             r: pick(&self.r),
             p_gene: self.p_gene.as_ref().map(pick),
+            omega: self.omega.as_ref().map(pick),
             gate: self.gate.as_ref().map(pick),
             n_genes: genes.len(),
             ..self.clone()

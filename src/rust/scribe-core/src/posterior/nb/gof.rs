@@ -17,7 +17,7 @@
 
 use super::draws::NbDraws;
 use crate::data::CountMatrix;
-use crate::dist::draw::nb_count_fast;
+use crate::dist::draw::{bnb_count, nb_count_fast};
 use crate::error::{CoreError, Result};
 use crate::progress::Ctl;
 use rand::rngs::ChaCha8Rng;
@@ -62,6 +62,7 @@ pub fn quantile_residuals(
     if !(epsilon > 0.0 && epsilon < 0.5) {
         return Err(CoreError::arg("epsilon", "must be in (0, 0.5)"));
     }
+    d.require_nb("randomized quantile residuals")?;
     let (c_n, j_n, s_n, k_n) = (data.n_cells, genes.len(), d.n_draws, d.n_comp);
     let block = GENE_BLOCK.min(j_n.max(1));
     crate::limits::check_values(
@@ -270,7 +271,11 @@ pub fn ppc_scores(
                         } else {
                             odds[(s * k_n + k) * c_n + c]
                         };
-                        nb_count_fast(&mut rng, d.r_of(s, k)[g], o) as usize
+                        let x = match d.omega_at(s, g) {
+                            Some(om) => bnb_count(&mut rng, d.r_of(s, k)[g], o, om),
+                            None => nb_count_fast(&mut rng, d.r_of(s, k)[g], o),
+                        };
+                        x as usize
                     };
                     if x >= h.len() {
                         h.resize(x + 1, 0);
@@ -359,6 +364,7 @@ mod tests {
             r: t.r.clone(),
             p: vec![t.p],
             p_gene: None,
+            omega: None,
             nu: t.nu.clone(),
             gate: t.gate.clone(),
             weights: vec![1.0],

@@ -12,7 +12,7 @@ use crate::data::CountMatrix;
 use crate::error::Result;
 pub use crate::math::pick_index;
 use crate::math::{lgamma, lgamma_diff, ln_sigmoid};
-use crate::models::nb::{nb_cell_loglik, nb_cell_loglik_genewise};
+use crate::models::nb::{bnb_ratio, nb_cell_loglik};
 pub use crate::posterior::By;
 use crate::progress::Ctl;
 use rayon::prelude::*;
@@ -28,8 +28,10 @@ pub fn cell_component_ll(
     zero_sum: Option<(&[f64], f64)>,
 ) -> f64 {
     let r = d.r_of(s, k);
-    if d.gene_specific_p() {
-        return nb_cell_loglik_genewise(data, c, r, d.gate_of(s, k), |g| d.ell_at(s, k, c, g));
+    if d.gene_specific_p() || d.omega.is_some() {
+        let mut acc = 0.0;
+        add_cell_terms_genewise(d, s, k, data, c, |_, v| acc += v);
+        return acc;
     }
     nb_cell_loglik(
         data,
@@ -40,6 +42,48 @@ pub fn cell_component_ll(
         d.ell(s, k, c),
         zero_sum,
     )
+}
+
+/// `ln f(u_cg)` of every gene of cell `c`, passed to `add(g, value)` gene
+/// by gene (zeros first, then the swap to the nonzero terms), for models whose
+/// zero terms differ by gene: gene-specific `p` or BNB.
+pub fn add_cell_terms_genewise(
+    d: &NbDraws,
+    s: usize,
+    k: usize,
+    data: &CountMatrix,
+    c: usize,
+    mut add: impl FnMut(usize, f64),
+) {
+    let r = d.r_of(s, k);
+    let pi = d.gate_of(s, k);
+    // The observation part: NB `u ln p̂ + r ln(1−p̂)` or BNB's Beta ratio.
+    let obs = |g: usize, u: u32| -> f64 {
+        let l = d.ell_at(s, k, c, g);
+        match d.omega_at(s, g) {
+            None => u as f64 * ln_sigmoid(l) + r[g] * ln_sigmoid(-l),
+            Some(om) => bnb_ratio(u, r[g], om, l.exp()),
+        }
+    };
+    let zero = |g: usize| -> f64 {
+        let z = obs(g, 0);
+        match pi {
+            None => z,
+            Some(pi) => (pi[g] + (1.0 - pi[g]) * z.exp()).ln(),
+        }
+    };
+    for g in 0..r.len() {
+        add(g, zero(g));
+    }
+    let (genes, counts) = data.row(c);
+    for (&g, &u) in genes.iter().zip(counts) {
+        let g = g as usize;
+        let keep = pi.map_or(0.0, |pi| (-pi[g]).ln_1p());
+        add(
+            g,
+            keep + lgamma_diff(u, r[g]) - lgamma(u as f64 + 1.0) + obs(g, u) - zero(g),
+        );
+    }
 }
 
 /// Component probabilities of one cell in draw `s`: `softmax_k(ln w_k + ℓ_ck)`.
@@ -95,6 +139,12 @@ fn gene_component_ll(d: &NbDraws, s: usize, k: usize, data: &CountMatrix, out: &
     let pi = d.gate_of(s, k);
     let c_n = data.n_cells;
     out.iter_mut().for_each(|v| *v = 0.0);
+    if d.omega.is_some() || (d.gene_specific_p() && d.variant.has_capture()) {
+        for c in 0..c_n {
+            add_cell_terms_genewise(d, s, k, data, c, |g, v| out[g] += v);
+        }
+        return;
+    }
     // lnΓ(u + r) − lnΓ(r) − ln u! over each gene's count histogram.
     for g in 0..data.n_genes {
         for j in data.gene_pair_ptr[g]..data.gene_pair_ptr[g + 1] {
@@ -112,17 +162,6 @@ fn gene_component_ll(d: &NbDraws, s: usize, k: usize, data: &CountMatrix, out: &
                     .map(|j| data.pair_weight[j] * data.pair_count[j] as f64)
                     .sum();
                 out[g] += tot * lph + r[g] * l1m * c_n as f64;
-            }
-        }
-        (None, true) if d.gene_specific_p() => {
-            for c in 0..c_n {
-                for (g, o) in out.iter_mut().enumerate() {
-                    *o += r[g] * ln_sigmoid(-d.ell_at(s, k, c, g));
-                }
-                let (genes, counts) = data.row(c);
-                for (&g, &u) in genes.iter().zip(counts) {
-                    out[g as usize] += u as f64 * ln_sigmoid(d.ell_at(s, k, c, g as usize));
-                }
             }
         }
         (None, true) => {

@@ -6,7 +6,9 @@
 //! With a gene-specific `p` the factorisation breaks and the Gamma route
 //! takes over: each gene's rate is `λ_g = γ_g p_g/(1−p_g)` with
 //! `γ_g ~ Gamma(r_g, 1)`, and `ρ = λ / Σλ` (which is `Dirichlet(r)` again
-//! when `p` is shared). The expected composition is then `μ / Σμ`.
+//! when `p` is shared). The expected composition is then `μ / Σμ`. BNB
+//! fits take the same route: their extra dispersion is per count, around
+//! the same mean, and leaves the population composition as it is.
 
 use super::draws::NbDraws;
 use crate::error::Result;
@@ -83,6 +85,7 @@ pub fn cell_fractions(
 ) -> Result<Vec<f64>> {
     use super::loglik::{cell_responsibilities, pick_index, zinb_zero_terms, ZeroTerms};
     use rand::RngExt;
+    d.require_nb("per-cell expression fractions")?;
     let (s_n, c_n, j_n, k_n, g_n) = (d.n_draws, data.n_cells, genes.len(), d.n_comp, d.n_genes);
     crate::limits::check_values("n_samples", (j_n * c_n) as f64 * s_n as f64)?;
     let mut out = vec![0.0; j_n * c_n * s_n];

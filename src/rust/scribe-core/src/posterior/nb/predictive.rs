@@ -8,7 +8,7 @@
 
 use super::draws::NbDraws;
 use super::loglik::pick_index;
-use crate::dist::draw::nb_count_fast;
+use crate::dist::draw::{bnb_count, nb_count_fast};
 use crate::error::Result;
 use crate::progress::Ctl;
 use rand::rngs::ChaCha8Rng;
@@ -62,7 +62,11 @@ pub fn predictive(
                     }
                 }
                 let odds = shared.unwrap_or_else(|| odds_of(d.p_at(s, k, g)));
-                row[j] = nb_count_fast(&mut rng, r[g], odds) as f64;
+                let x = match d.omega_at(s, g) {
+                    Some(om) => bnb_count(&mut rng, r[g], odds, om),
+                    None => nb_count_fast(&mut rng, r[g], odds),
+                };
+                row[j] = x as f64;
             }
             work.tick();
         });
