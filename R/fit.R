@@ -37,47 +37,59 @@
 #' capture model to the biology-informed prior
 #' `eta_c ~ TruncNormal(log M0 - log L_c, sigma, low = 0)`, `nu_c = exp(-eta_c)`.
 #'
-#' A family name instead of two numbers selects a gene-level hierarchy.
-#' `priors = list(probability = "gaussian")` (also `list(probability =
-#' list(type = "gaussian"))`) gives every gene its own `p_g` (`phi_g` under
-#' mean_odds), so genes differ in their variance-to-mean ratio:
-#' `logit p_g ~ Normal(logit_p_loc, softplus(s))` with `logit_p_loc ~
-#' Normal(0, 1)` and `s ~ Normal(0, 0.5)` (under mean_odds the sites are
-#' `log_phi_loc`, `log_phi_scale` on `phi`'s unconstrained coordinate). The
-#' hierarchy lives on the unconstrained scale, so such a model is fitted with
-#' `unconstrained = TRUE` whatever that argument says (as the original does;
-#' every other parameter then takes its unconstrained default prior). With
-#' capture, the likelihood needs one pass over each batch's cells x genes per
-#' step (the zero terms differ by gene); `p_hat` is not reported (it differs
-#' by gene), and normalization takes the Gamma route (`lambda_g = gamma_g p_g
-#' / (1 - p_g)`, `gamma_g ~ Gamma(r_g, 1)`).
-#' `priors = list(zero_inflation = "gaussian")` (zinb, zinbvcp) shrinks the
-#' gates together: `logit gate_g ~ Normal(logit_gate_loc, softplus(s))`,
-#' `logit_gate_loc ~ Normal(-5, 1)`, `s ~ Normal(-2, 0.5)`.
-#' `priors = list(mean_expression = "gaussian")` with `n_components >= 2`
-#' shares strength between the components gene by gene: the gene parameter's
-#' unconstrained value (`mu`, or `r` under canonical) in every component is
-#' `Normal(log_mu_loc_g, softplus(s))`, `log_mu_loc_g ~ Normal(0, 1)` per gene,
-#' `s ~ Normal(-2, 0.5)` (sites `log_r_loc`, `log_r_scale` under canonical).
+#' A family name instead of two numbers selects a gene-level hierarchy on a
+#' parameter's unconstrained coordinates `x_j ~ Normal(loc, s_j)`. Families:
+#' `"gaussian"` (`s_j = softplus(s)`, one scale), `"horseshoe"` (regularised:
+#' `s_j = tau c lambda_j / sqrt(c^2 + tau^2 lambda_j^2)`, `tau, lambda_j ~
+#' HalfCauchy(1)`, `c^2 ~ InvGamma(2, 8)`) and `"neg"` (`s_j = sqrt(psi_j)`,
+#' `psi_j ~ Gamma(1, rate zeta)`, `zeta ~ Gamma(1, 1)`); also as
+#' `list(type = family)`. The sparse families' scales are sampled on the log
+#' scale and, unlike the original, the target itself is sampled (centred; the
+#' same prior, a different parameterisation for the optimiser; with NUTS the
+#' centred horseshoe forms a funnel that shows as divergent transitions, so
+#' prefer `"gaussian"` there). Their sites
+#' are named after the location, e.g. `logit_p_tau`, `logit_p_lambda`,
+#' `logit_p_c2` or `logit_p_zeta`, `logit_p_psi`.
+#'
+#' `priors = list(probability = family)` gives every gene its own `p_g`
+#' (`phi_g` under mean_odds), so genes differ in their variance-to-mean
+#' ratio: location `logit_p_loc ~ Normal(0, 1)`, gaussian scale `s ~
+#' Normal(0, 0.5)` (under mean_odds the sites are `log_phi_loc`, ... on
+#' `phi`'s unconstrained coordinate). Hierarchies live on the unconstrained
+#' scale, so such a model is fitted with `unconstrained = TRUE` whatever that
+#' argument says (as the original does; every other parameter then takes its
+#' unconstrained default prior). With capture, the likelihood needs one pass
+#' over each batch's cells x genes per step (the zero terms differ by gene);
+#' `p_hat` is not reported (it differs by gene), and normalization takes the
+#' Gamma route (`lambda_g = gamma_g p_g / (1 - p_g)`, `gamma_g ~ Gamma(r_g, 1)`).
+#' `priors = list(zero_inflation = family)` (zinb, zinbvcp) shrinks the gates
+#' together (location `logit_gate_loc ~ Normal(-5, 1)`, gaussian scale `s ~
+#' Normal(-2, 0.5)`). `priors = list(mean_expression = family)` with
+#' `n_components >= 2` shares strength between the components gene by gene:
+#' the gene parameter's unconstrained value (`mu`, or `r` under canonical) in
+#' every component is centred on a per-gene `log_mu_loc_g ~ Normal(0, 1)`
+#' (`log_r_loc` under canonical; gaussian scale `s ~ Normal(-2, 0.5)`).
+#'
 #' `overdispersion = "bnb"` replaces the negative binomial by the
 #' beta-negative-binomial: each count's success probability is
 #' `Beta(alpha, kappa_g)` around `p_hat`, `kappa_g = 2 + (r_g + 1) / omega_g`,
 #' `alpha = p_hat (kappa_g - 1) / (1 - p_hat)`, which keeps the mean
 #' `r p_hat / (1 - p_hat)` and lets the variance grow by about `1 + omega_g`
 #' (heavy tails: genes with a few very large counts). `omega_g =
-#' softplus(x_g)` (site `bnb_concentration`) with `x_g ~
-#' Normal(bnb_omega_hyper_loc, softplus(s))`, location `~ Normal(0, 1)`,
-#' `s ~ Normal(0, 1)`: the original's "gaussian" family (its default, the
-#' horseshoe, is not available yet). The fit is unconstrained, and starts at
-#' `omega = 0.05`. Without capture a gene costs one Beta ratio per distinct
-#' count; with capture, one per cell and gene per step. Posterior draws,
-#' predictive checks and scores, log-likelihoods, model comparison and
-#' normalization (the Gamma route of the mean composition) handle BNB fits;
-#' denoising, per-cell expression fractions, quantile residuals and
-#' biological DE are errors for them for now.
-#' The `horseshoe` and `neg` families, hierarchies on other parameters,
+#' softplus(x_g)` (site `bnb_concentration`) with a hierarchy on `x_g` chosen
+#' by `priors = list(overdispersion = family)`: `"horseshoe"` by default
+#' (location `bnb_concentration_loc ~ Normal(-5, 1)`, so most genes stay close
+#' to the NB), or `"gaussian"` (location `bnb_omega_hyper_loc ~ Normal(0, 1)`,
+#' scale `softplus(Normal(0, 1))`), as in the original. The fit is
+#' unconstrained and starts at `omega = 0.05`. Without capture a gene costs
+#' one Beta ratio per distinct count; with capture, one per cell and gene per
+#' step. Posterior draws, predictive checks and scores, log-likelihoods,
+#' model comparison and normalization (the Gamma route of the mean
+#' composition) handle BNB fits; denoising, per-cell expression fractions,
+#' quantile residuals and biological DE are errors for them for now.
+#' Hierarchies on other parameters, hyper-parameters of the families,
 #' gene-specific `p` with mixtures and BNB with mixtures are classed
-#' `scribeR_unsupported` errors for now.
+#' `scribeR_unsupported` (or input) errors for now.
 #'
 #' @section Mixtures:
 #' `n_components = K` (K >= 2) makes every cell's gene vector come from one of
@@ -542,15 +554,21 @@ nb_model_spec <- function(model, a, n_cells) {
     abort_input(c("A {.code mean_expression} hierarchy shares each gene's value across mixture components.",
                   "i" = "Give {.arg n_components} >= 2 (with the gene parameter component-specific)."))
   }
-  if (length(hier)) spec$hierarchies <- hier
   od <- match_choice(a$overdispersion, c("none", "bnb"), "overdispersion")
+  od_family <- hier$bnb_concentration
+  hier$bnb_concentration <- NULL
+  if (!is.null(od_family) && od != "bnb") {
+    abort_input("{.code priors$overdispersion} chooses the family of the BNB's excess dispersion: give {.code overdispersion = \"bnb\"} too.")
+  }
   if (od == "bnb") {
     if (!is.null(a$n_components)) {
       abort_unsupported("{.code overdispersion = \"bnb\"} with a mixture model is not available yet.")
     }
     spec$overdispersion <- "bnb"
+    spec$overdispersion_family <- if (is.null(od_family)) "horseshoe" else od_family
     spec$unconstrained <- TRUE
   }
+  if (length(hier)) spec$hierarchies <- hier
   if (is.null(a$n_components) && differs_from_default(a$mixture_params, "all")) {
     abort_input("{.arg mixture_params} applies to mixture models: give {.arg n_components} >= 2 as well.")
   }
@@ -661,9 +679,8 @@ resolve_mixture_params <- function(mixture_params, model, parameterization) {
   unique(unname(internal))
 }
 
-# Shrinkage families of hierarchical priors, by the state of their support.
+# Shrinkage families of hierarchical priors.
 .shrinkage_families <- c("gaussian", "horseshoe", "neg")
-.shrinkage_available <- "gaussian"
 
 # Takes the hierarchical (family) entries out of `priors`: a family name, or
 # list(type = family), selects a gene-level hierarchy instead of
@@ -677,7 +694,8 @@ split_prior_families <- function(priors, model, parameterization) {
   gene <- if (parameterization == "canonical") "r" else "mu"
   scalar <- if (parameterization == "mean_odds") "phi" else "p"
   targets <- c(probability = scalar, p = scalar, zero_inflation = "gate", gate = "gate",
-               mean_expression = gene, stats::setNames(gene, gene))
+               mean_expression = gene, stats::setNames(gene, gene), overdispersion = "bnb_concentration",
+               bnb_concentration = "bnb_concentration")
   if (parameterization == "mean_odds") targets <- c(targets, odds_ratio = "phi", phi = "phi")
   if (parameterization == "canonical") targets <- c(targets, dispersion = "r")
   is_family <- vapply(seq_along(priors), function(k) {
@@ -698,13 +716,9 @@ split_prior_families <- function(priors, model, parameterization) {
       abort_input("{.code priors${name}} must be a family name ({.val {.shrinkage_families}}) or two numbers.")
     }
     family <- match_choice(val, .shrinkage_families, paste0("priors$", name))
-    if (!(family %in% .shrinkage_available)) {
-      abort_unsupported(c("The {.val {family}} family for {.code priors${name}} is not available yet.",
-                          "i" = "Use {.val gaussian}."))
-    }
     if (!(name %in% names(targets))) {
       abort_unsupported(c("A hierarchical ({.val {family}}) prior on {.val {name}} is not available yet.",
-                          "i" = "Hierarchies exist for {.code probability}, {.code zero_inflation} and {.code mean_expression}."))
+                          "i" = "Hierarchies exist for {.code probability}, {.code zero_inflation}, {.code mean_expression} and {.code overdispersion}."))
     }
     site <- unname(targets[name])
     if (!is.null(out$hierarchies[[site]])) abort_input("{.arg priors} gives a family for {.val {site}} twice.")

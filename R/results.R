@@ -172,7 +172,8 @@ setGeneric("loss_history", function(object, ...) standardGeneric("loss_history")
 # component) into named vectors (MAP) or arrays (draws): `draws x K x genes`
 # for component-specific gene parameters, `K x genes` for their MAP, and so on.
 name_sites <- function(object, sites, draws) {
-  sites <- sites[intersect(.site_order, names(sites))]
+  # Known sites first, then any others (hierarchy scales) in the core's order.
+  sites <- sites[c(intersect(.site_order, names(sites)), setdiff(names(sites), .site_order))]
   comps <- function(k) paste0("component", seq_len(k))
   lapply(stats::setNames(names(sites), names(sites)), function(n) {
     s <- sites[[n]]

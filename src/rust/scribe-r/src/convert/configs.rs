@@ -51,7 +51,13 @@ pub fn nb_spec(model: &Robj) -> GResult<NbSpec> {
         )?;
     }
     if a.get("overdispersion").is_some() && a.string("overdispersion")? == "bnb" {
-        spec.set_bnb(Shrinkage::Gaussian)?;
+        let family = match a.get("overdispersion_family") {
+            Some(_) => {
+                Shrinkage::parse(&a.string("overdispersion_family")?, "priors$overdispersion")?
+            }
+            None => Shrinkage::Horseshoe,
+        };
+        spec.set_bnb(family)?;
     }
     if let Some(h) = a.get("hierarchies") {
         let l: List = h

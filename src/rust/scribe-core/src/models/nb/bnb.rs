@@ -16,7 +16,7 @@
 use super::kernels::CELL_BLOCK;
 use super::{NbModel, NbWorkspace};
 use crate::data::Batch;
-use crate::math::{digamma, digamma_diff, lgamma, lgamma_diff};
+use crate::math::{digamma, digamma_diff, lgamma_diff, lgamma_shift};
 use rayon::prelude::*;
 
 /// Per-gene constants of the Beta ratio.
@@ -36,7 +36,7 @@ impl GeneBnb {
         GeneBnb {
             r,
             kappa,
-            lg_kr: lgamma(kappa + r) - lgamma(kappa),
+            lg_kr: lgamma_shift(kappa, r),
             dg_kr: digamma(kappa + r),
             dg_k: digamma(kappa),
         }
@@ -56,9 +56,8 @@ impl GeneBnb {
             val += lgamma_diff(u, alpha);
             d_alpha += digamma_diff(u, alpha);
         }
-        let (lg_top, lg_a1) = (lgamma(top), lgamma(a1));
         let (dg_top, dg_a1) = (digamma(top), digamma(a1));
-        val += self.lg_kr - (lg_top - lg_a1);
+        val += self.lg_kr - lgamma_shift(a1, r + u as f64);
         d_alpha += dg_a1 - dg_top;
         let d_kappa = self.dg_kr - self.dg_k - dg_top + dg_a1 + d_alpha * o;
         (val, d_alpha * alpha, d_kappa, self.dg_kr - dg_top)
@@ -268,7 +267,7 @@ mod tests {
                 let g = GeneBnb {
                     r,
                     kappa,
-                    lg_kr: lgamma(kappa + r) - lgamma(kappa),
+                    lg_kr: lgamma_shift(kappa, r),
                     dg_kr: digamma(kappa + r),
                     dg_k: digamma(kappa),
                 };

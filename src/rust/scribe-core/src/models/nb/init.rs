@@ -407,8 +407,17 @@ impl NbModel<'_> {
                     .collect();
                 x[lb.offset + i] = vals.iter().sum::<f64>() / vals.len() as f64;
             }
-            if let Prior::Normal { loc, .. } = self.block_prior[h.scale] {
-                x[lay.blocks[h.scale].offset] = loc;
+            // Sparse families start at unit scales (τ = λ = ζ = ψ = 1) and
+            // the slab at its prior mode c² = 8/3.
+            x[lay.blocks[h.scale].offset] = match self.block_prior[h.scale] {
+                Prior::Normal { loc, .. } => loc,
+                _ => 0.0,
+            };
+            if let Some(b) = h.local {
+                x[lay.blocks[b].range()].fill(0.0);
+            }
+            if let Some(b) = h.slab {
+                x[lay.blocks[b].offset] = (8.0f64 / 3.0).ln();
             }
         }
         if let Some(b) = self.b_cap {

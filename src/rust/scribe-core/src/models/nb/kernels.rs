@@ -647,13 +647,23 @@ mod tests {
                     s.set_prior("eta_capture", (2000f64).ln(), 0.5).unwrap();
                     v.push(s);
                 }
-                // BNB, with shared and with gene-specific p.
+                // BNB, with shared and with gene-specific p, under each family.
+                use super::super::Shrinkage::{Gaussian, Horseshoe, Neg};
+                let (fa, fb) = match variant {
+                    Variant::Nbdm | Variant::Zinbvcp => (Gaussian, Horseshoe),
+                    _ => (Neg, Gaussian),
+                };
                 let mut s = NbSpec::new(variant, param, true, Link::Softplus);
-                s.set_bnb(super::super::Shrinkage::Gaussian).unwrap();
+                s.set_bnb(fa).unwrap();
                 v.push(s.clone());
-                s.add_hierarchy(param.scalar_param(), super::super::Shrinkage::Gaussian)
-                    .unwrap();
+                s.add_hierarchy(param.scalar_param(), fb).unwrap();
                 v.push(s);
+                let mut s = NbSpec::new(variant, param, true, Link::Softplus);
+                s.add_hierarchy(param.scalar_param(), Horseshoe).unwrap();
+                v.push(s.clone());
+                let mut s = NbSpec::new(variant, param, true, Link::Softplus);
+                s.add_hierarchy(param.scalar_param(), Neg).unwrap();
+                v.push(s.clone());
                 // A gate hierarchy, alone and with gene-specific p.
                 if variant.has_gate() {
                     let mut s = NbSpec::new(variant, param, false, Link::Exp);

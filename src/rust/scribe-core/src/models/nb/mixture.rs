@@ -563,8 +563,12 @@ mod tests {
                         h.add_hierarchy(gp, super::super::Shrinkage::Gaussian)
                             .unwrap();
                         if variant.has_gate() {
-                            h.add_hierarchy("gate", super::super::Shrinkage::Gaussian)
-                                .unwrap();
+                            let fam = if param == Parameterization::MeanOdds {
+                                super::super::Shrinkage::Neg
+                            } else {
+                                super::super::Shrinkage::Horseshoe
+                            };
+                            h.add_hierarchy("gate", fam).unwrap();
                         }
                         out.push(h);
                     }

@@ -53,6 +53,9 @@ pub(crate) struct HierBlocks {
     pub(crate) target: usize,
     pub(crate) loc: usize,
     pub(crate) scale: usize,
+    pub(crate) local: Option<usize>,
+    pub(crate) slab: Option<usize>,
+    pub(crate) family: Shrinkage,
 }
 
 /// Which NB model.
@@ -174,21 +177,25 @@ pub struct CapturePrior {
 /// (`priors = list(probability = "gaussian")`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shrinkage {
-    /// Centred: `x_g ~ N(loc, softplus(s))`, `loc` and `s` sampled.
+    /// `x_j ~ N(loc, softplus(s))`, `loc` and `s` sampled.
     Gaussian,
+    /// Regularised horseshoe: `x_j ~ N(loc, τ c λ_j / sqrt(c² + τ²λ_j²))`,
+    /// `τ ~ HalfCauchy(1)`, `λ_j ~ HalfCauchy(1)`, `c² ~ InvGamma(2, 8)`.
+    Horseshoe,
+    /// Normal–exponential–gamma: `x_j ~ N(loc, sqrt(ψ_j))`,
+    /// `ψ_j ~ Gamma(1, rate ζ)`, `ζ ~ Gamma(1, rate 1)`.
+    Neg,
 }
 
 impl Shrinkage {
     pub fn parse(s: &str, arg: &str) -> Result<Self> {
         match s {
             "gaussian" => Ok(Shrinkage::Gaussian),
-            "horseshoe" | "neg" => Err(CoreError::arg(
-                arg,
-                format!("\"{s}\" is not available yet; use \"gaussian\""),
-            )),
+            "horseshoe" => Ok(Shrinkage::Horseshoe),
+            "neg" => Ok(Shrinkage::Neg),
             other => Err(CoreError::arg(
                 arg,
-                format!("unknown shrinkage family \"{other}\" (use \"gaussian\")"),
+                format!("unknown shrinkage family \"{other}\" (use \"gaussian\", \"horseshoe\" or \"neg\")"),
             )),
         }
     }
@@ -235,7 +242,14 @@ pub struct Hierarchy {
     pub target: String,
     pub family: Shrinkage,
     pub loc: String,
+    /// The scale site (gaussian), the global scale `τ` (horseshoe) or the
+    /// rate `ζ` (NEG).
     pub scale: String,
+    /// Local scales `λ_j` (horseshoe) or variances `ψ_j` (NEG), one per
+    /// target coordinate.
+    pub local: Option<String>,
+    /// The slab `c²` (horseshoe).
+    pub slab: Option<String>,
     /// One location per gene (shared by the components) instead of one.
     pub loc_per_gene: bool,
 }
@@ -304,8 +318,9 @@ impl NbSpec {
     /// success probability of each count is `Beta(α, κ_g)` around `p̂`,
     /// `κ_g = 2 + (r_g + 1)/ω_g`, `α = p̂(κ_g − 1)/(1 − p̂)`, which keeps the
     /// mean `r p̂/(1 − p̂)` and multiplies the NB variance by about `1 + ω_g`.
-    /// `ω_g = softplus(x_g)` with a gene-level hierarchy on `x_g`
-    /// (gaussian: location `~ N(0, 1)`, scale `softplus(N(0, 1))`).
+    /// `ω_g = softplus(x_g)` with a gene-level hierarchy on `x_g` (gaussian:
+    /// location `~ N(0, 1)`, scale `softplus(N(0, 1))`; horseshoe and NEG:
+    /// location `~ N(−5, 1)`, as in the original).
     pub fn set_bnb(&mut self, family: Shrinkage) -> Result<()> {
         if self.mixture.is_some() {
             return Err(CoreError::arg(
@@ -329,7 +344,8 @@ impl NbSpec {
     }
 
     /// Puts a gene-level hierarchical prior on a sampled site, on its
-    /// unconstrained coordinates `x_j ~ N(loc, softplus(s))`:
+    /// unconstrained coordinates `x_j ~ N(loc, s_j)` (`s_j` by family, see
+    /// [`Shrinkage`]; the scale priors below are the gaussian family's):
     /// - the scalar parameter (`p`, or `φ` under mean_odds) becomes
     ///   gene-specific, `loc ~ N(0, 1)`, `s ~ N(0, 0.5)` (not with a mixture);
     /// - `gate` (zero-inflated models): `loc ~ N(−5, 1)`, `s ~ N(−2, 0.5)`,
@@ -377,13 +393,24 @@ impl NbSpec {
             if !self.bnb {
                 return Err(CoreError::arg("priors", "`overdispersion` needs \"bnb\""));
             }
-            (
-                "bnb_omega_hyper_loc",
-                "bnb_omega_hyper_scale",
-                n01(0.0, 1.0),
-                n01(0.0, 1.0),
-                false,
-            )
+            // The original names and centres the sparse families differently.
+            if family == Shrinkage::Gaussian {
+                (
+                    "bnb_omega_hyper_loc",
+                    "bnb_omega_hyper_scale",
+                    n01(0.0, 1.0),
+                    n01(0.0, 1.0),
+                    false,
+                )
+            } else {
+                (
+                    "bnb_concentration_loc",
+                    "bnb_concentration_scale",
+                    n01(-5.0, 1.0),
+                    n01(0.0, 1.0),
+                    false,
+                )
+            }
         } else if site == self.param.gene_param() {
             if !self.mixture.is_some_and(|m| m.gene) {
                 return Err(CoreError::arg(
@@ -425,13 +452,36 @@ impl NbSpec {
                 *p = Prior::Flat;
             }
         }
+        // Sparse families: the global scale, the local scales and the slab
+        // (horseshoe) have joint priors; they are named after the location.
+        let base = loc.trim_end_matches("_loc");
+        let (scale, local, slab) = match family {
+            Shrinkage::Gaussian => (scale.to_string(), None, None),
+            Shrinkage::Horseshoe => (
+                format!("{base}_tau"),
+                Some(format!("{base}_lambda")),
+                Some(format!("{base}_c2")),
+            ),
+            Shrinkage::Neg => (format!("{base}_zeta"), Some(format!("{base}_psi")), None),
+        };
         self.priors.push((loc.to_string(), loc_prior));
-        self.priors.push((scale.to_string(), scale_prior));
+        if family == Shrinkage::Gaussian {
+            self.priors.push((scale.clone(), scale_prior));
+        } else {
+            for n in [Some(&scale), local.as_ref(), slab.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                self.priors.push((n.clone(), Prior::Flat));
+            }
+        }
         self.hierarchies.push(Hierarchy {
             target: site.to_string(),
             family,
             loc: loc.to_string(),
-            scale: scale.to_string(),
+            scale,
+            local,
+            slab,
             loc_per_gene: per_gene,
         });
         Ok(())
@@ -688,10 +738,31 @@ impl NbSpec {
                 } else {
                     BlockKind::Scalar
                 };
+                let loc = layout.push(&h.loc, kind, n_loc, Link::Identity, 1);
+                // Gaussian scales are softplus-linked as in the original; the
+                // heavy-tailed scales of the sparse families are log-linked.
+                let scale_link = if h.family == Shrinkage::Gaussian {
+                    Link::Softplus
+                } else {
+                    Link::Exp
+                };
+                let scale = layout.push(&h.scale, BlockKind::Scalar, 1, scale_link, 1);
+                let tb = layout.blocks[target].clone();
+                let local = h
+                    .local
+                    .as_ref()
+                    .map(|n| layout.push(n, BlockKind::Gene, tb.len, Link::Exp, tb.n_comp));
+                let slab = h
+                    .slab
+                    .as_ref()
+                    .map(|n| layout.push(n, BlockKind::Scalar, 1, Link::Exp, 1));
                 HierBlocks {
                     target,
-                    loc: layout.push(&h.loc, kind, n_loc, Link::Identity, 1),
-                    scale: layout.push(&h.scale, BlockKind::Scalar, 1, Link::Softplus, 1),
+                    loc,
+                    scale,
+                    local,
+                    slab,
+                    family: h.family,
                 }
             })
             .collect();
