@@ -83,10 +83,11 @@
 #' scale `softplus(Normal(0, 1))`), as in the original. The fit is
 #' unconstrained and starts at `omega = 0.05`. Without capture a gene costs
 #' one Beta ratio per distinct count; with capture, one per cell and gene per
-#' step. Posterior draws, predictive checks and scores, log-likelihoods,
-#' model comparison and normalization (the Gamma route of the mean
-#' composition) handle BNB fits; denoising, per-cell expression fractions,
-#' quantile residuals and biological DE are errors for them for now.
+#' step. Posterior draws, predictive checks and scores, randomized quantile
+#' residuals (the BNB's CDF by its pmf recursion), log-likelihoods, model
+#' comparison and normalization (the Gamma route of the mean composition)
+#' handle BNB fits; denoising, per-cell expression fractions and biological
+#' DE are errors for them for now.
 #' Hierarchies on other parameters, hyper-parameters of the families,
 #' gene-specific `p` with mixtures and BNB with mixtures are classed
 #' `scribeR_unsupported` (or input) errors for now.

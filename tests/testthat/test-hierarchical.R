@@ -170,6 +170,8 @@ test_that("BNB: heavy-tailed genes get their excess dispersion, and the verbs ha
   expect_gt(ll_bnb, ll_nb)
   expect_equal(unname(rowSums(normalize_counts(fit, n_samples = 3, seed = 1))), rep(1, 3), tolerance = 1e-10)
   expect_error(denoise_counts(fit, sim$counts), "bnb", class = "scribeR_input_error")
+  gof <- goodness_of_fit(fit, sim$counts, genes = rownames(sim$counts)[1:6], ppc = FALSE, seed = 1)
+  expect_true(all(is.finite(unlist(gof$residuals))))
   sce <- add_scribe_fit(SummarizedExperiment::SummarizedExperiment(list(counts = sim$counts)), fit)
   expect_equal(SummarizedExperiment::rowData(sce)$scribe_bnb_concentration, unname(map$bnb_concentration))
   # With capture and zero inflation, and MCMC.

@@ -46,6 +46,24 @@ fn nb_cdf(u: u32, r: f64, p_hat: f64) -> f64 {
     statrs::function::beta::beta_reg(r, u as f64 + 1.0, 1.0 - p_hat)
 }
 
+/// `(P(X ≤ u − 1), P(X ≤ u))` of the BNB (`r`, excess dispersion `ω`,
+/// odds `o` of `p̂`), summing the pmf by its recursion
+/// `f(k+1)/f(k) = (r+k)(α+k) / ((k+1)(α+κ+r+k))` from
+/// `f(0) = B(α, κ+r)/B(α, κ)`.
+fn bnb_cdf_pair(u: u32, r: f64, omega: f64, odds: f64) -> (f64, f64) {
+    let kappa = 2.0 + (r + 1.0) / omega.max(1e-6);
+    let alpha = (kappa - 1.0) * odds;
+    let mut f = crate::models::nb::bnb_ratio(0, r, omega, odds).exp();
+    let (mut below, mut upto) = (0.0, f);
+    for k in 0..u {
+        below = upto;
+        let k = k as f64;
+        f *= (r + k) * (alpha + k) / ((k + 1.0) * (alpha + kappa + r + k));
+        upto += f;
+    }
+    (below.min(1.0), upto.min(1.0))
+}
+
 /// Genes per block: residuals are formed for a block of genes over all cells.
 const GENE_BLOCK: usize = 128;
 
@@ -62,7 +80,6 @@ pub fn quantile_residuals(
     if !(epsilon > 0.0 && epsilon < 0.5) {
         return Err(CoreError::arg("epsilon", "must be in (0, 0.5)"));
     }
-    d.require_nb("randomized quantile residuals")?;
     let (c_n, j_n, s_n, k_n) = (data.n_cells, genes.len(), d.n_draws, d.n_comp);
     let block = GENE_BLOCK.min(j_n.max(1));
     crate::limits::check_values(
@@ -116,6 +133,15 @@ pub fn quantile_residuals(
                             let r = d.r_of(s, k)[g];
                             let pi = d.gate_of(s, k).map_or(0.0, |gt| gt[g]);
                             let w = sw * kw(s, k);
+                            if let Some(om) = d.omega_at(s, g) {
+                                let (b, a) = bnb_cdf_pair(u[i], r, om, p_hat / (1.0 - p_hat));
+                                let lift = |f: f64| pi + (1.0 - pi) * f;
+                                hi += w * lift(a);
+                                if u[i] > 0 {
+                                    lo += w * lift(b);
+                                }
+                                continue;
+                            }
                             let cdf = |x: u32| {
                                 let f = if x == 0 {
                                     (r * (1.0 - p_hat).ln()).exp()
@@ -447,5 +473,33 @@ mod tests {
         let sc = ppc_scores(&many, &data, &genes, 0.95, None, 4, Ctl::none()).unwrap();
         let mean_fail = sc.calibration_failure.iter().sum::<f64>() / 12.0;
         assert!(mean_fail < 0.2, "mean calibration failure {mean_fail}");
+    }
+}
+
+#[cfg(test)]
+mod bnb_cdf_tests {
+    use super::*;
+    use crate::math::lgamma;
+
+    #[test]
+    fn the_bnb_cdf_sums_the_pmf_and_tends_to_the_nb() {
+        let (r, omega, odds) = (1.7, 0.6, 1.3);
+        let pmf = |k: u32| {
+            (lgamma(k as f64 + r) - lgamma(r) - lgamma(k as f64 + 1.0)
+                + crate::models::nb::bnb_ratio(k, r, omega, odds))
+            .exp()
+        };
+        for u in [0u32, 1, 4, 20] {
+            let want: f64 = (0..=u).map(pmf).sum();
+            let (below, upto) = bnb_cdf_pair(u, r, omega, odds);
+            assert!((upto - want).abs() < 1e-12, "u {u}: {upto} vs {want}");
+            assert!((upto - below - pmf(u)).abs() < 1e-12);
+        }
+        // Far in the tail the CDF reaches 1.
+        assert!((bnb_cdf_pair(20_000, r, omega, odds).1 - 1.0).abs() < 1e-4);
+        // ω → 0: the NB's CDF.
+        let p_hat = odds / (1.0 + odds);
+        let (_, near_nb) = bnb_cdf_pair(5, r, 1e-6, odds);
+        assert!((near_nb - nb_cdf(5, r, p_hat)).abs() < 1e-4);
     }
 }
