@@ -84,9 +84,12 @@
 #' unconstrained and starts at `omega = 0.05`. Without capture a gene costs
 #' one Beta ratio per distinct count; with capture, one per cell and gene per
 #' step. Posterior draws, predictive checks and scores, randomized quantile
-#' residuals (the BNB's CDF by its pmf recursion), log-likelihoods, model
-#' comparison and normalization (the Gamma route of the mean composition)
-#' handle BNB fits; denoising, per-cell expression fractions and biological
+#' residuals (the BNB's CDF by its pmf recursion), denoising (closed-form
+#' moments: the observed count's success probability has the conjugate
+#' posterior `Beta(alpha + u, kappa + r)`, and the expected uncaptured count
+#' is linear in it; the original integrates numerically), log-likelihoods,
+#' model comparison and normalization (the Gamma route of the mean
+#' composition) handle BNB fits; per-cell expression fractions and biological
 #' DE are errors for them for now.
 #' Hierarchies on other parameters, hyper-parameters of the families,
 #' gene-specific `p` with mixtures and BNB with mixtures are classed

@@ -169,7 +169,9 @@ test_that("BNB: heavy-tailed genes get their excess dispersion, and the verbs ha
   ll_nb <- sum(log_likelihood(nb, sim$counts))
   expect_gt(ll_bnb, ll_nb)
   expect_equal(unname(rowSums(normalize_counts(fit, n_samples = 3, seed = 1))), rep(1, 3), tolerance = 1e-10)
-  expect_error(denoise_counts(fit, sim$counts), "bnb", class = "scribeR_input_error")
+  # Denoising: no capture, nothing missing: the counts themselves.
+  expect_equal(unname(denoise_counts(fit, sim$counts)), unname(as.matrix(sim$counts)))
+  expect_error(normalize_counts(fit, sim$counts), "bnb", class = "scribeR_input_error")
   gof <- goodness_of_fit(fit, sim$counts, genes = rownames(sim$counts)[1:6], ppc = FALSE, seed = 1)
   expect_true(all(is.finite(unlist(gof$residuals))))
   sce <- add_scribe_fit(SummarizedExperiment::SummarizedExperiment(list(counts = sim$counts)), fit)
@@ -179,6 +181,9 @@ test_that("BNB: heavy-tailed genes get their excess dispersion, and the verbs ha
   z <- gene_p_fit(small, model = "zinbvcp", overdispersion = "bnb", priors = list(probability = "gaussian"),
                   n_steps = 100)
   expect_true(all(is.finite(log_likelihood(z, small))))
+  den <- denoise_counts(z, small)
+  expect_true(all(den >= as.matrix(small) - 1e-9))
+  expect_true(all(is.finite(denoise_counts(z, small, method = "sample", seed = 1))))
   # NUTS: the gaussian family (the centred horseshoe makes a funnel, see ?scribe_fit).
   mc <- scribe_fit(small, model = "nbdm", overdispersion = "bnb", priors = list(overdispersion = "gaussian"),
                    inference_method = "mcmc", n_samples = 100, n_warmup = 100, seed = 1, verbose = FALSE)
