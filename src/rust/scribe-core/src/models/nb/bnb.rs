@@ -16,7 +16,7 @@
 use super::kernels::CELL_BLOCK;
 use super::{NbModel, NbWorkspace};
 use crate::data::Batch;
-use crate::math::{digamma, digamma_diff, lgamma_diff, lgamma_shift};
+use crate::math::{digamma_diff, digamma_shift, lgamma_diff, lgamma_digamma_shift};
 use rayon::prelude::*;
 
 /// Per-gene constants of the Beta ratio.
@@ -24,43 +24,49 @@ use rayon::prelude::*;
 pub(crate) struct GeneBnb {
     pub(crate) r: f64,
     pub(crate) kappa: f64,
-    /// `lnΓ(κ+r) − lnΓ(κ)`, `ψ(κ+r)`, `ψ(κ)`.
+    ln_kappa: f64,
+    /// `lnΓ(κ+r) − lnΓ(κ)` and `ψ(κ+r) − ψ(κ)`.
     lg_kr: f64,
     dg_kr: f64,
-    dg_k: f64,
 }
 
 impl GeneBnb {
     pub(crate) fn new(r: f64, omega: f64) -> Self {
         let kappa = 2.0 + (r + 1.0) / omega;
+        let ln_kappa = kappa.ln();
+        let (lg_kr, dg_kr) = lgamma_digamma_shift(kappa, ln_kappa, r);
         GeneBnb {
             r,
             kappa,
-            lg_kr: lgamma_shift(kappa, r),
-            dg_kr: digamma(kappa + r),
-            dg_k: digamma(kappa),
+            ln_kappa,
+            lg_kr,
+            dg_kr,
         }
     }
 
     /// The Beta ratio of count `u` at odds `o = p̂/(1−p̂)`: its value, and
     /// its derivatives with respect to `ℓ = ln o`, to `κ` (through `α` too)
-    /// and to `r` directly (not through `κ`).
+    /// and to `r` directly (not through `κ`). With `a₁ = α + κ`:
+    /// value `lnΓ(α+u) − lnΓ(α) + [lnΓ(κ+r) − lnΓ(κ)] − [lnΓ(a₁+r+u) − lnΓ(a₁)]`;
+    /// every difference is a shift (`ψ(a₁) − ψ(κ)` too), so two `ln(1+·)`
+    /// per zero serve them all.
     #[inline]
     pub(crate) fn ratio(&self, u: u32, o: f64) -> (f64, f64, f64, f64) {
         let (r, kappa) = (self.r, self.kappa);
         let alpha = (kappa - 1.0) * o;
         let a1 = alpha + kappa;
-        let top = a1 + r + u as f64;
         let (mut val, mut d_alpha) = (0.0, 0.0);
         if u > 0 {
             val += lgamma_diff(u, alpha);
             d_alpha += digamma_diff(u, alpha);
         }
-        let (dg_top, dg_a1) = (digamma(top), digamma(a1));
-        val += self.lg_kr - lgamma_shift(a1, r + u as f64);
-        d_alpha += dg_a1 - dg_top;
-        let d_kappa = self.dg_kr - self.dg_k - dg_top + dg_a1 + d_alpha * o;
-        (val, d_alpha * alpha, d_kappa, self.dg_kr - dg_top)
+        // ψ(a₁) − ψ(κ) and ln a₁ = ln κ + ln(1 + α/κ).
+        let (dg_a1k, l_ak) = digamma_shift(kappa, alpha);
+        let (lg_top, dg_top) = lgamma_digamma_shift(a1, self.ln_kappa + l_ak, r + u as f64);
+        val += self.lg_kr - lg_top;
+        d_alpha -= dg_top;
+        let d_kappa = self.dg_kr - dg_top + d_alpha * o;
+        (val, d_alpha * alpha, d_kappa, self.dg_kr - dg_a1k - dg_top)
     }
 }
 
@@ -264,12 +270,14 @@ mod tests {
         let h = 1e-6;
         for &(u, r, omega, o) in &[(0, 2.0, 0.5, 1.5), (3, 0.7, 0.2, 0.8), (12, 4.0, 0.05, 2.0)] {
             let f = |r: f64, kappa: f64, ell: f64| {
+                let ln_kappa = kappa.ln();
+                let (lg_kr, dg_kr) = lgamma_digamma_shift(kappa, ln_kappa, r);
                 let g = GeneBnb {
                     r,
                     kappa,
-                    lg_kr: lgamma_shift(kappa, r),
-                    dg_kr: digamma(kappa + r),
-                    dg_k: digamma(kappa),
+                    ln_kappa,
+                    lg_kr,
+                    dg_kr,
                 };
                 g.ratio(u, ell.exp()).0
             };
