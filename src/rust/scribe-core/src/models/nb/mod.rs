@@ -1,9 +1,11 @@
 //! The negative-binomial family: nbdm, nbvcp, zinb, zinbvcp and their
 //! mixtures. This file holds what defines a model apart from the data (the
 //! variant, the parameterization, the priors, the mixture); the likelihood
-//! kernels are in [`kernels`], mixtures in [`mixture`], the data-driven start
-//! in [`init`], the derived quantities of fitted parameters in [`sites`] and
-//! the simulator in [`simulate`].
+//! kernels are in [`kernels`], mixtures in [`mixture`], the gene-by-gene
+//! kernels of a gene-specific `p` in `gene_p` and of the beta-negative-binomial
+//! in `bnb`, the gene-level hierarchical priors in `hierarchy`, the
+//! data-driven start in [`init`], the derived quantities of fitted parameters
+//! in [`sites`] and the simulator in [`simulate`].
 //!
 //! Code convention: `NB(u | r, p) = Γ(u+r)/(Γ(r) u!) p^u (1−p)^r`, mean `r p/(1−p)`.
 
