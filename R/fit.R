@@ -43,7 +43,11 @@
 #' `s_j = tau c lambda_j / sqrt(c^2 + tau^2 lambda_j^2)`, `tau, lambda_j ~
 #' HalfCauchy(1)`, `c^2 ~ InvGamma(2, 8)`) and `"neg"` (`s_j = sqrt(psi_j)`,
 #' `psi_j ~ Gamma(1, rate zeta)`, `zeta ~ Gamma(1, 1)`); also as
-#' `list(type = family)`. The sparse families' scales are sampled on the log
+#' `list(type = family, ...)` with the family's hyper-parameters
+#' (`tau0`, `slab_df`, `slab_scale` for the horseshoe: `tau ~
+#' HalfCauchy(tau0)`, `c^2 ~ InvGamma(slab_df/2, slab_df slab_scale^2/2)`,
+#' defaults 1, 4, 2; `u`, `a`, `tau` for NEG: `psi_j ~ Gamma(u, rate zeta)`,
+#' `zeta ~ Gamma(a, rate tau)`, defaults 1, 1, 1). The sparse families' scales are sampled on the log
 #' scale and, unlike the original, the target itself is sampled (centred; the
 #' same prior, a different parameterisation for the optimiser; with NUTS the
 #' centred horseshoe forms a funnel that shows as divergent transitions, so
@@ -91,9 +95,8 @@
 #' model comparison and normalization (the Gamma route of the mean
 #' composition) handle BNB fits; per-cell expression fractions and biological
 #' DE are errors for them for now.
-#' Hierarchies on other parameters, hyper-parameters of the families,
-#' gene-specific `p` with mixtures and BNB with mixtures are classed
-#' `scribeR_unsupported` (or input) errors for now.
+#' Hierarchies on other parameters, gene-specific `p` with mixtures and BNB
+#' with mixtures are classed `scribeR_unsupported` errors for now.
 #'
 #' @section Mixtures:
 #' `n_components = K` (K >= 2) makes every cell's gene vector come from one of
@@ -569,7 +572,9 @@ nb_model_spec <- function(model, a, n_cells) {
       abort_unsupported("{.code overdispersion = \"bnb\"} with a mixture model is not available yet.")
     }
     spec$overdispersion <- "bnb"
-    spec$overdispersion_family <- if (is.null(od_family)) "horseshoe" else od_family
+    # The family of omega's hierarchy goes with the hierarchies (hyper-parameters too).
+    spec$overdispersion_family <- if (is.null(od_family)) "horseshoe" else if (is.list(od_family)) od_family$type else od_family
+    if (is.list(od_family)) spec$overdispersion_hyper <- od_family[setdiff(names(od_family), "type")]
     spec$unconstrained <- TRUE
   }
   if (length(hier)) spec$hierarchies <- hier
@@ -683,8 +688,10 @@ resolve_mixture_params <- function(mixture_params, model, parameterization) {
   unique(unname(internal))
 }
 
-# Shrinkage families of hierarchical priors.
+# Shrinkage families of hierarchical priors and their hyper-parameters.
 .shrinkage_families <- c("gaussian", "horseshoe", "neg")
+.shrinkage_hyper <- list(gaussian = character(), horseshoe = c("tau0", "slab_df", "slab_scale"),
+                         neg = c("u", "a", "tau"))
 
 # Takes the hierarchical (family) entries out of `priors`: a family name, or
 # list(type = family), selects a gene-level hierarchy instead of
@@ -709,24 +716,31 @@ split_prior_families <- function(priors, model, parameterization) {
   for (k in which(is_family)) {
     name <- names(priors)[k]
     val <- priors[[k]]
+    hyper <- NULL
     if (is.list(val)) {
-      extra <- setdiff(names(val), "type")
-      if (length(extra)) {
-        abort_input("{.code priors${name}} has hyper-parameter field{?s} {.val {extra}}, which the {.val {val$type}} family does not take yet.")
-      }
+      hyper <- val[setdiff(names(val), "type")]
       val <- val$type
     }
     if (!is.character(val) || length(val) != 1L || is.na(val)) {
       abort_input("{.code priors${name}} must be a family name ({.val {.shrinkage_families}}) or two numbers.")
     }
     family <- match_choice(val, .shrinkage_families, paste0("priors$", name))
+    allowed <- .shrinkage_hyper[[family]]
+    bad <- setdiff(names(hyper), allowed)
+    if (length(bad)) {
+      abort_input(c("{.code priors${name}} has field{?s} {.val {bad}}, which the {.val {family}} family does not take.",
+                    "i" = if (length(allowed)) "Its hyper-parameters: {.val {allowed}}." else "It has no hyper-parameters."))
+    }
+    for (f in names(hyper)) {
+      check_number(hyper[[f]], paste0("priors$", name, "$", f), "a positive number", function(v) is.finite(v) && v > 0)
+    }
     if (!(name %in% names(targets))) {
       abort_unsupported(c("A hierarchical ({.val {family}}) prior on {.val {name}} is not available yet.",
                           "i" = "Hierarchies exist for {.code probability}, {.code zero_inflation}, {.code mean_expression} and {.code overdispersion}."))
     }
     site <- unname(targets[name])
     if (!is.null(out$hierarchies[[site]])) abort_input("{.arg priors} gives a family for {.val {site}} twice.")
-    out$hierarchies[[site]] <- family
+    out$hierarchies[[site]] <- if (length(hyper)) c(list(type = family), lapply(hyper, as.numeric)) else family
   }
   out$priors <- priors[!is_family]
   for (site in names(out$hierarchies)) {

@@ -125,6 +125,8 @@ test_that("hierarchical priors that do not exist yet are classed errors", {
   expect_error(quick_fit(m, n_components = 2, priors = list(probability = "gaussian")),
                class = "scribeR_unsupported")
   expect_error(quick_fit(m, priors = list(probability = list(type = "gaussian", tau0 = 1))), "tau0")
+  expect_error(quick_fit(m, priors = list(probability = list(type = "horseshoe", u = 1))), "does not take")
+  expect_error(quick_fit(m, priors = list(probability = list(type = "neg", tau = -1))), "tau")
   expect_error(quick_fit(m, priors = list(probability = "gaussian", p = c(1, 1))), "both a family")
 })
 
@@ -204,6 +206,13 @@ test_that("horseshoe and NEG hierarchies fit, name their scales, and shrink", {
   expect_gt(stats::cor(stats::qlogis(m$p[expressed]), stats::qlogis(sim$truth$p[expressed])), 0.8)
   ng <- gene_p_fit(sim$counts, model = "nbvcp", priors = list(probability = list(type = "neg")), n_steps = 300)
   expect_true(all(c("logit_p_zeta", "logit_p_psi") %in% names(get_map(ng))))
+  # Hyper-parameters reach the prior: a tighter global scale shrinks the genes together.
+  tight <- gene_p_fit(sim$counts, model = "nbvcp", n_steps = 800,
+                      priors = list(probability = list(type = "horseshoe", tau0 = 0.01, slab_scale = 0.5)))
+  expect_lt(stats::sd(stats::qlogis(get_map(tight)$p)), stats::sd(stats::qlogis(m$p)))
+  bn <- gene_p_fit(sim$counts[1:10, ], model = "nbdm", overdispersion = "bnb", n_steps = 20,
+                   priors = list(overdispersion = list(type = "neg", a = 2)))
+  expect_true("bnb_concentration_zeta" %in% names(get_map(bn)))
   # BNB defaults to the horseshoe, centred near the NB (omega ~ softplus(-5)).
   nb_data <- sim_data("nbdm", n_genes = 30, n_cells = 300, seed = 18)$counts
   b <- gene_p_fit(nb_data, model = "nbdm", overdispersion = "bnb", n_steps = 800)

@@ -58,17 +58,38 @@ pub fn nb_spec(model: &Robj) -> GResult<NbSpec> {
             None => Shrinkage::Horseshoe,
         };
         spec.set_bnb(family)?;
+        if let Some(h) = a.get("overdispersion_hyper") {
+            let fields: List = h
+                .clone()
+                .try_into()
+                .map_err(|_| internal("`overdispersion_hyper` must be a list"))?;
+            let hy = Args::new(h, "priors$overdispersion")?;
+            for (name, _) in fields.iter() {
+                spec.set_hierarchy_hyper("bnb_concentration", name, hy.real(name)?)?;
+            }
+        }
     }
     if let Some(h) = a.get("hierarchies") {
         let l: List = h
             .clone()
             .try_into()
             .map_err(|_| internal("`hierarchies` must be a named list"))?;
+        // Each entry: a family name, or list(type = family, <hyper-parameters>).
         for (site, fam) in l.iter() {
-            let fam = fam
-                .as_str()
-                .ok_or_else(|| internal(format!("`hierarchies${site}` must be a string")))?;
-            spec.add_hierarchy(site, Shrinkage::parse(fam, "priors")?)?;
+            match fam.as_str() {
+                Some(name) => spec.add_hierarchy(site, Shrinkage::parse(name, "priors")?)?,
+                None => {
+                    let h = Args::new(&fam, "priors")?;
+                    spec.add_hierarchy(site, Shrinkage::parse(&h.string("type")?, "priors")?)?;
+                    let fields: List = fam
+                        .clone()
+                        .try_into()
+                        .map_err(|_| internal(format!("`hierarchies${site}` must be a list")))?;
+                    for (name, _) in fields.iter().filter(|(n, _)| *n != "type") {
+                        spec.set_hierarchy_hyper(site, name, h.real(name)?)?;
+                    }
+                }
+            }
         }
     }
     if let Some(priors) = a.get("priors") {

@@ -6,9 +6,10 @@
 //! - gaussian: `s_j = softplus(s)` for all `j` (the priors of `loc` and `s`
 //!   are per coordinate);
 //! - horseshoe (regularised): `s_j = τ c λ_j / sqrt(c² + τ²λ_j²)`,
-//!   `τ ~ HalfCauchy(1)`, `λ_j ~ HalfCauchy(1)`, `c² ~ InvGamma(2, 8)`
-//!   (`slab_df = 4`, `slab_scale = 2`);
-//! - NEG: `s_j = sqrt(ψ_j)`, `ψ_j ~ Gamma(1, rate ζ)`, `ζ ~ Gamma(1, rate 1)`.
+//!   `τ ~ HalfCauchy(tau0)`, `λ_j ~ HalfCauchy(1)`,
+//!   `c² ~ InvGamma(slab_df/2, slab_df·slab_scale²/2)` (defaults 1, 4, 2);
+//! - NEG: `s_j = sqrt(ψ_j)`, `ψ_j ~ Gamma(u, rate ζ)`, `ζ ~ Gamma(a, rate tau)`
+//!   (defaults 1, 1, 1).
 //!
 //! The scales of the sparse families are sampled on the log scale (their
 //! densities below include the Jacobian `θ` of `θ = e^x`). The original
@@ -98,13 +99,13 @@ impl NbModel<'_> {
                         lp += v;
                         grad[off + j] += d;
                     }
-                    let (v, d) = ln_half_cauchy_x(tau, 1.0);
+                    let (v, d) = ln_half_cauchy_x(tau, h.hyper.tau0);
                     lp += v;
                     // d_global is per unit of τ·(∂A/∂τ)/λ... accumulated as ∂/∂x_τ already.
                     grad[is] += d + d_global;
-                    // c² ~ InvGamma(2, 8): ln = 2 ln 8 − lnΓ(2) − 3 ln c² − 8/c², + ln c².
+                    // c² ~ InvGamma(a, b): ln = a ln b − lnΓ(a) − (a+1) ln c² − b/c², + ln c².
                     let ic = slab.expect("horseshoe slab");
-                    let (a, b) = (2.0, 8.0);
+                    let (a, b) = h.hyper.slab();
                     lp += a * f64::ln(b) - crate::math::lgamma(a) - a * c2.ln() - b / c2;
                     // ∂s/∂c · ∂c/∂x_c with c = e^{x_c / 2}: ∂c/∂x_c = c / 2.
                     grad[ic] += -a + b / c2 + d_c * 0.5 * c;
@@ -114,17 +115,66 @@ impl NbModel<'_> {
                     let zeta = tau; // the rate ζ = e^{x_ζ}
                     let mut d_zeta = 0.0;
                     for j in 0..tb.len {
-                        let (v, dx, db) = ln_gamma_x(x[off + j].exp(), 1.0, zeta);
+                        let (v, dx, db) = ln_gamma_x(x[off + j].exp(), h.hyper.u, zeta);
                         lp += v;
                         grad[off + j] += dx;
                         d_zeta += db;
                     }
-                    let (v, dx, _) = ln_gamma_x(zeta, 1.0, 1.0);
+                    let (v, dx, _) = ln_gamma_x(zeta, h.hyper.a, h.hyper.tau);
                     lp += v;
                     grad[is] += dx + d_zeta * zeta;
                 }
             }
         }
         lp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dist::Link;
+    use crate::models::nb::simulate::{simulate_nb, NbTruth};
+    use crate::models::nb::{NbSpec, Parameterization, Variant};
+    use crate::models::Model;
+
+    /// The hierarchy's value at a point as a function of one hyper-parameter.
+    fn prior_at(family: Shrinkage, name: &str, value: Option<f64>) -> f64 {
+        let data = simulate_nb(&NbTruth::random(Variant::Nbdm, 6, 10, 1), 2);
+        let mut spec = NbSpec::new(
+            Variant::Nbdm,
+            Parameterization::Canonical,
+            true,
+            Link::Softplus,
+        );
+        spec.add_hierarchy("p", family).unwrap();
+        if let Some(v) = value {
+            spec.set_hierarchy_hyper("p", name, v).unwrap();
+        }
+        let model = NbModel::new(spec, &data).unwrap();
+        let x: Vec<f64> = (0..model.layout().total)
+            .map(|i| 0.1 * (i % 5) as f64 - 0.2)
+            .collect();
+        let mut g = vec![0.0; x.len()];
+        model.joint_prior_grad(&x, &mut g)
+    }
+
+    #[test]
+    fn hyper_parameters_reach_the_prior() {
+        for (family, name, default, other) in [
+            (Shrinkage::Horseshoe, "tau0", 1.0, 0.2),
+            (Shrinkage::Horseshoe, "slab_df", 4.0, 9.0),
+            (Shrinkage::Horseshoe, "slab_scale", 2.0, 0.5),
+            (Shrinkage::Neg, "u", 1.0, 3.0),
+            (Shrinkage::Neg, "a", 1.0, 0.5),
+            (Shrinkage::Neg, "tau", 1.0, 4.0),
+        ] {
+            let base = prior_at(family, name, None);
+            assert_eq!(prior_at(family, name, Some(default)), base, "{name}");
+            assert!(
+                (prior_at(family, name, Some(other)) - base).abs() > 1e-6,
+                "{name}"
+            );
+        }
     }
 }

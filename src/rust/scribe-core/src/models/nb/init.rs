@@ -408,7 +408,7 @@ impl NbModel<'_> {
                 x[lb.offset + i] = vals.iter().sum::<f64>() / vals.len() as f64;
             }
             // Sparse families start at unit scales (τ = λ = ζ = ψ = 1) and
-            // the slab at its prior mode c² = 8/3.
+            // the slab at its prior mode.
             x[lay.blocks[h.scale].offset] = match self.block_prior[h.scale] {
                 Prior::Normal { loc, .. } => loc,
                 _ => 0.0,
@@ -417,7 +417,8 @@ impl NbModel<'_> {
                 x[lay.blocks[b].range()].fill(0.0);
             }
             if let Some(b) = h.slab {
-                x[lay.blocks[b].offset] = (8.0f64 / 3.0).ln();
+                let (a, scale) = h.hyper.slab();
+                x[lay.blocks[b].offset] = (scale / (a + 1.0)).ln();
             }
         }
         if let Some(b) = self.b_cap {

@@ -661,8 +661,25 @@ mod tests {
                 let mut s = NbSpec::new(variant, param, true, Link::Softplus);
                 s.add_hierarchy(param.scalar_param(), Horseshoe).unwrap();
                 v.push(s.clone());
+                // Non-default hyper-parameters reach the prior.
+                s.set_hierarchy_hyper(param.scalar_param(), "tau0", 0.3)
+                    .unwrap();
+                s.set_hierarchy_hyper(param.scalar_param(), "slab_df", 6.0)
+                    .unwrap();
+                assert!(s
+                    .set_hierarchy_hyper(param.scalar_param(), "u", 1.0)
+                    .is_err());
+                v.push(s.clone());
                 let mut s = NbSpec::new(variant, param, true, Link::Softplus);
                 s.add_hierarchy(param.scalar_param(), Neg).unwrap();
+                v.push(s.clone());
+                s.set_hierarchy_hyper(param.scalar_param(), "u", 2.0)
+                    .unwrap();
+                s.set_hierarchy_hyper(param.scalar_param(), "tau", 0.5)
+                    .unwrap();
+                assert!(s
+                    .set_hierarchy_hyper(param.scalar_param(), "tau", -1.0)
+                    .is_err());
                 v.push(s.clone());
                 // A gate hierarchy, alone and with gene-specific p.
                 if variant.has_gate() {

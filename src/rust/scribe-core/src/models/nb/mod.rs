@@ -58,6 +58,7 @@ pub(crate) struct HierBlocks {
     pub(crate) local: Option<usize>,
     pub(crate) slab: Option<usize>,
     pub(crate) family: Shrinkage,
+    pub(crate) hyper: ShrinkageHyper,
 }
 
 /// Which NB model.
@@ -203,6 +204,43 @@ impl Shrinkage {
     }
 }
 
+/// Hyper-parameters of the sparse families (the original's defaults): the
+/// horseshoe's global scale `τ ~ HalfCauchy(tau0)` and slab
+/// `c² ~ InvGamma(slab_df/2, slab_df·slab_scale²/2)`; NEG's
+/// `ζ ~ Gamma(a, rate tau)`, `ψ_j ~ Gamma(u, rate ζ)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShrinkageHyper {
+    pub tau0: f64,
+    pub slab_df: f64,
+    pub slab_scale: f64,
+    pub u: f64,
+    pub a: f64,
+    pub tau: f64,
+}
+
+impl Default for ShrinkageHyper {
+    fn default() -> Self {
+        ShrinkageHyper {
+            tau0: 1.0,
+            slab_df: 4.0,
+            slab_scale: 2.0,
+            u: 1.0,
+            a: 1.0,
+            tau: 1.0,
+        }
+    }
+}
+
+impl ShrinkageHyper {
+    /// `(shape, scale)` of the horseshoe slab's inverse gamma.
+    pub fn slab(&self) -> (f64, f64) {
+        (
+            0.5 * self.slab_df,
+            0.5 * self.slab_df * self.slab_scale * self.slab_scale,
+        )
+    }
+}
+
 /// A mixture over cells: every cell's whole gene vector comes from one of
 /// `k` components; `gene`/`scalar`/`gate` say which parameters get a
 /// component axis (capture is always shared).
@@ -254,6 +292,7 @@ pub struct Hierarchy {
     pub slab: Option<String>,
     /// One location per gene (shared by the components) instead of one.
     pub loc_per_gene: bool,
+    pub hyper: ShrinkageHyper,
 }
 
 impl NbSpec {
@@ -485,7 +524,40 @@ impl NbSpec {
             local,
             slab,
             loc_per_gene: per_gene,
+            hyper: ShrinkageHyper::default(),
         });
+        Ok(())
+    }
+
+    /// Sets one hyper-parameter (`tau0`, `slab_df`, `slab_scale` of the
+    /// horseshoe; `u`, `a`, `tau` of NEG) of the hierarchy on `site`.
+    pub fn set_hierarchy_hyper(&mut self, site: &str, name: &str, value: f64) -> Result<()> {
+        let h = self
+            .hierarchies
+            .iter_mut()
+            .find(|h| h.target == site)
+            .ok_or_else(|| CoreError::arg("priors", format!("'{site}' has no hierarchy")))?;
+        if !(value > 0.0 && value.is_finite()) {
+            return Err(CoreError::arg(
+                "priors",
+                format!("`{name}` must be a positive number, not {value}"),
+            ));
+        }
+        let slot = match (h.family, name) {
+            (Shrinkage::Horseshoe, "tau0") => &mut h.hyper.tau0,
+            (Shrinkage::Horseshoe, "slab_df") => &mut h.hyper.slab_df,
+            (Shrinkage::Horseshoe, "slab_scale") => &mut h.hyper.slab_scale,
+            (Shrinkage::Neg, "u") => &mut h.hyper.u,
+            (Shrinkage::Neg, "a") => &mut h.hyper.a,
+            (Shrinkage::Neg, "tau") => &mut h.hyper.tau,
+            _ => {
+                return Err(CoreError::arg(
+                    "priors",
+                    format!("the {:?} family has no hyper-parameter `{name}`", h.family),
+                ))
+            }
+        };
+        *slot = value;
         Ok(())
     }
 
@@ -765,6 +837,7 @@ impl NbSpec {
                     local,
                     slab,
                     family: h.family,
+                    hyper: h.hyper,
                 }
             })
             .collect();
