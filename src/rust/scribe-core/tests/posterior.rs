@@ -43,6 +43,7 @@ fn draws(
         nu: nu.map(|v| vec![v]),
         gate,
         weights: vec![1.0],
+        cell_comp: None,
     }
 }
 
@@ -185,6 +186,7 @@ fn toy_draws(variant: Variant, k: usize, data: &CountMatrix) -> NbDraws {
         weights: (1..=k)
             .map(|j| j as f64 / (k * (k + 1) / 2) as f64)
             .collect(),
+        cell_comp: None,
     }
 }
 
@@ -289,6 +291,7 @@ fn predictive_means_match_the_model() {
         nu: Some(vec![0.5; c_n]),
         gate: None,
         weights: vec![1.0],
+        cell_comp: None,
     };
     let cells: Vec<usize> = (0..c_n).collect();
     let y = predictive(&d, &cells, &[0], false, 4, Ctl::none()).unwrap();
@@ -368,6 +371,7 @@ fn gene_specific_p_predictive_means_follow_each_gene() {
         nu: Some(vec![0.5; c_n]),
         gate: None,
         weights: vec![1.0],
+        cell_comp: None,
     };
     let cells: Vec<usize> = (0..c_n).collect();
     let y = predictive(&d, &cells, &[0, 1], false, 4, Ctl::none()).unwrap();

@@ -306,3 +306,100 @@ fn bnb_recovers_excess_dispersion() {
     let want_mu: Vec<f64> = truth.r.iter().map(|r| r * 0.6 / 0.4).collect();
     assert!(corr(mu, &want_mu) > 0.95);
 }
+
+/// Dataset hierarchy on the mean: per-dataset gene parameters follow the
+/// simulated batch effects, and a dataset with few cells is pulled toward
+/// the gene-level location (shrinkage) more than its raw means are.
+#[test]
+fn dataset_means_recover_batch_effects_with_shrinkage() {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+    use scribe_core::models::nb::simulate::MixtureTruth;
+    use scribe_core::models::nb::{DatasetP, Shrinkage};
+    let (g_n, sizes) = (150, [600usize, 600, 12]);
+    let c_n: usize = sizes.iter().sum();
+    let mut truth = NbTruth::random(Variant::Nbdm, g_n, c_n, 31);
+    truth.r.iter_mut().for_each(|r| *r = 0.5 + 3.0 * *r);
+    let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(32);
+    let eff = Normal::new(0.0, 0.4).unwrap();
+    let delta: Vec<f64> = (0..g_n).map(|_| eff.sample(&mut rng)).collect();
+    // Dataset 1 shifts every gene by exp(δ_g); datasets 0 and 2 share the base.
+    let r_of = |d: usize| -> Vec<f64> {
+        (0..g_n)
+            .map(|g| truth.r[g] * if d == 1 { delta[g].exp() } else { 1.0 })
+            .collect()
+    };
+    let assignment: Vec<usize> = (0..3).flat_map(|d| vec![d; sizes[d]]).collect();
+    let mut sim = truth.clone();
+    sim.mixture = Some(MixtureTruth {
+        r: (0..3).map(r_of).collect(),
+        p: vec![truth.p; 3],
+        gate: None,
+        weights: vec![1.0 / 3.0; 3],
+        assignment: assignment.clone(),
+    });
+    let data = simulate_nb(&sim, 33);
+    let mut spec = NbSpec::new(
+        Variant::Nbdm,
+        Parameterization::Canonical,
+        false,
+        Link::Softplus,
+    );
+    spec.set_datasets(assignment.iter().map(|&d| d as u32).collect(), 3)
+        .unwrap();
+    spec.add_dataset_hierarchy("r", Shrinkage::Gaussian, DatasetP::Shared)
+        .unwrap();
+    let model = NbModel::new(spec, &data).unwrap();
+    let res = run_adam(&model, 2500, None);
+    let fitted = MeanField {
+        dim: model.layout().total,
+    }
+    .fitted(&res.params);
+    let s = sites(
+        &model.spec,
+        model.layout(),
+        fitted.as_ref(),
+        Summary::Point,
+        Ctl::none(),
+    )
+    .unwrap();
+    let r = site(&s, "r");
+    assert_eq!(r.len(), 3 * g_n);
+    let loc = site(&s, "log_r_dataset_loc");
+    let mean_p = truth.p / (1.0 - truth.p);
+    let (mut got, mut want) = (Vec::new(), Vec::new());
+    let (mut shrunk, mut raw) = (0.0, 0.0);
+    let dense = data.to_dense();
+    let mean_in = |d: usize, g: usize| -> f64 {
+        let cells = (0..c_n).filter(|&c| assignment[c] == d);
+        let n = sizes[d] as f64;
+        (cells.map(|c| dense[c * g_n + g]).sum::<f64>() + 0.5) / n
+    };
+    for g in 0..g_n {
+        if truth.r[g] * mean_p < 1.0 {
+            continue;
+        }
+        got.push((r[g_n + g] / r[g]).ln());
+        want.push(delta[g]);
+        // Dataset 2 (12 cells) has no effect: its fitted deviation from the
+        // gene-level location against its raw log-mean deviation from dataset 0.
+        shrunk += (r[2 * g_n + g].ln() - loc[g]).abs();
+        raw += (mean_in(2, g) / mean_in(0, g)).ln().abs();
+    }
+    assert!(got.len() >= 40, "{} well-expressed genes", got.len());
+    let c = corr(&got, &want);
+    assert!(
+        c >= 0.9,
+        "corr of log batch effects {c} over {} genes",
+        got.len()
+    );
+    assert!(
+        shrunk < 0.7 * raw,
+        "small dataset not shrunk: {shrunk} vs raw {raw}"
+    );
+    let scale = site(&s, "log_r_dataset_scale")[0];
+    assert!(
+        scale > 0.1 && scale < 0.6,
+        "dataset scale {scale} (truth about 0.27)"
+    );
+}

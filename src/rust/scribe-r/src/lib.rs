@@ -235,7 +235,7 @@ fn nb_draws(
     ctl: Ctl<'_>,
 ) -> scribe_core::Result<NbDraws> {
     let s = sites(&v.spec, &v.layout, v.posterior.source(), sm, ctl)?;
-    let d = NbDraws::from_sites(v.spec.variant, &s)?;
+    let d = NbDraws::from_sites(&v.spec, &s)?;
     Ok(match replicate {
         Some(n) => d.replicate(n)?,
         None => d,

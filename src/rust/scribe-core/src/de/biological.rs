@@ -117,6 +117,7 @@ mod tests {
             nu: None,
             gate: None,
             weights: vec![1.0],
+            cell_comp: None,
         }
     }
 

@@ -419,6 +419,7 @@ mod tests {
             nu: None,
             gate: None,
             weights: vec![1.0 / n_comp as f64; n * n_comp],
+            cell_comp: None,
         }
     }
 

@@ -12,7 +12,7 @@
 //! histograms plus the gene's batch total: O(#pairs + G).
 
 use super::kernels::CELL_BLOCK;
-use super::{NbModel, NbWorkspace, Parameterization};
+use super::{DatasetP, NbModel, NbWorkspace, Parameterization};
 use crate::data::Batch;
 use crate::math::{ln_sigmoid, sigmoid, softplus};
 use rayon::prelude::*;
@@ -32,31 +32,66 @@ fn softplus_sigmoid(l: f64) -> (f64, f64) {
     (sp, sg)
 }
 
+/// Where one dataset's parameters start: the offset of its row in the gene
+/// block and the index of its `p` in the scalar block (plus whether that
+/// holds one value per gene). Without datasets there is one row 0.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rows {
+    gene: usize,
+    scalar: usize,
+    scalar_per_gene: bool,
+}
+
 impl NbModel<'_> {
-    /// Whether the likelihood goes gene by gene (gene-specific `p`, or BNB).
+    /// Whether the likelihood goes gene by gene (gene-specific `p`, BNB, or
+    /// datasets).
     pub(crate) fn genewise(&self) -> bool {
-        self.spec.gene_specific_p() || self.spec.bnb
+        self.spec.gene_specific_p() || self.spec.bnb || self.spec.datasets.is_some()
+    }
+
+    /// The rows of dataset `d` (0 without datasets).
+    pub(crate) fn rows(&self, d: usize) -> Rows {
+        let g_n = self.data.n_genes;
+        let gene_p = self.spec.gene_specific_p();
+        match &self.spec.datasets {
+            None => Rows {
+                gene: 0,
+                scalar: 0,
+                scalar_per_gene: gene_p,
+            },
+            Some(ds) => Rows {
+                gene: ds.gene_row(d, g_n),
+                scalar: match ds.p {
+                    DatasetP::Shared => 0,
+                    DatasetP::Scalar => d,
+                    DatasetP::GeneSpecific => d * g_n,
+                },
+                scalar_per_gene: gene_p,
+            },
+        }
     }
 
     /// Fills `theta`, `dtheta`, `r`, `lpg` (logit `p_g`, the same for every
     /// gene when `p` is shared), `dphig` (mean_odds: `dφ_g/dx_g`), `pi`,
-    /// `omega` (BNB), and per batch cell `ell = ln ν_c` with `dlnnu`.
-    pub(crate) fn fill_gene_p(&self, x: &[f64], batch: &Batch, ws: &mut NbWorkspace) {
+    /// `omega` (BNB), and per batch cell `ell = ln ν_c` with `dlnnu`, for
+    /// the parameter rows `rows`.
+    pub(crate) fn fill_gene_p(&self, x: &[f64], batch: &Batch, rows: Rows, ws: &mut NbWorkspace) {
         let lay = &self.layout;
-        let gb = &lay.blocks[self.b_gene];
+        let g_n = self.data.n_genes;
+        let gb = lay.blocks[self.b_gene].offset + rows.gene;
         let sb = &lay.blocks[self.b_scalar];
-        let per_gene = sb.len > 1 || self.spec.gene_specific_p();
         if let Some(b) = self.b_bnb {
             let off = lay.blocks[b].offset;
-            for g in 0..gb.len {
+            for g in 0..g_n {
                 let v = x[off + g];
                 ws.omega[g] = softplus(v).max(1e-6);
                 ws.domega[g] = if softplus(v) > 1e-6 { sigmoid(v) } else { 0.0 };
             }
         }
-        for g in 0..gb.len {
-            let xs = x[sb.offset + if per_gene { g } else { 0 }];
-            let (t, dt) = gb.link.forward_deriv(x[gb.offset + g]);
+        let gene_link = lay.blocks[self.b_gene].link;
+        for g in 0..g_n {
+            let xs = x[sb.offset + rows.scalar + if rows.scalar_per_gene { g } else { 0 }];
+            let (t, dt) = gene_link.forward_deriv(x[gb + g]);
             ws.theta[g] = t;
             ws.dtheta[g] = dt;
             let (lp, mult) = match self.spec.param {
@@ -80,13 +115,16 @@ impl NbModel<'_> {
         }
         if let Some(b) = self.b_gate {
             let off = lay.blocks[b].offset;
-            for g in 0..self.data.n_genes {
+            for g in 0..g_n {
                 ws.pi[g] = sigmoid(x[off + g]);
             }
         }
     }
 
-    /// `scale · ln p(u_batch | x)` with gene-specific `p`; adds the gradient.
+    /// `scale · ln p(u_batch | x)` with gene-specific `p`, BNB or datasets;
+    /// adds the gradient. With datasets, the batch splits into one
+    /// sub-batch per dataset, each read against its own rows (the per-gene
+    /// sufficient statistics are then per dataset and gene).
     pub(crate) fn gene_p_log_lik_grad(
         &self,
         x: &[f64],
@@ -94,7 +132,49 @@ impl NbModel<'_> {
         grad: &mut [f64],
         ws: &mut NbWorkspace,
     ) -> f64 {
-        self.fill_gene_p(x, batch, ws);
+        let Some(ds) = &self.spec.datasets else {
+            return self.genewise_rows(x, batch, self.rows(0), grad, ws);
+        };
+        let mut subs = std::mem::take(&mut ws.sub_batches);
+        // A full batch splits the same way every step; keep its split.
+        let cached = batch.is_full && subs.len() == ds.n && subs.iter().all(|b| b.is_full);
+        if !cached {
+            if subs.len() != ds.n {
+                subs = (0..ds.n).map(|_| Batch::full(self.data)).collect();
+            }
+            let mut split: Vec<Vec<u32>> = vec![Vec::new(); ds.n];
+            for &c in &batch.cells {
+                split[ds.cell[c as usize] as usize].push(c);
+            }
+            for (sub, cells) in subs.iter_mut().zip(&split) {
+                sub.set_cells(self.data, cells);
+                // `is_full` marks "the split of a full batch" here.
+                sub.is_full = batch.is_full;
+            }
+        }
+        let mut ll = 0.0;
+        for (d, sub) in subs.iter_mut().enumerate() {
+            if sub.is_empty() {
+                continue;
+            }
+            sub.scale = batch.scale;
+            ll += self.genewise_rows(x, sub, self.rows(d), grad, ws);
+        }
+        ws.sub_batches = subs;
+        ll
+    }
+
+    /// [`Self::gene_p_log_lik_grad`] for the cells of `batch`, all read
+    /// against the parameter rows `rows`.
+    fn genewise_rows(
+        &self,
+        x: &[f64],
+        batch: &Batch,
+        rows: Rows,
+        grad: &mut [f64],
+        ws: &mut NbWorkspace,
+    ) -> f64 {
+        self.fill_gene_p(x, batch, rows, ws);
         let g_n = self.data.n_genes;
         self.pair_terms(batch, &ws.r, &mut ws.gene_ll, &mut ws.g_r);
         ws.g_gate[..g_n].iter_mut().for_each(|v| *v = 0.0);
@@ -119,13 +199,12 @@ impl NbModel<'_> {
                 grad[off + c as usize] += s * ws.g_ell[k] * ws.dlnnu[k];
             }
         }
-        let gb = lay.blocks[self.b_gene].offset;
-        let sb = lay.blocks[self.b_scalar].offset;
+        let gb = lay.blocks[self.b_gene].offset + rows.gene;
+        let sb = lay.blocks[self.b_scalar].offset + rows.scalar;
         // A shared p collects every gene's share in its one coordinate.
-        let per_gene = self.spec.gene_specific_p();
         for g in 0..g_n {
             let (gr, gl) = (s * ws.g_r[g], s * ws.g_lpg[g]);
-            let ip = sb + if per_gene { g } else { 0 };
+            let ip = sb + if rows.scalar_per_gene { g } else { 0 };
             match self.spec.param {
                 Parameterization::Canonical => {
                     grad[gb + g] += gr * ws.dtheta[g];

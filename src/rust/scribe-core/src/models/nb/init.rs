@@ -447,4 +447,38 @@ impl NbModel<'_> {
         }
         x
     }
+
+    /// Per-dataset gene parameters: the pooled start scaled by each dataset's
+    /// capture-corrected mean against the pooled one (half a count of
+    /// pseudo-data keeps genes unseen in a dataset finite).
+    pub(crate) fn dataset_start(&self, base: &BaseInit, ds: &super::Datasets) -> Vec<Vec<f64>> {
+        let d = self.data;
+        let g_n = d.n_genes;
+        let mut sum = vec![vec![0.0; g_n]; ds.n];
+        let mut nu = vec![0.0; ds.n];
+        for c in 0..d.n_cells {
+            let k = ds.cell[c] as usize;
+            nu[k] += base.nu[c];
+            let (genes, counts) = d.row(c);
+            for (&g, &u) in genes.iter().zip(counts) {
+                sum[k][g as usize] += u as f64;
+            }
+        }
+        let nu_all: f64 = nu.iter().sum();
+        (0..ds.n)
+            .map(|k| {
+                (0..g_n)
+                    .map(|g| {
+                        let all: f64 = sum.iter().map(|s| s[g]).sum();
+                        let pooled = (all + 0.5 * ds.n as f64) / nu_all.max(1e-12);
+                        if nu[k] <= 0.0 {
+                            return base.r[g];
+                        }
+                        let own = (sum[k][g] + 0.5) / nu[k];
+                        (base.r[g] * own / pooled).max(1e-6)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
 }

@@ -67,6 +67,8 @@ pub struct NbWorkspace {
     /// Per cell-block partial gene gradients (zinbvcp, mixtures), reduced in block order.
     pub(crate) blk: Vec<f64>,
     pub(crate) blk_ll: Vec<f64>,
+    /// One sub-batch per dataset (dataset hierarchies).
+    pub(crate) sub_batches: Vec<crate::data::Batch>,
 }
 
 /// Cells per block in the zinbvcp kernel. Fixed (not derived from the thread
@@ -80,6 +82,14 @@ impl<'a> NbModel<'a> {
                 "priors",
                 "capture_efficiency requires nbvcp or zinbvcp",
             ));
+        }
+        if let Some(ds) = &spec.datasets {
+            if ds.cell.len() != data.n_cells {
+                return Err(CoreError::arg(
+                    "dataset_key",
+                    format!("has {} values for {} cells", ds.cell.len(), data.n_cells),
+                ));
+            }
         }
         let (layout, blocks) = spec.build_layout(data.n_genes, data.n_cells);
         let NbBlocks {
@@ -290,24 +300,32 @@ impl<'a> NbModel<'a> {
         ll
     }
 
-    /// Derived NB quantities at `x` for a set of cells: r per gene, logit p̂
-    /// per (cell, gene) (cell-major), gate per gene.
+    /// Derived NB quantities at `x` for a set of cells, cell-major: `r` and
+    /// logit p̂ per (cell, gene), and the gate per gene. With datasets each
+    /// cell reads its own dataset's rows.
     pub fn derived(&self, x: &[f64], cells: &[u32]) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
         let mut ws = self.workspace();
         let mut b = Batch::full(self.data);
-        b.cells = cells.to_vec();
         let g_n = self.data.n_genes;
-        let ell: Vec<f64> = if self.genewise() {
-            self.fill_gene_p(x, &b, &mut ws);
-            (0..cells.len() * g_n)
-                .map(|i| ws.ell[i / g_n] + ws.lpg[i % g_n])
-                .collect()
-        } else {
-            self.fill_derived(x, &b, &mut ws);
-            (0..cells.len() * g_n).map(|i| ws.ell[i / g_n]).collect()
-        };
+        let (mut r, mut ell) = (Vec::new(), Vec::new());
+        for &c in cells {
+            b.cells = vec![c];
+            if self.genewise() {
+                let d = self
+                    .spec
+                    .datasets
+                    .as_ref()
+                    .map_or(0, |ds| ds.cell[c as usize] as usize);
+                self.fill_gene_p(x, &b, self.rows(d), &mut ws);
+                ell.extend((0..g_n).map(|g| ws.ell[0] + ws.lpg[g]));
+            } else {
+                self.fill_derived(x, &b, &mut ws);
+                ell.extend((0..g_n).map(|_| ws.ell[0]));
+            }
+            r.extend_from_slice(&ws.r[..g_n]);
+        }
         let gate = self.b_gate.map(|_| ws.pi.clone());
-        (ws.r.clone(), ell, gate)
+        (r, ell, gate)
     }
 
     /// Fills `theta`, `dtheta`, `r`, `ell`, `dlnnu`, `pi`; returns `logit p` (and phi for mean_odds).
@@ -409,6 +427,7 @@ impl Model for NbModel<'_> {
                 Vec::new()
             },
             blk_ll: vec![0.0; n_blocks],
+            sub_batches: Vec::new(),
         }
     }
 
@@ -533,6 +552,10 @@ impl Model for NbModel<'_> {
         if self.spec.mixture.is_some() {
             return self.mixture_initial_point(&base);
         }
+        if let Some(ds) = self.spec.datasets.as_ref().filter(|d| d.mean) {
+            let r_d = self.dataset_start(&base, ds);
+            return self.materialize(&base, &r_d, &[base.lp], &[]);
+        }
         self.materialize(&base, std::slice::from_ref(&base.r), &[base.lp], &[])
     }
 }
@@ -600,11 +623,12 @@ mod tests {
             for g in 0..d.n_genes {
                 let ph = sigmoid(ell[k * d.n_genes + g]);
                 let u = dense[c as usize * d.n_genes + g];
-                let lnb = lgamma(u + r[g]) - lgamma(r[g]) - lgamma(u + 1.0)
+                let rg = r[k * d.n_genes + g];
+                let lnb = lgamma(u + rg) - lgamma(rg) - lgamma(u + 1.0)
                     + match &omega {
-                        None => u * ph.ln() + r[g] * (1.0 - ph).ln(),
+                        None => u * ph.ln() + rg * (1.0 - ph).ln(),
                         Some(om) => {
-                            super::super::bnb::bnb_ratio(u as u32, r[g], om[g], ph / (1.0 - ph))
+                            super::super::bnb::bnb_ratio(u as u32, rg, om[g], ph / (1.0 - ph))
                         }
                     };
                 ll += match &gate {
@@ -681,6 +705,36 @@ mod tests {
                     .set_hierarchy_hyper(param.scalar_param(), "tau", -1.0)
                     .is_err());
                 v.push(s.clone());
+                // Datasets: per-dataset means, with shared, per-dataset and
+                // per-dataset-and-gene p (and a gene-level p hierarchy).
+                use super::super::DatasetP;
+                let cells: Vec<u32> = (0..23).map(|c| (c * 7 % 3) as u32).collect();
+                for (mode, fam) in [
+                    (DatasetP::Shared, Gaussian),
+                    (DatasetP::Scalar, Neg),
+                    (DatasetP::GeneSpecific, Horseshoe),
+                ] {
+                    let mut s = NbSpec::new(variant, param, false, Link::Exp);
+                    s.set_datasets(cells.clone(), 3).unwrap();
+                    s.add_dataset_hierarchy(param.gene_param(), fam, DatasetP::Shared)
+                        .unwrap();
+                    match mode {
+                        DatasetP::Shared => {
+                            s.add_hierarchy(param.scalar_param(), Gaussian).unwrap()
+                        }
+                        m => s
+                            .add_dataset_hierarchy(param.scalar_param(), Gaussian, m)
+                            .unwrap(),
+                    }
+                    assert!(s.unconstrained);
+                    v.push(s);
+                }
+                // Dataset p only (mean shared).
+                let mut s = NbSpec::new(variant, param, true, Link::Softplus);
+                s.set_datasets(cells.clone(), 3).unwrap();
+                s.add_dataset_hierarchy(param.scalar_param(), Gaussian, DatasetP::Scalar)
+                    .unwrap();
+                v.push(s);
                 // A gate hierarchy, alone and with gene-specific p.
                 if variant.has_gate() {
                     let mut s = NbSpec::new(variant, param, false, Link::Exp);

@@ -271,6 +271,43 @@ pub struct NbSpec {
     /// Beta-negative-binomial observations with per-gene excess dispersion
     /// `ω_g` (site `bnb_concentration`; see [`NbSpec::set_bnb`]).
     pub bnb: bool,
+    /// Cells grouped into datasets (`dataset_key`; see [`NbSpec::set_datasets`]).
+    pub datasets: Option<Datasets>,
+}
+
+/// How `p` varies across datasets (`prob_dataset_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatasetP {
+    /// One `p` (or one per gene) for all datasets.
+    Shared,
+    /// One `p^(d)` per dataset.
+    Scalar,
+    /// One `p_g^(d)` per dataset and gene.
+    GeneSpecific,
+}
+
+/// Cells grouped into `n` datasets (batches, samples, donors): the parameters
+/// with a dataset hierarchy get one row per dataset, and a cell's likelihood
+/// reads its own dataset's row, so each dataset is a known mixture component.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Datasets {
+    pub n: usize,
+    /// Dataset of each cell, `0..n`.
+    pub cell: Vec<u32>,
+    /// The gene parameter (`mu`, or `r` under canonical) differs by dataset.
+    pub mean: bool,
+    pub p: DatasetP,
+}
+
+impl Datasets {
+    /// Row of dataset `d` in the gene block (`d·G`, or 0 when shared).
+    pub fn gene_row(&self, d: usize, n_genes: usize) -> usize {
+        if self.mean {
+            d * n_genes
+        } else {
+            0
+        }
+    }
 }
 
 /// A centred hierarchy `x_j ~ N(loc, softplus(s))` on the unconstrained
@@ -292,6 +329,8 @@ pub struct Hierarchy {
     pub slab: Option<String>,
     /// One location per gene (shared by the components) instead of one.
     pub loc_per_gene: bool,
+    /// Shrinks the dataset rows of the target toward a common location.
+    pub dataset: bool,
     pub hyper: ShrinkageHyper,
 }
 
@@ -352,6 +391,7 @@ impl NbSpec {
             mixture: None,
             hierarchies: Vec::new(),
             bnb: false,
+            datasets: None,
         }
     }
 
@@ -369,6 +409,12 @@ impl NbSpec {
                 "\"bnb\" with a mixture model is not available yet",
             ));
         }
+        if self.datasets.is_some() {
+            return Err(CoreError::arg(
+                "overdispersion",
+                "\"bnb\" with dataset hierarchies is not available yet",
+            ));
+        }
         if self.bnb {
             return Ok(());
         }
@@ -381,7 +427,117 @@ impl NbSpec {
     /// Whether `p` (`φ` under mean_odds) differs by gene.
     pub fn gene_specific_p(&self) -> bool {
         let sp = self.param.scalar_param();
-        self.hierarchies.iter().any(|h| h.target == sp)
+        self.hierarchies
+            .iter()
+            .any(|h| h.target == sp && !h.dataset)
+            || self
+                .datasets
+                .as_ref()
+                .is_some_and(|d| d.p == DatasetP::GeneSpecific)
+    }
+
+    /// Groups the cells into `n` datasets (`cell[c]` in `0..n`), before any
+    /// dataset hierarchy is added. Not with mixtures or BNB (yet).
+    pub fn set_datasets(&mut self, cell: Vec<u32>, n: usize) -> Result<()> {
+        if n == 0 || cell.iter().any(|&d| d as usize >= n) {
+            return Err(CoreError::arg(
+                "dataset_key",
+                format!("dataset codes must lie in 1..{n}"),
+            ));
+        }
+        if self.mixture.is_some() {
+            return Err(CoreError::arg(
+                "dataset_key",
+                "dataset hierarchies with a mixture model are not available yet",
+            ));
+        }
+        if self.bnb {
+            return Err(CoreError::arg(
+                "dataset_key",
+                "dataset hierarchies with overdispersion = \"bnb\" are not available yet",
+            ));
+        }
+        self.datasets = Some(Datasets {
+            n,
+            cell,
+            mean: false,
+            p: DatasetP::Shared,
+        });
+        Ok(())
+    }
+
+    /// Gives a parameter one row per dataset with a hierarchy that shrinks
+    /// the rows toward a common location (family `family` on the
+    /// unconstrained coordinates, as in [`NbSpec::add_hierarchy`]):
+    /// - the gene parameter (`mu`, or `r` under canonical) gets `mu_g^(d)`,
+    ///   `log mu_g^(d) ~ N(loc_g, s)`, `loc_g ~ N(0, 1)`, `s ~ N(−2, 0.5)`
+    ///   through softplus; the link is `exp` whatever `positive_transform`
+    ///   says, so dataset effects are multiplicative, as in the original;
+    /// - the scalar parameter (`p`, or `φ` under mean_odds) gets `p^(d)`
+    ///   (`mode` Scalar, one location) or `p_g^(d)` (GeneSpecific, one
+    ///   location per gene), `loc ~ N(0, 1)`, `s ~ N(0, 0.5)`.
+    pub fn add_dataset_hierarchy(
+        &mut self,
+        site: &str,
+        family: Shrinkage,
+        mode: DatasetP,
+    ) -> Result<()> {
+        let Some(ds) = self.datasets.as_mut() else {
+            return Err(CoreError::arg(
+                "priors",
+                "a dataset-level prior needs `dataset_key`",
+            ));
+        };
+        let n01 = |loc: f64, scale: f64| Prior::Normal { loc, scale };
+        let (loc, scale, loc_prior, scale_prior, per_gene) = if site == self.param.gene_param() {
+            ds.mean = true;
+            let (l, s) = if self.param == Parameterization::Canonical {
+                ("log_r_dataset_loc", "log_r_dataset_scale")
+            } else {
+                ("log_mu_dataset_loc", "log_mu_dataset_scale")
+            };
+            (l, s, n01(0.0, 1.0), n01(-2.0, 0.5), true)
+        } else if site == self.param.scalar_param() {
+            if mode == DatasetP::Shared {
+                return Err(CoreError::arg(
+                    "prob_dataset_mode",
+                    "must be \"scalar\" or \"gene_specific\"",
+                ));
+            }
+            if self.hierarchies.iter().any(|h| h.target == site) {
+                return Err(CoreError::arg(
+                    "priors",
+                    "a gene-level and a dataset-level `probability` family cannot be set simultaneously",
+                ));
+            }
+            ds.p = mode;
+            let (l, s) = if self.param == Parameterization::MeanOdds {
+                ("log_phi_dataset_loc", "log_phi_dataset_scale")
+            } else {
+                ("logit_p_dataset_loc", "logit_p_dataset_scale")
+            };
+            (
+                l,
+                s,
+                n01(0.0, 1.0),
+                n01(0.0, 0.5),
+                mode == DatasetP::GeneSpecific,
+            )
+        } else {
+            return Err(CoreError::arg(
+                "priors",
+                format!(
+                    "no dataset-level prior is available for '{site}' (only the mean and the probability)"
+                ),
+            ));
+        };
+        self.push_hierarchy(
+            site,
+            family,
+            (loc, scale, loc_prior, scale_prior),
+            per_gene,
+            true,
+        )
     }
 
     /// Puts a gene-level hierarchical prior on a sampled site, on its
@@ -473,6 +629,36 @@ impl NbSpec {
                 format!("no hierarchical prior is available for '{site}'"),
             ));
         };
+        if site == self.param.scalar_param()
+            && self
+                .datasets
+                .as_ref()
+                .is_some_and(|d| d.p != DatasetP::Shared)
+        {
+            return Err(CoreError::arg(
+                "priors",
+                "a gene-level and a dataset-level `probability` family cannot be set simultaneously",
+            ));
+        }
+        self.push_hierarchy(
+            site,
+            family,
+            (loc, scale, loc_prior, scale_prior),
+            per_gene,
+            false,
+        )
+    }
+
+    /// Records a hierarchy: names its sites, makes the model unconstrained
+    /// and flattens the target's own prior (the hierarchy replaces it).
+    fn push_hierarchy(
+        &mut self,
+        site: &str,
+        family: Shrinkage,
+        (loc, scale, loc_prior, scale_prior): (&str, &str, Prior, Prior),
+        per_gene: bool,
+        dataset: bool,
+    ) -> Result<()> {
         if self.hierarchies.iter().any(|h| h.target == site) {
             return Err(CoreError::arg(
                 "priors",
@@ -524,6 +710,7 @@ impl NbSpec {
             local,
             slab,
             loc_per_gene: per_gene,
+            dataset,
             hyper: ShrinkageHyper::default(),
         });
         Ok(())
@@ -647,6 +834,12 @@ impl NbSpec {
                 "set the mixture before any hierarchical prior",
             ));
         }
+        if self.datasets.is_some() {
+            return Err(CoreError::arg(
+                "n_components",
+                "mixtures with dataset hierarchies are not available yet",
+            ));
+        }
         if k < 2 {
             return Err(CoreError::arg(
                 "n_components",
@@ -726,11 +919,17 @@ impl NbSpec {
             kk(mix.is_some_and(|m| m.scalar)),
             kk(mix.is_some_and(|m| m.gate)),
         );
+        let ds = self.datasets.as_ref();
+        // Dataset rows play the part of components (each cell's is known).
+        let (k_gene, gene_link) = match ds {
+            Some(d) if d.mean => (d.n, Link::Exp),
+            _ => (k_gene, pos),
+        };
         let gene = layout.push(
             self.param.gene_param(),
             BlockKind::Gene,
             k_gene * n_genes,
-            pos,
+            gene_link,
             k_gene,
         );
         let scalar_link = if self.param == Parameterization::MeanOdds {
@@ -738,13 +937,27 @@ impl NbSpec {
         } else {
             Link::Sigmoid
         };
-        let scalar = if self.gene_specific_p() {
+        let d_p = ds.map_or((1, DatasetP::Shared), |d| (d.n, d.p));
+        let scalar = if d_p.1 == DatasetP::Scalar {
+            layout.push(
+                self.param.scalar_param(),
+                BlockKind::Scalar,
+                d_p.0,
+                scalar_link,
+                d_p.0,
+            )
+        } else if self.gene_specific_p() {
+            let rows = if d_p.1 == DatasetP::GeneSpecific {
+                d_p.0
+            } else {
+                1
+            };
             layout.push(
                 self.param.scalar_param(),
                 BlockKind::Gene,
-                n_genes,
+                rows * n_genes,
                 scalar_link,
-                1,
+                rows,
             )
         } else {
             layout.push(

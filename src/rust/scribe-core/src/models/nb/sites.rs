@@ -105,7 +105,18 @@ pub fn derive(spec: &NbSpec, mut sites: Vec<Site>) -> Result<Vec<Site>> {
             sites.push(derived("p_capture", BlockKind::Cell, 1, nu.clone()));
         }
         // With a gene-specific p, p̂ differs by gene and cell; it is not a site.
-        if p_len == 1 {
+        let per_dataset = spec.datasets.as_ref().filter(|_| p_len == 1 && k_s > 1);
+        if let Some(ds) = per_dataset {
+            // Per-dataset p: each cell's p̂ uses its own dataset's p.
+            let mut p_hat = vec![0.0; n * c_len];
+            for c in 0..c_len {
+                for s in 0..n {
+                    let (ps, v) = (p_at(s, ds.cell[c] as usize, 0), nu[c * n + s]);
+                    p_hat[c * n + s] = ps * v / (1.0 - ps * (1.0 - v));
+                }
+            }
+            sites.push(derived("p_hat", BlockKind::Cell, 1, p_hat));
+        } else if p_len == 1 {
             let mut p_hat = vec![0.0; n * c_len * k_s];
             for k in 0..k_s {
                 for c in 0..c_len {

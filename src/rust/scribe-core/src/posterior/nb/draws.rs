@@ -6,7 +6,7 @@
 //! produced them (a variational guide's draws or MAP, MCMC draws, …).
 
 use crate::error::{CoreError, Result};
-use crate::models::nb::Variant;
+use crate::models::nb::{NbSpec, Variant};
 use crate::posterior::Site;
 
 /// `n_draws` settings of the canonical NB parameters, draw-major.
@@ -29,15 +29,20 @@ pub struct NbDraws {
     pub nu: Option<Vec<f64>>,
     /// `gate[(s·K + k)·G + g]` (zero-inflated models only).
     pub gate: Option<Vec<f64>>,
-    /// Mixing weights `w[s·K + k]` (all 1 without a mixture).
+    /// Mixing weights `w[s·K + k]` (all 1 without a mixture; the datasets'
+    /// shares of the cells with datasets).
     pub weights: Vec<f64>,
+    /// With datasets (`dataset_key`), the "component" of every cell is known:
+    /// its dataset, whose parameter rows sit where a mixture's components do.
+    pub cell_comp: Option<Vec<u32>>,
 }
 
 impl NbDraws {
     /// Builds draws from the named sites of `posterior::nb_sites` (derived `r`,
     /// `p`, `p_capture`, `gate`, `mixing_weights`), broadcasting shared
     /// parameters over components.
-    pub fn from_sites(variant: Variant, sites: &[Site]) -> Result<Self> {
+    pub fn from_sites(spec: &NbSpec, sites: &[Site]) -> Result<Self> {
+        let variant = spec.variant;
         let get = |n: &str| sites.iter().find(|s| s.name == n);
         let need =
             |n: &str| get(n).ok_or_else(|| CoreError::arg("params", format!("missing site '{n}'")));
@@ -45,7 +50,11 @@ impl NbDraws {
         let p = need("p")?;
         let n = r.n_draws;
         let mix = get("mixing_weights");
-        let k_n = mix.map_or(1, |m| m.n_comp);
+        let ds = spec.datasets.as_ref();
+        let k_n = match ds {
+            Some(ds) => ds.n,
+            None => mix.map_or(1, |m| m.n_comp),
+        };
         let g_n = r.len();
         let spread = |site: &Site| -> Vec<f64> {
             let len = site.len();
@@ -77,9 +86,16 @@ impl NbDraws {
         } else {
             None
         };
-        let weights = match mix {
-            Some(m) => spread(m),
-            None => vec![1.0; n],
+        let weights = match (mix, ds) {
+            (Some(m), _) => spread(m),
+            (None, Some(ds)) => {
+                let mut share = vec![0.0; ds.n];
+                for &d in &ds.cell {
+                    share[d as usize] += 1.0 / ds.cell.len().max(1) as f64;
+                }
+                (0..n).flat_map(|_| share.iter().copied()).collect()
+            }
+            (None, None) => vec![1.0; n],
         };
         let n_cells = nu.as_ref().map_or(0, |v| v.len() / n.max(1));
         let p_gene = (p.kind == crate::models::BlockKind::Gene).then(|| spread(p));
@@ -110,7 +126,14 @@ impl NbDraws {
             nu,
             gate,
             weights,
+            cell_comp: ds.map(|d| d.cell.clone()),
         })
+    }
+
+    /// The known component (dataset) of cell `c`, if the fit has datasets.
+    #[inline]
+    pub fn known_comp(&self, c: usize) -> Option<usize> {
+        self.cell_comp.as_ref().map(|v| v[c] as usize)
     }
 
     #[inline]

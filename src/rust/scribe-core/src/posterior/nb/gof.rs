@@ -90,8 +90,12 @@ pub fn quantile_residuals(
     for (j, &g) in genes.iter().enumerate() {
         pos[g] = j;
     }
-    let (sw, kw) = (1.0 / s_n as f64, |s: usize, k: usize| {
-        d.weights[s * k_n + k]
+    // A cell's component weights: the mixture's, or its own dataset's.
+    let (sw, kw) = (1.0 / s_n as f64, |s: usize, k: usize, c: usize| {
+        match d.known_comp(c) {
+            Some(own) => f64::from(k == own),
+            None => d.weights[s * k_n + k],
+        }
     });
     let mut out = Residuals {
         mean: vec![0.0; j_n],
@@ -132,7 +136,7 @@ pub fn quantile_residuals(
                             let p_hat = p * nu / (1.0 - p * (1.0 - nu));
                             let r = d.r_of(s, k)[g];
                             let pi = d.gate_of(s, k).map_or(0.0, |gt| gt[g]);
-                            let w = sw * kw(s, k);
+                            let w = sw * kw(s, k, c);
                             if let Some(om) = d.omega_at(s, g) {
                                 let (b, a) = bnb_cdf_pair(u[i], r, om, p_hat / (1.0 - p_hat));
                                 let lift = |f: f64| pi + (1.0 - pi) * f;
@@ -281,10 +285,10 @@ pub fn ppc_scores(
                 let w = &d.weights[s * k_n..(s + 1) * k_n];
                 let mut h: Vec<u32> = Vec::new();
                 for c in 0..c_n {
-                    let k = if k_n == 1 {
-                        0
-                    } else {
-                        crate::math::pick_index(w, rng.random())
+                    let k = match d.known_comp(c) {
+                        Some(k) => k,
+                        None if k_n == 1 => 0,
+                        None => crate::math::pick_index(w, rng.random()),
                     };
                     let gated = d
                         .gate_of(s, k)
@@ -394,6 +398,7 @@ mod tests {
             nu: t.nu.clone(),
             gate: t.gate.clone(),
             weights: vec![1.0],
+            cell_comp: None,
         }
     }
 

@@ -98,6 +98,9 @@ pub fn cell_responsibilities(
     if d.n_comp == 1 {
         return vec![1.0];
     }
+    if let Some(own) = d.known_comp(c) {
+        return (0..d.n_comp).map(|k| f64::from(k == own)).collect();
+    }
     let l: Vec<f64> = (0..d.n_comp)
         .map(|k| {
             d.ln_w(s, k)
@@ -236,6 +239,27 @@ pub fn log_likelihood(
             return;
         }
         let (s, k) = (sk / k_n, sk % k_n);
+        // Datasets: each cell is read against its own dataset only.
+        if let Some(own) = &d.cell_comp {
+            let mine = |c: usize| own[c] as usize == k;
+            match by {
+                By::Cell => out.iter_mut().enumerate().for_each(|(c, o)| {
+                    *o = if mine(c) {
+                        cell_component_ll(d, s, k, data, c, None)
+                    } else {
+                        f64::NEG_INFINITY
+                    }
+                }),
+                By::Gene => {
+                    out.iter_mut().for_each(|v| *v = 0.0);
+                    for c in (0..data.n_cells).filter(|&c| mine(c)) {
+                        add_cell_terms_genewise(d, s, k, data, c, |g, v| out[g] += v);
+                    }
+                }
+            }
+            work.tick();
+            return;
+        }
         match by {
             By::Cell => {
                 let zs = zinb_zero_terms(d, s, k);
@@ -249,11 +273,14 @@ pub fn log_likelihood(
         work.tick();
     });
     work.finish(())?;
+    // Known components (datasets) carry no mixing weight: by cell only the
+    // cell's own dataset is finite, by gene the datasets' parts add up.
+    let known = d.cell_comp.is_some();
     if split {
         let mut res = vec![0.0; s_n * n * k_n];
         for s in 0..s_n {
             for k in 0..k_n {
-                let lw = if k_n > 1 { d.ln_w(s, k) } else { 0.0 };
+                let lw = if k_n > 1 && !known { d.ln_w(s, k) } else { 0.0 };
                 for i in 0..n {
                     res[s + s_n * (i + n * k)] = comp[(s * k_n + k) * n + i] + lw;
                 }
@@ -266,6 +293,15 @@ pub fn log_likelihood(
         for i in 0..n {
             res[s + s_n * i] = if k_n == 1 {
                 comp[s * n + i]
+            } else if known {
+                match by {
+                    By::Cell => logsumexp(
+                        &(0..k_n)
+                            .map(|k| comp[(s * k_n + k) * n + i])
+                            .collect::<Vec<_>>(),
+                    ),
+                    By::Gene => (0..k_n).map(|k| comp[(s * k_n + k) * n + i]).sum(),
+                }
             } else {
                 let v: Vec<f64> = (0..k_n)
                     .map(|k| d.ln_w(s, k) + comp[(s * k_n + k) * n + i])

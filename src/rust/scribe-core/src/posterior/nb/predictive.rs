@@ -41,10 +41,10 @@ pub fn predictive(
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             // Stream 0 belongs to the guide draws; (draw, cell) streams start above it.
             rng.set_stream(((s as u64 + 1) << 32) | c as u64);
-            let k = if k_n == 1 {
-                0
-            } else {
-                pick_index(&d.weights[s * k_n..(s + 1) * k_n], rng.random())
+            let k = match d.known_comp(c) {
+                Some(k) => k,
+                None if k_n == 1 => 0,
+                None => pick_index(&d.weights[s * k_n..(s + 1) * k_n], rng.random()),
             };
             let nu = if biological { 1.0 } else { d.nu_of(s, c) };
             let odds_of = |p: f64| {
