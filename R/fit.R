@@ -98,6 +98,32 @@
 #' Hierarchies on other parameters, gene-specific `p` with mixtures and BNB
 #' with mixtures are classed `scribeR_unsupported` errors for now.
 #'
+#' `dataset_key` groups the cells into datasets (batches, samples, donors):
+#' a column of `colData()` / `meta.data`, or a vector with one value per
+#' cell. Parameters with a dataset-level family, `priors = list(<param> =
+#' list(<key> = family))` (the key's column name, or `dataset` when
+#' `dataset_key` is a vector), get one value per dataset, shrunk toward a
+#' common location; `dataset_key` alone means `priors = list(mean_expression
+#' = list(<key> = "gaussian"))`. The mean (`mu`, or `r` under canonical):
+#' `log mu_g^(d) ~ Normal(loc_g, s)` with a per-gene `log_mu_dataset_loc_g
+#' ~ Normal(0, 1)` and gaussian scale `softplus(Normal(-2, 0.5))`; the exp
+#' link is used for it whatever `positive_transform` says, so dataset effects
+#' are multiplicative (as in the original). The probability (`p`, or `phi`
+#' under mean_odds), by `prob_dataset_mode`: `"gene_specific"` (default)
+#' `p_g^(d)` with a per-gene location, `"scalar"` one `p^(d)` per dataset;
+#' location `logit_p_dataset_loc ~ Normal(0, 1)`, scale `softplus(Normal(0,
+#' 0.5))`. Each cell's likelihood reads its own dataset's values, per
+#' dataset and gene by sufficient statistics without capture (one extra pass
+#' over each dataset's count histogram per step); with capture, one pass
+#' over the batch's cells x genes. Dataset-specific values are `datasets x
+#' genes` matrices in [get_map()] (columns of a matrix in `rowData()` after
+#' [add_scribe_fit()]); predictive checks, denoising, log-likelihoods and
+#' residuals read each cell's own dataset. A single dataset drops the
+#' dataset level with a warning (a probability family becomes gene-level).
+#' Dataset hierarchies with mixtures or BNB, several grouping factors and
+#' `prob_dataset_mode = "two_level"` are `scribeR_unsupported` errors for
+#' now.
+#'
 #' @section Mixtures:
 #' `n_components = K` (K >= 2) makes every cell's gene vector come from one of
 #' K components with weights `w ~ Dirichlet(alpha)` (`priors = list(mixing =
@@ -277,6 +303,13 @@
 #' @param mixture_params Which parameters are component-specific; see Mixtures.
 #' @param overdispersion `"none"` (negative binomial) or `"bnb"`
 #'   (beta-negative-binomial with per-gene excess dispersion); see Priors.
+#' @param dataset_key `NULL`, the name of a cell-level column of `x`
+#'   (`colData()` / `meta.data`), or a vector or factor with one value per
+#'   cell: groups the cells into datasets with dataset-level priors; see
+#'   Priors.
+#' @param prob_dataset_mode How `p` varies across datasets when it has a
+#'   dataset-level family: `"gene_specific"` (one per dataset and gene) or
+#'   `"scalar"` (one per dataset).
 #' @param n_steps Number of optimisation steps (default 50000; SVI and Laplace).
 #' @param batch_size Cells per step; `NULL` = all cells.
 #' @param optimizer_config `NULL` (Adam, step size 1e-3) or a list with
@@ -343,7 +376,8 @@
 scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterization = "canonical",
                        unconstrained = FALSE, positive_transform = "softplus", priors = NULL,
                        zero_inflation = NULL, variable_capture = NULL, n_components = NULL,
-                       mixture_params = "all", overdispersion = "none", n_steps = 50000L, batch_size = NULL, optimizer_config = NULL,
+                       mixture_params = "all", overdispersion = "none", dataset_key = NULL,
+                       prob_dataset_mode = "gene_specific", n_steps = 50000L, batch_size = NULL, optimizer_config = NULL,
                        stable_update = TRUE, restore_best = FALSE, early_stopping = NULL,
                        n_samples = 2000L, n_warmup = 1000L, n_chains = 1L, svi_init = NULL, mcmc_config = NULL,
                        latent_dim = NULL, vae_latent_dim = NULL, laplace_config = NULL,
@@ -358,6 +392,7 @@ scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterizati
   if (isTRUE(verbose) && !is.null(attr(counts, "scribe_assay"))) {
     cli::cli_inform("Using assay {.val {attr(counts, 'scribe_assay')}}.")
   }
+  args$dataset_key <- resolve_dataset_key(x, dataset_key, ncol(counts))
   .scribe_fit_counts(counts, args)
 }
 
@@ -447,6 +482,7 @@ fit_arg_names <- function() setdiff(names(formals(scribe_fit)), c("x", "..."))
 .engine_only_args <- list(
   parameterization = c("svi", "mcmc"), unconstrained = c("svi", "mcmc"), positive_transform = c("svi", "mcmc"),
   n_components = c("svi", "mcmc"), mixture_params = c("svi", "mcmc"), overdispersion = c("svi", "mcmc"),
+  dataset_key = c("svi", "mcmc"), prob_dataset_mode = c("svi", "mcmc"),
   n_steps = c("svi", "laplace"), batch_size = c("svi", "laplace"), optimizer_config = c("svi", "laplace"),
   early_stopping = c("svi", "laplace"), stable_update = "svi", restore_best = "svi",
   n_samples = "mcmc", n_warmup = "mcmc", n_chains = "mcmc", svi_init = "mcmc", mcmc_config = "mcmc",
@@ -510,6 +546,9 @@ differs_from_default <- function(value, default) {
   check_number(a$n_steps, "n_steps", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
   counts <- name_counts(counts)
   v <- validate_counts(counts, drop_empty = a$drop_empty)
+  if (!is.null(a$dataset_key)) {
+    a$dataset <- dataset_codes(a$dataset_key, !colnames(counts) %in% v$dropped_cells)
+  }
   counts <- v$counts
   check_orientation(counts)
   if (!is.null(a$batch_size)) {
@@ -541,18 +580,27 @@ nb_model_spec <- function(model, a, n_cells) {
     if (is.null(a$n_components)) abort_input("{.code priors$mixing} needs a mixture model ({.arg n_components} >= 2).")
     check_number(mixing, "priors$mixing", "a positive number (the Dirichlet concentration)", function(v) v > 0)
   }
-  families <- split_prior_families(priors, model, parameterization)
+  families <- split_prior_families(priors, model, parameterization, a$dataset$name)
+  scalar <- if (parameterization == "mean_odds") "phi" else "p"
+  gene <- if (parameterization == "canonical") "r" else "mu"
+  dsp <- dataset_spec(families, a, gene, scalar)
+  families <- dsp$families
   priors <- families$priors
   hier <- families$hierarchies
   spec <- list(
     model = model, parameterization = parameterization,
     # Hierarchical priors live on the unconstrained scale (see ?scribe_fit, Priors).
-    unconstrained = a$unconstrained || length(hier) > 0L,
+    unconstrained = a$unconstrained || length(hier) > 0L || !is.null(dsp$fields),
     positive_transform = a$positive_transform,
     priors = resolve_priors(if (length(priors)) priors else NULL, model, parameterization)
   )
-  scalar <- if (parameterization == "mean_odds") "phi" else "p"
-  gene <- if (parameterization == "canonical") "r" else "mu"
+  if (!is.null(dsp$fields)) {
+    if (!is.null(a$n_components)) abort_unsupported("Dataset hierarchies ({.arg dataset_key}) with a mixture model are not available yet.")
+    if (differs_from_default(a$overdispersion, "none")) {
+      abort_unsupported("Dataset hierarchies ({.arg dataset_key}) with {.code overdispersion = \"bnb\"} are not available yet.")
+    }
+    spec <- c(spec, dsp$fields)
+  }
   if (!is.null(hier[[scalar]]) && !is.null(a$n_components)) {
     abort_unsupported(c("A gene-specific {.code priors$probability} with a mixture model is not available yet.",
                         "i" = "Drop {.arg n_components}, or give {.code priors$probability} as two numbers."))
@@ -688,6 +736,81 @@ resolve_mixture_params <- function(mixture_params, model, parameterization) {
   unique(unname(internal))
 }
 
+# `dataset_key` as list(values = one value per cell of `x`, name = the
+# level's name in `priors`): a cell-level column of `x` or a vector.
+resolve_dataset_key <- function(x, key, n_cells) {
+  if (is.null(key)) return(NULL)
+  if (is.character(key) && length(key) == 1L && n_cells != 1L) {
+    cols <- if (is(x, "SummarizedExperiment")) {
+      SummarizedExperiment::colData(x)
+    } else if (inherits(x, "Seurat")) {
+      x[[]]
+    } else {
+      abort_input(c("{.arg dataset_key} names a column of the cells' metadata, which a {.cls {class(x)[1]}} does not have.",
+                    "i" = "Give a SingleCellExperiment or Seurat object, or one value per cell."))
+    }
+    if (!key %in% names(cols)) {
+      abort_input(c("{.arg dataset_key} {.val {key}} is not a column of the cells' metadata.",
+                    "i" = "Available columns: {.val {names(cols)}}."))
+    }
+    return(list(values = cols[[key]], name = key))
+  }
+  if (is.list(key) || !is.null(dim(key)) || length(key) != n_cells) {
+    abort_input(c("{.arg dataset_key} must be a column name or one value per cell.",
+                  "i" = "It has {length(key)} value{?s}; {.arg x} has {n_cells} cell{?s}."))
+  }
+  list(values = key, name = "dataset")
+}
+
+# Dataset codes (1-based) of the kept cells and the datasets' names.
+dataset_codes <- function(key, keep) {
+  v <- key$values[keep]
+  if (anyNA(v)) {
+    abort_input("{.arg dataset_key} is missing (NA) for {sum(is.na(v))} cell{?s}.")
+  }
+  f <- droplevels(as.factor(v))
+  list(codes = as.integer(f), levels = levels(f), name = key$name)
+}
+
+# Moves dataset-level families (`priors$mean_expression = list(<level> =
+# family)`) into `dataset_hierarchies`, applying the defaults and the
+# single-dataset downgrade; returns the updated families and spec fields.
+dataset_spec <- function(families, a, gene, scalar) {
+  ds <- a$dataset
+  dh <- families$dataset_hierarchies
+  mode_given <- differs_from_default(a$prob_dataset_mode, "gene_specific")
+  if (is.null(ds)) {
+    if (length(dh)) {
+      abort_input(c("{.arg priors} gives a dataset-level family ({.val {names(dh)}}), which needs {.arg dataset_key}.",
+                    "i" = "Give {.arg dataset_key}, or a gene-level family (e.g. {.code list(probability = \"gaussian\")})."))
+    }
+    if (mode_given) abort_input("{.arg prob_dataset_mode} applies with {.arg dataset_key}.")
+    return(list(families = families, fields = NULL))
+  }
+  mode <- match_choice(a$prob_dataset_mode, c("gene_specific", "scalar", "two_level"), "prob_dataset_mode")
+  if (mode == "two_level") {
+    abort_unsupported("{.code prob_dataset_mode = \"two_level\"} is not available yet; use {.val gene_specific} or {.val scalar}.")
+  }
+  if (!length(dh)) dh[[gene]] <- "gaussian"
+  if (mode_given && is.null(dh[[scalar]])) {
+    abort_input("{.arg prob_dataset_mode} applies to a dataset-level {.code probability} family, e.g. {.code priors = list(probability = list({ds$name} = \"gaussian\"))}.")
+  }
+  if (!is.null(dh[[scalar]]) && !is.null(families$hierarchies[[scalar]])) {
+    abort_input("A gene-level and a dataset-level {.code probability} family cannot be set simultaneously.")
+  }
+  if (length(ds$levels) == 1L) {
+    cli::cli_warn("{.arg dataset_key} has one dataset ({.val {ds$levels}}): fitting without the dataset level.")
+    if (!is.null(dh[[scalar]]) && mode == "gene_specific") families$hierarchies[[scalar]] <- dh[[scalar]]
+    families$dataset_hierarchies <- NULL
+    return(list(families = families, fields = NULL))
+  }
+  fields <- list(dataset_cells = as.numeric(ds$codes), n_datasets = length(ds$levels),
+                 dataset_levels = ds$levels, dataset_key = ds$name, dataset_hierarchies = dh)
+  if (!is.null(dh[[scalar]])) fields$prob_dataset_mode <- mode
+  families$dataset_hierarchies <- dh
+  list(families = families, fields = fields)
+}
+
 # Shrinkage families of hierarchical priors and their hyper-parameters.
 .shrinkage_families <- c("gaussian", "horseshoe", "neg")
 .shrinkage_hyper <- list(gaussian = character(), horseshoe = c("tau0", "slab_df", "slab_scale"),
@@ -699,9 +822,35 @@ resolve_mixture_params <- function(mixture_params, model, parameterization) {
 # gene-specific), `zero_inflation` (gate) and `mean_expression` (the gene
 # parameter across mixture components). Returns the remaining priors and
 # `hierarchies`, a named list (internal target site -> family).
-split_prior_families <- function(priors, model, parameterization) {
-  out <- list(priors = priors, hierarchies = list())
+split_prior_families <- function(priors, model, parameterization, level = NULL) {
+  out <- list(priors = priors, hierarchies = list(), dataset_hierarchies = list())
   if (!is.list(priors) || is.null(names(priors))) return(out)
+  # Dataset-level entries: list(<level> = family or list(type = family, ...)).
+  is_level <- vapply(seq_along(priors), function(k) {
+    v <- priors[[k]]
+    is.list(v) && is.null(v$type) && length(v) == 1L && !is.null(names(v)) && names(priors)[k] != "loadings" &&
+      (is.character(v[[1]]) || (is.list(v[[1]]) && !is.null(v[[1]]$type)))
+  }, logical(1))
+  for (k in which(is_level)) {
+    name <- names(priors)[k]
+    lv <- names(priors[[k]])
+    if (is.null(level) || lv != level) {
+      abort_input(c("{.code priors${name}} references level {.val {lv}}, which is not a declared grouping level.",
+                    "i" = if (is.null(level)) "Give {.arg dataset_key} to declare one." else "Declared level: {.val {level}}."))
+    }
+    sub <- split_prior_families(stats::setNames(list(priors[[k]][[1]]), name), model, parameterization)
+    site <- names(sub$hierarchies)
+    gene <- if (parameterization == "canonical") "r" else "mu"
+    scalar <- if (parameterization == "mean_odds") "phi" else "p"
+    if (!site %in% c(gene, scalar)) {
+      abort_unsupported(c("A dataset-level prior on {.val {name}} is not available yet.",
+                          "i" = "Dataset-level families exist for {.code mean_expression} and {.code probability}."))
+    }
+    out$dataset_hierarchies[[site]] <- sub$hierarchies[[site]]
+  }
+  priors <- priors[!is_level]
+  out$priors <- priors
+  if (!length(priors)) return(out)
   gene <- if (parameterization == "canonical") "r" else "mu"
   scalar <- if (parameterization == "mean_odds") "phi" else "p"
   targets <- c(probability = scalar, p = scalar, zero_inflation = "gate", gate = "gate",

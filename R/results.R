@@ -106,12 +106,12 @@ stop_summary <- function(object) {
 }
 
 # "name (genes)" per site, for show().
-layout_summary <- function(layout) {
+layout_summary <- function(layout, rows = "components") {
   vapply(seq_len(nrow(layout)), function(i) {
     b <- layout[i, ]
     what <- switch(b$kind, gene = "genes", cell = "cells", scalar = "scalar",
                    simplex = sprintf("%d components", as.integer(b$n_comp)))
-    if (b$kind != "simplex" && b$n_comp > 1) what <- sprintf("%s x %d components", what, as.integer(b$n_comp))
+    if (b$kind != "simplex" && b$n_comp > 1) what <- sprintf("%s x %d %s", what, as.integer(b$n_comp), rows)
     sprintf("%s (%s)", b$name, what)
   }, character(1))
 }
@@ -165,7 +165,9 @@ setGeneric("loss_history", function(object, ...) standardGeneric("loss_history")
 
 .site_order <- c("r", "mu", "p", "phi", "gate", "mixing_weights", "p_capture", "phi_capture", "eta_capture", "p_hat",
                  "logit_p_loc", "logit_p_scale", "log_phi_loc", "log_phi_scale", "logit_gate_loc", "logit_gate_scale",
-                 "log_mu_loc", "log_mu_scale", "log_r_loc", "log_r_scale", "bnb_concentration",
+                 "log_mu_loc", "log_mu_scale", "log_r_loc", "log_r_scale", "log_mu_dataset_loc", "log_mu_dataset_scale",
+                 "log_r_dataset_loc", "log_r_dataset_scale", "logit_p_dataset_loc", "logit_p_dataset_scale",
+                 "log_phi_dataset_loc", "log_phi_dataset_scale", "bnb_concentration",
                  "bnb_omega_hyper_loc", "bnb_omega_hyper_scale")
 
 # Turns the core's flat site values (draw fastest, then element, then
@@ -174,7 +176,9 @@ setGeneric("loss_history", function(object, ...) standardGeneric("loss_history")
 name_sites <- function(object, sites, draws) {
   # Known sites first, then any others (hierarchy scales) in the core's order.
   sites <- sites[c(intersect(.site_order, names(sites)), setdiff(names(sites), .site_order))]
-  comps <- function(k) paste0("component", seq_len(k))
+  # Dataset rows are named after the datasets, mixture components by number.
+  levels <- object@model$dataset_levels
+  comps <- function(k) if (length(levels) == k) levels else paste0("component", seq_len(k))
   lapply(stats::setNames(names(sites), names(sites)), function(n) {
     s <- sites[[n]]
     n_draws <- s$shape[1]; len <- s$shape[2]; k <- s$shape[3]

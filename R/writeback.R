@@ -64,7 +64,7 @@ add_scribe_fit <- function(sce, fit, overwrite = FALSE, denoised = FALSE) {
     df[[col]] <- values
     df
   }
-  for (n in intersect(c("r", "mu", "gate", "d", "bnb_concentration", gene_specific_p_sites(map)), names(map))) {
+  for (n in intersect(c("r", "mu", "gate", "d", "bnb_concentration", gene_specific_p_sites(map, fit@gene_names)), names(map))) {
     v <- map[[n]]
     if (is(fit, "ScribeLaplaceResults")) {
       # LNM's per-gene values skip the reference gene: align by name.
@@ -72,7 +72,9 @@ add_scribe_fit <- function(sce, fit, overwrite = FALSE, denoised = FALSE) {
       full[match(names(v), genes)] <- unname(v)
       v <- full
     } else {
-      v <- if (is.matrix(v)) t(unname(v)) else unname(v)
+      # Dataset rows keep the datasets' names as the columns of the matrix.
+      v <- if (is.matrix(v)) t(if (is.null(fit@model$dataset_levels)) unname(v) else v) else unname(v)
+      if (is.matrix(v)) rownames(v) <- NULL
     }
     rd <- put(rd, paste0("scribe_", n), v, "rowData(sce)")
   }
@@ -104,7 +106,7 @@ add_scribe_fit <- function(sce, fit, overwrite = FALSE, denoised = FALSE) {
   }
   md$scribe <- list(
     model = fit@model, engine = class(fit)[1],
-    p = if (!length(gene_specific_p_sites(map))) map$p, phi = if (!length(gene_specific_p_sites(map))) map$phi,
+    p = if (!length(gene_specific_p_sites(map, fit@gene_names))) map$p, phi = if (!length(gene_specific_p_sites(map, fit@gene_names))) map$phi,
     mixing_weights = map$mixing_weights,
     loss_history = if (methods::hasMethod("loss_history", class(fit))) loss_history(fit),
     seed = fit@seed, dropped_cells = fit@dropped_cells
@@ -123,7 +125,7 @@ add_scribe_fit_seurat <- function(obj, fit, overwrite, denoised) {
   if (!all(fit@cell_names %in% cells)) abort_input("The cells of the Seurat object are not the cells of {.arg fit}.")
   map <- get_map(fit)
   feat <- list()
-  for (n in intersect(c("r", "mu", "gate", "bnb_concentration", gene_specific_p_sites(map)), names(map))) {
+  for (n in intersect(c("r", "mu", "gate", "bnb_concentration", gene_specific_p_sites(map, fit@gene_names)), names(map))) {
     v <- map[[n]]
     if (is.matrix(v)) {
       for (k in seq_len(nrow(v))) feat[[sprintf("scribe_%s_%s", n, rownames(v)[k])]] <- unname(v[k, ])
@@ -157,7 +159,7 @@ add_scribe_fit_seurat <- function(obj, fit, overwrite, denoised) {
     SeuratObject::Key(assay_obj) <- "scribedenoised_" # keys may not contain inner underscores
     obj[["scribe_denoised"]] <- assay_obj
   }
-  SeuratObject::Misc(obj, "scribe") <- list(model = fit@model, p = if (!length(gene_specific_p_sites(map))) map$p,
+  SeuratObject::Misc(obj, "scribe") <- list(model = fit@model, p = if (!length(gene_specific_p_sites(map, fit@gene_names))) map$p,
                                             mixing_weights = map$mixing_weights,
                                             loss_history = if (methods::hasMethod("loss_history", class(fit))) loss_history(fit),
                                             seed = fit@seed)
@@ -165,6 +167,8 @@ add_scribe_fit_seurat <- function(obj, fit, overwrite, denoised) {
 }
 
 # "p" and "phi" when the fit's p is gene-specific (a vector named by gene).
-gene_specific_p_sites <- function(map) {
-  if (length(map$p) > 1L && !is.null(names(map$p)) && !any(grepl("^component", names(map$p)))) c("p", "phi") else character()
+gene_specific_p_sites <- function(map, genes) {
+  p <- map$p
+  by_gene <- if (is.matrix(p)) identical(colnames(p), genes) else identical(names(p), genes)
+  if (by_gene) c("p", "phi") else character()
 }

@@ -112,9 +112,13 @@ pub fn svi_start(
                 if per_gene && s.len() != n_genes {
                     return Err(CoreError::arg("svi_init", "was fitted to different genes"));
                 }
-                let v = (0..n_genes)
-                    .map(|g| {
-                        let p = clamp01(value(s, 0, if per_gene { g } else { 0 }, 1));
+                // One row per dataset when p is dataset- and gene-specific.
+                let rows = block.n_comp.max(1);
+                comp_check(s, rows)?;
+                let v = (0..rows * n_genes)
+                    .map(|i| {
+                        let g = i % n_genes;
+                        let p = clamp01(value(s, i / n_genes, if per_gene { g } else { 0 }, rows));
                         if name == "p" {
                             p
                         } else {
@@ -123,9 +127,6 @@ pub fn svi_start(
                     })
                     .collect();
                 set(v);
-            }
-            "logit_p_loc" | "logit_p_scale" | "log_phi_loc" | "log_phi_scale" => {
-                set(vec![site(sites, name)?.at(0, 0, 0)]);
             }
             "p" | "phi" => {
                 let s = site(sites, "p")?;
@@ -182,11 +183,19 @@ pub fn svi_start(
                     x[block.offset + j] = (s.at(0, j, 0).max(EPS) / last).ln();
                 }
             }
+            // Hyper-parameters of hierarchies: the same site, copied when it
+            // has the same size.
             other => {
-                return Err(CoreError::arg(
-                    "svi_init",
-                    format!("cannot initialise the MCMC parameter '{other}'"),
-                ))
+                let s = site(sites, other)?;
+                if s.len() * s.n_comp.max(1) != block.len {
+                    return Err(CoreError::arg(
+                        "svi_init",
+                        format!(
+                            "cannot initialise the MCMC parameter '{other}' (its size differs)"
+                        ),
+                    ));
+                }
+                set((0..block.len).map(|i| s.values[i * s.n_draws]).collect());
             }
         }
     }

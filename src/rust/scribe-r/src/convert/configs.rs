@@ -8,7 +8,7 @@ use scribe_core::dist::Link;
 use scribe_core::laplace::w_prior::LoadingsPrior;
 use scribe_core::laplace::{Capture, Cascade, LaplaceConfig, LnModel};
 use scribe_core::mcmc::{MassMatrix, McmcConfig, DEFAULT_INIT_RADIUS, DEFAULT_INIT_SPREAD};
-use scribe_core::models::nb::{NbSpec, Parameterization, Shrinkage, Variant};
+use scribe_core::models::nb::{DatasetP, NbSpec, Parameterization, Shrinkage, Variant};
 use scribe_core::optim::early_stop::EarlyStopping;
 use scribe_core::optim::settle::Settle;
 use scribe_core::optim::OptimizerConfig;
@@ -16,7 +16,8 @@ use scribe_core::svi::SviConfig;
 
 /// An NB-family model from `list(model, parameterization, unconstrained,
 /// positive_transform, priors, n_components, mixture_params,
-/// mixing_concentration, overdispersion, hierarchies)`; `hierarchies` names a family per
+/// mixing_concentration, overdispersion, hierarchies, dataset_cells, n_datasets,
+/// dataset_hierarchies, prob_dataset_mode)`; `hierarchies` names a family per
 /// target site.
 pub fn nb_spec(model: &Robj) -> GResult<NbSpec> {
     let a = Args::new(model, "model")?;
@@ -66,6 +67,63 @@ pub fn nb_spec(model: &Robj) -> GResult<NbSpec> {
             let hy = Args::new(h, "priors$overdispersion")?;
             for (name, _) in fields.iter() {
                 spec.set_hierarchy_hyper("bnb_concentration", name, hy.real(name)?)?;
+            }
+        }
+    }
+    if let Some(cells) = a.get("dataset_cells") {
+        // 1-based dataset codes from R, one per cell.
+        let n = a.count("n_datasets")?;
+        let codes = super::reals(Some(cells), "dataset_key")?;
+        let cell = codes
+            .iter()
+            .map(|&v| {
+                if v >= 1.0 && v <= n as f64 && v == v.round() {
+                    Ok(v as u32 - 1)
+                } else {
+                    Err(input(
+                        "dataset_key",
+                        format!("dataset code {v} is not in 1..{n}"),
+                    ))
+                }
+            })
+            .collect::<GResult<Vec<u32>>>()?;
+        spec.set_datasets(cell, n)?;
+        let mode = match a.get("prob_dataset_mode") {
+            Some(_) => match a.string("prob_dataset_mode")?.as_str() {
+                "scalar" => DatasetP::Scalar,
+                "gene_specific" => DatasetP::GeneSpecific,
+                other => {
+                    return Err(input(
+                        "prob_dataset_mode",
+                        format!("must be \"scalar\" or \"gene_specific\", not \"{other}\""),
+                    ))
+                }
+            },
+            None => DatasetP::GeneSpecific,
+        };
+        if let Some(h) = a.get("dataset_hierarchies") {
+            let l: List = h
+                .clone()
+                .try_into()
+                .map_err(|_| internal("`dataset_hierarchies` must be a named list"))?;
+            for (site, fam) in l.iter() {
+                let (name, hyper) = match fam.as_str() {
+                    Some(name) => (name.to_string(), None),
+                    None => (
+                        Args::new(&fam, "priors")?.string("type")?,
+                        Some(fam.clone()),
+                    ),
+                };
+                spec.add_dataset_hierarchy(site, Shrinkage::parse(&name, "priors")?, mode)?;
+                if let Some(hy) = hyper {
+                    let fields: List = hy.clone().try_into().map_err(|_| {
+                        internal(format!("`dataset_hierarchies${site}` must be a list"))
+                    })?;
+                    let h = Args::new(&hy, "priors")?;
+                    for (name, _) in fields.iter().filter(|(n, _)| *n != "type") {
+                        spec.set_hierarchy_hyper(site, name, h.real(name)?)?;
+                    }
+                }
             }
         }
     }
