@@ -59,6 +59,9 @@ runs <- list(
   "nbvcp, gene-specific p" = list(model = "nbvcp", priors = list(probability = "gaussian")),
   "nbvcp, BNB" = list(model = "nbvcp", overdispersion = "bnb"),
   "nbvcp, BNB, gene-specific p" = list(model = "nbvcp", overdispersion = "bnb", priors = list(probability = "gaussian")),
+  # pbmc3k is one batch: two arbitrary halves show the cost of a dataset
+  # hierarchy, and its scale should shrink toward zero.
+  "nbvcp, 2 datasets (halves)" = list(model = "nbvcp", dataset_key = rep(c("A", "B"), length.out = ncol(x))),
   "nbvcp, 4 components" = list(model = "nbvcp", n_components = 4),
   "nbvcp, 4 components, mean hierarchy" = list(model = "nbvcp", n_components = 4, priors = list(mean_expression = "gaussian")),
   "zinbvcp" = list(model = "zinbvcp"),
