@@ -53,23 +53,30 @@ fn fit(
     let truth = NbTruth::random(variant, 200, 800, 1);
     let data = simulate_nb(&truth, 2);
     let model = NbModel::new(NbSpec::new(variant, param, false, Link::Softplus), &data).unwrap();
-    let res = run_adam(&model, steps, batch);
+    let (res, s) = fit_point(&model, steps, batch);
+    (truth, s, res.loss_history)
+}
+
+/// Runs [`run_adam`] and returns the fit with its point-summary sites.
+fn fit_point(
+    model: &NbModel,
+    steps: usize,
+    batch: Option<usize>,
+) -> (scribe_core::svi::SviFit, Vec<scribe_core::posterior::Site>) {
+    let res = run_adam(model, steps, batch);
     let fitted = MeanField {
         dim: model.layout().total,
     }
     .fitted(&res.params);
-    (
-        truth,
-        sites(
-            &model.spec,
-            model.layout(),
-            fitted.as_ref(),
-            Summary::Point,
-            Ctl::none(),
-        )
-        .unwrap(),
-        res.loss_history,
+    let s = sites(
+        &model.spec,
+        model.layout(),
+        fitted.as_ref(),
+        Summary::Point,
+        Ctl::none(),
     )
+    .unwrap();
+    (res, s)
 }
 
 fn site<'a>(s: &'a [scribe_core::posterior::Site], n: &str) -> &'a [f64] {
@@ -111,20 +118,8 @@ fn nbdm_mixture_recovers_components_and_weights() {
     );
     spec.set_mixture(k, &["r", "p"], 1.0).unwrap();
     let model = NbModel::new(spec, &data).unwrap();
-    let res = run_adam(&model, 2000, None);
+    let (_, sites) = fit_point(&model, 2000, None);
     let g_n = 150;
-    let fitted = MeanField {
-        dim: model.layout().total,
-    }
-    .fitted(&res.params);
-    let sites = sites(
-        &model.spec,
-        model.layout(),
-        fitted.as_ref(),
-        Summary::Point,
-        Ctl::none(),
-    )
-    .unwrap();
     let r = site(&sites, "r");
     let w = site(&sites, "mixing_weights");
     let mt = truth.mixture.as_ref().unwrap();
@@ -214,19 +209,7 @@ fn gene_specific_p_recovers_each_genes_probability() {
         spec.add_hierarchy("p", scribe_core::models::nb::Shrinkage::Gaussian)
             .unwrap();
         let model = NbModel::new(spec, &data).unwrap();
-        let res = run_adam(&model, 2000, None);
-        let fitted = MeanField {
-            dim: model.layout().total,
-        }
-        .fitted(&res.params);
-        let s = sites(
-            &model.spec,
-            model.layout(),
-            fitted.as_ref(),
-            Summary::Point,
-            Ctl::none(),
-        )
-        .unwrap();
+        let (_, s) = fit_point(&model, 2000, None);
         let p = site(&s, "p");
         assert_eq!(p.len(), 200);
         let nu_bar = truth
@@ -275,19 +258,7 @@ fn bnb_recovers_excess_dispersion() {
     spec.set_bnb(scribe_core::models::nb::Shrinkage::Gaussian)
         .unwrap();
     let model = NbModel::new(spec, &data).unwrap();
-    let res = run_adam(&model, 3000, None);
-    let fitted = MeanField {
-        dim: model.layout().total,
-    }
-    .fitted(&res.params);
-    let s = sites(
-        &model.spec,
-        model.layout(),
-        fitted.as_ref(),
-        Summary::Point,
-        Ctl::none(),
-    )
-    .unwrap();
+    let (_, s) = fit_point(&model, 3000, None);
     let got: Vec<f64> = site(&s, "bnb_concentration")
         .iter()
         .map(|v| v.ln())
@@ -350,19 +321,7 @@ fn dataset_means_recover_batch_effects_with_shrinkage() {
     spec.add_dataset_hierarchy("r", Shrinkage::Gaussian, DatasetP::Shared)
         .unwrap();
     let model = NbModel::new(spec, &data).unwrap();
-    let res = run_adam(&model, 2500, None);
-    let fitted = MeanField {
-        dim: model.layout().total,
-    }
-    .fitted(&res.params);
-    let s = sites(
-        &model.spec,
-        model.layout(),
-        fitted.as_ref(),
-        Summary::Point,
-        Ctl::none(),
-    )
-    .unwrap();
+    let (_, s) = fit_point(&model, 2500, None);
     let r = site(&s, "r");
     assert_eq!(r.len(), 3 * g_n);
     let loc = site(&s, "log_r_dataset_loc");

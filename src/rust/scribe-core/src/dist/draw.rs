@@ -87,17 +87,26 @@ pub fn nb_count_fast<R: Rng + ?Sized>(rng: &mut R, r: f64, odds: f64) -> u32 {
     k
 }
 
-/// One beta-negative-binomial count: `NB(r, p)` with `p ~ Beta(α, κ)`,
-/// `κ = 2 + (r + 1)/ω`, `α = (κ − 1)·odds` (mean `r·odds`, the NB's). `ω ≤ 0`
-/// or a Beta that cannot be drawn falls back to the NB at `odds`.
-pub fn bnb_count<R: Rng + ?Sized>(rng: &mut R, r: f64, odds: f64, omega: f64) -> u32 {
+/// The success odds of one beta-negative-binomial count: `p ~ Beta(α, κ)`,
+/// `κ = 2 + (r + 1)/ω`, `α = (κ − 1)·odds` (so the count's mean is
+/// `r·odds`, the NB's), returned as `p/(1 − p)`. `ω ≤ 0` or a Beta that
+/// cannot be drawn gives `odds` itself (the NB).
+pub fn bnb_odds<R: Rng + ?Sized>(rng: &mut R, r: f64, odds: f64, omega: f64) -> f64 {
     let kappa = 2.0 + (r + 1.0) / omega.max(1e-6);
     let alpha = (kappa - 1.0) * odds;
-    let p = match rand_distr::Beta::new(alpha, kappa) {
-        Ok(b) if alpha > 0.0 && alpha.is_finite() => b.sample(rng).clamp(1e-300, 1.0 - 1e-16),
-        _ => return nb_count_fast(rng, r, odds),
-    };
-    nb_count_fast(rng, r, p / (1.0 - p))
+    match rand_distr::Beta::new(alpha, kappa) {
+        Ok(b) if alpha > 0.0 && alpha.is_finite() => {
+            let p = b.sample(rng).clamp(1e-300, 1.0 - 1e-16);
+            p / (1.0 - p)
+        }
+        _ => odds,
+    }
+}
+
+/// One beta-negative-binomial count: `NB(r, p)` at the odds of [`bnb_odds`].
+pub fn bnb_count<R: Rng + ?Sized>(rng: &mut R, r: f64, odds: f64, omega: f64) -> u32 {
+    let o = bnb_odds(rng, r, odds, omega);
+    nb_count_fast(rng, r, o)
 }
 
 #[cfg(test)]

@@ -13,11 +13,10 @@
 //! pass over the batch's cells × genes with two log-gammas and two digammas
 //! each, several times the NB's dense pass.
 
-use super::kernels::CELL_BLOCK;
+use super::kernels::{add_blocks, cell_blocks, CELL_BLOCK};
 use super::{NbModel, NbWorkspace};
 use crate::data::Batch;
 use crate::math::{digamma_diff, digamma_shift, lgamma_diff, lgamma_digamma_shift};
-use rayon::prelude::*;
 
 /// Per-gene constants of the Beta ratio.
 #[derive(Clone, Copy)]
@@ -139,7 +138,6 @@ impl NbModel<'_> {
     pub(crate) fn bnb_dense(&self, batch: &Batch, ws: &mut NbWorkspace) -> f64 {
         let d = self.data;
         let g_n = d.n_genes;
-        let n_blocks = batch.len().div_ceil(CELL_BLOCK);
         let gated = self.b_gate.is_some();
         let genes: Vec<GeneBnb> = (0..g_n)
             .map(|g| GeneBnb::new(ws.r[g], ws.omega[g]))
@@ -148,15 +146,14 @@ impl NbModel<'_> {
             *o = l.clamp(-700.0, 700.0).exp();
         }
         let (pi, lnnu, odds_g) = (&ws.pi, &ws.ell, &ws.odds_g);
-        let blk = &mut ws.blk[..n_blocks * 4 * g_n];
-        let blk_ll = &mut ws.blk_ll[..n_blocks];
-        let g_ell = &mut ws.g_ell[..batch.len()];
-        blk.par_chunks_mut(4 * g_n)
-            .zip(blk_ll.par_iter_mut())
-            .zip(g_ell.par_chunks_mut(CELL_BLOCK))
-            .enumerate()
-            .for_each(|(bi, ((buf, bll), gell))| {
-                buf.iter_mut().for_each(|v| *v = 0.0);
+        let nb = batch.len();
+        let ll = cell_blocks(
+            nb,
+            (4 * g_n, 1),
+            &mut ws.blk,
+            &mut ws.blk_ll,
+            &mut ws.g_ell,
+            |bi, buf, gell| {
                 let (gr, rest) = buf.split_at_mut(g_n);
                 let (gk, rest) = rest.split_at_mut(g_n);
                 let (gg, gl) = rest.split_at_mut(g_n);
@@ -210,21 +207,24 @@ impl NbModel<'_> {
                     }
                     *ge = gc;
                 }
-                *bll = acc;
-            });
+                acc
+            },
+        );
         ws.g_gate[..g_n].iter_mut().for_each(|v| *v = 0.0);
-        let mut sums = vec![(0.0, 0.0); g_n];
-        for buf in blk.chunks(4 * g_n) {
-            for g in 0..g_n {
-                sums[g].0 += buf[g];
-                sums[g].1 += buf[g_n + g];
-                ws.g_gate[g] += buf[2 * g_n + g];
-                ws.g_lpg[g] += buf[3 * g_n + g];
-            }
-        }
-        let ll = blk_ll.iter().sum();
-        for (g, (d_r, d_k)) in sums.into_iter().enumerate() {
-            self.bnb_finish(ws, g, d_r, d_k);
+        let (mut d_r, mut d_k) = (vec![0.0; g_n], vec![0.0; g_n]);
+        add_blocks(
+            &ws.blk,
+            nb,
+            4 * g_n,
+            &mut [
+                &mut d_r,
+                &mut d_k,
+                &mut ws.g_gate[..g_n],
+                &mut ws.g_lpg[..g_n],
+            ],
+        );
+        for g in 0..g_n {
+            self.bnb_finish(ws, g, d_r[g], d_k[g]);
         }
         ll
     }

@@ -11,11 +11,10 @@
 //! `p̂_g = p_g` and the likelihood stays a per-gene sum over count
 //! histograms plus the gene's batch total: O(#pairs + G).
 
-use super::kernels::CELL_BLOCK;
+use super::kernels::{add_blocks, cell_blocks, CELL_BLOCK};
 use super::{DatasetP, NbModel, NbWorkspace, Parameterization};
 use crate::data::Batch;
 use crate::math::{ln_sigmoid, sigmoid, softplus};
-use rayon::prelude::*;
 
 /// `(softplus(l), sigmoid(l))` from one `exp` (the dense pass evaluates
 /// both for every cell and gene): `ln(1−p̂) = −softplus(ℓ)`,
@@ -286,7 +285,6 @@ impl NbModel<'_> {
     fn gene_p_dense(&self, batch: &Batch, ws: &mut NbWorkspace) -> f64 {
         let d = self.data;
         let g_n = d.n_genes;
-        let n_blocks = batch.len().div_ceil(CELL_BLOCK);
         let gated = self.b_gate.is_some();
         // p̂_cg/(1−p̂_cg) = (p_g/(1−p_g))·ν_c: the odds factorise, so one
         // product per (cell, gene) replaces an `exp` (bounded so that the
@@ -295,16 +293,14 @@ impl NbModel<'_> {
             *o = l.clamp(-700.0, 700.0).exp();
         }
         let (r, pi, lpg, lnnu, odds_g) = (&ws.r, &ws.pi, &ws.lpg, &ws.ell, &ws.odds_g);
-        let blk = &mut ws.blk[..n_blocks * 3 * g_n];
-        let blk_ll = &mut ws.blk_ll[..n_blocks];
-        let g_ell = &mut ws.g_ell[..batch.len()];
-        blk.par_chunks_mut(3 * g_n)
-            .zip(blk_ll.par_iter_mut())
-            .zip(g_ell.par_chunks_mut(CELL_BLOCK))
-            .enumerate()
-            .for_each(|(bi, ((buf, bll), gell))| {
-                buf.iter_mut().for_each(|v| *v = 0.0);
-                gell.iter_mut().for_each(|v| *v = 0.0);
+        let nb = batch.len();
+        let ll = cell_blocks(
+            nb,
+            (3 * g_n, 1),
+            &mut ws.blk,
+            &mut ws.blk_ll,
+            &mut ws.g_ell,
+            |bi, buf, gell| {
                 let (gr, rest) = buf.split_at_mut(g_n);
                 let (gg, gl) = rest.split_at_mut(g_n);
                 let mut acc = 0.0;
@@ -397,16 +393,20 @@ impl NbModel<'_> {
                     }
                     *ge += gc;
                 }
-                *bll = acc;
-            });
-        for buf in blk.chunks(3 * g_n) {
-            for g in 0..g_n {
-                ws.g_r[g] += buf[g];
-                ws.g_gate[g] += buf[g_n + g];
-                ws.g_lpg[g] += buf[2 * g_n + g];
-            }
-        }
-        blk_ll.iter().sum()
+                acc
+            },
+        );
+        add_blocks(
+            &ws.blk,
+            nb,
+            3 * g_n,
+            &mut [
+                &mut ws.g_r[..g_n],
+                &mut ws.g_gate[..g_n],
+                &mut ws.g_lpg[..g_n],
+            ],
+        );
+        ll
     }
 }
 

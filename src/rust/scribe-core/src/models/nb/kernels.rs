@@ -75,6 +75,54 @@ pub struct NbWorkspace {
 /// count) so that sums are grouped identically however many threads run.
 pub(crate) const CELL_BLOCK: usize = 64;
 
+/// A dense pass over a batch in fixed-size cell blocks, evaluated in
+/// parallel: block `bi` covers batch positions `bi·CELL_BLOCK..`, and
+/// `body(bi, buf, cell)` gets its zeroed `width` partial sums (in `blk`) and
+/// its zeroed `cell_width` outputs per cell (in `cell`), and returns its
+/// log-likelihood. Returns the blocks' total, summed in block order.
+pub(crate) fn cell_blocks<F>(
+    n_cells: usize,
+    (width, cell_width): (usize, usize),
+    blk: &mut [f64],
+    blk_ll: &mut [f64],
+    cell: &mut [f64],
+    body: F,
+) -> f64
+where
+    F: Fn(usize, &mut [f64], &mut [f64]) -> f64 + Sync + Send,
+{
+    let n_blocks = n_cells.div_ceil(CELL_BLOCK);
+    let blk = &mut blk[..n_blocks * width];
+    let blk_ll = &mut blk_ll[..n_blocks];
+    let cell = &mut cell[..n_cells * cell_width];
+    blk.par_chunks_mut(width.max(1))
+        .zip(blk_ll.par_iter_mut())
+        .zip(cell.par_chunks_mut(CELL_BLOCK * cell_width.max(1)))
+        .enumerate()
+        .for_each(|(bi, ((buf, bll), out))| {
+            buf.iter_mut().for_each(|v| *v = 0.0);
+            out.iter_mut().for_each(|v| *v = 0.0);
+            *bll = body(bi, buf, out);
+        });
+    blk_ll.iter().sum()
+}
+
+/// Adds the partial sums of [`cell_blocks`] into `outs` in block order (so
+/// results do not depend on the thread count): each block's buffer is the
+/// concatenation of segments as long as `outs`' slices.
+pub(crate) fn add_blocks(blk: &[f64], n_cells: usize, width: usize, outs: &mut [&mut [f64]]) {
+    let n_blocks = n_cells.div_ceil(CELL_BLOCK);
+    for buf in blk[..n_blocks * width].chunks(width) {
+        let mut at = 0;
+        for out in outs.iter_mut() {
+            for (o, &v) in out.iter_mut().zip(&buf[at..]) {
+                *o += v;
+            }
+            at += out.len();
+        }
+    }
+}
+
 impl<'a> NbModel<'a> {
     pub fn new(spec: NbSpec, data: &'a CountMatrix) -> Result<Self> {
         if spec.capture_prior.is_some() && !spec.variant.has_capture() {
@@ -238,19 +286,17 @@ impl<'a> NbModel<'a> {
         let d = self.data;
         let g_n = d.n_genes;
         self.pair_terms(batch, &ws.r, &mut ws.gene_ll, &mut ws.g_r);
-        let n_blocks = batch.len().div_ceil(CELL_BLOCK);
+        let nb = batch.len();
         let (r, pi, ell) = (&ws.r, &ws.pi, &ws.ell);
-        let blk = &mut ws.blk[..n_blocks * 2 * g_n];
-        let blk_ll = &mut ws.blk_ll[..n_blocks];
-        let g_ell = &mut ws.g_ell[..batch.len()];
-        blk.par_chunks_mut(2 * g_n)
-            .zip(blk_ll.par_iter_mut())
-            .zip(g_ell.par_chunks_mut(CELL_BLOCK))
-            .enumerate()
-            .for_each(|(bi, ((buf, bll), gell))| {
+        let mut ll: f64 = ws.gene_ll.iter().sum();
+        ll += cell_blocks(
+            nb,
+            (2 * g_n, 1),
+            &mut ws.blk,
+            &mut ws.blk_ll,
+            &mut ws.g_ell,
+            |bi, buf, gell| {
                 let (gr, gg) = buf.split_at_mut(g_n);
-                gr.iter_mut().for_each(|v| *v = 0.0);
-                gg.iter_mut().for_each(|v| *v = 0.0);
                 let mut acc = 0.0;
                 for (kk, ge) in gell.iter_mut().enumerate() {
                     let k = bi * CELL_BLOCK + kk;
@@ -286,17 +332,16 @@ impl<'a> NbModel<'a> {
                     acc -= d.ln_fact[c];
                     *ge = gc;
                 }
-                *bll = acc;
-            });
-        let mut ll: f64 = ws.gene_ll.iter().sum();
-        ll += blk_ll.iter().sum::<f64>();
+                acc
+            },
+        );
         ws.g_gate.iter_mut().for_each(|v| *v = 0.0);
-        for buf in blk.chunks(2 * g_n) {
-            for g in 0..g_n {
-                ws.g_r[g] += buf[g];
-                ws.g_gate[g] += buf[g_n + g];
-            }
-        }
+        add_blocks(
+            &ws.blk,
+            nb,
+            2 * g_n,
+            &mut [&mut ws.g_r[..g_n], &mut ws.g_gate[..g_n]],
+        );
         ll
     }
 

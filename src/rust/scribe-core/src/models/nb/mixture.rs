@@ -9,7 +9,7 @@
 //! zinbvcp mixtures need the dense C × G × K pass.
 
 use super::init::BaseInit;
-use super::kernels::CELL_BLOCK;
+use super::kernels::{add_blocks, cell_blocks, CELL_BLOCK};
 use super::{nb_cell_loglik, Mixture, NbModel, NbWorkspace, Parameterization, Variant};
 use crate::data::Batch;
 use crate::math::{digamma_diff, lgamma, lgamma_diff, ln_sigmoid, sigmoid};
@@ -155,116 +155,115 @@ impl NbModel<'_> {
         let (comp, phi, dphi) = self.mixture_derived(x, batch, ws);
         let (k_n, g_n, nb) = (comp.k, comp.g, batch.len());
         let d = self.data;
-        let n_blocks = nb.div_ceil(CELL_BLOCK);
-        // Per block: gr (K·G), gg (K·G), then per component: A_k (Σγ ln(1−p̂)), Γ_k (Σγ),
-        // direct d/d lp_k, Σ_c γ_ck (for the mixing weights).
-        let stride = 2 * k_n * g_n + 4 * k_n;
-        let blk = &mut ws.blk[..n_blocks * stride];
-        let blk_ll = &mut ws.blk_ll[..n_blocks];
-        let g_ell = &mut ws.g_ell[..k_n * nb];
-        // g_ell is laid out component-major (k·B + i); blocks write disjoint cells,
-        // so collect per-block cell gradients locally and scatter afterwards.
+        // Per block: gr (K·G), gg (K·G), then per component: A_k (Σγ ln(1−p̂)),
+        // Γ_k (Σγ) and Σ_c γ_ck (for the mixing weights).
+        let stride = 2 * k_n * g_n + 3 * k_n;
+        // Per-cell gradients come out cell-major (i·K + k) and are scattered
+        // into g_ell's component-major layout (k·B + i) afterwards.
         let mut cell_g = vec![0.0; k_n * nb];
         let (r, pi, ell) = (&ws.r, &ws.pi, &ws.ell);
-        blk.par_chunks_mut(stride)
-            .zip(blk_ll.par_iter_mut())
-            .zip(cell_g.par_chunks_mut(CELL_BLOCK * k_n))
-            .enumerate()
-            .for_each(|(bi, ((buf, bll), cg))| {
-                buf.iter_mut().for_each(|v| *v = 0.0);
-                let (gr, rest) = buf.split_at_mut(k_n * g_n);
-                let (gg, scal) = rest.split_at_mut(k_n * g_n);
-                let mut llk = vec![0.0; k_n];
-                let mut acc = 0.0;
-                for (ii, cgi) in cg.chunks_mut(k_n).enumerate() {
-                    let i = bi * CELL_BLOCK + ii;
-                    let c = batch.cells[i] as usize;
-                    self.cell_component_ll(c, i, nb, &comp, (r, pi, ell), &mut llk);
-                    let mx = (0..k_n)
-                        .map(|k| comp.ln_w[k] + llk[k])
-                        .fold(f64::NEG_INFINITY, f64::max);
-                    let se: f64 = (0..k_n).map(|k| (comp.ln_w[k] + llk[k] - mx).exp()).sum();
-                    acc += mx + se.ln();
-                    let (genes, counts) = d.row(c);
-                    let lib = d.lib_size[c];
-                    for k in 0..k_n {
-                        let gam = (comp.ln_w[k] + llk[k] - mx).exp() / se;
-                        scal[3 * k_n + k] += gam;
-                        if gam < 1e-300 {
-                            continue;
+        let ll = batch.scale
+            * cell_blocks(
+                nb,
+                (stride, k_n),
+                &mut ws.blk,
+                &mut ws.blk_ll,
+                &mut cell_g,
+                |bi, buf, cg| {
+                    let (gr, rest) = buf.split_at_mut(k_n * g_n);
+                    let (gg, scal) = rest.split_at_mut(k_n * g_n);
+                    let mut llk = vec![0.0; k_n];
+                    let mut acc = 0.0;
+                    for (ii, cgi) in cg.chunks_mut(k_n).enumerate() {
+                        let i = bi * CELL_BLOCK + ii;
+                        let c = batch.cells[i] as usize;
+                        self.cell_component_ll(c, i, nb, &comp, (r, pi, ell), &mut llk);
+                        let mx = (0..k_n)
+                            .map(|k| comp.ln_w[k] + llk[k])
+                            .fold(f64::NEG_INFINITY, f64::max);
+                        let se: f64 = (0..k_n).map(|k| (comp.ln_w[k] + llk[k] - mx).exp()).sum();
+                        acc += mx + se.ln();
+                        let (genes, counts) = d.row(c);
+                        let lib = d.lib_size[c];
+                        for k in 0..k_n {
+                            let gam = (comp.ln_w[k] + llk[k] - mx).exp() / se;
+                            scal[2 * k_n + k] += gam;
+                            if gam < 1e-300 {
+                                continue;
+                            }
+                            let l = ell[k * nb + i];
+                            let (l1m, ph, pm) = (ln_sigmoid(-l), sigmoid(l), sigmoid(-l));
+                            let rk = &r[k * g_n..(k + 1) * g_n];
+                            let gk = &mut gr[k * g_n..(k + 1) * g_n];
+                            let ggk = &mut gg[k * g_n..(k + 1) * g_n];
+                            let mut g_l = gam * lib * pm;
+                            match self.spec.variant {
+                                Variant::Nbdm | Variant::Nbvcp => {
+                                    scal[k] += gam * l1m;
+                                    g_l -= gam * comp.big_r[k] * ph;
+                                    for (&g, &u) in genes.iter().zip(counts) {
+                                        gk[g as usize] += gam * digamma_diff(u, rk[g as usize]);
+                                    }
+                                }
+                                Variant::Zinb => {
+                                    scal[k_n + k] += gam;
+                                    for (&g, &u) in genes.iter().zip(counts) {
+                                        let g = g as usize;
+                                        let j = k * g_n + g;
+                                        gk[g] +=
+                                            gam * (digamma_diff(u, rk[g]) + l1m - comp.w0[j] * l1m);
+                                        ggk[g] += gam * (-pi[j] - comp.ds_dx[j]);
+                                        g_l -= gam * rk[g] * ph * (1.0 - comp.w0[j]);
+                                    }
+                                }
+                                Variant::Zinbvcp => {
+                                    let pik = &pi[k * g_n..(k + 1) * g_n];
+                                    for g in 0..g_n {
+                                        let ez = (rk[g] * l1m).exp();
+                                        let es = pik[g] + (1.0 - pik[g]) * ez;
+                                        let w0 = (1.0 - pik[g]) * ez / es;
+                                        gk[g] += gam * w0 * l1m;
+                                        ggk[g] += gam * pik[g] * (1.0 - pik[g]) * (1.0 - ez) / es;
+                                        g_l -= gam * w0 * rk[g] * ph;
+                                    }
+                                    for (&g, &u) in genes.iter().zip(counts) {
+                                        let g = g as usize;
+                                        let ez = (rk[g] * l1m).exp();
+                                        let es = pik[g] + (1.0 - pik[g]) * ez;
+                                        let w0 = (1.0 - pik[g]) * ez / es;
+                                        gk[g] += gam * (digamma_diff(u, rk[g]) + l1m - w0 * l1m);
+                                        ggk[g] += gam
+                                            * (-pik[g] - pik[g] * (1.0 - pik[g]) * (1.0 - ez) / es);
+                                        g_l += gam * (-rk[g] * ph + w0 * rk[g] * ph);
+                                    }
+                                }
+                            }
+                            cgi[k] = g_l;
                         }
-                        let l = ell[k * nb + i];
-                        let (l1m, ph, pm) = (ln_sigmoid(-l), sigmoid(l), sigmoid(-l));
-                        let rk = &r[k * g_n..(k + 1) * g_n];
-                        let gk = &mut gr[k * g_n..(k + 1) * g_n];
-                        let ggk = &mut gg[k * g_n..(k + 1) * g_n];
-                        let mut g_l = gam * lib * pm;
-                        match self.spec.variant {
-                            Variant::Nbdm | Variant::Nbvcp => {
-                                scal[k] += gam * l1m;
-                                g_l -= gam * comp.big_r[k] * ph;
-                                for (&g, &u) in genes.iter().zip(counts) {
-                                    gk[g as usize] += gam * digamma_diff(u, rk[g as usize]);
-                                }
-                            }
-                            Variant::Zinb => {
-                                scal[k_n + k] += gam;
-                                for (&g, &u) in genes.iter().zip(counts) {
-                                    let g = g as usize;
-                                    let j = k * g_n + g;
-                                    gk[g] +=
-                                        gam * (digamma_diff(u, rk[g]) + l1m - comp.w0[j] * l1m);
-                                    ggk[g] += gam * (-pi[j] - comp.ds_dx[j]);
-                                    g_l -= gam * rk[g] * ph * (1.0 - comp.w0[j]);
-                                }
-                            }
-                            Variant::Zinbvcp => {
-                                let pik = &pi[k * g_n..(k + 1) * g_n];
-                                for g in 0..g_n {
-                                    let ez = (rk[g] * l1m).exp();
-                                    let es = pik[g] + (1.0 - pik[g]) * ez;
-                                    let w0 = (1.0 - pik[g]) * ez / es;
-                                    gk[g] += gam * w0 * l1m;
-                                    ggk[g] += gam * pik[g] * (1.0 - pik[g]) * (1.0 - ez) / es;
-                                    g_l -= gam * w0 * rk[g] * ph;
-                                }
-                                for (&g, &u) in genes.iter().zip(counts) {
-                                    let g = g as usize;
-                                    let ez = (rk[g] * l1m).exp();
-                                    let es = pik[g] + (1.0 - pik[g]) * ez;
-                                    let w0 = (1.0 - pik[g]) * ez / es;
-                                    gk[g] += gam * (digamma_diff(u, rk[g]) + l1m - w0 * l1m);
-                                    ggk[g] +=
-                                        gam * (-pik[g] - pik[g] * (1.0 - pik[g]) * (1.0 - ez) / es);
-                                    g_l += gam * (-rk[g] * ph + w0 * rk[g] * ph);
-                                }
-                            }
-                        }
-                        cgi[k] = g_l;
                     }
-                }
-                *bll = acc;
-            });
+                    acc
+                },
+            );
         let s = batch.scale;
-        let ll = s * blk_ll.iter().sum::<f64>();
         // Reduce blocks in order.
         ws.g_r[..k_n * g_n].iter_mut().for_each(|v| *v = 0.0);
         ws.g_gate[..k_n * g_n].iter_mut().for_each(|v| *v = 0.0);
         let mut a_k = vec![0.0; k_n];
         let mut gam_k = vec![0.0; k_n];
         let mut resp_k = vec![0.0; k_n];
-        for buf in blk.chunks(stride) {
-            for j in 0..k_n * g_n {
-                ws.g_r[j] += buf[j];
-                ws.g_gate[j] += buf[k_n * g_n + j];
-            }
-            let scal = &buf[2 * k_n * g_n..];
-            for k in 0..k_n {
-                a_k[k] += scal[k];
-                gam_k[k] += scal[k_n + k];
-                resp_k[k] += scal[3 * k_n + k];
-            }
-        }
+        add_blocks(
+            &ws.blk,
+            nb,
+            stride,
+            &mut [
+                &mut ws.g_r[..k_n * g_n],
+                &mut ws.g_gate[..k_n * g_n],
+                &mut a_k,
+                &mut gam_k,
+                &mut resp_k,
+            ],
+        );
+        let g_ell = &mut ws.g_ell[..k_n * nb];
         for i in 0..nb {
             for k in 0..k_n {
                 g_ell[k * nb + i] = cell_g[i * k_n + k];

@@ -164,12 +164,8 @@ pub fn simulate_nb(truth: &NbTruth, seed: u64) -> CountMatrix {
                 let u = match (&truth.omega, &truth.mixture) {
                     // BNB: the count's success probability is Beta(α, κ) around p̂.
                     (Some(om), None) => {
-                        let kappa = 2.0 + (r[g] + 1.0) / om[g].max(1e-6);
-                        let alpha = (kappa - 1.0) * odds;
-                        let p = rand_distr::Beta::new(alpha, kappa)
-                            .map_or(odds / (1.0 + odds), |b| b.sample(&mut rng))
-                            .clamp(1e-12, 1.0 - 1e-12);
-                        nb_count(&mut rng, r[g], p / (1.0 - p))
+                        let o = crate::dist::draw::bnb_odds(&mut rng, r[g], odds, om[g]);
+                        nb_count(&mut rng, r[g], o)
                     }
                     _ => nb_count(&mut rng, r[g], odds),
                 };
