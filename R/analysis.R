@@ -76,8 +76,16 @@ not_a_fit <- function(fit, what) {
   abort_input("{.arg fit} must be a scribeR results object, not {.cls {class(fit)[1]}}.")
 }
 
-n_components_of <- function(fit) if (is.null(fit@model$n_components)) 1L else as.integer(fit@model$n_components)
-component_names <- function(k) paste0("component", seq_len(k))
+# Mixture components, or the datasets of a dataset_key fit (which play the
+# part of components whose cells are known), and their names.
+n_components_of <- function(fit) {
+  if (!is.null(fit@model$dataset_levels)) return(length(fit@model$dataset_levels))
+  if (is.null(fit@model$n_components)) 1L else as.integer(fit@model$n_components)
+}
+component_names <- function(k, fit = NULL) {
+  levels <- if (!is.null(fit)) fit@model$dataset_levels
+  if (length(levels) == k) levels else paste0("component", seq_len(k))
+}
 
 gene_index <- function(fit, genes) {
   if (is.null(genes)) return(NULL)
@@ -141,7 +149,7 @@ setMethod("log_likelihood", "ScribeLayoutResults", function(fit, x, by = c("cell
   k <- res$n_comp
   v <- res$values
   if (split_components && k > 1L) {
-    a <- array(v, dim = c(s, length(labels), k), dimnames = list(NULL, labels, component_names(k)))
+    a <- array(v, dim = c(s, length(labels), k), dimnames = list(NULL, labels, component_names(k, fit)))
     return(if (is.null(n_samples)) a[1, , ] else a)
   }
   if (is.null(n_samples)) return(stats::setNames(v, labels))
@@ -175,12 +183,14 @@ setMethod("cell_type_probabilities", "ANY", function(fit, x, ...) not_a_fit(fit,
 setMethod("cell_type_probabilities", "ScribeLayoutResults", function(fit, x, n_samples = NULL, seed = NULL,
                                                                      assay = NULL) {
   k <- n_components_of(fit)
-  if (k < 2L) abort_input("{.arg fit} is not a mixture model; component probabilities need {.arg n_components} >= 2.")
+  if (k < 2L || is.null(fit@model$n_components)) {
+    abort_input("{.arg fit} is not a mixture model; component probabilities need {.arg n_components} >= 2.")
+  }
   counts <- counts_for_fit(fit, x, assay)
   res <- run_analysis(fit, "responsibilities", counts, list(), n_samples, seed)
   s <- if (is.null(n_samples)) 1L else as.integer(n_samples)
   a <- array(res$values, dim = c(s, length(fit@cell_names), k),
-             dimnames = list(NULL, fit@cell_names, component_names(k)))
+             dimnames = list(NULL, fit@cell_names, component_names(k, fit)))
   prob <- apply(a, c(2, 3), mean)
   out <- list(
     probabilities = prob,
@@ -312,10 +322,10 @@ setMethod("normalize_counts", "ScribeLayoutResults", function(fit, x = NULL, n_s
   g <- fit@gene_names
   if (is.null(n_samples)) {
     if (k == 1L) return(stats::setNames(res$values, g))
-    return(t(matrix(res$values, nrow = length(g), dimnames = list(g, component_names(k)))))
+    return(t(matrix(res$values, nrow = length(g), dimnames = list(g, component_names(k, fit)))))
   }
   t_n <- as.integer(n_samples) * as.integer(n_samples_dirichlet)
-  a <- array(res$values, dim = c(length(g), t_n, k), dimnames = list(g, NULL, component_names(k)))
+  a <- array(res$values, dim = c(length(g), t_n, k), dimnames = list(g, NULL, component_names(k, fit)))
   if (k == 1L) return(t(a[, , 1]))
   aperm(a, c(2L, 1L, 3L))
 })

@@ -82,12 +82,15 @@ setClass("ScribeDEResults", representation(
 #' @param n_samples_dirichlet Compositions per posterior draw; 0 for the
 #'   expected composition.
 #' @param component_a,component_b For mixture fits, the component of each
-#'   side (1-based).
+#'   side (1-based); for fits with `dataset_key`, the dataset of each side
+#'   (its name or number), which compares datasets within one fit with the
+#'   draws paired.
 #' @param mixture_weighted For mixture fits without a component: compare
 #'   the weighted mixture compositions `sum_k w_k rho_k`.
 #' @param gene_mask `NULL`, or a logical vector over the genes (or gene
 #'   names) to keep; the others are pooled.
-#' @param labels Names of the two sides.
+#' @param labels Names of the two sides (default `c("A", "B")`, or the
+#'   datasets' names when both sides are datasets given by name).
 #' @param keep_draws Keep the `delta` draws in the result (needed for
 #'   [as.data.frame()] at new `tau` values and for [test_gene_sets()]).
 #' @param shrinkage_max_iter,shrinkage_tol EM settings of `"shrinkage"`.
@@ -140,6 +143,11 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
   check_number(shrinkage_tol, "shrinkage_tol", "a positive number", function(v) v > 0)
   if (!is.character(labels) || length(labels) != 2L || anyNA(labels)) {
     abort_input("{.arg labels} must be two names, e.g. {.code c(\"ctrl\", \"stim\")}.")
+  }
+  # Datasets of one fit, named by the caller: the sides take their names.
+  if (missing(labels) && is.character(component_a) && is.character(component_b) &&
+      length(component_a) == 1L && length(component_b) == 1L) {
+    labels <- c(component_a, component_b)
   }
   if (!identical(fit_a@gene_names, fit_b@gene_names)) {
     abort_input(c("{.arg fit_a} and {.arg fit_b} must be fitted to the same genes, in the same order.",
@@ -320,11 +328,21 @@ resolve_de_components <- function(fit_a, fit_b, component_a, component_b, mixtur
     if (is.null(comp)) {
       if (k == 1L) return(0)
       if (mixture_weighted) return(-1)
+      if (!is.null(fit@model$dataset_levels)) {
+        abort_input(c("{.arg {arg}} is needed: the fit has {k} datasets.",
+                      "i" = "Give a dataset ({.val {fit@model$dataset_levels}}) or {.code mixture_weighted = TRUE} (weighted by the datasets' cells)."))
+      }
       abort_input(c("{.arg {arg}} is needed: the fit is a mixture of {k} components.",
                     "i" = "Give a component (1 to {k}) or {.code mixture_weighted = TRUE}."))
     }
     if (mixture_weighted) abort_input("Give either {.arg {arg}} or {.code mixture_weighted = TRUE}, not both.")
-    check_number(comp, arg, sprintf("a component from 1 to %d", k), function(v) v >= 1 && v <= k && v == round(v))
+    levels <- fit@model$dataset_levels
+    if (is.character(comp) && length(comp) == 1L && !is.null(levels)) {
+      if (!comp %in% levels) abort_input("{.arg {arg}} {.val {comp}} is not a dataset of the fit ({.val {levels}}).")
+      comp <- match(comp, levels)
+    }
+    check_number(comp, arg, sprintf("a %s from 1 to %d", if (is.null(levels)) "component" else "dataset (or its name)", k),
+                 function(v) v >= 1 && v <= k && v == round(v))
     as.numeric(comp - 1)
   }
   list(one(fit_a, component_a, "component_a"), one(fit_b, component_b, "component_b"))

@@ -143,6 +143,7 @@ setMethod("show", "ScribeMCMCResults", function(object) {
               m$parameterization, if (isTRUE(m$unconstrained)) ", unconstrained" else ""))
   cat(sprintf("  data:    %d genes x %d cells; %d parameters\n", length(object@gene_names),
               length(object@cell_names), nrow(object@params$draws)))
+  cat(datasets_line(m))
   cat(sprintf("  chains:  %d x (%d warmup + %d draws)%s, %.1f s\n", n_chains_of(object),
               as.integer(cfg$n_warmup), as.integer(cfg$n_samples),
               if (isTRUE(cfg$svi_init)) ", started from SVI" else "", d$elapsed))

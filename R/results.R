@@ -105,6 +105,14 @@ stop_summary <- function(object) {
   )
 }
 
+# "  datasets: 2 by batch (A, B)" for show() of a dataset_key fit ("" otherwise).
+datasets_line <- function(model) {
+  lv <- model$dataset_levels
+  if (is.null(lv)) return("")
+  sprintf("  datasets: %d by %s (%s%s)\n", length(lv), model$dataset_key, paste(utils::head(lv, 6L), collapse = ", "),
+          if (length(lv) > 6L) ", ..." else "")
+}
+
 # "name (genes)" per site, for show().
 layout_summary <- function(layout, rows = "components") {
   vapply(seq_len(nrow(layout)), function(i) {

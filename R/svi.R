@@ -98,10 +98,7 @@ setMethod("show", "ScribeSVIResults", function(object) {
               if (is.null(bs)) "full batch" else sprintf("batch size %d", as.integer(bs)), d$elapsed))
   cat(sprintf("  loss:   %s (mean of the last %d steps)%s\n", format(mean(tail_l), digits = 7), length(tail_l),
               if (isTRUE(d$restored_best)) sprintf("; best parameters restored from step %d", as.integer(d$best_step)) else ""))
-  if (!is.null(m$dataset_levels)) {
-    cat(sprintf("  datasets: %d by %s (%s)\n", length(m$dataset_levels), m$dataset_key,
-                paste(utils::head(m$dataset_levels, 6L), collapse = ", ")))
-  }
+  cat(datasets_line(m))
   cat(sprintf("  params: %s\n", paste(layout_summary(object@layout, if (is.null(m$dataset_levels)) "components" else "datasets"),
                                     collapse = ", ")))
   cat(sprintf("  seed:   %s\n", format(object@seed, scientific = FALSE)))

@@ -137,3 +137,25 @@ test_that("dataset arguments give clear errors", {
                  "one dataset")
   expect_null(fit@model$dataset_levels)
 })
+
+test_that("datasets of one fit compare by DE and normalize per dataset", {
+  sim <- dataset_sim()
+  m <- sim$counts
+  fit <- dataset_fit(m, model = "nbvcp", dataset_key = sim$batch)
+  de <- scribe_de(fit, component_a = "B", component_b = "A", n_samples = 200, seed = 1)
+  res <- as.data.frame(de)
+  shifted <- rownames(m)[seq_len(sim$n_shift)]
+  top <- res$gene[order(-res$delta_mean)][seq_len(sim$n_shift)]
+  expect_gte(length(intersect(top, shifted)), sim$n_shift - 1L)
+  expect_identical(de@info$components, c(2L, 1L))
+  expect_identical(de@labels, c("B", "A"))
+  expect_error(scribe_de(fit, component_a = "C", component_b = "A"), "not a dataset", class = "scribeR_input_error")
+  expect_error(scribe_de(fit), "2 datasets", class = "scribeR_input_error")
+  comp <- normalize_counts(fit)
+  expect_equal(rownames(comp), c("A", "B"))
+  expect_equal(unname(rowSums(comp)), c(1, 1), tolerance = 1e-10)
+  expect_error(cell_type_probabilities(fit, m), "not a mixture", class = "scribeR_input_error")
+  ll <- log_likelihood(fit, m, split_components = TRUE)
+  expect_equal(colnames(ll), c("A", "B"))
+  expect_true(all(is.infinite(ll[sim$batch == "A", "B"])))
+})
