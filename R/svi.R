@@ -4,7 +4,8 @@ NULL
 # SVI fits of the NB-family models: the engine function of the engine table
 # (R/fit.R) and the results class. The optimisation runs in the core
 # (scribe-core/src/svi); the guide's parameters come back as named fields per
-# site (mean-field: `loc`, `scale`), which only the core interprets.
+# site (mean-field: `loc`, `scale`; low-rank adds `group` and `factor`),
+# which only the core interprets.
 
 fit_svi <- function(counts, dropped, model, a, shared) {
   model_spec <- nb_model_spec(model, a, ncol(counts))
@@ -13,7 +14,7 @@ fit_svi <- function(counts, dropped, model, a, shared) {
     optimizer_config = resolve_optimizer(a$optimizer_config), stable_update = a$stable_update,
     restore_best = a$restore_best, seed = shared$seed
   )
-  svi <- c(svi, resolve_early_stopping(a$early_stopping))
+  svi <- c(svi, resolve_early_stopping(a$early_stopping), resolve_guide(a, model, model_spec$parameterization))
   t0 <- proc.time()[["elapsed"]]
   res <- call_core(rs_svi_fit(counts_slots(counts), model_spec, svi, shared$verbose, shared$num_threads))
   elapsed <- proc.time()[["elapsed"]] - t0

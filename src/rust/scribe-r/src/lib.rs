@@ -35,7 +35,7 @@ use scribe_core::posterior::nb::predictive::predictive;
 use scribe_core::posterior::nb::sites;
 use scribe_core::posterior::Summary;
 use scribe_core::progress::Ctl;
-use scribe_core::svi::guide::{Guide, MeanField};
+use scribe_core::svi::guide::{Guide, LowRank, MeanField};
 
 fn none() -> Robj {
     ().into()
@@ -71,7 +71,8 @@ fn rs_model_layout(model: Robj, n_genes: i32, n_cells: i32) -> Robj {
     })())
 }
 
-/// Fits an NB-family model by SVI with the mean-field guide.
+/// Fits an NB-family model by SVI: the mean-field guide, or a low-rank one
+/// when the settings give `guide_rank` (and optionally `joint_params`).
 /// @noRd
 #[extendr]
 fn rs_svi_fit(counts_r: Robj, model: Robj, svi: Robj, verbose: bool, num_threads: i32) -> Robj {
@@ -79,14 +80,23 @@ fn rs_svi_fit(counts_r: Robj, model: Robj, svi: Robj, verbose: bool, num_threads
         let data = counts(&counts_r)?;
         let cfg = svi_config(&svi)?;
         let nb = NbModel::new(nb_spec(&model)?, &data)?;
-        let guide = MeanField {
-            dim: nb.layout().total,
+        let (rank, joint) = convert::configs::guide_choice(&svi)?;
+        let (fit, fitted) = match rank {
+            None => svi_with(
+                &nb,
+                MeanField {
+                    dim: nb.layout().total,
+                },
+                &cfg,
+                verbose,
+                num_threads,
+            )?,
+            Some(k) => {
+                let gene = nb.spec.param.gene_param();
+                let guide = LowRank::new(nb.layout(), gene, &joint, k)?;
+                svi_with(&nb, guide, &cfg, verbose, num_threads)?
+            }
         };
-        let fit = runner::run("SVI", verbose, num_threads, |sh| {
-            let init = scribe_core::svi::initial_params(&nb, &guide);
-            scribe_core::svi::run(&nb, &guide, init, &cfg, sh, sh)
-        })?;
-        let fitted = guide.fitted(&fit.params);
         Ok(list!(
             layout = layout_to_r(nb.layout()),
             guide = fitted.family(),
@@ -101,6 +111,25 @@ fn rs_svi_fit(counts_r: Robj, model: Robj, svi: Robj, verbose: bool, num_threads
         )
         .into())
     })())
+}
+
+/// Runs SVI of `guide` on the worker thread; returns the run and the fitted guide.
+fn svi_with<G: Guide>(
+    nb: &NbModel,
+    guide: G,
+    cfg: &scribe_core::svi::SviConfig,
+    verbose: bool,
+    num_threads: i32,
+) -> GResult<(
+    scribe_core::svi::SviFit,
+    Box<dyn scribe_core::svi::guide::FittedGuide>,
+)> {
+    let fit = runner::run("SVI", verbose, num_threads, |sh| {
+        let init = scribe_core::svi::initial_params(nb, &guide);
+        scribe_core::svi::run(nb, &guide, init, cfg, sh, sh)
+    })?;
+    let fitted = guide.fitted(&fit.params);
+    Ok((fit, fitted))
 }
 
 /// Samples an NB-family posterior by NUTS; `init` is NULL (uniform start)

@@ -263,6 +263,27 @@ pub fn svi_config(robj: &Robj) -> GResult<SviConfig> {
     })
 }
 
+/// The guide of an SVI fit: `guide_rank` (`None`: mean-field) and the
+/// `joint_params` sites of a joint low-rank group (empty: one group per row
+/// of the gene parameter).
+pub fn guide_choice(robj: &Robj) -> GResult<(Option<usize>, Vec<String>)> {
+    let a = Args::new(robj, "svi")?;
+    let rank = a
+        .get("guide_rank")
+        .map(|_| a.count("guide_rank"))
+        .transpose()?;
+    let joint = match a.get("joint_params") {
+        Some(r) => r
+            .as_str_vector()
+            .ok_or_else(|| internal("`joint_params` must be a character vector"))?
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok((rank, joint))
+}
+
 /// Sampler settings and the start's half-widths `(init_radius, init_spread)`.
 pub fn mcmc_config(robj: &Robj) -> GResult<(McmcConfig, f64, f64)> {
     let a = Args::new(robj, "mcmc")?;

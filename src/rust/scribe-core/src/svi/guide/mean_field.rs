@@ -100,7 +100,11 @@ impl Guide for MeanField {
 
 /// Indices of the coordinates that take part in a step: all global ones, and
 /// the batch cells of cell blocks.
-fn for_each_active(model: &impl Model, batch: &Batch, mut f: impl FnMut(usize, usize, usize, f64)) {
+pub(crate) fn for_each_active(
+    model: &impl Model,
+    batch: &Batch,
+    mut f: impl FnMut(usize, usize, usize, f64),
+) {
     for (b, block) in model.layout().blocks.iter().enumerate() {
         match block.kind {
             BlockKind::Cell => {
@@ -145,34 +149,73 @@ fn loss_and_grad<M: Model, R: Rng>(
     let (g_loc, g_ls) = grad.split_at_mut(n);
     let (x, eps, gx, sc) = (&buf.x, &buf.eps, &buf.gx, &buf.s);
     let blocks = &model.layout().blocks;
-    // Prior scales repeat across a block: keep the last logarithm.
-    let (mut last_s0, mut last_ln_s0) = (f64::NAN, f64::NAN);
+    let mut cache = KlCache::default();
     for_each_active(model, batch, |b, j, k, w| {
-        let link = blocks[b].link;
-        let prior = model.prior(b, j);
-        let s = sc[k];
-        match prior.normal_in_x(link) {
-            Some((m0, s0)) => {
-                let d = loc[k] - m0;
-                if s0 != last_s0 {
-                    (last_s0, last_ln_s0) = (s0, s0.ln());
-                }
-                // ln(s0/s) = ln s0 − log_scale: one logarithm fewer per coordinate.
-                let kl = last_ln_s0 - log_scale[k] + (s * s + d * d) / (2.0 * s0 * s0) - 0.5;
-                elbo -= w * kl;
-                g_loc[k] = -(gx[k] - w * d / (s0 * s0));
-                g_ls[k] = -(gx[k] * s * eps[k] - w * (s * s / (s0 * s0) - 1.0));
-            }
-            None => {
-                let (lp, dlp) = prior.ln_density_x(x[k], link);
-                elbo += w * (lp + log_scale[k] + HALF_LN_2PI_E);
-                let gt = gx[k] + w * dlp;
-                g_loc[k] = -gt;
-                g_ls[k] = -(gt * s * eps[k] + w);
-            }
-        }
+        let (de, gl, gs) = mf_term(
+            model.prior(b, j),
+            blocks[b].link,
+            (loc[k], log_scale[k], sc[k], eps[k], x[k], gx[k], w),
+            &mut cache,
+        );
+        elbo += de;
+        g_loc[k] = gl;
+        g_ls[k] = gs;
     });
     -elbo
+}
+
+/// The last prior scale of [`mf_term`] and its logarithm (prior scales
+/// repeat across a block: one logarithm per block, not per coordinate).
+pub(crate) struct KlCache {
+    s0: f64,
+    ln_s0: f64,
+}
+
+impl Default for KlCache {
+    fn default() -> Self {
+        KlCache {
+            s0: f64::NAN,
+            ln_s0: f64::NAN,
+        }
+    }
+}
+
+/// One mean-field coordinate's share of the ELBO, weighted by `w` (the batch
+/// scale of cell coordinates), and the loss gradient with respect to its
+/// `loc` and `log_scale`: `(Δelbo, ∂loss/∂loc, ∂loss/∂log_scale)`, from the
+/// draw `x = loc + s·eps` and `gx = ∂(ln p(u|x) + joint priors)/∂x`. The
+/// analytic KL where the prior is Gaussian in `x`, else the prior at the
+/// draw plus the analytic entropy.
+pub(crate) fn mf_term(
+    prior: crate::dist::Prior,
+    link: Link,
+    (loc, log_scale, s, eps, x, gx, w): (f64, f64, f64, f64, f64, f64, f64),
+    cache: &mut KlCache,
+) -> (f64, f64, f64) {
+    match prior.normal_in_x(link) {
+        Some((m0, s0)) => {
+            let d = loc - m0;
+            if s0 != cache.s0 {
+                (cache.s0, cache.ln_s0) = (s0, s0.ln());
+            }
+            // ln(s0/s) = ln s0 − log_scale: one logarithm fewer per coordinate.
+            let kl = cache.ln_s0 - log_scale + (s * s + d * d) / (2.0 * s0 * s0) - 0.5;
+            (
+                -w * kl,
+                -(gx - w * d / (s0 * s0)),
+                -(gx * s * eps - w * (s * s / (s0 * s0) - 1.0)),
+            )
+        }
+        None => {
+            let (lp, dlp) = prior.ln_density_x(x, link);
+            let gt = gx + w * dlp;
+            (
+                w * (lp + log_scale + HALF_LN_2PI_E),
+                -gt,
+                -(gt * s * eps + w),
+            )
+        }
+    }
 }
 
 /// A fitted mean-field guide: `loc` and `scale` of every coordinate, in
@@ -219,71 +262,89 @@ impl MeanFieldFit {
 
 impl Source for MeanFieldFit {
     fn sampled_sites(&self, layout: &Layout, summary: Summary, ctl: Ctl<'_>) -> Result<Vec<Site>> {
-        if layout.total != self.loc.len() {
-            return Err(CoreError::arg("fit", "its guide does not match its layout"));
-        }
-        let n = match summary {
-            Summary::Point => 1,
-            Summary::Draws { n, .. } => n,
-        };
-        crate::posterior::check_draws(layout, n)?;
-        let mut sites: Vec<Site> = layout.blocks.iter().map(|b| site_for(b, n)).collect();
-        match summary {
-            Summary::Point => {
-                for (b, site) in layout.blocks.iter().zip(sites.iter_mut()) {
-                    if b.kind == BlockKind::Simplex {
-                        put_draw(b, &self.loc, 0, site);
-                        continue;
-                    }
-                    for j in b.range() {
-                        site.values[j - b.offset] =
-                            transformed_normal_mode(b.link, self.loc[j], self.scale[j]);
-                    }
-                }
+        gaussian_sites(layout, summary, ctl, &self.loc, &self.scale, |rng, x| {
+            for (j, xj) in x.iter_mut().enumerate() {
+                let e: f64 = rng.sample(StandardNormal);
+                *xj = self.loc[j] + self.scale[j] * e;
             }
-            Summary::Draws { n, seed } => {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                let mut x = vec![0.0; layout.total];
-                let work = ctl.work(n);
-                for s in 0..n {
-                    if work.stopped() {
-                        return Err(crate::CoreError::cancelled());
-                    }
-                    work.tick();
-                    for (j, xj) in x.iter_mut().enumerate() {
-                        let e: f64 = rng.sample(StandardNormal);
-                        *xj = self.loc[j] + self.scale[j] * e;
-                    }
-                    for (b, site) in layout.blocks.iter().zip(sites.iter_mut()) {
-                        if b.kind != BlockKind::Simplex {
-                            put_draw(b, &x, s, site);
-                        }
-                    }
-                }
-                // Simplex blocks (mixing weights) draw from a stream of their own.
-                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x006d_6978);
-                for (b, site) in layout.blocks.iter().zip(sites.iter_mut()) {
-                    if b.kind != BlockKind::Simplex {
-                        continue;
-                    }
-                    let mut z = vec![0.0; b.len + 1];
-                    for s in 0..n {
-                        for j in 0..b.len {
-                            let e: f64 = rng.sample(StandardNormal);
-                            z[j] = self.loc[b.offset + j] + self.scale[b.offset + j] * e;
-                        }
-                        z[b.len] = 0.0;
-                        softmax_into(&z, |k, v| site.values[k * n + s] = v);
-                    }
-                }
-            }
-        }
-        Ok(sites)
+        })
     }
 
     fn scales(&self) -> Option<Vec<f64>> {
         Some(self.scale.clone())
     }
+}
+
+/// The sites of a Gaussian guide over `x`: for [`Summary::Point`] the mode
+/// of each coordinate's marginal `N(loc_j, scale_j)` through its link (for
+/// simplex blocks the softmax of the location), for draws `draw(rng, x)`
+/// filling one draw of every coordinate from one stream in layout order
+/// (simplex blocks then draw from a stream of their own with the marginal
+/// scales, so that their draws do not depend on the other blocks).
+pub(crate) fn gaussian_sites(
+    layout: &Layout,
+    summary: Summary,
+    ctl: Ctl<'_>,
+    loc: &[f64],
+    scale: &[f64],
+    mut draw: impl FnMut(&mut ChaCha8Rng, &mut [f64]),
+) -> Result<Vec<Site>> {
+    if layout.total != loc.len() {
+        return Err(CoreError::arg("fit", "its guide does not match its layout"));
+    }
+    let n = match summary {
+        Summary::Point => 1,
+        Summary::Draws { n, .. } => n,
+    };
+    crate::posterior::check_draws(layout, n)?;
+    let mut sites: Vec<Site> = layout.blocks.iter().map(|b| site_for(b, n)).collect();
+    match summary {
+        Summary::Point => {
+            for (b, site) in layout.blocks.iter().zip(sites.iter_mut()) {
+                if b.kind == BlockKind::Simplex {
+                    put_draw(b, loc, 0, site);
+                    continue;
+                }
+                for j in b.range() {
+                    site.values[j - b.offset] = transformed_normal_mode(b.link, loc[j], scale[j]);
+                }
+            }
+        }
+        Summary::Draws { n, seed } => {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut x = vec![0.0; layout.total];
+            let work = ctl.work(n);
+            for s in 0..n {
+                if work.stopped() {
+                    return Err(crate::CoreError::cancelled());
+                }
+                work.tick();
+                draw(&mut rng, &mut x);
+                for (b, site) in layout.blocks.iter().zip(sites.iter_mut()) {
+                    if b.kind != BlockKind::Simplex {
+                        put_draw(b, &x, s, site);
+                    }
+                }
+            }
+            // Simplex blocks (mixing weights) draw from a stream of their own.
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x006d_6978);
+            for (b, site) in layout.blocks.iter().zip(sites.iter_mut()) {
+                if b.kind != BlockKind::Simplex {
+                    continue;
+                }
+                let mut z = vec![0.0; b.len + 1];
+                for s in 0..n {
+                    for j in 0..b.len {
+                        let e: f64 = rng.sample(StandardNormal);
+                        z[j] = loc[b.offset + j] + scale[b.offset + j] * e;
+                    }
+                    z[b.len] = 0.0;
+                    softmax_into(&z, |k, v| site.values[k * n + s] = v);
+                }
+            }
+        }
+    }
+    Ok(sites)
 }
 
 impl FittedGuide for MeanFieldFit {

@@ -8,8 +8,10 @@
 //! can be subset by genes and cells. The SVI loop never knows which family
 //! it runs; a new family is a new file here plus one arm in [`import`].
 
+pub mod low_rank;
 pub mod mean_field;
 
+pub use low_rank::{LowRank, LowRankFit};
 pub use mean_field::{MeanField, MeanFieldFit};
 
 use crate::data::Batch;
@@ -90,7 +92,7 @@ pub trait FittedGuide: Source + Send {
 }
 
 /// The guide families results can hold.
-pub const FAMILIES: [&str; 1] = ["mean_field"];
+pub const FAMILIES: [&str; 2] = ["mean_field", "low_rank"];
 
 /// Rebuilds a fitted guide of `family` from the fields it stored.
 pub fn import(
@@ -102,6 +104,7 @@ pub fn import(
         "mean_field" => Ok(Box::new(mean_field::MeanFieldFit::from_fields(
             layout, fields,
         )?)),
+        "low_rank" => Ok(Box::new(low_rank::LowRankFit::from_fields(layout, fields)?)),
         other => Err(CoreError::arg(
             "fit",
             format!(
