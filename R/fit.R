@@ -139,14 +139,18 @@
 #' under mean_odds), by `prob_dataset_mode`: `"gene_specific"` (default)
 #' `p_g^(d)` with a per-gene location, `"scalar"` one `p^(d)` per dataset;
 #' location `logit_p_dataset_loc ~ Normal(0, 1)`, scale `softplus(Normal(0,
-#' 0.5))`. Each cell's likelihood reads its own dataset's values, per
+#' 0.5))`. The gate (zinb, zinbvcp): `priors = list(zero_inflation =
+#' list(<key> = family))` gives `gate_g^(d)` around one location
+#' `logit_gate_dataset_loc ~ Normal(-5, 0.01)` (the original's), scale
+#' `softplus(Normal(-2, 0.5))`. Each cell's likelihood reads its own dataset's values, per
 #' dataset and gene by sufficient statistics without capture (one extra pass
 #' over each dataset's count histogram per step); with capture, one pass
 #' over the batch's cells x genes. Dataset-specific values are `datasets x
 #' genes` matrices in [get_map()] (columns of a matrix in `rowData()` after
 #' [add_scribe_fit()]); predictive checks, denoising, log-likelihoods and
 #' residuals read each cell's own dataset. A single dataset drops the
-#' dataset level with a warning (a probability family becomes gene-level).
+#' dataset level with a warning (a probability or gate family becomes
+#' gene-level).
 #' Dataset hierarchies with mixtures or BNB, several grouping factors and
 #' `prob_dataset_mode = "two_level"` are `scribeR_unsupported` errors for
 #' now.
@@ -836,9 +840,13 @@ dataset_spec <- function(families, a, gene, scalar) {
   if (!is.null(dh[[scalar]]) && !is.null(families$hierarchies[[scalar]])) {
     abort_input("A gene-level and a dataset-level {.code probability} family cannot be set simultaneously.")
   }
+  if (!is.null(dh$gate) && !is.null(families$hierarchies$gate)) {
+    abort_input("A gene-level and a dataset-level {.code zero_inflation} family cannot be set simultaneously.")
+  }
   if (length(ds$levels) == 1L) {
     cli::cli_warn("{.arg dataset_key} has one dataset ({.val {ds$levels}}): fitting without the dataset level.")
     if (!is.null(dh[[scalar]]) && mode == "gene_specific") families$hierarchies[[scalar]] <- dh[[scalar]]
+    if (!is.null(dh$gate)) families$hierarchies$gate <- dh$gate
     families$dataset_hierarchies <- NULL
     return(list(families = families, fields = NULL))
   }
@@ -880,9 +888,9 @@ split_prior_families <- function(priors, model, parameterization, level = NULL) 
     site <- names(sub$hierarchies)
     gene <- if (parameterization == "canonical") "r" else "mu"
     scalar <- if (parameterization == "mean_odds") "phi" else "p"
-    if (!site %in% c(gene, scalar)) {
+    if (!site %in% c(gene, scalar, "gate")) {
       abort_unsupported(c("A dataset-level prior on {.val {name}} is not available yet.",
-                          "i" = "Dataset-level families exist for {.code mean_expression} and {.code probability}."))
+                          "i" = "Dataset-level families exist for {.code mean_expression}, {.code probability} and {.code zero_inflation}."))
     }
     out$dataset_hierarchies[[site]] <- sub$hierarchies[[site]]
   }

@@ -125,9 +125,14 @@ test_that("dataset arguments give clear errors", {
   expect_error(scribe_fit(m, dataset_key = sim$batch, overdispersion = "bnb"), class = "scribeR_unsupported")
   expect_error(scribe_fit(m, dataset_key = sim$batch, priors = list(probability = list(dataset = "gaussian")),
                           prob_dataset_mode = "two_level"), class = "scribeR_unsupported")
-  expect_error(scribe_fit(m, model = "zinb", dataset_key = sim$batch,
+  expect_error(scribe_fit(m, model = "nbdm", dataset_key = sim$batch,
                           priors = list(zero_inflation = list(dataset = "gaussian"))),
-               "zero_inflation", class = "scribeR_unsupported")
+               "zero-inflated", class = "scribeR_input_error")
+  expect_error(scribe_fit(m, model = "zinb", dataset_key = sim$batch,
+                          priors = list(zero_inflation = list(dataset = "gaussian"), gate = "neg")),
+               "simultaneously", class = "scribeR_input_error")
+  expect_error(scribe_fit(m, dataset_key = sim$batch, priors = list(capture_probability = list(dataset = "gaussian"))),
+               "capture_probability", class = "scribeR_unsupported")
   expect_error(scribe_fit(m, dataset_key = sim$batch, priors = list(probability = list(dataset = "gaussian"),
                                                                    p = "gaussian")),
                "simultaneously", class = "scribeR_input_error")
@@ -158,4 +163,20 @@ test_that("datasets of one fit compare by DE and normalize per dataset", {
   ll <- log_likelihood(fit, m, split_components = TRUE)
   expect_equal(colnames(ll), c("A", "B"))
   expect_true(all(is.infinite(ll[sim$batch == "A", "B"])))
+})
+
+test_that("dataset gates: one gate per dataset and gene, read by each cell", {
+  sim <- dataset_sim("zinb", n_genes = 20, n_cells = c(120, 100), n_shift = 5)
+  fit <- dataset_fit(sim$counts, model = "zinb", dataset_key = sim$batch,
+                     priors = list(zero_inflation = list(dataset = "gaussian")), n_steps = 600)
+  gate <- get_map(fit)$gate
+  expect_equal(dim(gate), c(2L, 20L))
+  expect_equal(rownames(gate), c("A", "B"))
+  expect_true(all(gate > 0 & gate < 1))
+  expect_true("logit_gate_dataset_scale" %in% names(get_map(fit)))
+  expect_true(all(is.finite(log_likelihood(fit, sim$counts))))
+  expect_warning(one <- dataset_fit(sim$counts, model = "zinb", dataset_key = rep("A", ncol(sim$counts)),
+                                    priors = list(zero_inflation = list(dataset = "gaussian")), n_steps = 10),
+                 "one dataset")
+  expect_identical(one@model$hierarchies$gate, "gaussian")
 })

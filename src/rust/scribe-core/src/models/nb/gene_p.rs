@@ -39,6 +39,7 @@ pub(crate) struct Rows {
     gene: usize,
     scalar: usize,
     scalar_per_gene: bool,
+    gate: usize,
 }
 
 impl NbModel<'_> {
@@ -57,6 +58,7 @@ impl NbModel<'_> {
                 gene: 0,
                 scalar: 0,
                 scalar_per_gene: gene_p,
+                gate: 0,
             },
             Some(ds) => Rows {
                 gene: ds.gene_row(d, g_n),
@@ -66,6 +68,7 @@ impl NbModel<'_> {
                     DatasetP::GeneSpecific => d * g_n,
                 },
                 scalar_per_gene: gene_p,
+                gate: if ds.gate { d * g_n } else { 0 },
             },
         }
     }
@@ -113,7 +116,7 @@ impl NbModel<'_> {
             };
         }
         if let Some(b) = self.b_gate {
-            let off = lay.blocks[b].offset;
+            let off = lay.blocks[b].offset + rows.gate;
             for g in 0..g_n {
                 ws.pi[g] = sigmoid(x[off + g]);
             }
@@ -229,7 +232,7 @@ impl NbModel<'_> {
             }
         }
         if let Some(b) = self.b_gate {
-            let off = lay.blocks[b].offset;
+            let off = lay.blocks[b].offset + rows.gate;
             for g in 0..g_n {
                 grad[off + g] += s * ws.g_gate[g];
             }

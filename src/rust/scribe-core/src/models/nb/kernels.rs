@@ -345,14 +345,14 @@ impl<'a> NbModel<'a> {
         ll
     }
 
-    /// Derived NB quantities at `x` for a set of cells, cell-major: `r` and
-    /// logit p̂ per (cell, gene), and the gate per gene. With datasets each
-    /// cell reads its own dataset's rows.
+    /// Derived NB quantities at `x` for a set of cells, cell-major: `r`,
+    /// logit p̂ and the gate per (cell, gene). With datasets each cell reads
+    /// its own dataset's rows.
     pub fn derived(&self, x: &[f64], cells: &[u32]) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
         let mut ws = self.workspace();
         let mut b = Batch::full(self.data);
         let g_n = self.data.n_genes;
-        let (mut r, mut ell) = (Vec::new(), Vec::new());
+        let (mut r, mut ell, mut gate) = (Vec::new(), Vec::new(), Vec::new());
         for &c in cells {
             b.cells = vec![c];
             if self.genewise() {
@@ -368,9 +368,9 @@ impl<'a> NbModel<'a> {
                 ell.extend((0..g_n).map(|_| ws.ell[0]));
             }
             r.extend_from_slice(&ws.r[..g_n]);
+            gate.extend_from_slice(&ws.pi[..g_n]);
         }
-        let gate = self.b_gate.map(|_| ws.pi.clone());
-        (r, ell, gate)
+        (r, ell, self.b_gate.map(|_| gate))
     }
 
     /// Fills `theta`, `dtheta`, `r`, `ell`, `dlnnu`, `pi`; returns `logit p` (and phi for mean_odds).
@@ -678,8 +678,14 @@ mod tests {
                     };
                 ll += match &gate {
                     None => lnb,
-                    Some(pi) if u == 0.0 => (pi[g] + (1.0 - pi[g]) * lnb.exp()).ln(),
-                    Some(pi) => (1.0 - pi[g]).ln() + lnb,
+                    Some(pi) => {
+                        let pi = pi[k * d.n_genes + g];
+                        if u == 0.0 {
+                            (pi + (1.0 - pi) * lnb.exp()).ln()
+                        } else {
+                            (1.0 - pi).ln() + lnb
+                        }
+                    }
                 };
             }
         }
@@ -772,6 +778,17 @@ mod tests {
                             .unwrap(),
                     }
                     assert!(s.unconstrained);
+                    v.push(s);
+                }
+                // Dataset gates (zero-inflated models), with dataset means.
+                if variant.has_gate() {
+                    let mut s = NbSpec::new(variant, param, true, Link::Softplus);
+                    s.set_datasets(cells.clone(), 3).unwrap();
+                    s.add_dataset_hierarchy("gate", Gaussian, DatasetP::Shared)
+                        .unwrap();
+                    s.add_dataset_hierarchy(param.gene_param(), Gaussian, DatasetP::Shared)
+                        .unwrap();
+                    assert!(s.add_hierarchy("gate", Gaussian).is_err());
                     v.push(s);
                 }
                 // Dataset p only (mean shared).

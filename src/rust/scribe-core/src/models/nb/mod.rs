@@ -297,6 +297,8 @@ pub struct Datasets {
     /// The gene parameter (`mu`, or `r` under canonical) differs by dataset.
     pub mean: bool,
     pub p: DatasetP,
+    /// The zero-inflation gate differs by dataset (and gene).
+    pub gate: bool,
 }
 
 impl Datasets {
@@ -462,6 +464,7 @@ impl NbSpec {
             cell,
             mean: false,
             p: DatasetP::Shared,
+            gate: false,
         });
         Ok(())
     }
@@ -475,7 +478,9 @@ impl NbSpec {
     ///   says, so dataset effects are multiplicative, as in the original;
     /// - the scalar parameter (`p`, or `φ` under mean_odds) gets `p^(d)`
     ///   (`mode` Scalar, one location) or `p_g^(d)` (GeneSpecific, one
-    ///   location per gene), `loc ~ N(0, 1)`, `s ~ N(0, 0.5)`.
+    ///   location per gene), `loc ~ N(0, 1)`, `s ~ N(0, 0.5)`;
+    /// - the gate (zero-inflated models) gets `gate_g^(d)` around one
+    ///   location `~ N(−5, 0.01)` with scale `softplus(N(−2, 0.5))`.
     pub fn add_dataset_hierarchy(
         &mut self,
         site: &str,
@@ -523,11 +528,37 @@ impl NbSpec {
                 n01(0.0, 0.5),
                 mode == DatasetP::GeneSpecific,
             )
+        } else if site == "gate" {
+            if !self.variant.has_gate() {
+                return Err(CoreError::arg(
+                    "priors",
+                    format!(
+                        "a `zero_inflation` hierarchy needs a zero-inflated model, not '{}'",
+                        self.variant.name()
+                    ),
+                ));
+            }
+            if self.hierarchies.iter().any(|h| h.target == site) {
+                return Err(CoreError::arg(
+                    "priors",
+                    "a gene-level and a dataset-level `zero_inflation` family cannot be set simultaneously",
+                ));
+            }
+            ds.gate = true;
+            // The original's: one location for every dataset and gene, held
+            // near -5 (N(-5, 0.01)).
+            (
+                "logit_gate_dataset_loc",
+                "logit_gate_dataset_scale",
+                n01(-5.0, 0.01),
+                n01(-2.0, 0.5),
+                false,
+            )
         } else {
             return Err(CoreError::arg(
                 "priors",
                 format!(
-                    "no dataset-level prior is available for '{site}' (only the mean and the probability)"
+                    "no dataset-level prior is available for '{site}' (only the mean, the probability and the gate)"
                 ),
             ));
         };
@@ -638,6 +669,12 @@ impl NbSpec {
             return Err(CoreError::arg(
                 "priors",
                 "a gene-level and a dataset-level `probability` family cannot be set simultaneously",
+            ));
+        }
+        if site == "gate" && self.datasets.as_ref().is_some_and(|d| d.gate) {
+            return Err(CoreError::arg(
+                "priors",
+                "a gene-level and a dataset-level `zero_inflation` family cannot be set simultaneously",
             ));
         }
         self.push_hierarchy(
@@ -979,6 +1016,10 @@ impl NbSpec {
         } else {
             let b = layout.push("p_capture", BlockKind::Cell, n_cells, Link::Sigmoid, 1);
             (Some(b), Capture::Nu)
+        };
+        let k_gate = match ds {
+            Some(d) if d.gate => d.n,
+            _ => k_gate,
         };
         let gate = self.variant.has_gate().then(|| {
             layout.push(
