@@ -151,7 +151,8 @@
 #' residuals read each cell's own dataset. A single dataset drops the
 #' dataset level with a warning (a probability or gate family becomes
 #' gene-level).
-#' Dataset hierarchies with mixtures or BNB, several grouping factors and
+#' With `overdispersion = "bnb"` the excess dispersion `omega_g` is the
+#' gene's in every dataset. Dataset hierarchies with mixtures, several grouping factors and
 #' `prob_dataset_mode = "two_level"` are `scribeR_unsupported` errors for
 #' now.
 #'
@@ -638,9 +639,6 @@ nb_model_spec <- function(model, a, n_cells) {
   )
   if (!is.null(dsp$fields)) {
     if (!is.null(a$n_components)) abort_unsupported("Dataset hierarchies ({.arg dataset_key}) with a mixture model are not available yet.")
-    if (differs_from_default(a$overdispersion, "none")) {
-      abort_unsupported("Dataset hierarchies ({.arg dataset_key}) with {.code overdispersion = \"bnb\"} are not available yet.")
-    }
     spec <- c(spec, dsp$fields)
   }
   if (!is.null(hier[[scalar]]) && !is.null(a$n_components)) {

@@ -122,7 +122,6 @@ test_that("dataset arguments give clear errors", {
                "prob_dataset_mode", class = "scribeR_input_error")
   expect_error(scribe_fit(m, prob_dataset_mode = "scalar"), "dataset_key", class = "scribeR_input_error")
   expect_error(scribe_fit(m, dataset_key = sim$batch, n_components = 2), class = "scribeR_unsupported")
-  expect_error(scribe_fit(m, dataset_key = sim$batch, overdispersion = "bnb"), class = "scribeR_unsupported")
   expect_error(scribe_fit(m, dataset_key = sim$batch, priors = list(probability = list(dataset = "gaussian")),
                           prob_dataset_mode = "two_level"), class = "scribeR_unsupported")
   expect_error(scribe_fit(m, model = "nbdm", dataset_key = sim$batch,
@@ -179,4 +178,15 @@ test_that("dataset gates: one gate per dataset and gene, read by each cell", {
                                     priors = list(zero_inflation = list(dataset = "gaussian")), n_steps = 10),
                  "one dataset")
   expect_identical(one@model$hierarchies$gate, "gaussian")
+})
+
+test_that("BNB with datasets: per-dataset means, one excess dispersion per gene", {
+  sim <- dataset_sim("nbdm", n_genes = 15, n_cells = c(100, 80), n_shift = 5)
+  fit <- dataset_fit(sim$counts, model = "nbdm", dataset_key = sim$batch, overdispersion = "bnb", n_steps = 800)
+  map <- get_map(fit)
+  expect_equal(dim(map$r), c(2L, 15L))
+  expect_length(map$bnb_concentration, 15L)
+  expect_gt(mean(log(map$r["B", 1:5] / map$r["A", 1:5])), 0.6)
+  expect_true(all(is.finite(log_likelihood(fit, sim$counts, by = "gene"))))
+  expect_equal(dim(posterior_predictive(fit, n_samples = 2)), c(2L, 180L, 15L))
 })

@@ -791,6 +791,13 @@ mod tests {
                     assert!(s.add_hierarchy("gate", Gaussian).is_err());
                     v.push(s);
                 }
+                // Datasets with BNB (ω shared by the datasets).
+                let mut s = NbSpec::new(variant, param, true, Link::Softplus);
+                s.set_bnb(Horseshoe).unwrap();
+                s.set_datasets(cells.clone(), 3).unwrap();
+                s.add_dataset_hierarchy(param.gene_param(), Gaussian, DatasetP::Shared)
+                    .unwrap();
+                v.push(s);
                 // Dataset p only (mean shared).
                 let mut s = NbSpec::new(variant, param, true, Link::Softplus);
                 s.set_datasets(cells.clone(), 3).unwrap();

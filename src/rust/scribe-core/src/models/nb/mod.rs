@@ -411,12 +411,6 @@ impl NbSpec {
                 "\"bnb\" with a mixture model is not available yet",
             ));
         }
-        if self.datasets.is_some() {
-            return Err(CoreError::arg(
-                "overdispersion",
-                "\"bnb\" with dataset hierarchies is not available yet",
-            ));
-        }
         if self.bnb {
             return Ok(());
         }
@@ -439,7 +433,8 @@ impl NbSpec {
     }
 
     /// Groups the cells into `n` datasets (`cell[c]` in `0..n`), before any
-    /// dataset hierarchy is added. Not with mixtures or BNB (yet).
+    /// dataset hierarchy is added. Not with mixtures (yet). With BNB, the
+    /// excess dispersion `ω_g` is the gene's in every dataset.
     pub fn set_datasets(&mut self, cell: Vec<u32>, n: usize) -> Result<()> {
         if n == 0 || cell.iter().any(|&d| d as usize >= n) {
             return Err(CoreError::arg(
@@ -451,12 +446,6 @@ impl NbSpec {
             return Err(CoreError::arg(
                 "dataset_key",
                 "dataset hierarchies with a mixture model are not available yet",
-            ));
-        }
-        if self.bnb {
-            return Err(CoreError::arg(
-                "dataset_key",
-                "dataset hierarchies with overdispersion = \"bnb\" are not available yet",
             ));
         }
         self.datasets = Some(Datasets {
