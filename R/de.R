@@ -102,6 +102,8 @@ setClass("ScribeDEResults", representation(
 #'   the Jeffreys divergence between the Gamma expression distributions
 #'   (shape `r`, rate `(1 - p) / p`); see [as.data.frame()]. Unlike the
 #'   compositional `delta`, these change when total expression changes.
+#'   For BNB fits (`overdispersion = "bnb"`) the variance is the BNB's and
+#'   the divergence is `NA`.
 #' @param pair_weighting,incomplete_pairs Paired designs (see Details):
 #'   how pairs are weighted (`"uniform"`, or by `"min_cells"`, the
 #'   `"harmonic"` mean or the `"total_cells"` of the pair's two fits), and

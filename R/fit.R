@@ -93,8 +93,10 @@
 #' posterior `Beta(alpha + u, kappa + r)`, and the expected uncaptured count
 #' is linear in it; the original integrates numerically), log-likelihoods,
 #' model comparison and normalization (the Gamma route of the mean
-#' composition) handle BNB fits; per-cell expression fractions and biological
-#' DE are errors for them for now.
+#' composition) handle BNB fits; biological DE keeps the NB mean, takes the
+#' BNB's variance and reports no divergence (`NA`: the BNB's expression
+#' distribution has no closed-form one); per-cell expression fractions are
+#' an error for them for now.
 #' Hierarchies on other parameters, gene-specific `p` with mixtures and BNB
 #' with mixtures are classed `scribeR_unsupported` errors for now.
 #'

@@ -174,6 +174,12 @@ test_that("BNB: heavy-tailed genes get their excess dispersion, and the verbs ha
   # Denoising: no capture, nothing missing: the counts themselves.
   expect_equal(unname(denoise_counts(fit, sim$counts)), unname(as.matrix(sim$counts)))
   expect_error(normalize_counts(fit, sim$counts), "bnb", class = "scribeR_input_error")
+  # Biological DE against the NB fit: the same means, the BNB's larger variances.
+  de <- scribe_de(fit, nb, biological = TRUE, n_samples = 50, seed = 1)
+  bio <- as.data.frame(de)
+  expect_lt(stats::median(abs(bio$bio_lfc_mean)), 0.1)
+  expect_gt(stats::median(bio$bio_lvr_mean[heavy]), stats::median(bio$bio_lvr_mean[!heavy]))
+  expect_true(all(is.na(bio$bio_kl_mean)))
   gof <- goodness_of_fit(fit, sim$counts, genes = rownames(sim$counts)[1:6], ppc = FALSE, seed = 1)
   expect_true(all(is.finite(unlist(gof$residuals))))
   sce <- add_scribe_fit(SummarizedExperiment::SummarizedExperiment(list(counts = sim$counts)), fit)

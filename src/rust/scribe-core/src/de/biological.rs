@@ -5,13 +5,17 @@
 //!
 //! Under the NB convention used throughout (`p` the success probability,
 //! mean `μ = r p/(1 − p)`), the variance is `μ/(1 − p) = μ + μ²/r` and the
-//! Poisson–Gamma rate is `(1 − p)/p`. (The original mixes in the other
+//! Poisson–Gamma rate is `(1 − p)/p`. BNB fits keep the NB's mean and take
+//! the BNB's variance ([`crate::models::nb::bnb_variance`]); their
+//! expression distribution (a Gamma times a beta-prime odds) has no
+//! closed-form divergence, so the Jeffreys divergence is NaN for them. (The original mixes in the other
 //! convention here, `μ/p` and `p/(1 − p)`; these are the formulas that
 //! match its own means.)
 
 use super::compositions::{Component, NbSide};
 use crate::error::{CoreError, Result};
 use crate::math::{digamma, lgamma};
+use crate::models::nb::bnb_variance;
 
 /// Per-gene draws (gene-major, `x[g·n + s]`) of the three metrics, and the
 /// posterior means of each side's mean and variance.
@@ -63,8 +67,6 @@ pub fn biological(a: &NbSide<'_>, b: &NbSide<'_>) -> Result<Biological> {
             "differs from fit_a in draws or genes",
         ));
     }
-    da.require_nb("biological DE")?;
-    db.require_nb("biological DE")?;
     let (n, g_n) = (da.n_draws, da.n_genes);
     crate::limits::check_values("n_samples", 3.0 * (n * g_n) as f64)?;
     let mut out = Biological {
@@ -83,11 +85,20 @@ pub fn biological(a: &NbSide<'_>, b: &NbSide<'_>) -> Result<Biological> {
             let (pa, pb) = (da.p_at(s, ka, g), db.p_at(s, kb, g));
             let (ba, bb) = ((1.0 - pa) / pa, (1.0 - pb) / pb);
             let (mua, mub) = (ra[g] * pa / (1.0 - pa), rb[g] * pb / (1.0 - pb));
-            let (va, vb) = (mua / (1.0 - pa), mub / (1.0 - pb));
+            let (oa, ob) = (da.omega_at(s, g), db.omega_at(s, g));
+            let var = |mu: f64, p: f64, r: f64, om: Option<f64>| match om {
+                None => mu / (1.0 - p),
+                Some(om) => bnb_variance(r, p / (1.0 - p), om),
+            };
+            let (va, vb) = (var(mua, pa, ra[g], oa), var(mub, pb, rb[g], ob));
             let i = g * n + s;
             out.lfc[i] = mua.max(1e-30).ln() - mub.max(1e-30).ln();
             out.lvr[i] = va.max(1e-30).ln() - vb.max(1e-30).ln();
-            out.jeffreys[i] = gamma_kl(ra[g], ba, rb[g], bb) + gamma_kl(rb[g], bb, ra[g], ba);
+            out.jeffreys[i] = if oa.is_some() || ob.is_some() {
+                f64::NAN
+            } else {
+                gamma_kl(ra[g], ba, rb[g], bb) + gamma_kl(rb[g], bb, ra[g], ba)
+            };
             out.mu_a[g] += mua / n as f64;
             out.mu_b[g] += mub / n as f64;
             out.var_a[g] += va / n as f64;
@@ -146,5 +157,24 @@ mod tests {
             biological(&w, &side(&b)).unwrap_err().argument(),
             Some("component_a")
         );
+    }
+
+    #[test]
+    fn bnb_sides_keep_the_mean_and_take_the_bnb_variance() {
+        let a = one(vec![2.0, 5.0], 0.5);
+        let mut b = one(vec![2.0, 5.0], 0.5);
+        b.omega = Some(vec![1e-9, 0.8]);
+        let side = |d| NbSide {
+            draws: d,
+            component: Component::One(0),
+        };
+        let m = biological(&side(&b), &side(&a)).unwrap();
+        // Same means; ω → 0 is the NB; ω = 0.8 inflates the variance.
+        assert!(m.lfc.iter().all(|v| v.abs() < 1e-12));
+        assert!(m.lvr[0].abs() < 1e-6, "{}", m.lvr[0]);
+        let want = bnb_variance(5.0, 1.0, 0.8);
+        assert!((m.var_a[1] - want).abs() < 1e-12 && want > 10.0 * 1.5);
+        assert!((m.lvr[1] - (want / 10.0).ln()).abs() < 1e-12);
+        assert!(m.jeffreys.iter().all(|v| v.is_nan()));
     }
 }

@@ -69,6 +69,17 @@ impl GeneBnb {
     }
 }
 
+/// Variance of a BNB count (`r`, mean odds `o`, excess dispersion `ω`):
+/// with `o' = π/(1−π)`, `π ~ Beta(α, κ)`, `Var = r E o' + r E o'² + r² Var o'`
+/// (finite: `κ > 2`).
+pub fn bnb_variance(r: f64, odds: f64, omega: f64) -> f64 {
+    let kappa = 2.0 + (r + 1.0) / omega.max(1e-6);
+    let alpha = (kappa - 1.0) * odds;
+    let e1 = odds;
+    let e2 = alpha * (alpha + 1.0) / ((kappa - 1.0) * (kappa - 2.0));
+    r * e1 + r * e2 + r * r * (e2 - e1 * e1)
+}
+
 /// The value of the Beta ratio only (downstream log-likelihoods).
 pub fn bnb_ratio(u: u32, r: f64, omega: f64, odds: f64) -> f64 {
     GeneBnb::new(r, omega.max(1e-6)).ratio(u, odds).0

@@ -18,7 +18,7 @@ mod mixture;
 pub mod simulate;
 pub mod sites;
 
-pub use bnb::bnb_ratio;
+pub use bnb::{bnb_ratio, bnb_variance};
 pub use kernels::{nb_cell_loglik, NbModel, NbWorkspace};
 
 use crate::dist::{Link, Prior};

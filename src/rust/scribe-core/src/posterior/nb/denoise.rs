@@ -59,16 +59,6 @@ fn nb_mode(u: f64, r: f64, pp: f64) -> f64 {
     u + ((r + u - 1.0).max(0.0) * pp / (1.0 - pp)).floor()
 }
 
-/// Variance of a BNB count (`r`, mean odds `o`, excess dispersion `ω`):
-/// with `o' = π/(1−π)`, `π ~ Beta(α, κ)`, `Var = r E o' + r E o'² + r² Var o'`.
-fn bnb_variance(r: f64, odds: f64, omega: f64) -> f64 {
-    let kappa = 2.0 + (r + 1.0) / omega.max(1e-6);
-    let alpha = (kappa - 1.0) * odds;
-    let e1 = odds;
-    let e2 = alpha * (alpha + 1.0) / ((kappa - 1.0) * (kappa - 2.0));
-    r * e1 + r * e2 + r * r * (e2 - e1 * e1)
-}
-
 /// The BNB posterior of a pre-capture count. The observed count's success
 /// probability `π ~ Beta(α, κ)` (around `p̂`) has the conjugate posterior
 /// `Beta(α + u, κ + r)` given `u`; given `π`, the biological probability is
@@ -232,7 +222,9 @@ pub fn denoise(
                                 let odds = p / (1.0 - p);
                                 let (mg, vg) = match omega {
                                     None => (r * odds, r * odds * (1.0 + odds)),
-                                    Some(om) => (r * odds, bnb_variance(r, odds, om)),
+                                    Some(om) => {
+                                        (r * odds, crate::models::nb::bnb_variance(r, odds, om))
+                                    }
                                 };
                                 let picked = k == if m == Method::Sample { k_draw } else { k_mode };
                                 if picked && m != Method::Mean {
@@ -326,6 +318,7 @@ mod bnb_tests {
 
     #[test]
     fn bnb_variance_matches_simulation() {
+        use crate::models::nb::bnb_variance;
         use rand::SeedableRng;
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let (r, odds, omega) = (1.5, 2.0, 0.5);
