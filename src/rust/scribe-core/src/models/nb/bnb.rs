@@ -306,4 +306,35 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn moment_start_separates_heavy_from_light_genes() {
+        use crate::dist::Link;
+        use crate::models::nb::simulate::{simulate_nb, NbTruth};
+        use crate::models::nb::{NbSpec, Parameterization, Shrinkage, Variant};
+        for variant in [Variant::Nbdm, Variant::Nbvcp] {
+            let mut truth = NbTruth::random(variant, 60, 1500, 8);
+            truth.r.iter_mut().for_each(|r| *r = 1.0 + 2.0 * *r);
+            let om: Vec<f64> = (0..60).map(|g| [0.05, 1.5][g % 2]).collect();
+            truth.omega = Some(om.clone());
+            let data = simulate_nb(&truth, 9);
+            let mut spec = NbSpec::new(variant, Parameterization::Canonical, true, Link::Softplus);
+            spec.set_bnb(Shrinkage::Gaussian).unwrap();
+            let model = NbModel::new(spec, &data).unwrap();
+            let start = model.bnb_start(&model.base_init());
+            let median = |heavy: bool| {
+                let mut v: Vec<f64> = (0..60)
+                    .filter(|g| (om[*g] > 1.0) == heavy)
+                    .map(|g| start[g])
+                    .collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let (h, l) = (median(true), median(false));
+            assert!(
+                h > 0.5 && l < 0.3 && h > 4.0 * l,
+                "{variant:?}: heavy {h}, light {l}"
+            );
+        }
+    }
 }

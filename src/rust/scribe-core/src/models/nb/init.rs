@@ -392,10 +392,12 @@ impl NbModel<'_> {
         // Hierarchies start with their location at the mean of the target's
         // starting coordinates (per gene across components, or overall) and
         // their scale coordinate at its prior's centre.
-        // BNB starts close to the NB: ω = 0.05 (5 % extra variance).
+        // BNB: each gene's ω starts at its moment estimate (see bnb_start).
         if let Some(b) = self.b_bnb {
             let blk = &lay.blocks[b];
-            x[blk.range()].fill(softplus_inv(0.05));
+            for (xv, om) in x[blk.range()].iter_mut().zip(self.bnb_start(base)) {
+                *xv = softplus_inv(om);
+            }
         }
         for h in &self.hier {
             let (tb, lb) = (&lay.blocks[h.target], &lay.blocks[h.loc]);
@@ -478,6 +480,44 @@ impl NbModel<'_> {
                         (base.r[g] * own / pooled).max(1e-6)
                     })
                     .collect()
+            })
+            .collect()
+    }
+
+    /// Starting `ω_g` of a BNB fit: the BNB's variance is about `1 + ω` times
+    /// the NB's, so `ω_g` starts at the gene's observed squared deviations
+    /// from the NB start's means over the NB variance, minus one, within
+    /// `[0.01, 10]` (a fixed start near 0 left real genes' `ω` to crawl up at
+    /// the step size, and stopping rules ended fits before it had).
+    pub(crate) fn bnb_start(&self, base: &BaseInit) -> Vec<f64> {
+        let d = self.data;
+        let g_n = d.n_genes;
+        // Per cell: the NB start's success odds; per gene: Σu², Σu·odds.
+        let odds: Vec<f64> = base
+            .ell
+            .iter()
+            .map(|l| l.clamp(-30.0, 30.0).exp())
+            .collect();
+        let (s1, s2) = (
+            odds.iter().sum::<f64>(),
+            odds.iter().map(|o| o * o).sum::<f64>(),
+        );
+        let (mut uu, mut uo) = (vec![0.0; g_n], vec![0.0; g_n]);
+        for (c, &o) in odds.iter().enumerate() {
+            let (genes, counts) = d.row(c);
+            for (&g, &u) in genes.iter().zip(counts) {
+                let u = u as f64;
+                uu[g as usize] += u * u;
+                uo[g as usize] += u * o;
+            }
+        }
+        (0..g_n)
+            .map(|g| {
+                let r = base.r[g].max(1e-8);
+                // Σ_c (u − μ)², μ_c = r·odds_c, against Σ_c (μ + μ²/r).
+                let dev = uu[g] - 2.0 * r * uo[g] + r * r * s2;
+                let nb_var = r * (s1 + s2);
+                (dev / nb_var.max(1e-300) - 1.0).clamp(0.01, 10.0)
             })
             .collect()
     }
