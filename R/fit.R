@@ -85,7 +85,9 @@
 #' (location `bnb_concentration_loc ~ Normal(-5, 1)`, so most genes stay close
 #' to the NB), or `"gaussian"` (location `bnb_omega_hyper_loc ~ Normal(0, 1)`,
 #' scale `softplus(Normal(0, 1))`), as in the original. The fit is
-#' unconstrained and starts at `omega = 0.05`. Without capture a gene costs
+#' unconstrained and each `omega_g` starts at its moment estimate (the gene's
+#' squared deviations from the NB start over the NB variance, minus one, in
+#' `[0.01, 10]`). Without capture a gene costs
 #' one Beta ratio per distinct count; with capture, one per cell and gene per
 #' step. Posterior draws, predictive checks and scores, randomized quantile
 #' residuals (the BNB's CDF by its pmf recursion), denoising (closed-form
