@@ -420,6 +420,19 @@ impl NbSpec {
         self.add_hierarchy("bnb_concentration", family)
     }
 
+    fn require_gate(&self) -> Result<()> {
+        if self.variant.has_gate() {
+            return Ok(());
+        }
+        Err(CoreError::arg(
+            "priors",
+            format!(
+                "a `zero_inflation` hierarchy needs a zero-inflated model, not '{}'",
+                self.variant.name()
+            ),
+        ))
+    }
+
     /// Whether `p` (`φ` under mean_odds) differs by gene.
     pub fn gene_specific_p(&self) -> bool {
         let sp = self.param.scalar_param();
@@ -476,15 +489,14 @@ impl NbSpec {
         family: Shrinkage,
         mode: DatasetP,
     ) -> Result<()> {
-        let Some(ds) = self.datasets.as_mut() else {
+        if self.datasets.is_none() {
             return Err(CoreError::arg(
                 "priors",
                 "a dataset-level prior needs `dataset_key`",
             ));
-        };
+        }
         let n01 = |loc: f64, scale: f64| Prior::Normal { loc, scale };
         let (loc, scale, loc_prior, scale_prior, per_gene) = if site == self.param.gene_param() {
-            ds.mean = true;
             let (l, s) = if self.param == Parameterization::Canonical {
                 ("log_r_dataset_loc", "log_r_dataset_scale")
             } else {
@@ -498,13 +510,6 @@ impl NbSpec {
                     "must be \"scalar\" or \"gene_specific\"",
                 ));
             }
-            if self.hierarchies.iter().any(|h| h.target == site) {
-                return Err(CoreError::arg(
-                    "priors",
-                    "a gene-level and a dataset-level `probability` family cannot be set simultaneously",
-                ));
-            }
-            ds.p = mode;
             let (l, s) = if self.param == Parameterization::MeanOdds {
                 ("log_phi_dataset_loc", "log_phi_dataset_scale")
             } else {
@@ -518,22 +523,7 @@ impl NbSpec {
                 mode == DatasetP::GeneSpecific,
             )
         } else if site == "gate" {
-            if !self.variant.has_gate() {
-                return Err(CoreError::arg(
-                    "priors",
-                    format!(
-                        "a `zero_inflation` hierarchy needs a zero-inflated model, not '{}'",
-                        self.variant.name()
-                    ),
-                ));
-            }
-            if self.hierarchies.iter().any(|h| h.target == site) {
-                return Err(CoreError::arg(
-                    "priors",
-                    "a gene-level and a dataset-level `zero_inflation` family cannot be set simultaneously",
-                ));
-            }
-            ds.gate = true;
+            self.require_gate()?;
             // The original's: one location for every dataset and gene, held
             // near -5 (N(-5, 0.01)).
             (
@@ -557,7 +547,21 @@ impl NbSpec {
             (loc, scale, loc_prior, scale_prior),
             per_gene,
             true,
-        )
+        )?;
+        // Only once the hierarchy is in: a refused one leaves the spec as it was.
+        let (gene, scalar) = (
+            site == self.param.gene_param(),
+            site == self.param.scalar_param(),
+        );
+        let ds = self.datasets.as_mut().expect("checked above");
+        if gene {
+            ds.mean = true;
+        } else if scalar {
+            ds.p = mode;
+        } else {
+            ds.gate = true;
+        }
+        Ok(())
     }
 
     /// Puts a gene-level hierarchical prior on a sampled site, on its
@@ -590,15 +594,7 @@ impl NbSpec {
             };
             (l, s, n01(0.0, 1.0), n01(0.0, 0.5), false)
         } else if site == "gate" {
-            if !self.variant.has_gate() {
-                return Err(CoreError::arg(
-                    "priors",
-                    format!(
-                        "a `zero_inflation` hierarchy needs a zero-inflated model, not '{}'",
-                        self.variant.name()
-                    ),
-                ));
-            }
+            self.require_gate()?;
             (
                 "logit_gate_loc",
                 "logit_gate_scale",
@@ -660,12 +656,6 @@ impl NbSpec {
                 "a gene-level and a dataset-level `probability` family cannot be set simultaneously",
             ));
         }
-        if site == "gate" && self.datasets.as_ref().is_some_and(|d| d.gate) {
-            return Err(CoreError::arg(
-                "priors",
-                "a gene-level and a dataset-level `zero_inflation` family cannot be set simultaneously",
-            ));
-        }
         self.push_hierarchy(
             site,
             family,
@@ -685,10 +675,14 @@ impl NbSpec {
         per_gene: bool,
         dataset: bool,
     ) -> Result<()> {
-        if self.hierarchies.iter().any(|h| h.target == site) {
+        if let Some(h) = self.hierarchies.iter().find(|h| h.target == site) {
             return Err(CoreError::arg(
                 "priors",
-                format!("'{site}' already has a hierarchical prior"),
+                if h.dataset != dataset {
+                    format!("a gene-level and a dataset-level family on '{site}' cannot be set simultaneously")
+                } else {
+                    format!("'{site}' already has a hierarchical prior")
+                },
             ));
         }
         if !self.unconstrained {

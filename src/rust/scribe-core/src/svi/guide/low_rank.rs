@@ -528,7 +528,6 @@ mod tests {
     use crate::dist::Link;
     use crate::models::nb::simulate::{simulate_nb, NbTruth};
     use crate::models::nb::{DatasetP, NbModel, NbSpec, Parameterization, Shrinkage, Variant};
-    use crate::testutil::check_gradient;
 
     fn model_for(case: &str, data: &CountMatrix) -> (NbModel<'static>, Vec<String>) {
         let data: &'static CountMatrix = Box::leak(Box::new(data.clone()));
@@ -595,23 +594,7 @@ mod tests {
             }
             let mut batch = Batch::full(&data);
             batch.set_cells(&data, &[1, 4, 6, 9]);
-            let mut buf = guide.scratch();
-            let mut ws = model.workspace();
-            check_gradient(
-                |v, g| {
-                    let mut rng = ChaCha8Rng::seed_from_u64(11);
-                    let mut gl = vec![0.0; g.len()];
-                    let l = guide
-                        .loss_and_grad(&model, v, &batch, &mut rng, &mut buf, &mut ws, &mut gl);
-                    for (a, b) in g.iter_mut().zip(&gl) {
-                        *a += b;
-                    }
-                    l
-                },
-                &v,
-                1e-5,
-                case,
-            );
+            crate::svi::guide::check_guide_gradient(&guide, &model, &batch, &v, case);
         }
     }
 

@@ -418,9 +418,6 @@ mod tests {
     use crate::data::CountMatrix;
     use crate::models::nb::simulate::{simulate_nb, NbTruth};
     use crate::models::nb::{NbModel, NbSpec, Parameterization, Variant};
-    use crate::testutil::check_gradient;
-    use rand::rngs::ChaCha8Rng;
-    use rand::SeedableRng;
 
     #[test]
     fn reparameterized_gradient_matches_finite_differences() {
@@ -457,21 +454,11 @@ mod tests {
                 let mut batch = Batch::full(&data);
                 batch.set_cells(&data, &[1, 4, 6, 9]);
                 let guide = MeanField { dim: n };
-                let mut buf = guide.scratch();
-                let mut ws = model.workspace();
-                check_gradient(
-                    |v, g| {
-                        let mut rng = ChaCha8Rng::seed_from_u64(11);
-                        let mut gl = vec![0.0; g.len()];
-                        let l = guide
-                            .loss_and_grad(&model, v, &batch, &mut rng, &mut buf, &mut ws, &mut gl);
-                        for (a, b) in g.iter_mut().zip(&gl) {
-                            *a += b;
-                        }
-                        l
-                    },
+                crate::svi::guide::check_guide_gradient(
+                    &guide,
+                    &model,
+                    &batch,
                     &v,
-                    1e-5,
                     &format!("{variant:?} {param:?} unconstrained={unc} {case}"),
                 );
             }

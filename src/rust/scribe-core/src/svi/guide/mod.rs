@@ -114,3 +114,33 @@ pub fn import(
         )),
     }
 }
+
+/// Checks a guide's ELBO gradient against finite differences with the noise
+/// held fixed (the single-sample loss is then a deterministic function of
+/// the guide's parameters `v`).
+#[cfg(test)]
+pub(crate) fn check_guide_gradient<G: Guide, M: Model>(
+    guide: &G,
+    model: &M,
+    batch: &Batch,
+    v: &[f64],
+    label: &str,
+) {
+    use rand::SeedableRng;
+    let mut buf = guide.scratch();
+    let mut ws = model.workspace();
+    crate::testutil::check_gradient(
+        |v, g| {
+            let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(11);
+            let mut gl = vec![0.0; g.len()];
+            let l = guide.loss_and_grad(model, v, batch, &mut rng, &mut buf, &mut ws, &mut gl);
+            for (a, b) in g.iter_mut().zip(&gl) {
+                *a += b;
+            }
+            l
+        },
+        v,
+        1e-5,
+        label,
+    );
+}
