@@ -20,6 +20,7 @@ pub mod limits;
 pub mod math;
 pub mod mcmc;
 pub mod models;
+pub mod nn;
 pub mod optim;
 pub mod posterior;
 pub mod progress;

@@ -5,6 +5,8 @@
 //! [`digamma_diff`] use the finite-product / finite-sum forms for small `x`,
 //! which are both faster and more accurate than differencing special functions.
 
+pub mod gemm;
+
 use std::f64::consts::PI;
 
 const HALF_LN_2PI: f64 = 0.918_938_533_204_672_8;
