@@ -1,5 +1,8 @@
 //! Guide families against NUTS: a low-rank guide over `r` and `p` recovers
-//! the posterior correlations that a mean-field guide cannot express.
+//! the posterior correlations that a mean-field guide cannot express, and a
+//! flow guide the curved dependence that no Gaussian can. The flow's metric:
+//! the mean absolute difference of each coordinate's 5/25/50/75/95 %
+//! quantiles from NUTS's, in units of NUTS's standard deviation (IQR/1.349).
 
 use scribe_core::dist::Link;
 use scribe_core::mcmc::{self, McmcConfig, Start};
@@ -137,4 +140,123 @@ fn joint_low_rank_matches_nuts_correlations_and_beats_mean_field() {
         "low-rank {loss_lr} vs mean-field {loss_mf}"
     );
     eprintln!("losses: low-rank {loss_lr:.3}, mean-field {loss_mf:.3}");
+}
+
+/// Each coordinate's 5, 25, 50, 75 and 95 % quantiles of `draws`.
+fn quantiles(draws: &[Vec<f64>], coords: &[usize]) -> Vec<[f64; 5]> {
+    coords
+        .iter()
+        .map(|&k| {
+            let mut v: Vec<f64> = draws.iter().map(|d| d[k]).collect();
+            v.sort_by(f64::total_cmp);
+            let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+            [q(0.05), q(0.25), q(0.5), q(0.75), q(0.95)]
+        })
+        .collect()
+}
+
+/// Draws of x from a fitted guide.
+fn guide_draws<G: Guide>(
+    guide: &G,
+    params: &[f64],
+    layout: &scribe_core::models::Layout,
+    n: usize,
+) -> Vec<Vec<f64>> {
+    use scribe_core::posterior::Summary;
+    use scribe_core::progress::Ctl;
+    let fitted = guide.fitted(params);
+    let sites = fitted
+        .sampled_sites(layout, Summary::Draws { n, seed: 8 }, Ctl::none())
+        .unwrap();
+    // Back to x through each block's link (r: softplus, p: logit).
+    (0..n)
+        .map(|s| {
+            let mut x = vec![0.0; layout.total];
+            for (b, site) in layout.blocks.iter().zip(&sites) {
+                for j in 0..b.len {
+                    x[b.offset + j] = b.link.inverse(site.values[j * n + s]);
+                }
+            }
+            x
+        })
+        .collect()
+}
+
+#[test]
+fn flow_guide_follows_a_curved_posterior_better_than_mean_field() {
+    use scribe_core::nn::flows::FlowConfig;
+    use scribe_core::svi::guide::Flow;
+    // Two near-Poisson genes (large r) and few cells: under the softplus
+    // link the posterior of (x_r, logit p) bends along r·p/(1 − p) = mean.
+    let truth = NbTruth {
+        r: vec![20.0, 8.0],
+        p: 0.2,
+        ..NbTruth::random(Variant::Nbdm, 2, 80, 1)
+    };
+    let data = simulate_nb(&truth, 6);
+    let spec = NbSpec::new(
+        Variant::Nbdm,
+        Parameterization::Canonical,
+        false,
+        Link::Softplus,
+    );
+    let model = NbModel::new(spec, &data).unwrap();
+    let lay = model.layout().clone();
+    let cfg = McmcConfig {
+        n_samples: 4000,
+        n_warmup: 1000,
+        n_chains: 4,
+        seed: 5,
+        ..Default::default()
+    };
+    let fit = mcmc::run(
+        &model,
+        &cfg,
+        &Start::Uniform { radius: 1.0 },
+        &NoProgress,
+        &NeverCancel,
+    )
+    .unwrap();
+    let nuts: Vec<Vec<f64>> = fit
+        .chains
+        .iter()
+        .flat_map(|c| c.draws.chunks(fit.dim).map(<[f64]>::to_vec))
+        .collect();
+    let coords: Vec<usize> = (0..lay.total).collect();
+    let q_nuts = quantiles(&nuts, &coords);
+    let sd: Vec<f64> = q_nuts.iter().map(|q| (q[3] - q[1]) / 1.349).collect();
+    let err = |draws: &[Vec<f64>]| {
+        let q = quantiles(draws, &coords);
+        let mut e = 0.0;
+        for (i, (a, b)) in q.iter().zip(&q_nuts).enumerate() {
+            for k in 0..5 {
+                e += (a[k] - b[k]).abs() / sd[i];
+            }
+        }
+        e / (5 * coords.len()) as f64
+    };
+    let flow = Flow::new(
+        &lay,
+        "r",
+        &["r".to_string(), "p".to_string()],
+        &FlowConfig::default(),
+    )
+    .unwrap();
+    let (vf, loss_f) = svi(&model, &flow, 8000);
+    let mf = MeanField { dim: lay.total };
+    let (vm, loss_m) = svi(&model, &mf, 8000);
+    let (e_flow, e_mf) = (
+        err(&guide_draws(&flow, &vf, &lay, 8000)),
+        err(&guide_draws(&mf, &vm, &lay, 8000)),
+    );
+    eprintln!("quantile error (NUTS sd units): flow {e_flow:.3}, mean-field {e_mf:.3}; losses flow {loss_f:.3}, mean-field {loss_m:.3}");
+    // Measured: flow 0.07, mean-field 0.74; losses 330.3 vs 332.1.
+    assert!(
+        e_flow < 0.5 * e_mf && e_flow < 0.2,
+        "flow {e_flow} vs mean-field {e_mf}"
+    );
+    assert!(
+        loss_f <= loss_m + 0.05,
+        "flow {loss_f} vs mean-field {loss_m}"
+    );
 }

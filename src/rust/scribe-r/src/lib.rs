@@ -9,7 +9,7 @@ mod de;
 mod errors;
 mod runner;
 
-use convert::configs::{laplace_config, mcmc_config, nb_spec, svi_config};
+use convert::configs::{laplace_config, mcmc_config, nb_spec, svi_config, GuideChoice};
 use convert::counts::counts;
 use convert::results::{
     dims_of, fit_view, guide_fields_to_r, laplace_to_r, layout_to_r, mcmc_to_r, priors_to_r,
@@ -35,7 +35,7 @@ use scribe_core::posterior::nb::predictive::predictive;
 use scribe_core::posterior::nb::sites;
 use scribe_core::posterior::Summary;
 use scribe_core::progress::Ctl;
-use scribe_core::svi::guide::{Guide, LowRank, MeanField};
+use scribe_core::svi::guide::{Flow, Guide, LowRank, MeanField};
 
 fn none() -> Robj {
     ().into()
@@ -80,9 +80,9 @@ fn rs_svi_fit(counts_r: Robj, model: Robj, svi: Robj, verbose: bool, num_threads
         let data = counts(&counts_r)?;
         let cfg = svi_config(&svi)?;
         let nb = NbModel::new(nb_spec(&model)?, &data)?;
-        let (rank, joint) = convert::configs::guide_choice(&svi)?;
-        let (fit, fitted) = match rank {
-            None => svi_with(
+        let gene = nb.spec.param.gene_param();
+        let (fit, fitted) = match convert::configs::guide_choice(&svi)? {
+            GuideChoice::MeanField => svi_with(
                 &nb,
                 MeanField {
                     dim: nb.layout().total,
@@ -91,9 +91,12 @@ fn rs_svi_fit(counts_r: Robj, model: Robj, svi: Robj, verbose: bool, num_threads
                 verbose,
                 num_threads,
             )?,
-            Some(k) => {
-                let gene = nb.spec.param.gene_param();
-                let guide = LowRank::new(nb.layout(), gene, &joint, k)?;
+            GuideChoice::LowRank { rank, joint } => {
+                let guide = LowRank::new(nb.layout(), gene, &joint, rank)?;
+                svi_with(&nb, guide, &cfg, verbose, num_threads)?
+            }
+            GuideChoice::Flow { config, joint } => {
+                let guide = Flow::new(nb.layout(), gene, &joint, &config)?;
                 svi_with(&nb, guide, &cfg, verbose, num_threads)?
             }
         };

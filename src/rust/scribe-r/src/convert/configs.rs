@@ -9,6 +9,8 @@ use scribe_core::laplace::w_prior::LoadingsPrior;
 use scribe_core::laplace::{Capture, Cascade, LaplaceConfig, LnModel};
 use scribe_core::mcmc::{MassMatrix, McmcConfig, DEFAULT_INIT_RADIUS, DEFAULT_INIT_SPREAD};
 use scribe_core::models::nb::{DatasetP, NbSpec, Parameterization, Shrinkage, Variant};
+use scribe_core::nn::flows::{FlowConfig, FlowKind};
+use scribe_core::nn::Activation;
 use scribe_core::optim::early_stop::EarlyStopping;
 use scribe_core::optim::settle::Settle;
 use scribe_core::optim::OptimizerConfig;
@@ -263,15 +265,23 @@ pub fn svi_config(robj: &Robj) -> GResult<SviConfig> {
     })
 }
 
-/// The guide of an SVI fit: `guide_rank` (`None`: mean-field) and the
-/// `joint_params` sites of a joint low-rank group (empty: one group per row
-/// of the gene parameter).
-pub fn guide_choice(robj: &Robj) -> GResult<(Option<usize>, Vec<String>)> {
+/// The variational family of an SVI fit.
+pub enum GuideChoice {
+    MeanField,
+    LowRank {
+        rank: usize,
+        joint: Vec<String>,
+    },
+    Flow {
+        config: FlowConfig,
+        joint: Vec<String>,
+    },
+}
+
+/// The guide of an SVI config (`guide_rank`, `guide_flow` and its
+/// architecture, `joint_params`), checked and resolved in R.
+pub fn guide_choice(robj: &Robj) -> GResult<GuideChoice> {
     let a = Args::new(robj, "svi")?;
-    let rank = a
-        .get("guide_rank")
-        .map(|_| a.count("guide_rank"))
-        .transpose()?;
     let joint = match a.get("joint_params") {
         Some(r) => r
             .as_str_vector()
@@ -281,7 +291,40 @@ pub fn guide_choice(robj: &Robj) -> GResult<(Option<usize>, Vec<String>)> {
             .collect(),
         None => Vec::new(),
     };
-    Ok((rank, joint))
+    if a.get("guide_rank").is_some() {
+        return Ok(GuideChoice::LowRank {
+            rank: a.count("guide_rank")?,
+            joint,
+        });
+    }
+    if a.get("guide_flow").is_none() {
+        return Ok(GuideChoice::MeanField);
+    }
+    let d = FlowConfig::default();
+    let hidden = a
+        .reals("guide_flow_hidden_dims")?
+        .into_iter()
+        .map(|h| h as usize)
+        .collect::<Vec<_>>();
+    let config = FlowConfig {
+        kind: FlowKind::parse(&a.string("guide_flow")?, "guide_flow")?,
+        num_layers: a.count_or("guide_flow_num_layers", d.num_layers)?,
+        hidden: if hidden.is_empty() { d.hidden } else { hidden },
+        activation: Activation::parse(
+            &a.string("guide_flow_activation")?,
+            "guide_flow_activation",
+        )?,
+        layer_norm: a.boolean_or("guide_flow_layer_norm", d.layer_norm)?,
+        residual: a.boolean_or("guide_flow_residual", d.residual)?,
+        soft_clamp: a.boolean_or("guide_flow_soft_clamp", d.soft_clamp)?,
+        loft_tau: if a.boolean_or("guide_flow_loft", true)? {
+            d.loft_tau
+        } else {
+            None
+        },
+        final_affine: false,
+    };
+    Ok(GuideChoice::Flow { config, joint })
 }
 
 /// Sampler settings and the start's half-widths `(init_radius, init_spread)`.

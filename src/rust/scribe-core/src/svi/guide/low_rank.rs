@@ -34,11 +34,11 @@
 //! marginal `N(loc_g, s_g² + |w_g|²)` through its link.
 
 use super::mean_field::{for_each_active, gaussian_sites, mf_term, KlCache};
-use super::{BlockFields, FittedGuide, Guide};
+use super::{guide_groups, BlockFields, FittedGuide, Guide};
 use crate::data::Batch;
 use crate::error::{CoreError, Result};
 use crate::laplace::woodbury::{chol_inverse, chol_logdet, cholesky};
-use crate::models::{BlockKind, Layout, Model};
+use crate::models::{Layout, Model};
 use crate::posterior::{Site, Source, Summary};
 use crate::progress::Ctl;
 use rand::rngs::ChaCha8Rng;
@@ -68,45 +68,7 @@ impl LowRank {
                 "must be a positive whole number",
             ));
         }
-        let find = |name: &str| {
-            layout
-                .blocks
-                .iter()
-                .find(|b| b.name == name)
-                .ok_or_else(|| {
-                    CoreError::arg(
-                        if joint.is_empty() {
-                            "guide_rank"
-                        } else {
-                            "joint_params"
-                        },
-                        format!("the model has no parameter '{name}'"),
-                    )
-                })
-        };
-        let groups: Vec<Vec<usize>> = if joint.is_empty() {
-            let blk = find(gene)?;
-            let rows = blk.n_comp.max(1);
-            let per = blk.len / rows;
-            (0..rows)
-                .map(|k| (blk.offset + k * per..blk.offset + (k + 1) * per).collect())
-                .collect()
-        } else {
-            let mut coords = Vec::new();
-            for name in joint {
-                let blk = find(name)?;
-                if !matches!(blk.kind, BlockKind::Gene | BlockKind::Scalar) {
-                    return Err(CoreError::arg(
-                        "joint_params",
-                        format!("'{name}' is not a gene-level or scalar parameter"),
-                    ));
-                }
-                coords.extend(blk.range());
-            }
-            coords.sort_unstable();
-            coords.dedup();
-            vec![coords]
-        };
+        let groups = guide_groups(layout, gene, joint, "guide_rank")?;
         let smallest = groups.iter().map(Vec::len).min().unwrap_or(0);
         if rank > smallest {
             return Err(CoreError::arg(
@@ -524,65 +486,17 @@ impl FittedGuide for LowRankFit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::CountMatrix;
     use crate::dist::Link;
     use crate::models::nb::simulate::{simulate_nb, NbTruth};
-    use crate::models::nb::{DatasetP, NbModel, NbSpec, Parameterization, Shrinkage, Variant};
-
-    fn model_for(case: &str, data: &CountMatrix) -> (NbModel<'static>, Vec<String>) {
-        let data: &'static CountMatrix = Box::leak(Box::new(data.clone()));
-        let (spec, joint) = match case {
-            "plain" => (
-                NbSpec::new(
-                    Variant::Nbdm,
-                    Parameterization::Canonical,
-                    false,
-                    Link::Softplus,
-                ),
-                vec![],
-            ),
-            "joint" => (
-                NbSpec::new(
-                    Variant::Nbvcp,
-                    Parameterization::MeanOdds,
-                    true,
-                    Link::Softplus,
-                ),
-                vec!["mu".to_string(), "phi".to_string()],
-            ),
-            "mixture" => {
-                let mut s = NbSpec::new(
-                    Variant::Zinb,
-                    Parameterization::MeanProb,
-                    false,
-                    Link::Softplus,
-                );
-                s.set_mixture(2, &["mu", "p"], 2.0).unwrap();
-                (s, vec![])
-            }
-            _ => {
-                let mut s = NbSpec::new(
-                    Variant::Nbvcp,
-                    Parameterization::Canonical,
-                    true,
-                    Link::Softplus,
-                );
-                let cells = (0..data.n_cells).map(|c| (c % 2) as u32).collect();
-                s.set_datasets(cells, 2).unwrap();
-                s.add_dataset_hierarchy("r", Shrinkage::Gaussian, DatasetP::Shared)
-                    .unwrap();
-                (s, vec![])
-            }
-        };
-        (NbModel::new(spec, data).unwrap(), joint)
-    }
+    use crate::models::nb::{NbSpec, Parameterization, Variant};
+    use crate::models::BlockKind;
 
     #[test]
     fn reparameterized_gradient_matches_finite_differences() {
         for case in ["plain", "joint", "mixture", "datasets"] {
             let truth = NbTruth::random(Variant::Nbvcp, 9, 12, 4);
             let data = simulate_nb(&truth, 5);
-            let (model, joint) = model_for(case, &data);
+            let (model, joint) = super::super::test_model(case, &data);
             let gene = model.spec.param.gene_param();
             let guide = LowRank::new(model.layout(), gene, &joint, 2).unwrap();
             let x0 = model.initial_point();
@@ -655,7 +569,7 @@ mod tests {
         let truth = NbTruth::random(Variant::Nbvcp, 5, 4, 1);
         let data = simulate_nb(&truth, 2);
         for case in ["joint", "mixture"] {
-            let (model, joint) = model_for(case, &data);
+            let (model, joint) = super::super::test_model(case, &data);
             let lay = model.layout();
             let guide = LowRank::new(lay, model.spec.param.gene_param(), &joint, 2).unwrap();
             let x0 = model.initial_point();

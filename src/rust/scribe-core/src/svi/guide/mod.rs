@@ -8,15 +8,17 @@
 //! can be subset by genes and cells. The SVI loop never knows which family
 //! it runs; a new family is a new file here plus one arm in [`import`].
 
+pub mod flow;
 pub mod low_rank;
 pub mod mean_field;
 
+pub use flow::{Flow, FlowFit};
 pub use low_rank::{LowRank, LowRankFit};
 pub use mean_field::{MeanField, MeanFieldFit};
 
 use crate::data::Batch;
 use crate::error::{CoreError, Result};
-use crate::models::{Layout, Model};
+use crate::models::{BlockKind, Layout, Model};
 use crate::posterior::Source;
 use rand::Rng;
 
@@ -92,7 +94,7 @@ pub trait FittedGuide: Source + Send {
 }
 
 /// The guide families results can hold.
-pub const FAMILIES: [&str; 2] = ["mean_field", "low_rank"];
+pub const FAMILIES: [&str; 3] = ["mean_field", "low_rank", "flow"];
 
 /// Rebuilds a fitted guide of `family` from the fields it stored.
 pub fn import(
@@ -105,6 +107,7 @@ pub fn import(
             layout, fields,
         )?)),
         "low_rank" => Ok(Box::new(low_rank::LowRankFit::from_fields(layout, fields)?)),
+        "flow" => Ok(Box::new(flow::FlowFit::from_fields(layout, fields)?)),
         other => Err(CoreError::arg(
             "fit",
             format!(
@@ -113,6 +116,58 @@ pub fn import(
             ),
         )),
     }
+}
+
+/// The coordinate groups a structured guide (low-rank, flow) covers: with
+/// `joint` empty, one group per row of the block `gene` (a mixture's
+/// components and a dataset hierarchy's datasets are independent groups);
+/// else one group over every coordinate of the blocks in `joint` (gene-level
+/// or scalar). `arg` names the guide's argument in errors.
+pub(crate) fn guide_groups(
+    layout: &Layout,
+    gene: &str,
+    joint: &[String],
+    arg: &str,
+) -> Result<Vec<Vec<usize>>> {
+    let find = |name: &str| {
+        layout
+            .blocks
+            .iter()
+            .find(|b| b.name == name)
+            .ok_or_else(|| {
+                CoreError::arg(
+                    if joint.is_empty() {
+                        arg
+                    } else {
+                        "joint_params"
+                    },
+                    format!("the model has no parameter '{name}'"),
+                )
+            })
+    };
+    Ok(if joint.is_empty() {
+        let blk = find(gene)?;
+        let rows = blk.n_comp.max(1);
+        let per = blk.len / rows;
+        (0..rows)
+            .map(|k| (blk.offset + k * per..blk.offset + (k + 1) * per).collect())
+            .collect()
+    } else {
+        let mut coords = Vec::new();
+        for name in joint {
+            let blk = find(name)?;
+            if !matches!(blk.kind, BlockKind::Gene | BlockKind::Scalar) {
+                return Err(CoreError::arg(
+                    "joint_params",
+                    format!("'{name}' is not a gene-level or scalar parameter"),
+                ));
+            }
+            coords.extend(blk.range());
+        }
+        coords.sort_unstable();
+        coords.dedup();
+        vec![coords]
+    })
 }
 
 /// Checks a guide's ELBO gradient against finite differences with the noise
@@ -143,4 +198,61 @@ pub(crate) fn check_guide_gradient<G: Guide, M: Model>(
         1e-5,
         label,
     );
+}
+
+/// A small NB model for guide tests and the `joint_params` it calls for:
+/// `"plain"` (nbdm), `"joint"` (nbvcp mean-odds, `mu` and `phi` joint),
+/// `"mixture"` (two-component zinb) or a two-dataset nbvcp hierarchy.
+#[cfg(test)]
+pub(crate) fn test_model(
+    case: &str,
+    data: &crate::data::CountMatrix,
+) -> (crate::models::nb::NbModel<'static>, Vec<String>) {
+    let data: &'static crate::data::CountMatrix = Box::leak(Box::new(data.clone()));
+    use crate::dist::Link;
+    use crate::models::nb::{DatasetP, NbModel, NbSpec, Parameterization, Shrinkage, Variant};
+    let (spec, joint) = match case {
+        "plain" => (
+            NbSpec::new(
+                Variant::Nbdm,
+                Parameterization::Canonical,
+                false,
+                Link::Softplus,
+            ),
+            vec![],
+        ),
+        "joint" => (
+            NbSpec::new(
+                Variant::Nbvcp,
+                Parameterization::MeanOdds,
+                true,
+                Link::Softplus,
+            ),
+            vec!["mu".to_string(), "phi".to_string()],
+        ),
+        "mixture" => {
+            let mut s = NbSpec::new(
+                Variant::Zinb,
+                Parameterization::MeanProb,
+                false,
+                Link::Softplus,
+            );
+            s.set_mixture(2, &["mu", "p"], 2.0).unwrap();
+            (s, vec![])
+        }
+        _ => {
+            let mut s = NbSpec::new(
+                Variant::Nbvcp,
+                Parameterization::Canonical,
+                true,
+                Link::Softplus,
+            );
+            let cells = (0..data.n_cells).map(|c| (c % 2) as u32).collect();
+            s.set_datasets(cells, 2).unwrap();
+            s.add_dataset_hierarchy("r", Shrinkage::Gaussian, DatasetP::Shared)
+                .unwrap();
+            (s, vec![])
+        }
+    };
+    (NbModel::new(spec, data).unwrap(), joint)
 }
