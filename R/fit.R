@@ -141,7 +141,10 @@
 #' express curved (non-Gaussian) dependence, e.g. between `p` and the genes'
 #' `r` with `joint_params = "biological"`. [get_map()] of a flow fit is the
 #' mean of 1000 draws of each parameter (the original's `flow_map_method =
-#' "mean"`); draws are exact. Spline coupling, MAF and IAF flows and
+#' "mean"`); draws are exact. A flow learns the posterior's shape after its
+#' marginals have settled, by ELBO gains too small for the default stopping
+#' rule to see, so with `guide_flow` the default rule runs at least 5,000
+#' steps (give `early_stopping` to choose otherwise). Spline coupling, MAF and IAF flows and
 #' amortized capture are not available yet (classed `scribeR_unsupported`
 #' errors). `guide_flow` does not need `unconstrained = TRUE`: every guide of
 #' scribeR lives on the unconstrained coordinates.

@@ -14,7 +14,12 @@ fit_svi <- function(counts, dropped, model, a, shared) {
     optimizer_config = resolve_optimizer(a$optimizer_config), stable_update = a$stable_update,
     restore_best = a$restore_best, seed = shared$seed
   )
-  svi <- c(svi, resolve_early_stopping(a$early_stopping), resolve_guide(a, model, model_spec$parameterization))
+  guide <- resolve_guide(a, model, model_spec$parameterization)
+  stopping <- resolve_early_stopping(a$early_stopping)
+  # A flow learns the posterior's shape after its marginals have settled, by
+  # ELBO gains too small for the default rule's loss test: run it longer.
+  if (!is.null(guide$guide_flow) && is.null(a$early_stopping)) stopping$settle$min_steps <- 5000
+  svi <- c(svi, stopping, guide)
   t0 <- proc.time()[["elapsed"]]
   res <- call_core(rs_svi_fit(counts_slots(counts), model_spec, svi, shared$verbose, shared$num_threads))
   elapsed <- proc.time()[["elapsed"]] - t0

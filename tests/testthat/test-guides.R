@@ -46,15 +46,19 @@ test_that("low-rank fits work with every verb, subset, save and warm-start MCMC"
   expect_equal(dim(get_map(mix)$r), c(2L, nrow(m)))
 })
 
-test_that("low-rank fits are reproducible and thread-count invariant", {
+test_that("low-rank and flow fits are reproducible and thread-count invariant", {
   sim <- sim_data("nbvcp", n_genes = 20, n_cells = 120, seed = 4)
-  one <- function(threads) {
-    scribe_fit(sim$counts, model = "nbvcp", guide_rank = 2, joint_params = c("r", "probability"), n_steps = 300,
-               seed = 9, verbose = FALSE, num_threads = threads)
+  guides <- list(list(guide_rank = 2, joint_params = c("r", "probability")),
+                 list(guide_flow = "coupling_affine", guide_flow_hidden_dims = 8, joint_params = "biological"))
+  for (g in guides) {
+    one <- function(threads) {
+      do.call(scribe_fit, c(list(sim$counts, model = "nbvcp", n_steps = 200, seed = 9, verbose = FALSE,
+                                 num_threads = threads), g))
+    }
+    a <- one(1L)
+    expect_identical(get_map(a), get_map(one(1L)))
+    expect_identical(get_map(a), get_map(one(2L)))
   }
-  a <- one(1L)
-  expect_identical(get_map(a), get_map(one(1L)))
-  expect_identical(get_map(a), get_map(one(2L)))
 })
 
 test_that("guide arguments give clear errors", {
@@ -68,4 +72,71 @@ test_that("guide arguments give clear errors", {
   expect_error(scribe_fit(m, guide_rank = 2, joint_params = c("r", "p_capture")), "p_capture", class = "scribeR_input_error")
   expect_error(scribe_fit(m, guide_rank = 2, joint_params = NA_character_), "joint_params", class = "scribeR_input_error")
   expect_error(scribe_fit(m, guide_rank = 2, inference_method = "mcmc"), "guide_rank", class = "scribeR_input_error")
+})
+
+# Flow guides (guide_flow). FD gradients, invertibility and the comparison
+# with NUTS on a curved posterior live in the core (nn/flows, svi/guide/flow.rs,
+# tests/guides.rs).
+
+flow_fit <- function(x, ..., n_steps = 600) {
+  guide_fit(x, ..., guide_flow = "affine_coupling", guide_flow_hidden_dims = c(16, 16),
+            guide_flow_num_layers = 2, n_steps = n_steps)
+}
+
+test_that("a joint flow guide draws r and p together and its map is a mean of draws", {
+  sim <- sim_data("nbdm", n_genes = 8, n_cells = 80, seed = 3)
+  fl <- flow_fit(sim$counts, model = "nbdm", joint_params = "biological", n_steps = 3000)
+  expect_identical(fl@guide, "flow")
+  expect_output(print(fl), "flow guide")
+  d <- get_posterior_samples(fl, n_samples = 2000, seed = 2)
+  expect_lt(stats::cor(log(d$r[, 1]), stats::qlogis(d$p)), -0.3)
+  mf <- guide_fit(sim$counts, model = "nbdm")
+  expect_equal(unname(log(get_map(fl)$r)), unname(log(get_map(mf)$r)), tolerance = 0.15)
+  # The point summary is the mean of many draws, so close to the sample mean.
+  expect_equal(get_map(fl)$p, mean(d$p), tolerance = 0.01)
+})
+
+test_that("flow fits work with every verb, subset, save and warm-start MCMC", {
+  sim <- sim_data("nbvcp", n_genes = 20, n_cells = 120, seed = 4)
+  m <- sim$counts
+  fit <- flow_fit(m, model = "nbvcp", n_steps = 300)
+  expect_true(all(is.finite(log_likelihood(fit, m))))
+  expect_equal(dim(posterior_predictive(fit, n_samples = 3)), c(3L, ncol(m), nrow(m)))
+  expect_equal(dim(denoise_counts(fit, m)), dim(m))
+  expect_true(all(is.finite(normalize_counts(fit))))
+  sub <- fit[1:5, ]
+  expect_identical(sub@guide, "flow")
+  expect_equal(dim(get_posterior_samples(sub, n_samples = 4)$r), c(4L, 5L))
+  path <- tempfile(fileext = ".rds")
+  saveRDS(fit, path)
+  back <- readRDS(path)
+  expect_identical(get_posterior_samples(back, n_samples = 5, seed = 1), get_posterior_samples(fit, n_samples = 5, seed = 1))
+  sce <- SingleCellExperiment::SingleCellExperiment(list(counts = m))
+  expect_s4_class(add_scribe_fit(sce, fit), "SingleCellExperiment")
+  mc <- scribe_fit(m, model = "nbvcp", inference_method = "mcmc", n_samples = 30, n_warmup = 30, seed = 1,
+                   verbose = FALSE, svi_init = fit)
+  expect_s4_class(mc, "ScribeMCMCResults")
+  mix <- flow_fit(m, model = "nbdm", n_components = 2, n_steps = 100)
+  expect_equal(dim(get_map(mix)$r), c(2L, nrow(m)))
+})
+
+test_that("flow arguments give clear errors", {
+  sim <- sim_data("nbdm", n_genes = 8, n_cells = 40, seed = 3)
+  m <- sim$counts
+  expect_error(scribe_fit(m, guide_flow = "affine_coupling", guide_rank = 2), "mutually exclusive",
+               class = "scribeR_input_error")
+  expect_error(scribe_fit(m, guide_flow = "spline_coupling"), class = "scribeR_unsupported")
+  expect_error(scribe_fit(m, guide_flow = "maf"), class = "scribeR_unsupported")
+  expect_error(scribe_fit(m, guide_flow = "planar"), "guide_flow", class = "scribeR_input_error")
+  expect_error(scribe_fit(m, guide_flow_num_layers = 2), "guide_flow", class = "scribeR_input_error")
+  expect_error(scribe_fit(m, guide_flow = "affine_coupling", guide_flow_num_layers = 0), "guide_flow_num_layers",
+               class = "scribeR_input_error")
+  expect_error(scribe_fit(m, guide_flow = "affine_coupling", guide_flow_hidden_dims = c(8, -1)),
+               "guide_flow_hidden_dims", class = "scribeR_input_error")
+  expect_error(scribe_fit(m, guide_flow = "affine_coupling", guide_flow_activation = "sigmoid"),
+               "guide_flow_activation", class = "scribeR_input_error")
+  expect_error(scribe_fit(m, guide_flow = "affine_coupling", guide_flow_loft = NA), "guide_flow_loft",
+               class = "scribeR_input_error")
+  expect_error(scribe_fit(m, guide_flow = "affine_coupling", inference_method = "mcmc"), "guide_flow",
+               class = "scribeR_input_error")
 })
