@@ -46,6 +46,10 @@ rs_simulate_nb <- function(model, n_genes, n_cells, n_components, r, p, nu, gate
   .Call(wrap__rs_simulate_nb, model, n_genes, n_cells, n_components, r, p, nu, gate, omega, seed)
 }
 
+rs_predict_capture <- function(fit, lib_size, probs) {
+  .Call(wrap__rs_predict_capture, fit, lib_size, probs)
+}
+
 # Differential expression and model comparison (src/rust/scribe-r/src/de.rs).
 rs_de_nb <- function(fit_a, fit_b, n_draws, seed, opts, verbose, num_threads) {
   .Call(wrap__rs_de_nb, fit_a, fit_b, n_draws, seed, opts, verbose, num_threads)

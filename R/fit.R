@@ -144,10 +144,25 @@
 #' "mean"`); draws are exact. A flow learns the posterior's shape after its
 #' marginals have settled, by ELBO gains too small for the default stopping
 #' rule to see, so with `guide_flow` the default rule runs at least 5,000
-#' steps (give `early_stopping` to choose otherwise). Spline coupling, MAF and IAF flows and
-#' amortized capture are not available yet (classed `scribeR_unsupported`
+#' steps (give `early_stopping` to choose otherwise). Spline coupling, MAF
+#' and IAF flows are not available yet (classed `scribeR_unsupported`
 #' errors). `guide_flow` does not need `unconstrained = TRUE`: every guide of
 #' scribeR lives on the unconstrained coordinates.
+#'
+#' `amortize_capture = TRUE` (nbvcp, zinbvcp) replaces the two free guide
+#' parameters of every cell's capture by a network of the cell's library
+#' size (`capture_input_transformation`, `log1p` by default, standardised
+#' over the fit's cells; hidden widths `capture_hidden_dims`, default
+#' `c(64, 32)`, `capture_activation` leaky relu) that outputs the location
+#' and log-scale of the capture coordinate's Gaussian, the original's
+#' unconstrained form. In these models a cell's capture posterior depends on
+#' its counts only through its library size, so nothing is lost; and
+#' [predict_capture()] gives the capture of cells the fit never saw. Unlike
+#' the original's zero-initialised heads (every cell at capture 1/2) the
+#' network starts at a least-squares fit of the mean-field start's capture
+#' values, so an amortized fit starts where a mean-field fit does. It pairs
+#' with the mean-field guide of the other parameters; with a capture prior
+#' it amortizes `eta_capture` (the original silently ignores the request).
 #'
 #' `dataset_key` groups the cells into datasets (batches, samples, donors):
 #' a column of `colData()` / `meta.data`, or a vector with one value per
@@ -395,6 +410,12 @@
 #'   Layer norm and residual skips in the conditioners, the soft clamp of
 #'   each layer's log-scale (else a hard clip at +-5) and the LOFT tail
 #'   layer: all `TRUE` by default, as in the original.
+#' @param amortize_capture `TRUE` to predict each cell's capture guide from
+#'   its library size with a small network (nbvcp, zinbvcp); see Guides.
+#' @param capture_hidden_dims,capture_activation,capture_input_transformation
+#'   The capture amortizer's hidden widths (`NULL`: `c(64, 32)`), activation
+#'   (default `"leaky_relu"`) and input transform of the library size
+#'   (`"log1p"`, `"log"`, `"sqrt"`, `"identity"`).
 #' @param early_stopping `NULL` (stop when settled), `FALSE` (run all
 #'   `n_steps`), `TRUE` or `"original"` (the original's rule) or a list of
 #'   settings; see Stopping.
@@ -458,6 +479,8 @@ scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterizati
                        guide_flow = NULL, guide_flow_num_layers = 4L, guide_flow_hidden_dims = NULL,
                        guide_flow_activation = "relu", guide_flow_layer_norm = TRUE,
                        guide_flow_residual = TRUE, guide_flow_soft_clamp = TRUE, guide_flow_loft = TRUE,
+                       amortize_capture = FALSE, capture_hidden_dims = NULL, capture_activation = "leaky_relu",
+                       capture_input_transformation = "log1p",
                        n_steps = 50000L, batch_size = NULL, optimizer_config = NULL,
                        stable_update = TRUE, restore_best = FALSE, early_stopping = NULL,
                        n_samples = 2000L, n_warmup = 1000L, n_chains = 1L, svi_init = NULL, mcmc_config = NULL,
@@ -566,7 +589,8 @@ fit_arg_names <- function() setdiff(names(formals(scribe_fit)), c("x", "..."))
   dataset_key = c("svi", "mcmc"), prob_dataset_mode = c("svi", "mcmc"), guide_rank = "svi", joint_params = "svi",
   guide_flow = "svi", guide_flow_num_layers = "svi", guide_flow_hidden_dims = "svi",
   guide_flow_activation = "svi", guide_flow_layer_norm = "svi", guide_flow_residual = "svi",
-  guide_flow_soft_clamp = "svi", guide_flow_loft = "svi",
+  guide_flow_soft_clamp = "svi", guide_flow_loft = "svi", amortize_capture = "svi",
+  capture_hidden_dims = "svi", capture_activation = "svi", capture_input_transformation = "svi",
   n_steps = c("svi", "laplace"), batch_size = c("svi", "laplace"), optimizer_config = c("svi", "laplace"),
   early_stopping = c("svi", "laplace"), stable_update = "svi", restore_best = "svi",
   n_samples = "mcmc", n_warmup = "mcmc", n_chains = "mcmc", svi_init = "mcmc", mcmc_config = "mcmc",
@@ -995,6 +1019,14 @@ split_prior_families <- function(priors, model, parameterization, level = NULL) 
 resolve_guide <- function(a, model, parameterization) {
   rank <- a$guide_rank
   joint <- a$joint_params
+  amortized <- resolve_amortizer(a, model)
+  if (length(amortized)) {
+    if (!is.null(rank) || !is.null(a$guide_flow) || !is.null(joint)) {
+      abort_unsupported(c("{.arg amortize_capture} with {.arg guide_rank}, {.arg guide_flow} or {.arg joint_params} is not available yet.",
+                          "i" = "The capture amortizer pairs with the mean-field guide of the other parameters."))
+    }
+    return(amortized)
+  }
   out <- resolve_flow(a)
   if (!is.null(rank) && length(out)) {
     abort_input(c("{.arg guide_rank} and {.arg guide_flow} are mutually exclusive.",
@@ -1034,6 +1066,42 @@ resolve_guide <- function(a, model, parameterization) {
   }
   out$joint_params <- unique(sites)
   out
+}
+
+# The capture amortizer's settings for the core (list() without
+# `amortize_capture`); its settings without it are an error, not ignored.
+resolve_amortizer <- function(a, model) {
+  check_flag(a$amortize_capture, "amortize_capture")
+  arch <- c("capture_hidden_dims", "capture_activation", "capture_input_transformation")
+  if (!a$amortize_capture) {
+    defaults <- formals(scribe_fit)
+    given <- arch[vapply(arch, function(n) differs_from_default(a[[n]], eval(defaults[[n]])), NA)]
+    if (length(given)) {
+      abort_input("{.arg {given}} set{?s/} up the capture amortizer: give {.code amortize_capture = TRUE} too.")
+    }
+    return(list())
+  }
+  if (!model %in% c("nbvcp", "zinbvcp")) {
+    abort_input(c("{.arg amortize_capture} applies to models with per-cell capture ({.val nbvcp}, {.val zinbvcp}), not {.val {model}}.",
+                  "i" = "Give {.code variable_capture = TRUE} or a VCP {.arg model}."))
+  }
+  hidden <- a$capture_hidden_dims
+  if (!is.null(hidden) && (!is.numeric(hidden) || !length(hidden) || anyNA(hidden) ||
+                           any(hidden < 1 | hidden > 4096 | hidden != round(hidden)))) {
+    abort_input("{.arg capture_hidden_dims} must be {.code NULL} or whole numbers from 1 to 4096, not {describe_value(hidden)}.")
+  }
+  acts <- c("relu", "gelu", "silu", "tanh", "softplus", "elu", "leaky_relu")
+  act <- a$capture_activation
+  if (!is.character(act) || length(act) != 1L || is.na(act) || !act %in% acts) {
+    abort_input("{.arg capture_activation} must be one of {.val {acts}}, not {describe_value(act)}.")
+  }
+  inputs <- c("log1p", "log", "sqrt", "identity")
+  input <- a$capture_input_transformation
+  if (!is.character(input) || length(input) != 1L || is.na(input) || !input %in% inputs) {
+    abort_input("{.arg capture_input_transformation} must be one of {.val {inputs}}, not {describe_value(input)}.")
+  }
+  list(amortize_capture = TRUE, capture_hidden_dims = as.numeric(if (is.null(hidden)) c(64, 32) else hidden),
+       capture_activation = act, capture_input_transformation = input)
 }
 
 # A flow guide's settings for the core (list() without `guide_flow`). The

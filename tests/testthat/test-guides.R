@@ -140,3 +140,65 @@ test_that("flow arguments give clear errors", {
   expect_error(scribe_fit(m, guide_flow = "affine_coupling", inference_method = "mcmc"), "guide_flow",
                class = "scribeR_input_error")
 })
+
+# Amortized capture. FD gradients and the network's start live in the core
+# (svi/guide/amortized.rs).
+
+test_that("amortized capture agrees with mean-field capture and predicts new cells", {
+  sim <- sim_data("nbvcp", n_genes = 30, n_cells = 300, seed = 5)
+  m <- sim$counts
+  fit_a <- function(...) scribe_fit(m, model = "nbvcp", n_steps = 3000, seed = 1, verbose = FALSE, ...)
+  mf <- fit_a()
+  am <- fit_a(amortize_capture = TRUE)
+  expect_identical(am@guide, "amortized_capture")
+  expect_output(print(am), "amortized-capture guide")
+  nu_mf <- get_map(mf)$p_capture
+  nu_am <- get_map(am)$p_capture
+  expect_gt(stats::cor(nu_mf, nu_am, method = "spearman"), 0.95)
+  # New cells: capture from their counts; the fit's own cells get their guide's values.
+  q <- predict_capture(am, m[, 1:20])
+  expect_identical(dim(q), c(20L, 3L))
+  expect_identical(colnames(q), c("2.5%", "50%", "97.5%"))
+  expect_true(all(q[, 1] < q[, 2] & q[, 2] < q[, 3] & q > 0 & q < 1))
+  expect_equal(unname(q[, 2]), unname(nu_am[1:20]), tolerance = 0.05)
+  doubled <- predict_capture(am, 2 * m[, 1:20], probs = 0.5)
+  expect_true(all(doubled[, 1] > q[, 2]))
+  # Every verb, subset and save.
+  expect_true(all(is.finite(log_likelihood(am, m))))
+  expect_equal(dim(denoise_counts(am, m)), dim(m))
+  sub <- am[1:10, 1:50]
+  expect_identical(sub@guide, "amortized_capture")
+  path <- tempfile(fileext = ".rds")
+  saveRDS(am, path)
+  expect_identical(predict_capture(readRDS(path), m[, 1:5]), predict_capture(am, m[, 1:5]))
+  mc <- scribe_fit(m, model = "nbvcp", inference_method = "mcmc", n_samples = 20, n_warmup = 20, seed = 1,
+                   verbose = FALSE, svi_init = am)
+  expect_s4_class(mc, "ScribeMCMCResults")
+  a1 <- scribe_fit(m, model = "nbvcp", amortize_capture = TRUE, n_steps = 200, batch_size = 64, seed = 3,
+                   verbose = FALSE, num_threads = 1L)
+  a2 <- scribe_fit(m, model = "nbvcp", amortize_capture = TRUE, n_steps = 200, batch_size = 64, seed = 3,
+                   verbose = FALSE, num_threads = 2L)
+  expect_identical(get_map(a1), get_map(a2))
+})
+
+test_that("amortized capture arguments give clear errors", {
+  sim <- sim_data("nbvcp", n_genes = 8, n_cells = 40, seed = 3)
+  m <- sim$counts
+  expect_error(scribe_fit(m, model = "nbdm", amortize_capture = TRUE), "per-cell capture",
+               class = "scribeR_input_error")
+  expect_error(scribe_fit(m, model = "nbvcp", capture_hidden_dims = 8), "amortize_capture",
+               class = "scribeR_input_error")
+  expect_error(scribe_fit(m, model = "nbvcp", amortize_capture = TRUE, guide_rank = 2),
+               class = "scribeR_unsupported")
+  expect_error(scribe_fit(m, model = "nbvcp", amortize_capture = TRUE, capture_activation = "swoosh"),
+               "capture_activation", class = "scribeR_input_error")
+  expect_error(scribe_fit(m, model = "nbvcp", amortize_capture = TRUE, capture_input_transformation = "exp"),
+               "capture_input_transformation", class = "scribeR_input_error")
+  expect_error(scribe_fit(m, model = "nbvcp", amortize_capture = NA), "amortize_capture",
+               class = "scribeR_input_error")
+  mf <- scribe_fit(m, model = "nbvcp", n_steps = 50, seed = 1, verbose = FALSE)
+  expect_error(predict_capture(mf, m), "amortize_capture", class = "scribeR_input_error")
+  am <- scribe_fit(m, model = "nbvcp", amortize_capture = TRUE, n_steps = 50, seed = 1, verbose = FALSE)
+  expect_error(predict_capture(am, m[1:3, ]), "genes", class = "scribeR_input_error")
+  expect_error(predict_capture(am, m, probs = 1), "probs", class = "scribeR_input_error")
+})

@@ -35,7 +35,7 @@ use scribe_core::posterior::nb::predictive::predictive;
 use scribe_core::posterior::nb::sites;
 use scribe_core::posterior::Summary;
 use scribe_core::progress::Ctl;
-use scribe_core::svi::guide::{Flow, Guide, LowRank, MeanField};
+use scribe_core::svi::guide::{AmortizedCapture, Flow, Guide, LowRank, MeanField};
 
 fn none() -> Robj {
     ().into()
@@ -97,6 +97,14 @@ fn rs_svi_fit(counts_r: Robj, model: Robj, svi: Robj, verbose: bool, num_threads
             }
             GuideChoice::Flow { config, joint } => {
                 let guide = Flow::new(nb.layout(), gene, &joint, &config)?;
+                svi_with(&nb, guide, &cfg, verbose, num_threads)?
+            }
+            GuideChoice::AmortizedCapture {
+                hidden,
+                activation,
+                input,
+            } => {
+                let guide = AmortizedCapture::new(nb.layout(), &data, &hidden, activation, input)?;
                 svi_with(&nb, guide, &cfg, verbose, num_threads)?
             }
         };
@@ -595,6 +603,26 @@ fn rs_simulate_nb(
     })())
 }
 
+/// Quantiles `probs` of the capture probability of cells with library sizes
+/// `lib_size`, from the capture amortizer of an SVI fit (cells × probs,
+/// column-major for R).
+/// @noRd
+#[extendr]
+fn rs_predict_capture(fit: Robj, lib_size: Robj, probs: Robj) -> Robj {
+    respond((|| -> GResult<Robj> {
+        let (layout, am) = convert::results::amortizer_view(&fit)?;
+        let lib = convert::reals(Some(&lib_size), "lib_size")?;
+        let probs = convert::reals(Some(&probs), "probs")?;
+        let q = am.capture_quantiles(&layout, &lib, &probs)?;
+        let (n, k) = (lib.len(), probs.len());
+        let col_major: Vec<f64> = (0..k)
+            .flat_map(|j| (0..n).map(move |c| (c, j)))
+            .map(|(c, j)| q[c * k + j])
+            .collect();
+        Ok(col_major.into())
+    })())
+}
+
 extendr_module! {
     mod scribeR;
     use de;
@@ -610,4 +638,5 @@ extendr_module! {
     fn rs_laplace_analysis;
     fn rs_cascade_stats;
     fn rs_simulate_nb;
+    fn rs_predict_capture;
 }

@@ -441,6 +441,11 @@ pub fn ln_normal(x: f64, loc: f64, scale: f64) -> f64 {
     -0.5 * z * z - scale.ln() - HALF_LN_2PI
 }
 
+/// `Φ⁻¹(v)`, the standard normal quantile.
+pub fn normal_quantile(v: f64) -> f64 {
+    -std::f64::consts::SQRT_2 * statrs::function::erf::erfc_inv(2.0 * v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

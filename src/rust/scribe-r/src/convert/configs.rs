@@ -14,6 +14,7 @@ use scribe_core::nn::Activation;
 use scribe_core::optim::early_stop::EarlyStopping;
 use scribe_core::optim::settle::Settle;
 use scribe_core::optim::OptimizerConfig;
+use scribe_core::svi::guide::CaptureInput;
 use scribe_core::svi::SviConfig;
 
 /// An NB-family model from `list(model, parameterization, unconstrained,
@@ -276,6 +277,11 @@ pub enum GuideChoice {
         config: FlowConfig,
         joint: Vec<String>,
     },
+    AmortizedCapture {
+        hidden: Vec<usize>,
+        activation: Activation,
+        input: CaptureInput,
+    },
 }
 
 /// The guide of an SVI config (`guide_rank`, `guide_flow` and its
@@ -295,6 +301,17 @@ pub fn guide_choice(robj: &Robj) -> GResult<GuideChoice> {
         return Ok(GuideChoice::LowRank {
             rank: a.count("guide_rank")?,
             joint,
+        });
+    }
+    if a.boolean_or("amortize_capture", false)? {
+        return Ok(GuideChoice::AmortizedCapture {
+            hidden: a
+                .reals("capture_hidden_dims")?
+                .into_iter()
+                .map(|h| h as usize)
+                .collect(),
+            activation: Activation::parse(&a.string("capture_activation")?, "capture_activation")?,
+            input: CaptureInput::parse(&a.string("capture_input_transformation")?)?,
         });
     }
     if a.get("guide_flow").is_none() {

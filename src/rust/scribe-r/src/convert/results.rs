@@ -227,6 +227,24 @@ pub fn fit_view(robj: &Robj) -> GResult<FitView> {
     })
 }
 
+/// The layout and capture amortizer of an SVI fit with
+/// `amortize_capture = TRUE`.
+pub fn amortizer_view(robj: &Robj) -> GResult<(Layout, guide::AmortizedFit)> {
+    let v = fit_view(robj)?;
+    let a = Args::new(robj, "fit")?;
+    if a.get("guide").and_then(|g| g.as_str()) != Some("amortized_capture") {
+        return Err(input(
+            "fit",
+            "was not fitted with `amortize_capture = TRUE`: it has no capture amortizer",
+        ));
+    }
+    let fields = guide_fields_from_r(a.need("params")?)?;
+    Ok((
+        v.layout.clone(),
+        guide::AmortizedFit::from_fields(&v.layout, &fields)?,
+    ))
+}
+
 /// `(n_draws, seed)` from R: `n_draws <= 0` asks for the point summary.
 pub fn summary(n_draws: Robj, seed: Robj) -> GResult<scribe_core::posterior::Summary> {
     let n = number(&n_draws).ok_or_else(|| internal("`n_draws` must be a number"))?;

@@ -36,11 +36,6 @@ pub struct Residuals {
     pub values: Option<Vec<f64>>,
 }
 
-/// `Φ⁻¹(v)`.
-fn normal_quantile(v: f64) -> f64 {
-    -std::f64::consts::SQRT_2 * statrs::function::erf::erfc_inv(2.0 * v)
-}
-
 /// `P(X ≤ u)` of `NB(r, p̂)` (pmf ∝ (1 − p̂)^r p̂^k): `I_{1−p̂}(r, u + 1)`.
 fn nb_cdf(u: u32, r: f64, p_hat: f64) -> f64 {
     statrs::function::beta::beta_reg(r, u as f64 + 1.0, 1.0 - p_hat)
@@ -161,7 +156,7 @@ pub fn quantile_residuals(
                         }
                     }
                     let v: f64 = lo + rng.random::<f64>() * (hi - lo);
-                    *qv = normal_quantile(v.clamp(epsilon, 1.0 - epsilon));
+                    *qv = crate::math::normal_quantile(v.clamp(epsilon, 1.0 - epsilon));
                 }
                 work.tick();
             });
@@ -415,7 +410,7 @@ mod tests {
             acc += ln_pmf.exp();
             assert!((nb_cdf(k, r, p) - acc).abs() < 1e-10, "k = {k}");
         }
-        assert!((normal_quantile(0.975) - 1.959_963_984_540_054).abs() < 1e-9);
+        assert!((crate::math::normal_quantile(0.975) - 1.959_963_984_540_054).abs() < 1e-9);
     }
 
     #[test]

@@ -8,10 +8,12 @@
 //! can be subset by genes and cells. The SVI loop never knows which family
 //! it runs; a new family is a new file here plus one arm in [`import`].
 
+pub mod amortized;
 pub mod flow;
 pub mod low_rank;
 pub mod mean_field;
 
+pub use amortized::{AmortizedCapture, AmortizedFit, CaptureInput};
 pub use flow::{Flow, FlowFit};
 pub use low_rank::{LowRank, LowRankFit};
 pub use mean_field::{MeanField, MeanFieldFit};
@@ -94,7 +96,7 @@ pub trait FittedGuide: Source + Send {
 }
 
 /// The guide families results can hold.
-pub const FAMILIES: [&str; 3] = ["mean_field", "low_rank", "flow"];
+pub const FAMILIES: [&str; 4] = ["mean_field", "low_rank", "flow", "amortized_capture"];
 
 /// Rebuilds a fitted guide of `family` from the fields it stored.
 pub fn import(
@@ -108,6 +110,9 @@ pub fn import(
         )?)),
         "low_rank" => Ok(Box::new(low_rank::LowRankFit::from_fields(layout, fields)?)),
         "flow" => Ok(Box::new(flow::FlowFit::from_fields(layout, fields)?)),
+        "amortized_capture" => Ok(Box::new(amortized::AmortizedFit::from_fields(
+            layout, fields,
+        )?)),
         other => Err(CoreError::arg(
             "fit",
             format!(
