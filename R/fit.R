@@ -144,9 +144,12 @@
 #' "mean"`); draws are exact. A flow learns the posterior's shape after its
 #' marginals have settled, by ELBO gains too small for the default stopping
 #' rule to see, so with `guide_flow` the default rule runs at least 5,000
-#' steps (give `early_stopping` to choose otherwise). Spline coupling, MAF
-#' and IAF flows are not available yet (classed `scribeR_unsupported`
-#' errors). `guide_flow` does not need `unconstrained = TRUE`: every guide of
+#' steps (give `early_stopping` to choose otherwise). `guide_flow =
+#' "spline_coupling"` swaps each layer's affine map for a monotone
+#' rational-quadratic spline on `[-3, 3]` (`guide_flow_n_bins` bins, learned
+#' boundary slopes, the identity outside), which can bend single
+#' coordinates' marginals too. MAF and IAF flows are not available yet
+#' (classed `scribeR_unsupported` errors). `guide_flow` does not need `unconstrained = TRUE`: every guide of
 #' scribeR lives on the unconstrained coordinates.
 #'
 #' `amortize_capture = TRUE` (nbvcp, zinbvcp) replaces the two free guide
@@ -399,9 +402,11 @@
 #'   and `p`/`phi`; `"mean"`, `"prob"`, `"gate"`, `"all"`: every gene-level
 #'   and scalar parameter) or a vector of names (internal or descriptive,
 #'   e.g. `c("mean_expression", "probability")`).
-#' @param guide_flow `NULL` or `"affine_coupling"` (also
-#'   `"coupling_affine"`): a normalizing-flow guide over the same groups as
-#'   `guide_rank`; see Guides. Exclusive with `guide_rank`.
+#' @param guide_flow `NULL`, `"affine_coupling"` or `"spline_coupling"`
+#'   (also `"coupling_affine"`, `"coupling_spline"`): a normalizing-flow
+#'   guide over the same groups as `guide_rank`; see Guides. Exclusive with
+#'   `guide_rank`.
+#' @param guide_flow_n_bins Bins of each spline (spline coupling; default 8).
 #' @param guide_flow_num_layers,guide_flow_hidden_dims,guide_flow_activation
 #'   The flow's coupling layers (default 4), its conditioners' hidden widths
 #'   (`NULL`: `c(64, 64)`) and their activation (`"relu"`, `"gelu"`,
@@ -477,7 +482,7 @@ scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterizati
                        mixture_params = "all", overdispersion = "none", dataset_key = NULL,
                        prob_dataset_mode = "gene_specific", guide_rank = NULL, joint_params = NULL,
                        guide_flow = NULL, guide_flow_num_layers = 4L, guide_flow_hidden_dims = NULL,
-                       guide_flow_activation = "relu", guide_flow_layer_norm = TRUE,
+                       guide_flow_activation = "relu", guide_flow_n_bins = 8L, guide_flow_layer_norm = TRUE,
                        guide_flow_residual = TRUE, guide_flow_soft_clamp = TRUE, guide_flow_loft = TRUE,
                        amortize_capture = FALSE, capture_hidden_dims = NULL, capture_activation = "leaky_relu",
                        capture_input_transformation = "log1p",
@@ -588,7 +593,7 @@ fit_arg_names <- function() setdiff(names(formals(scribe_fit)), c("x", "..."))
   n_components = c("svi", "mcmc"), mixture_params = c("svi", "mcmc"), overdispersion = c("svi", "mcmc"),
   dataset_key = c("svi", "mcmc"), prob_dataset_mode = c("svi", "mcmc"), guide_rank = "svi", joint_params = "svi",
   guide_flow = "svi", guide_flow_num_layers = "svi", guide_flow_hidden_dims = "svi",
-  guide_flow_activation = "svi", guide_flow_layer_norm = "svi", guide_flow_residual = "svi",
+  guide_flow_activation = "svi", guide_flow_n_bins = "svi", guide_flow_layer_norm = "svi", guide_flow_residual = "svi",
   guide_flow_soft_clamp = "svi", guide_flow_loft = "svi", amortize_capture = "svi",
   capture_hidden_dims = "svi", capture_activation = "svi", capture_input_transformation = "svi",
   n_steps = c("svi", "laplace"), batch_size = c("svi", "laplace"), optimizer_config = c("svi", "laplace"),
@@ -1107,7 +1112,7 @@ resolve_amortizer <- function(a, model) {
 # A flow guide's settings for the core (list() without `guide_flow`). The
 # architecture arguments without `guide_flow` are an error, not ignored.
 resolve_flow <- function(a) {
-  arch <- c("guide_flow_num_layers", "guide_flow_hidden_dims", "guide_flow_activation",
+  arch <- c("guide_flow_num_layers", "guide_flow_hidden_dims", "guide_flow_activation", "guide_flow_n_bins",
             "guide_flow_layer_norm", "guide_flow_residual", "guide_flow_soft_clamp", "guide_flow_loft")
   if (is.null(a$guide_flow)) {
     defaults <- formals(scribe_fit)
@@ -1123,9 +1128,15 @@ resolve_flow <- function(a) {
   if (!is.character(flow) || length(flow) != 1L || is.na(flow) || !flow %in% known) {
     abort_input("{.arg guide_flow} must be one of {.val {known}}, not {describe_value(flow)}.")
   }
-  if (!flow %in% c("affine_coupling", "coupling_affine")) {
+  if (flow %in% c("maf", "iaf")) {
     abort_unsupported(c("{.code guide_flow = \"{flow}\"} is not available yet.",
-                        "i" = "Use {.code guide_flow = \"affine_coupling\"} (the flow the original recommends for guides)."))
+                        "i" = "Use {.code guide_flow = \"affine_coupling\"} (the flow the original recommends for guides) or {.val spline_coupling}."))
+  }
+  spline <- flow %in% c("spline_coupling", "coupling_spline")
+  check_number(a$guide_flow_n_bins, "guide_flow_n_bins", "a whole number from 2 to 64",
+               function(v) v >= 2 && v <= 64 && v == round(v))
+  if (!spline && differs_from_default(a$guide_flow_n_bins, 8L)) {
+    abort_input("{.arg guide_flow_n_bins} applies to {.code guide_flow = \"spline_coupling\"}, not {.val {flow}}.")
   }
   check_number(a$guide_flow_num_layers, "guide_flow_num_layers", "a whole number from 1 to 64",
                function(v) v >= 1 && v <= 64 && v == round(v))
@@ -1142,7 +1153,8 @@ resolve_flow <- function(a) {
   for (n in c("guide_flow_layer_norm", "guide_flow_residual", "guide_flow_soft_clamp", "guide_flow_loft")) {
     check_flag(a[[n]], n)
   }
-  list(guide_flow = "affine_coupling", guide_flow_num_layers = as.numeric(a$guide_flow_num_layers),
+  list(guide_flow = if (spline) "spline_coupling" else "affine_coupling",
+       guide_flow_num_layers = as.numeric(a$guide_flow_num_layers), guide_flow_n_bins = as.numeric(a$guide_flow_n_bins),
        guide_flow_hidden_dims = if (is.null(hidden)) NULL else as.numeric(hidden),
        guide_flow_activation = act, guide_flow_layer_norm = a$guide_flow_layer_norm,
        guide_flow_residual = a$guide_flow_residual, guide_flow_soft_clamp = a$guide_flow_soft_clamp,

@@ -78,8 +78,8 @@ test_that("guide arguments give clear errors", {
 # with NUTS on a curved posterior live in the core (nn/flows, svi/guide/flow.rs,
 # tests/guides.rs).
 
-flow_fit <- function(x, ..., n_steps = 600) {
-  guide_fit(x, ..., guide_flow = "affine_coupling", guide_flow_hidden_dims = c(16, 16),
+flow_fit <- function(x, ..., guide_flow = "affine_coupling", n_steps = 600) {
+  guide_fit(x, ..., guide_flow = guide_flow, guide_flow_hidden_dims = c(16, 16),
             guide_flow_num_layers = 2, n_steps = n_steps)
 }
 
@@ -118,6 +118,12 @@ test_that("flow fits work with every verb, subset, save and warm-start MCMC", {
   expect_s4_class(mc, "ScribeMCMCResults")
   mix <- flow_fit(m, model = "nbdm", n_components = 2, n_steps = 100)
   expect_equal(dim(get_map(mix)$r), c(2L, nrow(m)))
+  # Spline coupling: same verbs, its own stored architecture.
+  sp <- flow_fit(m, model = "nbvcp", guide_flow = "spline_coupling", guide_flow_n_bins = 4, n_steps = 200)
+  expect_identical(sp@guide, "flow")
+  expect_true(all(is.finite(log_likelihood(sp, m))))
+  expect_identical(get_posterior_samples(sp[1:3, ], n_samples = 2, seed = 1)$r,
+                   get_posterior_samples(sp, n_samples = 2, seed = 1)$r[, 1:3])
 })
 
 test_that("flow arguments give clear errors", {
@@ -125,7 +131,11 @@ test_that("flow arguments give clear errors", {
   m <- sim$counts
   expect_error(scribe_fit(m, guide_flow = "affine_coupling", guide_rank = 2), "mutually exclusive",
                class = "scribeR_input_error")
-  expect_error(scribe_fit(m, guide_flow = "spline_coupling"), class = "scribeR_unsupported")
+  expect_error(scribe_fit(m, guide_flow = "iaf"), class = "scribeR_unsupported")
+  expect_error(scribe_fit(m, guide_flow = "affine_coupling", guide_flow_n_bins = 4), "guide_flow_n_bins",
+               class = "scribeR_input_error")
+  expect_error(scribe_fit(m, guide_flow = "spline_coupling", guide_flow_n_bins = 1), "guide_flow_n_bins",
+               class = "scribeR_input_error")
   expect_error(scribe_fit(m, guide_flow = "maf"), class = "scribeR_unsupported")
   expect_error(scribe_fit(m, guide_flow = "planar"), "guide_flow", class = "scribeR_input_error")
   expect_error(scribe_fit(m, guide_flow_num_layers = 2), "guide_flow", class = "scribeR_input_error")

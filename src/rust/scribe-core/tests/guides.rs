@@ -250,13 +250,28 @@ fn flow_guide_follows_a_curved_posterior_better_than_mean_field() {
         err(&guide_draws(&mf, &vm, &lay, 8000)),
     );
     eprintln!("quantile error (NUTS sd units): flow {e_flow:.3}, mean-field {e_mf:.3}; losses flow {loss_f:.3}, mean-field {loss_m:.3}");
-    // Measured: flow 0.07, mean-field 0.74; losses 330.3 vs 332.1.
+    let spline_cfg = FlowConfig {
+        kind: scribe_core::nn::flows::FlowKind::SplineCoupling,
+        ..FlowConfig::default()
+    };
+    let spline = Flow::new(&lay, "r", &["r".to_string(), "p".to_string()], &spline_cfg).unwrap();
+    let (vs, loss_s) = svi(&model, &spline, 8000);
+    let e_spline = err(&guide_draws(&spline, &vs, &lay, 8000));
+    eprintln!("spline flow: quantile error {e_spline:.3}, loss {loss_s:.3}");
+    // Measured: affine flow 0.07, spline flow 0.42, mean-field 0.74;
+    // losses 330.3, 331.0 and 332.1. A spline moves mass only inside
+    // [−3, 3] (the identity outside), so it shifts a coordinate with the
+    // others less freely than the affine map: the original recommends
+    // affine coupling for guides.
     assert!(
         e_flow < 0.5 * e_mf && e_flow < 0.2,
-        "flow {e_flow} vs mean-field {e_mf}"
+        "affine flow {e_flow} vs mean-field {e_mf}"
     );
     assert!(
-        loss_f <= loss_m + 0.05,
-        "flow {loss_f} vs mean-field {loss_m}"
+        e_spline < e_mf,
+        "spline flow {e_spline} vs mean-field {e_mf}"
     );
+    for (name, l) in [("affine", loss_f), ("spline", loss_s)] {
+        assert!(l <= loss_m + 0.05, "{name} flow {l} vs mean-field {loss_m}");
+    }
 }

@@ -334,6 +334,7 @@ pub fn guide_choice(robj: &Robj) -> GResult<GuideChoice> {
         layer_norm: a.boolean_or("guide_flow_layer_norm", d.layer_norm)?,
         residual: a.boolean_or("guide_flow_residual", d.residual)?,
         soft_clamp: a.boolean_or("guide_flow_soft_clamp", d.soft_clamp)?,
+        n_bins: a.count_or("guide_flow_n_bins", d.n_bins)?,
         loft_tau: if a.boolean_or("guide_flow_loft", true)? {
             d.loft_tau
         } else {

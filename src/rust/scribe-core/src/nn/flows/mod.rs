@@ -13,9 +13,11 @@
 
 pub mod coupling;
 pub mod loft;
+pub mod spline;
 
-pub use coupling::{AffineCoupling, CouplingTape};
+pub use coupling::{Coupling, CouplingTape, ElementMap};
 pub use loft::Loft;
+pub use spline::Spline;
 
 use super::{Activation, Mlp};
 use crate::error::{CoreError, Result};
@@ -29,18 +31,20 @@ pub enum Direction {
     Generative,
 }
 
-/// The flow families. Only affine coupling is built; the others of the
-/// original (spline coupling, MAF, IAF) are refused by [`FlowKind::parse`].
+/// The flow families. MAF and IAF of the original are refused by
+/// [`FlowKind::parse`] for now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowKind {
     AffineCoupling,
+    SplineCoupling,
 }
 
 impl FlowKind {
     pub fn parse(name: &str, arg: &str) -> Result<Self> {
         match name {
             "affine_coupling" | "coupling_affine" => Ok(FlowKind::AffineCoupling),
-            "spline_coupling" | "coupling_spline" | "maf" | "iaf" => Err(CoreError::arg(
+            "spline_coupling" | "coupling_spline" => Ok(FlowKind::SplineCoupling),
+            "maf" | "iaf" => Err(CoreError::arg(
                 arg,
                 format!("'{name}' flows are not available yet; use 'affine_coupling'"),
             )),
@@ -64,6 +68,8 @@ pub struct FlowConfig {
     pub layer_norm: bool,
     pub residual: bool,
     pub soft_clamp: bool,
+    /// Bins of spline coupling.
+    pub n_bins: usize,
     pub loft_tau: Option<f64>,
     pub final_affine: bool,
 }
@@ -78,6 +84,7 @@ impl Default for FlowConfig {
             layer_norm: true,
             residual: true,
             soft_clamp: true,
+            n_bins: 8,
             loft_tau: Some(100.0),
             final_affine: true,
         }
@@ -89,7 +96,7 @@ impl Default for FlowConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlowChain {
     pub dim: usize,
-    pub layers: Vec<AffineCoupling>,
+    pub layers: Vec<Coupling>,
     pub loft: Option<Loft>,
     pub final_affine: bool,
 }
@@ -133,6 +140,9 @@ impl FlowChain {
                 "a coupling flow needs at least two coordinates",
             ));
         }
+        if cfg.kind == FlowKind::SplineCoupling && cfg.n_bins < 2 {
+            return Err(CoreError::arg("guide_flow_n_bins", "must be at least 2"));
+        }
         if cfg.num_layers == 0 {
             return Err(CoreError::arg(
                 "guide_flow_num_layers",
@@ -148,7 +158,13 @@ impl FlowChain {
                     layer_norm: cfg.layer_norm,
                     residual: cfg.residual,
                 };
-                AffineCoupling::new(dim, i % 2, mlp, cfg.soft_clamp)
+                let map = match cfg.kind {
+                    FlowKind::AffineCoupling => ElementMap::Affine {
+                        soft_clamp: cfg.soft_clamp,
+                    },
+                    FlowKind::SplineCoupling => ElementMap::Spline(Spline { bins: cfg.n_bins }),
+                };
+                Coupling::new(dim, i % 2, mlp, map)
             })
             .collect();
         Ok(FlowChain {
@@ -160,10 +176,7 @@ impl FlowChain {
     }
 
     pub fn n_params(&self) -> usize {
-        self.layers
-            .iter()
-            .map(AffineCoupling::n_params)
-            .sum::<usize>()
+        self.layers.iter().map(Coupling::n_params).sum::<usize>()
             + if self.final_affine { 2 * self.dim } else { 0 }
     }
 
@@ -360,6 +373,14 @@ mod tests {
                     layer_norm: false,
                     residual: false,
                     final_affine: false,
+                    ..base.clone()
+                },
+            ),
+            (
+                "spline".into(),
+                FlowConfig {
+                    kind: FlowKind::SplineCoupling,
+                    n_bins: 4,
                     ..base.clone()
                 },
             ),

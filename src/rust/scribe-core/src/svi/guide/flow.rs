@@ -289,21 +289,27 @@ pub struct FlowFit {
     pub groups: Vec<FlowGroup>,
 }
 
-/// The stored field of the architecture: kind, layers, activation, layer
-/// norm, residual, soft clamp, LOFT τ (0: none), then the hidden widths.
+/// The stored field of the architecture: kind (0 affine, 1 spline
+/// coupling), layers, activation, layer norm, residual, soft clamp, LOFT τ
+/// (0: none), spline bins, then the hidden widths.
 fn config_to_field(c: &FlowConfig) -> Vec<f64> {
     let act = Activation::NAMES
         .iter()
         .position(|n| Activation::parse(n, "").ok() == Some(c.activation))
         .unwrap_or(0);
+    let kind = match c.kind {
+        FlowKind::AffineCoupling => 0.0,
+        FlowKind::SplineCoupling => 1.0,
+    };
     let mut v = vec![
-        0.0,
+        kind,
         c.num_layers as f64,
         act as f64,
         c.layer_norm as u8 as f64,
         c.residual as u8 as f64,
         c.soft_clamp as u8 as f64,
         c.loft_tau.unwrap_or(0.0),
+        c.n_bins as f64,
     ];
     v.extend(c.hidden.iter().map(|&h| h as f64));
     v
@@ -311,16 +317,21 @@ fn config_to_field(c: &FlowConfig) -> Vec<f64> {
 
 fn config_from_field(v: &[f64]) -> Option<FlowConfig> {
     let whole = |x: f64| (x >= 0.0 && x == x.round() && x < 1e7).then_some(x as usize);
-    if v.len() < 7 || v[0] != 0.0 {
+    if v.len() < 8 {
         return None;
     }
+    let kind = match whole(v[0])? {
+        0 => FlowKind::AffineCoupling,
+        1 => FlowKind::SplineCoupling,
+        _ => return None,
+    };
     let activation = Activation::parse(Activation::NAMES.get(whole(v[2])?)?, "").ok()?;
-    let hidden = v[7..]
+    let hidden = v[8..]
         .iter()
         .map(|&h| whole(h))
         .collect::<Option<Vec<_>>>()?;
     Some(FlowConfig {
-        kind: FlowKind::AffineCoupling,
+        kind,
         num_layers: whole(v[1])?,
         hidden,
         activation,
@@ -328,6 +339,7 @@ fn config_from_field(v: &[f64]) -> Option<FlowConfig> {
         residual: v[4] != 0.0,
         soft_clamp: v[5] != 0.0,
         loft_tau: (v[6] > 0.0).then_some(v[6]),
+        n_bins: whole(v[7])?,
         final_affine: false,
     })
 }
@@ -572,12 +584,22 @@ mod tests {
 
     #[test]
     fn reparameterized_gradient_matches_finite_differences() {
-        for case in ["plain", "joint", "mixture", "datasets"] {
+        for case in ["plain", "joint", "mixture", "datasets", "spline"] {
+            let (case, cfg) = if case == "spline" {
+                let cfg = FlowConfig {
+                    kind: FlowKind::SplineCoupling,
+                    n_bins: 4,
+                    ..small()
+                };
+                ("joint", cfg)
+            } else {
+                (case, small())
+            };
             let truth = NbTruth::random(Variant::Nbvcp, 9, 12, 4);
             let data = simulate_nb(&truth, 5);
             let (model, joint) = test_model(case, &data);
             let gene = model.spec.param.gene_param();
-            let guide = Flow::new(model.layout(), gene, &joint, &small()).unwrap();
+            let guide = Flow::new(model.layout(), gene, &joint, &cfg).unwrap();
             let v = perturbed(&guide, &model.initial_point());
             let mut batch = Batch::full(&data);
             batch.set_cells(&data, &[1, 4, 6, 9]);
