@@ -124,6 +124,9 @@ test_that("flow fits work with every verb, subset, save and warm-start MCMC", {
   expect_true(all(is.finite(log_likelihood(sp, m))))
   expect_identical(get_posterior_samples(sp[1:3, ], n_samples = 2, seed = 1)$r,
                    get_posterior_samples(sp, n_samples = 2, seed = 1)$r[, 1:3])
+  iaf <- flow_fit(m, model = "nbdm", guide_flow = "iaf", joint_params = "biological", n_steps = 200)
+  expect_true(all(is.finite(log_likelihood(iaf, m))))
+  expect_identical(readRDS({saveRDS(iaf, path); path})@params, iaf@params)
 })
 
 test_that("flow arguments give clear errors", {
@@ -131,12 +134,11 @@ test_that("flow arguments give clear errors", {
   m <- sim$counts
   expect_error(scribe_fit(m, guide_flow = "affine_coupling", guide_rank = 2), "mutually exclusive",
                class = "scribeR_input_error")
-  expect_error(scribe_fit(m, guide_flow = "iaf"), class = "scribeR_unsupported")
+  expect_error(scribe_fit(m, guide_flow = "maf"), "iaf", class = "scribeR_input_error")
   expect_error(scribe_fit(m, guide_flow = "affine_coupling", guide_flow_n_bins = 4), "guide_flow_n_bins",
                class = "scribeR_input_error")
   expect_error(scribe_fit(m, guide_flow = "spline_coupling", guide_flow_n_bins = 1), "guide_flow_n_bins",
                class = "scribeR_input_error")
-  expect_error(scribe_fit(m, guide_flow = "maf"), class = "scribeR_unsupported")
   expect_error(scribe_fit(m, guide_flow = "planar"), "guide_flow", class = "scribeR_input_error")
   expect_error(scribe_fit(m, guide_flow_num_layers = 2), "guide_flow", class = "scribeR_input_error")
   expect_error(scribe_fit(m, guide_flow = "affine_coupling", guide_flow_num_layers = 0), "guide_flow_num_layers",

@@ -69,6 +69,17 @@ impl Flow {
             .iter()
             .map(|g| FlowChain::new(g.len(), &config))
             .collect::<Result<Vec<_>>>()?;
+        if chains
+            .iter()
+            .any(|c| !c.differentiable(Direction::Generative))
+        {
+            return Err(CoreError::arg(
+                "guide_flow",
+                "'maf' draws one coordinate at a time (one network pass per coordinate, \
+                 with no backward pass here); use 'iaf', the same family run the fast way \
+                 for sampling, or a coupling flow",
+            ));
+        }
         let n: usize = chains.iter().map(FlowChain::n_params).sum();
         crate::limits::check_values("guide_flow_hidden_dims", n as f64)?;
         Ok(Flow {
@@ -290,7 +301,7 @@ pub struct FlowFit {
 }
 
 /// The stored field of the architecture: kind (0 affine, 1 spline
-/// coupling), layers, activation, layer norm, residual, soft clamp, LOFT τ
+/// coupling, 2 MAF, 3 IAF), layers, activation, layer norm, residual, soft clamp, LOFT τ
 /// (0: none), spline bins, then the hidden widths.
 fn config_to_field(c: &FlowConfig) -> Vec<f64> {
     let act = Activation::NAMES
@@ -300,6 +311,8 @@ fn config_to_field(c: &FlowConfig) -> Vec<f64> {
     let kind = match c.kind {
         FlowKind::AffineCoupling => 0.0,
         FlowKind::SplineCoupling => 1.0,
+        FlowKind::Maf => 2.0,
+        FlowKind::Iaf => 3.0,
     };
     let mut v = vec![
         kind,
@@ -323,6 +336,8 @@ fn config_from_field(v: &[f64]) -> Option<FlowConfig> {
     let kind = match whole(v[0])? {
         0 => FlowKind::AffineCoupling,
         1 => FlowKind::SplineCoupling,
+        2 => FlowKind::Maf,
+        3 => FlowKind::Iaf,
         _ => return None,
     };
     let activation = Activation::parse(Activation::NAMES.get(whole(v[2])?)?, "").ok()?;
@@ -584,16 +599,24 @@ mod tests {
 
     #[test]
     fn reparameterized_gradient_matches_finite_differences() {
-        for case in ["plain", "joint", "mixture", "datasets", "spline"] {
-            let (case, cfg) = if case == "spline" {
-                let cfg = FlowConfig {
-                    kind: FlowKind::SplineCoupling,
-                    n_bins: 4,
-                    ..small()
-                };
-                ("joint", cfg)
-            } else {
-                (case, small())
+        for case in ["plain", "joint", "mixture", "datasets", "spline", "iaf"] {
+            let (case, cfg) = match case {
+                "spline" => (
+                    "joint",
+                    FlowConfig {
+                        kind: FlowKind::SplineCoupling,
+                        n_bins: 4,
+                        ..small()
+                    },
+                ),
+                "iaf" => (
+                    "mixture",
+                    FlowConfig {
+                        kind: FlowKind::Iaf,
+                        ..small()
+                    },
+                ),
+                _ => (case, small()),
             };
             let truth = NbTruth::random(Variant::Nbvcp, 9, 12, 4);
             let data = simulate_nb(&truth, 5);
@@ -654,5 +677,11 @@ mod tests {
         let mean = many[phi].values.iter().sum::<f64>() / MAP_DRAWS as f64;
         assert!((point[phi].values[0] - mean).abs() < 1e-12);
         assert!(FlowFit::from_fields(layout, &fit.fields(layout)[..layout.blocks.len()]).is_err());
+        let maf = FlowConfig {
+            kind: FlowKind::Maf,
+            ..small()
+        };
+        let e = Flow::new(layout, "mu", &joint, &maf).unwrap_err();
+        assert!(e.to_string().contains("iaf"), "{e}");
     }
 }
