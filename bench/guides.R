@@ -29,7 +29,9 @@ guides <- list(
   "low-rank, rank 8" = list(guide_rank = 8),
   "joint low-rank (biological), rank 8" = list(guide_rank = 8, joint_params = "biological"),
   "flow (affine coupling, defaults)" = list(guide_flow = "affine_coupling"),
-  "joint flow (biological)" = list(guide_flow = "affine_coupling", joint_params = "biological")
+  "joint flow (biological)" = list(guide_flow = "affine_coupling", joint_params = "biological"),
+  "IAF flow" = list(guide_flow = "iaf"),
+  "amortized capture" = list(amortize_capture = TRUE)
 )
 opt <- list(name = "adam", step_size = 0.002)
 base <- NULL
