@@ -28,6 +28,15 @@ predict_capture <- function(fit, x, probs = c(0.025, 0.5, 0.975), assay = NULL) 
   if (!is.numeric(probs) || !length(probs) || anyNA(probs) || any(probs <= 0 | probs >= 1)) {
     abort_input("{.arg probs} must be numbers strictly between 0 and 1, not {describe_value(probs)}.")
   }
+  counts <- counts_of_fit_genes(fit, x, assay)
+  lib <- Matrix::colSums(counts)
+  q <- call_core(rs_predict_capture(core_view(fit), as.numeric(lib), as.numeric(probs)))
+  matrix(q, nrow = length(lib), dimnames = list(colnames(counts), paste0(formatC(100 * probs, format = "fg", width = 1, digits = 7), "%")))
+}
+
+# The counts of `x` restricted to (and ordered as) the fit's genes: by row
+# name when `x` has names, else `x` must have exactly the fit's genes.
+counts_of_fit_genes <- function(fit, x, assay) {
   counts <- scribe_counts(x, assay = assay)
   genes <- fit@gene_names
   if (!is.null(rownames(counts)) && !is.null(genes)) {
@@ -35,11 +44,10 @@ predict_capture <- function(fit, x, probs = c(0.025, 0.5, 0.975), assay = NULL) 
     if (length(missing)) {
       abort_input("{.arg x} lacks {length(missing)} of the fit's genes, e.g. {.val {utils::head(missing, 3)}}.")
     }
-    counts <- counts[genes, , drop = FALSE]
-  } else if (nrow(counts) != length(genes)) {
+    return(counts[genes, , drop = FALSE])
+  }
+  if (nrow(counts) != length(genes)) {
     abort_input("{.arg x} has {nrow(counts)} genes, the fit {length(genes)}; give row names to match them.")
   }
-  lib <- Matrix::colSums(counts)
-  q <- call_core(rs_predict_capture(core_view(fit), as.numeric(lib), as.numeric(probs)))
-  matrix(q, nrow = length(lib), dimnames = list(colnames(counts), paste0(formatC(100 * probs, format = "fg", width = 1, digits = 7), "%")))
+  counts
 }

@@ -80,3 +80,16 @@ rs_de_gaussian_balances <- function(a, b, sets) .Call(wrap__rs_de_gaussian_balan
 rs_waic <- function(l, n_draws) .Call(wrap__rs_waic, l, n_draws)
 
 rs_paired_sd <- function(l_a, l_b, n_draws) .Call(wrap__rs_paired_sd, l_a, l_b, n_draws)
+
+# VAE (src/rust/scribe-r/src/vae.rs).
+rs_vae_fit <- function(counts_r, model, vae, svi, verbose, num_threads) {
+  .Call(wrap__rs_vae_fit, counts_r, model, vae, svi, verbose, num_threads)
+}
+
+rs_vae_encode <- function(counts_r, vae, encoder) {
+  .Call(wrap__rs_vae_encode, counts_r, vae, encoder)
+}
+
+rs_vae_draws <- function(loc, log_var, n, seed) {
+  .Call(wrap__rs_vae_draws, loc, log_var, n, seed)
+}

@@ -444,6 +444,20 @@
 #'   `Sigma = W W^T + diag(d)` (default 10). `vae_latent_dim` is its legacy
 #'   alias; giving both is an error.
 #' @param vae_latent_dim Legacy alias of `latent_dim`.
+#' @param vae_encoder_hidden_dims,vae_decoder_hidden_dims,vae_activation VAE:
+#'   the encoder's hidden widths (`NULL`: `c(128, 64)`), the decoder's
+#'   (`NULL`: `c(64, 128)`, applied in reverse order as in the original: z
+#'   -> 128 -> 64 -> heads) and their activation (`"relu"`, `"gelu"`,
+#'   `"silu"`, `"tanh"`, `"elu"`, `"leaky_relu"`). `latent_dim` (default
+#'   10) is the embedding's dimension.
+#' @param vae_flow_type,vae_flow_num_layers,vae_flow_hidden_dims VAE: the
+#'   latent prior, `"none"` (standard normal) or a learned flow
+#'   (`"affine_coupling"`, `"spline_coupling"`, `"maf"`; also the original's
+#'   `"coupling_affine"`, `"coupling_spline"`), its layers and conditioner
+#'   widths (`NULL`: `c(64, 64)`).
+#' @param kl_annealing,kl_annealing_warmup VAE: whether the weight of every
+#'   latent term of the loss rises linearly from 0 to 1 over the first
+#'   `kl_annealing_warmup` steps (on by default, as in the original).
 #' @param laplace_config Laplace: `NULL` or a list with any of
 #'   `n_newton_steps` (5), `damping` (0.01), `newton_tolerance` (1e-4),
 #'   `newton_max_step` (5), `convergence_action` (`"warn"`, `"raise"` or
@@ -497,7 +511,10 @@ scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterizati
                        n_steps = 50000L, batch_size = NULL, optimizer_config = NULL,
                        stable_update = TRUE, restore_best = FALSE, early_stopping = NULL,
                        n_samples = 2000L, n_warmup = 1000L, n_chains = 1L, svi_init = NULL, mcmc_config = NULL,
-                       latent_dim = NULL, vae_latent_dim = NULL, laplace_config = NULL,
+                       latent_dim = NULL, vae_latent_dim = NULL, vae_encoder_hidden_dims = NULL,
+                       vae_decoder_hidden_dims = NULL, vae_activation = "relu", vae_flow_type = "none",
+                       vae_flow_num_layers = 4L, vae_flow_hidden_dims = NULL, kl_annealing = TRUE,
+                       kl_annealing_warmup = 2000L, laplace_config = NULL,
                        informative_priors_from = NULL, informative_priors_tau = 1,
                        informative_priors_freeze = NULL, d_mode = NULL,
                        seed = NULL, num_threads = getOption("scribeR.num_threads", 1L),
@@ -588,7 +605,7 @@ fit_arg_names <- function() setdiff(names(formals(scribe_fit)), c("x", "..."))
   svi = list(models = .nb_models, fit = "fit_svi"),
   mcmc = list(models = .nb_models, fit = "fit_mcmc"),
   laplace = list(models = .lognormal_models, fit = "fit_laplace"),
-  vae = list(models = c(.nb_models, .lognormal_models), fit = NULL)
+  vae = list(models = c(.nb_models, .lognormal_models), fit = "fit_vae")
 )
 
 # Arguments that only some engines read. Given a value other than its default
@@ -604,10 +621,13 @@ fit_arg_names <- function() setdiff(names(formals(scribe_fit)), c("x", "..."))
   guide_flow_activation = "svi", guide_flow_n_bins = "svi", guide_flow_layer_norm = "svi", guide_flow_residual = "svi",
   guide_flow_soft_clamp = "svi", guide_flow_loft = "svi", amortize_capture = "svi",
   capture_hidden_dims = "svi", capture_activation = "svi", capture_input_transformation = "svi",
-  n_steps = c("svi", "laplace"), batch_size = c("svi", "laplace"), optimizer_config = c("svi", "laplace"),
-  early_stopping = c("svi", "laplace"), stable_update = "svi", restore_best = "svi",
+  n_steps = c("svi", "laplace", "vae"), batch_size = c("svi", "laplace", "vae"),
+  optimizer_config = c("svi", "laplace", "vae"), early_stopping = c("svi", "laplace"),
+  stable_update = c("svi", "vae"), restore_best = "svi",
   n_samples = "mcmc", n_warmup = "mcmc", n_chains = "mcmc", svi_init = "mcmc", mcmc_config = "mcmc",
-  latent_dim = "laplace", vae_latent_dim = "laplace", laplace_config = "laplace",
+  latent_dim = c("laplace", "vae"), vae_latent_dim = c("laplace", "vae"), laplace_config = "laplace",
+  vae_encoder_hidden_dims = "vae", vae_decoder_hidden_dims = "vae", vae_activation = "vae", vae_flow_type = "vae",
+  vae_flow_num_layers = "vae", vae_flow_hidden_dims = "vae", kl_annealing = "vae", kl_annealing_warmup = "vae",
   informative_priors_from = "laplace", informative_priors_tau = "laplace",
   informative_priors_freeze = "laplace", d_mode = "laplace"
 )
@@ -645,7 +665,7 @@ differs_from_default <- function(value, default) {
     if (model %in% .lognormal_models) {
       abort_unsupported(c(
         "{.val {model}} is a log-normal model; it is fitted by {.code inference_method = \"laplace\"}.",
-        "i" = "The VAE engine, the other way to fit it, is not available in this version of scribeR."
+        "i" = "Its VAE (the other way to fit it) is not available yet."
       ))
     }
     abort_input(c("{.code inference_method = \"{method}\"} fits the log-normal models ({.val {(.lognormal_models)}}), not {.val {model}}.",

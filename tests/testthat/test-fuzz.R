@@ -112,7 +112,7 @@ fuzz_valid_case <- function() {
 # Values no argument should accept (in any engine), and bad data.
 fuzz_bad_values <- list(
   model = list("bogus", NA, 1, c("nbdm", "zinb")),
-  inference_method = list("vae", "bogus", NA, character()),
+  inference_method = list("bogus", NA, character()),
   parameterization = list("bogus", NA),
   unconstrained = list(NA, "yes"),
   zero_inflation = list(NA, 2),

@@ -27,5 +27,6 @@ pub mod progress;
 pub mod svi;
 #[doc(hidden)]
 pub mod testutil;
+pub mod vae;
 
 pub use error::{CoreError, ErrorKind, Partial, Result};

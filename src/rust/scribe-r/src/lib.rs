@@ -8,6 +8,7 @@ mod convert;
 mod de;
 mod errors;
 mod runner;
+mod vae;
 
 use convert::configs::{laplace_config, mcmc_config, nb_spec, svi_config, GuideChoice};
 use convert::counts::counts;
@@ -626,6 +627,7 @@ fn rs_predict_capture(fit: Robj, lib_size: Robj, probs: Robj) -> Robj {
 extendr_module! {
     mod scribeR;
     use de;
+    use vae;
     fn rs_defaults;
     fn rs_check_values;
     fn rs_model_layout;

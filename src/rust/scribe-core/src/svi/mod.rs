@@ -96,7 +96,7 @@ pub fn settle_groups<M: Model>(model: &M) -> Vec<Group> {
 const SPREAD_FLOOR: f64 = 0.01;
 
 /// Consecutive non-finite steps after which a run is declared diverged.
-const MAX_NONFINITE_RUN: usize = 100;
+pub(crate) const MAX_NONFINITE_RUN: usize = 100;
 
 /// Per-coordinate log scales of a Laplace approximation at `x0`:
 /// `ln(1/sqrt(−H_jj))` from the diagonal of the log-joint Hessian (0.1 where

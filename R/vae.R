@@ -1,0 +1,168 @@
+#' @include results.R
+NULL
+
+# VAE fits of the NB-family models: the engine function of the engine table
+# (R/fit.R) and the results class. Training runs in the core
+# (scribe-core/src/vae); the parameters come back in named pieces (global
+# guide, encoder, decoder, prior flow), which only the core interprets.
+
+fit_vae <- function(counts, dropped, model, a, shared) {
+  if (model %in% .lognormal_models) {
+    abort_unsupported(c("The VAE of the log-normal models ({.val {model}}) is not available yet.",
+                        "i" = "Fit {.val {model}} by {.code inference_method = \"laplace\"}."))
+  }
+  model_spec <- nb_model_spec(model, a, ncol(counts))
+  vae <- resolve_vae(a, nrow(counts))
+  svi <- list(
+    n_steps = as.numeric(a$n_steps), batch_size = if (is.null(a$batch_size)) NULL else as.numeric(a$batch_size),
+    optimizer_config = resolve_optimizer(a$optimizer_config), stable_update = a$stable_update,
+    restore_best = FALSE, seed = shared$seed
+  )
+  t0 <- proc.time()[["elapsed"]]
+  res <- call_core(rs_vae_fit(counts_slots(counts), model_spec, vae, svi, shared$verbose, shared$num_threads))
+  elapsed <- proc.time()[["elapsed"]] - t0
+  nm <- fit_names(counts)
+  new("ScribeVAEResults",
+    model = model_spec, priors = list(), gene_names = nm$genes, cell_names = nm$cells,
+    dropped_cells = dropped, seed = shared$seed, counts_summary = shared$counts_summary,
+    layout = layout_frame(res$layout), params = res$params, loss_history = res$loss_history,
+    config = list(vae = vae, svi = svi),
+    diagnostics = list(elapsed = elapsed, num_threads = shared$num_threads)
+  )
+}
+
+# The VAE's architecture for the core, checked.
+resolve_vae <- function(a, n_genes) {
+  k <- resolve_latent_dim(a$latent_dim, a$vae_latent_dim, n_genes)
+  widths <- function(v, arg) {
+    if (is.null(v)) return(NULL)
+    if (!is.numeric(v) || !length(v) || anyNA(v) || any(v < 1 | v > 8192 | v != round(v))) {
+      abort_input("{.arg {arg}} must be {.code NULL} or whole numbers from 1 to 8192, not {describe_value(v)}.")
+    }
+    as.numeric(v)
+  }
+  acts <- c("relu", "gelu", "silu", "tanh", "elu", "leaky_relu")
+  act <- a$vae_activation
+  if (!is.character(act) || length(act) != 1L || is.na(act) || !tolower(act) %in% acts) {
+    abort_input("{.arg vae_activation} must be one of {.val {acts}}, not {describe_value(act)}.")
+  }
+  flows <- c("none", "affine_coupling", "coupling_affine", "spline_coupling", "coupling_spline", "maf", "iaf")
+  flow <- a$vae_flow_type
+  if (!is.character(flow) || length(flow) != 1L || is.na(flow) || !flow %in% flows) {
+    abort_input("{.arg vae_flow_type} must be one of {.val {flows}}, not {describe_value(flow)}.")
+  }
+  if (flow == "iaf") {
+    abort_input(c("{.code vae_flow_type = \"iaf\"} evaluates prior densities one coordinate at a time.",
+                  "i" = "Use {.val maf} (the same family, one pass per density) or a coupling flow."))
+  }
+  check_number(a$vae_flow_num_layers, "vae_flow_num_layers", "a whole number from 1 to 64",
+               function(v) v >= 1 && v <= 64 && v == round(v))
+  check_flag(a$kl_annealing, "kl_annealing")
+  check_number(a$kl_annealing_warmup, "kl_annealing_warmup", "a whole number >= 0",
+               function(v) v >= 0 && v == round(v))
+  list(latent_dim = as.numeric(k), encoder_hidden_dims = widths(a$vae_encoder_hidden_dims, "vae_encoder_hidden_dims"),
+       decoder_hidden_dims = widths(a$vae_decoder_hidden_dims, "vae_decoder_hidden_dims"),
+       activation = tolower(act), flow_type = flow, flow_num_layers = as.numeric(a$vae_flow_num_layers),
+       flow_hidden_dims = widths(a$vae_flow_hidden_dims, "vae_flow_hidden_dims"),
+       kl_warmup = if (a$kl_annealing) as.numeric(a$kl_annealing_warmup) else 0)
+}
+
+#' Results of a VAE fit
+#'
+#' `inference_method = "vae"` trains an encoder that maps each cell's counts
+#' to a Gaussian over a `latent_dim`-dimensional embedding and a decoder
+#' that maps the embedding to the cell's gene parameters (`r`, and the gate
+#' of zero-inflated models); `p` and per-cell capture keep mean-field
+#' guides. See [get_latent_embeddings()].
+#'
+#' @slot layout Data frame: the blocks of the global parameters' vector.
+#' @slot params List: `global_loc`, `global_log_scale` (the global guide),
+#'   `encoder`, `decoder`, `decoder_head` and `prior_flow` (flat parameter
+#'   vectors only the core interprets).
+#' @slot loss_history Loss (negative ELBO, with the KL weight of each step) per step.
+#' @slot config List: the architecture (`vae`) and training settings (`svi`).
+#' @slot diagnostics List: `elapsed` seconds and `num_threads`.
+#' @name ScribeVAEResults-class
+#' @exportClass ScribeVAEResults
+setClass("ScribeVAEResults", contains = "ScribeResults", representation(
+  layout = "data.frame", params = "list", loss_history = "numeric", config = "list", diagnostics = "list"
+))
+
+#' @rdname ScribeVAEResults-class
+#' @param object A `ScribeVAEResults` object.
+#' @export
+setMethod("show", "ScribeVAEResults", function(object) {
+  check_format(object, "object")
+  v <- object@config$vae
+  cat(sprintf("<ScribeVAEResults> %s (canonical), VAE, latent_dim = %d, %s prior\n", object@model$model,
+              as.integer(v$latent_dim), if (identical(v$flow_type, "none")) "standard normal" else paste(v$flow_type, "flow")))
+  cat(sprintf("  data:   %d genes x %d cells\n", length(object@gene_names), length(object@cell_names)))
+  cat(sprintf("  steps:  %d, %s, %.1f s\n", length(object@loss_history),
+              if (is.null(object@config$svi$batch_size)) "full batch" else paste("batch", object@config$svi$batch_size),
+              object@diagnostics$elapsed))
+  cat(sprintf("  loss:   %.2f (mean of the last 100 steps)\n", mean(utils::tail(object@loss_history, 100), na.rm = TRUE)))
+  invisible(object)
+})
+
+#' @rdname accessors
+setMethod("loss_history", "ScribeVAEResults", function(object, ...) object@loss_history)
+
+vae_not_yet <- function(what) {
+  abort_unsupported(c("{.fn {what}} is not available for VAE fits yet.",
+                      "i" = "Use {.fn get_latent_embeddings} or {.fn get_latent_samples_conditioned_on_data}."))
+}
+
+#' @rdname accessors
+setMethod("get_map", "ScribeVAEResults", function(object, ...) vae_not_yet("get_map"))
+
+#' @rdname accessors
+setMethod("get_posterior_samples", "ScribeVAEResults", function(object, ...) vae_not_yet("get_posterior_samples"))
+
+# Encoder outputs (loc, log_var: cells x latent) for counts matched to the fit's genes.
+vae_encode <- function(fit, x, assay) {
+  check_format(fit)
+  if (!is(fit, "ScribeVAEResults")) abort_input("{.arg fit} must be a VAE fit ({.code inference_method = \"vae\"}).")
+  counts <- name_counts(counts_of_fit_genes(fit, x, assay))
+  validate_counts(counts, drop_empty = FALSE)
+  res <- call_core(rs_vae_encode(counts_slots(counts), fit@config$vae, fit@params$encoder))
+  k <- as.integer(fit@config$vae$latent_dim)
+  dn <- list(colnames(counts), paste0("z", seq_len(k)))
+  list(loc = matrix(res$loc, ncol = k, byrow = TRUE, dimnames = dn),
+       log_var = matrix(res$log_var, ncol = k, byrow = TRUE, dimnames = dn))
+}
+
+#' Latent embeddings of a VAE fit
+#'
+#' `get_latent_embeddings()` returns each cell's encoder mean, the point
+#' embedding (cells the fit never saw included: the encoder reads their
+#' counts). `get_latent_samples_conditioned_on_data()` draws from each
+#' cell's encoder Gaussian `N(loc, exp(log_var / 2))`.
+#'
+#' @param fit A [ScribeVAEResults-class] fit.
+#' @param x Counts (genes x cells, any input [scribe_fit()] takes) with the
+#'   fit's genes (matched by row name when `x` has names).
+#' @param n_samples Draws per cell.
+#' @param seed Seed of the draws (`NULL`: the fit's seed).
+#' @param assay For SingleCellExperiment or Seurat input, the assay to read.
+#' @return `get_latent_embeddings()`: a cells x `latent_dim` matrix.
+#'   `get_latent_samples_conditioned_on_data()`: an array
+#'   `n_samples` x cells x `latent_dim`.
+#' @export
+#' @examples
+#' counts <- scribe_example_data()
+#' vae <- scribe_fit(counts, model = "nbdm", inference_method = "vae", latent_dim = 2,
+#'                   n_steps = 200, seed = 1, verbose = FALSE)
+#' head(get_latent_embeddings(vae, counts))
+get_latent_embeddings <- function(fit, x, assay = NULL) {
+  vae_encode(fit, x, assay)$loc
+}
+
+#' @rdname get_latent_embeddings
+#' @export
+get_latent_samples_conditioned_on_data <- function(fit, x, n_samples = 100L, seed = NULL, assay = NULL) {
+  check_number(n_samples, "n_samples", "a whole number >= 1", function(v) v >= 1 && v == round(v))
+  enc <- vae_encode(fit, x, assay)
+  seed <- if (is.null(seed)) fit@seed else resolve_seed(seed)
+  draws <- call_core(rs_vae_draws(enc$loc, enc$log_var, as.numeric(n_samples), as.numeric(seed)))
+  array(draws, dim = c(n_samples, dim(enc$loc)), dimnames = c(list(NULL), dimnames(enc$loc)))
+}

@@ -1,0 +1,589 @@
+//! The VAE engine: amortized inference with a latent embedding per cell.
+//!
+//! An encoder maps each cell's counts to `q(z_c | u_c) = N(loc, exp(½ lv))`
+//! (the head's second half is a log-variance, as in the original); a
+//! decoder maps `z_c` to the cell's gene parameters (`r`, and the gate of
+//! zero-inflated models); `p` and per-cell capture stay global coordinates
+//! with mean-field guides and the NB model's priors. The prior of `z` is
+//! `N(0, I)` or a learned flow (`log p(z) = log N(F(z)) + log|det ∂F/∂z|`,
+//! the original's decoupled prior), whose KL is estimated by Monte Carlo.
+//!
+//! Loss per step on a batch `B` of `N` cells (scale `N/B` inside the plate):
+//! `−Σ_c (N/B) ln p(u_c | r_c, p̂_c, π_c) + β(t) · [Σ_c (N/B) KL_c + KL_globals]`,
+//! with `β` rising linearly from 0 to 1 over `kl_warmup` steps and scaling
+//! every latent term, as in the original.
+//!
+//! Cost: the encoder's first layer reads the sparse counts directly
+//! (`O(nnz · H)`, never a dense cells × genes input); the decoder and the
+//! likelihood run per block of cells, so no dense cells × genes parameter
+//! array exists beyond one block.
+//!
+//! Scope of this version: nbdm, nbvcp, zinb, zinbvcp in the canonical
+//! parameterization without mixtures, hierarchies, BNB or datasets (each is
+//! an argument error naming what is not available).
+
+pub mod encoder;
+pub mod fit;
+
+pub use fit::{fit, VaeFit};
+
+use crate::data::{Batch, CountMatrix};
+use crate::dist::Link;
+use crate::error::{CoreError, Result};
+use crate::math::{digamma_diff, lgamma_diff};
+use crate::models::nb::{NbModel, Parameterization};
+use crate::models::{BlockKind, Model};
+use crate::nn::flows::{ChainTape, Direction, FlowChain, FlowConfig};
+use crate::nn::{Activation, Dense, Mlp, MlpTape};
+use crate::svi::guide::mean_field::{mf_term, KlCache};
+use encoder::Encoder;
+use rand::Rng;
+use rand::RngExt;
+use rand_distr::StandardNormal;
+
+const HALF_LN_2PI: f64 = 0.918_938_533_204_672_8;
+
+/// The architecture and objective of a VAE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VaeConfig {
+    pub latent_dim: usize,
+    pub encoder_hidden: Vec<usize>,
+    /// Decoder widths in the original's order; applied reversed
+    /// (`[64, 128]`: z → 128 → 64 → heads).
+    pub decoder_hidden: Vec<usize>,
+    pub activation: Activation,
+    /// `None`: `N(0, I)`; else a flow prior (its density direction must be
+    /// one pass: coupling flows or MAF).
+    pub prior: Option<FlowConfig>,
+    /// Steps over which `β` rises from 0 to 1 (0: no annealing).
+    pub kl_warmup: usize,
+    /// Cells per decoder block.
+    pub block: usize,
+}
+
+impl Default for VaeConfig {
+    fn default() -> Self {
+        VaeConfig {
+            latent_dim: 10,
+            encoder_hidden: vec![128, 64],
+            decoder_hidden: vec![64, 128],
+            activation: Activation::Relu,
+            prior: None,
+            kl_warmup: 2000,
+            block: 64,
+        }
+    }
+}
+
+/// A VAE over an NB-family model: the networks, the flow prior and the
+/// global coordinates.
+pub struct Vae<'m> {
+    pub model: &'m NbModel<'m>,
+    pub cfg: VaeConfig,
+    pub encoder: Encoder,
+    pub dec_mlp: Mlp,
+    /// `[r (G) | gate (G)]` per row (gate with zero inflation).
+    pub dec_head: Dense,
+    pub prior: Option<FlowChain>,
+    gated: bool,
+    /// Layout indices of `p` and of the capture block (offset, cells).
+    p_coord: usize,
+    capture: Option<(usize, usize)>,
+}
+
+/// `β` of step `t` (0-based).
+pub fn kl_weight(t: usize, warmup: usize) -> f64 {
+    if warmup == 0 {
+        1.0
+    } else {
+        (t as f64 / warmup as f64).min(1.0)
+    }
+}
+
+impl<'m> Vae<'m> {
+    pub fn new(model: &'m NbModel<'m>, cfg: VaeConfig) -> Result<Self> {
+        let spec = &model.spec;
+        if spec.mixture.is_some() {
+            return Err(CoreError::arg(
+                "n_components",
+                "mixtures cannot be fitted with the VAE (as in the original)",
+            ));
+        }
+        if spec.param != Parameterization::Canonical {
+            return Err(CoreError::arg(
+                "parameterization",
+                "the VAE fits the canonical parameterization for now",
+            ));
+        }
+        let lay = model.layout();
+        let allowed = ["r", "p", "gate", "p_capture"];
+        if let Some(b) = lay
+            .blocks
+            .iter()
+            .find(|b| !allowed.contains(&b.name.as_str()))
+        {
+            return Err(CoreError::arg(
+                "model",
+                format!(
+                    "its parameter '{}' is not available with the VAE yet (hierarchies, BNB, datasets and capture priors)",
+                    b.name
+                ),
+            ));
+        }
+        if cfg.latent_dim == 0 || cfg.encoder_hidden.is_empty() || cfg.block == 0 {
+            return Err(CoreError::arg(
+                "vae_latent_dim",
+                "the latent dimension and the encoder's widths must be positive",
+            ));
+        }
+        let g = model.data().n_genes;
+        let gated = lay.blocks.iter().any(|b| b.name == "gate");
+        let encoder = Encoder::new(g, &cfg.encoder_hidden, cfg.latent_dim, cfg.activation);
+        let dec_mlp = Mlp {
+            n_in: cfg.latent_dim,
+            hidden: cfg.decoder_hidden.iter().rev().copied().collect(),
+            activation: cfg.activation,
+            layer_norm: false,
+            residual: false,
+        };
+        let dec_head = Dense::new(dec_mlp.n_out(), if gated { 2 * g } else { g });
+        let prior = match &cfg.prior {
+            None => None,
+            Some(fc) => {
+                let ch = FlowChain::new(cfg.latent_dim, fc)?;
+                if !ch.differentiable(Direction::Density) {
+                    return Err(CoreError::arg(
+                        "vae_flow_type",
+                        "'iaf' evaluates densities one coordinate at a time; use a coupling flow or 'maf' as the prior",
+                    ));
+                }
+                Some(ch)
+            }
+        };
+        let find = |name: &str| lay.blocks.iter().find(|b| b.name == name);
+        let p_coord = find("p").expect("NB models sample p").offset;
+        let capture = find("p_capture").map(|b| (b.offset, b.len));
+        let vae = Vae {
+            model,
+            cfg,
+            encoder,
+            dec_mlp,
+            dec_head,
+            prior,
+            gated,
+            p_coord,
+            capture,
+        };
+        crate::limits::check_values("vae_encoder_hidden_dims", vae.n_params() as f64)?;
+        Ok(vae)
+    }
+
+    fn n_global(&self) -> usize {
+        self.model.layout().total
+    }
+
+    /// Offsets of `[loc | log_scale | encoder | decoder mlp | decoder head | prior]`.
+    fn offsets(&self) -> [usize; 6] {
+        let n = self.n_global();
+        let a = 2 * n;
+        let b = a + self.encoder.n_params();
+        let c = b + self.dec_mlp.n_params();
+        let d = c + self.dec_head.n_params();
+        let e = d + self.prior.as_ref().map_or(0, FlowChain::n_params);
+        [n, a, b, c, d, e]
+    }
+
+    pub fn n_params(&self) -> usize {
+        self.offsets()[5]
+    }
+
+    /// Starting parameters: globals at the NB model's data-driven start
+    /// (log-scale −2), networks at Flax defaults, the decoder's `r` head
+    /// bias at the start's `softplus⁻¹(r_g)` (so every cell starts at the
+    /// fitted mean-field `r`), flows at the identity.
+    pub fn initial_params<R: Rng>(&self, rng: &mut R) -> Vec<f64> {
+        let x0 = self.model.initial_point();
+        let [n, a, b, c, d, e] = self.offsets();
+        let mut p = vec![0.0; e];
+        p[..n].copy_from_slice(&x0);
+        p[n..a].iter_mut().for_each(|v| *v = -2.0);
+        self.encoder.init(rng, &mut p[a..b]);
+        self.dec_mlp.init(rng, &mut p[b..c]);
+        self.dec_head.init(rng, &mut p[c..d]);
+        // Small decoder kernel so the start's r dominates.
+        let nw = self.dec_head.n_in * self.dec_head.n_out;
+        p[c..c + nw].iter_mut().for_each(|v| *v *= 0.1);
+        let lay = self.model.layout();
+        let g = self.model.data().n_genes;
+        let bias = &mut p[c + nw..d];
+        if let Some(rb) = lay.blocks.iter().find(|b| b.name == "r") {
+            for j in 0..g {
+                let r = rb.link.forward(x0[rb.offset + j]);
+                bias[j] = crate::math::softplus_inv(r.max(1e-6));
+            }
+        }
+        if let Some(gb) = lay.blocks.iter().find(|b| b.name == "gate") {
+            for j in 0..g {
+                let pi = gb.link.forward(x0[gb.offset + j]).clamp(1e-6, 1.0 - 1e-6);
+                bias[g + j] = (pi / (1.0 - pi)).ln();
+            }
+        }
+        if let Some(ch) = &self.prior {
+            ch.init(rng, &mut p[d..e]);
+        }
+        p
+    }
+
+    /// Single-sample loss (`−ELBO`) on `batch` at KL weight `beta`, with its
+    /// gradient written into `grad`. Noise order: the global coordinates in
+    /// layout order, then `z` cell by cell.
+    pub fn loss_and_grad<R: Rng>(
+        &self,
+        v: &[f64],
+        batch: &Batch,
+        beta: f64,
+        rng: &mut R,
+        grad: &mut [f64],
+    ) -> f64 {
+        let model = self.model;
+        let data = model.data();
+        let lay = model.layout();
+        let [n, a, b, c, d, _] = self.offsets();
+        let k = self.cfg.latent_dim;
+        let g_n = data.n_genes;
+        let (loc, log_scale) = (&v[..n], &v[n..a]);
+        grad.iter_mut().for_each(|x| *x = 0.0);
+        let w = batch.scale;
+        // Globals: p and the batch cells' capture.
+        let mut gx = vec![0.0; n];
+        let mut eps = vec![0.0; n];
+        let mut x = vec![0.0; n];
+        let mut active: Vec<(usize, usize, usize, f64)> = Vec::new(); // (block, j, coord, weight)
+        for (bi, blk) in lay.blocks.iter().enumerate() {
+            match blk.kind {
+                BlockKind::Scalar => active.push((bi, 0, blk.offset, 1.0)),
+                BlockKind::Cell => active.extend(
+                    batch
+                        .cells
+                        .iter()
+                        .map(|&cc| (bi, cc as usize, blk.offset + cc as usize, w)),
+                ),
+                _ => {}
+            }
+        }
+        for &(_, _, j, _) in &active {
+            eps[j] = rng.sample(StandardNormal);
+            x[j] = loc[j] + log_scale[j].exp() * eps[j];
+        }
+        let p_blk = lay
+            .blocks
+            .iter()
+            .find(|bk| bk.offset == self.p_coord)
+            .expect("p");
+        let (p, dp) = p_blk.link.forward_deriv(x[self.p_coord]);
+        let cap_link = self
+            .capture
+            .map(|(off, _)| {
+                lay.blocks
+                    .iter()
+                    .find(|bk| bk.offset == off)
+                    .expect("capture")
+                    .link
+            })
+            .unwrap_or(Link::Identity);
+        // Encoder on the batch's counts; then z.
+        let rows = batch.cells.len();
+        let mut enc_tape = encoder::EncoderTape::default();
+        let enc_p = &v[a..b];
+        let out = self
+            .encoder
+            .forward(enc_p, data, &batch.cells, &mut enc_tape);
+        let mut z = vec![0.0; rows * k];
+        let mut ez = vec![0.0; rows * k];
+        for r in 0..rows {
+            for q in 0..k {
+                let e: f64 = rng.sample(StandardNormal);
+                ez[r * k + q] = e;
+                z[r * k + q] = out[r * 2 * k + q] + (0.5 * out[r * 2 * k + k + q]).exp() * e;
+            }
+        }
+        let mut elbo = 0.0;
+        // ∂elbo/∂z and ∂elbo/∂(loc, lv) of every row.
+        let mut gz = vec![0.0; rows * k];
+        let mut g_enc_out = vec![0.0; rows * 2 * k];
+        // KL of z, weighted β·w.
+        let bw = beta * w;
+        match &self.prior {
+            None => {
+                for r in 0..rows {
+                    for q in 0..k {
+                        let (m, lv) = (out[r * 2 * k + q], out[r * 2 * k + k + q]);
+                        elbo -= bw * 0.5 * (lv.exp() + m * m - 1.0 - lv);
+                        g_enc_out[r * 2 * k + q] -= bw * m;
+                        g_enc_out[r * 2 * k + k + q] -= bw * 0.5 * (lv.exp() - 1.0);
+                    }
+                }
+            }
+            Some(ch) => {
+                // KL ≈ ln q(z) − ln p(z): ln q = Σ (−½ε² − ½lv − ½ln2π).
+                for r in 0..rows {
+                    for q in 0..k {
+                        let (e, lv) = (ez[r * k + q], out[r * 2 * k + k + q]);
+                        elbo -= bw * (-0.5 * e * e - 0.5 * lv - HALF_LN_2PI);
+                        g_enc_out[r * 2 * k + k + q] += bw * 0.5;
+                    }
+                }
+                let pp = &v[d..];
+                let mut tape = ChainTape::default();
+                ch.apply(pp, Direction::Density, &z, rows, &mut tape);
+                let y = tape.output();
+                let mut lp = 0.0;
+                for &yv in y {
+                    lp += -0.5 * yv * yv - HALF_LN_2PI;
+                }
+                lp += tape.logdet().iter().sum::<f64>();
+                elbo += bw * lp;
+                let g_out: Vec<f64> = y.iter().map(|yv| -bw * yv).collect();
+                let g_ld = vec![bw; rows];
+                let mut g_in = vec![0.0; rows * k];
+                ch.backward(pp, &tape, &g_out, &g_ld, &mut g_in, &mut grad[d..]);
+                gz.iter_mut().zip(&g_in).for_each(|(a, b)| *a += b);
+            }
+        }
+        // Decoder and likelihood per block of cells.
+        let m = self.dec_head.n_out;
+        let mut g_phat = vec![0.0; rows];
+        let mut dec_tape = MlpTape::default();
+        let mut o = Vec::new();
+        let mut u = vec![0.0; g_n];
+        for start in (0..rows).step_by(self.cfg.block) {
+            let end = (start + self.cfg.block).min(rows);
+            let br = end - start;
+            self.dec_mlp
+                .forward(&v[b..c], &z[start * k..end * k], br, &mut dec_tape);
+            o.resize(br * m, 0.0);
+            self.dec_head
+                .forward(&v[c..d], dec_tape.output(), br, &mut o);
+            let mut g_o = vec![0.0; br * m];
+            for rr in 0..br {
+                let r = start + rr;
+                let cell = batch.cells[r] as usize;
+                let nu = self
+                    .capture
+                    .map_or(1.0, |(off, _)| cap_link.forward(x[off + cell]));
+                let den = 1.0 - p * (1.0 - nu);
+                let ph = p * nu / den;
+                let (l1p, lp) = ((1.0 - ph).ln(), ph.ln());
+                data.dense_row(cell, &mut u);
+                let orow = &o[rr * m..(rr + 1) * m];
+                let grow = &mut g_o[rr * m..(rr + 1) * m];
+                let mut ll = -data.ln_fact[cell];
+                let mut gph = 0.0;
+                for j in 0..g_n {
+                    let raw = orow[j];
+                    let rv = crate::math::softplus(raw).max(1e-10);
+                    let drv = 1.0 / (1.0 + (-raw).exp());
+                    let cnt = u[j];
+                    let (mut l, mut dl_dr, mut dl_dph);
+                    if cnt == 0.0 {
+                        l = rv * l1p;
+                        dl_dr = l1p;
+                        dl_dph = -rv / (1.0 - ph);
+                    } else {
+                        let ci = cnt as u32;
+                        l = lgamma_diff(ci, rv) + rv * l1p + cnt * lp;
+                        dl_dr = digamma_diff(ci, rv) + l1p;
+                        dl_dph = -rv / (1.0 - ph) + cnt / ph;
+                    }
+                    if self.gated {
+                        let graw = orow[g_n + j];
+                        let pi = 1.0 / (1.0 + (-graw).exp());
+                        let dpi = pi * (1.0 - pi);
+                        if cnt == 0.0 {
+                            let q0 = l.exp();
+                            let tot = pi + (1.0 - pi) * q0;
+                            let s = (1.0 - pi) * q0 / tot;
+                            grow[g_n + j] = w * (1.0 - q0) / tot * dpi;
+                            dl_dr *= s;
+                            dl_dph *= s;
+                            l = tot.ln();
+                        } else {
+                            l += (1.0 - pi).ln();
+                            grow[g_n + j] = -w * dpi / (1.0 - pi);
+                        }
+                    }
+                    ll += l;
+                    grow[j] = w * dl_dr * drv;
+                    gph += dl_dph;
+                }
+                elbo += w * ll;
+                g_phat[r] = w * gph;
+            }
+            // Back through the decoder: elbo gradients in, z gradients out.
+            let mut gh = vec![0.0; br * self.dec_head.n_in];
+            self.dec_head.backward(
+                &v[c..d],
+                dec_tape.output(),
+                &g_o,
+                br,
+                &mut grad[c..d],
+                Some(&mut gh),
+            );
+            let mut gzb = vec![0.0; br * k];
+            self.dec_mlp.backward(
+                &v[b..c],
+                &dec_tape,
+                &mut gh,
+                &mut grad[b..c],
+                Some(&mut gzb),
+            );
+            gz[start * k..end * k]
+                .iter_mut()
+                .zip(&gzb)
+                .for_each(|(a, b)| *a += b);
+        }
+        // z = loc + exp(½ lv) ε.
+        for r in 0..rows {
+            for q in 0..k {
+                let lv = out[r * 2 * k + k + q];
+                let gzv = gz[r * k + q];
+                g_enc_out[r * 2 * k + q] += gzv;
+                g_enc_out[r * 2 * k + k + q] += gzv * 0.5 * (0.5 * lv).exp() * ez[r * k + q];
+            }
+        }
+        self.encoder.backward(
+            enc_p,
+            data,
+            &batch.cells,
+            &enc_tape,
+            &g_enc_out,
+            &mut grad[a..b],
+        );
+        // p̂ = p ν / (1 − p(1 − ν)) to p and the capture coordinates.
+        for (r, &cc) in batch.cells.iter().enumerate() {
+            let cell = cc as usize;
+            let nu = self
+                .capture
+                .map_or(1.0, |(off, _)| cap_link.forward(x[off + cell]));
+            let den = 1.0 - p * (1.0 - nu);
+            gx[self.p_coord] += g_phat[r] * nu / (den * den) * dp;
+            if let Some((off, _)) = self.capture {
+                let dnu = cap_link.deriv(x[off + cell]);
+                gx[off + cell] += g_phat[r] * p * (1.0 - p) / (den * den) * dnu;
+            }
+        }
+        // Globals' guide: the prior and entropy weighted by β, the
+        // likelihood's gradient through the draw unweighted.
+        let mut cache = KlCache::default();
+        let (g_loc, rest) = grad.split_at_mut(n);
+        let g_ls = &mut rest[..n];
+        for &(bi, j, i, wi) in &active {
+            let s = log_scale[i].exp();
+            let (de, gl, gs) = mf_term(
+                model.prior(bi, j),
+                lay.blocks[bi].link,
+                (loc[i], log_scale[i], s, eps[i], x[i], 0.0, beta * wi),
+                &mut cache,
+            );
+            elbo += de;
+            g_loc[i] = gl - gx[i];
+            g_ls[i] = gs - gx[i] * s * eps[i];
+        }
+        // Encoder, decoder and prior gradients were accumulated as ∂elbo.
+        grad[a..].iter_mut().for_each(|x| *x = -*x);
+        -elbo
+    }
+
+    /// Encoder means (`cells × latent_dim`) of the cells of `data`.
+    pub fn embeddings(&self, v: &[f64], data: &CountMatrix) -> Vec<f64> {
+        let [_, a, b, ..] = self.offsets();
+        let k = self.cfg.latent_dim;
+        let cells: Vec<u32> = (0..data.n_cells as u32).collect();
+        let mut tape = encoder::EncoderTape::default();
+        let out = self.encoder.forward(&v[a..b], data, &cells, &mut tape);
+        out.chunks_exact(2 * k)
+            .flat_map(|row| row[..k].to_vec())
+            .collect()
+    }
+
+    /// The parameter vector `v` in named pieces (what results store).
+    pub fn split<'v>(&self, v: &'v [f64]) -> Vec<(&'static str, &'v [f64])> {
+        let [n, a, b, c, d, e] = self.offsets();
+        vec![
+            ("global_loc", &v[..n]),
+            ("global_log_scale", &v[n..a]),
+            ("encoder", &v[a..b]),
+            ("decoder", &v[b..c]),
+            ("decoder_head", &v[c..d]),
+            ("prior_flow", &v[d..e]),
+        ]
+    }
+}
+
+/// Encoder means and log-variances (`cells × latent` each, row-major) of
+/// the cells of `data` (the fit's genes, in order) from a fitted encoder's
+/// parameters: embeddings of the fit's cells or of cells it never saw.
+pub fn encode_cells(
+    cfg: &VaeConfig,
+    encoder_params: &[f64],
+    data: &CountMatrix,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let enc = Encoder::new(
+        data.n_genes,
+        &cfg.encoder_hidden,
+        cfg.latent_dim,
+        cfg.activation,
+    );
+    if enc.n_params() != encoder_params.len() {
+        return Err(CoreError::arg(
+            "x",
+            format!(
+                "has {} genes, which does not match the fit's encoder",
+                data.n_genes
+            ),
+        ));
+    }
+    let k = cfg.latent_dim;
+    let cells: Vec<u32> = (0..data.n_cells as u32).collect();
+    let mut tape = encoder::EncoderTape::default();
+    let out = enc.forward(encoder_params, data, &cells, &mut tape);
+    let (mut loc, mut lv) = (Vec::new(), Vec::new());
+    for row in out.chunks_exact(2 * k) {
+        loc.extend_from_slice(&row[..k]);
+        lv.extend_from_slice(&row[k..]);
+    }
+    Ok((loc, lv))
+}
+
+/// `n` draws per cell of `z = loc + exp(½ lv) ε` from `cells × latent`
+/// encoder outputs stored column-major (R matrices); the result is the
+/// column-major array `n × cells × latent`. One stream from `seed`, drawn
+/// draw by draw, cell by cell.
+pub fn conditioned_draws(
+    loc: &[f64],
+    lv: &[f64],
+    cells: usize,
+    n: usize,
+    seed: u64,
+) -> Result<Vec<f64>> {
+    if loc.len() != lv.len() || cells == 0 || !loc.len().is_multiple_of(cells) {
+        return Err(CoreError::arg("x", "encoder outputs of mismatched sizes"));
+    }
+    crate::limits::check_values("n_samples", (n * loc.len()) as f64)?;
+    let k = loc.len() / cells;
+    let mut rng = <rand::rngs::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+    let mut out = vec![0.0; n * loc.len()];
+    for s in 0..n {
+        for c in 0..cells {
+            for q in 0..k {
+                let i = c + cells * q;
+                let e: f64 = rng.sample(StandardNormal);
+                out[s + n * i] = loc[i] + (0.5 * lv[i]).exp() * e;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,113 @@
+//! R bindings of the VAE engine: conversions only; the numerics are in
+//! `scribe_core::vae`.
+
+use crate::convert::configs::{nb_spec, svi_config};
+use crate::convert::counts::counts;
+use crate::convert::results::layout_to_r;
+use crate::convert::{reals, Args};
+use crate::errors::{respond, GResult};
+use crate::runner;
+use extendr_api::prelude::*;
+use scribe_core::models::nb::NbModel;
+use scribe_core::models::Model;
+use scribe_core::nn::flows::{FlowConfig, FlowKind};
+use scribe_core::nn::Activation;
+use scribe_core::vae::{conditioned_draws, encode_cells, fit, Vae, VaeConfig};
+
+fn widths(a: &Args, k: &str, default: &[usize]) -> GResult<Vec<usize>> {
+    let v = a.reals(k)?;
+    Ok(if v.is_empty() {
+        default.to_vec()
+    } else {
+        v.into_iter().map(|x| x as usize).collect()
+    })
+}
+
+/// The VAE's architecture from the list R resolved.
+fn vae_config(robj: &Robj) -> GResult<VaeConfig> {
+    let a = Args::new(robj, "vae")?;
+    let d = VaeConfig::default();
+    let prior = match a.get("flow_type").and_then(|r| r.as_str()) {
+        None | Some("none") => None,
+        Some(kind) => Some(FlowConfig {
+            kind: FlowKind::parse(kind, "vae_flow_type")?,
+            num_layers: a.count("flow_num_layers")?,
+            hidden: widths(&a, "flow_hidden_dims", &[64, 64])?,
+            ..FlowConfig::default()
+        }),
+    };
+    Ok(VaeConfig {
+        latent_dim: a.count("latent_dim")?,
+        encoder_hidden: widths(&a, "encoder_hidden_dims", &d.encoder_hidden)?,
+        decoder_hidden: widths(&a, "decoder_hidden_dims", &d.decoder_hidden)?,
+        activation: Activation::parse(&a.string("activation")?, "vae_activation")?,
+        prior,
+        kl_warmup: a.count("kl_warmup")?,
+        block: d.block,
+    })
+}
+
+/// Trains a VAE on an NB-family model; returns its layout, parameters in
+/// named pieces and the loss history.
+/// @noRd
+#[extendr]
+fn rs_vae_fit(
+    counts_r: Robj,
+    model: Robj,
+    vae: Robj,
+    svi: Robj,
+    verbose: bool,
+    num_threads: i32,
+) -> Robj {
+    respond((|| -> GResult<Robj> {
+        let data = counts(&counts_r)?;
+        let cfg = svi_config(&svi)?;
+        let nb = NbModel::new(nb_spec(&model)?, &data)?;
+        let net = Vae::new(&nb, vae_config(&vae)?)?;
+        let res = runner::run("VAE", verbose, num_threads, |sh| fit(&net, &cfg, sh, sh))?;
+        let (names, vals): (Vec<&str>, Vec<Robj>) = net
+            .split(&res.params)
+            .into_iter()
+            .map(|(n, v)| (n, v.to_vec().into()))
+            .unzip();
+        Ok(list!(
+            layout = layout_to_r(nb.layout()),
+            params = List::from_names_and_values(names, vals)?,
+            loss_history = res.loss_history
+        )
+        .into())
+    })())
+}
+
+/// Encoder means and log-variances (cells × latent, row-major) of the cells
+/// of `counts_r` from a fitted VAE's encoder.
+/// @noRd
+#[extendr]
+fn rs_vae_encode(counts_r: Robj, vae: Robj, encoder: Robj) -> Robj {
+    respond((|| -> GResult<Robj> {
+        let data = counts(&counts_r)?;
+        let cfg = vae_config(&vae)?;
+        let p = reals(Some(&encoder), "encoder")?;
+        let (loc, lv) = encode_cells(&cfg, &p, &data)?;
+        Ok(list!(loc = loc, log_var = lv).into())
+    })())
+}
+
+/// Draws from each cell's encoder Gaussian (`n × cells × latent`, column-major).
+/// @noRd
+#[extendr]
+fn rs_vae_draws(loc: Robj, log_var: Robj, n: f64, seed: f64) -> Robj {
+    respond((|| -> GResult<Robj> {
+        let cells = loc.nrows();
+        let loc = reals(Some(&loc), "loc")?;
+        let lv = reals(Some(&log_var), "log_var")?;
+        Ok(conditioned_draws(&loc, &lv, cells, n as usize, seed as u64)?.into())
+    })())
+}
+
+extendr_module! {
+    mod vae;
+    fn rs_vae_fit;
+    fn rs_vae_encode;
+    fn rs_vae_draws;
+}

@@ -1,0 +1,76 @@
+# The VAE engine. FD gradients of the whole loss (encoder, decoder, flow
+# prior, KL, globals) for nbdm/nbvcp/zinb/zinbvcp and cluster recovery live
+# in the core (src/rust/scribe-core/src/vae/tests.rs).
+
+vae_fit <- function(x, ..., latent_dim = 2, vae_encoder_hidden_dims = c(16, 8), n_steps = 300) {
+  scribe_fit(x, inference_method = "vae", latent_dim = latent_dim, vae_encoder_hidden_dims = vae_encoder_hidden_dims,
+             vae_decoder_hidden_dims = c(8, 16), kl_annealing_warmup = 100, n_steps = n_steps,
+             optimizer_config = list(name = "adam", step_size = 3e-3), seed = 1, verbose = FALSE, ...)
+}
+
+test_that("VAE embeddings separate the clusters of a mixture", {
+  sim <- scribe_simulate("nbdm", n_genes = 60, n_cells = 450, n_components = 3, seed = 7)
+  fit <- vae_fit(sim$counts, model = "nbdm", latent_dim = 3, n_steps = 2500, batch_size = 128)
+  expect_s4_class(fit, "ScribeVAEResults")
+  expect_output(print(fit), "VAE, latent_dim = 3")
+  emb <- get_latent_embeddings(fit, sim$counts)
+  expect_identical(dim(emb), c(450L, 3L))
+  label <- sim$truth$assignment
+  test <- seq(1, 450, by = 3)
+  train <- setdiff(seq_len(450), test)
+  pred <- vapply(test, function(c) {
+    d <- colSums((t(emb[train, , drop = FALSE]) - emb[c, ])^2)
+    votes <- table(factor(label[train][order(d)[1:10]], levels = unique(label)))
+    as.integer(names(votes)[which.max(votes)])
+  }, 1L)
+  expect_gte(mean(pred == label[test]), 0.9)
+  # Cells the fit never saw: the encoder reads their counts (per cell).
+  expect_equal(get_latent_embeddings(fit, sim$counts[, 5:9]), emb[5:9, ])
+  zs <- get_latent_samples_conditioned_on_data(fit, sim$counts[, 1:4], n_samples = 7)
+  expect_identical(dim(zs), c(7L, 4L, 3L))
+  expect_identical(zs, get_latent_samples_conditioned_on_data(fit, sim$counts[, 1:4], n_samples = 7))
+})
+
+test_that("VAE fits of every NB model, with flow priors, are reproducible and saved whole", {
+  sim <- sim_data("zinbvcp", n_genes = 15, n_cells = 60, seed = 2)
+  for (model in c("nbvcp", "zinb", "zinbvcp")) {
+    fit <- vae_fit(sim$counts, model = model, n_steps = 50)
+    expect_true(all(is.finite(loss_history(fit))))
+  }
+  for (flow in c("affine_coupling", "coupling_spline", "maf")) {
+    fit <- vae_fit(sim$counts, model = "nbvcp", vae_flow_type = flow, vae_flow_num_layers = 2,
+                   vae_flow_hidden_dims = 8, n_steps = 50)
+    expect_true(all(is.finite(loss_history(fit))))
+    expect_gt(length(fit@params$prior_flow), 0)
+  }
+  one <- function(threads) vae_fit(sim$counts, model = "nbdm", n_steps = 60, batch_size = 20, num_threads = threads)
+  a <- one(1L)
+  expect_identical(a@params, one(1L)@params)
+  expect_identical(a@params, one(2L)@params)
+  path <- tempfile(fileext = ".rds")
+  saveRDS(a, path)
+  expect_identical(get_latent_embeddings(readRDS(path), sim$counts), get_latent_embeddings(a, sim$counts))
+})
+
+test_that("VAE arguments and verbs not yet available give clear errors", {
+  sim <- sim_data("nbdm", n_genes = 10, n_cells = 40, seed = 3)
+  m <- sim$counts
+  expect_error(vae_fit(m, model = "nbdm", n_components = 2), "n_components", class = "scribeR_input_error")
+  expect_error(vae_fit(m, model = "nbdm", vae_latent_dim = 3), "not both", class = "scribeR_input_error")
+  expect_identical(vae_fit(m, model = "nbdm", latent_dim = NULL, vae_latent_dim = 3, n_steps = 5)@config$vae$latent_dim, 3)
+  expect_error(vae_fit(m, model = "nbdm", vae_flow_type = "iaf"), "maf", class = "scribeR_input_error")
+  expect_error(vae_fit(m, model = "nbdm", vae_flow_type = "planar"), "vae_flow_type", class = "scribeR_input_error")
+  expect_error(vae_fit(m, model = "nbdm", vae_activation = "swish"), "vae_activation", class = "scribeR_input_error")
+  expect_error(vae_fit(m, model = "nbdm", vae_encoder_hidden_dims = 0), "vae_encoder_hidden_dims",
+               class = "scribeR_input_error")
+  expect_error(vae_fit(m, model = "nbdm", parameterization = "mean_odds"), "parameterization",
+               class = "scribeR_input_error")
+  expect_error(vae_fit(m, model = "pln"), "laplace", class = "scribeR_unsupported")
+  expect_error(scribe_fit(m, vae_flow_type = "maf", n_steps = 5, verbose = FALSE), "vae_flow_type",
+               class = "scribeR_input_error")
+  fit <- vae_fit(m, model = "nbdm", n_steps = 20)
+  expect_error(get_map(fit), "get_latent_embeddings", class = "scribeR_unsupported")
+  expect_error(posterior_predictive(fit), class = "scribeR_unsupported")
+  expect_error(get_latent_embeddings(fit, m[1:4, ]), "genes", class = "scribeR_input_error")
+  expect_error(get_latent_embeddings(get_map, m), "VAE fit|results", class = "scribeR_input_error")
+})
