@@ -40,6 +40,7 @@ use encoder::Encoder;
 use rand::Rng;
 use rand::RngExt;
 use rand_distr::StandardNormal;
+use rayon::prelude::*;
 
 const HALF_LN_2PI: f64 = 0.918_938_533_204_672_8;
 
@@ -89,6 +90,14 @@ pub struct Vae<'m> {
     /// Layout indices of `p` and of the capture block (offset, cells).
     p_coord: usize,
     capture: Option<(usize, usize)>,
+}
+
+/// What one block of cells contributes to a step.
+struct BlockOut {
+    elbo: f64,
+    g_dec: Vec<f64>,
+    gz: Vec<f64>,
+    g_phat: Vec<f64>,
 }
 
 /// `β` of step `t` (0-based).
@@ -248,9 +257,8 @@ impl<'m> Vae<'m> {
         let model = self.model;
         let data = model.data();
         let lay = model.layout();
-        let [n, a, b, c, d, _] = self.offsets();
+        let [n, a, b, _, d, _] = self.offsets();
         let k = self.cfg.latent_dim;
-        let g_n = data.n_genes;
         let (loc, log_scale) = (&v[..n], &v[n..a]);
         grad.iter_mut().for_each(|x| *x = 0.0);
         let w = batch.scale;
@@ -350,97 +358,40 @@ impl<'m> Vae<'m> {
                 gz.iter_mut().zip(&g_in).for_each(|(a, b)| *a += b);
             }
         }
-        // Decoder and likelihood per block of cells.
-        let m = self.dec_head.n_out;
+        // Decoder and likelihood per block of cells, blocks in parallel;
+        // their sums are added in block order, so any thread count gives
+        // the same result.
         let mut g_phat = vec![0.0; rows];
-        let mut dec_tape = MlpTape::default();
-        let mut o = Vec::new();
-        let mut u = vec![0.0; g_n];
-        for start in (0..rows).step_by(self.cfg.block) {
-            let end = (start + self.cfg.block).min(rows);
-            let br = end - start;
-            self.dec_mlp
-                .forward(&v[b..c], &z[start * k..end * k], br, &mut dec_tape);
-            o.resize(br * m, 0.0);
-            self.dec_head
-                .forward(&v[c..d], dec_tape.output(), br, &mut o);
-            let mut g_o = vec![0.0; br * m];
-            for rr in 0..br {
-                let r = start + rr;
-                let cell = batch.cells[r] as usize;
-                let nu = self
-                    .capture
-                    .map_or(1.0, |(off, _)| cap_link.forward(x[off + cell]));
-                let den = 1.0 - p * (1.0 - nu);
-                let ph = p * nu / den;
-                let (l1p, lp) = ((1.0 - ph).ln(), ph.ln());
-                data.dense_row(cell, &mut u);
-                let orow = &o[rr * m..(rr + 1) * m];
-                let grow = &mut g_o[rr * m..(rr + 1) * m];
-                let mut ll = -data.ln_fact[cell];
-                let mut gph = 0.0;
-                for j in 0..g_n {
-                    let raw = orow[j];
-                    let rv = crate::math::softplus(raw).max(1e-10);
-                    let drv = 1.0 / (1.0 + (-raw).exp());
-                    let cnt = u[j];
-                    let (mut l, mut dl_dr, mut dl_dph);
-                    if cnt == 0.0 {
-                        l = rv * l1p;
-                        dl_dr = l1p;
-                        dl_dph = -rv / (1.0 - ph);
-                    } else {
-                        let ci = cnt as u32;
-                        l = lgamma_diff(ci, rv) + rv * l1p + cnt * lp;
-                        dl_dr = digamma_diff(ci, rv) + l1p;
-                        dl_dph = -rv / (1.0 - ph) + cnt / ph;
-                    }
-                    if self.gated {
-                        let graw = orow[g_n + j];
-                        let pi = 1.0 / (1.0 + (-graw).exp());
-                        let dpi = pi * (1.0 - pi);
-                        if cnt == 0.0 {
-                            let q0 = l.exp();
-                            let tot = pi + (1.0 - pi) * q0;
-                            let s = (1.0 - pi) * q0 / tot;
-                            grow[g_n + j] = w * (1.0 - q0) / tot * dpi;
-                            dl_dr *= s;
-                            dl_dph *= s;
-                            l = tot.ln();
-                        } else {
-                            l += (1.0 - pi).ln();
-                            grow[g_n + j] = -w * dpi / (1.0 - pi);
-                        }
-                    }
-                    ll += l;
-                    grow[j] = w * dl_dr * drv;
-                    gph += dl_dph;
-                }
-                elbo += w * ll;
-                g_phat[r] = w * gph;
-            }
-            // Back through the decoder: elbo gradients in, z gradients out.
-            let mut gh = vec![0.0; br * self.dec_head.n_in];
-            self.dec_head.backward(
-                &v[c..d],
-                dec_tape.output(),
-                &g_o,
-                br,
-                &mut grad[c..d],
-                Some(&mut gh),
-            );
-            let mut gzb = vec![0.0; br * k];
-            self.dec_mlp.backward(
-                &v[b..c],
-                &dec_tape,
-                &mut gh,
-                &mut grad[b..c],
-                Some(&mut gzb),
-            );
-            gz[start * k..end * k]
+        let nu_of = |cell: usize| {
+            self.capture
+                .map_or(1.0, |(off, _)| cap_link.forward(x[off + cell]))
+        };
+        let starts: Vec<usize> = (0..rows).step_by(self.cfg.block).collect();
+        let blocks: Vec<BlockOut> = starts
+            .par_iter()
+            .map(|&start| {
+                let end = (start + self.cfg.block).min(rows);
+                self.decode_block(
+                    v,
+                    &batch.cells[start..end],
+                    &z[start * k..end * k],
+                    p,
+                    &nu_of,
+                    w,
+                )
+            })
+            .collect();
+        for (&start, bo) in starts.iter().zip(blocks) {
+            elbo += bo.elbo;
+            grad[b..d]
                 .iter_mut()
-                .zip(&gzb)
-                .for_each(|(a, b)| *a += b);
+                .zip(&bo.g_dec)
+                .for_each(|(a, x)| *a += x);
+            gz[start * k..start * k + bo.gz.len()]
+                .iter_mut()
+                .zip(&bo.gz)
+                .for_each(|(a, x)| *a += x);
+            g_phat[start..start + bo.g_phat.len()].copy_from_slice(&bo.g_phat);
         }
         // z = loc + exp(½ lv) ε.
         for r in 0..rows {
@@ -492,6 +443,104 @@ impl<'m> Vae<'m> {
         // Encoder, decoder and prior gradients were accumulated as ∂elbo.
         grad[a..].iter_mut().for_each(|x| *x = -*x);
         -elbo
+    }
+
+    /// The decoder and likelihood of one block of cells (`z`: their
+    /// latents): the block's share of the ELBO and its gradients with
+    /// respect to the decoder's parameters, `z` and each cell's `p̂`.
+    fn decode_block(
+        &self,
+        v: &[f64],
+        cells: &[u32],
+        z: &[f64],
+        p: f64,
+        nu_of: &(dyn Fn(usize) -> f64 + Sync),
+        w: f64,
+    ) -> BlockOut {
+        let data = self.model.data();
+        let [_, _, b, c, d, _] = self.offsets();
+        let (k, g_n, m) = (self.cfg.latent_dim, data.n_genes, self.dec_head.n_out);
+        let br = cells.len();
+        let mut tape = MlpTape::default();
+        self.dec_mlp.forward(&v[b..c], z, br, &mut tape);
+        let mut o = vec![0.0; br * m];
+        self.dec_head.forward(&v[c..d], tape.output(), br, &mut o);
+        let mut g_o = vec![0.0; br * m];
+        let mut out = BlockOut {
+            elbo: 0.0,
+            g_dec: vec![0.0; d - b],
+            gz: vec![0.0; br * k],
+            g_phat: vec![0.0; br],
+        };
+        for (rr, &cc) in cells.iter().enumerate() {
+            let cell = cc as usize;
+            let nu = nu_of(cell);
+            let ph = p * nu / (1.0 - p * (1.0 - nu));
+            let (l1p, lp) = ((1.0 - ph).ln(), ph.ln());
+            let (genes, counts) = data.row(cell);
+            let mut next = 0;
+            let orow = &o[rr * m..(rr + 1) * m];
+            let grow = &mut g_o[rr * m..(rr + 1) * m];
+            let mut ll = -data.ln_fact[cell];
+            let mut gph = 0.0;
+            for j in 0..g_n {
+                let cnt = if next < genes.len() && genes[next] as usize == j {
+                    next += 1;
+                    counts[next - 1]
+                } else {
+                    0
+                };
+                // softplus and its derivative (the sigmoid) from one exp.
+                let raw = orow[j];
+                let e = (-raw.abs()).exp();
+                let rv = (raw.max(0.0) + e.ln_1p()).max(1e-10);
+                let drv = if raw >= 0.0 {
+                    1.0 / (1.0 + e)
+                } else {
+                    e / (1.0 + e)
+                };
+                let (mut l, mut dl_dr, mut dl_dph);
+                if cnt == 0 {
+                    l = rv * l1p;
+                    dl_dr = l1p;
+                    dl_dph = -rv / (1.0 - ph);
+                } else {
+                    let cf = cnt as f64;
+                    l = lgamma_diff(cnt, rv) + rv * l1p + cf * lp;
+                    dl_dr = digamma_diff(cnt, rv) + l1p;
+                    dl_dph = -rv / (1.0 - ph) + cf / ph;
+                }
+                if self.gated {
+                    let pi = 1.0 / (1.0 + (-orow[g_n + j]).exp());
+                    let dpi = pi * (1.0 - pi);
+                    if cnt == 0 {
+                        let q0 = l.exp();
+                        let tot = pi + (1.0 - pi) * q0;
+                        let s = (1.0 - pi) * q0 / tot;
+                        grow[g_n + j] = w * (1.0 - q0) / tot * dpi;
+                        dl_dr *= s;
+                        dl_dph *= s;
+                        l = tot.ln();
+                    } else {
+                        l += (1.0 - pi).ln();
+                        grow[g_n + j] = -w * dpi / (1.0 - pi);
+                    }
+                }
+                ll += l;
+                grow[j] = w * dl_dr * drv;
+                gph += dl_dph;
+            }
+            out.elbo += w * ll;
+            out.g_phat[rr] = w * gph;
+        }
+        // Back through the decoder: ELBO gradients in, z gradients out.
+        let mut gh = vec![0.0; br * self.dec_head.n_in];
+        let (g_mlp, g_head) = out.g_dec.split_at_mut(c - b);
+        self.dec_head
+            .backward(&v[c..d], tape.output(), &g_o, br, g_head, Some(&mut gh));
+        self.dec_mlp
+            .backward(&v[b..c], &tape, &mut gh, g_mlp, Some(&mut out.gz));
+        out
     }
 
     /// Encoder means (`cells × latent_dim`) of the cells of `data`.
