@@ -16,7 +16,8 @@ use rand::{Rng, RngExt};
 pub struct CountMatrix {
     pub n_genes: usize,
     pub n_cells: usize,
-    /// Row pointer per cell into `gene_idx` / `counts` (length C + 1).
+    /// Row pointer per cell into `gene_idx` / `counts` (length C + 1); each
+    /// cell's entries are sorted by gene.
     pub cell_ptr: Vec<usize>,
     pub gene_idx: Vec<u32>,
     pub counts: Vec<u32>,
@@ -93,6 +94,7 @@ impl CountMatrix {
                 lib_size[c] += v;
                 ln_fact[c] += lgamma(v + 1.0);
             }
+            sort_by_gene(&mut gene_idx, &mut counts, cell_ptr[c]);
             cell_ptr.push(gene_idx.len());
         }
         Ok(Self::with_pairs(
@@ -118,6 +120,7 @@ impl CountMatrix {
                 lib_size[c] += u as f64;
                 ln_fact[c] += lgamma(u as f64 + 1.0);
             }
+            sort_by_gene(&mut gene_idx, &mut counts, cell_ptr[c]);
             cell_ptr.push(gene_idx.len());
         }
         Self::with_pairs(
@@ -226,6 +229,21 @@ impl CountMatrix {
     }
 }
 
+/// Sorts the entries from `start` on (one cell's) by gene, when they are not
+/// already (a valid dgCMatrix's are).
+fn sort_by_gene(gene_idx: &mut [u32], counts: &mut [u32], start: usize) {
+    let (g, u) = (&mut gene_idx[start..], &mut counts[start..]);
+    if g.windows(2).all(|w| w[0] < w[1]) {
+        return;
+    }
+    let mut pairs: Vec<(u32, u32)> = g.iter().copied().zip(u.iter().copied()).collect();
+    pairs.sort_unstable();
+    for (k, (gi, ui)) in pairs.into_iter().enumerate() {
+        g[k] = gi;
+        u[k] = ui;
+    }
+}
+
 /// The cells of one step and the histogram weights they induce.
 #[derive(Debug, Clone)]
 pub struct Batch {
@@ -320,6 +338,14 @@ impl BatchSampler {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn cell_rows_are_sorted_by_gene() {
+        let m = CountMatrix::from_cell_rows(4, &[vec![(3, 1), (0, 2), (2, 5)], vec![(1, 1)]]);
+        assert_eq!(m.row(0), (&[0u32, 2, 3][..], &[2u32, 5, 1][..]));
+        let csc = CountMatrix::from_csc(4, 1, &[0, 2], &[2, 1], &[4.0, 7.0]).unwrap();
+        assert_eq!(csc.row(0), (&[1u32, 2][..], &[7u32, 4][..]));
+    }
 
     fn toy() -> CountMatrix {
         // 3 genes x 4 cells, genes x cells CSC
