@@ -370,8 +370,11 @@
 #'   MCMC) or `"pln"`, `"nbln"`, `"lnm"`, `"lnmvcp"` (Laplace). Default
 #'   `"nbvcp"` (or the model implied by the flags).
 #' @param inference_method `"svi"` (default), `"mcmc"` (NUTS; see the MCMC
-#'   section) or `"laplace"` (the log-normal models; see the Laplace section).
-#'   `"vae"` is not available in this version. Arguments that only other
+#'   section), `"laplace"` (the log-normal models; see the Laplace section)
+#'   or `"vae"` (amortized inference with a latent embedding per cell, for
+#'   `nbdm`, `nbvcp`, `zinb`, `zinbvcp` in the canonical parameterization;
+#'   see [ScribeVAEResults-class] and [get_latent_embeddings()]; no
+#'   early stopping, as in the original). Arguments that only other
 #'   engines read (say `latent_dim` or `n_samples` for SVI, `n_steps` for
 #'   MCMC) are an error when given a value other than their default, rather
 #'   than ignored.
@@ -441,8 +444,9 @@
 #'   the half-width of uniform starts) and `init_spread` (1, the half-width of
 #'   starts around `svi_init`, in SVI standard deviations).
 #' @param latent_dim Laplace: dimension `k` of the loadings `W` in
-#'   `Sigma = W W^T + diag(d)` (default 10). `vae_latent_dim` is its legacy
-#'   alias; giving both is an error.
+#'   `Sigma = W W^T + diag(d)`; VAE: dimension of the embedding (default 10
+#'   for both). `vae_latent_dim` is its legacy alias; giving both is an
+#'   error.
 #' @param vae_latent_dim Legacy alias of `latent_dim`.
 #' @param vae_encoder_hidden_dims,vae_decoder_hidden_dims,vae_activation VAE:
 #'   the encoder's hidden widths (`NULL`: `c(128, 64)`), the decoder's
@@ -611,8 +615,7 @@ fit_arg_names <- function() setdiff(names(formals(scribe_fit)), c("x", "..."))
 # Arguments that only some engines read. Given a value other than its default
 # for an engine that does not read it, an argument is an input error rather
 # than silently ignored (a user who sets `latent_dim` for an SVI fit expects
-# it to do something). The VAE will read the SVI optimiser settings and
-# `latent_dim` when it arrives.
+# it to do something).
 .engine_only_args <- list(
   parameterization = c("svi", "mcmc"), unconstrained = c("svi", "mcmc"), positive_transform = c("svi", "mcmc"),
   n_components = c("svi", "mcmc"), mixture_params = c("svi", "mcmc"), overdispersion = c("svi", "mcmc"),
