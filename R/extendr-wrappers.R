@@ -93,3 +93,7 @@ rs_vae_encode <- function(counts_r, vae, encoder) {
 rs_vae_draws <- function(loc, log_var, n, seed) {
   .Call(wrap__rs_vae_draws, loc, log_var, n, seed)
 }
+
+rs_vae_prior_draws <- function(vae, prior, n, seed) {
+  .Call(wrap__rs_vae_prior_draws, vae, prior, n, seed)
+}

@@ -438,15 +438,19 @@ run_laplace_analysis <- function(fit, x, what, opts, assay = NULL) {
                                 resolve_threads(getOption("scribeR.num_threads", 1L))))
 }
 
-#' Draws of the per-cell latents of a Laplace fit
+#' Draws of the per-cell latents of a Laplace fit, or of a VAE's prior
 #'
-#' Each cell's posterior is the Gaussian around its MAP with the inverse
+#' For a VAE fit ([ScribeVAEResults-class]) `get_latent_samples(fit,
+#' n_samples = )` draws from the latent prior (a learned flow prior if the
+#' fit has one) and returns an `n_samples x latent_dim` matrix; `x` and
+#' `cells` are not used. For a Laplace fit:
+#' each cell's posterior is the Gaussian around its MAP with the inverse
 #' negative Hessian as covariance; draws use its exact square root (Woodbury
 #' form, no genes x genes matrix). With a free capture latent, `eta` is drawn
 #' jointly (its Schur-complement variance, and the shift it implies for the
 #' log-rates). Each cell's draws depend only on `seed` and the cell.
 #'
-#' @param fit A [ScribeLaplaceResults-class] object.
+#' @param fit A [ScribeLaplaceResults-class] or [ScribeVAEResults-class] object.
 #' @param x The counts the model was fitted to (any input [scribe_fit()] accepts).
 #' @param n_samples Number of draws.
 #' @param cells Cells (names or indices; default all).
@@ -464,6 +468,7 @@ run_laplace_analysis <- function(fit, x, what, opts, assay = NULL) {
 #' dim(get_latent_samples(fit, counts, n_samples = 10, cells = 1:5)$latents)
 #' @export
 get_latent_samples <- function(fit, x, n_samples = 100L, cells = NULL, seed = NULL, assay = NULL) {
+  if (is(fit, "ScribeVAEResults")) return(vae_prior_samples(fit, n_samples, seed))
   check_laplace(fit)
   check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
   ci <- laplace_cells(fit, cells)

@@ -166,3 +166,14 @@ get_latent_samples_conditioned_on_data <- function(fit, x, n_samples = 100L, see
   draws <- call_core(rs_vae_draws(enc$loc, enc$log_var, as.numeric(n_samples), as.numeric(seed)))
   array(draws, dim = c(n_samples, dim(enc$loc)), dimnames = c(list(NULL), dimnames(enc$loc)))
 }
+
+# n_samples x latent_dim draws of a VAE's latent prior.
+vae_prior_samples <- function(fit, n_samples, seed) {
+  check_format(fit)
+  check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647",
+               function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
+  seed <- if (is.null(seed)) fit@seed else resolve_seed(seed)
+  z <- call_core(rs_vae_prior_draws(fit@config$vae, fit@params$prior_flow, as.numeric(n_samples), as.numeric(seed)))
+  k <- as.integer(fit@config$vae$latent_dim)
+  matrix(z, ncol = k, byrow = TRUE, dimnames = list(NULL, paste0("z", seq_len(k))))
+}

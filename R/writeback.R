@@ -9,6 +9,11 @@
 #' mixture are stored as matrix columns (genes x K, cells x K). Existing columns are only replaced with
 #' `overwrite = TRUE`. Cells dropped by `drop_empty = TRUE` get `NA`.
 #'
+#' A VAE fit adds its cells' embeddings (the encoder means of
+#' [get_latent_embeddings()], from the object's counts) as the reduced
+#' dimension `"SCRIBE"` (Seurat: a `DimReduc` named `"scribe"`, key
+#' `SCRIBE_`), `NA` for cells the fit dropped.
+#'
 #' A differential expression result of [scribe_de()] adds the gene columns
 #' `scribe_de_delta_mean`, `scribe_de_delta_sd`, `scribe_de_lfsr` and
 #' `scribe_de_is_de` (called at PEFP 0.05, `tau = 0`), `NA` for genes it did
@@ -38,6 +43,7 @@
 add_scribe_fit <- function(sce, fit, overwrite = FALSE, denoised = FALSE) {
   check_flag(denoised, "denoised")
   if (is(fit, "ScribeDEResults")) return(add_de_columns(sce, fit, overwrite))
+  if (is(fit, "ScribeVAEResults")) return(add_vae_embedding(sce, fit, overwrite))
   if (inherits(sce, "Seurat")) return(add_scribe_fit_seurat(sce, fit, overwrite, denoised))
   if (!is(sce, "SummarizedExperiment")) {
     abort_input("{.arg sce} must be a SingleCellExperiment or SummarizedExperiment, not {.cls {class(sce)[1]}}.")
@@ -171,4 +177,36 @@ gene_specific_p_sites <- function(map, genes) {
   p <- map$p
   by_gene <- if (is.matrix(p)) identical(colnames(p), genes) else identical(names(p), genes)
   if (by_gene) c("p", "phi") else character()
+}
+
+# A VAE fit's embeddings as a reduced dimension (SingleCellExperiment) or a
+# DimReduc (Seurat).
+add_vae_embedding <- function(obj, fit, overwrite) {
+  check_format(fit)
+  check_flag(overwrite, "overwrite")
+  if (!identical(rownames(obj), fit@gene_names)) {
+    abort_input("The genes of {.arg sce} are not the genes of {.arg fit}.")
+  }
+  cells <- colnames(obj)
+  if (!all(fit@cell_names %in% cells)) abort_input("The cells of {.arg sce} are not the cells of {.arg fit}.")
+  emb <- get_latent_embeddings(fit, obj)
+  emb[!rownames(emb) %in% fit@cell_names, ] <- NA
+  if (inherits(obj, "Seurat")) {
+    if (!requireNamespace("SeuratObject", quietly = TRUE)) abort_input("Seurat write-back needs {.pkg SeuratObject}.")
+    if ("scribe" %in% SeuratObject::Reductions(obj) && !overwrite) {
+      abort_input("The Seurat object already has a reduction {.val scribe}; use {.code overwrite = TRUE} to replace it.")
+    }
+    colnames(emb) <- paste0("SCRIBE_", seq_len(ncol(emb)))
+    obj[["scribe"]] <- SeuratObject::CreateDimReducObject(embeddings = emb, key = "SCRIBE_",
+                                                          assay = SeuratObject::DefaultAssay(obj))
+    return(obj)
+  }
+  if (!is(obj, "SingleCellExperiment")) {
+    abort_input("A VAE fit's embeddings go to {.fn reducedDim}: {.arg sce} must be a SingleCellExperiment.")
+  }
+  if ("SCRIBE" %in% SingleCellExperiment::reducedDimNames(obj) && !overwrite) {
+    abort_input("{.arg sce} already has a reduced dimension {.val SCRIBE}; use {.code overwrite = TRUE} to replace it.")
+  }
+  SingleCellExperiment::reducedDim(obj, "SCRIBE") <- emb
+  obj
 }

@@ -29,6 +29,10 @@ test_that("VAE embeddings separate the clusters of a mixture", {
   zs <- get_latent_samples_conditioned_on_data(fit, sim$counts[, 1:4], n_samples = 7)
   expect_identical(dim(zs), c(7L, 4L, 3L))
   expect_identical(zs, get_latent_samples_conditioned_on_data(fit, sim$counts[, 1:4], n_samples = 7))
+  # The standard prior: N(0, I) draws.
+  zp <- get_latent_samples(fit, n_samples = 4000)
+  expect_equal(unname(colMeans(zp)), rep(0, 3), tolerance = 0.1)
+  expect_equal(unname(apply(zp, 2, stats::sd)), rep(1, 3), tolerance = 0.1)
 })
 
 test_that("VAE fits of every NB model, with flow priors, are reproducible and saved whole", {
@@ -42,6 +46,9 @@ test_that("VAE fits of every NB model, with flow priors, are reproducible and sa
                    vae_flow_hidden_dims = 8, n_steps = 50)
     expect_true(all(is.finite(loss_history(fit))))
     expect_gt(length(fit@params$prior_flow), 0)
+    zp <- get_latent_samples(fit, n_samples = 500)
+    expect_identical(dim(zp), c(500L, 2L))
+    expect_true(all(is.finite(zp)))
   }
   one <- function(threads) vae_fit(sim$counts, model = "nbdm", n_steps = 60, batch_size = 20, num_threads = threads)
   a <- one(1L)
@@ -50,6 +57,20 @@ test_that("VAE fits of every NB model, with flow priors, are reproducible and sa
   path <- tempfile(fileext = ".rds")
   saveRDS(a, path)
   expect_identical(get_latent_embeddings(readRDS(path), sim$counts), get_latent_embeddings(a, sim$counts))
+})
+
+test_that("VAE embeddings are written back as a reduced dimension", {
+  sim <- sim_data("nbdm", n_genes = 12, n_cells = 50, seed = 4)
+  fit <- vae_fit(sim$counts, model = "nbdm", n_steps = 30)
+  sce <- SingleCellExperiment::SingleCellExperiment(list(counts = sim$counts))
+  sce <- add_scribe_fit(sce, fit)
+  expect_equal(SingleCellExperiment::reducedDim(sce, "SCRIBE"), get_latent_embeddings(fit, sim$counts))
+  expect_error(add_scribe_fit(sce, fit), "overwrite", class = "scribeR_input_error")
+  expect_s4_class(add_scribe_fit(sce, fit, overwrite = TRUE), "SingleCellExperiment")
+  skip_if_not_installed("SeuratObject")
+  seu <- SeuratObject::CreateSeuratObject(counts = sim$counts)
+  seu <- add_scribe_fit(seu, fit)
+  expect_equal(unname(SeuratObject::Embeddings(seu, "scribe")), unname(get_latent_embeddings(fit, sim$counts)))
 })
 
 test_that("VAE arguments and verbs not yet available give clear errors", {

@@ -12,7 +12,7 @@ use scribe_core::models::nb::NbModel;
 use scribe_core::models::Model;
 use scribe_core::nn::flows::{FlowConfig, FlowKind};
 use scribe_core::nn::Activation;
-use scribe_core::vae::{conditioned_draws, encode_cells, fit, Vae, VaeConfig};
+use scribe_core::vae::{conditioned_draws, encode_cells, fit, prior_draws, Vae, VaeConfig};
 
 fn widths(a: &Args, k: &str, default: &[usize]) -> GResult<Vec<usize>> {
     let v = a.reals(k)?;
@@ -105,8 +105,20 @@ fn rs_vae_draws(loc: Robj, log_var: Robj, n: f64, seed: f64) -> Robj {
     })())
 }
 
+/// Draws from a fitted VAE's latent prior (`n × latent`, row-major).
+/// @noRd
+#[extendr]
+fn rs_vae_prior_draws(vae: Robj, prior: Robj, n: f64, seed: f64) -> Robj {
+    respond((|| -> GResult<Robj> {
+        let cfg = vae_config(&vae)?;
+        let p = reals(Some(&prior), "prior")?;
+        Ok(prior_draws(&cfg, &p, n as usize, seed as u64)?.into())
+    })())
+}
+
 extendr_module! {
     mod vae;
+    fn rs_vae_prior_draws;
     fn rs_vae_fit;
     fn rs_vae_encode;
     fn rs_vae_draws;

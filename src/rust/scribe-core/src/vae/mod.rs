@@ -622,6 +622,29 @@ pub fn encode_cells(
     Ok((loc, lv))
 }
 
+/// `n` draws of `z` from a fitted VAE's prior (`n × latent`, row-major):
+/// `N(0, I)`, or the flow's generative direction applied to such draws
+/// (`prior_params` its parameters).
+pub fn prior_draws(cfg: &VaeConfig, prior_params: &[f64], n: usize, seed: u64) -> Result<Vec<f64>> {
+    let k = cfg.latent_dim;
+    crate::limits::check_values("n_samples", (n * k) as f64)?;
+    let mut rng = <rand::rngs::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+    let z: Vec<f64> = (0..n * k).map(|_| rng.sample(StandardNormal)).collect();
+    let Some(fc) = &cfg.prior else {
+        return Ok(z);
+    };
+    let ch = FlowChain::new(k, fc)?;
+    if ch.n_params() != prior_params.len() {
+        return Err(CoreError::arg(
+            "fit",
+            "its prior flow does not match its architecture",
+        ));
+    }
+    let mut tape = ChainTape::default();
+    ch.apply(prior_params, Direction::Generative, &z, n, &mut tape);
+    Ok(tape.output().to_vec())
+}
+
 /// `n` draws per cell of `z = loc + exp(½ lv) ε` from `cells × latent`
 /// encoder outputs stored column-major (R matrices); the result is the
 /// column-major array `n × cells × latent`. One stream from `seed`, drawn
