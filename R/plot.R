@@ -197,3 +197,58 @@ plot_mixture <- function(fit, x, assay = NULL) {
     ggplot2::labs(title = "Mixture composition", x = NULL, y = "fraction", fill = NULL) +
     ggplot2::theme_minimal()
 }
+
+#' Latent embedding of a VAE fit
+#'
+#' Cells in the VAE's latent space: its first two dimensions, or with
+#' `umap = TRUE` a two-dimensional UMAP of all of them (through the uwot
+#' package, when installed).
+#'
+#' @param fit A [ScribeVAEResults-class] fit.
+#' @param x The cells' counts (genes x cells, any input [scribe_fit()] takes).
+#' @param color_by `NULL`, a `colData()` / `meta.data` column of `x`, or one
+#'   value per cell to colour the cells by.
+#' @param umap Show a UMAP of the embedding instead of its first two dimensions.
+#' @param assay For SingleCellExperiment or Seurat input, the assay to read.
+#' @return A `ggplot` object.
+#' @examples
+#' if (requireNamespace("ggplot2", quietly = TRUE)) {
+#'   sim <- scribe_simulate("nbdm", n_genes = 50, n_cells = 300, n_components = 2, seed = 1)
+#'   vae <- scribe_fit(sim$counts, model = "nbdm", inference_method = "vae", latent_dim = 2,
+#'                     n_steps = 300, seed = 1, verbose = FALSE)
+#'   plot_latent(vae, sim$counts, color_by = factor(sim$truth$assignment))
+#' }
+#' @export
+plot_latent <- function(fit, x, color_by = NULL, umap = FALSE, assay = NULL) {
+  require_ggplot("plot_latent")
+  check_flag(umap, "umap")
+  emb <- get_latent_embeddings(fit, x, assay = assay)
+  if (umap) {
+    if (!requireNamespace("uwot", quietly = TRUE)) abort_input("{.code umap = TRUE} needs the {.pkg uwot} package.")
+    xy <- uwot::umap(emb, n_components = 2)
+    labs <- c("UMAP 1", "UMAP 2")
+  } else {
+    if (ncol(emb) < 2) abort_input("The embedding has one dimension; {.fn plot_latent} shows two.")
+    xy <- emb[, 1:2, drop = FALSE]
+    labs <- c("z1", "z2")
+  }
+  df <- data.frame(d1 = xy[, 1], d2 = xy[, 2])
+  if (!is.null(color_by)) {
+    if (is.character(color_by) && length(color_by) == 1L && ncol(emb) != 1L) {
+      meta <- if (is(x, "SummarizedExperiment")) SummarizedExperiment::colData(x) else if (inherits(x, "Seurat")) x[[]] else NULL
+      if (is.null(meta) || !color_by %in% names(meta)) {
+        abort_input("{.arg color_by} names no column {.val {color_by}} of {.arg x}'s cell metadata.")
+      }
+      color_by <- meta[[color_by]]
+    }
+    if (length(color_by) != nrow(emb)) {
+      abort_input("{.arg color_by} must name a cell-metadata column or have one value per cell ({nrow(emb)}), not {length(color_by)}.")
+    }
+    df$colour <- color_by
+  }
+  aes <- if (is.null(df$colour)) ggplot2::aes(x = .data$d1, y = .data$d2) else ggplot2::aes(x = .data$d1, y = .data$d2, colour = .data$colour)
+  ggplot2::ggplot(df, aes) +
+    ggplot2::geom_point(alpha = 0.6, size = 0.8) +
+    ggplot2::labs(title = "VAE latent embedding", x = labs[1], y = labs[2], colour = NULL) +
+    ggplot2::theme_minimal()
+}

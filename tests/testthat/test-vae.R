@@ -67,6 +67,17 @@ test_that("VAE embeddings are written back as a reduced dimension", {
   expect_equal(SingleCellExperiment::reducedDim(sce, "SCRIBE"), get_latent_embeddings(fit, sim$counts))
   expect_error(add_scribe_fit(sce, fit), "overwrite", class = "scribeR_input_error")
   expect_s4_class(add_scribe_fit(sce, fit, overwrite = TRUE), "SingleCellExperiment")
+  skip_if_not_installed("ggplot2")
+  SummarizedExperiment::colData(sce)$grp <- rep(c("a", "b"), 25)
+  expect_s3_class(plot_latent(fit, sce, color_by = "grp"), "ggplot")
+  expect_s3_class(plot_latent(fit, sim$counts), "ggplot")
+  expect_error(plot_latent(fit, sce, color_by = "nope"), "color_by", class = "scribeR_input_error")
+  expect_error(plot_latent(fit, sim$counts, color_by = 1:3), "color_by", class = "scribeR_input_error")
+  if (requireNamespace("uwot", quietly = TRUE)) {
+    expect_s3_class(plot_latent(fit, sim$counts, umap = TRUE), "ggplot")
+  } else {
+    expect_error(plot_latent(fit, sim$counts, umap = TRUE), "uwot", class = "scribeR_input_error")
+  }
   skip_if_not_installed("SeuratObject")
   seu <- SeuratObject::CreateSeuratObject(counts = sim$counts)
   seu <- add_scribe_fit(seu, fit)
