@@ -15,7 +15,7 @@ PKGS=(
   r-bioc-summarizedexperiment r-bioc-singlecellexperiment r-bioc-delayedarray
   r-cran-seuratobject
   r-cran-testthat r-cran-pkgbuild r-cran-roxygen2
-  r-cran-ggplot2 r-cran-knitr r-cran-rmarkdown pandoc
+  r-cran-ggplot2 r-cran-knitr r-cran-rmarkdown pandoc r-cran-uwot
   r-cran-posterior r-cran-loo
   # R CMD check --as-cran: checkbashisms (configure), qpdf; the pkgdown site
   devscripts qpdf r-cran-pkgdown
