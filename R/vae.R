@@ -149,9 +149,11 @@ vae_encode <- function(fit, x, assay) {
 #'   `n_samples` x cells x `latent_dim`.
 #' @export
 #' @examples
-#' counts <- scribe_example_data()
+#' counts <- scribe_example_data()[1:100, 1:300]
+#' counts <- counts[, Matrix::colSums(counts) > 0]
 #' vae <- scribe_fit(counts, model = "nbdm", inference_method = "vae", latent_dim = 2,
-#'                   n_steps = 200, seed = 1, verbose = FALSE)
+#'                   vae_encoder_hidden_dims = c(32, 16), vae_decoder_hidden_dims = c(16, 32),
+#'                   n_steps = 100, seed = 1, verbose = FALSE)
 #' head(get_latent_embeddings(vae, counts))
 get_latent_embeddings <- function(fit, x, assay = NULL) {
   vae_encode(fit, x, assay)$loc
