@@ -108,6 +108,10 @@ gene_index <- function(fit, genes) {
 #' quantity in which all cells share one component); `split_components = TRUE`
 #' returns the per-component terms instead.
 #'
+#' VAE fits condition on each cell's embedding: its encoder mean
+#' (`n_samples = NULL`) or draws from its encoder Gaussian, each decoded to
+#' the cell's own `r` (and gate).
+#'
 #' Laplace fits (log-normal models) condition on each cell's latent log-rates:
 #' at their MAP (`n_samples = NULL`) or drawn from the per-cell Laplace
 #' posteriors. By gene, PLN and NBLN sum each gene's pmf over cells; LNM
@@ -347,9 +351,10 @@ setMethod("normalize_counts", "ScribeLayoutResults", function(fit, x = NULL, n_s
 #' @param use_map Draw all `n_samples` data sets at the MAP (observation
 #'   noise only) instead of at posterior draws.
 #' @param chunk_cells Cells per call into the core (bounds temporary memory).
-#' @param x Laplace fits only: the counts the model was fitted to (each
-#'   cell's Hessian depends on them). Draws then come from the MAP latents
-#'   (`use_map = TRUE`) or from the per-cell Laplace posteriors.
+#' @param x Laplace and VAE fits only: the counts the model was fitted to
+#'   (each cell's Hessian, or its encoder's output, depends on them). Draws
+#'   then come from the MAP latents or encoder means (`use_map = TRUE`), or
+#'   from the per-cell Laplace posteriors or encoder Gaussians.
 #' @return An `n_samples x cells x genes` array of counts.
 #' @examples
 #' counts <- scribe_example_data()

@@ -9,7 +9,7 @@ NULL
 # leave-one-out ill-posed (the left-out cell's latent is informed by that
 # cell alone).
 has_cell_latents <- function(fit) {
-  is(fit, "ScribeLaplaceResults") || isTRUE(fit@model$model %in% c("nbvcp", "zinbvcp"))
+  is(fit, "ScribeLaplaceResults") || is(fit, "ScribeVAEResults") || isTRUE(fit@model$model %in% c("nbvcp", "zinbvcp"))
 }
 
 # `n_samples x n` log-likelihood draws of a fit; MCMC fits use every kept
@@ -27,6 +27,20 @@ relative_eff_of <- function(fit, l) {
   n_ch <- n_chains_of(fit)
   shifted <- exp(sweep(l, 2, apply(l, 2, max)))
   loo::relative_eff(shifted, chain_id = rep(seq_len(n_ch), each = nrow(l) %/% n_ch))
+}
+
+# Stacking weights of pointwise elpd columns. When one model is at least as
+# good on every observation, sum_k w_k exp(elpd_ik) <= exp(elpd_i,best) for
+# every w, so stacking gives it all the weight; loo's constrained optimiser
+# fails on that boundary optimum ("initial value in 'vmmin' is not finite"),
+# so it is answered directly. Shifting each row by its maximum leaves the
+# optimum unchanged and keeps exp() from underflowing (per-gene values are in
+# the thousands).
+stacking_of <- function(point) {
+  row_max <- apply(point, 1, max)
+  dominant <- which(apply(point, 2, function(col) all(col >= row_max)))
+  if (length(dominant)) return(as.numeric(seq_len(ncol(point)) == dominant[1]))
+  as.numeric(loo::stacking_weights(point - row_max))
 }
 
 #' Compare fitted models by their expected predictive accuracy
@@ -99,10 +113,7 @@ compare_models <- function(fits, x, by = c("cell", "gene"), n_samples = 200L, se
   best <- which.max(elpd)
   diffs <- point - point[, best]
   se_diff <- apply(diffs, 2, function(d) sqrt(length(d) * stats::var(d)))
-  # Stacking maximises sum_i log sum_k w_k exp(elpd_ik): shifting each row by
-  # its maximum leaves the optimum unchanged and keeps exp() from underflowing
-  # (per-gene values are in the thousands).
-  stack <- as.numeric(loo::stacking_weights(point - apply(point, 1, max)))
+  stack <- stacking_of(point)
   pbma <- as.numeric(loo::pseudobma_weights(point, BB = FALSE))
   tab <- data.frame(
     model = names(fits),

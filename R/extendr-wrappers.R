@@ -97,3 +97,7 @@ rs_vae_draws <- function(loc, log_var, n, seed) {
 rs_vae_prior_draws <- function(vae, prior, n, seed) {
   .Call(wrap__rs_vae_prior_draws, vae, prior, n, seed)
 }
+
+rs_vae_analysis <- function(counts_r, model, vae, params, what, opts, n_draws, seed, verbose, num_threads) {
+  .Call(wrap__rs_vae_analysis, counts_r, model, vae, params, what, opts, n_draws, seed, verbose, num_threads)
+}

@@ -528,7 +528,6 @@ laplace_loglik <- function(fit, x, by, n_samples, seed, assay) {
 }
 
 #' @rdname accessors
-#' @param x Laplace fits: the counts the model was fitted to.
 #' @param cells Laplace fits: cells to draw (default all).
 #' @export
 setMethod("get_posterior_samples", "ScribeLaplaceResults", function(object, n_samples = 100L, seed = NULL, x = NULL,

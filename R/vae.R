@@ -4,7 +4,10 @@ NULL
 # VAE fits of the NB-family models: the engine function of the engine table
 # (R/fit.R) and the results class. Training runs in the core
 # (scribe-core/src/vae); the parameters come back in named pieces (global
-# guide, encoder, decoder, prior flow), which only the core interprets.
+# guide, encoder, decoder, prior flow), which only the core interprets. The
+# downstream verbs (log_likelihood, posterior_predictive, denoise_counts,
+# get_map) pass the counts back to the core, which encodes and decodes each
+# cell (scribe-core/src/vae/analysis.rs).
 
 fit_vae <- function(counts, dropped, model, a, shared) {
   if (model %in% .lognormal_models) {
@@ -75,6 +78,16 @@ resolve_vae <- function(a, n_genes) {
 #' of zero-inflated models); `p` and per-cell capture keep mean-field
 #' guides. See [get_latent_embeddings()].
 #'
+#' Downstream verbs read each cell through its own decoded parameters and so
+#' need the counts the fit was fitted to (`x`): [log_likelihood()],
+#' [posterior_predictive()], [denoise_counts()] and [get_map()] (which
+#' returns `p`, the capture of each cell, and `r` and the gate as genes x
+#' cells matrices at each cell's encoder mean). Their point estimate puts
+#' every cell at its encoder mean and the globals at their guide modes; a
+#' posterior draw draws the globals from their guide and each cell's
+#' embedding from its encoder Gaussian. Cells are decoded block by block, so
+#' a check on a few genes never holds a cells x genes array of parameters.
+#'
 #' @slot layout Data frame: the blocks of the global parameters' vector.
 #' @slot params List: `global_loc`, `global_log_scale` (the global guide),
 #'   `encoder`, `decoder`, `decoder_head` and `prior_flow` (flat parameter
@@ -107,16 +120,116 @@ setMethod("show", "ScribeVAEResults", function(object) {
 #' @rdname accessors
 setMethod("loss_history", "ScribeVAEResults", function(object, ...) object@loss_history)
 
-vae_not_yet <- function(what) {
-  abort_unsupported(c("{.fn {what}} is not available for VAE fits yet.",
-                      "i" = "Use {.fn get_latent_embeddings} or {.fn get_latent_samples_conditioned_on_data}."))
+# Runs a downstream analysis of a VAE fit on the counts it was fitted to
+# (the encoder reads them; the core decodes each cell's parameters).
+run_vae_analysis <- function(fit, x, what, opts, n_samples, seed, assay = NULL, verb = what) {
+  check_format(fit)
+  if (is.null(x)) {
+    abort_input(c("{.fn {verb}} of a VAE fit reads each cell through its encoder: give the counts it was fitted to as {.arg x}."))
+  }
+  n_draws <- 0
+  if (!is.null(n_samples)) {
+    check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647 (or NULL for the point estimate)",
+                 function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
+    n_draws <- as.numeric(n_samples)
+  }
+  seed <- resolve_seed(seed)
+  opts$seed <- seed
+  counts <- counts_for_fit(fit, x, assay)
+  call_core(rs_vae_analysis(counts, fit@model, fit@config$vae, fit@params, what, opts, n_draws, seed,
+                            analysis_verbose(), resolve_threads(getOption("scribeR.num_threads", 1L))))
 }
 
 #' @rdname accessors
-setMethod("get_map", "ScribeVAEResults", function(object, ...) vae_not_yet("get_map"))
+#' @param x VAE and Laplace fits: the counts the model was fitted to.
+#' @param assay VAE fits: the assay of `x`, as in [scribe_fit()].
+#' @export
+setMethod("get_map", "ScribeVAEResults", function(object, x = NULL, assay = NULL, ...) {
+  res <- run_vae_analysis(object, x, "decoded", list(), NULL, NULL, assay, "get_map")
+  g <- object@gene_names
+  cells <- object@cell_names
+  out <- list(p = res$p)
+  if (object@model$model %in% c("nbvcp", "zinbvcp")) out$p_capture <- stats::setNames(res$nu, cells)
+  out$r <- matrix(res$r, nrow = length(g), dimnames = list(g, cells))
+  if (!is.null(res$gate)) out$gate <- matrix(res$gate, nrow = length(g), dimnames = list(g, cells))
+  out
+})
 
 #' @rdname accessors
-setMethod("get_posterior_samples", "ScribeVAEResults", function(object, ...) vae_not_yet("get_posterior_samples"))
+setMethod("get_posterior_samples", "ScribeVAEResults", function(object, ...) {
+  abort_unsupported(c("{.fn get_posterior_samples} is not available for VAE fits yet.",
+                      "i" = "Use {.fn get_latent_samples_conditioned_on_data}, {.fn posterior_predictive} or {.fn log_likelihood}."))
+})
+
+# VAE fits have no mixture components to split by.
+check_no_split <- function(split_components) {
+  check_flag(split_components, "split_components")
+  if (split_components) abort_input("{.arg split_components} applies to mixtures; VAE fits have none.")
+}
+
+#' @rdname log_likelihood
+setMethod("log_likelihood", "ScribeVAEResults", function(fit, x, by = c("cell", "gene"), n_samples = NULL,
+                                                         split_components = FALSE, seed = NULL, assay = NULL) {
+  by <- match_choice(by[1], c("cell", "gene"), "by")
+  check_no_split(split_components)
+  v <- run_vae_analysis(fit, x, "loglik", list(by = by), n_samples, seed, assay, "log_likelihood")$values
+  labels <- if (by == "cell") fit@cell_names else fit@gene_names
+  if (is.null(n_samples)) return(stats::setNames(v, labels))
+  matrix(v, nrow = as.integer(n_samples), dimnames = list(NULL, labels))
+})
+
+#' @rdname denoise_counts
+setMethod("denoise_counts", "ScribeVAEResults", function(fit, x, method = "mean", n_samples = NULL, genes = NULL,
+                                                         return_variance = FALSE, seed = NULL, assay = NULL) {
+  if (!is.character(method) || !(length(method) %in% 1:2)) {
+    abort_input("{.arg method} must be one or two of {.val {c('mean', 'mode', 'sample')}}.")
+  }
+  for (m in method) match_choice(m, c("mean", "mode", "sample"), "method")
+  check_flag(return_variance, "return_variance")
+  gi <- gene_index(fit, genes)
+  opts <- list(method = method[1], zi_method = method[length(method)], return_variance = return_variance)
+  if (!is.null(gi)) opts$genes <- gi
+  res <- run_vae_analysis(fit, x, "denoise", opts, n_samples, seed, assay, "denoise_counts")
+  gnames <- if (is.null(gi)) fit@gene_names else fit@gene_names[gi + 1L]
+  shape <- function(v) {
+    if (is.null(n_samples)) return(matrix(v, nrow = length(gnames), dimnames = list(gnames, fit@cell_names)))
+    a <- array(v, dim = c(length(gnames), length(fit@cell_names), as.integer(n_samples)),
+               dimnames = list(gnames, fit@cell_names, NULL))
+    aperm(a, c(3L, 1L, 2L))
+  }
+  den <- shape(res$values)
+  if (return_variance) list(denoised = den, variance = shape(res$variance)) else den
+})
+
+#' @rdname posterior_predictive
+setMethod("posterior_predictive", "ScribeVAEResults", function(fit, n_samples = 100L, genes = NULL, cells = NULL,
+                                                               biological = FALSE, use_map = FALSE,
+                                                               chunk_cells = 1000L, seed = NULL, x = NULL) {
+  check_flag(biological, "biological")
+  check_flag(use_map, "use_map")
+  check_number(chunk_cells, "chunk_cells", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
+  check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
+  gi <- gene_index(fit, genes)
+  gnames <- if (is.null(gi)) fit@gene_names else fit@gene_names[gi + 1L]
+  ci <- if (is.null(cells)) seq_along(fit@cell_names) else if (is.character(cells)) match(cells, fit@cell_names) else cells
+  if (anyNA(ci) || any(ci < 1) || any(ci > length(fit@cell_names)) || any(ci != round(ci))) {
+    abort_input("{.arg cells} has entries that are not cells of the fit.")
+  }
+  seed <- resolve_seed(seed)
+  call_core(rs_check_values("n_samples", as.numeric(n_samples) * length(ci) * length(gnames)))
+  s <- as.integer(n_samples)
+  out <- array(0, dim = c(s, length(ci), length(gnames)), dimnames = list(NULL, fit@cell_names[ci], gnames))
+  for (start in seq.int(1L, length(ci), by = chunk_cells)) {
+    idx <- start:min(length(ci), start + chunk_cells - 1L)
+    opts <- list(cells = as.integer(ci[idx] - 1L), biological = biological)
+    if (!is.null(gi)) opts$genes <- gi
+    if (use_map) opts$replicate_map <- as.numeric(s)
+    res <- run_vae_analysis(fit, x, "predictive", opts, if (use_map) NULL else n_samples, seed,
+                            verb = "posterior_predictive")
+    out[, idx, ] <- array(res$values, dim = c(s, length(idx), length(gnames)))
+  }
+  out
+})
 
 # Encoder outputs (loc, log_var: cells x latent) for counts matched to the fit's genes.
 vae_encode <- function(fit, x, assay) {

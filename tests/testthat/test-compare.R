@@ -69,3 +69,13 @@ test_that("MCMC fits enter PSIS-LOO with all their draws and chain-based relativ
   # Two fits of one model to the same data: no meaningful difference.
   expect_lt(abs(cmp$table$elpd_diff[2]), 4 * cmp$table$se_diff[2] + 1)
 })
+
+test_that("stacking gives all weight to a model that is best on every observation", {
+  # loo's optimiser fails on this boundary optimum; the exact answer is one-hot.
+  point <- cbind(a = c(-10, -20, -30), b = c(-11, -25, -30.5), c = c(-40, -21, -31))
+  expect_equal(scribeR:::stacking_of(point), c(1, 0, 0))
+  mixed <- cbind(a = c(-10, -20), b = c(-12, -18))
+  w <- scribeR:::stacking_of(mixed)
+  expect_equal(sum(w), 1)
+  expect_true(all(w > 0.01))
+})

@@ -84,7 +84,7 @@ test_that("VAE embeddings are written back as a reduced dimension", {
   expect_equal(unname(SeuratObject::Embeddings(seu, "scribe")), unname(get_latent_embeddings(fit, sim$counts)))
 })
 
-test_that("VAE arguments and verbs not yet available give clear errors", {
+test_that("VAE arguments and unavailable verbs give clear errors", {
   sim <- sim_data("nbdm", n_genes = 10, n_cells = 40, seed = 3)
   m <- sim$counts
   expect_error(vae_fit(m, model = "nbdm", n_components = 2), "n_components", class = "scribeR_input_error")
@@ -101,8 +101,65 @@ test_that("VAE arguments and verbs not yet available give clear errors", {
   expect_error(scribe_fit(m, vae_flow_type = "maf", n_steps = 5, verbose = FALSE), "vae_flow_type",
                class = "scribeR_input_error")
   fit <- vae_fit(m, model = "nbdm", n_steps = 20)
-  expect_error(get_map(fit), "get_latent_embeddings", class = "scribeR_unsupported")
-  expect_error(posterior_predictive(fit), class = "scribeR_unsupported")
+  expect_error(get_map(fit), "x", class = "scribeR_input_error")
+  expect_error(posterior_predictive(fit, n_samples = 2), "encoder", class = "scribeR_input_error")
+  expect_error(log_likelihood(fit, m, split_components = TRUE), "mixtures", class = "scribeR_input_error")
+  expect_error(log_likelihood(fit, m[, 1:30]), "cells", class = "scribeR_input_error")
+  expect_error(denoise_counts(fit, m, genes = "nope"), "genes", class = "scribeR_input_error")
+  expect_error(posterior_predictive(fit, n_samples = 2, cells = 41, x = m), "cells", class = "scribeR_input_error")
+  expect_error(get_posterior_samples(fit), "get_latent_samples_conditioned_on_data", class = "scribeR_unsupported")
   expect_error(get_latent_embeddings(fit, m[1:4, ]), "genes", class = "scribeR_input_error")
   expect_error(get_latent_embeddings(get_map, m), "VAE fit|results", class = "scribeR_input_error")
+})
+
+test_that("VAE fits give log-likelihoods, predictive draws, denoised counts and decoded parameters", {
+  sim <- sim_data("zinbvcp", n_genes = 30, n_cells = 120, seed = 4)
+  m <- sim$counts
+  fit <- vae_fit(m, model = "zinbvcp", n_steps = 200)
+  # Point estimate: encoder means, the globals' guide modes; by cell and by gene add up.
+  ll <- log_likelihood(fit, m)
+  expect_named(ll, colnames(m))
+  expect_true(all(is.finite(ll) & ll < 0))
+  expect_equal(sum(log_likelihood(fit, m, by = "gene")), sum(ll), tolerance = 1e-10)
+  draws <- log_likelihood(fit, m, n_samples = 4, seed = 2)
+  expect_equal(dim(draws), c(4L, ncol(m)))
+  expect_identical(draws, log_likelihood(fit, m, n_samples = 4, seed = 2))
+  expect_false(isTRUE(all.equal(draws[1, ], draws[2, ])))
+  # Decoded parameters: r and the gate per gene and cell, capture per cell.
+  map <- get_map(fit, m)
+  expect_equal(dim(map$r), dim(m))
+  expect_equal(dimnames(map$gate), dimnames(m))
+  expect_named(map$p_capture, colnames(m))
+  expect_true(map$p > 0 && map$p < 1 && all(map$r > 0) && all(map$gate > 0 & map$gate < 1))
+  # The point log-likelihood of cell 1 from its decoded parameters, by the pmf.
+  p_hat <- map$p * map$p_capture[1] / (1 - map$p * (1 - map$p_capture[1]))
+  u <- as.numeric(m[, 1])
+  nb <- dnbinom(u, size = map$r[, 1], prob = 1 - p_hat)
+  expect_equal(unname(ll[1]), sum(log(ifelse(u == 0, map$gate[, 1], 0) + (1 - map$gate[, 1]) * nb)),
+               tolerance = 1e-8)
+  # Predictive draws: reproducible, independent of chunking, cells in any order.
+  pp <- posterior_predictive(fit, n_samples = 5, genes = 1:3, x = m, seed = 3)
+  expect_equal(dim(pp), c(5L, ncol(m), 3L))
+  expect_identical(pp, posterior_predictive(fit, n_samples = 5, genes = 1:3, x = m, seed = 3, chunk_cells = 17))
+  sub <- posterior_predictive(fit, n_samples = 5, genes = 1:3, cells = c(9, 2), x = m, seed = 3)
+  expect_identical(unname(sub), unname(pp[, c(9, 2), , drop = FALSE]))
+  expect_true(all(pp >= 0 & pp == round(pp)))
+  bio <- posterior_predictive(fit, n_samples = 20, x = m, biological = TRUE, use_map = TRUE, seed = 1)
+  expect_gt(mean(bio), mean(posterior_predictive(fit, n_samples = 20, x = m, use_map = TRUE, seed = 1)))
+  # Denoising undoes capture: means exceed the counts where capture < 1.
+  den <- denoise_counts(fit, m, genes = c("gene1", "gene2"))
+  expect_equal(dim(den), c(2L, ncol(m)))
+  expect_true(all(den >= as.matrix(m[1:2, ]) - 1e-9))
+  dv <- denoise_counts(fit, m, method = "sample", n_samples = 3, return_variance = TRUE, seed = 1)
+  expect_equal(dim(dv$denoised), c(3L, nrow(m), ncol(m)))
+  expect_true(all(dv$denoised == round(dv$denoised) & dv$variance >= 0))
+  # No capture, no gate: nothing to denoise.
+  nb_fit <- vae_fit(sim_data("nbdm", n_genes = 10, n_cells = 40, seed = 3)$counts, model = "nbdm", n_steps = 20)
+  nb_m <- sim_data("nbdm", n_genes = 10, n_cells = 40, seed = 3)$counts
+  expect_equal(unname(denoise_counts(nb_fit, nb_m)), unname(as.matrix(nb_m)))
+  # Model comparison reads the same log-likelihood draws.
+  svi <- scribe_fit(m, model = "zinbvcp", n_steps = 300, seed = 1, verbose = FALSE)
+  expect_error(compare_models(list(vae = fit, svi = svi), m, n_samples = 20, seed = 1), "per-cell latent")
+  cmp <- suppressWarnings(compare_models(list(vae = fit, svi = svi), m, by = "gene", n_samples = 20, seed = 1))
+  expect_setequal(cmp$table$model, c("vae", "svi"))
 })

@@ -3,8 +3,8 @@
 
 use crate::convert::configs::{nb_spec, svi_config};
 use crate::convert::counts::counts;
-use crate::convert::results::layout_to_r;
-use crate::convert::{reals, Args};
+use crate::convert::results::{layout_to_r, summary};
+use crate::convert::{indices, reals, Args};
 use crate::errors::{respond, GResult};
 use crate::runner;
 use extendr_api::prelude::*;
@@ -12,6 +12,9 @@ use scribe_core::models::nb::NbModel;
 use scribe_core::models::Model;
 use scribe_core::nn::flows::{FlowConfig, FlowKind};
 use scribe_core::nn::Activation;
+use scribe_core::posterior::nb::denoise::Method;
+use scribe_core::posterior::By;
+use scribe_core::progress::Ctl;
 use scribe_core::vae::{conditioned_draws, encode_cells, fit, prior_draws, Vae, VaeConfig};
 
 fn widths(a: &Args, k: &str, default: &[usize]) -> GResult<Vec<usize>> {
@@ -116,8 +119,95 @@ fn rs_vae_prior_draws(vae: Robj, prior: Robj, n: f64, seed: f64) -> Robj {
     })())
 }
 
+/// Downstream analyses of a fitted VAE on the counts it was fitted to
+/// (`what`: "loglik", "predictive", "denoise" or "decoded"); `params` is
+/// the fit's named parameter pieces.
+/// @noRd
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn rs_vae_analysis(
+    counts_r: Robj,
+    model: Robj,
+    vae: Robj,
+    params: Robj,
+    what: &str,
+    opts: Robj,
+    n_draws: Robj,
+    seed: Robj,
+    verbose: bool,
+    num_threads: i32,
+) -> Robj {
+    respond((|| -> GResult<Robj> {
+        let data = counts(&counts_r)?;
+        let nb = NbModel::new(nb_spec(&model)?, &data)?;
+        let net = Vae::new(&nb, vae_config(&vae)?)?;
+        let list = params
+            .as_list()
+            .ok_or_else(|| crate::errors::internal("`params` must be a list"))?;
+        let mut pieces = Vec::new();
+        for (name, x) in list.iter() {
+            pieces.push((name, reals(Some(&x), name)?));
+        }
+        let named: Vec<(&str, &[f64])> = pieces.iter().map(|(n, x)| (*n, x.as_slice())).collect();
+        let v = net.join(&named)?;
+        let sm = summary(n_draws, seed)?;
+        let o = Args::new(&opts, "opts")?;
+        let aseed = o.real_or("seed", 0.0)? as u64;
+        let genes = indices(o.get("genes"), data.n_genes, "genes")?;
+        Ok(match what {
+            "loglik" => {
+                let by = By::parse(&o.string("by")?)?;
+                let vals = runner::run("log-likelihood", verbose, num_threads, |sh| {
+                    net.log_likelihood(&v, by, sm, Ctl::new(sh, sh))
+                })?;
+                list!(values = vals).into()
+            }
+            "predictive" => {
+                let cells = indices(o.get("cells"), data.n_cells, "cells")?;
+                let bio = o.boolean("biological")?;
+                let copies = o.count_or("replicate_map", 1)?;
+                let vals = runner::run("predictive", verbose, num_threads, |sh| {
+                    net.predictive(&v, &cells, &genes, bio, sm, copies, aseed, Ctl::new(sh, sh))
+                })?;
+                list!(values = vals).into()
+            }
+            "denoise" => {
+                let (m, zm) = (
+                    Method::parse(&o.string("method")?)?,
+                    Method::parse(&o.string("zi_method")?)?,
+                );
+                let want_var = o.boolean("return_variance")?;
+                let (vals, var) = runner::run("denoising", verbose, num_threads, |sh| {
+                    net.denoise(&v, &genes, m, zm, want_var, sm, aseed, Ctl::new(sh, sh))
+                })?;
+                let var: Robj = match var {
+                    Some(x) => x.into(),
+                    None => ().into(),
+                };
+                list!(values = vals, variance = var).into()
+            }
+            "decoded" => {
+                let pt = runner::run("decoding", verbose, num_threads, |sh| {
+                    net.decoded_point(&v, Ctl::new(sh, sh))
+                })?;
+                let gate: Robj = match pt.gate {
+                    Some(x) => x.into(),
+                    None => ().into(),
+                };
+                list!(p = pt.p, nu = pt.nu, r = pt.r, gate = gate).into()
+            }
+            other => {
+                return Err(crate::errors::internal(format!(
+                    "unknown VAE analysis '{other}'"
+                )))
+            }
+        })
+    })())
+}
+
 extendr_module! {
     mod vae;
+    fn rs_vae_analysis;
     fn rs_vae_prior_draws;
     fn rs_vae_fit;
     fn rs_vae_encode;

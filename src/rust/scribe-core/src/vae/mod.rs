@@ -22,6 +22,7 @@
 //! parameterization without mixtures, hierarchies, BNB or datasets (each is
 //! an argument error naming what is not available).
 
+pub mod analysis;
 pub mod encoder;
 pub mod fit;
 

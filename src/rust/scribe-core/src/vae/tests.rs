@@ -193,3 +193,221 @@ fn prior_draws_follow_the_flow() {
     assert!(x.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-3));
     assert!(prior_draws(&cfg, &p[1..], 5, 1).is_err());
 }
+
+/// A VAE of `variant` on simulated data, its parameters moved away from
+/// the start so every network weight matters.
+fn perturbed(variant: Variant, seed: u64) -> (Vae<'static>, Vec<f64>, &'static CountMatrix) {
+    let truth = NbTruth::random(variant, 9, 14, seed);
+    let data = leak(simulate_nb(&truth, seed + 1));
+    let vae = Vae::new(canonical(variant, data), small(None)).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut v = vae.initial_params(&mut rng);
+    for (j, x) in v.iter_mut().enumerate() {
+        *x += 0.3 * ((j * 7 % 13) as f64 - 6.0) / 6.0;
+    }
+    (vae, v, data)
+}
+
+/// `ln f(u)` of one count straight from the (zero-inflated) NB pmf.
+fn ln_pmf(u: u32, r: f64, p_hat: f64, gate: Option<f64>) -> f64 {
+    let u = u as f64;
+    let nb = crate::math::lgamma(u + r) - crate::math::lgamma(r) - crate::math::lgamma(u + 1.0)
+        + r * (1.0 - p_hat).ln()
+        + u * p_hat.ln();
+    match gate {
+        None => nb,
+        Some(pi) if u == 0.0 => (pi + (1.0 - pi) * nb.exp()).ln(),
+        Some(pi) => (1.0 - pi).ln() + nb,
+    }
+}
+
+#[test]
+fn log_likelihoods_match_the_pmf_of_each_cells_decoded_parameters() {
+    use crate::posterior::{By, Summary};
+    use crate::progress::Ctl;
+    for (i, variant) in [
+        Variant::Nbdm,
+        Variant::Nbvcp,
+        Variant::Zinb,
+        Variant::Zinbvcp,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (vae, v, data) = perturbed(variant, 10 + i as u64);
+        let by_cell = vae
+            .log_likelihood(&v, By::Cell, Summary::Point, Ctl::none())
+            .unwrap();
+        let by_gene = vae
+            .log_likelihood(&v, By::Gene, Summary::Point, Ctl::none())
+            .unwrap();
+        // The dense reference: decode the encoder means, then the pmf cell by cell.
+        let pt = vae.decoded_point(&v, Ctl::none()).unwrap();
+        let (r, gate) = (&pt.r, &pt.gate);
+        let g_n = data.n_genes;
+        let mut gene_tot = vec![0.0; g_n];
+        for c in 0..data.n_cells {
+            let (p, nu) = (pt.p, pt.nu[c]);
+            if variant.has_capture() {
+                assert!(nu < 1.0);
+            }
+            let p_hat = p * nu / (1.0 - p * (1.0 - nu));
+            let mut dense = vec![0u32; g_n];
+            let (gs, us) = data.row(c);
+            gs.iter().zip(us).for_each(|(&g, &u)| dense[g as usize] = u);
+            let mut tot = 0.0;
+            for g in 0..g_n {
+                let l = ln_pmf(
+                    dense[g],
+                    r[c * g_n + g],
+                    p_hat,
+                    gate.as_ref().map(|x| x[c * g_n + g]),
+                );
+                tot += l;
+                gene_tot[g] += l;
+            }
+            assert!(
+                (by_cell[c] - tot).abs() < 1e-8 * tot.abs().max(1.0),
+                "{variant:?} cell {c}: {} vs {tot}",
+                by_cell[c]
+            );
+        }
+        for g in 0..g_n {
+            assert!(
+                (by_gene[g] - gene_tot[g]).abs() < 1e-8 * gene_tot[g].abs().max(1.0),
+                "{variant:?} gene {g}"
+            );
+        }
+        // Draws: each cell at its own z; by cell and by gene add up to the same totals.
+        let sm = Summary::Draws { n: 3, seed: 5 };
+        let dc = vae.log_likelihood(&v, By::Cell, sm, Ctl::none()).unwrap();
+        let dg = vae.log_likelihood(&v, By::Gene, sm, Ctl::none()).unwrap();
+        for s in 0..3 {
+            let a: f64 = (0..data.n_cells).map(|c| dc[s + 3 * c]).sum();
+            let b: f64 = (0..g_n).map(|g| dg[s + 3 * g]).sum();
+            assert!(
+                (a - b).abs() < 1e-8 * a.abs(),
+                "{variant:?} draw {s}: {a} vs {b}"
+            );
+            let pt: f64 = by_cell.iter().sum();
+            assert!((a - pt).abs() > 1e-6, "a draw equals the point setting");
+        }
+    }
+}
+
+#[test]
+fn predictive_and_denoising_do_not_depend_on_chunks_or_threads() {
+    use crate::posterior::nb::denoise::Method;
+    use crate::posterior::Summary;
+    use crate::progress::Ctl;
+    let (vae, v, data) = perturbed(Variant::Zinbvcp, 3);
+    let sm = Summary::Draws { n: 4, seed: 8 };
+    let all: Vec<usize> = (0..data.n_cells).collect();
+    let genes = [0usize, 4, 8];
+    let run = |threads: usize, cells: &[usize]| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            vae.predictive(&v, cells, &genes, false, sm, 1, 8, Ctl::none())
+                .unwrap()
+        })
+    };
+    let full = run(1, &all);
+    assert_eq!(full, run(2, &all));
+    // Cells 5 and 11 alone: the same values as in the full draw.
+    let sub = run(1, &[5, 11]);
+    let (s_n, c_n) = (4, data.n_cells);
+    for (ci, &c) in [5usize, 11].iter().enumerate() {
+        for j in 0..genes.len() {
+            for s in 0..s_n {
+                assert_eq!(sub[s + s_n * (ci + 2 * j)], full[s + s_n * (c + c_n * j)]);
+            }
+        }
+    }
+    assert!(full.iter().all(|x| *x >= 0.0 && x.fract() == 0.0));
+    let den = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            vae.denoise(
+                &v,
+                &genes,
+                Method::Sample,
+                Method::Sample,
+                true,
+                sm,
+                3,
+                Ctl::none(),
+            )
+            .unwrap()
+        })
+    };
+    assert_eq!(den(1), den(2));
+}
+
+#[test]
+fn denoised_counts_undo_capture_only() {
+    use crate::posterior::nb::denoise::Method;
+    use crate::posterior::Summary;
+    use crate::progress::Ctl;
+    let genes: Vec<usize> = (0..9).collect();
+    // Without capture nothing is missing: denoised means are the counts.
+    let (vae, v, data) = perturbed(Variant::Nbdm, 4);
+    let (m, var) = vae
+        .denoise(
+            &v,
+            &genes,
+            Method::Mean,
+            Method::Mean,
+            true,
+            Summary::Point,
+            1,
+            Ctl::none(),
+        )
+        .unwrap();
+    for c in 0..data.n_cells {
+        let (gs, us) = data.row(c);
+        let mut dense = [0.0; 9];
+        gs.iter()
+            .zip(us)
+            .for_each(|(&g, &u)| dense[g as usize] = u as f64);
+        for g in 0..9 {
+            assert!((m[g + 9 * c] - dense[g]).abs() < 1e-12);
+            assert!(var.as_ref().unwrap()[g + 9 * c].abs() < 1e-12);
+        }
+    }
+    // With capture every denoised mean exceeds its count, by (u + r pp)/q − u.
+    let (vae, v, data) = perturbed(Variant::Nbvcp, 5);
+    let (m, _) = vae
+        .denoise(
+            &v,
+            &genes,
+            Method::Mean,
+            Method::Mean,
+            false,
+            Summary::Point,
+            1,
+            Ctl::none(),
+        )
+        .unwrap();
+    let pt = vae.decoded_point(&v, Ctl::none()).unwrap();
+    let r = &pt.r;
+    for c in 0..data.n_cells {
+        let (p, nu) = (pt.p, pt.nu[c]);
+        let pp = p * (1.0 - nu);
+        let (gs, us) = data.row(c);
+        let mut dense = [0.0; 9];
+        gs.iter()
+            .zip(us)
+            .for_each(|(&g, &u)| dense[g as usize] = u as f64);
+        for g in 0..9 {
+            let want = (dense[g] + r[c * 9 + g] * pp) / (1.0 - pp);
+            assert!((m[g + 9 * c] - want).abs() < 1e-10 * want.max(1.0));
+            assert!(m[g + 9 * c] > dense[g]);
+        }
+    }
+}

@@ -131,6 +131,70 @@ impl BnbPost {
     }
 }
 
+/// The posterior of one pre-capture count `m` given its observed count `u`
+/// and one setting of its parameters (`gate`: the zero-inflation
+/// probability of zero-inflated models; `omega`: BNB's excess dispersion):
+/// its mean, its variance and, when `pick` names a method other than the
+/// mean, that method's value (the mode, or a draw from `rng`).
+#[allow(clippy::too_many_arguments)]
+pub fn count_posterior(
+    u: f64,
+    r: f64,
+    p: f64,
+    nu: f64,
+    gate: Option<f64>,
+    omega: Option<f64>,
+    pick: Option<Method>,
+    rng: &mut ChaCha8Rng,
+) -> (f64, f64, Option<f64>) {
+    let pp = p * (1.0 - nu);
+    let q = 1.0 - pp;
+    // The observed-count pathway: its mean/variance, its mode and a draw,
+    // and P(u = 0) under the count model.
+    let (obs, p_zero) = match omega {
+        None => (nb_post(u, r, pp), ((1.0 - p) / q).powf(r)),
+        Some(om) => {
+            let b = BnbPost::new(u, r, p, nu, om);
+            (b.post(), b.p_zero())
+        }
+    };
+    let obs_value = |rng: &mut ChaCha8Rng, how: Method| match (omega, how) {
+        (None, Method::Mode) => nb_mode(u, r, pp),
+        (None, _) if pp > 0.0 => u + nb_count(rng, r + u, pp / q) as f64,
+        (None, _) => u,
+        (Some(om), how) => BnbPost::new(u, r, p, nu, om).value(rng, how),
+    };
+    match gate {
+        Some(pi) if u == 0.0 => {
+            // Gate zero (value from the un-thinned prior) vs count-model zero.
+            let w = pi / (pi + (1.0 - pi) * p_zero);
+            let odds = p / (1.0 - p);
+            let (mg, vg) = match omega {
+                None => (r * odds, r * odds * (1.0 + odds)),
+                Some(om) => (r * odds, crate::models::nb::bnb_variance(r, odds, om)),
+            };
+            let value = pick.map(|m| match m {
+                Method::Mode if w > 0.5 => ((r - 1.0).max(0.0) * odds).floor(),
+                Method::Mode => obs_value(rng, Method::Mode),
+                _ if rng.random::<f64>() < w => match omega {
+                    None => nb_count(rng, r, odds) as f64,
+                    Some(om) => bnb_count(rng, r, odds, om) as f64,
+                },
+                _ => match omega {
+                    None => nb_count(rng, r, pp / q) as f64,
+                    Some(_) => obs_value(rng, Method::Sample),
+                },
+            });
+            (
+                w * mg + (1.0 - w) * obs.mean,
+                w * vg + (1.0 - w) * obs.var + w * (1.0 - w) * (mg - obs.mean).powi(2),
+                value,
+            )
+        }
+        _ => (obs.mean, obs.var, pick.map(|m| obs_value(rng, m))),
+    }
+}
+
 /// Denoised values for the genes `genes` of every cell and draw: layout
 /// `j + J·(c + C·s)` (genes × cells per draw). `zi_method` applies to zeros
 /// of zero-inflated models. Variances (if asked) use the same layout.
@@ -195,69 +259,21 @@ pub fn denoise(
                     let m = if zi_zero { zi_method } else { method };
                     let (mut m_tot, mut second, mut value) = (0.0, 0.0, 0.0);
                     for k in 0..k_n {
-                        let r = d.r_of(s, k)[g];
-                        let p = d.p_at(s, k, g);
-                        let pp = p * (1.0 - nu);
-                        let q = 1.0 - pp;
-                        let omega = d.omega_at(s, g);
-                        // The observed-count pathway: its mean/variance, its
-                        // mode and a draw, and P(u = 0) under the count model.
-                        let (obs, p_zero) = match omega {
-                            None => (nb_post(u, r, pp), ((1.0 - p) / q).powf(r)),
-                            Some(om) => {
-                                let b = BnbPost::new(u, r, p, nu, om);
-                                (b.post(), b.p_zero())
-                            }
-                        };
-                        let obs_value = |rng: &mut ChaCha8Rng, how: Method| match (omega, how) {
-                            (None, Method::Mode) => nb_mode(u, r, pp),
-                            (None, _) if pp > 0.0 => u + nb_count(rng, r + u, pp / q) as f64,
-                            (None, _) => u,
-                            (Some(om), how) => BnbPost::new(u, r, p, nu, om).value(rng, how),
-                        };
-                        let (mean, var) = match d.gate_of(s, k) {
-                            Some(pi) if zi_zero => {
-                                // Gate zero (value from the un-thinned prior) vs count-model zero.
-                                let w = pi[g] / (pi[g] + (1.0 - pi[g]) * p_zero);
-                                let odds = p / (1.0 - p);
-                                let (mg, vg) = match omega {
-                                    None => (r * odds, r * odds * (1.0 + odds)),
-                                    Some(om) => {
-                                        (r * odds, crate::models::nb::bnb_variance(r, odds, om))
-                                    }
-                                };
-                                let picked = k == if m == Method::Sample { k_draw } else { k_mode };
-                                if picked && m != Method::Mean {
-                                    value = match m {
-                                        Method::Mode if w > 0.5 => {
-                                            ((r - 1.0).max(0.0) * odds).floor()
-                                        }
-                                        Method::Mode => obs_value(&mut rng, Method::Mode),
-                                        _ if rng.random::<f64>() < w => match omega {
-                                            None => nb_count(&mut rng, r, odds) as f64,
-                                            Some(om) => bnb_count(&mut rng, r, odds, om) as f64,
-                                        },
-                                        _ => match omega {
-                                            None => nb_count(&mut rng, r, pp / q) as f64,
-                                            Some(_) => obs_value(&mut rng, Method::Sample),
-                                        },
-                                    };
-                                }
-                                (
-                                    w * mg + (1.0 - w) * obs.mean,
-                                    w * vg
-                                        + (1.0 - w) * obs.var
-                                        + w * (1.0 - w) * (mg - obs.mean).powi(2),
-                                )
-                            }
-                            _ => {
-                                let picked = k == if m == Method::Sample { k_draw } else { k_mode };
-                                if picked && m != Method::Mean {
-                                    value = obs_value(&mut rng, m);
-                                }
-                                (obs.mean, obs.var)
-                            }
-                        };
+                        let picked = k == if m == Method::Sample { k_draw } else { k_mode };
+                        let pick = (picked && m != Method::Mean).then_some(m);
+                        let (mean, var, v) = count_posterior(
+                            u,
+                            d.r_of(s, k)[g],
+                            d.p_at(s, k, g),
+                            nu,
+                            d.gate_of(s, k).map(|pi| pi[g]),
+                            d.omega_at(s, g),
+                            pick,
+                            &mut rng,
+                        );
+                        if let Some(v) = v {
+                            value = v;
+                        }
                         m_tot += gam[k] * mean;
                         second += gam[k] * (var + mean * mean);
                     }

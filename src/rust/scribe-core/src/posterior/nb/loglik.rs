@@ -53,14 +53,36 @@ pub fn add_cell_terms_genewise(
     k: usize,
     data: &CountMatrix,
     c: usize,
+    add: impl FnMut(usize, f64),
+) {
+    cell_terms_genewise(
+        data,
+        c,
+        d.r_of(s, k),
+        d.gate_of(s, k),
+        |g| d.ell_at(s, k, c, g),
+        |g| d.omega_at(s, g),
+        add,
+    );
+}
+
+/// The terms of [`add_cell_terms_genewise`] from one cell's own parameters:
+/// `r` and the gate per gene, `ell(g) = logit p̂_cg` and the BNB `omega(g)`
+/// (`None` for the NB). Engines whose parameters differ by cell (the VAE's
+/// decoder) call this directly.
+pub fn cell_terms_genewise(
+    data: &CountMatrix,
+    c: usize,
+    r: &[f64],
+    pi: Option<&[f64]>,
+    ell: impl Fn(usize) -> f64,
+    omega: impl Fn(usize) -> Option<f64>,
     mut add: impl FnMut(usize, f64),
 ) {
-    let r = d.r_of(s, k);
-    let pi = d.gate_of(s, k);
     // The observation part: NB `u ln p̂ + r ln(1−p̂)` or BNB's Beta ratio.
     let obs = |g: usize, u: u32| -> f64 {
-        let l = d.ell_at(s, k, c, g);
-        match d.omega_at(s, g) {
+        let l = ell(g);
+        match omega(g) {
             None => u as f64 * ln_sigmoid(l) + r[g] * ln_sigmoid(-l),
             Some(om) => bnb_ratio(u, r[g], om, l.exp()),
         }
