@@ -86,8 +86,8 @@ rs_vae_fit <- function(counts_r, model, vae, svi, verbose, num_threads) {
   .Call(wrap__rs_vae_fit, counts_r, model, vae, svi, verbose, num_threads)
 }
 
-rs_vae_encode <- function(counts_r, vae, encoder) {
-  .Call(wrap__rs_vae_encode, counts_r, vae, encoder)
+rs_vae_encode <- function(counts_r, vae, encoder, input_mean, input_std) {
+  .Call(wrap__rs_vae_encode, counts_r, vae, encoder, input_mean, input_std)
 }
 
 rs_vae_draws <- function(loc, log_var, n, seed) {

@@ -454,6 +454,17 @@
 #'   -> 128 -> 64 -> heads) and their activation (`"relu"`, `"gelu"`,
 #'   `"silu"`, `"tanh"`, `"elu"`, `"leaky_relu"`). `latent_dim` (default
 #'   10) is the embedding's dimension.
+#' @param vae_input_transform,vae_standardize VAE: the encoder's transform of
+#'   the counts, `"log1p"` (`log(1 + u)`, the default), `"log"` (`log(u +
+#'   1e-8)`), `"sqrt"`, `"identity"`, `"log1p_prop"` (`log(1 + u / L)`, `L`
+#'   the cell's total), `"log1p_norm"` (`log(1 + 1e4 u / L)`) or `"clr"`
+#'   (`log(u + 0.5)` centred per cell); and whether the transformed input is
+#'   standardized per gene by the training cells' mean and standard
+#'   deviation (floored at 1e-3; `NULL`: no for the negative-binomial
+#'   models). The encoder still reads only the nonzero counts: the
+#'   transform's value at zero and the standardization enter its first layer
+#'   as dense rank-one terms. New cells are standardized by the training
+#'   statistics.
 #' @param vae_flow_type,vae_flow_num_layers,vae_flow_hidden_dims VAE: the
 #'   latent prior, `"none"` (standard normal) or a learned flow
 #'   (`"affine_coupling"`, `"spline_coupling"`, `"maf"`; also the original's
@@ -516,7 +527,8 @@ scribe_fit <- function(x, model = NULL, inference_method = "svi", parameterizati
                        stable_update = TRUE, restore_best = FALSE, early_stopping = NULL,
                        n_samples = 2000L, n_warmup = 1000L, n_chains = 1L, svi_init = NULL, mcmc_config = NULL,
                        latent_dim = NULL, vae_latent_dim = NULL, vae_encoder_hidden_dims = NULL,
-                       vae_decoder_hidden_dims = NULL, vae_activation = "relu", vae_flow_type = "none",
+                       vae_decoder_hidden_dims = NULL, vae_activation = "relu", vae_input_transform = "log1p",
+                       vae_standardize = NULL, vae_flow_type = "none",
                        vae_flow_num_layers = 4L, vae_flow_hidden_dims = NULL, kl_annealing = TRUE,
                        kl_annealing_warmup = 2000L, laplace_config = NULL,
                        informative_priors_from = NULL, informative_priors_tau = 1,
@@ -629,7 +641,8 @@ fit_arg_names <- function() setdiff(names(formals(scribe_fit)), c("x", "..."))
   stable_update = c("svi", "vae"), restore_best = "svi",
   n_samples = "mcmc", n_warmup = "mcmc", n_chains = "mcmc", svi_init = "mcmc", mcmc_config = "mcmc",
   latent_dim = c("laplace", "vae"), vae_latent_dim = c("laplace", "vae"), laplace_config = "laplace",
-  vae_encoder_hidden_dims = "vae", vae_decoder_hidden_dims = "vae", vae_activation = "vae", vae_flow_type = "vae",
+  vae_encoder_hidden_dims = "vae", vae_decoder_hidden_dims = "vae", vae_activation = "vae",
+  vae_input_transform = "vae", vae_standardize = "vae", vae_flow_type = "vae",
   vae_flow_num_layers = "vae", vae_flow_hidden_dims = "vae", kl_annealing = "vae", kl_annealing_warmup = "vae",
   informative_priors_from = "laplace", informative_priors_tau = "laplace",
   informative_priors_freeze = "laplace", d_mode = "laplace"

@@ -58,6 +58,13 @@ resolve_vae <- function(a, n_genes) {
     abort_input(c("{.code vae_flow_type = \"iaf\"} evaluates prior densities one coordinate at a time.",
                   "i" = "Use {.val maf} (the same family, one pass per density) or a coupling flow."))
   }
+  transforms <- c("log1p", "log", "sqrt", "identity", "log1p_prop", "log1p_norm", "clr")
+  tr <- a$vae_input_transform
+  if (!is.character(tr) || length(tr) != 1L || is.na(tr) || !tr %in% transforms) {
+    abort_input("{.arg vae_input_transform} must be one of {.val {transforms}}, not {describe_value(tr)}.")
+  }
+  standardize <- if (is.null(a$vae_standardize)) FALSE else a$vae_standardize
+  check_flag(standardize, "vae_standardize")
   check_number(a$vae_flow_num_layers, "vae_flow_num_layers", "a whole number from 1 to 64",
                function(v) v >= 1 && v <= 64 && v == round(v))
   check_flag(a$kl_annealing, "kl_annealing")
@@ -65,7 +72,7 @@ resolve_vae <- function(a, n_genes) {
                function(v) v >= 0 && v == round(v))
   list(latent_dim = as.numeric(k), encoder_hidden_dims = widths(a$vae_encoder_hidden_dims, "vae_encoder_hidden_dims"),
        decoder_hidden_dims = widths(a$vae_decoder_hidden_dims, "vae_decoder_hidden_dims"),
-       activation = tolower(act), flow_type = flow, flow_num_layers = as.numeric(a$vae_flow_num_layers),
+       activation = tolower(act), input_transform = tr, standardize = standardize, flow_type = flow, flow_num_layers = as.numeric(a$vae_flow_num_layers),
        flow_hidden_dims = widths(a$vae_flow_hidden_dims, "vae_flow_hidden_dims"),
        kl_warmup = if (a$kl_annealing) as.numeric(a$kl_annealing_warmup) else 0)
 }
@@ -237,7 +244,8 @@ vae_encode <- function(fit, x, assay) {
   if (!is(fit, "ScribeVAEResults")) abort_input("{.arg fit} must be a VAE fit ({.code inference_method = \"vae\"}).")
   counts <- name_counts(counts_of_fit_genes(fit, x, assay))
   validate_counts(counts, drop_empty = FALSE)
-  res <- call_core(rs_vae_encode(counts_slots(counts), fit@config$vae, fit@params$encoder))
+  res <- call_core(rs_vae_encode(counts_slots(counts), fit@config$vae, fit@params$encoder,
+                                 fit@params$input_mean, fit@params$input_std))
   k <- as.integer(fit@config$vae$latent_dim)
   dn <- list(colnames(counts), paste0("z", seq_len(k)))
   list(loc = matrix(res$loc, ncol = k, byrow = TRUE, dimnames = dn),

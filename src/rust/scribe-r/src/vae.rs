@@ -15,6 +15,7 @@ use scribe_core::nn::Activation;
 use scribe_core::posterior::nb::denoise::Method;
 use scribe_core::posterior::By;
 use scribe_core::progress::Ctl;
+use scribe_core::vae::encoder::{InputTransform, Standardization};
 use scribe_core::vae::{conditioned_draws, encode_cells, fit, prior_draws, Vae, VaeConfig};
 
 fn widths(a: &Args, k: &str, default: &[usize]) -> GResult<Vec<usize>> {
@@ -47,6 +48,13 @@ fn vae_config(robj: &Robj) -> GResult<VaeConfig> {
         prior,
         kl_warmup: a.count("kl_warmup")?,
         block: d.block,
+        // Fits saved before these settings existed used log1p, unstandardized.
+        input_transform: InputTransform::parse(
+            a.get("input_transform")
+                .and_then(|r| r.as_str())
+                .unwrap_or("log1p"),
+        )?,
+        standardize: a.boolean_or("standardize", false)?,
     })
 }
 
@@ -68,11 +76,16 @@ fn rs_vae_fit(
         let nb = NbModel::new(nb_spec(&model)?, &data)?;
         let net = Vae::new(&nb, vae_config(&vae)?)?;
         let res = runner::run("VAE", verbose, num_threads, |sh| fit(&net, &cfg, sh, sh))?;
-        let (names, vals): (Vec<&str>, Vec<Robj>) = net
+        let (mut names, mut vals): (Vec<&str>, Vec<Robj>) = net
             .split(&res.params)
             .into_iter()
             .map(|(n, v)| (n, v.to_vec().into()))
             .unzip();
+        // The training data's input statistics: new cells are standardized by them.
+        if let Some(st) = &net.standardization {
+            names.extend(["input_mean", "input_std"]);
+            vals.extend([st.mean.clone().into(), st.std.clone().into()]);
+        }
         Ok(list!(
             layout = layout_to_r(nb.layout()),
             params = List::from_names_and_values(names, vals)?,
@@ -83,15 +96,30 @@ fn rs_vae_fit(
 }
 
 /// Encoder means and log-variances (cells × latent, row-major) of the cells
-/// of `counts_r` from a fitted VAE's encoder.
+/// of `counts_r` from a fitted VAE's encoder (and its input statistics,
+/// `NULL` without standardization).
 /// @noRd
 #[extendr]
-fn rs_vae_encode(counts_r: Robj, vae: Robj, encoder: Robj) -> Robj {
+fn rs_vae_encode(
+    counts_r: Robj,
+    vae: Robj,
+    encoder: Robj,
+    input_mean: Robj,
+    input_std: Robj,
+) -> Robj {
     respond((|| -> GResult<Robj> {
         let data = counts(&counts_r)?;
         let cfg = vae_config(&vae)?;
         let p = reals(Some(&encoder), "encoder")?;
-        let (loc, lv) = encode_cells(&cfg, &p, &data)?;
+        let st = if input_mean.is_null() {
+            None
+        } else {
+            Some(Standardization {
+                mean: reals(Some(&input_mean), "input_mean")?,
+                std: reals(Some(&input_std), "input_std")?,
+            })
+        };
+        let (loc, lv) = encode_cells(&cfg, &p, st.as_ref(), &data)?;
         Ok(list!(loc = loc, log_var = lv).into())
     })())
 }

@@ -37,7 +37,7 @@ use crate::models::{BlockKind, Model};
 use crate::nn::flows::{ChainTape, Direction, FlowChain, FlowConfig};
 use crate::nn::{Activation, Dense, Mlp, MlpTape};
 use crate::svi::guide::mean_field::{mf_term, KlCache};
-use encoder::Encoder;
+use encoder::{Encoder, EncoderInput, InputTransform, Standardization};
 use rand::Rng;
 use rand::RngExt;
 use rand_distr::StandardNormal;
@@ -61,6 +61,11 @@ pub struct VaeConfig {
     pub kl_warmup: usize,
     /// Cells per decoder block.
     pub block: usize,
+    /// The encoder's input transform of the counts.
+    pub input_transform: InputTransform,
+    /// Whether the encoder's input is standardized per gene (by the
+    /// training cells' mean and standard deviation of the transform).
+    pub standardize: bool,
 }
 
 impl Default for VaeConfig {
@@ -73,6 +78,8 @@ impl Default for VaeConfig {
             prior: None,
             kl_warmup: 2000,
             block: 64,
+            input_transform: InputTransform::Log1p,
+            standardize: false,
         }
     }
 }
@@ -88,7 +95,9 @@ pub struct Vae<'m> {
     pub dec_head: Dense,
     pub prior: Option<FlowChain>,
     /// The encoder's input on the training data.
-    input: Vec<f64>,
+    input: EncoderInput,
+    /// The training data's input statistics (with `standardize`).
+    pub standardization: Option<Standardization>,
     gated: bool,
     /// Layout indices of `p` and of the capture block (offset, cells).
     p_coord: usize,
@@ -175,6 +184,10 @@ impl<'m> Vae<'m> {
         let find = |name: &str| lay.blocks.iter().find(|b| b.name == name);
         let p_coord = find("p").expect("NB models sample p").offset;
         let capture = find("p_capture").map(|b| (b.offset, b.len));
+        let standardization = cfg
+            .standardize
+            .then(|| Standardization::of(model.data(), cfg.input_transform));
+        let input = EncoderInput::new(model.data(), cfg.input_transform, standardization.as_ref());
         let vae = Vae {
             model,
             cfg,
@@ -182,7 +195,8 @@ impl<'m> Vae<'m> {
             dec_mlp,
             dec_head,
             prior,
-            input: encoder::input_values(model.data()),
+            input,
+            standardization,
             gated,
             p_coord,
             capture,
@@ -556,13 +570,14 @@ impl<'m> Vae<'m> {
         let k = self.cfg.latent_dim;
         let cells: Vec<u32> = (0..data.n_cells as u32).collect();
         let mut tape = encoder::EncoderTape::default();
-        let out = self.encoder.forward(
-            &v[a..b],
+        let input = EncoderInput::new(
             data,
-            &encoder::input_values(data),
-            &cells,
-            &mut tape,
+            self.cfg.input_transform,
+            self.standardization.as_ref(),
         );
+        let out = self
+            .encoder
+            .forward(&v[a..b], data, &input, &cells, &mut tape);
         out.chunks_exact(2 * k)
             .flat_map(|row| row[..k].to_vec())
             .collect()
@@ -584,10 +599,12 @@ impl<'m> Vae<'m> {
 
 /// Encoder means and log-variances (`cells × latent` each, row-major) of
 /// the cells of `data` (the fit's genes, in order) from a fitted encoder's
-/// parameters: embeddings of the fit's cells or of cells it never saw.
+/// parameters and, with `standardize`, the training data's input
+/// statistics: embeddings of the fit's cells or of cells it never saw.
 pub fn encode_cells(
     cfg: &VaeConfig,
     encoder_params: &[f64],
+    standardization: Option<&Standardization>,
     data: &CountMatrix,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     let enc = Encoder::new(
@@ -605,16 +622,24 @@ pub fn encode_cells(
             ),
         ));
     }
+    let st = match (cfg.standardize, standardization) {
+        (false, _) => None,
+        (true, Some(st)) => {
+            st.check(data.n_genes)?;
+            Some(st)
+        }
+        (true, None) => {
+            return Err(CoreError::arg(
+                "fit",
+                "it standardizes its input but holds no input statistics",
+            ))
+        }
+    };
     let k = cfg.latent_dim;
     let cells: Vec<u32> = (0..data.n_cells as u32).collect();
     let mut tape = encoder::EncoderTape::default();
-    let out = enc.forward(
-        encoder_params,
-        data,
-        &encoder::input_values(data),
-        &cells,
-        &mut tape,
-    );
+    let input = EncoderInput::new(data, cfg.input_transform, st);
+    let out = enc.forward(encoder_params, data, &input, &cells, &mut tape);
     let (mut loc, mut lv) = (Vec::new(), Vec::new());
     for row in out.chunks_exact(2 * k) {
         loc.extend_from_slice(&row[..k]);

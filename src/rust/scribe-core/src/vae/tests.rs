@@ -26,6 +26,7 @@ fn small(prior: Option<FlowConfig>) -> VaeConfig {
         prior,
         kl_warmup: 10,
         block: 2,
+        ..VaeConfig::default()
     }
 }
 
@@ -45,11 +46,25 @@ fn loss_gradient_matches_finite_differences() {
         (Variant::Zinbvcp, Some(flow(FlowKind::AffineCoupling))),
         (Variant::Nbdm, Some(flow(FlowKind::Maf))),
     ];
-    for (variant, prior) in cases {
+    // Input transforms whose zeros are not zero, and standardization: the
+    // first layer's dense rank-one terms.
+    let inputs = [
+        (encoder::InputTransform::Log1p, false),
+        (encoder::InputTransform::Clr, true),
+        (encoder::InputTransform::Log, false),
+        (encoder::InputTransform::Log1pProp, true),
+        (encoder::InputTransform::Sqrt, true),
+    ];
+    for ((variant, prior), (transform, standardize)) in cases.into_iter().zip(inputs) {
         let truth = NbTruth::random(variant, 6, 8, 3);
         let data = leak(simulate_nb(&truth, 4));
         let model = canonical(variant, data);
-        let vae = Vae::new(model, small(prior.clone())).unwrap();
+        let cfg = VaeConfig {
+            input_transform: transform,
+            standardize,
+            ..small(prior.clone())
+        };
+        let vae = Vae::new(model, cfg).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut v = vae.initial_params(&mut rng);
         // Away from the start's structure: every weight matters.
@@ -58,7 +73,10 @@ fn loss_gradient_matches_finite_differences() {
         }
         let mut batch = Batch::full(data);
         batch.set_cells(data, &[0, 2, 3, 5, 7]);
-        let label = format!("{variant:?} prior={:?}", prior.map(|p| p.kind));
+        let label = format!(
+            "{variant:?} prior={:?} input={transform:?} standardize={standardize}",
+            prior.map(|p| p.kind)
+        );
         crate::testutil::check_gradient(
             |v, g| {
                 let mut rng = ChaCha8Rng::seed_from_u64(9);
