@@ -6,6 +6,7 @@
 //! which are both faster and more accurate than differencing special functions.
 
 pub mod gemm;
+pub mod simd;
 
 use std::f64::consts::PI;
 

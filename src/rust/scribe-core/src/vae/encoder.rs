@@ -13,6 +13,7 @@
 
 use crate::data::CountMatrix;
 use crate::error::{CoreError, Result};
+use crate::math::simd::{axpy, has_fma, Fma, Fused, Plain};
 use crate::nn::{Activation, Dense, Mlp, MlpTape};
 use rand::Rng;
 use rayon::prelude::*;
@@ -291,12 +292,8 @@ impl Encoder {
                         let bc = beta[c as usize];
                         row.iter_mut().zip(wb).for_each(|(r, x)| *r += bc * x);
                     }
-                    let (lo, hi) = (data.cell_ptr[c as usize], data.cell_ptr[c as usize + 1]);
-                    for (&g, &val) in data.gene_idx[lo..hi].iter().zip(&vals[lo..hi]) {
-                        let wg = &w[g as usize * h1..(g as usize + 1) * h1];
-                        row.iter_mut().zip(wg).for_each(|(r, wv)| *r += val * wv);
-                    }
                 }
+                sparse_rows(block, cs, data, vals, w, h1);
             });
         let h: Vec<f64> = tape.a1.iter().map(|&v| self.activation.apply(v)).collect();
         self.mlp.forward(&p[a..b], &h, rows, &mut tape.mlp);
@@ -359,22 +356,7 @@ impl Encoder {
                     (bi * GENE_BLOCK) as u32,
                     (bi * GENE_BLOCK + block.len() / h1) as u32,
                 );
-                for (r, &cc) in cells.iter().enumerate() {
-                    let ga = &g1[r * h1..(r + 1) * h1];
-                    let (lo, hi) = (data.cell_ptr[cc as usize], data.cell_ptr[cc as usize + 1]);
-                    let genes = &data.gene_idx[lo..hi];
-                    // Rows are sorted by gene: the range's nonzeros are contiguous.
-                    let from = genes.partition_point(|&g| g < g0);
-                    let to = genes.partition_point(|&g| g < g1_end);
-                    for k in from..to {
-                        let off = (genes[k] - g0) as usize * h1;
-                        let val = vals[lo + k];
-                        block[off..off + h1]
-                            .iter_mut()
-                            .zip(ga)
-                            .for_each(|(x, y)| *x += val * y);
-                    }
-                }
+                sparse_kernel_grad(block, (g0, g1_end), cells, &g1, data, vals, h1);
                 // The dense parts, gene by gene after the batch's nonzeros.
                 for (i, row) in block.chunks_exact_mut(h1).enumerate() {
                     let g = g0 as usize + i;
@@ -388,6 +370,112 @@ impl Encoder {
                 }
             });
     }
+}
+
+/// Adds `Σ_{g: u_cg > 0} x_cg W_g` to each row of `block` (one per cell of
+/// `cs`): the first layer's sparse product, on FMA vector code where the
+/// CPU has it.
+fn sparse_rows(
+    block: &mut [f64],
+    cs: &[u32],
+    data: &CountMatrix,
+    vals: &[f64],
+    w: &[f64],
+    h1: usize,
+) {
+    #[inline(always)]
+    fn body<M: Fma>(
+        m: M,
+        block: &mut [f64],
+        cs: &[u32],
+        data: &CountMatrix,
+        vals: &[f64],
+        w: &[f64],
+        h1: usize,
+    ) {
+        for (row, &c) in block.chunks_exact_mut(h1).zip(cs) {
+            let (lo, hi) = (data.cell_ptr[c as usize], data.cell_ptr[c as usize + 1]);
+            for (&g, &val) in data.gene_idx[lo..hi].iter().zip(&vals[lo..hi]) {
+                axpy(m, val, &w[g as usize * h1..(g as usize + 1) * h1], row);
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn fused(
+        block: &mut [f64],
+        cs: &[u32],
+        data: &CountMatrix,
+        vals: &[f64],
+        w: &[f64],
+        h1: usize,
+    ) {
+        body(Fused, block, cs, data, vals, w, h1)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { fused(block, cs, data, vals, w, h1) };
+    }
+    body(Plain, block, cs, data, vals, w, h1)
+}
+
+/// Adds the sparse part of the first layer's kernel gradient for genes
+/// `g0..g1` (`block`: their rows of `∂W`): `Σ_c x_cg ∂a_c` over the batch's
+/// cells in batch order.
+fn sparse_kernel_grad(
+    block: &mut [f64],
+    genes: (u32, u32),
+    cells: &[u32],
+    ga: &[f64],
+    data: &CountMatrix,
+    vals: &[f64],
+    h1: usize,
+) {
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn body<M: Fma>(
+        m: M,
+        block: &mut [f64],
+        (g0, g1): (u32, u32),
+        cells: &[u32],
+        ga: &[f64],
+        data: &CountMatrix,
+        vals: &[f64],
+        h1: usize,
+    ) {
+        for (r, &cc) in cells.iter().enumerate() {
+            let gr = &ga[r * h1..(r + 1) * h1];
+            let (lo, hi) = (data.cell_ptr[cc as usize], data.cell_ptr[cc as usize + 1]);
+            let gs = &data.gene_idx[lo..hi];
+            // Rows are sorted by gene: the range's nonzeros are contiguous.
+            let from = gs.partition_point(|&g| g < g0);
+            let to = gs.partition_point(|&g| g < g1);
+            for k in from..to {
+                let off = (gs[k] - g0) as usize * h1;
+                axpy(m, vals[lo + k], gr, &mut block[off..off + h1]);
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn fused(
+        block: &mut [f64],
+        genes: (u32, u32),
+        cells: &[u32],
+        ga: &[f64],
+        data: &CountMatrix,
+        vals: &[f64],
+        h1: usize,
+    ) {
+        body(Fused, block, genes, cells, ga, data, vals, h1)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { fused(block, genes, cells, ga, data, vals, h1) };
+    }
+    body(Plain, block, genes, cells, ga, data, vals, h1)
 }
 
 #[cfg(test)]
