@@ -266,6 +266,9 @@ setMethod("denoise_counts", "ScribeLayoutResults", function(fit, x, method = "me
 #' total and a Dirichlet-multinomial composition with concentration `r`
 #' (capture cancels).
 #'
+#' VAE fits give per-cell fractions only (`x` is required), from each cell's
+#' decoded `r`: `Dirichlet(r_c + u_c)`.
+#'
 #' Without `x`: the population composition `rho ~ Dirichlet(r)`, i.e. the
 #' expected composition `mu / sum(mu)` at the MAP (`n_samples = NULL`) or
 #' `n_samples_dirichlet` Dirichlet draws per posterior draw.

@@ -87,9 +87,13 @@ resolve_vae <- function(a, n_genes) {
 #'
 #' Downstream verbs read each cell through its own decoded parameters and so
 #' need the counts the fit was fitted to (`x`): [log_likelihood()],
-#' [posterior_predictive()], [denoise_counts()] and [get_map()] (which
-#' returns `p`, the capture of each cell, and `r` and the gate as genes x
-#' cells matrices at each cell's encoder mean). Their point estimate puts
+#' [posterior_predictive()], [denoise_counts()], [normalize_counts()] (per-cell
+#' fractions only: a VAE has no population composition apart from its
+#' cells), [get_map()] (which returns `p`, the capture of each cell, and `r`
+#' and the gate as genes x cells matrices at each cell's encoder mean) and
+#' [get_posterior_samples()] (`p`, capture as `n_samples x cells`, `r` and
+#' the gate as `n_samples x cells x genes` arrays; `cells` and `genes` pick
+#' a subset). Their point estimate puts
 #' every cell at its encoder mean and the globals at their guide modes; a
 #' posterior draw draws the globals from their guide and each cell's
 #' embedding from its encoder Gaussian. Cells are decoded block by block, so
@@ -163,9 +167,46 @@ setMethod("get_map", "ScribeVAEResults", function(object, x = NULL, assay = NULL
 })
 
 #' @rdname accessors
-setMethod("get_posterior_samples", "ScribeVAEResults", function(object, ...) {
-  abort_unsupported(c("{.fn get_posterior_samples} is not available for VAE fits yet.",
-                      "i" = "Use {.fn get_latent_samples_conditioned_on_data}, {.fn posterior_predictive} or {.fn log_likelihood}."))
+#' @param genes VAE fits: genes to return (names or indices; default all).
+setMethod("get_posterior_samples", "ScribeVAEResults", function(object, n_samples = 100L, seed = NULL, x = NULL,
+                                                                 cells = NULL, genes = NULL, assay = NULL, ...) {
+  check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647",
+               function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
+  gi <- gene_index(object, genes)
+  gnames <- if (is.null(gi)) object@gene_names else object@gene_names[gi + 1L]
+  ci <- if (is.null(cells)) seq_along(object@cell_names) else if (is.character(cells)) match(cells, object@cell_names) else cells
+  if (anyNA(ci) || any(ci < 1) || any(ci > length(object@cell_names)) || any(ci != round(ci))) {
+    abort_input("{.arg cells} has entries that are not cells of the fit.")
+  }
+  opts <- list(cells = as.integer(ci - 1L))
+  if (!is.null(gi)) opts$genes <- gi
+  res <- run_vae_analysis(object, x, "draws", opts, n_samples, seed, assay, "get_posterior_samples")
+  s <- as.integer(n_samples)
+  cn <- object@cell_names[ci]
+  cube <- function(v) array(v, dim = c(s, length(ci), length(gnames)), dimnames = list(NULL, cn, gnames))
+  out <- list(p = res$p)
+  if (object@model$model %in% c("nbvcp", "zinbvcp")) out$p_capture <- matrix(res$nu, nrow = s, dimnames = list(NULL, cn))
+  out$r <- cube(res$r)
+  if (!is.null(res$gate)) out$gate <- cube(res$gate)
+  out
+})
+
+#' @rdname normalize_counts
+setMethod("normalize_counts", "ScribeVAEResults", function(fit, x = NULL, n_samples = NULL,
+                                                           n_samples_dirichlet = 1L, genes = NULL,
+                                                           seed = NULL, assay = NULL) {
+  if (!identical(as.numeric(n_samples_dirichlet), 1)) {
+    abort_input("{.arg n_samples_dirichlet} applies to the population composition, which VAE fits do not have.")
+  }
+  gi <- gene_index(fit, genes)
+  opts <- list(sample = !is.null(n_samples))
+  if (!is.null(gi)) opts$genes <- gi
+  res <- run_vae_analysis(fit, x, "cell_fractions", opts, n_samples, seed, assay, "normalize_counts")
+  gnames <- if (is.null(gi)) fit@gene_names else fit@gene_names[gi + 1L]
+  if (is.null(n_samples)) return(matrix(res$values, nrow = length(gnames), dimnames = list(gnames, fit@cell_names)))
+  a <- array(res$values, dim = c(length(gnames), length(fit@cell_names), as.integer(n_samples)),
+             dimnames = list(gnames, fit@cell_names, NULL))
+  aperm(a, c(3L, 1L, 2L))
 })
 
 # VAE fits have no mixture components to split by.

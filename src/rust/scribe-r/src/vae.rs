@@ -148,7 +148,8 @@ fn rs_vae_prior_draws(vae: Robj, prior: Robj, n: f64, seed: f64) -> Robj {
 }
 
 /// Downstream analyses of a fitted VAE on the counts it was fitted to
-/// (`what`: "loglik", "predictive", "denoise" or "decoded"); `params` is
+/// (`what`: "loglik", "predictive", "denoise", "draws", "cell_fractions"
+/// or "decoded"); `params` is
 /// the fit's named parameter pieces.
 /// @noRd
 #[extendr]
@@ -213,6 +214,24 @@ fn rs_vae_analysis(
                     None => ().into(),
                 };
                 list!(values = vals, variance = var).into()
+            }
+            "draws" => {
+                let cells = indices(o.get("cells"), data.n_cells, "cells")?;
+                let d = runner::run("posterior draws", verbose, num_threads, |sh| {
+                    net.parameter_draws(&v, &cells, &genes, sm, Ctl::new(sh, sh))
+                })?;
+                let gate: Robj = match d.gate {
+                    Some(x) => x.into(),
+                    None => ().into(),
+                };
+                list!(p = d.p, nu = d.nu, r = d.r, gate = gate).into()
+            }
+            "cell_fractions" => {
+                let sample = o.boolean("sample")?;
+                let vals = runner::run("fractions", verbose, num_threads, |sh| {
+                    net.cell_fractions(&v, &genes, sample, sm, aseed, Ctl::new(sh, sh))
+                })?;
+                list!(values = vals).into()
             }
             "decoded" => {
                 let pt = runner::run("decoding", verbose, num_threads, |sh| {

@@ -422,6 +422,124 @@ impl Vae<'_> {
         Ok((vals, want_variance.then_some(vars)))
     }
 
+    /// Draws of the parameters of `cells` and `genes`: `p` per setting,
+    /// capture `ν` at `s + S·c`, and `r` (and the gate) at `s + S·(c + C·j)`.
+    pub fn parameter_draws(
+        &self,
+        v: &[f64],
+        cells: &[usize],
+        genes: &[usize],
+        summary: Summary,
+        ctl: Ctl<'_>,
+    ) -> Result<ParameterDraws> {
+        let (s_n, c_n, j_n) = (settings(summary, 1), cells.len(), genes.len());
+        let copies = if self.gated { 2.0 } else { 1.0 };
+        crate::limits::check_values(
+            "n_samples",
+            copies * (s_n * c_n * j_n) as f64 + (s_n * c_n) as f64,
+        )?;
+        check_genes(genes, self.model.data().n_genes)?;
+        let blocks = self.for_decoded_blocks(v, cells, summary, 1, ctl, |dc| {
+            let pick = |x: &[f64]| -> Vec<f64> {
+                let g_n = dc.n_genes;
+                (0..dc.cells.len())
+                    .flat_map(|i| genes.iter().map(move |&g| x[i * g_n + g]))
+                    .collect()
+            };
+            (
+                dc.p,
+                dc.nu.clone(),
+                pick(&dc.r),
+                dc.gate.as_ref().map(|x| pick(x)),
+            )
+        })?;
+        let mut out = ParameterDraws {
+            p: vec![0.0; s_n],
+            nu: vec![0.0; s_n * c_n],
+            r: vec![0.0; s_n * c_n * j_n],
+            gate: self.gated.then(|| vec![0.0; s_n * c_n * j_n]),
+        };
+        for (s, per) in blocks.into_iter().enumerate() {
+            let mut ci = 0;
+            for (p, nu, r, gate) in per {
+                out.p[s] = p;
+                for (i, x) in nu.iter().enumerate() {
+                    out.nu[s + s_n * (ci + i)] = *x;
+                }
+                for i in 0..nu.len() {
+                    for j in 0..j_n {
+                        let at = s + s_n * (ci + i + c_n * j);
+                        out.r[at] = r[i * j_n + j];
+                        if let (Some(g), Some(gb)) = (out.gate.as_mut(), &gate) {
+                            g[at] = gb[i * j_n + j];
+                        }
+                    }
+                }
+                ci += nu.len();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per-cell expression fractions of `genes`: with `p` shared by a
+    /// cell's genes the NB factorises into the total and a
+    /// Dirichlet-multinomial composition, so given the counts the fractions
+    /// are `Dirichlet(r_c + u_c)` (capture cancels; the gate is ignored, as
+    /// for the other engines). `sample = false`: the mean
+    /// `(r_cg + u_cg) / (Σ_g r_cg + L_c)`; `true`: one draw per setting.
+    /// Layout `j + J·(c + C·s)`.
+    pub fn cell_fractions(
+        &self,
+        v: &[f64],
+        genes: &[usize],
+        sample: bool,
+        summary: Summary,
+        seed: u64,
+        ctl: Ctl<'_>,
+    ) -> Result<Vec<f64>> {
+        let data = self.model.data();
+        let (s_n, c_n, j_n, g_n) = (
+            settings(summary, 1),
+            data.n_cells,
+            genes.len(),
+            data.n_genes,
+        );
+        crate::limits::check_values("n_samples", (s_n * c_n * j_n) as f64)?;
+        check_genes(genes, g_n)?;
+        let cells: Vec<usize> = (0..c_n).collect();
+        let blocks = self.for_decoded_blocks(v, &cells, summary, 1, ctl, |dc| {
+            let mut out = vec![0.0; dc.cells.len() * j_n];
+            let mut u = vec![0.0; g_n];
+            for (i, &c) in dc.cells.iter().enumerate() {
+                u.iter_mut().for_each(|x| *x = 0.0);
+                let (gi, ci) = data.row(c);
+                for (&g, &x) in gi.iter().zip(ci) {
+                    u[g as usize] = x as f64;
+                }
+                let r = dc.r_row(i);
+                let row = &mut out[i * j_n..(i + 1) * j_n];
+                if !sample {
+                    let tot = r.iter().sum::<f64>() + data.lib_size[c];
+                    for (j, &g) in genes.iter().enumerate() {
+                        row[j] = (r[g] + u[g]) / tot;
+                    }
+                    continue;
+                }
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                rng.set_stream(((dc.s as u64 + 1) << 32) | c as u64);
+                let draws: Vec<f64> = (0..g_n)
+                    .map(|g| crate::dist::draw::gamma(&mut rng, r[g] + u[g], 1.0))
+                    .collect();
+                let tot = draws.iter().sum::<f64>().max(1e-300);
+                for (j, &g) in genes.iter().enumerate() {
+                    row[j] = draws[g] / tot;
+                }
+            }
+            out
+        })?;
+        Ok(blocks.into_iter().flatten().flatten().collect())
+    }
+
     /// The point setting of every fitted cell: `p`, each cell's capture,
     /// and `r` (and the gate) decoded at each cell's encoder mean.
     pub fn decoded_point(&self, v: &[f64], ctl: Ctl<'_>) -> Result<DecodedPoint> {
@@ -445,6 +563,16 @@ impl Vae<'_> {
         }
         Ok(out)
     }
+}
+
+/// Parameter draws of some cells and genes of a VAE fit (see
+/// [`Vae::parameter_draws`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParameterDraws {
+    pub p: Vec<f64>,
+    pub nu: Vec<f64>,
+    pub r: Vec<f64>,
+    pub gate: Option<Vec<f64>>,
 }
 
 /// The point setting of a VAE fit's cells.

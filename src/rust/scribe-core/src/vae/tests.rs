@@ -429,3 +429,63 @@ fn denoised_counts_undo_capture_only() {
         }
     }
 }
+
+#[test]
+fn parameter_draws_and_fractions_read_each_cells_decoded_parameters() {
+    use crate::posterior::Summary;
+    use crate::progress::Ctl;
+    let (vae, v, data) = perturbed(Variant::Zinbvcp, 7);
+    let g_n = data.n_genes;
+    let pt = vae.decoded_point(&v, Ctl::none()).unwrap();
+    // The point setting of cells 3 and 0, genes 2 and 5.
+    let (cells, genes) = ([3usize, 0], [2usize, 5]);
+    let d = vae
+        .parameter_draws(&v, &cells, &genes, Summary::Point, Ctl::none())
+        .unwrap();
+    assert_eq!(d.p, vec![pt.p]);
+    for (ci, &c) in cells.iter().enumerate() {
+        assert_eq!(d.nu[ci], pt.nu[c]);
+        for (j, &g) in genes.iter().enumerate() {
+            assert_eq!(d.r[ci + 2 * j], pt.r[c * g_n + g]);
+            assert_eq!(
+                d.gate.as_ref().unwrap()[ci + 2 * j],
+                pt.gate.as_ref().unwrap()[c * g_n + g]
+            );
+        }
+    }
+    // Draws vary by setting; the same seed gives the same draws.
+    let sm = Summary::Draws { n: 3, seed: 2 };
+    let a = vae
+        .parameter_draws(&v, &cells, &genes, sm, Ctl::none())
+        .unwrap();
+    assert_eq!(
+        a,
+        vae.parameter_draws(&v, &cells, &genes, sm, Ctl::none())
+            .unwrap()
+    );
+    assert!(a.r[0] != a.r[1] && a.p[0] != a.p[1]);
+    // Fractions: the Dirichlet mean (r + u)/(Σr + L); every draw sums to one.
+    let all: Vec<usize> = (0..g_n).collect();
+    let mean = vae
+        .cell_fractions(&v, &all, false, Summary::Point, 1, Ctl::none())
+        .unwrap();
+    for c in 0..data.n_cells {
+        let r = &pt.r[c * g_n..(c + 1) * g_n];
+        let tot = r.iter().sum::<f64>() + data.lib_size[c];
+        let mut u = vec![0.0; g_n];
+        let (gs, us) = data.row(c);
+        gs.iter()
+            .zip(us)
+            .for_each(|(&g, &x)| u[g as usize] = x as f64);
+        for g in 0..g_n {
+            assert!((mean[g + g_n * c] - (r[g] + u[g]) / tot).abs() < 1e-14);
+        }
+    }
+    let draws = vae
+        .cell_fractions(&v, &all, true, sm, 4, Ctl::none())
+        .unwrap();
+    for row in draws.chunks_exact(g_n) {
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!(row.iter().all(|x| *x >= 0.0));
+    }
+}
