@@ -22,7 +22,8 @@
 #' (`"odds_ratio"`) samples `phi` and `mu` with `r = mu phi`, `p = 1/(1 + phi)`
 #' and capture odds `phi_capture`. With `unconstrained = TRUE` every sampled
 #' parameter is a transformed Normal (`sigmoid` for probabilities,
-#' `positive_transform` for positive quantities).
+#' `positive_transform` for positive quantities). The VAE's decoder outputs
+#' `r` (canonical) or `mu` (the other two) for each cell.
 #'
 #' @section Priors:
 #' Defaults follow the original: `p ~ Beta(1, 1)`, `r, mu ~ LogNormal(0, 1)`,
@@ -629,7 +630,7 @@ fit_arg_names <- function() setdiff(names(formals(scribe_fit)), c("x", "..."))
 # than silently ignored (a user who sets `latent_dim` for an SVI fit expects
 # it to do something).
 .engine_only_args <- list(
-  parameterization = c("svi", "mcmc"), unconstrained = c("svi", "mcmc"), positive_transform = c("svi", "mcmc"),
+  parameterization = c("svi", "mcmc", "vae"), unconstrained = c("svi", "mcmc"), positive_transform = c("svi", "mcmc"),
   n_components = c("svi", "mcmc"), mixture_params = c("svi", "mcmc"), overdispersion = c("svi", "mcmc"),
   dataset_key = c("svi", "mcmc"), prob_dataset_mode = c("svi", "mcmc"), guide_rank = "svi", joint_params = "svi",
   guide_flow = "svi", guide_flow_num_layers = "svi", guide_flow_hidden_dims = "svi",

@@ -81,9 +81,11 @@ resolve_vae <- function(a, n_genes) {
 #'
 #' `inference_method = "vae"` trains an encoder that maps each cell's counts
 #' to a Gaussian over a `latent_dim`-dimensional embedding and a decoder
-#' that maps the embedding to the cell's gene parameters (`r`, and the gate
-#' of zero-inflated models); `p` and per-cell capture keep mean-field
-#' guides. See [get_latent_embeddings()].
+#' that maps the embedding to the cell's gene parameters (`r`, or the mean
+#' `mu` in the `"mean_prob"` and `"mean_odds"` parameterizations with `r =
+#' mu (1 - p) / p`, and the gate of zero-inflated models); `p` (or `phi`)
+#' and per-cell capture keep mean-field guides. See
+#' [get_latent_embeddings()].
 #'
 #' Downstream verbs read each cell through its own decoded parameters and so
 #' need the counts the fit was fitted to (`x`): [log_likelihood()],
@@ -118,7 +120,8 @@ setClass("ScribeVAEResults", contains = "ScribeResults", representation(
 setMethod("show", "ScribeVAEResults", function(object) {
   check_format(object, "object")
   v <- object@config$vae
-  cat(sprintf("<ScribeVAEResults> %s (canonical), VAE, latent_dim = %d, %s prior\n", object@model$model,
+  cat(sprintf("<ScribeVAEResults> %s (%s), VAE, latent_dim = %d, %s prior\n", object@model$model,
+              if (is.null(object@model$parameterization)) "canonical" else object@model$parameterization,
               as.integer(v$latent_dim), if (identical(v$flow_type, "none")) "standard normal" else paste(v$flow_type, "flow")))
   cat(sprintf("  data:   %d genes x %d cells\n", length(object@gene_names), length(object@cell_names)))
   cat(sprintf("  steps:  %d, %s, %.1f s\n", length(object@loss_history),

@@ -95,8 +95,6 @@ test_that("VAE arguments and unavailable verbs give clear errors", {
   expect_error(vae_fit(m, model = "nbdm", vae_activation = "swish"), "vae_activation", class = "scribeR_input_error")
   expect_error(vae_fit(m, model = "nbdm", vae_encoder_hidden_dims = 0), "vae_encoder_hidden_dims",
                class = "scribeR_input_error")
-  expect_error(vae_fit(m, model = "nbdm", parameterization = "mean_odds"), "parameterization",
-               class = "scribeR_input_error")
   expect_error(vae_fit(m, model = "pln"), "laplace", class = "scribeR_unsupported")
   expect_error(scribe_fit(m, vae_flow_type = "maf", n_steps = 5, verbose = FALSE), "vae_flow_type",
                class = "scribeR_input_error")
@@ -229,4 +227,20 @@ test_that("VAE posterior draws and per-cell fractions", {
   expect_error(normalize_counts(fit), "x", class = "scribeR_input_error")
   expect_error(normalize_counts(fit, m, n_samples_dirichlet = 5), "population", class = "scribeR_input_error")
   expect_error(get_posterior_samples(fit, n_samples = 2), "encoder", class = "scribeR_input_error")
+})
+
+test_that("VAE fits of the mean parameterizations decode the mean and keep r = mu (1 - p) / p", {
+  sim <- sim_data("nbvcp", n_genes = 20, n_cells = 80, seed = 9)
+  m <- sim$counts
+  for (param in c("mean_prob", "mean_odds")) {
+    fit <- vae_fit(m, model = "nbvcp", parameterization = param, n_steps = 150)
+    expect_output(show(fit), param)
+    expect_true(all(is.finite(fit@loss_history)))
+    map <- get_map(fit, m)
+    expect_true(map$p > 0 && map$p < 1 && all(map$r > 0) && all(map$p_capture > 0 & map$p_capture < 1))
+    ll <- log_likelihood(fit, m)
+    p_hat <- map$p * map$p_capture[2] / (1 - map$p * (1 - map$p_capture[2]))
+    expect_equal(unname(ll[2]), sum(dnbinom(as.numeric(m[, 2]), size = map$r[, 2], prob = 1 - p_hat, log = TRUE)),
+                 tolerance = 1e-8)
+  }
 })

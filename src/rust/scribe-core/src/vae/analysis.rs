@@ -102,8 +102,25 @@ impl Vae<'_> {
         Ok(v)
     }
 
-    /// `r` (and the gate) of `rows` cells at latents `z` (`rows × latent`).
-    pub fn decode(&self, v: &[f64], z: &[f64], rows: usize) -> (Vec<f64>, Option<Vec<f64>>) {
+    /// The factor from the decoder's output to `r` at success probability
+    /// `p`: 1 when the output is `r` (canonical), `(1−p)/p` when it is the
+    /// mean (mean_prob, mean_odds).
+    fn r_scale_at(&self, p: f64) -> f64 {
+        match self.model.spec.param {
+            crate::models::nb::Parameterization::Canonical => 1.0,
+            _ => (1.0 - p) / p,
+        }
+    }
+
+    /// `r` (and the gate) of `rows` cells at latents `z` (`rows × latent`);
+    /// `r_scale` turns the decoder's output into `r` ([`Self::r_scale_at`]).
+    pub fn decode(
+        &self,
+        v: &[f64],
+        z: &[f64],
+        rows: usize,
+        r_scale: f64,
+    ) -> (Vec<f64>, Option<Vec<f64>>) {
         let [_, _, b, c, d, _] = self.offsets();
         let g = self.model.data().n_genes;
         let m = self.dec_head.n_out;
@@ -116,7 +133,7 @@ impl Vae<'_> {
         for i in 0..rows {
             let row = &o[i * m..(i + 1) * m];
             for j in 0..g {
-                r[i * g + j] = r_of_raw(row[j]);
+                r[i * g + j] = r_of_raw(row[j]) * r_scale;
             }
             if let Some(gt) = gate.as_mut() {
                 for j in 0..g {
@@ -157,7 +174,11 @@ impl Vae<'_> {
             loc: v[..n].to_vec(),
             scale: v[n..a].iter().map(|x| x.exp()).collect(),
         };
-        let sites = globals.sampled_sites(lay, summary, Ctl::none())?;
+        // Canonical sites (`p`, `p_capture`) whatever the parameterization.
+        let sites = crate::models::nb::sites::derive(
+            &self.model.spec,
+            globals.sampled_sites(lay, summary, Ctl::none())?,
+        )?;
         let site = |name: &str| sites.iter().find(|s| s.name == name);
         let p_site: &Site =
             site("p").ok_or_else(|| CoreError::arg("fit", "its global guide has no p"))?;
@@ -201,7 +222,8 @@ impl Vae<'_> {
                             }
                         }
                     }
-                    let (r, gate) = self.decode(v, &z, blk.len());
+                    let p = p_site.at(si, 0, 0);
+                    let (r, gate) = self.decode(v, &z, blk.len(), self.r_scale_at(p));
                     let nu = blk
                         .iter()
                         .map(|&c| cap_site.map_or(1.0, |cs| cs.at(si, 0, c)))
@@ -209,7 +231,7 @@ impl Vae<'_> {
                     f(&Decoded {
                         s,
                         cells: blk,
-                        p: p_site.at(si, 0, 0),
+                        p,
                         nu,
                         r,
                         gate,

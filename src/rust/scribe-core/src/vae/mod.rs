@@ -18,9 +18,14 @@
 //! likelihood run per block of cells, so no dense cells × genes parameter
 //! array exists beyond one block.
 //!
-//! Scope of this version: nbdm, nbvcp, zinb, zinbvcp in the canonical
-//! parameterization without mixtures, hierarchies, BNB or datasets (each is
-//! an argument error naming what is not available).
+//! Parameterizations: canonical (the decoder outputs `r`; global `p`),
+//! mean_prob (it outputs `μ`, `r = μ(1−p)/p`) and mean_odds (it outputs
+//! `μ`; global `phi`, `r = μ·phi`, `p = 1/(1+phi)`, capture as
+//! `phi_capture`).
+//!
+//! Scope of this version: nbdm, nbvcp, zinb, zinbvcp without mixtures,
+//! hierarchies, BNB or datasets (each is an argument error naming what is
+//! not available).
 
 pub mod analysis;
 pub mod encoder;
@@ -99,7 +104,8 @@ pub struct Vae<'m> {
     /// The training data's input statistics (with `standardize`).
     pub standardization: Option<Standardization>,
     gated: bool,
-    /// Layout indices of `p` and of the capture block (offset, cells).
+    /// Layout index of `p` (`phi` in mean_odds) and the capture block
+    /// (offset, cells; `p_capture` or mean_odds' `phi_capture`).
     p_coord: usize,
     capture: Option<(usize, usize)>,
 }
@@ -110,6 +116,21 @@ struct BlockOut {
     g_dec: Vec<f64>,
     gz: Vec<f64>,
     g_phat: Vec<f64>,
+    /// `∂elbo/∂s` of the factor `s` in `r = s·μ` (mean_prob, mean_odds).
+    g_r_scale: f64,
+}
+
+/// The shared success probability and the factor that turns the decoder's
+/// output into `r`, from the scalar coordinate (`p`, or mean_odds' `phi`).
+struct ScalarParams {
+    p: f64,
+    /// `∂p/∂x`.
+    dp: f64,
+    /// `r = r_scale · (decoder output)`: 1 (canonical, the output is `r`),
+    /// `(1−p)/p` (mean_prob) or `phi` (mean_odds; the output is `μ`).
+    r_scale: f64,
+    /// `∂r_scale/∂x`.
+    d_r_scale: f64,
 }
 
 /// `β` of step `t` (0-based).
@@ -130,14 +151,8 @@ impl<'m> Vae<'m> {
                 "mixtures cannot be fitted with the VAE (as in the original)",
             ));
         }
-        if spec.param != Parameterization::Canonical {
-            return Err(CoreError::arg(
-                "parameterization",
-                "the VAE fits the canonical parameterization for now",
-            ));
-        }
         let lay = model.layout();
-        let allowed = ["r", "p", "gate", "p_capture"];
+        let allowed = ["r", "mu", "p", "phi", "gate", "p_capture", "phi_capture"];
         if let Some(b) = lay
             .blocks
             .iter()
@@ -182,8 +197,10 @@ impl<'m> Vae<'m> {
             }
         };
         let find = |name: &str| lay.blocks.iter().find(|b| b.name == name);
-        let p_coord = find("p").expect("NB models sample p").offset;
-        let capture = find("p_capture").map(|b| (b.offset, b.len));
+        let p_coord = find(spec.param.scalar_param())
+            .expect("NB models sample p or phi")
+            .offset;
+        let capture = find(spec.param.capture_param()).map(|b| (b.offset, b.len));
         let standardization = cfg
             .standardize
             .then(|| Standardization::of(model.data(), cfg.input_transform));
@@ -207,6 +224,53 @@ impl<'m> Vae<'m> {
 
     fn n_global(&self) -> usize {
         self.model.layout().total
+    }
+
+    fn link_at(&self, offset: usize) -> Link {
+        let lay = self.model.layout();
+        lay.blocks
+            .iter()
+            .find(|b| b.offset == offset)
+            .map_or(Link::Identity, |b| b.link)
+    }
+
+    /// `p` and the decoder's scale to `r` from the scalar coordinate's value `xv`.
+    fn scalar_of(&self, xv: f64) -> ScalarParams {
+        let (t, dt) = self.link_at(self.p_coord).forward_deriv(xv);
+        match self.model.spec.param {
+            Parameterization::Canonical => ScalarParams {
+                p: t,
+                dp: dt,
+                r_scale: 1.0,
+                d_r_scale: 0.0,
+            },
+            Parameterization::MeanProb => ScalarParams {
+                p: t,
+                dp: dt,
+                r_scale: (1.0 - t) / t,
+                d_r_scale: -dt / (t * t),
+            },
+            // t = phi: p = 1/(1 + phi), r = phi·μ.
+            Parameterization::MeanOdds => ScalarParams {
+                p: 1.0 / (1.0 + t),
+                dp: -dt / ((1.0 + t) * (1.0 + t)),
+                r_scale: t,
+                d_r_scale: dt,
+            },
+        }
+    }
+
+    /// `(ν, ∂ν/∂x)` from a capture coordinate's value (`p_capture`, or
+    /// mean_odds' `phi_capture` with `ν = 1/(1 + phi)`).
+    fn capture_of(&self, xv: f64) -> (f64, f64) {
+        let Some((off, _)) = self.capture else {
+            return (1.0, 0.0);
+        };
+        let (t, dt) = self.link_at(off).forward_deriv(xv);
+        match self.model.spec.param {
+            Parameterization::MeanOdds => (1.0 / (1.0 + t), -dt / ((1.0 + t) * (1.0 + t))),
+            _ => (t, dt),
+        }
     }
 
     /// Offsets of `[loc | log_scale | encoder | decoder mlp | decoder head | prior]`.
@@ -243,7 +307,8 @@ impl<'m> Vae<'m> {
         let lay = self.model.layout();
         let g = self.model.data().n_genes;
         let bias = &mut p[c + nw..d];
-        if let Some(rb) = lay.blocks.iter().find(|b| b.name == "r") {
+        let gene_param = self.model.spec.param.gene_param();
+        if let Some(rb) = lay.blocks.iter().find(|b| b.name == gene_param) {
             for j in 0..g {
                 let r = rb.link.forward(x0[rb.offset + j]);
                 bias[j] = crate::math::softplus_inv(r.max(1e-6));
@@ -301,22 +366,8 @@ impl<'m> Vae<'m> {
             eps[j] = rng.sample(StandardNormal);
             x[j] = loc[j] + log_scale[j].exp() * eps[j];
         }
-        let p_blk = lay
-            .blocks
-            .iter()
-            .find(|bk| bk.offset == self.p_coord)
-            .expect("p");
-        let (p, dp) = p_blk.link.forward_deriv(x[self.p_coord]);
-        let cap_link = self
-            .capture
-            .map(|(off, _)| {
-                lay.blocks
-                    .iter()
-                    .find(|bk| bk.offset == off)
-                    .expect("capture")
-                    .link
-            })
-            .unwrap_or(Link::Identity);
+        let sc = self.scalar_of(x[self.p_coord]);
+        let p = sc.p;
         // Encoder on the batch's counts; then z.
         let rows = batch.cells.len();
         let mut enc_tape = encoder::EncoderTape::default();
@@ -380,9 +431,10 @@ impl<'m> Vae<'m> {
         // their sums are added in block order, so any thread count gives
         // the same result.
         let mut g_phat = vec![0.0; rows];
+        let mut g_r_scale = 0.0;
         let nu_of = |cell: usize| {
             self.capture
-                .map_or(1.0, |(off, _)| cap_link.forward(x[off + cell]))
+                .map_or(1.0, |(off, _)| self.capture_of(x[off + cell]).0)
         };
         let starts: Vec<usize> = (0..rows).step_by(self.cfg.block).collect();
         let blocks: Vec<BlockOut> = starts
@@ -393,7 +445,7 @@ impl<'m> Vae<'m> {
                     v,
                     &batch.cells[start..end],
                     &z[start * k..end * k],
-                    p,
+                    (p, sc.r_scale),
                     &nu_of,
                     w,
                 )
@@ -410,6 +462,7 @@ impl<'m> Vae<'m> {
                 .zip(&bo.gz)
                 .for_each(|(a, x)| *a += x);
             g_phat[start..start + bo.g_phat.len()].copy_from_slice(&bo.g_phat);
+            g_r_scale += bo.g_r_scale;
         }
         // z = loc + exp(½ lv) ε.
         for r in 0..rows {
@@ -429,16 +482,17 @@ impl<'m> Vae<'m> {
             &g_enc_out,
             &mut grad[a..b],
         );
-        // p̂ = p ν / (1 − p(1 − ν)) to p and the capture coordinates.
+        // p̂ = p ν / (1 − p(1 − ν)) to p and the capture coordinates; the
+        // decoder's mean to r (mean_prob, mean_odds) to p or phi.
+        gx[self.p_coord] += g_r_scale * sc.d_r_scale;
         for (r, &cc) in batch.cells.iter().enumerate() {
             let cell = cc as usize;
-            let nu = self
+            let (nu, dnu) = self
                 .capture
-                .map_or(1.0, |(off, _)| cap_link.forward(x[off + cell]));
+                .map_or((1.0, 0.0), |(off, _)| self.capture_of(x[off + cell]));
             let den = 1.0 - p * (1.0 - nu);
-            gx[self.p_coord] += g_phat[r] * nu / (den * den) * dp;
+            gx[self.p_coord] += g_phat[r] * nu / (den * den) * sc.dp;
             if let Some((off, _)) = self.capture {
-                let dnu = cap_link.deriv(x[off + cell]);
                 gx[off + cell] += g_phat[r] * p * (1.0 - p) / (den * den) * dnu;
             }
         }
@@ -472,7 +526,7 @@ impl<'m> Vae<'m> {
         v: &[f64],
         cells: &[u32],
         z: &[f64],
-        p: f64,
+        (p, r_scale): (f64, f64),
         nu_of: &(dyn Fn(usize) -> f64 + Sync),
         w: f64,
     ) -> BlockOut {
@@ -490,7 +544,9 @@ impl<'m> Vae<'m> {
             g_dec: vec![0.0; d - b],
             gz: vec![0.0; br * k],
             g_phat: vec![0.0; br],
+            g_r_scale: 0.0,
         };
+        let mut g_scale = 0.0;
         for (rr, &cc) in cells.iter().enumerate() {
             let cell = cc as usize;
             let nu = nu_of(cell);
@@ -514,7 +570,8 @@ impl<'m> Vae<'m> {
                 let e = (-raw.abs()).exp();
                 // ln(1 + e) rather than ln_1p: the same to 1e-16 absolutely, and
                 // glibc's log is several times faster than its log1p.
-                let rv = (raw.max(0.0) + (1.0 + e).ln()).max(1e-10);
+                let mu = (raw.max(0.0) + (1.0 + e).ln()).max(1e-10);
+                let rv = mu * r_scale;
                 let drv = if raw >= 0.0 {
                     1.0 / (1.0 + e)
                 } else {
@@ -548,12 +605,14 @@ impl<'m> Vae<'m> {
                     }
                 }
                 ll += l;
-                grow[j] = w * dl_dr * drv;
+                grow[j] = w * dl_dr * r_scale * drv;
+                g_scale += dl_dr * mu;
                 gph += dl_dph;
             }
             out.elbo += w * ll;
             out.g_phat[rr] = w * gph;
         }
+        out.g_r_scale = w * g_scale;
         // Back through the decoder: ELBO gradients in, z gradients out.
         let mut gh = vec![0.0; br * self.dec_head.n_in];
         let (g_mlp, g_head) = out.g_dec.split_at_mut(c - b);

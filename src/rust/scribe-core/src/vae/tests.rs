@@ -489,3 +489,88 @@ fn parameter_draws_and_fractions_read_each_cells_decoded_parameters() {
         assert!(row.iter().all(|x| *x >= 0.0));
     }
 }
+
+#[test]
+fn mean_parameterizations_have_exact_gradients_and_decode_r() {
+    use crate::posterior::{By, Source, Summary};
+    use crate::progress::Ctl;
+    let cases = [
+        (Variant::Nbvcp, Parameterization::MeanProb),
+        (Variant::Zinbvcp, Parameterization::MeanOdds),
+        (Variant::Nbdm, Parameterization::MeanOdds),
+    ];
+    for (variant, param) in cases {
+        let truth = NbTruth::random(variant, 6, 8, 3);
+        let data = leak(simulate_nb(&truth, 4));
+        let spec = NbSpec::new(variant, param, false, Link::Softplus);
+        let model = leak(NbModel::new(spec, data).unwrap());
+        let vae = Vae::new(model, small(None)).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut v = vae.initial_params(&mut rng);
+        for (j, x) in v.iter_mut().enumerate() {
+            *x += 0.05 * ((j * 7 % 13) as f64 - 6.0) / 6.0;
+        }
+        let mut batch = Batch::full(data);
+        batch.set_cells(data, &[0, 2, 3, 5, 7]);
+        crate::testutil::check_gradient(
+            |v, g| {
+                let mut rng = ChaCha8Rng::seed_from_u64(9);
+                let mut gl = vec![0.0; g.len()];
+                let l = vae.loss_and_grad(v, &batch, 0.7, &mut rng, &mut gl);
+                g.iter_mut().zip(&gl).for_each(|(a, b)| *a += b);
+                l
+            },
+            &v,
+            1e-5,
+            &format!("{variant:?} {param:?}"),
+        );
+        // Decoded r is the decoder's mean times (1 − p)/p; the log-likelihood
+        // is the pmf's at that r.
+        let pt = vae.decoded_point(&v, Ctl::none()).unwrap();
+        let ll = vae
+            .log_likelihood(&v, By::Cell, Summary::Point, Ctl::none())
+            .unwrap();
+        let g_n = data.n_genes;
+        for c in 0..data.n_cells {
+            let nu = pt.nu[c];
+            let p_hat = pt.p * nu / (1.0 - pt.p * (1.0 - nu));
+            let mut dense = vec![0u32; g_n];
+            let (gs, us) = data.row(c);
+            gs.iter().zip(us).for_each(|(&g, &u)| dense[g as usize] = u);
+            let tot: f64 = (0..g_n)
+                .map(|g| {
+                    let gate = pt.gate.as_ref().map(|x| x[c * g_n + g]);
+                    ln_pmf(dense[g], pt.r[c * g_n + g], p_hat, gate)
+                })
+                .sum();
+            assert!((ll[c] - tot).abs() < 1e-8 * tot.abs());
+        }
+        // At the start every cell's r is near the mean-field start's r.
+        let v0 = vae.initial_params(&mut ChaCha8Rng::seed_from_u64(1));
+        let pt0 = vae.decoded_point(&v0, Ctl::none()).unwrap();
+        let r0: Vec<f64> = {
+            let x0 = model.initial_point();
+            let sites = crate::models::nb::sites::derive(
+                &model.spec,
+                crate::svi::guide::mean_field::MeanFieldFit {
+                    loc: x0.clone(),
+                    scale: vec![1e-6; x0.len()],
+                }
+                .sampled_sites(model.layout(), Summary::Point, Ctl::none())
+                .unwrap(),
+            )
+            .unwrap();
+            let r = sites.iter().find(|s| s.name == "r").unwrap();
+            (0..g_n).map(|g| r.at(0, 0, g)).collect()
+        };
+        for g in 0..g_n {
+            let rel = (pt0.r[g] / r0[g] - 1.0).abs();
+            assert!(
+                rel < 0.3,
+                "{variant:?} {param:?} gene {g}: {} vs {}",
+                pt0.r[g],
+                r0[g]
+            );
+        }
+    }
+}
