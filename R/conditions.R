@@ -47,7 +47,12 @@ NULL
 # Unwraps a core reply (list(value) or list(error)); any R error of the call
 # itself (a failed conversion) becomes a core error too.
 call_core <- function(expr) {
-  res <- tryCatch(expr, error = function(e) list(error = list(kind = "core", message = conditionMessage(e))))
+  # scribeR's own input errors raised while the arguments are evaluated
+  # pass through unchanged; anything else is the core's.
+  res <- tryCatch(expr, error = function(e) {
+    if (inherits(e, "scribeR_input_error")) stop(e)
+    list(error = list(kind = "core", message = conditionMessage(e)))
+  })
   if (is.null(res$error)) return(res$value)
   e <- res$error
   kind <- if (e$kind %in% names(.core_error_classes)) e$kind else "core"

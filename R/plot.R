@@ -156,7 +156,8 @@ plot_mean_variance <- function(fit, x, genes = NULL, seed = NULL, assay = NULL) 
 #' @export
 plot_capture <- function(fit, x, assay = NULL) {
   require_ggplot("plot_capture")
-  map <- get_map(fit)
+  # A VAE's point estimate decodes the cells: it needs their counts.
+  map <- if (is(fit, "ScribeVAEResults")) get_map(fit, x, assay = assay) else get_map(fit)
   if (is.null(map$p_capture)) abort_input("{.arg fit} has no capture probabilities (model {.val {fit@model$model}}).")
   m <- matrix_for_fit(fit, x, assay)
   df <- data.frame(library_size = Matrix::colSums(m), p_capture = unname(map$p_capture))

@@ -212,6 +212,24 @@ setMethod("normalize_counts", "ScribeVAEResults", function(fit, x = NULL, n_samp
   aperm(a, c(3L, 1L, 2L))
 })
 
+# Analyses that read population-level parameters from the core's view of a
+# fit (DE between fits, goodness_of_fit's scores) have no VAE form yet: a
+# VAE's r differs by cell.
+setMethod("core_view", "ScribeVAEResults", function(object) {
+  abort_unsupported(c("This analysis is not available for VAE fits yet: it reads population-level parameters, and a VAE's {.code r} differs by cell.",
+                      "i" = "VAE fits support {.fn log_likelihood}, {.fn posterior_predictive}, {.fn denoise_counts}, {.fn normalize_counts} and {.fn compare_models}."))
+})
+
+#' @rdname ScribeVAEResults-class
+#' @param x A `ScribeVAEResults` object.
+#' @param i,j,drop,... Unused: VAE fits cannot be subset.
+#' @aliases [,ScribeVAEResults,ANY,ANY,ANY-method
+#' @export
+setMethod("[", "ScribeVAEResults", function(x, i, j, ..., drop = FALSE) {
+  abort_unsupported(c("VAE fits cannot be subset: the encoder reads every gene of each cell.",
+                      "i" = "Subset what the verbs return (e.g. {.code posterior_predictive(fit, genes = , cells = , x = )})."))
+})
+
 # VAE fits have no mixture components to split by.
 check_no_split <- function(split_components) {
   check_flag(split_components, "split_components")

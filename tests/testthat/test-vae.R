@@ -106,6 +106,9 @@ test_that("VAE arguments and unavailable verbs give clear errors", {
   expect_error(denoise_counts(fit, m, genes = "nope"), "genes", class = "scribeR_input_error")
   expect_error(posterior_predictive(fit, n_samples = 2, cells = 41, x = m), "cells", class = "scribeR_input_error")
   expect_error(get_latent_embeddings(fit, m[1:4, ]), "genes", class = "scribeR_input_error")
+  expect_error(fit[1:3, ], "subset", class = "scribeR_unsupported")
+  expect_error(scribe_de(fit, vae_fit(m, model = "nbdm", n_steps = 5)), "VAE", class = "scribeR_unsupported")
+  expect_error(goodness_of_fit(fit, m), "goodness_of_fit", class = "scribeR_unsupported")
   expect_error(get_latent_embeddings(get_map, m), "VAE fit|results", class = "scribeR_input_error")
 })
 

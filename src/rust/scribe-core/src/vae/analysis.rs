@@ -19,7 +19,7 @@ use crate::dist::draw::nb_count_fast;
 use crate::error::{CoreError, Result};
 use crate::models::nb::nb_cell_loglik;
 use crate::models::Model;
-use crate::nn::MlpTape;
+use crate::nn::{Dense, MlpTape};
 use crate::posterior::nb::denoise::{count_posterior, Method};
 use crate::posterior::nb::loglik::cell_terms_genewise;
 use crate::posterior::{By, Site, Source, Summary};
@@ -62,6 +62,14 @@ impl Decoded<'_> {
     pub fn ell(&self, i: usize) -> f64 {
         (self.p / (1.0 - self.p)).ln() + self.nu[i].ln()
     }
+}
+
+/// A decoder head restricted to some genes (see [`Vae::head_for`]).
+pub(crate) struct HeadCut {
+    dense: Dense,
+    params: Vec<f64>,
+    /// Genes kept.
+    width: usize,
 }
 
 /// The decoder's `r` from its raw head output: softplus, floored as in
@@ -112,22 +120,59 @@ impl Vae<'_> {
         }
     }
 
-    /// `r` (and the gate) of `rows` cells at latents `z` (`rows × latent`);
+    /// The decoder head cut down to the outputs of `genes` (their `r`
+    /// outputs, then their gate outputs): analyses of a few genes decode
+    /// only those.
+    fn head_for(&self, v: &[f64], genes: &[usize]) -> HeadCut {
+        let [_, _, _, c, d, _] = self.offsets();
+        let (h, g, m) = (
+            self.dec_head.n_in,
+            self.model.data().n_genes,
+            self.dec_head.n_out,
+        );
+        let cols: Vec<usize> = if self.gated {
+            genes
+                .iter()
+                .copied()
+                .chain(genes.iter().map(|&j| g + j))
+                .collect()
+        } else {
+            genes.to_vec()
+        };
+        let hp = &v[c..d];
+        let mut params = Vec::with_capacity((h + 1) * cols.len());
+        for i in 0..h {
+            params.extend(cols.iter().map(|&o| hp[i * m + o]));
+        }
+        params.extend(cols.iter().map(|&o| hp[h * m + o]));
+        HeadCut {
+            dense: Dense::new(h, cols.len()),
+            params,
+            width: genes.len(),
+        }
+    }
+
+    /// `r` (and the gate) of `rows` cells at latents `z` (`rows × latent`),
+    /// for every gene or only those of `head` ([`Self::head_for`]);
     /// `r_scale` turns the decoder's output into `r` ([`Self::r_scale_at`]).
-    pub fn decode(
+    pub(crate) fn decode(
         &self,
         v: &[f64],
         z: &[f64],
         rows: usize,
         r_scale: f64,
+        head: Option<&HeadCut>,
     ) -> (Vec<f64>, Option<Vec<f64>>) {
         let [_, _, b, c, d, _] = self.offsets();
-        let g = self.model.data().n_genes;
-        let m = self.dec_head.n_out;
         let mut tape = MlpTape::default();
         self.dec_mlp.forward(&v[b..c], z, rows, &mut tape);
+        let (dense, hp, g) = match head {
+            Some(hc) => (hc.dense, hc.params.as_slice(), hc.width),
+            None => (self.dec_head, &v[c..d], self.model.data().n_genes),
+        };
+        let m = dense.n_out;
         let mut o = vec![0.0; rows * m];
-        self.dec_head.forward(&v[c..d], tape.output(), rows, &mut o);
+        dense.forward(hp, tape.output(), rows, &mut o);
         let mut r = vec![0.0; rows * g];
         let mut gate = self.gated.then(|| vec![0.0; rows * g]);
         for i in 0..rows {
@@ -146,18 +191,25 @@ impl Vae<'_> {
 
     /// Runs `f` on every block of `cells` decoded in every setting of
     /// `summary` (the point setting `copies` times): results per setting,
-    /// then per block, in order.
+    /// then per block, in order. With `genes`, only those genes are decoded
+    /// ([`Decoded::r`] then has one column per entry of `genes`).
     #[allow(clippy::too_many_arguments)]
     pub fn for_decoded_blocks<T: Send>(
         &self,
         v: &[f64],
         cells: &[usize],
+        genes: Option<&[usize]>,
         summary: Summary,
         copies: usize,
         ctl: Ctl<'_>,
         f: impl Fn(&Decoded) -> T + Sync,
     ) -> Result<Vec<Vec<T>>> {
         let data = self.model.data();
+        if let Some(gs) = genes {
+            check_genes(gs, data.n_genes)?;
+        }
+        let head = genes.map(|gs| self.head_for(v, gs));
+        let width = genes.map_or(data.n_genes, <[usize]>::len);
         let lay = self.model.layout();
         let [n, a, b, ..] = self.offsets();
         let k = self.cfg.latent_dim;
@@ -223,7 +275,8 @@ impl Vae<'_> {
                         }
                     }
                     let p = p_site.at(si, 0, 0);
-                    let (r, gate) = self.decode(v, &z, blk.len(), self.r_scale_at(p));
+                    let (r, gate) =
+                        self.decode(v, &z, blk.len(), self.r_scale_at(p), head.as_ref());
                     let nu = blk
                         .iter()
                         .map(|&c| cap_site.map_or(1.0, |cs| cs.at(si, 0, c)))
@@ -235,7 +288,7 @@ impl Vae<'_> {
                         nu,
                         r,
                         gate,
-                        n_genes: data.n_genes,
+                        n_genes: width,
                     })
                 })
                 .collect();
@@ -262,7 +315,7 @@ impl Vae<'_> {
         let n_set = settings(summary, 1);
         crate::limits::check_values("n_samples", (n_set * n_out) as f64)?;
         let cells: Vec<usize> = (0..data.n_cells).collect();
-        let blocks = self.for_decoded_blocks(v, &cells, summary, 1, ctl, |dc| match by {
+        let blocks = self.for_decoded_blocks(v, &cells, None, summary, 1, ctl, |dc| match by {
             By::Cell => (0..dc.cells.len())
                 .map(|i| {
                     let r = dc.r_row(i);
@@ -332,26 +385,28 @@ impl Vae<'_> {
         let (s_n, c_n, j_n) = (settings(summary, copies), cells.len(), genes.len());
         crate::limits::check_values("n_samples", 2.0 * (s_n * c_n * j_n) as f64)?;
         check_genes(genes, self.model.data().n_genes)?;
-        let blocks = self.for_decoded_blocks(v, cells, summary, copies, ctl, |dc| {
-            let mut out = vec![0.0; dc.cells.len() * j_n];
-            for (i, &c) in dc.cells.iter().enumerate() {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                rng.set_stream(((dc.s as u64 + 1) << 32) | c as u64);
-                let nu = if biological { 1.0 } else { dc.nu[i] };
-                let p_hat = dc.p * nu / (1.0 - dc.p * (1.0 - nu));
-                let odds = p_hat / (1.0 - p_hat);
-                let (r, gate) = (dc.r_row(i), if biological { None } else { dc.gate_row(i) });
-                for (j, &g) in genes.iter().enumerate() {
-                    if let Some(pi) = gate {
-                        if rng.random::<f64>() < pi[g] {
-                            continue;
+        let blocks =
+            self.for_decoded_blocks(v, cells, Some(genes), summary, copies, ctl, |dc| {
+                let mut out = vec![0.0; dc.cells.len() * j_n];
+                for (i, &c) in dc.cells.iter().enumerate() {
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                    rng.set_stream(((dc.s as u64 + 1) << 32) | c as u64);
+                    let nu = if biological { 1.0 } else { dc.nu[i] };
+                    let p_hat = dc.p * nu / (1.0 - dc.p * (1.0 - nu));
+                    let odds = p_hat / (1.0 - p_hat);
+                    let (r, gate) = (dc.r_row(i), if biological { None } else { dc.gate_row(i) });
+                    // Decoded for `genes` only: column j is gene genes[j].
+                    for j in 0..j_n {
+                        if let Some(pi) = gate {
+                            if rng.random::<f64>() < pi[j] {
+                                continue;
+                            }
                         }
+                        out[i * j_n + j] = nb_count_fast(&mut rng, r[j], odds) as f64;
                     }
-                    out[i * j_n + j] = nb_count_fast(&mut rng, r[g], odds) as f64;
                 }
-            }
-            out
-        })?;
+                out
+            })?;
         let mut res = vec![0.0; s_n * c_n * j_n];
         for (s, per) in blocks.into_iter().enumerate() {
             for (ci, row) in per
@@ -392,7 +447,7 @@ impl Vae<'_> {
             pos[g] = j;
         }
         let cells: Vec<usize> = (0..c_n).collect();
-        let blocks = self.for_decoded_blocks(v, &cells, summary, 1, ctl, |dc| {
+        let blocks = self.for_decoded_blocks(v, &cells, Some(genes), summary, 1, ctl, |dc| {
             let mut vals = vec![0.0; dc.cells.len() * j_n];
             let mut vars = vec![0.0; if want_variance { vals.len() } else { 0 }];
             let mut u_row = vec![0.0; j_n];
@@ -406,8 +461,9 @@ impl Vae<'_> {
                         u_row[pos[g as usize]] = u as f64;
                     }
                 }
+                // Decoded for `genes` only: column j is gene genes[j].
                 let (r, gate) = (dc.r_row(i), dc.gate_row(i));
-                for (j, &g) in genes.iter().enumerate() {
+                for j in 0..j_n {
                     let u = u_row[j];
                     let m = if u == 0.0 && gate.is_some() {
                         zi_method
@@ -417,10 +473,10 @@ impl Vae<'_> {
                     let pick = (m != Method::Mean).then_some(m);
                     let (mean, var, value) = count_posterior(
                         u,
-                        r[g],
+                        r[j],
                         dc.p,
                         dc.nu[i],
-                        gate.map(|pi| pi[g]),
+                        gate.map(|pi| pi[j]),
                         None,
                         pick,
                         &mut rng,
@@ -461,19 +517,9 @@ impl Vae<'_> {
             copies * (s_n * c_n * j_n) as f64 + (s_n * c_n) as f64,
         )?;
         check_genes(genes, self.model.data().n_genes)?;
-        let blocks = self.for_decoded_blocks(v, cells, summary, 1, ctl, |dc| {
-            let pick = |x: &[f64]| -> Vec<f64> {
-                let g_n = dc.n_genes;
-                (0..dc.cells.len())
-                    .flat_map(|i| genes.iter().map(move |&g| x[i * g_n + g]))
-                    .collect()
-            };
-            (
-                dc.p,
-                dc.nu.clone(),
-                pick(&dc.r),
-                dc.gate.as_ref().map(|x| pick(x)),
-            )
+        // Decoded for `genes` only: block cell i's values are r[i·J + j].
+        let blocks = self.for_decoded_blocks(v, cells, Some(genes), summary, 1, ctl, |dc| {
+            (dc.p, dc.nu.clone(), dc.r.clone(), dc.gate.clone())
         })?;
         let mut out = ParameterDraws {
             p: vec![0.0; s_n],
@@ -529,7 +575,7 @@ impl Vae<'_> {
         crate::limits::check_values("n_samples", (s_n * c_n * j_n) as f64)?;
         check_genes(genes, g_n)?;
         let cells: Vec<usize> = (0..c_n).collect();
-        let blocks = self.for_decoded_blocks(v, &cells, summary, 1, ctl, |dc| {
+        let blocks = self.for_decoded_blocks(v, &cells, None, summary, 1, ctl, |dc| {
             let mut out = vec![0.0; dc.cells.len() * j_n];
             let mut u = vec![0.0; g_n];
             for (i, &c) in dc.cells.iter().enumerate() {
@@ -566,7 +612,7 @@ impl Vae<'_> {
     /// and `r` (and the gate) decoded at each cell's encoder mean.
     pub fn decoded_point(&self, v: &[f64], ctl: Ctl<'_>) -> Result<DecodedPoint> {
         let cells: Vec<usize> = (0..self.model.data().n_cells).collect();
-        let blocks = self.for_decoded_blocks(v, &cells, Summary::Point, 1, ctl, |dc| {
+        let blocks = self.for_decoded_blocks(v, &cells, None, Summary::Point, 1, ctl, |dc| {
             (dc.p, dc.nu.clone(), dc.r.clone(), dc.gate.clone())
         })?;
         let mut out = DecodedPoint {

@@ -574,3 +574,50 @@ fn mean_parameterizations_have_exact_gradients_and_decode_r() {
         }
     }
 }
+
+/// The original's architecture conventions (spec behaviours 1 and 2): the
+/// decoder's widths apply in reverse order, and the encoder's second head
+/// is a log-variance (`σ = exp(½·out)`), which the conditioned draws use.
+#[test]
+fn decoder_widths_reverse_and_the_encoder_head_is_a_log_variance() {
+    let truth = NbTruth::random(Variant::Nbdm, 7, 30, 2);
+    let data = leak(simulate_nb(&truth, 3));
+    let cfg = VaeConfig {
+        decoder_hidden: vec![3, 5],
+        ..small(None)
+    };
+    let vae = Vae::new(canonical(Variant::Nbdm, data), cfg.clone()).unwrap();
+    assert_eq!(vae.dec_mlp.hidden, vec![5, 3]);
+    assert_eq!(vae.dec_mlp.n_in, cfg.latent_dim);
+    assert_eq!(vae.dec_head.n_in, 3);
+    assert_eq!(vae.dec_head.n_out, 7);
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let mut v = vae.initial_params(&mut rng);
+    let [_, a, b, ..] = vae.offsets();
+    // Log-variance biases far from 0, where exp(½·lv) and exp(lv) differ.
+    v[b - 2] = -1.5;
+    v[b - 1] = 1.0;
+    let (loc, lv) = encode_cells(&cfg, &v[a..b], None, data).unwrap();
+    assert!(lv.iter().all(|x| x.abs() > 0.5), "{lv:?}");
+    // Column-major as R passes them.
+    let (cells, k) = (data.n_cells, cfg.latent_dim);
+    let col = |x: &[f64]| -> Vec<f64> {
+        (0..k)
+            .flat_map(|q| (0..cells).map(move |c| x[c * k + q]))
+            .collect()
+    };
+    let (lc, lvc) = (col(&loc), col(&lv));
+    let n = 20_000;
+    let draws = conditioned_draws(&lc, &lvc, cells, n, 7).unwrap();
+    for i in [0, 5, cells * k - 1] {
+        let xs = &draws[n * i..n * (i + 1)];
+        let m = xs.iter().sum::<f64>() / n as f64;
+        let sd = (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n as f64).sqrt();
+        let want = (0.5 * lvc[i]).exp();
+        assert!(
+            (sd / want - 1.0).abs() < 0.03,
+            "sd {sd} vs exp(lv/2) {want}"
+        );
+        assert!((m - lc[i]).abs() < 0.05 * want);
+    }
+}
