@@ -3,7 +3,7 @@
 # at 7.3 GB peak on CPU): simulated with scribe_simulate(). Workload 2:
 # pbmc3k, every gene detected in at least one cell, batch 256. Each run is a
 # fresh R process, so its peak RSS (VmHWM) is the fit's plus R's baseline
-# (reported separately).
+# (reported separately). Each run also times the downstream verbs.
 # Usage: Rscript bench/vae.R [path to shared/data] [n_steps]
 args <- commandArgs(trailingOnly = TRUE)
 data_dir <- if (length(args) >= 1) args[1] else "../shared/data"
@@ -26,7 +26,15 @@ one_run <- function(workload, threads) {
     cat(sprintf("%%d genes x %%d cells, batch %%s, %%d threads: %%.1f ms/step, %%.0f cells/s, peak RSS %%.0f MB (R and data before the fit: %%.0f MB)\\n",
                 nrow(x), ncol(x), if (is.null(batch)) "full" else batch, %d, 1e3 * t / %d,
                 %d * (if (is.null(batch)) ncol(x) else batch) / t, hwm(), base))
-  ', workload, data_dir, n_steps, threads, threads, n_steps, n_steps)
+    # Downstream verbs decode every cell (all genes for log-likelihoods, only
+    # the asked-for genes for predictive draws).
+    options(scribeR.num_threads = %d)
+    t_ll <- system.time(log_likelihood(fit, x))[["elapsed"]]
+    t_lld <- system.time(log_likelihood(fit, x, n_samples = 10, seed = 1))[["elapsed"]]
+    t_pp <- system.time(posterior_predictive(fit, n_samples = 100, genes = 1:5, x = x, seed = 1))[["elapsed"]]
+    cat(sprintf("  analyses: log_likelihood point %%.2f s, 10 draws %%.2f s; posterior_predictive 100 draws x 5 genes %%.2f s\n",
+                t_ll, t_lld, t_pp))
+  ', workload, data_dir, n_steps, threads, threads, n_steps, n_steps, threads)
   # The child sees this session's libraries (a development install included).
   system2("Rscript", c("-e", shQuote(code)), env = paste0("R_LIBS=", paste(.libPaths(), collapse = ":")))
 }
