@@ -375,6 +375,17 @@ setMethod("posterior_predictive", "ANY", function(fit, ...) not_a_fit(fit, "post
 setMethod("posterior_predictive", "ScribeLayoutResults", function(fit, n_samples = 100L, genes = NULL, cells = NULL,
                                                                   biological = FALSE, use_map = FALSE,
                                                                   chunk_cells = 1000L, seed = NULL, x = NULL) {
+  chunked_predictive(fit, n_samples, genes, cells, biological, use_map, chunk_cells, seed, function(opts, n, seed) {
+    opts$n_cells <- length(fit@cell_names)
+    run_analysis(fit, "predictive", NULL, opts, n, seed)$values
+  })
+})
+
+# Predictive draws of the fits whose core draws any subset of cells alike
+# (SVI, MCMC, VAE): the arguments checked, then `draw(opts, n_samples or
+# NULL for the MAP, seed)` per chunk of `chunk_cells` cells, assembled as an
+# `n_samples x cells x genes` array.
+chunked_predictive <- function(fit, n_samples, genes, cells, biological, use_map, chunk_cells, seed, draw) {
   check_flag(biological, "biological")
   check_flag(use_map, "use_map")
   check_number(chunk_cells, "chunk_cells", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
@@ -382,7 +393,7 @@ setMethod("posterior_predictive", "ScribeLayoutResults", function(fit, n_samples
   gi <- gene_index(fit, genes)
   gnames <- if (is.null(gi)) fit@gene_names else fit@gene_names[gi + 1L]
   ci <- if (is.null(cells)) seq_along(fit@cell_names) else if (is.character(cells)) match(cells, fit@cell_names) else cells
-  if (anyNA(ci) || any(ci < 1) || any(ci > length(fit@cell_names))) {
+  if (anyNA(ci) || any(ci < 1) || any(ci > length(fit@cell_names)) || any(ci != round(ci))) {
     abort_input("{.arg cells} has entries that are not cells of the fit.")
   }
   seed <- resolve_seed(seed)
@@ -391,11 +402,11 @@ setMethod("posterior_predictive", "ScribeLayoutResults", function(fit, n_samples
   out <- array(0, dim = c(s, length(ci), length(gnames)), dimnames = list(NULL, fit@cell_names[ci], gnames))
   for (start in seq.int(1L, length(ci), by = chunk_cells)) {
     idx <- start:min(length(ci), start + chunk_cells - 1L)
-    opts <- list(cells = as.integer(ci[idx] - 1L), biological = biological, n_cells = length(fit@cell_names))
+    opts <- list(cells = as.integer(ci[idx] - 1L), biological = biological)
     if (!is.null(gi)) opts$genes <- gi
     if (use_map) opts$replicate_map <- as.numeric(s)
-    res <- run_analysis(fit, "predictive", NULL, opts, if (use_map) NULL else n_samples, seed)
-    out[, idx, ] <- array(res$values, dim = c(s, length(idx), length(gnames)))
+    values <- draw(opts, if (use_map) NULL else n_samples, seed)
+    out[, idx, ] <- array(values, dim = c(s, length(idx), length(gnames)))
   }
   out
-})
+}

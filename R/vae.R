@@ -274,30 +274,9 @@ setMethod("denoise_counts", "ScribeVAEResults", function(fit, x, method = "mean"
 setMethod("posterior_predictive", "ScribeVAEResults", function(fit, n_samples = 100L, genes = NULL, cells = NULL,
                                                                biological = FALSE, use_map = FALSE,
                                                                chunk_cells = 1000L, seed = NULL, x = NULL) {
-  check_flag(biological, "biological")
-  check_flag(use_map, "use_map")
-  check_number(chunk_cells, "chunk_cells", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
-  check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647", function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
-  gi <- gene_index(fit, genes)
-  gnames <- if (is.null(gi)) fit@gene_names else fit@gene_names[gi + 1L]
-  ci <- if (is.null(cells)) seq_along(fit@cell_names) else if (is.character(cells)) match(cells, fit@cell_names) else cells
-  if (anyNA(ci) || any(ci < 1) || any(ci > length(fit@cell_names)) || any(ci != round(ci))) {
-    abort_input("{.arg cells} has entries that are not cells of the fit.")
-  }
-  seed <- resolve_seed(seed)
-  call_core(rs_check_values("n_samples", as.numeric(n_samples) * length(ci) * length(gnames)))
-  s <- as.integer(n_samples)
-  out <- array(0, dim = c(s, length(ci), length(gnames)), dimnames = list(NULL, fit@cell_names[ci], gnames))
-  for (start in seq.int(1L, length(ci), by = chunk_cells)) {
-    idx <- start:min(length(ci), start + chunk_cells - 1L)
-    opts <- list(cells = as.integer(ci[idx] - 1L), biological = biological)
-    if (!is.null(gi)) opts$genes <- gi
-    if (use_map) opts$replicate_map <- as.numeric(s)
-    res <- run_vae_analysis(fit, x, "predictive", opts, if (use_map) NULL else n_samples, seed,
-                            verb = "posterior_predictive")
-    out[, idx, ] <- array(res$values, dim = c(s, length(idx), length(gnames)))
-  }
-  out
+  chunked_predictive(fit, n_samples, genes, cells, biological, use_map, chunk_cells, seed, function(opts, n, seed) {
+    run_vae_analysis(fit, x, "predictive", opts, n, seed, verb = "posterior_predictive")$values
+  })
 })
 
 # Encoder outputs (loc, log_var: cells x latent) for counts matched to the fit's genes.

@@ -4,12 +4,15 @@
 # the share of genes whose observed mean, variance and zero fraction lie in
 # the central 50 / 80 / 95 % posterior predictive bands (100 draws, 500
 # genes drawn at random from the 2000, the same for every model).
-# Usage: Rscript bench/hierarchical.R [path to shared/data] [threads] [n_steps]
+# A VAE row shows what per-cell r (a decoder of each cell's embedding) does
+# to the same calibration.
+# Usage: Rscript bench/hierarchical.R [path to shared/data] [threads] [n_steps] [rows (regex)]
 suppressPackageStartupMessages({ library(scribeR); library(Matrix) })
 args <- commandArgs(trailingOnly = TRUE)
 data_dir <- if (length(args) >= 1) args[1] else "../shared/data"
 threads <- if (length(args) >= 2) as.integer(args[2]) else 2L
 n_steps <- if (length(args) >= 3) as.integer(args[3]) else 3000L
+rows <- if (length(args) >= 4) args[4] else "."
 
 pbmc <- as(readMM(file.path(data_dir, "pbmc3k", "matrix.mtx.gz")), "CsparseMatrix")
 storage.mode(pbmc@x) <- "double"
@@ -36,7 +39,9 @@ calibration <- function(fit) {
   levels <- c(50, 80, 95)
   hits <- array(0, c(3, 3), dimnames = list(c("mean", "variance", "zero fraction"), paste0(levels, "%")))
   for (chunk in split(check_genes, ceiling(seq_along(check_genes) / 100))) {
-    pp <- posterior_predictive(fit, n_samples = 100, genes = rownames(x)[chunk], seed = 2)
+    # A VAE decodes each cell from its counts.
+    pp <- posterior_predictive(fit, n_samples = 100, genes = rownames(x)[chunk], seed = 2,
+                               x = if (is(fit, "ScribeVAEResults")) x)
     obs <- as.matrix(x[chunk, , drop = FALSE])
     stat <- list(mean = function(a, d) apply(a, d, mean), variance = function(a, d) apply(a, d, stats::var),
                  "zero fraction" = function(a, d) apply(a == 0, d, mean))
@@ -66,8 +71,10 @@ runs <- list(
   "nbvcp, 4 components, mean hierarchy" = list(model = "nbvcp", n_components = 4, priors = list(mean_expression = "gaussian")),
   "zinbvcp" = list(model = "zinbvcp"),
   "zinbvcp, gene-specific p" = list(model = "zinbvcp", priors = list(probability = "gaussian")),
-  "zinbvcp, gate hierarchy" = list(model = "zinbvcp", priors = list(zero_inflation = "gaussian"))
+  "zinbvcp, gate hierarchy" = list(model = "zinbvcp", priors = list(zero_inflation = "gaussian")),
+  "nbvcp, VAE (latent_dim 10)" = list(model = "nbvcp", inference_method = "vae", latent_dim = 10)
 )
+runs <- runs[grepl(rows, names(runs))]
 base <- NULL
 for (name in names(runs)) {
   r <- do.call(fit_one, runs[[name]])

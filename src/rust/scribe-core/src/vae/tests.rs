@@ -30,6 +30,25 @@ fn small(prior: Option<FlowConfig>) -> VaeConfig {
     }
 }
 
+/// Finite differences of the single-sample loss (fixed noise, β = 0.7) on
+/// five of the cells of `data`.
+fn check_loss_gradient(vae: &Vae, v: &[f64], data: &CountMatrix, label: &str) {
+    let mut batch = Batch::full(data);
+    batch.set_cells(data, &[0, 2, 3, 5, 7]);
+    crate::testutil::check_gradient(
+        |v, g| {
+            let mut rng = ChaCha8Rng::seed_from_u64(9);
+            let mut gl = vec![0.0; g.len()];
+            let l = vae.loss_and_grad(v, &batch, 0.7, &mut rng, &mut gl);
+            g.iter_mut().zip(&gl).for_each(|(a, b)| *a += b);
+            l
+        },
+        v,
+        1e-5,
+        label,
+    );
+}
+
 #[test]
 fn loss_gradient_matches_finite_differences() {
     let flow = |kind| FlowConfig {
@@ -71,24 +90,11 @@ fn loss_gradient_matches_finite_differences() {
         for (j, x) in v.iter_mut().enumerate() {
             *x += 0.05 * ((j * 7 % 13) as f64 - 6.0) / 6.0;
         }
-        let mut batch = Batch::full(data);
-        batch.set_cells(data, &[0, 2, 3, 5, 7]);
         let label = format!(
             "{variant:?} prior={:?} input={transform:?} standardize={standardize}",
             prior.map(|p| p.kind)
         );
-        crate::testutil::check_gradient(
-            |v, g| {
-                let mut rng = ChaCha8Rng::seed_from_u64(9);
-                let mut gl = vec![0.0; g.len()];
-                let l = vae.loss_and_grad(v, &batch, 0.7, &mut rng, &mut gl);
-                g.iter_mut().zip(&gl).for_each(|(a, b)| *a += b);
-                l
-            },
-            &v,
-            1e-5,
-            &label,
-        );
+        check_loss_gradient(&vae, &v, data, &label);
     }
 }
 
@@ -510,20 +516,7 @@ fn mean_parameterizations_have_exact_gradients_and_decode_r() {
         for (j, x) in v.iter_mut().enumerate() {
             *x += 0.05 * ((j * 7 % 13) as f64 - 6.0) / 6.0;
         }
-        let mut batch = Batch::full(data);
-        batch.set_cells(data, &[0, 2, 3, 5, 7]);
-        crate::testutil::check_gradient(
-            |v, g| {
-                let mut rng = ChaCha8Rng::seed_from_u64(9);
-                let mut gl = vec![0.0; g.len()];
-                let l = vae.loss_and_grad(v, &batch, 0.7, &mut rng, &mut gl);
-                g.iter_mut().zip(&gl).for_each(|(a, b)| *a += b);
-                l
-            },
-            &v,
-            1e-5,
-            &format!("{variant:?} {param:?}"),
-        );
+        check_loss_gradient(&vae, &v, data, &format!("{variant:?} {param:?}"));
         // Decoded r is the decoder's mean times (1 − p)/p; the log-likelihood
         // is the pmf's at that r.
         let pt = vae.decoded_point(&v, Ctl::none()).unwrap();
