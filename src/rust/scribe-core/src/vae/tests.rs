@@ -614,3 +614,37 @@ fn decoder_widths_reverse_and_the_encoder_head_is_a_log_variance() {
         assert!((m - lc[i]).abs() < 0.05 * want);
     }
 }
+
+/// Spec behaviour 6: the KL weight β scales every latent term, the global
+/// parameters' prior included. At β = 0 the loss does not see `p`'s prior;
+/// at β = 1 it does; in between it is affine in β.
+#[test]
+fn kl_weight_scales_the_global_priors_too() {
+    let truth = NbTruth::random(Variant::Nbvcp, 6, 8, 3);
+    let data = leak(simulate_nb(&truth, 4));
+    let spec = |a: f64| {
+        let mut s = NbSpec::new(
+            Variant::Nbvcp,
+            Parameterization::Canonical,
+            false,
+            Link::Softplus,
+        );
+        s.set_prior("p", a, 2.0).unwrap();
+        leak(NbModel::new(s, data).unwrap())
+    };
+    let (m1, m2) = (spec(2.0), spec(7.0));
+    let (v1, v2) = (
+        Vae::new(m1, small(None)).unwrap(),
+        Vae::new(m2, small(None)).unwrap(),
+    );
+    let v = v1.initial_params(&mut ChaCha8Rng::seed_from_u64(1));
+    let batch = Batch::full(data);
+    let loss = |vae: &Vae, beta: f64| {
+        let mut g = vec![0.0; v.len()];
+        vae.loss_and_grad(&v, &batch, beta, &mut ChaCha8Rng::seed_from_u64(9), &mut g)
+    };
+    assert!((loss(&v1, 0.0) - loss(&v2, 0.0)).abs() < 1e-9);
+    assert!((loss(&v1, 1.0) - loss(&v2, 1.0)).abs() > 1e-3);
+    let mid = 0.5 * (loss(&v1, 0.0) + loss(&v1, 1.0));
+    assert!((loss(&v1, 0.5) - mid).abs() < 1e-8 * mid.abs());
+}
