@@ -239,26 +239,37 @@ setMethod("denoise_counts", "ANY", function(fit, x, ...) not_a_fit(fit, "denoise
 #' @rdname denoise_counts
 setMethod("denoise_counts", "ScribeLayoutResults", function(fit, x, method = "mean", n_samples = NULL, genes = NULL,
                                                             return_variance = FALSE, seed = NULL, assay = NULL) {
+  d <- denoise_options(fit, method, genes, return_variance)
+  counts <- counts_for_fit(fit, x, assay)
+  res <- run_analysis(fit, "denoise", counts, d$opts, n_samples, seed)
+  shape_denoised(fit, res, d$genes, n_samples, return_variance)
+})
+
+# denoise_counts()'s arguments checked, as the core's options, and the
+# names of the genes asked for.
+denoise_options <- function(fit, method, genes, return_variance) {
   if (!is.character(method) || !(length(method) %in% 1:2)) {
     abort_input("{.arg method} must be one or two of {.val {c('mean', 'mode', 'sample')}}.")
   }
   for (m in method) match_choice(m, c("mean", "mode", "sample"), "method")
   check_flag(return_variance, "return_variance")
-  counts <- counts_for_fit(fit, x, assay)
   gi <- gene_index(fit, genes)
   opts <- list(method = method[1], zi_method = method[length(method)], return_variance = return_variance)
   if (!is.null(gi)) opts$genes <- gi
-  res <- run_analysis(fit, "denoise", counts, opts, n_samples, seed)
-  gnames <- if (is.null(gi)) fit@gene_names else fit@gene_names[gi + 1L]
-  s <- if (is.null(n_samples)) 1L else as.integer(n_samples)
+  list(opts = opts, genes = if (is.null(gi)) fit@gene_names else fit@gene_names[gi + 1L])
+}
+
+# The core's denoised values (genes x cells per draw) as denoise_counts() returns them.
+shape_denoised <- function(fit, res, gnames, n_samples, return_variance) {
   shape <- function(v) {
     if (is.null(n_samples)) return(matrix(v, nrow = length(gnames), dimnames = list(gnames, fit@cell_names)))
-    a <- array(v, dim = c(length(gnames), length(fit@cell_names), s), dimnames = list(gnames, fit@cell_names, NULL))
+    a <- array(v, dim = c(length(gnames), length(fit@cell_names), as.integer(n_samples)),
+               dimnames = list(gnames, fit@cell_names, NULL))
     aperm(a, c(3L, 1L, 2L))
   }
   den <- shape(res$values)
   if (return_variance) list(denoised = den, variance = shape(res$variance)) else den
-})
+}
 
 #' Compositional normalization
 #'

@@ -250,24 +250,9 @@ setMethod("log_likelihood", "ScribeVAEResults", function(fit, x, by = c("cell", 
 #' @rdname denoise_counts
 setMethod("denoise_counts", "ScribeVAEResults", function(fit, x, method = "mean", n_samples = NULL, genes = NULL,
                                                          return_variance = FALSE, seed = NULL, assay = NULL) {
-  if (!is.character(method) || !(length(method) %in% 1:2)) {
-    abort_input("{.arg method} must be one or two of {.val {c('mean', 'mode', 'sample')}}.")
-  }
-  for (m in method) match_choice(m, c("mean", "mode", "sample"), "method")
-  check_flag(return_variance, "return_variance")
-  gi <- gene_index(fit, genes)
-  opts <- list(method = method[1], zi_method = method[length(method)], return_variance = return_variance)
-  if (!is.null(gi)) opts$genes <- gi
-  res <- run_vae_analysis(fit, x, "denoise", opts, n_samples, seed, assay, "denoise_counts")
-  gnames <- if (is.null(gi)) fit@gene_names else fit@gene_names[gi + 1L]
-  shape <- function(v) {
-    if (is.null(n_samples)) return(matrix(v, nrow = length(gnames), dimnames = list(gnames, fit@cell_names)))
-    a <- array(v, dim = c(length(gnames), length(fit@cell_names), as.integer(n_samples)),
-               dimnames = list(gnames, fit@cell_names, NULL))
-    aperm(a, c(3L, 1L, 2L))
-  }
-  den <- shape(res$values)
-  if (return_variance) list(denoised = den, variance = shape(res$variance)) else den
+  d <- denoise_options(fit, method, genes, return_variance)
+  res <- run_vae_analysis(fit, x, "denoise", d$opts, n_samples, seed, assay, "denoise_counts")
+  shape_denoised(fit, res, d$genes, n_samples, return_variance)
 })
 
 #' @rdname posterior_predictive

@@ -232,6 +232,16 @@ fn perturbed(variant: Variant, seed: u64) -> (Vae<'static>, Vec<f64>, &'static C
     (vae, v, data)
 }
 
+/// The counts of cell `c` of `data` as a dense row over its genes.
+fn dense_counts(data: &CountMatrix, c: usize) -> Vec<f64> {
+    let mut row = vec![0.0; data.n_genes];
+    let (gs, us) = data.row(c);
+    gs.iter()
+        .zip(us)
+        .for_each(|(&g, &u)| row[g as usize] = u as f64);
+    row
+}
+
 /// `ln f(u)` of one count straight from the (zero-inflated) NB pmf.
 fn ln_pmf(u: u32, r: f64, p_hat: f64, gate: Option<f64>) -> f64 {
     let u = u as f64;
@@ -276,13 +286,11 @@ fn log_likelihoods_match_the_pmf_of_each_cells_decoded_parameters() {
                 assert!(nu < 1.0);
             }
             let p_hat = p * nu / (1.0 - p * (1.0 - nu));
-            let mut dense = vec![0u32; g_n];
-            let (gs, us) = data.row(c);
-            gs.iter().zip(us).for_each(|(&g, &u)| dense[g as usize] = u);
+            let dense = dense_counts(data, c);
             let mut tot = 0.0;
             for g in 0..g_n {
                 let l = ln_pmf(
-                    dense[g],
+                    dense[g] as u32,
                     r[c * g_n + g],
                     p_hat,
                     gate.as_ref().map(|x| x[c * g_n + g]),
@@ -394,11 +402,7 @@ fn denoised_counts_undo_capture_only() {
         )
         .unwrap();
     for c in 0..data.n_cells {
-        let (gs, us) = data.row(c);
-        let mut dense = [0.0; 9];
-        gs.iter()
-            .zip(us)
-            .for_each(|(&g, &u)| dense[g as usize] = u as f64);
+        let dense = dense_counts(data, c);
         for g in 0..9 {
             assert!((m[g + 9 * c] - dense[g]).abs() < 1e-12);
             assert!(var.as_ref().unwrap()[g + 9 * c].abs() < 1e-12);
@@ -423,11 +427,7 @@ fn denoised_counts_undo_capture_only() {
     for c in 0..data.n_cells {
         let (p, nu) = (pt.p, pt.nu[c]);
         let pp = p * (1.0 - nu);
-        let (gs, us) = data.row(c);
-        let mut dense = [0.0; 9];
-        gs.iter()
-            .zip(us)
-            .for_each(|(&g, &u)| dense[g as usize] = u as f64);
+        let dense = dense_counts(data, c);
         for g in 0..9 {
             let want = (dense[g] + r[c * 9 + g] * pp) / (1.0 - pp);
             assert!((m[g + 9 * c] - want).abs() < 1e-10 * want.max(1.0));
@@ -478,11 +478,7 @@ fn parameter_draws_and_fractions_read_each_cells_decoded_parameters() {
     for c in 0..data.n_cells {
         let r = &pt.r[c * g_n..(c + 1) * g_n];
         let tot = r.iter().sum::<f64>() + data.lib_size[c];
-        let mut u = vec![0.0; g_n];
-        let (gs, us) = data.row(c);
-        gs.iter()
-            .zip(us)
-            .for_each(|(&g, &x)| u[g as usize] = x as f64);
+        let u = dense_counts(data, c);
         for g in 0..g_n {
             assert!((mean[g + g_n * c] - (r[g] + u[g]) / tot).abs() < 1e-14);
         }
@@ -527,13 +523,11 @@ fn mean_parameterizations_have_exact_gradients_and_decode_r() {
         for c in 0..data.n_cells {
             let nu = pt.nu[c];
             let p_hat = pt.p * nu / (1.0 - pt.p * (1.0 - nu));
-            let mut dense = vec![0u32; g_n];
-            let (gs, us) = data.row(c);
-            gs.iter().zip(us).for_each(|(&g, &u)| dense[g as usize] = u);
+            let dense = dense_counts(data, c);
             let tot: f64 = (0..g_n)
                 .map(|g| {
                     let gate = pt.gate.as_ref().map(|x| x[c * g_n + g]);
-                    ln_pmf(dense[g], pt.r[c * g_n + g], p_hat, gate)
+                    ln_pmf(dense[g] as u32, pt.r[c * g_n + g], p_hat, gate)
                 })
                 .sum();
             assert!((ll[c] - tot).abs() < 1e-8 * tot.abs());
