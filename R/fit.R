@@ -308,9 +308,20 @@
 #' cell usually needs one or two, and `show()` reports the mean). Every solve
 #' uses nested Woodbury identities, so no genes x genes matrix is formed and a
 #' Newton step costs O(G k^2 + k^3) per cell. The
-#' global `mu`, `W` and `d` follow the optimiser (`optimizer_config`, default
-#' Adam 1e-3) on the Laplace approximation of the marginal likelihood, with
-#' the MAPs held fixed; mini-batches with `batch_size`. The start is a PCA of
+#' global `mu`, `W` and `d` follow the optimiser on the Laplace approximation
+#' of the marginal likelihood, with the MAPs held fixed in its gradient. In
+#' full batch (the default) that is L-BFGS: each step searches along the
+#' quasi-Newton direction, every trial point a Newton sweep over all cells,
+#' and accepts the first with a sufficient decrease of the loss at the
+#' re-solved MAPs; it stops (reason "converged") when neither that direction
+#' nor the gradient lowers the loss any more. On pbmc3k (2000 genes, k = 16)
+#' it reached in 100 steps a loss that Adam at 1e-3 (the original's default)
+#' had not reached after 1500. Its rest point differs slightly from the
+#' first-order optimisers': they stop where the fixed-MAP gradient vanishes,
+#' L-BFGS where the loss at re-solved MAPs stops falling (on a simulated PLN,
+#' 0.014 in `mu` and 5e-6 of the loss). `optimizer_config = list(name =
+#' "adam", step_size = 1e-3)` gives the original's optimiser; mini-batches
+#' (`batch_size`) need a first-order one and use Adam 1e-3 by default. The start is a PCA of
 #' `log(u + 1)`, after which `mu` is moved to the mean of the cells' MAPs
 #' (the exact maximiser in `mu` with the MAPs fixed), alternating with Newton
 #' sweeps over all cells until it moves by less than 0.01 (at most
@@ -398,10 +409,13 @@
 #'   `"scalar"` (one per dataset).
 #' @param n_steps Number of optimisation steps (default 50000; SVI and Laplace).
 #' @param batch_size Cells per step; `NULL` = all cells.
-#' @param optimizer_config `NULL` (Adam, step size 1e-3) or a list with
+#' @param optimizer_config `NULL` (Adam, step size 1e-3; L-BFGS for Laplace
+#'   fits in full batch) or a list with
 #'   `name` (`"adam"`, `"clipped_adam"`, `"adagrad"`, `"rmsprop"`, `"sgd"`,
 #'   `"momentum"`), `step_size` (required) and optionally `b1`, `b2`, `eps`,
 #'   `momentum`, `gamma`, `grad_clip_norm` (clipped_adam only, default 10).
+#'   Laplace fits in full batch also take `list(name = "lbfgs", memory = 10)`
+#'   (the number of curvature pairs kept; no step size).
 #' @param stable_update Skip updates with a non-finite loss or gradient.
 #' @param restore_best Return the parameters of the best smoothed loss.
 #' @param guide_rank `NULL` (mean-field guide) or a whole number `k`: a
@@ -1249,16 +1263,30 @@ resolve_priors <- function(priors, model, parameterization) {
   out
 }
 
-resolve_optimizer <- function(cfg) {
+# `lbfgs = TRUE` where the engine offers L-BFGS (the Laplace outer loop in
+# full batch); its settings come back as list(name = "lbfgs", memory = m).
+resolve_optimizer <- function(cfg, lbfgs = FALSE) {
   if (is.null(cfg)) return(NULL)
   if (!is.list(cfg)) abort_input("{.arg optimizer_config} must be a list, e.g. {.code list(name = \"adam\", step_size = 1e-3)}.")
-  known <- c("name", "step_size", "b1", "b2", "eps", "momentum", "gamma", "grad_clip_norm")
+  known <- c("name", "step_size", "b1", "b2", "eps", "momentum", "gamma", "grad_clip_norm", if (lbfgs) "memory")
   bad <- setdiff(names(cfg), known)
   if (length(bad) > 0L) {
     abort_input(c("Unknown {.arg optimizer_config} field{?s}: {.val {bad}}.", "i" = "Known fields: {.val {known}}."))
   }
   name <- if (is.null(cfg$name)) "adam" else tolower(trimws(cfg$name))
-  name <- match_choice(name, c("adam", "clipped_adam", "adagrad", "rmsprop", "sgd", "momentum"), "optimizer_config$name")
+  if (identical(name, "lbfgs") && !lbfgs) {
+    abort_unsupported(c("{.code optimizer_config$name = \"lbfgs\"} is for {.code inference_method = \"laplace\"} in full batch.",
+                        "i" = "Stochastic objectives (mini-batches, Monte Carlo ELBOs) need a first-order optimiser such as {.val adam}."))
+  }
+  name <- match_choice(name, c("adam", "clipped_adam", "adagrad", "rmsprop", "sgd", "momentum", if (lbfgs) "lbfgs"),
+                       "optimizer_config$name")
+  if (name == "lbfgs") {
+    check_number(cfg$memory, "optimizer_config$memory", "a whole number >= 1", function(v) v >= 1 && v == round(v), TRUE)
+    if (!is.null(cfg$step_size)) {
+      abort_input("{.val lbfgs} has no {.field step_size}: each step searches along its direction.")
+    }
+    return(list(name = "lbfgs", memory = as.numeric(if (is.null(cfg$memory)) 10 else cfg$memory)))
+  }
   if (is.null(cfg$step_size)) {
     abort_input("{.arg optimizer_config} needs a {.field step_size} (e.g. 1e-3).")
   }

@@ -189,9 +189,20 @@ fit_laplace <- function(counts, dropped, model, a, shared) {
   }
   k <- resolve_latent_dim(a$latent_dim, a$vae_latent_dim, nrow(counts))
   cfg <- resolve_laplace_config(a$laplace_config)
+  opt <- resolve_optimizer(a$optimizer_config, lbfgs = TRUE)
+  full_batch <- is.null(a$batch_size) || a$batch_size >= ncol(counts)
+  # In full batch the outer loss is deterministic, the setting quasi-Newton
+  # steps are made for: L-BFGS is the default there (documented in ?scribe_fit).
+  if (is.null(opt) && full_batch) opt <- list(name = "lbfgs", memory = 10)
+  lbfgs <- identical(opt$name, "lbfgs")
+  if (lbfgs && !full_batch) {
+    abort_unsupported(c("{.code optimizer_config$name = \"lbfgs\"} needs the full batch: its line search compares losses of the same cells.",
+                        "i" = "Drop {.arg batch_size}, or use {.val adam} with mini-batches."))
+  }
   lap <- c(list(latent_dim = k, n_steps = as.numeric(a$n_steps),
                 batch_size = if (is.null(a$batch_size)) NULL else as.numeric(a$batch_size),
-                optimizer_config = resolve_optimizer(a$optimizer_config), seed = shared$seed, capture = core_capture,
+                optimizer_config = if (!lbfgs) opt, lbfgs_memory = if (lbfgs) opt$memory,
+                seed = shared$seed, capture = core_capture,
                 cascade = cascade$core, loadings = priors$loadings,
                 d_mode = if (is.null(d_mode)) "learned" else d_mode), early_stopping, cfg)
   t0 <- proc.time()[["elapsed"]]
@@ -307,7 +318,9 @@ setMethod("show", "ScribeLaplaceResults", function(object) {
   per_visit <- if (!is.null(nw) && nw$outer_cell_visits > 0) nw$outer_steps / nw$outer_cell_visits else NA_real_
   cat(sprintf("  steps:  %d%s, %s, %s Newton steps per cell and step (at most %d), %.1f s\n", length(losses),
               if (is.null(d$aborted) && !identical(d$stop$reason, "early_stopping")) stop_summary(object) else "",
-              if (is.null(bs)) "full batch" else sprintf("batch size %d", as.integer(bs)),
+              paste0(if (is.null(bs)) "full batch" else sprintf("batch size %d", as.integer(bs)), ", ",
+                     if (!is.null(object@config$lbfgs_memory)) "L-BFGS"
+                     else if (!is.null(object@config$optimizer_config)) object@config$optimizer_config$name else "adam"),
               sprintf("%.1f", per_visit), as.integer(object@config$n_newton_steps), d$elapsed))
   cat(sprintf("  loss:   %s (mean of the last %d steps)%s%s\n", format(mean(tail_l), digits = 7), length(tail_l),
               if (!is.null(d$aborted)) "; stopped by the divergence detector" else if (identical(d$stop$reason, "early_stopping")) "; stopped early" else "",

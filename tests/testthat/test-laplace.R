@@ -294,3 +294,31 @@ test_that("early stopping applies to Laplace fits", {
   expect_equal(fit@diagnostics$restored_step, 21)
   expect_output(show(fit), "stopped early; state of step 21 restored")
 })
+
+test_that("L-BFGS on the outer loss: fewer steps, the rank at default settings, clear errors", {
+  sim <- simulate_pln(40, 400, 3, seed = 11)
+  lb <- scribe_fit(sim$counts, model = "pln", inference_method = "laplace", latent_dim = 8, n_steps = 300,
+                   seed = 1, verbose = FALSE, optimizer_config = list(name = "lbfgs"),
+                   priors = list(loadings = list(type = "horseshoe_columnwise", tau_scale = 1)))
+  expect_equal(w_prior_diagnostics(lb)$effective_rank, 3L)
+  h <- loss_history(lb)
+  expect_true(all(diff(h) <= 0))
+  expect_lt(max(abs(get_map(lb)$mu - sim$mu)), 0.25)
+  # The same fit on 1 and 2 threads.
+  small <- simulate_pln(15, 120, 2, seed = 3)
+  one <- function(t) scribe_fit(small$counts, model = "pln", inference_method = "laplace", latent_dim = 2,
+                                n_steps = 20, seed = 1, verbose = FALSE, num_threads = t,
+                                optimizer_config = list(name = "lbfgs", memory = 5))
+  expect_identical(get_map(one(1))$W, get_map(one(2))$W)
+  expect_error(scribe_fit(small$counts, model = "pln", inference_method = "laplace", latent_dim = 2, batch_size = 50,
+                          optimizer_config = list(name = "lbfgs")),
+               "full batch", class = "scribeR_unsupported")
+  expect_error(scribe_fit(small$counts, model = "pln", inference_method = "laplace", latent_dim = 2,
+                          optimizer_config = list(name = "lbfgs", step_size = 0.1)),
+               "step_size", class = "scribeR_input_error")
+  expect_error(scribe_fit(small$counts, model = "pln", inference_method = "laplace", latent_dim = 2,
+                          optimizer_config = list(name = "lbfgs", memory = 0)),
+               "memory", class = "scribeR_input_error")
+  expect_error(scribe_fit(small$counts, model = "nbdm", n_steps = 5, optimizer_config = list(name = "lbfgs")),
+               "laplace", class = "scribeR_unsupported")
+})

@@ -14,6 +14,7 @@ pub mod cell;
 mod guards;
 pub mod init;
 pub mod lnm;
+mod objective;
 mod outer;
 pub mod posterior;
 mod sweep;
@@ -57,6 +58,10 @@ pub struct LaplaceConfig {
     /// the first outer step (0: none).
     pub mu_warm_rounds: usize,
     pub optimizer: OptimizerConfig,
+    /// L-BFGS with this many curvature pairs instead of `optimizer` (full
+    /// batch only): each step is a line search along the quasi-Newton
+    /// direction, every trial a Newton sweep over all cells.
+    pub lbfgs_memory: Option<usize>,
     pub seed: u64,
     pub n_reports: usize,
     pub capture: Capture,
@@ -91,6 +96,7 @@ impl Default for LaplaceConfig {
             rescue_damping_multiplier: 10.0,
             mu_warm_rounds: 10,
             optimizer: OptimizerConfig::default(),
+            lbfgs_memory: None,
             seed: 42,
             n_reports: 100,
             capture: Capture::None,

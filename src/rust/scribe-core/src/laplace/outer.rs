@@ -4,11 +4,13 @@
 
 use super::cell::EtaMode;
 use super::guards::Guards;
+use super::objective::{Eval, Objective};
 use super::sweep::{cell_norm, sweep, EtaSpec, Globals, Layout, SweepOut};
 use super::{init, w_prior, Capture, Cascade, LaplaceConfig, LaplaceFit, LnModel, NewtonCounts};
 use crate::data::{BatchSampler, CountMatrix};
 use crate::error::{CoreError, Partial, Result};
-use crate::math::{sigmoid, softplus, softplus_inv};
+use crate::math::{softplus, softplus_inv};
+use crate::optim::lbfgs::{Lbfgs, LineSearch, Next};
 use crate::optim::settle::{Group, SettleTracker, Verdict};
 use crate::optim::Optimizer;
 use crate::optim::StopReason;
@@ -68,15 +70,101 @@ pub fn norm_summary(v: &[f64]) -> (f64, f64, f64) {
     (s[s.len() - 1], q(0.99), q(0.5))
 }
 
-/// `Σ ln N(v; loc, scale)`, adding its gradient into `g`.
-fn normal_prior(v: &[f64], loc: &[f64], scale: &[f64], g: &mut [f64]) -> f64 {
-    let mut lp = 0.0;
-    for i in 0..v.len() {
-        let z = (v[i] - loc[i]) / scale[i];
-        lp += -0.5 * z * z - scale[i].ln() - 0.5 * (2.0 * std::f64::consts::PI).ln();
-        g[i] -= z / scale[i];
+/// Trials an L-BFGS line search rejected: their Newton steps and cell
+/// visits still count.
+#[derive(Default)]
+struct Rejected {
+    trials: usize,
+    newton_steps: usize,
+}
+
+impl Rejected {
+    fn count(&self, newton: &mut NewtonCounts, n_cells: usize) {
+        newton.outer_steps += self.newton_steps;
+        newton.outer_cell_visits += self.trials * n_cells;
     }
-    lp
+}
+
+enum LbfgsStep {
+    /// The accepted point's evaluation (its sweep left the latents at its MAPs).
+    Moved(Eval, Rejected),
+    /// Neither the quasi-Newton nor the steepest-descent direction gave a
+    /// sufficient decrease.
+    Stuck(Rejected),
+    Cancelled,
+}
+
+/// Largest change of any coordinate of θ (unconstrained scale) that a line
+/// search starts from: the first step has no curvature to size it, and a
+/// quasi-Newton step built from a few pairs can overshoot wildly.
+const LBFGS_MAX_MOVE: f64 = 1.0;
+
+/// One L-BFGS step of the globals from `th` (evaluated in `cur`): every
+/// trial point is a full-batch sweep, warm-started from the last trial's
+/// MAPs (the posterior of each cell's latents is log-concave, so where
+/// Newton starts does not change the MAP it finds). A trial with more
+/// masked cells than the current point counts as a failure: dropping a
+/// cell's ELBO would fake a decrease.
+fn lbfgs_step(
+    obj: &Objective<'_>,
+    lb: &mut Lbfgs,
+    th: &mut Vec<f64>,
+    cur: &Eval,
+    latents: &mut [f64],
+    eta: &mut [f64],
+) -> LbfgsStep {
+    let all: Vec<usize> = (0..obj.data.n_cells).collect();
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let mut rejected = Rejected::default();
+    loop {
+        let mut d = lb.direction(&cur.grad);
+        let mut slope = dot(&cur.grad, &d);
+        if !(slope < 0.0) {
+            lb.reset();
+            d = cur.grad.iter().map(|v| -v).collect();
+            slope = -dot(&cur.grad, &cur.grad);
+        }
+        let d_max = d.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        if !(slope < 0.0) || !d_max.is_finite() {
+            return LbfgsStep::Stuck(rejected);
+        }
+        let mut alpha = (LBFGS_MAX_MOVE / d_max).min(1.0);
+        let mut ls = LineSearch::new(cur.loss, slope, alpha);
+        loop {
+            let trial: Vec<f64> = th.iter().zip(&d).map(|(t, d)| t + alpha * d).collect();
+            let ev = obj.eval(&trial, &all, latents, eta);
+            let f = match &ev {
+                Some(e) if e.cancelled => return LbfgsStep::Cancelled,
+                Some(e) if e.masked <= cur.masked => e.loss,
+                _ => f64::NAN,
+            };
+            match ls.trial(f) {
+                Next::Accept => {
+                    let ev = ev.expect("an accepted trial was evaluated");
+                    let s: Vec<f64> = trial.iter().zip(th.iter()).map(|(a, b)| a - b).collect();
+                    let y: Vec<f64> = ev.grad.iter().zip(&cur.grad).map(|(a, b)| a - b).collect();
+                    lb.push(s, y);
+                    *th = trial;
+                    return LbfgsStep::Moved(ev, rejected);
+                }
+                Next::Try(a) => {
+                    alpha = a;
+                    rejected.trials += 1;
+                    rejected.newton_steps += ev.map_or(0, |e| e.newton_steps);
+                }
+                Next::Fail => {
+                    rejected.trials += 1;
+                    rejected.newton_steps += ev.map_or(0, |e| e.newton_steps);
+                    break;
+                }
+            }
+        }
+        // A failed quasi-Newton search falls back to steepest descent once.
+        if lb.is_empty() {
+            return LbfgsStep::Stuck(rejected);
+        }
+        lb.reset();
+    }
 }
 
 /// Method-of-moments dispersion per gene, `r = m²/(v − m)` (1 for unexpressed genes).
@@ -299,6 +387,12 @@ pub fn run(
         .batch_size
         .filter(|&b| b < n)
         .map(|b| BatchSampler::new(n, b));
+    if cfg.lbfgs_memory.is_some() && sampler.is_some() {
+        return Err(CoreError::arg(
+            "optimizer_config",
+            "L-BFGS needs the full batch: its line search compares losses of the same cells",
+        ));
+    }
     let mut history = Vec::with_capacity(crate::limits::history_capacity(cfg.n_steps));
     let batch = sampler.as_ref().map_or(0, |_| cfg.batch_size.unwrap_or(0));
     let (mut lat_buf, mut eta_buf) = (vec![0.0; batch * ld], vec![0.0; batch]);
@@ -331,8 +425,8 @@ pub fn run(
     // units too high for sparse genes (thousands of optimiser steps at the
     // default step size), to where it settles. Not for low-rank LNM (its
     // latents are z, not y) nor for a μ the cascade fixes or puts a prior on.
+    let all: Vec<usize> = (0..n).collect();
     if !lay.low_rank && cas.mu_frozen.is_none() && cas.mu_prior.is_none() {
-        let all: Vec<usize> = (0..n).collect();
         for _ in 0..cfg.mu_warm_rounds {
             let Some(gl) = Globals::new(&th, lay) else {
                 break;
@@ -376,95 +470,68 @@ pub fn run(
             }
         }
     }
+    let obj = Objective {
+        data,
+        cfg,
+        lay,
+        modes: &modes,
+        cancel,
+        frozen,
+    };
+    let mut lbfgs = cfg.lbfgs_memory.map(Lbfgs::new);
     let report_every = (cfg.n_steps / cfg.n_reports.max(1)).max(1);
+    // L-BFGS hands the evaluation at its accepted point to the next step.
+    let mut carried: Option<Eval> = None;
+    let all: Vec<usize> = (0..n).collect();
+    let cancelled_at = |step: usize, history: &[f64]| {
+        CoreError::cancelled().with_partial(Partial {
+            step,
+            loss_history: history.to_vec(),
+        })
+    };
     for step in 0..cfg.n_steps {
         if cancel.cancelled() {
-            return Err(CoreError::cancelled().with_partial(Partial {
-                step,
-                loss_history: history,
-            }));
+            return Err(cancelled_at(step, &history));
         }
         let cells: Vec<usize> = match sampler.as_mut() {
             Some(s) => s.draw(&mut rng).iter().map(|&c| c as usize).collect(),
-            None => (0..n).collect(),
+            None => all.clone(),
         };
-        let scale = n as f64 / cells.len() as f64;
-        let Some(gl) = Globals::new(&th, lay) else {
+        let ev = match carried.take() {
+            Some(ev) => Some(ev),
+            // Full batch: the sweep works on the latents in place (an aborted
+            // step restores the best state anyway); a mini-batch is gathered
+            // into buffers kept across steps and scattered back below.
+            None if sampler.is_some() => {
+                for (i, &c) in cells.iter().enumerate() {
+                    lat_buf[i * ld..(i + 1) * ld].copy_from_slice(&latents[c * ld..(c + 1) * ld]);
+                    eta_buf[i] = eta[c];
+                }
+                obj.eval(
+                    &th,
+                    &cells,
+                    &mut lat_buf[..cells.len() * ld],
+                    &mut eta_buf[..cells.len()],
+                )
+            }
+            None => obj.eval(&th, &cells, &mut latents, &mut eta),
+        };
+        let Some(ev) = ev else {
             aborted = Some(format!(
                 "step {}: the prior covariance is not positive definite",
                 step + 1
             ));
             break;
         };
-        // Full batch: the sweep works on the latents in place (an aborted
-        // step restores the best state anyway); a mini-batch is gathered
-        // into buffers kept across steps and scattered back below.
-        let (lat, eta_b): (&mut [f64], &mut [f64]) = if sampler.is_some() {
-            for (i, &c) in cells.iter().enumerate() {
-                lat_buf[i * ld..(i + 1) * ld].copy_from_slice(&latents[c * ld..(c + 1) * ld]);
-                eta_buf[i] = eta[c];
-            }
-            (
-                &mut lat_buf[..cells.len() * ld],
-                &mut eta_buf[..cells.len()],
-            )
-        } else {
-            (&mut latents, &mut eta)
-        };
-        let SweepOut {
-            elbo,
-            norms,
-            masked,
-            grad,
-            newton_steps,
-            cancelled,
-        } = sweep(
-            cancel,
-            data,
-            &cells,
-            lat,
-            eta_b,
-            &modes,
-            &gl,
-            lay,
-            cfg.n_newton_steps,
-            cfg.newton_tolerance,
-            cfg.damping,
-            cfg.newton_max_step,
-            true,
-        );
-        if cancelled {
-            return Err(CoreError::cancelled().with_partial(Partial {
-                step,
-                loss_history: history,
-            }));
+        if ev.cancelled {
+            return Err(cancelled_at(step, &history));
         }
-        masked_total += masked;
-        newton.outer_steps += newton_steps;
+        masked_total += ev.masked;
+        newton.outer_steps += ev.newton_steps;
         newton.outer_cell_visits += cells.len();
-        // Global priors (unscaled by N/B): loadings shrinkage and the cascade's
-        // empirical priors on free μ and r_loc.
-        let mut g_prior = vec![0.0; th.len()];
-        let mut lp = {
-            let (gw, rest) = g_prior[lay.w()..].split_at_mut(g * k);
-            let aux_off = lay.aux() - lay.d();
-            cfg.loadings_prior
-                .log_prob_grad(gl.w, g, k, &th[lay.aux()..], gw, &mut rest[aux_off..])
-        };
-        if let (Some((loc, sc)), None) = (&cas.mu_prior, &cas.mu_frozen) {
-            lp += normal_prior(&th[..g], loc, sc, &mut g_prior[..g]);
-        }
-        if let (true, Some((loc, sc)), None) = (lay.has_r, &cas.r_prior, &cas.r_frozen) {
-            lp += normal_prior(
-                &th[lay.r()..lay.r() + g],
-                loc,
-                sc,
-                &mut g_prior[lay.r()..lay.r() + g],
-            );
-        }
-        let loss = -scale * elbo - lp;
+        let loss = ev.loss;
         history.push(loss);
-        let all_masked = masked == cells.len();
+        let all_masked = ev.masked == cells.len();
         if let Some(why) = guards
             .check(step, loss, &history)
             .or_else(|| all_masked.then(|| "every cell's ELBO was non-finite".to_string()))
@@ -474,7 +541,7 @@ pub fn run(
                 step + 1,
                 guards.init_signed,
                 best_loss,
-                worst_cells(&cells, &norms, 3)
+                worst_cells(&cells, &ev.norms, 3)
             ));
             break;
         }
@@ -522,29 +589,32 @@ pub fn run(
                 break;
             }
         }
-        // Loss gradient = −scale · ∇ELBO − ∇ priors, chained through softplus for d and r.
-        let mut lg: Vec<f64> = grad.iter().map(|v| -scale * v).collect();
-        lg.resize(th.len(), 0.0);
-        for i in 0..g {
-            lg[lay.d() + i] *= sigmoid(th[lay.d() + i]);
-            if lay.has_r {
-                lg[lay.r() + i] *= sigmoid(th[lay.r() + i]);
+        match lbfgs.as_mut() {
+            None => {
+                opt.step(&mut th, &ev.grad);
+                for &(i, v) in &obj.frozen {
+                    th[i] = v;
+                }
             }
-        }
-        if is_lnm {
-            for i in 0..2 {
-                lg[lay.r() + i] *= sigmoid(th[lay.r() + i]);
-            }
-        }
-        for (a, b) in lg.iter_mut().zip(&g_prior) {
-            *a -= b;
-        }
-        opt.step(&mut th, &lg);
-        for &(i, v) in &frozen {
-            th[i] = v;
+            Some(lb) => match lbfgs_step(&obj, lb, &mut th, &ev, &mut latents, &mut eta) {
+                LbfgsStep::Moved(next, rejected) => {
+                    rejected.count(&mut newton, n);
+                    carried = Some(next);
+                }
+                LbfgsStep::Cancelled => return Err(cancelled_at(step + 1, &history)),
+                // No step along steepest descent lowers the loss: the
+                // globals sit at a minimum to the precision of the MAPs.
+                LbfgsStep::Stuck(rejected) => {
+                    rejected.count(&mut newton, n);
+                    stop = StopReason::Converged;
+                    early_stopped = true;
+                    progress.report(step + 1, cfg.n_steps, loss);
+                    break;
+                }
+            },
         }
         if (step + 1) % report_every == 0 || step + 1 == cfg.n_steps {
-            let (mx, p99, med) = norm_summary(&norms);
+            let (mx, p99, med) = norm_summary(&ev.norms);
             let block = match (
                 is_lnm,
                 matches!(cfg.capture, Capture::None | Capture::Frozen(_)),
@@ -554,7 +624,7 @@ pub fn run(
                 (false, true) => "x",
                 (false, false) => "x, η",
             };
-            let per_cell = newton_steps as f64 / cells.len() as f64;
+            let per_cell = ev.newton_steps as f64 / cells.len() as f64;
             progress.detail(format!(
                 "{block} max/p99/med {mx:.2e}/{p99:.2e}/{med:.2e}, {per_cell:.1} Newton steps/cell"
             ));
@@ -579,7 +649,6 @@ pub fn run(
             loss_history: history.clone(),
         })
     })?;
-    let all: Vec<usize> = (0..n).collect();
     let n_final = (2 * cfg.n_newton_steps).max(10);
     let final_sweep = sweep(
         cancel,

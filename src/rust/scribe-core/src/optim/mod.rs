@@ -6,6 +6,7 @@
 //! All minimise: `params ← params − step · direction(grad)`.
 
 pub mod early_stop;
+pub mod lbfgs;
 pub mod settle;
 
 /// Why a fit stopped.

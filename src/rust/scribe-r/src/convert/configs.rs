@@ -474,6 +474,10 @@ pub fn laplace_config(model: &str, robj: &Robj) -> GResult<LaplaceConfig> {
             .real_or("rescue_damping_multiplier", d.rescue_damping_multiplier)?,
         mu_warm_rounds: a.count_or("mu_warm_rounds", d.mu_warm_rounds)?,
         optimizer: optimizer(a.get("optimizer_config"))?,
+        lbfgs_memory: a
+            .get("lbfgs_memory")
+            .map(|_| a.count("lbfgs_memory"))
+            .transpose()?,
         seed: a.real("seed")? as u64,
         n_reports: d.n_reports,
         capture: capture(a.get("capture"))?,
