@@ -313,7 +313,7 @@
 #' full batch (the default) that is L-BFGS: each step searches along the
 #' quasi-Newton direction, every trial point a Newton sweep over all cells,
 #' and accepts the first with a sufficient decrease of the loss at the
-#' re-solved MAPs; it stops (reason "converged") when neither that direction
+#' re-solved MAPs; it stops (reason "line_search") when neither that direction
 #' nor the gradient lowers the loss any more. On pbmc3k (2000 genes, k = 16)
 #' it reached in 100 steps a loss that Adam at 1e-3 (the original's default)
 #' had not reached after 1500. Its rest point differs slightly from the
@@ -1281,7 +1281,8 @@ resolve_optimizer <- function(cfg, lbfgs = FALSE) {
   name <- match_choice(name, c("adam", "clipped_adam", "adagrad", "rmsprop", "sgd", "momentum", if (lbfgs) "lbfgs"),
                        "optimizer_config$name")
   if (name == "lbfgs") {
-    check_number(cfg$memory, "optimizer_config$memory", "a whole number >= 1", function(v) v >= 1 && v == round(v), TRUE)
+    check_number(cfg$memory, "optimizer_config$memory", "a whole number between 1 and 100",
+                 function(v) v >= 1 && v <= 100 && v == round(v), TRUE)
     if (!is.null(cfg$step_size)) {
       abort_input("{.val lbfgs} has no {.field step_size}: each step searches along its direction.")
     }

@@ -100,6 +100,7 @@ stop_summary <- function(object) {
     weakly_identified = sprintf(" (stopped: the loss settled while %s kept drifting: weakly identified)",
                                 paste(st$drifting, collapse = ", ")),
     early_stopping = " (stopped early by the original rule)",
+    line_search = " (converged: no step along the quasi-Newton direction or the gradient lowers the loss)",
     n_steps = if (settled_on) " (n_steps reached before the loss and parameters settled)" else "",
     ""
   )

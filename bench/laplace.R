@@ -5,8 +5,9 @@
 # "per outer step" divides a whole fit (start, mu warm-up sweeps, final sweep)
 # by its steps; "marginal" is the difference of a 12- and a 2-step fit over
 # 10, the cost of one more step. Last, the loss after 300 full-batch steps
-# with and without the mu warm-up (laplace_config$mu_warm_rounds).
-# Usage: Rscript bench/laplace.R [path to shared/data] [threads]
+# with and without the mu warm-up (laplace_config$mu_warm_rounds), and the
+# default full-batch optimiser (L-BFGS) against Adam 1e-3 in time to a loss.
+# Usage: Rscript bench/laplace.R [path to shared/data] [threads] [Adam steps, 1500]
 suppressPackageStartupMessages({ library(scribeR); library(Matrix) })
 args <- commandArgs(trailingOnly = TRUE)
 data_dir <- if (length(args) >= 1) args[1] else "../shared/data"
@@ -21,12 +22,16 @@ norm <- pbmc %*% Diagonal(x = 1e4 / colSums(pbmc))
 m <- rowMeans(norm)
 v <- rowMeans(norm^2) - m^2
 hvg <- order(-(v / m))
-run <- function(x, k, steps, batch = NULL, model = "pln", cfg = list()) {
+adam <- list(name = "adam", step_size = 1e-3)
+# Per-step figures use Adam (one sweep per step, comparable across versions);
+# `opt = NULL` is the default (L-BFGS in full batch).
+run <- function(x, k, steps, batch = NULL, model = "pln", cfg = list(), opt = adam, early_stopping = FALSE) {
   x <- x[, colSums(x) > 0]
   cfg <- utils::modifyList(list(convergence_action = "ignore", rescue_diverged_cells = FALSE), cfg)
   t <- system.time(fit <- suppressWarnings(scribe_fit(
     x, model = model, inference_method = "laplace", latent_dim = k, n_steps = steps, batch_size = batch,
-    seed = 1, num_threads = threads, verbose = FALSE, laplace_config = cfg)))[["elapsed"]]
+    seed = 1, num_threads = threads, verbose = FALSE, laplace_config = cfg, optimizer_config = opt,
+    early_stopping = if (isFALSE(early_stopping)) FALSE else NULL)))[["elapsed"]]
   # Newton iterations actually taken: a cell stops at newton_tolerance, so
   # warm-started cells take fewer than n_newton_steps (5) per outer step.
   nw <- fit@diagnostics$newton
@@ -78,8 +83,28 @@ for (g in c(500, 1000, 2000, 4000, 8000)) {
   cat(sprintf("%6d %4d %16.1f\n", as.integer(g), 16L, r$us_per_iter))
 }
 
-cat("\nPLN, 2000 HVG, k = 16, full batch, loss after 300 steps:\n")
+cat("\nPLN, 2000 HVG, k = 16, full batch, Adam 1e-3, loss after 300 steps:\n")
 for (rounds in c(0, 10)) {
   r <- run(x, 16, 300, cfg = list(mu_warm_rounds = rounds))
   cat(sprintf("  mu_warm_rounds = %2d: %.4g (%.0f s)\n", rounds, r$fit@loss_history[300], r$t))
+}
+
+# Convergence: the default (L-BFGS in full batch, stopping on its own) against
+# Adam 1e-3 (the original's optimiser) for as many steps as `adam_steps`. A
+# step's time is the fit's time over its steps (start and final sweep
+# included), so "time to Adam's loss" is that share of the L-BFGS fit.
+adam_steps <- if (length(args) >= 3) as.integer(args[3]) else 1500L
+cat(sprintf("\nConvergence, 2000 HVG, k = 16, full batch: the default (L-BFGS) vs Adam 1e-3 for %d steps\n", adam_steps))
+cat(sprintf("%-5s %-7s %6s %8s %13s %22s\n", "model", "opt", "steps", "time", "final loss", "time to Adam's loss"))
+for (model in c("pln", "nbln")) {
+  a <- run(x, 16, adam_steps, model = model)
+  l <- run(x, 16, 5000, model = model, opt = NULL, early_stopping = NULL)
+  ha <- a$fit@loss_history
+  hl <- l$fit@loss_history
+  reach <- which(hl <= ha[length(ha)])[1]
+  cat(sprintf("%-5s %-7s %6d %7.0fs %13.6g %22s\n", model, "adam", length(ha), a$t, ha[length(ha)], ""))
+  cat(sprintf("%-5s %-7s %6d %7.0fs %13.6g %22s   (stop: %s)\n", model, "L-BFGS", length(hl), l$t, hl[length(hl)],
+              if (is.na(reach)) "not reached" else sprintf("step %d, %.0f s (%.0fx)", reach, l$t * reach / length(hl),
+                                                            a$t / (l$t * reach / length(hl))),
+              l$fit@diagnostics$stop$reason))
 }

@@ -319,6 +319,9 @@ test_that("L-BFGS on the outer loss: fewer steps, the rank at default settings, 
   expect_error(scribe_fit(small$counts, model = "pln", inference_method = "laplace", latent_dim = 2,
                           optimizer_config = list(name = "lbfgs", memory = 0)),
                "memory", class = "scribeR_input_error")
+  expect_error(scribe_fit(small$counts, model = "pln", inference_method = "laplace", latent_dim = 2,
+                          optimizer_config = list(name = "lbfgs", memory = 1e9)),
+               "between 1 and 100", class = "scribeR_input_error")
   expect_error(scribe_fit(small$counts, model = "nbdm", n_steps = 5, optimizer_config = list(name = "lbfgs")),
                "laplace", class = "scribeR_unsupported")
 })

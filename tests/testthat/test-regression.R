@@ -6,7 +6,9 @@
 # the MCMC fits warm-started from SVI moved with them; the Laplace pins moved in
 # their sixth digits when a cell's Newton steps began stopping at newton_tolerance,
 # and PLN/NBLN moved (to lower losses) when mu began at the mean of the MAPs;
-# with laplace_config$mu_warm_rounds = 0 they give the earlier pins to 1e-15).
+# with laplace_config$mu_warm_rounds = 0 they give the earlier pins to 1e-15;
+# since L-BFGS became the full-batch default, the Adam pins name their optimiser
+# and reproduce the earlier values exactly).
 
 pin_sim <- scribe_simulate("nbvcp", n_genes = 30, n_cells = 80, seed = 3)
 pin_x <- pin_sim$counts
@@ -20,11 +22,14 @@ pin <- function(object, expected) {
     p_capture = if (!is.null(m[["p_capture"]])) sum(m[["p_capture"]]),
     mu = if (!is.null(m[["mu"]])) sum(m[["mu"]]),
     W = if (!is.null(m[["W"]])) sum(abs(m[["W"]])),
-    loss100 = if (methods::existsMethod("loss_history", class(object))) loss_history(object)[100]
+    loss100 = if (methods::existsMethod("loss_history", class(object))) loss_history(object)[100],
+    steps = if (methods::existsMethod("loss_history", class(object))) length(loss_history(object)),
+    last = if (methods::existsMethod("loss_history", class(object))) utils::tail(loss_history(object), 1)
   )
   for (n in names(expected)) expect_equal(got[[n]], expected[[n]], tolerance = 1e-10, label = n)
 }
 lap_quiet <- list(convergence_action = "ignore")
+lap_adam <- list(name = "adam", step_size = 1e-3)
 svi_nbvcp <- scribe_fit(pin_x, model = "nbvcp", n_steps = 100, seed = 1, verbose = FALSE)
 
 test_that("SVI fits keep their numbers", {
@@ -59,17 +64,32 @@ test_that("MCMC fits keep their numbers", {
     p = 0.53488335437407353, p_capture = 49.008068158932041, mu = 61.027174224925837))
 })
 
-test_that("Laplace fits keep their numbers", {
+test_that("Laplace fits keep their numbers (Adam, the original's optimiser)", {
   pin(scribe_fit(pin_lx, model = "pln", inference_method = "laplace", latent_dim = 2, n_steps = 100, seed = 7,
-                 verbose = FALSE, laplace_config = lap_quiet), list(
+                 verbose = FALSE, laplace_config = lap_quiet, optimizer_config = lap_adam), list(
     mu = 2.0670092494476164, W = 11.41784119381097, loss100 = 3470.3436846924697))
   pin(scribe_fit(pin_lx, model = "nbln", inference_method = "laplace", latent_dim = 2, n_steps = 100, seed = 8,
                  priors = list(capture_efficiency = c(log(100), 0.5)), verbose = FALSE,
-                 laplace_config = lap_quiet), list(
+                 laplace_config = lap_quiet, optimizer_config = lap_adam), list(
     r = 84.224369384898154, r3 = c(1.239415827257957, 3.8133833825705143, 0.28038887440440202),
     p_capture = 31.139873571203921, mu = 24.821669894819273, W = 9.9274894809525414,
     loss100 = 5451.2717406378406))
   pin(scribe_fit(pin_lx, model = "lnm", inference_method = "laplace", latent_dim = 2, n_steps = 100, seed = 9,
-                 d_mode = "low_rank", verbose = FALSE, laplace_config = lap_quiet), list(
+                 d_mode = "low_rank", verbose = FALSE, laplace_config = lap_quiet, optimizer_config = lap_adam), list(
     mu = -23.960272510578228, W = 23.944972087746311, loss100 = 1371.0510513029681))
+})
+
+test_that("Laplace fits keep their numbers (L-BFGS, the full-batch default)", {
+  pin(scribe_fit(pin_lx, model = "pln", inference_method = "laplace", latent_dim = 2, n_steps = 100, seed = 7,
+                 verbose = FALSE, laplace_config = lap_quiet), list(
+    mu = -10.17717574201518, W = 17.820623249550824, steps = 43L, last = 3323.6776454930969))
+  pin(scribe_fit(pin_lx, model = "nbln", inference_method = "laplace", latent_dim = 2, n_steps = 100, seed = 8,
+                 priors = list(capture_efficiency = c(log(100), 0.5)), verbose = FALSE,
+                 laplace_config = lap_quiet), list(
+    r = 143.04273734426357, r3 = c(7.7107739840505056, 4.3959028398813631, 0.38733945459378644),
+    p_capture = 29.707272461758429, mu = 20.831933023494166, W = 16.710626742668786,
+    steps = 98L, last = 5371.8310875520292))
+  pin(scribe_fit(pin_lx, model = "lnm", inference_method = "laplace", latent_dim = 2, n_steps = 100, seed = 9,
+                 d_mode = "low_rank", verbose = FALSE, laplace_config = lap_quiet), list(
+    mu = -48.263889576410882, W = 19.443431356839039, steps = 85L, last = 1178.8600913492792))
 })

@@ -566,7 +566,7 @@ fn lbfgs_recovers_pln_in_fewer_steps_than_adam() {
     let q = fit(&sim.data, &lbfgs(base.clone()));
     // Adam at a step size 20× its default takes 400 steps to come close;
     // L-BFGS stops on its own (48 steps when this test was written).
-    assert!(q.stop == scribe_core::optim::StopReason::Converged);
+    assert!(q.stop == scribe_core::optim::StopReason::LineSearch);
     let a = fit(
         &sim.data,
         &LaplaceConfig {
@@ -683,11 +683,24 @@ fn lbfgs_same_fit_with_1_and_2_threads_and_needs_the_full_batch() {
         &sim.data,
         &LaplaceConfig {
             batch_size: Some(40),
-            ..cfg
+            ..cfg.clone()
         },
         &NoProgress,
         &NeverCancel,
     )
     .unwrap_err();
     assert!(err.to_string().contains("full batch"), "{err}");
+    for m in [0, 101] {
+        let err = run(
+            &sim.data,
+            &LaplaceConfig {
+                lbfgs_memory: Some(m),
+                ..cfg.clone()
+            },
+            &NoProgress,
+            &NeverCancel,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("between 1 and 100"), "{err}");
+    }
 }

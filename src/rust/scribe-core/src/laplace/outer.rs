@@ -387,6 +387,15 @@ pub fn run(
         .batch_size
         .filter(|&b| b < n)
         .map(|b| BatchSampler::new(n, b));
+    if cfg
+        .lbfgs_memory
+        .is_some_and(|m| m == 0 || m > crate::optim::lbfgs::MAX_MEMORY)
+    {
+        return Err(CoreError::arg(
+            "optimizer_config$memory",
+            format!("must be between 1 and {}", crate::optim::lbfgs::MAX_MEMORY),
+        ));
+    }
     if cfg.lbfgs_memory.is_some() && sampler.is_some() {
         return Err(CoreError::arg(
             "optimizer_config",
@@ -606,7 +615,7 @@ pub fn run(
                 // globals sit at a minimum to the precision of the MAPs.
                 LbfgsStep::Stuck(rejected) => {
                     rejected.count(&mut newton, n);
-                    stop = StopReason::Converged;
+                    stop = StopReason::LineSearch;
                     early_stopped = true;
                     progress.report(step + 1, cfg.n_steps, loss);
                     break;

@@ -7,6 +7,10 @@
 
 use std::collections::VecDeque;
 
+/// Most curvature pairs a caller may keep: each holds two copies of the
+/// parameter vector, and beyond a few dozen the direction barely improves.
+pub const MAX_MEMORY: usize = 100;
+
 /// Curvature pairs `(s, y, 1/yᵀs)` of the last `m` accepted steps.
 #[derive(Debug, Clone)]
 pub struct Lbfgs {
@@ -22,7 +26,7 @@ impl Lbfgs {
     pub fn new(m: usize) -> Self {
         Lbfgs {
             m: m.max(1),
-            pairs: VecDeque::with_capacity(m.max(1)),
+            pairs: VecDeque::new(),
         }
     }
 

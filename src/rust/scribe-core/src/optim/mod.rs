@@ -20,6 +20,9 @@ pub enum StopReason {
     Converged,
     /// The loss settled while these parameter groups kept drifting.
     WeaklyIdentified(Vec<String>),
+    /// A line search (L-BFGS) found no step that lowers the loss, along
+    /// the quasi-Newton direction or the gradient.
+    LineSearch,
 }
 
 impl StopReason {
@@ -29,6 +32,7 @@ impl StopReason {
             StopReason::EarlyStopping => "early_stopping",
             StopReason::Converged => "converged",
             StopReason::WeaklyIdentified(_) => "weakly_identified",
+            StopReason::LineSearch => "line_search",
         }
     }
     pub fn drifting(&self) -> &[String] {
