@@ -5,7 +5,7 @@
 //! on frozen coordinates. Both outer optimisers (a first-order step per
 //! evaluation, or L-BFGS with a line search of several) call it.
 
-use super::sweep::{sweep, EtaSpec, Globals, Layout, SweepOut};
+use super::sweep::{sweep, EtaSpec, Globals, Layout, NewtonSettings, SweepOut};
 use super::{Cascade, LaplaceConfig, LnModel};
 use crate::data::CountMatrix;
 use crate::math::sigmoid;
@@ -78,10 +78,7 @@ impl Objective<'_> {
             self.modes,
             &gl,
             lay,
-            cfg.n_newton_steps,
-            cfg.newton_tolerance,
-            cfg.damping,
-            cfg.newton_max_step,
+            NewtonSettings::of(cfg),
             true,
         );
         if cancelled {

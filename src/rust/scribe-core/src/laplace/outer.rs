@@ -5,7 +5,7 @@
 use super::cell::EtaMode;
 use super::guards::Guards;
 use super::objective::{Eval, Objective};
-use super::sweep::{cell_norm, sweep, EtaSpec, Globals, Layout, SweepOut};
+use super::sweep::{cell_norm, sweep, EtaSpec, Globals, Layout, NewtonSettings, SweepOut};
 use super::{init, w_prior, Capture, Cascade, LaplaceConfig, LaplaceFit, LnModel, NewtonCounts};
 use crate::data::{BatchSampler, CountMatrix};
 use crate::error::{CoreError, Partial, Result};
@@ -449,10 +449,7 @@ pub fn run(
                 &modes,
                 &gl,
                 lay,
-                cfg.n_newton_steps,
-                cfg.newton_tolerance,
-                cfg.damping,
-                cfg.newton_max_step,
+                NewtonSettings::of(cfg),
                 false,
             );
             if sw.cancelled {
@@ -668,10 +665,10 @@ pub fn run(
         &modes,
         &gl,
         lay,
-        n_final,
-        cfg.newton_tolerance,
-        cfg.damping,
-        cfg.newton_max_step,
+        NewtonSettings {
+            n: n_final,
+            ..NewtonSettings::of(cfg)
+        },
         false,
     );
     let stopped = |out: &SweepOut| -> Result<()> {
@@ -697,7 +694,6 @@ pub fn run(
                 .flat_map(|&c| latents[c * ld..(c + 1) * ld].iter().copied())
                 .collect();
             let mut eta_b: Vec<f64> = bad.iter().map(|&c| eta[c]).collect();
-            let damp = cfg.damping * cfg.rescue_damping_multiplier;
             let rescue = sweep(
                 cancel,
                 data,
@@ -707,10 +703,11 @@ pub fn run(
                 &modes,
                 &gl,
                 lay,
-                cfg.rescue_n_newton,
-                cfg.newton_tolerance,
-                damp,
-                cfg.newton_max_step,
+                NewtonSettings {
+                    n: cfg.rescue_n_newton,
+                    damping: cfg.damping * cfg.rescue_damping_multiplier,
+                    ..NewtonSettings::of(cfg)
+                },
                 false,
             );
             stopped(&rescue)?;

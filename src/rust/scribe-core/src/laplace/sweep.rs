@@ -18,6 +18,29 @@ use rayon::prelude::*;
 /// number of threads.
 const CELL_CHUNK: usize = 32;
 
+/// How a sweep runs each cell's Newton solve: at most `n` steps, none once
+/// the gradient sup-norm is at most `tol`, Tikhonov `damping` on the Newton
+/// matrix and steps capped at `max_step`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct NewtonSettings {
+    pub(crate) n: usize,
+    pub(crate) tol: f64,
+    pub(crate) damping: f64,
+    pub(crate) max_step: f64,
+}
+
+impl NewtonSettings {
+    /// The outer steps' settings from the fit's configuration.
+    pub(crate) fn of(cfg: &super::LaplaceConfig) -> Self {
+        NewtonSettings {
+            n: cfg.n_newton_steps,
+            tol: cfg.newton_tolerance,
+            damping: cfg.damping,
+            max_step: cfg.newton_max_step,
+        }
+    }
+}
+
 /// Offsets of the blocks of `θ = [μ | W | d_loc | extra | aux]`, where
 /// `extra` is `r_loc` (G, NBLN) or `(μ_T, r_T)` raw (2, LNM); `g` is the
 /// latent dimension (G − 1 for LNM).
@@ -194,8 +217,8 @@ pub(crate) struct SweepOut {
 }
 
 /// Newton on `cells` (their latents in `lat`, `len·G`, and `eta`), at most
-/// `n_newton` steps per cell and none once its gradient sup-norm is at most
-/// `tol`, and, with `want_grad`, the ELBO gradient in `[μ | W | d | r]` order.
+/// `ns.n` Newton steps per cell and none once its gradient sup-norm is at most
+/// `ns.tol`, and, with `want_grad`, the ELBO gradient in `[μ | W | d | r]` order.
 /// `cancel` is polled once per chunk of cells, so Ctrl-C stops a long sweep
 /// within one chunk's work.
 #[allow(clippy::too_many_arguments)]
@@ -208,10 +231,7 @@ pub(crate) fn sweep(
     modes: &EtaSpec,
     gl: &Globals<'_>,
     lay: Layout,
-    n_newton: usize,
-    tol: f64,
-    damping: f64,
-    max_step: f64,
+    ns: NewtonSettings,
     want_grad: bool,
 ) -> SweepOut {
     let (g, k) = (lay.g, lay.k);
@@ -237,8 +257,7 @@ pub(crate) fn sweep(
                 }
                 let Some(rf) = lay.reference else {
                     return block_chunk(
-                        obs, data, cchunk, lchunk, echunk, modes, gl, lay, n_newton, tol, damping,
-                        max_step, want_grad, scratch,
+                        obs, data, cchunk, lchunk, echunk, modes, gl, lay, ns, want_grad, scratch,
                     );
                 };
                 // LNM: one cell at a time.
@@ -259,10 +278,7 @@ pub(crate) fn sweep(
                         x,
                         gl,
                         lay,
-                        n_newton,
-                        tol,
-                        damping,
-                        max_step,
+                        ns,
                         want_grad,
                         &mut tmp,
                     );
@@ -331,10 +347,7 @@ fn block_chunk(
     modes: &EtaSpec,
     gl: &Globals<'_>,
     lay: Layout,
-    n_newton: usize,
-    tol: f64,
-    damping: f64,
-    max_step: f64,
+    ns: NewtonSettings,
     want_grad: bool,
     scratch: &mut block::Scratch,
 ) -> SweepOut {
@@ -353,10 +366,10 @@ fn block_chunk(
         &cell_modes,
         gl.mu,
         &gl.sig,
-        n_newton,
-        tol,
-        damping,
-        max_step,
+        ns.n,
+        ns.tol,
+        ns.damping,
+        ns.max_step,
         scratch,
     );
     for i in 0..n {
@@ -415,10 +428,7 @@ fn lnm_cell(
     y: &mut [f64],
     gl: &Globals<'_>,
     lay: Layout,
-    n_newton: usize,
-    tol: f64,
-    damping: f64,
-    max_step: f64,
+    ns: NewtonSettings,
     want_grad: bool,
     tmp: &mut [f64],
 ) -> (f64, f64, usize) {
@@ -430,17 +440,36 @@ fn lnm_cell(
         .map(|(_, &v)| v)
         .collect();
     let (mut gn, its) = if lay.low_rank {
-        lnm::newton_z(&ua, n_tot, y, gl.mu, gl.w, n_newton, tol, damping, max_step)
+        lnm::newton_z(
+            &ua,
+            n_tot,
+            y,
+            gl.mu,
+            gl.w,
+            ns.n,
+            ns.tol,
+            ns.damping,
+            ns.max_step,
+        )
     } else {
         lnm::newton(
-            &ua, n_tot, y, gl.mu, gl.w, &gl.sig, n_newton, tol, damping, max_step,
+            &ua,
+            n_tot,
+            y,
+            gl.mu,
+            gl.w,
+            &gl.sig,
+            ns.n,
+            ns.tol,
+            ns.damping,
+            ns.max_step,
         )
     };
     // LNMVCP: the capture latent is its own scalar problem (the Hessian is
     // block-diagonal between composition and η).
     if let EtaMode::Free { anchor, sigma } = mode {
         let (mu_t, r_t) = gl.totals;
-        let ge = lnm::eta_newton(n_tot, mu_t, r_t, anchor, sigma, eta, n_newton, damping);
+        let ge = lnm::eta_newton(n_tot, mu_t, r_t, anchor, sigma, eta, ns.n, ns.damping);
         gn = gn.max(ge);
     }
     if !want_grad {
