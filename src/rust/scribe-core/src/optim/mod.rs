@@ -1,8 +1,9 @@
 //! Optimisation shared by every engine that follows a gradient (SVI, the
 //! Laplace outer loop, the VAE): first-order optimizers with the update rules
 //! of `jax.example_libraries.optimizers` (what NumPyro's `Adam`,
-//! `ClippedAdam`, `Adagrad`, `RMSProp`, `SGD`, `Momentum` wrap), and early
-//! stopping with best-state tracking ([`early_stop`]).
+//! `ClippedAdam`, `Adagrad`, `RMSProp`, `SGD`, `Momentum` wrap), L-BFGS with
+//! a backtracking line search for deterministic objectives ([`lbfgs`]), and
+//! the stopping rules ([`early_stop`], [`settle`]).
 //! All minimise: `params ← params − step · direction(grad)`.
 
 pub mod early_stop;
