@@ -74,6 +74,15 @@ fn fit(data: &CountMatrix, cfg: &LaplaceConfig) -> LaplaceFit {
     f
 }
 
+/// The fit on a pool of `threads` threads.
+fn fit_on(threads: usize, data: &CountMatrix, cfg: &LaplaceConfig) -> LaplaceFit {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(|| fit(data, cfg))
+}
+
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter()
         .zip(b)
@@ -157,14 +166,7 @@ fn same_seed_same_fit_with_1_and_2_threads() {
         batch_size: Some(40),
         ..Default::default()
     };
-    let on = |t: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build()
-            .unwrap()
-            .install(|| fit(&sim.data, &cfg))
-    };
-    assert_eq!(on(1), on(2));
+    assert_eq!(fit_on(1, &sim.data, &cfg), fit_on(2, &sim.data, &cfg));
 }
 
 #[test]
@@ -664,14 +666,7 @@ fn lbfgs_same_fit_with_1_and_2_threads_and_needs_the_full_batch() {
         n_steps: 20,
         ..Default::default()
     });
-    let on = |t: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build()
-            .unwrap()
-            .install(|| fit(&sim.data, &cfg))
-    };
-    assert_eq!(on(1), on(2));
+    assert_eq!(fit_on(1, &sim.data, &cfg), fit_on(2, &sim.data, &cfg));
     let err = run(
         &sim.data,
         &LaplaceConfig {
