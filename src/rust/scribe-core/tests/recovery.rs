@@ -305,6 +305,7 @@ fn dataset_means_recover_batch_effects_with_shrinkage() {
     sim.mixture = Some(MixtureTruth {
         r: (0..3).map(r_of).collect(),
         p: vec![truth.p; 3],
+        p_gene: None,
         gate: None,
         weights: vec![1.0 / 3.0; 3],
         assignment: assignment.clone(),
@@ -361,4 +362,118 @@ fn dataset_means_recover_batch_effects_with_shrinkage() {
         scale > 0.1 && scale < 0.6,
         "dataset scale {scale} (truth about 0.27)"
     );
+}
+
+/// Fitted components matched to the true ones by their weights (the truth's
+/// weights of `random_mixture` differ: ∝ 1, 2, …).
+fn matched_components(w_fit: &[f64], w_true: &[f64]) -> Vec<usize> {
+    let order = |w: &[f64]| {
+        let mut o: Vec<usize> = (0..w.len()).collect();
+        o.sort_by(|&a, &b| w[a].total_cmp(&w[b]));
+        o
+    };
+    let (of, ot) = (order(w_fit), order(w_true));
+    let mut map = vec![0; w_true.len()];
+    for (a, b) in of.iter().zip(&ot) {
+        map[*b] = *a;
+    }
+    map
+}
+
+/// A mixture whose components each have their own gene-specific `p`:
+/// every component's `logit p_kg` is recovered for genes expressed well
+/// enough to show it, and so are the weights.
+#[test]
+fn mixture_with_gene_specific_p_recovers_each_components_probabilities() {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+    let (g_n, c_n) = (100, 1000);
+    let mut truth = NbTruth::random_mixture(Variant::Nbdm, g_n, c_n, 2, 31);
+    let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(32);
+    let n = Normal::new(0.3, 0.8).unwrap();
+    let lp: Vec<Vec<f64>> = (0..2)
+        .map(|_| (0..g_n).map(|_| n.sample(&mut rng)).collect())
+        .collect();
+    let m = truth.mixture.as_mut().unwrap();
+    m.p_gene = Some(
+        lp.iter()
+            .map(|v| v.iter().map(|l| 1.0 / (1.0 + (-l).exp())).collect())
+            .collect(),
+    );
+    let data = simulate_nb(&truth, 33);
+    let mut spec = NbSpec::new(
+        Variant::Nbdm,
+        Parameterization::Canonical,
+        true,
+        Link::Softplus,
+    );
+    spec.set_mixture(2, &["r", "p"], 1.0).unwrap();
+    spec.add_hierarchy("p", scribe_core::models::nb::Shrinkage::Gaussian)
+        .unwrap();
+    let model = NbModel::new(spec, &data).unwrap();
+    let (_, s) = fit_point(&model, 2000, None);
+    let (p, w) = (site(&s, "p"), site(&s, "mixing_weights"));
+    assert_eq!(p.len(), 2 * g_n);
+    let m = truth.mixture.as_ref().unwrap();
+    let map = matched_components(w, &m.weights);
+    for k in 0..2 {
+        let kf = map[k];
+        assert!(
+            (w[kf] - m.weights[k]).abs() < 0.05,
+            "weight {} vs {}",
+            w[kf],
+            m.weights[k]
+        );
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        for g in 0..g_n {
+            let pg = m.p_gene.as_ref().unwrap()[k][g];
+            if m.r[k][g] * pg / (1.0 - pg) >= 1.0 {
+                let pf = p[kf * g_n + g];
+                got.push((pf / (1.0 - pf)).ln());
+                want.push(lp[k][g]);
+            }
+        }
+        assert!(got.len() >= 30, "{} well-expressed genes", got.len());
+        let c = corr(&got, &want);
+        assert!(c >= 0.9, "component {k}: corr of logit p_kg {c}");
+    }
+}
+
+/// BNB in a mixture: `ω_g`, shared by the components, is recovered from
+/// cells of two cell types whose means differ on marker genes.
+#[test]
+fn mixture_with_bnb_recovers_excess_dispersion() {
+    let (g_n, c_n) = (90, 1000);
+    let mut truth = NbTruth::random_mixture(Variant::Nbdm, g_n, c_n, 2, 41);
+    let m = truth.mixture.as_mut().unwrap();
+    m.r.iter_mut()
+        .for_each(|rk| rk.iter_mut().for_each(|r| *r = 1.0 + 2.0 * *r));
+    let om: Vec<f64> = (0..g_n).map(|g| [0.05, 0.4, 1.5][g % 3]).collect();
+    truth.omega = Some(om.clone());
+    let data = simulate_nb(&truth, 42);
+    let mut spec = NbSpec::new(
+        Variant::Nbdm,
+        Parameterization::Canonical,
+        true,
+        Link::Softplus,
+    );
+    spec.set_mixture(2, &["r", "p"], 1.0).unwrap();
+    spec.set_bnb(scribe_core::models::nb::Shrinkage::Gaussian)
+        .unwrap();
+    let model = NbModel::new(spec, &data).unwrap();
+    let (_, s) = fit_point(&model, 2000, None);
+    let got: Vec<f64> = site(&s, "bnb_concentration")
+        .iter()
+        .map(|v| v.ln())
+        .collect();
+    assert_eq!(got.len(), g_n);
+    let want: Vec<f64> = om.iter().map(|v| v.ln()).collect();
+    let c = corr(&got, &want);
+    assert!(c > 0.8, "corr of ln omega {c}");
+    let w = site(&s, "mixing_weights");
+    let m = truth.mixture.as_ref().unwrap();
+    let map = matched_components(w, &m.weights);
+    for k in 0..2 {
+        assert!((w[map[k]] - m.weights[k]).abs() < 0.05, "weights {w:?}");
+    }
 }

@@ -382,9 +382,12 @@ impl NbModel<'_> {
                 x[gb.offset + k * g_n + g] = gb.link.inverse(val);
             }
         }
-        for k in 0..sblk.len {
+        // A gene-specific p has one row of G per scalar component.
+        let per_gene = self.spec.gene_specific_p();
+        for j in 0..sblk.len {
+            let k = if per_gene { j / g_n } else { j };
             let l = lp[k.min(lp.len() - 1)];
-            x[sblk.offset + k] = match self.spec.param {
+            x[sblk.offset + j] = match self.spec.param {
                 Parameterization::MeanOdds => sblk.link.inverse((-l).exp()),
                 _ => l,
             };

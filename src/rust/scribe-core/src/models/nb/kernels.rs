@@ -446,8 +446,14 @@ impl Model for NbModel<'_> {
             || k > 1
             || (genewise && self.spec.variant.has_capture());
         let n_blocks = c.div_ceil(CELL_BLOCK);
-        let gp = if genewise { g } else { 0 };
+        // Mixtures keep logit p (and its gradient) per component and gene.
+        let gp = if genewise { k * g } else { 0 };
         let gb = if self.spec.bnb { g } else { 0 };
+        let stride = if (genewise) && k > 1 {
+            Self::mixture_genewise_stride(k, g)
+        } else {
+            (2 * k * g + 4 * k).max(4 * gp)
+        };
         NbWorkspace {
             theta: vec![0.0; k * g],
             dtheta: vec![0.0; k * g],
@@ -467,7 +473,7 @@ impl Model for NbModel<'_> {
             domega: vec![0.0; gb],
             g_omega: vec![0.0; gb],
             blk: if per_block {
-                vec![0.0; n_blocks * (2 * k * g + 4 * k).max(4 * gp)]
+                vec![0.0; n_blocks * stride]
             } else {
                 Vec::new()
             },
@@ -484,6 +490,9 @@ impl Model for NbModel<'_> {
         ws: &mut NbWorkspace,
     ) -> f64 {
         if self.spec.mixture.is_some() {
+            if self.genewise() {
+                return self.mixture_genewise_log_lik_grad(x, batch, grad, ws);
+            }
             return self.mixture_log_lik_grad(x, batch, grad, ws);
         }
         if self.genewise() {
@@ -874,9 +883,10 @@ mod tests {
                 1e-6,
                 &format!("{spec:?}"),
             );
-            let mut ws2 = model.workspace();
+            // The same workspace again: what one evaluation leaves behind must
+            // not leak into the next one's gradient (as in a fit's steps).
             check_gradient(
-                |x, g| crate::models::log_joint_grad(&model, x, &b, g, &mut ws2),
+                |x, g| crate::models::log_joint_grad(&model, x, &b, g, &mut ws),
                 &x,
                 1e-6,
                 &format!("log joint {spec:?}"),

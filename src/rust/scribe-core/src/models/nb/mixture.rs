@@ -98,16 +98,7 @@ impl NbModel<'_> {
                 }
             }
         }
-        let mut ln_w = vec![0.0; k_n];
-        if let Some(b) = self.b_mix {
-            let off = lay.blocks[b].offset;
-            let mx = (0..k_n - 1).map(|j| x[off + j]).fold(0.0f64, f64::max);
-            let lse = mx
-                + ((0..k_n - 1).map(|j| (x[off + j] - mx).exp()).sum::<f64>() + (-mx).exp()).ln();
-            for j in 0..k_n {
-                ln_w[j] = if j < k_n - 1 { x[off + j] } else { 0.0 } - lse;
-            }
-        }
+        let ln_w = self.ln_mixing_weights(x);
         let w: Vec<f64> = ln_w.iter().map(|v| v.exp()).collect();
         let mut comp = Comp {
             k: k_n,
@@ -352,6 +343,22 @@ impl NbModel<'_> {
             }
         }
         ll
+    }
+
+    /// `ln w = ln softmax([z, 0])` of the mixing weights at `x`.
+    pub(crate) fn ln_mixing_weights(&self, x: &[f64]) -> Vec<f64> {
+        let k_n = self.spec.n_components();
+        let mut ln_w = vec![0.0; k_n];
+        if let Some(b) = self.b_mix {
+            let off = self.layout.blocks[b].offset;
+            let mx = (0..k_n - 1).map(|j| x[off + j]).fold(0.0f64, f64::max);
+            let lse = mx
+                + ((0..k_n - 1).map(|j| (x[off + j] - mx).exp()).sum::<f64>() + (-mx).exp()).ln();
+            for j in 0..k_n {
+                ln_w[j] = if j < k_n - 1 { x[off + j] } else { 0.0 } - lse;
+            }
+        }
+        ln_w
     }
 
     /// `ln f_k(u_c)` for every component of one cell (batch index `i`), given
@@ -648,6 +655,8 @@ mod tests {
             let mut b = Batch::full(&d);
             b.set_cells(&d, &[1, 2, 5, 8, 11, 12]);
             let mut ws = model.workspace();
+            // A first evaluation leaves the workspace as a fit's steps do.
+            log_joint_grad(&model, &x, &b, &mut vec![0.0; x.len()], &mut ws);
             check_gradient(
                 |x, g| log_joint_grad(&model, x, &b, g, &mut ws),
                 &x,

@@ -1,7 +1,8 @@
 //! The negative-binomial family: nbdm, nbvcp, zinb, zinbvcp and their
 //! mixtures. This file holds what defines a model apart from the data (the
 //! variant, the parameterization, the priors, the mixture); the likelihood
-//! kernels are in [`kernels`], mixtures in [`mixture`], the gene-by-gene
+//! kernels are in [`kernels`], mixtures in [`mixture`] (and
+//! `mixture_genewise` for mixtures with gene-specific `p` or BNB), the gene-by-gene
 //! kernels of a gene-specific `p` in `gene_p` and of the beta-negative-binomial
 //! in `bnb`, the gene-level hierarchical priors in `hierarchy`, the
 //! data-driven start in [`init`], the derived quantities of fitted parameters
@@ -15,6 +16,7 @@ mod hierarchy;
 mod init;
 pub mod kernels;
 mod mixture;
+mod mixture_genewise;
 pub mod simulate;
 pub mod sites;
 
@@ -403,14 +405,10 @@ impl NbSpec {
     /// mean `r p̂/(1 − p̂)` and multiplies the NB variance by about `1 + ω_g`.
     /// `ω_g = softplus(x_g)` with a gene-level hierarchy on `x_g` (gaussian:
     /// location `~ N(0, 1)`, scale `softplus(N(0, 1))`; horseshoe and NEG:
-    /// location `~ N(−5, 1)`, as in the original).
+    /// location `~ N(−5, 1)`, as in the original). In a mixture `ω_g` is
+    /// shared by the components: it is what a gene's spread exceeds once
+    /// the cell's component is known.
     pub fn set_bnb(&mut self, family: Shrinkage) -> Result<()> {
-        if self.mixture.is_some() {
-            return Err(CoreError::arg(
-                "overdispersion",
-                "\"bnb\" with a mixture model is not available yet",
-            ));
-        }
         if self.bnb {
             return Ok(());
         }
@@ -568,7 +566,9 @@ impl NbSpec {
     /// unconstrained coordinates `x_j ~ N(loc, s_j)` (`s_j` by family, see
     /// [`Shrinkage`]; the scale priors below are the gaussian family's):
     /// - the scalar parameter (`p`, or `φ` under mean_odds) becomes
-    ///   gene-specific, `loc ~ N(0, 1)`, `s ~ N(0, 0.5)` (not with a mixture);
+    ///   gene-specific, `loc ~ N(0, 1)`, `s ~ N(0, 0.5)` (in a mixture one
+    ///   value per component and gene when `p` is component-specific, else
+    ///   one per gene);
     /// - `gate` (zero-inflated models): `loc ~ N(−5, 1)`, `s ~ N(−2, 0.5)`,
     ///   shared by all genes (and components);
     /// - the gene parameter (`r` or `mu`) of a mixture in which it is
@@ -581,12 +581,6 @@ impl NbSpec {
     pub fn add_hierarchy(&mut self, site: &str, family: Shrinkage) -> Result<()> {
         let n01 = |loc: f64, scale: f64| Prior::Normal { loc, scale };
         let (loc, scale, loc_prior, scale_prior, per_gene) = if site == self.param.scalar_param() {
-            if self.mixture.is_some() {
-                return Err(CoreError::arg(
-                    "priors",
-                    "a gene-specific `probability` prior with a mixture model is not available yet",
-                ));
-            }
             let (l, s) = if self.param == Parameterization::MeanOdds {
                 ("log_phi_loc", "log_phi_scale")
             } else {
@@ -970,7 +964,7 @@ impl NbSpec {
             let rows = if d_p.1 == DatasetP::GeneSpecific {
                 d_p.0
             } else {
-                1
+                k_scalar
             };
             layout.push(
                 self.param.scalar_param(),

@@ -15,9 +15,11 @@ use rand_distr::Distribution;
 pub struct NbTruth {
     pub r: Vec<f64>,
     pub p: f64,
-    /// Gene-specific `p` (replaces `p` when present; not with a mixture).
+    /// Gene-specific `p` (replaces `p` when present; a mixture's is in
+    /// [`MixtureTruth::p_gene`]).
     pub p_gene: Option<Vec<f64>>,
-    /// BNB excess dispersion per gene (`None`: NB counts; not with a mixture).
+    /// BNB excess dispersion per gene (`None`: NB counts), shared by a
+    /// mixture's components.
     pub omega: Option<Vec<f64>>,
     /// Capture probability per cell (`None` for nbdm/zinb).
     pub nu: Option<Vec<f64>>,
@@ -33,6 +35,8 @@ pub struct NbTruth {
 pub struct MixtureTruth {
     pub r: Vec<Vec<f64>>,
     pub p: Vec<f64>,
+    /// Gene-specific `p` per component (replaces `p` when present).
+    pub p_gene: Option<Vec<Vec<f64>>>,
     pub gate: Option<Vec<Vec<f64>>>,
     pub weights: Vec<f64>,
     pub assignment: Vec<usize>,
@@ -121,6 +125,7 @@ impl NbTruth {
         t.mixture = Some(MixtureTruth {
             r,
             p,
+            p_gene: None,
             gate,
             weights,
             assignment,
@@ -138,12 +143,22 @@ pub fn simulate_nb(truth: &NbTruth, seed: u64) -> CountMatrix {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             rng.set_stream(c as u64 + 1);
             let nu = truth.nu.as_ref().map_or(1.0, |v| v[c]);
-            let (r, p, gate) = match &truth.mixture {
+            let (r, p, p_gene, gate) = match &truth.mixture {
                 Some(m) => {
                     let k = m.assignment[c];
-                    (&m.r[k], m.p[k], m.gate.as_ref().map(|g| &g[k]))
+                    (
+                        &m.r[k],
+                        m.p[k],
+                        m.p_gene.as_ref().map(|v| &v[k]),
+                        m.gate.as_ref().map(|g| &g[k]),
+                    )
                 }
-                None => (&truth.r, truth.p, truth.gate.as_ref()),
+                None => (
+                    &truth.r,
+                    truth.p,
+                    truth.p_gene.as_ref(),
+                    truth.gate.as_ref(),
+                ),
             };
             let odds_of = |p: f64| {
                 let p_hat = p * nu / (1.0 - p * (1.0 - nu));
@@ -152,22 +167,19 @@ pub fn simulate_nb(truth: &NbTruth, seed: u64) -> CountMatrix {
             let shared_odds = odds_of(p);
             let mut row = Vec::new();
             for g in 0..g_n {
-                let odds = match (&truth.p_gene, &truth.mixture) {
-                    (Some(pg), None) => odds_of(pg[g]),
-                    _ => shared_odds,
-                };
+                let odds = p_gene.map_or(shared_odds, |pg| odds_of(pg[g]));
                 if let Some(gate) = gate {
                     if rng.random::<f64>() < gate[g] {
                         continue;
                     }
                 }
-                let u = match (&truth.omega, &truth.mixture) {
+                let u = match &truth.omega {
                     // BNB: the count's success probability is Beta(α, κ) around p̂.
-                    (Some(om), None) => {
+                    Some(om) => {
                         let o = crate::dist::draw::bnb_odds(&mut rng, r[g], odds, om[g]);
                         nb_count(&mut rng, r[g], o)
                     }
-                    _ => nb_count(&mut rng, r[g], odds),
+                    None => nb_count(&mut rng, r[g], odds),
                 };
                 if u > 0 {
                     row.push((g as u32, u));
