@@ -100,8 +100,17 @@
 #' BNB's variance and reports no divergence (`NA`: the BNB's expression
 #' distribution has no closed-form one); per-cell expression fractions are
 #' an error for them for now.
-#' Hierarchies on other parameters, gene-specific `p` with mixtures and BNB
-#' with mixtures are classed `scribeR_unsupported` errors for now.
+#'
+#' Both extensions combine with mixtures (`n_components >= 2`). A
+#' gene-specific `p` is then one `p_kg` per component and gene when `p` is
+#' component-specific (the default `mixture_params = "all"`; `p` is a
+#' components x genes matrix), else one `p_g` shared by the components.
+#' BNB's `omega_g` is shared by the components: it measures the spread a
+#' gene has beyond what its cell's component explains. Without capture a
+#' cell costs its nonzeros times the components per step; with capture, its
+#' genes times the components (every `p_hat_kcg` differs).
+#' Hierarchies on other parameters are classed `scribeR_unsupported`
+#' errors for now.
 #'
 #' @section Guides:
 #' SVI's default guide is mean-field: every unconstrained coordinate an
@@ -770,10 +779,6 @@ nb_model_spec <- function(model, a, n_cells) {
     if (!is.null(a$n_components)) abort_unsupported("Dataset hierarchies ({.arg dataset_key}) with a mixture model are not available yet.")
     spec <- c(spec, dsp$fields)
   }
-  if (!is.null(hier[[scalar]]) && !is.null(a$n_components)) {
-    abort_unsupported(c("A gene-specific {.code priors$probability} with a mixture model is not available yet.",
-                        "i" = "Drop {.arg n_components}, or give {.code priors$probability} as two numbers."))
-  }
   if (!is.null(hier[[gene]]) && is.null(a$n_components)) {
     abort_input(c("A {.code mean_expression} hierarchy shares each gene's value across mixture components.",
                   "i" = "Give {.arg n_components} >= 2 (with the gene parameter component-specific)."))
@@ -785,9 +790,6 @@ nb_model_spec <- function(model, a, n_cells) {
     abort_input("{.code priors$overdispersion} chooses the family of the BNB's excess dispersion: give {.code overdispersion = \"bnb\"} too.")
   }
   if (od == "bnb") {
-    if (!is.null(a$n_components)) {
-      abort_unsupported("{.code overdispersion = \"bnb\"} with a mixture model is not available yet.")
-    }
     spec$overdispersion <- "bnb"
     # The family of omega's hierarchy goes with the hierarchies (hyper-parameters too).
     spec$overdispersion_family <- if (is.null(od_family)) "horseshoe" else if (is.list(od_family)) od_family$type else od_family

@@ -18,7 +18,8 @@
 #' @param p_capture Per-cell capture probability (capture models).
 #' @param gate Per-gene zero-inflation probability (zero-inflated models).
 #' @param omega Per-gene excess dispersion of beta-negative-binomial counts
-#'   (`overdispersion = "bnb"` in [scribe_fit()]; `NULL`: negative binomial).
+#'   (`overdispersion = "bnb"` in [scribe_fit()]; `NULL`: negative binomial),
+#'   shared by the components of a mixture.
 #' @param n_components `NULL` or the number of mixture components (>= 2);
 #'   then `r`, `p` and `gate` are drawn and cannot be given.
 #' @param seed Seed (`NULL`: from R's RNG).
@@ -63,7 +64,6 @@ scribe_simulate <- function(model = c("nbdm", "nbvcp", "zinb", "zinbvcp"), n_gen
     if (!is.null(r) || !is.null(p) || !is.null(gate)) {
       abort_input("{.arg r}, {.arg p} and {.arg gate} are drawn per component when {.arg n_components} is given.")
     }
-    if (!is.null(omega)) abort_input("{.arg omega} (BNB counts) cannot be combined with {.arg n_components}.")
     k <- as.integer(n_components)
   }
   seed <- resolve_seed(seed)

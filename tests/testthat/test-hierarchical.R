@@ -122,8 +122,6 @@ test_that("hierarchical priors that do not exist yet are classed errors", {
   expect_error(quick_fit(m, priors = list(capture_probability = "gaussian")), class = "scribeR_unsupported")
   expect_error(quick_fit(m, parameterization = "mean_prob", priors = list(dispersion = "gaussian")),
                "not available yet")
-  expect_error(quick_fit(m, n_components = 2, priors = list(probability = "gaussian")),
-               class = "scribeR_unsupported")
   expect_error(quick_fit(m, priors = list(probability = list(type = "gaussian", tau0 = 1))), "tau0")
   expect_error(quick_fit(m, priors = list(probability = list(type = "horseshoe", u = 1))), "does not take")
   expect_error(quick_fit(m, priors = list(probability = list(type = "neg", tau = -1))), "tau")
@@ -196,10 +194,58 @@ test_that("BNB: heavy-tailed genes get their excess dispersion, and the verbs ha
   mc <- scribe_fit(small, model = "nbdm", overdispersion = "bnb", priors = list(overdispersion = "gaussian"),
                    inference_method = "mcmc", n_samples = 100, n_warmup = 100, seed = 1, verbose = FALSE)
   expect_equal(dim(get_samples(mc)$bnb_concentration), c(100L, 8L))
-  expect_error(quick_fit(small, overdispersion = "bnb", n_components = 2), class = "scribeR_unsupported")
   expect_error(quick_fit(small, overdispersion = "nb2"), "overdispersion")
   expect_error(scribe_fit(small, model = "pln", inference_method = "laplace", overdispersion = "bnb", verbose = FALSE),
                "overdispersion")
+})
+
+test_that("mixtures take a gene-specific p and BNB, and every verb handles them", {
+  sim <- scribe_simulate("nbvcp", n_genes = 30, n_cells = 300, n_components = 2,
+                         omega = rep(c(0.05, 1), 15), seed = 5)
+  expect_named(sim$truth$omega, rownames(sim$counts))
+  fit <- gene_p_fit(sim$counts, model = "nbvcp", n_components = 2, overdispersion = "bnb",
+                    priors = list(probability = "gaussian"), n_steps = 300)
+  m <- get_map(fit)
+  # p is component-specific by default: one value per component and gene.
+  expect_identical(dim(m$p), c(2L, 30L))
+  expect_identical(dimnames(m$p), list(c("component1", "component2"), rownames(sim$counts)))
+  expect_named(m$bnb_concentration, rownames(sim$counts))
+  expect_output(show(fit), "p \\(genes x 2 components\\)")
+  d <- get_posterior_samples(fit, n_samples = 4, seed = 1)
+  expect_identical(dim(d$p), c(4L, 2L, 30L))
+  expect_identical(dim(d$bnb_concentration), c(4L, 30L))
+  # The components are found: each cell's most likely one matches the truth (up to labels).
+  ct <- cell_type_probabilities(fit, sim$counts)
+  agree <- mean(ct$assignment == sim$truth$assignment)
+  expect_gt(max(agree, 1 - agree), 0.95)
+  ll <- log_likelihood(fit, sim$counts)
+  expect_true(all(is.finite(ll)))
+  expect_true(all(is.finite(log_likelihood(fit, sim$counts, by = "gene"))))
+  expect_identical(dim(posterior_predictive(fit, n_samples = 5, seed = 1)), c(5L, 300L, 30L))
+  den <- denoise_counts(fit, sim$counts)
+  expect_true(all(den >= as.matrix(sim$counts) - 1e-9))
+  nc <- normalize_counts(fit, n_samples = 3, seed = 1)
+  expect_equal(unname(apply(nc, c(1, 3), sum)), matrix(1, 3, 2), tolerance = 1e-10)
+  de <- as.data.frame(scribe_de(fit, component_a = 1, component_b = 2, n_samples = 20, seed = 1))
+  expect_equal(nrow(de), 30L)
+  gof <- goodness_of_fit(fit, sim$counts, genes = rownames(sim$counts)[1:4], ppc = FALSE, seed = 1)
+  expect_true(all(is.finite(unlist(gof$residuals))))
+  f <- tempfile(fileext = ".rds")
+  saveRDS(fit, f)
+  expect_identical(get_map(readRDS(f)), m)
+  # With p shared by the components: one p per gene.
+  shared <- gene_p_fit(sim$counts, model = "nbvcp", n_components = 2, mixture_params = "mean",
+                       priors = list(probability = "gaussian"), n_steps = 50)
+  expect_length(get_map(shared)$p, 30L)
+  # NUTS samples the same model, warm-started from SVI.
+  small <- sim$counts[1:6, 1:60]
+  small <- small[, Matrix::colSums(small) > 0]
+  mc <- scribe_fit(small, model = "nbdm", n_components = 2, overdispersion = "bnb",
+                   priors = list(probability = "gaussian", overdispersion = "gaussian"),
+                   inference_method = "mcmc", n_samples = 50, n_warmup = 50, seed = 1, verbose = FALSE)
+  expect_identical(dim(get_samples(mc)$p), c(50L, 2L, 6L))
+  expect_identical(dim(get_samples(mc)$bnb_concentration), c(50L, 6L))
+  expect_true(all(is.finite(log_likelihood(mc, small))))
 })
 
 test_that("horseshoe and NEG hierarchies fit, name their scales, and shrink", {
