@@ -289,7 +289,12 @@ shape_denoised <- function(fit, res, gnames, n_samples, return_variance) {
 #' L_c)` at the MAP parameters (`n_samples = NULL`), or one draw of each
 #' cell's fractions per posterior draw. Mixtures weight (mean) or pick (draw)
 #' components by each cell's own probabilities. The zero-inflation gate is
-#' ignored here.
+#' ignored here. With a gene-specific `p` the composition is no longer a
+#' Dirichlet: each gene's rate has the posterior `Gamma(r_g + u_cg, rate
+#' (1 - p_g)/p_g + nu_c)` and the fractions normalize those rates. BNB fits
+#' go through the count's latent success probability, whose posterior is
+#' `Beta(alpha + u, kappa + r)`: the rate's mean is `(r + u) E[p_hat' | u] /
+#' nu_c`, and a draw takes `p_hat'` from that Beta, then the rate given it.
 #'
 #' @inheritParams log_likelihood
 #' @param x `NULL` for the population composition, or the fitted counts for

@@ -98,8 +98,9 @@
 #' model comparison and normalization (the Gamma route of the mean
 #' composition) handle BNB fits; biological DE keeps the NB mean, takes the
 #' BNB's variance and reports no divergence (`NA`: the BNB's expression
-#' distribution has no closed-form one); per-cell expression fractions are
-#' an error for them for now.
+#' distribution has no closed-form one); per-cell expression fractions
+#' (`normalize_counts(fit, x)`) go through each count's latent success
+#' probability (see [normalize_counts()]).
 #'
 #' Both extensions combine with mixtures (`n_components >= 2`). A
 #' gene-specific `p` is then one `p_kg` per component and gene when `p` is

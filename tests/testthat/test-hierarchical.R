@@ -171,7 +171,12 @@ test_that("BNB: heavy-tailed genes get their excess dispersion, and the verbs ha
   expect_equal(unname(rowSums(normalize_counts(fit, n_samples = 3, seed = 1))), rep(1, 3), tolerance = 1e-10)
   # Denoising: no capture, nothing missing: the counts themselves.
   expect_equal(unname(denoise_counts(fit, sim$counts)), unname(as.matrix(sim$counts)))
-  expect_error(normalize_counts(fit, sim$counts), "bnb", class = "scribeR_input_error")
+  # Per-cell fractions through each count's latent p: each cell's sum to 1.
+  fr <- normalize_counts(fit, sim$counts)
+  expect_equal(unname(colSums(fr)), rep(1, ncol(sim$counts)), tolerance = 1e-10)
+  frs <- normalize_counts(fit, sim$counts, n_samples = 20, seed = 1)
+  expect_identical(dim(frs), c(20L, 40L, 800L))
+  expect_lt(max(abs(apply(frs, c(1, 3), sum) - 1)), 1e-10)
   # Biological DE against the NB fit: the same means, the BNB's larger variances.
   de <- scribe_de(fit, nb, biological = TRUE, n_samples = 50, seed = 1)
   bio <- as.data.frame(de)

@@ -389,3 +389,78 @@ fn gene_specific_p_predictive_means_follow_each_gene() {
     let (a, b) = (2.0 * 0.3 / 0.7, 2.0 * 0.8 / 0.2);
     assert!((m[0] - a / (a + b)).abs() < 1e-12);
 }
+
+/// BNB per-cell fractions: as `ω → 0` they become the NB's (Gamma route);
+/// draws sum to one per cell, average near the closed-form mean, and spread
+/// more than the NB's, in a mixture with capture too.
+#[test]
+fn bnb_cell_fractions_reduce_to_the_nb_and_spread_more() {
+    use scribe_core::posterior::nb::normalize::cell_fractions;
+    for (variant, k) in [(Variant::Nbdm, 1), (Variant::Nbvcp, 2)] {
+        let data = simulate_nb(&NbTruth::random(variant, 6, 5, 8), 9);
+        let mut nb = toy_draws(variant, k, &data);
+        nb.p_gene = Some((0..k * 6).map(|j| 0.3 + 0.08 * (j % 6) as f64).collect());
+        nb.p = vec![f64::NAN; k];
+        let genes: Vec<usize> = (0..6).collect();
+        let with_omega = |om: f64| {
+            let mut d = nb.clone();
+            d.omega = Some(vec![om; 6]);
+            d
+        };
+        // ω is floored at 1e-6, so the limit holds to about that.
+        let want = cell_fractions(&nb, &data, &genes, false, 1, Ctl::none()).unwrap();
+        let got = cell_fractions(&with_omega(1e-9), &data, &genes, false, 1, Ctl::none()).unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-4 * b, "{variant:?}: {a} vs {b}");
+        }
+        // Many draws of one parameter setting.
+        let s_n = 4000;
+        let repeat = |d: &NbDraws| {
+            let mut rep = d.clone();
+            rep.n_draws = s_n;
+            rep.r = d.r.repeat(s_n);
+            rep.p = d.p.repeat(s_n);
+            rep.p_gene = d.p_gene.as_ref().map(|v| v.repeat(s_n));
+            rep.omega = d.omega.as_ref().map(|v| v.repeat(s_n));
+            rep.nu = d.nu.as_ref().map(|v| v.repeat(s_n));
+            rep.weights = d.weights.repeat(s_n);
+            rep
+        };
+        let per = 6 * data.n_cells;
+        let moments = |d: &NbDraws| -> (Vec<f64>, f64) {
+            let draws = cell_fractions(&repeat(d), &data, &genes, true, 3, Ctl::none()).unwrap();
+            let avg: Vec<f64> = (0..per)
+                .map(|i| (0..s_n).map(|s| draws[s * per + i]).sum::<f64>() / s_n as f64)
+                .collect();
+            let var: f64 = (0..per)
+                .map(|i| {
+                    (0..s_n)
+                        .map(|s| (draws[s * per + i] - avg[i]).powi(2))
+                        .sum::<f64>()
+                })
+                .sum::<f64>()
+                / (s_n * per) as f64;
+            for c in 0..data.n_cells {
+                for s in 0..3 {
+                    let t: f64 = draws[s * per + c * 6..s * per + (c + 1) * 6].iter().sum();
+                    assert!((t - 1.0).abs() < 1e-9);
+                }
+            }
+            (avg, var)
+        };
+        let heavy = with_omega(5.0);
+        let mean = cell_fractions(&heavy, &data, &genes, false, 1, Ctl::none()).unwrap();
+        let (avg, var_heavy) = moments(&heavy);
+        let (_, var_nb) = moments(&nb);
+        assert!(
+            var_heavy > 1.1 * var_nb,
+            "{variant:?}: {var_heavy} vs {var_nb}"
+        );
+        if k == 1 {
+            // A ratio of expected rates against the expected ratio: close.
+            for (a, b) in avg.iter().zip(&mean) {
+                assert!((a - b).abs() < 0.05, "{variant:?}: {a} vs {b}");
+            }
+        }
+    }
+}

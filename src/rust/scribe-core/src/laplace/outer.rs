@@ -10,7 +10,7 @@ use super::{init, w_prior, Capture, Cascade, LaplaceConfig, LaplaceFit, LnModel,
 use crate::data::{BatchSampler, CountMatrix};
 use crate::error::{CoreError, Partial, Result};
 use crate::math::{softplus, softplus_inv};
-use crate::optim::lbfgs::{Lbfgs, LineSearch, Next};
+use crate::optim::lbfgs::{dot, Lbfgs, LineSearch, Next};
 use crate::optim::settle::{Group, SettleTracker, Verdict};
 use crate::optim::Optimizer;
 use crate::optim::StopReason;
@@ -105,16 +105,16 @@ const LBFGS_MAX_MOVE: f64 = 1.0;
 /// Newton starts does not change the MAP it finds). A trial with more
 /// masked cells than the current point counts as a failure: dropping a
 /// cell's ELBO would fake a decrease.
+#[allow(clippy::too_many_arguments)]
 fn lbfgs_step(
     obj: &Objective<'_>,
     lb: &mut Lbfgs,
     th: &mut Vec<f64>,
     cur: &Eval,
+    all: &[usize],
     latents: &mut [f64],
     eta: &mut [f64],
 ) -> LbfgsStep {
-    let all: Vec<usize> = (0..obj.data.n_cells).collect();
-    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
     let mut rejected = Rejected::default();
     loop {
         let mut d = lb.direction(&cur.grad);
@@ -132,7 +132,7 @@ fn lbfgs_step(
         let mut ls = LineSearch::new(cur.loss, slope, alpha);
         loop {
             let trial: Vec<f64> = th.iter().zip(&d).map(|(t, d)| t + alpha * d).collect();
-            let ev = obj.eval(&trial, &all, latents, eta);
+            let ev = obj.eval(&trial, all, latents, eta);
             let f = match &ev {
                 Some(e) if e.cancelled => return LbfgsStep::Cancelled,
                 Some(e) if e.masked <= cur.masked => e.loss,
@@ -499,9 +499,13 @@ pub fn run(
         if cancel.cancelled() {
             return Err(cancelled_at(step, &history));
         }
-        let cells: Vec<usize> = match sampler.as_mut() {
-            Some(s) => s.draw(&mut rng).iter().map(|&c| c as usize).collect(),
-            None => all.clone(),
+        let drawn: Vec<usize>;
+        let cells: &[usize] = match sampler.as_mut() {
+            Some(s) => {
+                drawn = s.draw(&mut rng).iter().map(|&c| c as usize).collect();
+                &drawn
+            }
+            None => &all,
         };
         let ev = match carried.take() {
             Some(ev) => Some(ev),
@@ -515,12 +519,12 @@ pub fn run(
                 }
                 obj.eval(
                     &th,
-                    &cells,
+                    cells,
                     &mut lat_buf[..cells.len() * ld],
                     &mut eta_buf[..cells.len()],
                 )
             }
-            None => obj.eval(&th, &cells, &mut latents, &mut eta),
+            None => obj.eval(&th, cells, &mut latents, &mut eta),
         };
         let Some(ev) = ev else {
             aborted = Some(format!(
@@ -547,7 +551,7 @@ pub fn run(
                 step + 1,
                 guards.init_signed,
                 best_loss,
-                worst_cells(&cells, &ev.norms, 3)
+                worst_cells(cells, &ev.norms, 3)
             ));
             break;
         }
@@ -602,7 +606,7 @@ pub fn run(
                     th[i] = v;
                 }
             }
-            Some(lb) => match lbfgs_step(&obj, lb, &mut th, &ev, &mut latents, &mut eta) {
+            Some(lb) => match lbfgs_step(&obj, lb, &mut th, &ev, &all, &mut latents, &mut eta) {
                 LbfgsStep::Moved(next, rejected) => {
                     rejected.count(&mut newton, n);
                     carried = Some(next);

@@ -18,7 +18,8 @@ pub struct Lbfgs {
     pairs: VecDeque<(Vec<f64>, Vec<f64>, f64)>,
 }
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+/// `a · b`.
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 

@@ -69,12 +69,18 @@ impl GeneBnb {
     }
 }
 
+/// `(α, κ)` of the Beta on a count's success probability: `κ = 2 + (r + 1)/ω`
+/// (`ω` at least 1e-6), `α = (κ − 1)·odds` with the mean odds `odds = p̂/(1−p̂)`.
+pub fn bnb_shape(r: f64, omega: f64, odds: f64) -> (f64, f64) {
+    let kappa = 2.0 + (r + 1.0) / omega.max(1e-6);
+    ((kappa - 1.0) * odds, kappa)
+}
+
 /// Variance of a BNB count (`r`, mean odds `o`, excess dispersion `ω`):
 /// with `o' = π/(1−π)`, `π ~ Beta(α, κ)`, `Var = r E o' + r E o'² + r² Var o'`
 /// (finite: `κ > 2`).
 pub fn bnb_variance(r: f64, odds: f64, omega: f64) -> f64 {
-    let kappa = 2.0 + (r + 1.0) / omega.max(1e-6);
-    let alpha = (kappa - 1.0) * odds;
+    let (alpha, kappa) = bnb_shape(r, omega, odds);
     let e1 = odds;
     let e2 = alpha * (alpha + 1.0) / ((kappa - 1.0) * (kappa - 2.0));
     r * e1 + r * e2 + r * r * (e2 - e1 * e1)

@@ -20,7 +20,7 @@ mod mixture_genewise;
 pub mod simulate;
 pub mod sites;
 
-pub use bnb::{bnb_ratio, bnb_variance};
+pub use bnb::{bnb_ratio, bnb_shape, bnb_variance};
 pub use kernels::{nb_cell_loglik, NbModel, NbWorkspace};
 
 use crate::dist::{Link, Prior};

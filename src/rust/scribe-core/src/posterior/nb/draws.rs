@@ -172,17 +172,6 @@ impl NbDraws {
         self.omega.as_ref().map(|v| v[s * self.n_genes + g])
     }
 
-    /// An error for analyses that have no BNB form yet.
-    pub fn require_nb(&self, what: &str) -> Result<()> {
-        if self.omega.is_some() {
-            return Err(CoreError::arg(
-                "fit",
-                format!("{what} is not available for overdispersion = \"bnb\" yet"),
-            ));
-        }
-        Ok(())
-    }
-
     /// Whether `p` differs by gene.
     #[inline]
     pub fn gene_specific_p(&self) -> bool {

@@ -12,10 +12,11 @@
 
 use super::draws::NbDraws;
 use crate::error::Result;
+use crate::models::nb::bnb_shape;
 use crate::progress::Ctl;
 use rand::rngs::ChaCha8Rng;
 use rand::SeedableRng;
-use rand_distr::{Distribution, Gamma};
+use rand_distr::{Beta, Distribution, Gamma};
 use rayon::prelude::*;
 
 /// Expected composition per draw and component: layout `g + G·(k + K·s)`.
@@ -71,7 +72,11 @@ pub fn dirichlet_samples(d: &NbDraws, n_dir: usize, seed: u64) -> Result<Vec<f64
 /// ignored). With a gene-specific `p`, each gene's latent rate has the
 /// posterior `Gamma(r_g + u_cg, rate β_g + ν_c)`, `β_g = (1−p_g)/p_g`, and
 /// the fractions normalise those rates: draws are exact, the mean is the
-/// ratio of expected rates. `sample = false` returns the posterior mean
+/// ratio of expected rates. BNB fits take the same route through their
+/// latent success probability: given `u`, the captured-scale `p̂'` has the
+/// conjugate posterior `Beta(α + u, κ + r)`, the count's odds are
+/// `o' = p̂'/(1−p̂')`, and the rate `λ = γ o'/ν` with
+/// `γ ~ Gamma(r + u, rate 1 + o')`, so `E[λ | u] = (r+u) E[p̂' | u]/ν`. `sample = false` returns the posterior mean
 /// `(r_g + u_cg) / (Σr + L_c)`; `true` one Dirichlet draw per cell and
 /// parameter draw. Mixtures weight (mean) or pick (draw) components by the
 /// cell's responsibilities. Layout `j + J·(c + C·s)` for the genes `genes`.
@@ -85,7 +90,6 @@ pub fn cell_fractions(
 ) -> Result<Vec<f64>> {
     use super::loglik::{cell_responsibilities, pick_index, zinb_zero_terms, ZeroTerms};
     use rand::RngExt;
-    d.require_nb("per-cell expression fractions")?;
     let (s_n, c_n, j_n, k_n, g_n) = (d.n_draws, data.n_cells, genes.len(), d.n_comp, d.n_genes);
     crate::limits::check_values("n_samples", (j_n * c_n) as f64 * s_n as f64)?;
     let mut out = vec![0.0; j_n * c_n * s_n];
@@ -114,7 +118,24 @@ pub fn cell_fractions(
                 let p = d.p_at(s, k, g);
                 (1.0 - p) / p + d.nu_of(s, c)
             };
-            if d.gene_specific_p() {
+            // BNB: the conjugate Beta of the latent p̂', then γ given it.
+            let bnb_rate = |rng: &mut ChaCha8Rng, k: usize, g: usize, r: f64| -> f64 {
+                let om = d.omega_at(s, g).expect("a BNB fit");
+                let p = d.p_at(s, k, g);
+                let nu = d.nu_of(s, c);
+                let (alpha, kappa) = bnb_shape(r, om, p / (1.0 - p) * nu);
+                let (a, b) = (alpha + u[g], kappa + r);
+                if !sample {
+                    return (r + u[g]) * a / (a + b) / nu;
+                }
+                let ph = Beta::new(a, b)
+                    .map_or(a / (a + b), |bt| bt.sample(rng))
+                    .min(1.0 - 1e-15);
+                let o = ph / (1.0 - ph);
+                let gam = Gamma::new(r + u[g], 1.0).map_or(r + u[g], |gm| gm.sample(rng));
+                gam / (1.0 + o) * o / nu
+            };
+            if d.gene_specific_p() || d.omega.is_some() {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
                 rng.set_stream(((s as u64 + 1) << 32) | c as u64);
                 let ks: Vec<(usize, f64)> = if sample {
@@ -126,6 +147,9 @@ pub fn cell_fractions(
                     let r = d.r_of(s, k);
                     let lam: Vec<f64> = (0..g_n)
                         .map(|g| {
+                            if d.omega.is_some() {
+                                return bnb_rate(&mut rng, k, g, r[g]);
+                            }
                             let shape = r[g] + u[g];
                             let e = if sample {
                                 Gamma::new(shape, 1.0).map_or(0.0, |gm| gm.sample(&mut rng))
