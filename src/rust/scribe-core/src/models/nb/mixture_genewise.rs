@@ -44,26 +44,33 @@ impl std::ops::Sub for Term {
     }
 }
 
-/// The term of count `u` for one (component, gene) at `ℓ = logit p̂`: the
-/// NB's `lnΓ(u+r) − lnΓ(r) + u ln p̂ + r ln(1−p̂)`, or the BNB's with the
-/// Beta ratio in place of `p̂^u (1−p̂)^r`; under a gate `π`, a zero becomes
+/// The term of count `u` for one (component, gene) at `ℓ = logit p̂` with
+/// odds `t = e^ℓ` (passed in: per cell they are a product of per-gene and
+/// per-cell factors, so no `exp` is needed): the NB's
+/// `lnΓ(u+r) − lnΓ(r) + u ln p̂ + r ln(1−p̂)`, or the BNB's with the Beta
+/// ratio in place of `p̂^u (1−p̂)^r`; under a gate `π`, a zero becomes
 /// `ln(π + (1−π) f(0))` and a positive count gains `ln(1−π)`.
 #[inline]
-fn term(u: u32, r: f64, l: f64, pi: Option<f64>, bnb: Option<&GeneBnb>) -> Term {
+fn term(u: u32, r: f64, l: f64, t: f64, pi: Option<f64>, bnb: Option<&GeneBnb>) -> Term {
     let mut t = match bnb {
         None => {
             let uf = u as f64;
-            let l1m = ln_sigmoid(-l);
+            // ln(1−p̂) = −ln(1+t), p̂ = t/(1+t); beyond f64's odds, by ℓ.
+            let (l1m, ph) = if t.is_finite() {
+                (-t.ln_1p(), t / (1.0 + t))
+            } else {
+                (ln_sigmoid(-l), sigmoid(l))
+            };
             Term {
-                v: lgamma_diff(u, r) + uf * ln_sigmoid(l) + r * l1m,
+                v: lgamma_diff(u, r) + uf * (l + l1m) + r * l1m,
                 dr: digamma_diff(u, r) + l1m,
-                dl: uf * sigmoid(-l) - r * sigmoid(l),
+                dl: uf * (1.0 - ph) - r * ph,
                 dgate: 0.0,
                 dkappa: 0.0,
             }
         }
         Some(b) => {
-            let (v, dl, dk, dr) = b.ratio(u, l.clamp(-700.0, 700.0).exp());
+            let (v, dl, dk, dr) = b.ratio(u, t.min(1e300));
             Term {
                 v: lgamma_diff(u, r) + v,
                 dr: digamma_diff(u, r) + dr,
@@ -93,8 +100,25 @@ fn term(u: u32, r: f64, l: f64, pi: Option<f64>, bnb: Option<&GeneBnb>) -> Term 
     t
 }
 
+/// Adds `w` times a term's partials (`r`, `ℓ`, gate, `κ`) at `j`.
+#[inline]
+fn accumulate(g: [&mut [f64]; 4], j: usize, w: f64, t: &Term) {
+    g[0][j] += w * t.dr;
+    g[1][j] += w * t.dl;
+    g[2][j] += w * t.dgate;
+    g[3][j] += w * t.dkappa;
+}
+
+/// `e^ℓ` (infinite beyond f64's range: [`term`] then works from `ℓ`).
+#[inline]
+fn odds(l: f64) -> f64 {
+    l.exp()
+}
+
 /// Per-step quantities of one evaluation.
 struct Step {
+    /// `p_kg/(1−p_kg)` per (component, gene).
+    odds: Vec<f64>,
     ln_w: Vec<f64>,
     /// BNB constants per (component, gene).
     bnb: Vec<GeneBnb>,
@@ -187,13 +211,17 @@ impl NbModel<'_> {
         if self.b_cap.is_none() {
             let gated = self.b_gate.is_some();
             zero = (0..k_n * g_n)
-                .map(|j| term(0, ws.r[j], ws.lpg[j], gated.then(|| ws.pi[j]), bnb.get(j)))
+                .map(|j| {
+                    let l = ws.lpg[j];
+                    term(0, ws.r[j], l, odds(l), gated.then(|| ws.pi[j]), bnb.get(j))
+                })
                 .collect();
             for (k, zs) in zero_sum.iter_mut().enumerate() {
                 *zs = zero[k * g_n..(k + 1) * g_n].iter().map(|t| t.v).sum();
             }
         }
         Step {
+            odds: ws.lpg[..k_n * g_n].iter().map(|&l| odds(l)).collect(),
             ln_w: self.ln_mixing_weights(x),
             bnb,
             zero,
@@ -220,6 +248,10 @@ impl NbModel<'_> {
         let stride = Self::mixture_genewise_stride(k_n, g_n);
         let (r, lpg, pi, lnnu) = (&ws.r, &ws.lpg, &ws.pi, &ws.ell);
         let params = |j: usize| (r[j], lpg[j], gated.then(|| pi[j]), step.bnb.get(j));
+        let ok_at = |j: usize| step.odds[j];
+        // With capture, an NB without a gate has a lean zero pass (odds
+        // beyond f64's range go the general way).
+        let plain = capture && !gated && !self.spec.bnb && step.odds.iter().all(|o| o.is_finite());
         let ll = cell_blocks(
             nb,
             (stride, 1),
@@ -235,28 +267,59 @@ impl NbModel<'_> {
                 let mut gam = vec![0.0; k_n];
                 // With capture: every (component, gene)'s term of the cell;
                 // without: the swaps at the cell's nonzeros, component-major.
-                let mut terms = vec![Term::default(); if capture { kg_n } else { 0 }];
+                let mut terms = vec![Term::default(); if capture && !plain { kg_n } else { 0 }];
+                let (mut zdr, mut zdl) = if plain {
+                    (vec![0.0; kg_n], vec![0.0; kg_n])
+                } else {
+                    (Vec::new(), Vec::new())
+                };
                 let mut swaps: Vec<Term> = Vec::new();
                 let mut acc = 0.0;
                 for (ii, ge) in gell.iter_mut().enumerate() {
                     let i = bi * CELL_BLOCK + ii;
                     let c = batch.cells[i] as usize;
                     let (genes, counts) = d.row(c);
-                    if capture {
-                        let ln_nu = lnnu[i];
+                    if plain {
+                        // The NB without a gate: a zero's term is −r ln(1+t),
+                        // its partials −ln(1+t) and −r t/(1+t); one `ln` each.
+                        let (ln_nu, nu) = (lnnu[i], lnnu[i].exp());
+                        for (k, lk) in llk.iter_mut().enumerate() {
+                            let rows = k * g_n..(k + 1) * g_n;
+                            let (dr, dl) = (&mut zdr[rows.clone()], &mut zdl[rows.clone()]);
+                            let (rk, ok) = (&r[rows.clone()], &step.odds[rows]);
+                            let mut s = 0.0;
+                            for g in 0..g_n {
+                                let t = ok[g] * nu;
+                                let lt = t.ln_1p();
+                                s -= rk[g] * lt;
+                                dr[g] = -lt;
+                                dl[g] = -rk[g] * t / (1.0 + t);
+                            }
+                            for (&g, &u) in genes.iter().zip(counts) {
+                                let (j, g) = (k * g_n + g as usize, g as usize);
+                                let t = term(u, r[j], lpg[j] + ln_nu, ok_at(j) * nu, None, None);
+                                s += t.v + rk[g] * (-dr[g]);
+                                dr[g] = t.dr;
+                                dl[g] = t.dl;
+                            }
+                            *lk = s;
+                        }
+                    } else if capture {
+                        // p̂'s odds factorise: p's odds times ν_c.
+                        let (ln_nu, nu) = (lnnu[i], lnnu[i].exp());
                         for (k, lk) in llk.iter_mut().enumerate() {
                             let mut s = 0.0;
                             for g in 0..g_n {
                                 let j = k * g_n + g;
                                 let (rj, lj, pj, bj) = params(j);
-                                let t = term(0, rj, lj + ln_nu, pj, bj);
+                                let t = term(0, rj, lj + ln_nu, step.odds[j] * nu, pj, bj);
                                 s += t.v;
                                 terms[j] = t;
                             }
                             for (&g, &u) in genes.iter().zip(counts) {
                                 let j = k * g_n + g as usize;
                                 let (rj, lj, pj, bj) = params(j);
-                                let t = term(u, rj, lj + ln_nu, pj, bj);
+                                let t = term(u, rj, lj + ln_nu, step.odds[j] * nu, pj, bj);
                                 s += t.v - terms[j].v;
                                 terms[j] = t;
                             }
@@ -269,7 +332,7 @@ impl NbModel<'_> {
                             for (&g, &u) in genes.iter().zip(counts) {
                                 let j = k * g_n + g as usize;
                                 let (rj, lj, pj, bj) = params(j);
-                                let t = term(u, rj, lj, pj, bj) - step.zero[j];
+                                let t = term(u, rj, lj, step.odds[j], pj, bj) - step.zero[j];
                                 s += t.v;
                                 swaps.push(t);
                             }
@@ -285,26 +348,39 @@ impl NbModel<'_> {
                         gam[k] = (step.ln_w[k] + llk[k] - mx).exp() / se;
                         resp[k] += gam[k];
                     }
-                    let mut add = |j: usize, w: f64, t: &Term| {
-                        gr[j] += w * t.dr;
-                        gl[j] += w * t.dl;
-                        gg[j] += w * t.dgate;
-                        gk[j] += w * t.dkappa;
-                    };
                     let mut gc = 0.0;
                     for (k, &w) in gam.iter().enumerate() {
                         if w < 1e-300 {
                             continue;
                         }
-                        if capture {
+                        if plain {
+                            let rows = k * g_n..(k + 1) * g_n;
+                            let (dr, dl) = (&zdr[rows.clone()], &zdl[rows.clone()]);
+                            let (grk, glk) = (&mut gr[rows.clone()], &mut gl[rows]);
+                            for g in 0..g_n {
+                                grk[g] += w * dr[g];
+                                glk[g] += w * dl[g];
+                                gc += w * dl[g];
+                            }
+                        } else if capture {
                             for (g, t) in terms[k * g_n..(k + 1) * g_n].iter().enumerate() {
-                                add(k * g_n + g, w, t);
+                                accumulate(
+                                    [&mut *gr, &mut *gl, &mut *gg, &mut *gk],
+                                    k * g_n + g,
+                                    w,
+                                    t,
+                                );
                                 gc += w * t.dl;
                             }
                         } else {
                             let sw = &swaps[k * genes.len()..(k + 1) * genes.len()];
                             for (&g, t) in genes.iter().zip(sw) {
-                                add(k * g_n + g as usize, w, t);
+                                accumulate(
+                                    [&mut *gr, &mut *gl, &mut *gg, &mut *gk],
+                                    k * g_n + g as usize,
+                                    w,
+                                    t,
+                                );
                             }
                         }
                     }
