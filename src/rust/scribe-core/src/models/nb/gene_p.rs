@@ -42,7 +42,55 @@ pub(crate) struct Rows {
     gate: usize,
 }
 
+/// One gene's parameters as the likelihood reads them: `ℓ = logit p`, `r`,
+/// and what the chain rule back to the sampled coordinates needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GeneParams {
+    pub(crate) lp: f64,
+    pub(crate) r: f64,
+    pub(crate) theta: f64,
+    pub(crate) dtheta: f64,
+    /// mean_odds: `dφ/dx` of the scalar coordinate.
+    pub(crate) dphi: f64,
+}
+
 impl NbModel<'_> {
+    /// A gene's `ℓ = logit p` and `r` from its scalar coordinate `xs` and its
+    /// gene parameter `θ = T(x_gene)` (with `dθ/dx = dtheta`), by the
+    /// parameterization: `r = θ` (canonical), `r = μ e^{−ℓ}` (mean_prob),
+    /// `r = μ φ` with `ℓ = −ln φ` (mean_odds).
+    pub(crate) fn gene_params(&self, xs: f64, theta: f64, dtheta: f64) -> GeneParams {
+        let sb = &self.layout.blocks[self.b_scalar];
+        let (lp, mult, dphi) = match self.spec.param {
+            Parameterization::Canonical => (xs, 1.0, f64::NAN),
+            Parameterization::MeanProb => (xs, (-xs).exp(), f64::NAN),
+            Parameterization::MeanOdds => {
+                let e = sb.link.eval(xs);
+                (-e.ln_theta, e.theta, sb.link.deriv(xs))
+            }
+        };
+        GeneParams {
+            lp,
+            r: theta * mult,
+            theta,
+            dtheta,
+            dphi,
+        }
+    }
+
+    /// The chain rule of [`Self::gene_params`]: from `∂/∂r` (`gr`) and
+    /// `∂/∂ℓ` (`gl`) to the gene and scalar coordinates.
+    pub(crate) fn gene_params_grad(&self, q: &GeneParams, gr: f64, gl: f64) -> (f64, f64) {
+        match self.spec.param {
+            Parameterization::Canonical => (gr * q.dtheta, gl),
+            Parameterization::MeanProb => (gr * (-q.lp).exp() * q.dtheta, gl - gr * q.r),
+            Parameterization::MeanOdds => {
+                let phi = (-q.lp).exp();
+                (gr * phi * q.dtheta, (-gl / phi + gr * q.theta) * q.dphi)
+            }
+        }
+    }
+
     /// Whether the likelihood goes gene by gene (gene-specific `p`, BNB, or
     /// datasets).
     pub(crate) fn genewise(&self) -> bool {
@@ -94,19 +142,9 @@ impl NbModel<'_> {
         for g in 0..g_n {
             let xs = x[sb.offset + rows.scalar + if rows.scalar_per_gene { g } else { 0 }];
             let (t, dt) = gene_link.forward_deriv(x[gb + g]);
-            ws.theta[g] = t;
-            ws.dtheta[g] = dt;
-            let (lp, mult) = match self.spec.param {
-                Parameterization::Canonical => (xs, 1.0),
-                Parameterization::MeanProb => (xs, (-xs).exp()),
-                Parameterization::MeanOdds => {
-                    let e = sb.link.eval(xs);
-                    ws.dphig[g] = sb.link.deriv(xs);
-                    (-e.ln_theta, e.theta)
-                }
-            };
-            ws.lpg[g] = lp;
-            ws.r[g] = t * mult;
+            let q = self.gene_params(xs, t, dt);
+            (ws.theta[g], ws.dtheta[g], ws.dphig[g]) = (t, dt, q.dphi);
+            (ws.lpg[g], ws.r[g]) = (q.lp, q.r);
         }
         let cap_off = self.b_cap.map(|b| lay.blocks[b].offset);
         for (k, &c) in batch.cells.iter().enumerate() {
@@ -207,23 +245,16 @@ impl NbModel<'_> {
         for g in 0..g_n {
             let (gr, gl) = (s * ws.g_r[g], s * ws.g_lpg[g]);
             let ip = sb + if rows.scalar_per_gene { g } else { 0 };
-            match self.spec.param {
-                Parameterization::Canonical => {
-                    grad[gb + g] += gr * ws.dtheta[g];
-                    grad[ip] += gl;
-                }
-                // r = μ e^{−ℓ}
-                Parameterization::MeanProb => {
-                    grad[gb + g] += gr * (-ws.lpg[g]).exp() * ws.dtheta[g];
-                    grad[ip] += gl - gr * ws.r[g];
-                }
-                // r = μ φ, ℓ = −ln φ
-                Parameterization::MeanOdds => {
-                    let phi = (-ws.lpg[g]).exp();
-                    grad[gb + g] += gr * phi * ws.dtheta[g];
-                    grad[ip] += (-gl / phi + gr * ws.theta[g]) * ws.dphig[g];
-                }
-            }
+            let q = GeneParams {
+                lp: ws.lpg[g],
+                r: ws.r[g],
+                theta: ws.theta[g],
+                dtheta: ws.dtheta[g],
+                dphi: ws.dphig[g],
+            };
+            let (d_gene, d_scalar) = self.gene_params_grad(&q, gr, gl);
+            grad[gb + g] += d_gene;
+            grad[ip] += d_scalar;
         }
         if let Some(b) = self.b_bnb {
             let off = lay.blocks[b].offset;

@@ -15,8 +15,9 @@
 //! as the non-mixture kernels of `gene_p` and `bnb` do for K = 1.
 
 use super::bnb::GeneBnb;
+use super::gene_p::GeneParams;
 use super::kernels::{add_blocks, cell_blocks, CELL_BLOCK};
-use super::{NbModel, NbWorkspace, Parameterization};
+use super::{NbModel, NbWorkspace};
 use crate::data::Batch;
 use crate::math::{digamma_diff, lgamma_diff, ln_sigmoid, sigmoid, softplus};
 
@@ -163,17 +164,8 @@ impl NbModel<'_> {
             for g in 0..g_n {
                 let j = k * g_n + g;
                 let xs = x[sb.offset + self.p_index(k, g)];
-                let (lp, mult) = match self.spec.param {
-                    Parameterization::Canonical => (xs, 1.0),
-                    Parameterization::MeanProb => (xs, (-xs).exp()),
-                    Parameterization::MeanOdds => {
-                        let e = sb.link.eval(xs);
-                        ws.dphig[j] = sb.link.deriv(xs);
-                        (-e.ln_theta, e.theta)
-                    }
-                };
-                ws.lpg[j] = lp;
-                ws.r[j] = ws.theta[kg * g_n + g] * mult;
+                let q = self.gene_params(xs, ws.theta[kg * g_n + g], ws.dtheta[kg * g_n + g]);
+                (ws.lpg[j], ws.r[j], ws.dphig[j]) = (q.lp, q.r, q.dphi);
             }
         }
         if let Some(b) = self.b_bnb {
@@ -446,23 +438,16 @@ impl NbModel<'_> {
                 let j = k * g_n + g;
                 let (gr, gl) = (s * ws.g_r[j], s * ws.g_lpg[j]);
                 let (ig, ip) = (gb + kg * g_n + g, sb + self.p_index(k, g));
-                match self.spec.param {
-                    Parameterization::Canonical => {
-                        grad[ig] += gr * ws.dtheta[kg * g_n + g];
-                        grad[ip] += gl;
-                    }
-                    // r = μ e^{−ℓ}
-                    Parameterization::MeanProb => {
-                        grad[ig] += gr * (-ws.lpg[j]).exp() * ws.dtheta[kg * g_n + g];
-                        grad[ip] += gl - gr * ws.r[j];
-                    }
-                    // r = μ φ, ℓ = −ln φ
-                    Parameterization::MeanOdds => {
-                        let phi = (-ws.lpg[j]).exp();
-                        grad[ig] += gr * phi * ws.dtheta[kg * g_n + g];
-                        grad[ip] += (-gl / phi + gr * ws.theta[kg * g_n + g]) * ws.dphig[j];
-                    }
-                }
+                let q = GeneParams {
+                    lp: ws.lpg[j],
+                    r: ws.r[j],
+                    theta: ws.theta[kg * g_n + g],
+                    dtheta: ws.dtheta[kg * g_n + g],
+                    dphi: ws.dphig[j],
+                };
+                let (d_gene, d_scalar) = self.gene_params_grad(&q, gr, gl);
+                grad[ig] += d_gene;
+                grad[ip] += d_scalar;
             }
         }
         if let Some(b) = self.b_gate {
@@ -492,7 +477,7 @@ mod tests {
     use crate::dist::Link;
     use crate::math::lgamma;
     use crate::models::nb::simulate::{simulate_nb, NbTruth};
-    use crate::models::nb::{NbSpec, Shrinkage, Variant};
+    use crate::models::nb::{NbSpec, Parameterization, Shrinkage, Variant};
     use crate::models::{log_joint_grad, Model};
     use crate::testutil::check_gradient;
     use rand::{RngExt, SeedableRng};
