@@ -380,6 +380,18 @@ fn matched_components(w_fit: &[f64], w_true: &[f64]) -> Vec<usize> {
     map
 }
 
+/// An unconstrained canonical nbdm mixture of two components over `r` and `p`.
+fn nbdm_mixture_of_two() -> NbSpec {
+    let mut spec = NbSpec::new(
+        Variant::Nbdm,
+        Parameterization::Canonical,
+        true,
+        Link::Softplus,
+    );
+    spec.set_mixture(2, &["r", "p"], 1.0).unwrap();
+    spec
+}
+
 /// A mixture whose components each have their own gene-specific `p`:
 /// every component's `logit p_kg` is recovered for genes expressed well
 /// enough to show it, and so are the weights.
@@ -401,13 +413,7 @@ fn mixture_with_gene_specific_p_recovers_each_components_probabilities() {
             .collect(),
     );
     let data = simulate_nb(&truth, 33);
-    let mut spec = NbSpec::new(
-        Variant::Nbdm,
-        Parameterization::Canonical,
-        true,
-        Link::Softplus,
-    );
-    spec.set_mixture(2, &["r", "p"], 1.0).unwrap();
+    let mut spec = nbdm_mixture_of_two();
     spec.add_hierarchy("p", scribe_core::models::nb::Shrinkage::Gaussian)
         .unwrap();
     let model = NbModel::new(spec, &data).unwrap();
@@ -451,13 +457,7 @@ fn mixture_with_bnb_recovers_excess_dispersion() {
     let om: Vec<f64> = (0..g_n).map(|g| [0.05, 0.4, 1.5][g % 3]).collect();
     truth.omega = Some(om.clone());
     let data = simulate_nb(&truth, 42);
-    let mut spec = NbSpec::new(
-        Variant::Nbdm,
-        Parameterization::Canonical,
-        true,
-        Link::Softplus,
-    );
-    spec.set_mixture(2, &["r", "p"], 1.0).unwrap();
+    let mut spec = nbdm_mixture_of_two();
     spec.set_bnb(scribe_core::models::nb::Shrinkage::Gaussian)
         .unwrap();
     let model = NbModel::new(spec, &data).unwrap();
