@@ -10,12 +10,8 @@ NULL
 # cell (scribe-core/src/vae/analysis.rs).
 
 fit_vae <- function(counts, dropped, model, a, shared) {
-  if (model %in% .lognormal_models) {
-    abort_unsupported(c("The VAE of the log-normal models ({.val {model}}) is not available yet.",
-                        "i" = "Fit {.val {model}} by {.code inference_method = \"laplace\"}."))
-  }
-  model_spec <- nb_model_spec(model, a, ncol(counts))
-  vae <- resolve_vae(a, nrow(counts))
+  model_spec <- if (model %in% .lognormal_models) ln_vae_spec(model, a) else nb_model_spec(model, a, ncol(counts))
+  vae <- resolve_vae(a, nrow(counts), model)
   svi <- list(
     n_steps = as.numeric(a$n_steps), batch_size = if (is.null(a$batch_size)) NULL else as.numeric(a$batch_size),
     optimizer_config = resolve_optimizer(a$optimizer_config), stable_update = a$stable_update,
@@ -34,8 +30,31 @@ fit_vae <- function(counts, dropped, model, a, shared) {
   )
 }
 
+# The model spec of a log-normal VAE (PLN, NBLN), after refusing what it
+# does not read: the decoder is linear (its weights are the loadings), and
+# capture and the other priors of the Laplace engine are not available yet.
+ln_vae_spec <- function(model, a) {
+  if (model %in% c("lnm", "lnmvcp")) {
+    abort_unsupported(c("The VAE of {.val {model}} is not available yet.",
+                        "i" = "Fit {.val {model}} by {.code inference_method = \"laplace\"}; {.val pln} and {.val nbln} have a VAE."))
+  }
+  if (!is.null(a$vae_decoder_hidden_dims)) {
+    abort_input(c("{.arg vae_decoder_hidden_dims} does not apply to {.val {model}}: its decoder is linear (mean log-rates plus loadings times the embedding).",
+                  "i" = "Drop {.arg vae_decoder_hidden_dims}."))
+  }
+  if (!identical(a$parameterization, "canonical")) {
+    abort_input("{.arg parameterization} applies to the NB models; {.val {model}} has one parameterization.")
+  }
+  if (length(a$priors)) {
+    abort_unsupported(c("{.arg priors} are not available for the VAE of {.val {model}} yet (its priors are fixed: d ~ LogNormal(-4.6, 1), and for {.val nbln} r ~ LogNormal(log median of the moment estimates, 1)).",
+                        "i" = "Capture and informative priors: fit {.val {model}} by {.code inference_method = \"laplace\"}."))
+  }
+  list(model = model)
+}
+
 # The VAE's architecture for the core, checked.
-resolve_vae <- function(a, n_genes) {
+resolve_vae <- function(a, n_genes, model = "nbdm") {
+  ln <- model %in% .lognormal_models
   k <- resolve_latent_dim(a$latent_dim, a$vae_latent_dim, n_genes)
   widths <- function(v, arg) {
     if (is.null(v)) return(NULL)
@@ -63,7 +82,8 @@ resolve_vae <- function(a, n_genes) {
   if (!is.character(tr) || length(tr) != 1L || is.na(tr) || !tr %in% transforms) {
     abort_input("{.arg vae_input_transform} must be one of {.val {transforms}}, not {describe_value(tr)}.")
   }
-  standardize <- if (is.null(a$vae_standardize)) FALSE else a$vae_standardize
+  # As in the original: the log-normal models standardize their input by default.
+  standardize <- if (is.null(a$vae_standardize)) ln else a$vae_standardize
   check_flag(standardize, "vae_standardize")
   check_number(a$vae_flow_num_layers, "vae_flow_num_layers", "a whole number from 1 to 64",
                function(v) v >= 1 && v <= 64 && v == round(v))
@@ -74,7 +94,8 @@ resolve_vae <- function(a, n_genes) {
        decoder_hidden_dims = widths(a$vae_decoder_hidden_dims, "vae_decoder_hidden_dims"),
        activation = tolower(act), input_transform = tr, standardize = standardize, flow_type = flow, flow_num_layers = as.numeric(a$vae_flow_num_layers),
        flow_hidden_dims = widths(a$vae_flow_hidden_dims, "vae_flow_hidden_dims"),
-       kl_warmup = if (a$kl_annealing) as.numeric(a$kl_annealing_warmup) else 0)
+       kl_warmup = if (a$kl_annealing) as.numeric(a$kl_annealing_warmup) else 0,
+       log_var_clip = if (ln) c(-7, 2))
 }
 
 #' Results of a VAE fit
@@ -101,6 +122,26 @@ resolve_vae <- function(a, n_genes) {
 #' embedding from its encoder Gaussian. Cells are decoded block by block, so
 #' a check on a few genes never holds a cells x genes array of parameters.
 #'
+#' @section Log-normal models (PLN, NBLN): The decoder is linear, as in the
+#'   original: a cell's mean log-rates are `mu + W z`, so the decoder's bias
+#'   and weights are the mean and the loadings of the model's covariance `W
+#'   t(W) + diag(d)`. The diagonal `d` enters as noise added to the
+#'   log-rates in each step, not scored by the ELBO; this bound loosens as `d`
+#'   grows, so `d` is only weakly identified and stays near its prior
+#'   (`LogNormal(-4.6, 1)`, median 0.01). The Laplace engine estimates `d`
+#'   from the data. `d` and NBLN's `r` (prior `LogNormal(log median r_MoM,
+#'   1)`) have mean-field guides. Fits start at the PCA start of the Laplace
+#'   engine. [get_map()] returns `mu`, `W` (genes x `latent_dim`), `d`,
+#'   `r` (NBLN) and `latents`, the point log-rates `mu + W m` of each cell
+#'   (genes x cells, `m` its encoder mean). [get_posterior_samples()] returns
+#'   `latents`, an `n_samples x cells x genes` array of log-rate draws `mu +
+#'   W z + sqrt(d) e` with `z` from the cell's encoder Gaussian; the globals
+#'   stay at their guide medians. [log_likelihood()] and
+#'   [posterior_predictive()] read these draws (or the point log-rates).
+#'   Capture, the other priors of the Laplace engine, LNM/LNMVCP,
+#'   [denoise_counts()] and [normalize_counts()] are not available for these
+#'   fits yet (classed errors).
+#'
 #' @slot layout Data frame: the blocks of the global parameters' vector.
 #' @slot params List: `global_loc`, `global_log_scale` (the global guide),
 #'   `encoder`, `decoder`, `decoder_head` and `prior_flow` (flat parameter
@@ -120,8 +161,9 @@ setClass("ScribeVAEResults", contains = "ScribeResults", representation(
 setMethod("show", "ScribeVAEResults", function(object) {
   check_format(object, "object")
   v <- object@config$vae
-  cat(sprintf("<ScribeVAEResults> %s (%s), VAE, latent_dim = %d, %s prior\n", object@model$model,
-              if (is.null(object@model$parameterization)) "canonical" else object@model$parameterization,
+  cat(sprintf("<ScribeVAEResults> %s%s, VAE, latent_dim = %d, %s prior\n", object@model$model,
+              if (is_ln_vae(object)) ", linear decoder" else
+                sprintf(" (%s)", if (is.null(object@model$parameterization)) "canonical" else object@model$parameterization),
               as.integer(v$latent_dim), if (identical(v$flow_type, "none")) "standard normal" else paste(v$flow_type, "flow")))
   cat(sprintf("  data:   %d genes x %d cells\n", length(object@gene_names), length(object@cell_names)))
   cat(sprintf("  steps:  %d, %s, %.1f s\n", length(object@loss_history),
@@ -130,6 +172,17 @@ setMethod("show", "ScribeVAEResults", function(object) {
   cat(sprintf("  loss:   %.2f (mean of the last 100 steps)\n", mean(utils::tail(object@loss_history, 100), na.rm = TRUE)))
   invisible(object)
 })
+
+# Whether a VAE fit is of a log-normal model (linear decoder, latent log-rates).
+is_ln_vae <- function(fit) isTRUE(fit@model$model %in% .lognormal_models)
+
+# Verbs that read NB parameters per cell have no log-normal VAE form yet.
+check_nb_vae <- function(fit, verb) {
+  if (is_ln_vae(fit)) {
+    abort_unsupported(c("{.fn {verb}} is not available for VAE fits of {.val {fit@model$model}} yet.",
+                        "i" = "These fits support {.fn log_likelihood}, {.fn posterior_predictive}, {.fn get_map}, {.fn get_posterior_samples}, {.fn compare_models} and the embeddings."))
+  }
+}
 
 #' @rdname accessors
 setMethod("loss_history", "ScribeVAEResults", function(object, ...) object@loss_history)
@@ -162,6 +215,15 @@ setMethod("get_map", "ScribeVAEResults", function(object, x = NULL, assay = NULL
   res <- run_vae_analysis(object, x, "decoded", list(), NULL, NULL, assay, "get_map")
   g <- object@gene_names
   cells <- object@cell_names
+  if (is_ln_vae(object)) {
+    k <- as.integer(object@config$vae$latent_dim)
+    out <- list(mu = stats::setNames(res$mu, g),
+                W = matrix(res$w, ncol = k, byrow = TRUE, dimnames = list(g, paste0("z", seq_len(k)))),
+                d = stats::setNames(res$d, g))
+    if (length(res$r)) out$r <- stats::setNames(res$r, g)
+    out$latents <- matrix(res$latents, nrow = length(g), dimnames = list(g, cells))
+    return(out)
+  }
   out <- list(p = res$p)
   if (object@model$model %in% c("nbvcp", "zinbvcp")) out$p_capture <- stats::setNames(res$nu, cells)
   out$r <- matrix(res$r, nrow = length(g), dimnames = list(g, cells))
@@ -186,6 +248,11 @@ setMethod("get_posterior_samples", "ScribeVAEResults", function(object, n_sample
   res <- run_vae_analysis(object, x, "draws", opts, n_samples, seed, assay, "get_posterior_samples")
   s <- as.integer(n_samples)
   cn <- object@cell_names[ci]
+  if (is_ln_vae(object)) {
+    lat <- aperm(array(res$latents, dim = c(s, length(gnames), length(ci))), c(1L, 3L, 2L))
+    dimnames(lat) <- list(NULL, cn, gnames)
+    return(list(latents = lat))
+  }
   cube <- function(v) array(v, dim = c(s, length(ci), length(gnames)), dimnames = list(NULL, cn, gnames))
   out <- list(p = res$p)
   if (object@model$model %in% c("nbvcp", "zinbvcp")) out$p_capture <- matrix(res$nu, nrow = s, dimnames = list(NULL, cn))
@@ -198,6 +265,7 @@ setMethod("get_posterior_samples", "ScribeVAEResults", function(object, n_sample
 setMethod("normalize_counts", "ScribeVAEResults", function(fit, x = NULL, n_samples = NULL,
                                                            n_samples_dirichlet = 1L, genes = NULL,
                                                            seed = NULL, assay = NULL) {
+  check_nb_vae(fit, "normalize_counts")
   if (!identical(as.numeric(n_samples_dirichlet), 1)) {
     abort_input("{.arg n_samples_dirichlet} applies to the population composition, which VAE fits do not have.")
   }
@@ -250,6 +318,7 @@ setMethod("log_likelihood", "ScribeVAEResults", function(fit, x, by = c("cell", 
 #' @rdname denoise_counts
 setMethod("denoise_counts", "ScribeVAEResults", function(fit, x, method = "mean", n_samples = NULL, genes = NULL,
                                                          return_variance = FALSE, seed = NULL, assay = NULL) {
+  check_nb_vae(fit, "denoise_counts")
   d <- denoise_options(fit, method, genes, return_variance)
   res <- run_vae_analysis(fit, x, "denoise", d$opts, n_samples, seed, assay, "denoise_counts")
   shape_denoised(fit, res, d$genes, n_samples, return_variance)

@@ -58,7 +58,7 @@ test_that("latent_dim, its alias and laplace_config are checked", {
                "log-normal", class = "scribeR_input_error")
   expect_error(scribe_fit(x, model = "lnmvcp", inference_method = "laplace", latent_dim = 2, verbose = FALSE),
                "capture prior", class = "scribeR_input_error")
-  expect_error(scribe_fit(x, model = "pln", verbose = FALSE), "laplace", class = "scribeR_unsupported")
+  expect_error(scribe_fit(x, model = "pln", verbose = FALSE), "laplace", class = "scribeR_input_error")
   expect_error(lap_fit(x, latent_dim = 2, priors = list(r = c(0, 1))), "capture prior",
                class = "scribeR_unsupported")
   expect_error(lap_fit(x, latent_dim = 2, priors = list(capture_efficiency = c(10, -1))), "sigma",

@@ -126,7 +126,7 @@ test_that("MCMC arguments are checked with clear messages", {
   expect_error(mcmc_fit(x, model = "nbdm", n_warmup = -1), class = "scribeR_input_error", regexp = "n_warmup")
   expect_error(mcmc_fit(x, model = "nbdm", n_chains = 0), class = "scribeR_input_error", regexp = "n_chains")
   expect_error(mcmc_fit(x, model = "nbdm", n_samples = 1.5), class = "scribeR_input_error", regexp = "n_samples")
-  expect_error(mcmc_fit(x, model = "pln"), class = "scribeR_unsupported")
+  expect_error(mcmc_fit(x, model = "pln"), class = "scribeR_input_error", regexp = "log-normal")
   expect_error(mcmc_fit(x, model = "nbdm", batch_size = 10, n_samples = 5, n_warmup = 5),
                class = "scribeR_input_error", regexp = "batch_size.*does not apply")
   expect_error(print_summary(svi), class = "scribeR_input_error", regexp = "MCMC fit")

@@ -95,7 +95,7 @@ test_that("VAE arguments and unavailable verbs give clear errors", {
   expect_error(vae_fit(m, model = "nbdm", vae_activation = "swish"), "vae_activation", class = "scribeR_input_error")
   expect_error(vae_fit(m, model = "nbdm", vae_encoder_hidden_dims = 0), "vae_encoder_hidden_dims",
                class = "scribeR_input_error")
-  expect_error(vae_fit(m, model = "pln"), "laplace", class = "scribeR_unsupported")
+  expect_error(vae_fit(m, model = "lnmvcp"), "laplace", class = "scribeR_unsupported")
   expect_error(scribe_fit(m, vae_flow_type = "maf", n_steps = 5, verbose = FALSE), "vae_flow_type",
                class = "scribeR_input_error")
   fit <- vae_fit(m, model = "nbdm", n_steps = 20)
@@ -246,4 +246,89 @@ test_that("VAE fits of the mean parameterizations decode the mean and keep r = m
     expect_equal(unname(ll[2]), sum(dnbinom(as.numeric(m[, 2]), size = map$r[, 2], prob = 1 - p_hat, log = TRUE)),
                  tolerance = 1e-8)
   }
+})
+
+# PLN and NBLN: a linear decoder over latent log-rates. Recovery of the
+# mean, the loading span and NBLN's dispersions on data simulated from the
+# models, and FD gradients of the loss, live in the core
+# (src/rust/scribe-core/src/vae/lognormal_tests.rs).
+ln_counts <- function() {
+  set.seed(3)
+  g <- 30; n <- 200
+  w <- matrix(rnorm(g * 2, sd = 0.5), g)
+  mu <- runif(g, 0.5, 2)
+  lat <- mu + w %*% matrix(rnorm(2 * n), 2) + matrix(rnorm(g * n, sd = 0.2), g)
+  x <- matrix(rpois(g * n, exp(lat)), g, dimnames = list(paste0("g", 1:g), paste0("c", 1:n)))
+  Matrix::Matrix(x, sparse = TRUE)
+}
+
+ln_vae <- function(x, model = "pln", ...) {
+  scribe_fit(x, model = model, inference_method = "vae", latent_dim = 2, vae_encoder_hidden_dims = c(16, 8),
+             n_steps = 300, kl_annealing_warmup = 100, optimizer_config = list(name = "adam", step_size = 3e-3),
+             seed = 1, verbose = FALSE, ...)
+}
+
+test_that("PLN and NBLN VAE fits: parameters, log-likelihoods that are the pmf at the decoded log-rates", {
+  x <- ln_counts()
+  u <- as.matrix(x)
+  for (model in c("pln", "nbln")) {
+    fit <- ln_vae(x, model)
+    expect_s4_class(fit, "ScribeVAEResults")
+    expect_output(print(fit), paste0(model, ", linear decoder"))
+    expect_true(fit@config$vae$standardize)
+    m <- get_map(fit, x)
+    expect_identical(dim(m$W), c(30L, 2L))
+    expect_identical(dim(m$latents), c(30L, 200L))
+    expect_true(all(m$d > 0))
+    expect_identical(!is.null(m$r), model == "nbln")
+    # The point log-rates are mu + W times each cell's encoder mean.
+    emb <- get_latent_embeddings(fit, x)
+    expect_equal(m$latents, m$mu + m$W %*% t(emb), ignore_attr = TRUE, tolerance = 1e-8)
+    dens <- if (model == "pln") dpois(u, exp(m$latents), log = TRUE) else
+      dnbinom(u, size = m$r, mu = exp(m$latents), log = TRUE)
+    expect_equal(log_likelihood(fit, x), colSums(dens), tolerance = 1e-8)
+    expect_equal(unname(log_likelihood(fit, x, by = "gene")), unname(rowSums(dens)), tolerance = 1e-8)
+    ld <- log_likelihood(fit, x, n_samples = 3, seed = 2)
+    expect_identical(dim(ld), c(3L, 200L))
+    expect_true(all(is.finite(ld)))
+  }
+})
+
+test_that("PLN VAE: draws, predictive counts, reproducibility, saveRDS and write-back", {
+  x <- ln_counts()
+  fit <- ln_vae(x)
+  s <- get_posterior_samples(fit, n_samples = 400, x = x, cells = c(2, 5), genes = 1:3, seed = 4)
+  expect_identical(dim(s$latents), c(400L, 2L, 3L))
+  m <- get_map(fit, x)
+  # Draws spread around the point log-rates.
+  expect_lt(max(abs(apply(s$latents, c(2, 3), mean) - t(m$latents[1:3, c(2, 5)]))), 0.1)
+  pp <- posterior_predictive(fit, n_samples = 30, x = x, seed = 1)
+  expect_identical(dim(pp), c(30L, 200L, 30L))
+  expect_true(all(pp >= 0 & pp == round(pp)))
+  # Predictive means track the observed gene means.
+  expect_gt(cor(colMeans(apply(pp, c(2, 3), mean)), Matrix::rowMeans(x)), 0.95)
+  expect_identical(posterior_predictive(fit, n_samples = 5, cells = 1:50, x = x, seed = 2, chunk_cells = 7),
+                   posterior_predictive(fit, n_samples = 5, cells = 1:50, x = x, seed = 2))
+  expect_identical(dim(posterior_predictive(fit, n_samples = 4, use_map = TRUE, x = x)), c(4L, 200L, 30L))
+  expect_error(posterior_predictive(fit, n_samples = 4, biological = TRUE, x = x), "biological",
+               class = "scribeR_input_error")
+  expect_identical(ln_vae(x, num_threads = 2)@params, fit@params)
+  path <- tempfile(fileext = ".rds")
+  saveRDS(fit, path)
+  expect_identical(log_likelihood(readRDS(path), x), log_likelihood(fit, x))
+  sce <- add_scribe_fit(SingleCellExperiment::SingleCellExperiment(list(counts = x)), fit)
+  expect_identical(dim(SingleCellExperiment::reducedDim(sce, "SCRIBE")), c(200L, 2L))
+})
+
+test_that("log-normal VAEs refuse what they do not read, by name", {
+  x <- ln_counts()
+  expect_error(ln_vae(x, vae_decoder_hidden_dims = c(8, 8)), "vae_decoder_hidden_dims", class = "scribeR_input_error")
+  expect_error(ln_vae(x, parameterization = "mean_odds"), "parameterization", class = "scribeR_input_error")
+  expect_error(ln_vae(x, priors = list(capture_efficiency = c(7, 1))), "priors", class = "scribeR_unsupported")
+  expect_error(ln_vae(x, "lnm"), "laplace", class = "scribeR_unsupported")
+  expect_error(ln_vae(x, latent_dim = 40), "latent_dim")
+  fit <- ln_vae(x)
+  expect_error(denoise_counts(fit, x), "not available", class = "scribeR_unsupported")
+  expect_error(normalize_counts(fit, x), "not available", class = "scribeR_unsupported")
+  expect_error(scribe_fit(x, model = "pln", verbose = FALSE), "vae", class = "scribeR_input_error")
 })

@@ -8,6 +8,7 @@ use crate::convert::{indices, reals, Args};
 use crate::errors::{respond, GResult};
 use crate::runner;
 use extendr_api::prelude::*;
+use scribe_core::models::lognormal::LnModel;
 use scribe_core::models::nb::NbModel;
 use scribe_core::models::Model;
 use scribe_core::nn::flows::{FlowConfig, FlowKind};
@@ -16,6 +17,7 @@ use scribe_core::posterior::nb::denoise::Method;
 use scribe_core::posterior::By;
 use scribe_core::progress::Ctl;
 use scribe_core::vae::encoder::{InputTransform, Standardization};
+use scribe_core::vae::lognormal::LnVae;
 use scribe_core::vae::{conditioned_draws, encode_cells, fit, prior_draws, Vae, VaeConfig};
 
 fn widths(a: &Args, k: &str, default: &[usize]) -> GResult<Vec<usize>> {
@@ -55,10 +57,35 @@ fn vae_config(robj: &Robj) -> GResult<VaeConfig> {
                 .unwrap_or("log1p"),
         )?,
         standardize: a.boolean_or("standardize", false)?,
+        log_var_clip: match a.reals("log_var_clip")?.as_slice() {
+            [lo, hi] => Some((*lo, *hi)),
+            _ => None,
+        },
     })
 }
 
-/// Trains a VAE on an NB-family model; returns its layout, parameters in
+/// The log-normal model a model spec names, if it names one.
+fn ln_model(model: &Robj) -> GResult<Option<LnModel>> {
+    let a = Args::new(model, "model")?;
+    Ok(match a.get("model").and_then(|r| r.as_str()) {
+        Some(m @ ("pln" | "nbln" | "lnm" | "lnmvcp")) => Some(LnModel::parse(m)?),
+        _ => None,
+    })
+}
+
+/// The fit's named parameter pieces.
+fn pieces(params: &Robj) -> GResult<Vec<(&str, Vec<f64>)>> {
+    let list = params
+        .as_list()
+        .ok_or_else(|| crate::errors::internal("`params` must be a list"))?;
+    let mut out = Vec::new();
+    for (name, x) in list.iter() {
+        out.push((name, reals(Some(&x), name)?));
+    }
+    Ok(out)
+}
+
+/// Trains a VAE on an NB-family or log-normal model; returns its layout, parameters in
 /// named pieces and the loss history.
 /// @noRd
 #[extendr]
@@ -73,26 +100,52 @@ fn rs_vae_fit(
     respond((|| -> GResult<Robj> {
         let data = counts(&counts_r)?;
         let cfg = svi_config(&svi)?;
+        if let Some(m) = ln_model(&model)? {
+            let net = LnVae::new(m, &data, vae_config(&vae)?)?;
+            let res = runner::run("VAE", verbose, num_threads, |sh| fit(&net, &cfg, sh, sh))?;
+            return fit_to_r(
+                net.split(&res.params),
+                net.standardization.as_ref(),
+                net.layout(),
+                res.loss_history,
+            );
+        }
         let nb = NbModel::new(nb_spec(&model)?, &data)?;
         let net = Vae::new(&nb, vae_config(&vae)?)?;
         let res = runner::run("VAE", verbose, num_threads, |sh| fit(&net, &cfg, sh, sh))?;
-        let (mut names, mut vals): (Vec<&str>, Vec<Robj>) = net
-            .split(&res.params)
-            .into_iter()
-            .map(|(n, v)| (n, v.to_vec().into()))
-            .unzip();
-        // The training data's input statistics: new cells are standardized by them.
-        if let Some(st) = &net.standardization {
-            names.extend(["input_mean", "input_std"]);
-            vals.extend([st.mean.clone().into(), st.std.clone().into()]);
-        }
-        Ok(list!(
-            layout = layout_to_r(nb.layout()),
-            params = List::from_names_and_values(names, vals)?,
-            loss_history = res.loss_history
+        fit_to_r(
+            net.split(&res.params),
+            net.standardization.as_ref(),
+            nb.layout(),
+            res.loss_history,
         )
-        .into())
     })())
+}
+
+/// A trained VAE for R: the globals' layout, the parameters in named
+/// pieces (with the training data's input statistics when standardized)
+/// and the loss history.
+fn fit_to_r(
+    split: Vec<(&'static str, &[f64])>,
+    st: Option<&Standardization>,
+    layout: &scribe_core::models::Layout,
+    loss_history: Vec<f64>,
+) -> GResult<Robj> {
+    let (mut names, mut vals): (Vec<&str>, Vec<Robj>) = split
+        .into_iter()
+        .map(|(n, v)| (n, v.to_vec().into()))
+        .unzip();
+    // New cells are standardized by the training data's input statistics.
+    if let Some(st) = st {
+        names.extend(["input_mean", "input_std"]);
+        vals.extend([st.mean.clone().into(), st.std.clone().into()]);
+    }
+    Ok(list!(
+        layout = layout_to_r(layout),
+        params = List::from_names_and_values(names, vals)?,
+        loss_history = loss_history
+    )
+    .into())
 }
 
 /// Encoder means and log-variances (cells × latent, row-major) of the cells
@@ -168,16 +221,15 @@ fn rs_vae_analysis(
 ) -> Robj {
     respond((|| -> GResult<Robj> {
         let data = counts(&counts_r)?;
+        let pieces = pieces(&params)?;
+        let named: Vec<(&str, &[f64])> = pieces.iter().map(|(n, x)| (*n, x.as_slice())).collect();
+        if let Some(m) = ln_model(&model)? {
+            let net = LnVae::new(m, &data, vae_config(&vae)?)?;
+            let v = net.join(&named)?;
+            return ln_analysis(&net, &v, what, &opts, n_draws, seed, verbose, num_threads);
+        }
         let nb = NbModel::new(nb_spec(&model)?, &data)?;
         let net = Vae::new(&nb, vae_config(&vae)?)?;
-        let list = params
-            .as_list()
-            .ok_or_else(|| crate::errors::internal("`params` must be a list"))?;
-        let mut pieces = Vec::new();
-        for (name, x) in list.iter() {
-            pieces.push((name, reals(Some(&x), name)?));
-        }
-        let named: Vec<(&str, &[f64])> = pieces.iter().map(|(n, x)| (*n, x.as_slice())).collect();
         let v = net.join(&named)?;
         let sm = summary(n_draws, seed)?;
         let o = Args::new(&opts, "opts")?;
@@ -250,6 +302,82 @@ fn rs_vae_analysis(
             }
         })
     })())
+}
+
+/// The analyses of a log-normal VAE (see `rs_vae_analysis`).
+#[allow(clippy::too_many_arguments)]
+fn ln_analysis(
+    net: &LnVae,
+    v: &[f64],
+    what: &str,
+    opts: &Robj,
+    n_draws: Robj,
+    seed: Robj,
+    verbose: bool,
+    num_threads: i32,
+) -> GResult<Robj> {
+    let (n_cells, n_genes) = (
+        scribe_core::vae::fit::Objective::data(net).n_cells,
+        scribe_core::vae::fit::Objective::data(net).n_genes,
+    );
+    let n = crate::convert::number(&n_draws).unwrap_or(0.0).max(0.0) as usize;
+    let seed = crate::convert::number(&seed).unwrap_or(0.0) as u64;
+    let o = Args::new(opts, "opts")?;
+    let genes = indices(o.get("genes"), n_genes, "genes")?;
+    Ok(match what {
+        "loglik" => {
+            let by = By::parse(&o.string("by")?)?;
+            let vals = runner::run("log-likelihood", verbose, num_threads, |sh| {
+                net.log_likelihood(v, by, n, seed, Ctl::new(sh, sh))
+            })?;
+            list!(values = vals).into()
+        }
+        "predictive" => {
+            if o.boolean_or("biological", false)? {
+                return Err(scribe_core::CoreError::arg(
+                    "biological",
+                    "applies to the NB models; a log-normal VAE's predictive counts are its only draws",
+                )
+                .into());
+            }
+            let cells = indices(o.get("cells"), n_cells, "cells")?;
+            let copies = o.count_or("replicate_map", 0)?;
+            let (m, point) = if copies > 0 {
+                (copies, true)
+            } else {
+                (n, false)
+            };
+            let vals = runner::run("predictive", verbose, num_threads, |sh| {
+                net.predictive(v, &cells, &genes, m, point, seed, Ctl::new(sh, sh))
+            })?;
+            // (s, gene, cell) to the NB VAE's (s, cell, gene), draws fastest.
+            let (nc, ng) = (cells.len(), genes.len());
+            let mut out = vec![0.0; vals.len()];
+            for c in 0..nc {
+                for g in 0..ng {
+                    let (from, to) = ((c * ng + g) * m, (g * nc + c) * m);
+                    out[to..to + m].copy_from_slice(&vals[from..from + m]);
+                }
+            }
+            list!(values = out).into()
+        }
+        "draws" => {
+            let cells = indices(o.get("cells"), n_cells, "cells")?;
+            let vals = net.latent_draws(v, &cells, &genes, n, seed)?;
+            list!(latents = vals).into()
+        }
+        "decoded" => {
+            let (mu, w, d, r) = net.population(v);
+            let all: Vec<usize> = (0..n_cells).collect();
+            let lat = net.latent_draws(v, &all, &genes, 0, 0)?;
+            list!(mu = mu, w = w, d = d, r = r, latents = lat).into()
+        }
+        other => {
+            return Err(crate::errors::internal(format!(
+                "the analysis '{other}' is not available for log-normal VAE fits"
+            )))
+        }
+    })
 }
 
 extendr_module! {

@@ -98,7 +98,7 @@ fn symmetric_eigen(a: &[f64], l: usize) -> (Vec<f64>, Vec<f64>) {
 /// `n × m` matrix `X[c, j] = log(1 + u[c, g_j]) − offset[c]` over the genes
 /// `cols` (`col_of[g]` is gene g's column, `None` if left out). Only
 /// products with the sparse counts are formed.
-fn centred_pca(
+pub(crate) fn centred_pca(
     data: &CountMatrix,
     col_of: &[Option<usize>],
     m: usize,

@@ -4,9 +4,8 @@
 //! original's VAE.
 
 use super::{kl_weight, Vae};
-use crate::data::{check_batch_size, Batch, BatchSampler};
+use crate::data::{check_batch_size, Batch, BatchSampler, CountMatrix};
 use crate::error::{CoreError, Partial, Result};
-use crate::models::Model;
 use crate::optim::Optimizer;
 use crate::progress::{Cancel, Progress};
 use crate::svi::SviConfig;
@@ -20,11 +19,50 @@ pub struct VaeFit {
     pub loss_history: Vec<f64>,
 }
 
+/// What the training loop needs of a VAE, whatever its decoder and
+/// likelihood: the data, the annealing schedule, a start and the
+/// single-sample loss with its gradient.
+pub trait Objective: Sync {
+    fn data(&self) -> &CountMatrix;
+    fn kl_warmup(&self) -> usize;
+    fn initial_params(&self, rng: &mut ChaCha8Rng) -> Vec<f64>;
+    fn loss_and_grad(
+        &self,
+        v: &[f64],
+        batch: &Batch,
+        beta: f64,
+        rng: &mut ChaCha8Rng,
+        grad: &mut [f64],
+    ) -> f64;
+}
+
+impl Objective for Vae<'_> {
+    fn data(&self) -> &CountMatrix {
+        crate::models::Model::data(self.model)
+    }
+    fn kl_warmup(&self) -> usize {
+        self.cfg.kl_warmup
+    }
+    fn initial_params(&self, rng: &mut ChaCha8Rng) -> Vec<f64> {
+        Vae::initial_params(self, rng)
+    }
+    fn loss_and_grad(
+        &self,
+        v: &[f64],
+        batch: &Batch,
+        beta: f64,
+        rng: &mut ChaCha8Rng,
+        grad: &mut [f64],
+    ) -> f64 {
+        Vae::loss_and_grad(self, v, batch, beta, rng, grad)
+    }
+}
+
 /// Trains `vae` for `cfg.n_steps` steps (`cfg`'s stopping rules are not
 /// used); the noise, batch and initialisation streams derive from
 /// `cfg.seed`, so results do not depend on the number of threads.
-pub fn fit(
-    vae: &Vae,
+pub fn fit<V: Objective>(
+    vae: &V,
     cfg: &SviConfig,
     progress: &dyn Progress,
     cancel: &dyn Cancel,
@@ -33,7 +71,7 @@ pub fn fit(
     if cfg.n_steps < 1 {
         return Err(CoreError::arg("n_steps", "must be at least 1"));
     }
-    let data = vae.model.data();
+    let data = vae.data();
     check_batch_size(cfg.batch_size, data.n_cells)?;
     crate::limits::check_values("n_steps", cfg.n_steps as f64)?;
     let mut rng_init = ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -65,7 +103,7 @@ pub fn fit(
             let cells = s.draw(&mut rng_batch);
             batch.set_cells(data, cells);
         }
-        let beta = kl_weight(t, vae.cfg.kl_warmup);
+        let beta = kl_weight(t, vae.kl_warmup());
         let loss = vae.loss_and_grad(&v, &batch, beta, &mut rng_noise, &mut grad);
         if loss.is_finite() && grad.iter().all(|g| g.is_finite()) {
             nonfinite_run = 0;

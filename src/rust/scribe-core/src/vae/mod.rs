@@ -25,11 +25,15 @@
 //!
 //! Scope of this version: nbdm, nbvcp, zinb, zinbvcp without mixtures,
 //! hierarchies, BNB or datasets (each is an argument error naming what is
-//! not available).
+//! not available); PLN and NBLN in [`lognormal`] (a linear decoder). Both
+//! share the latent side ([`latent`]) and the training loop
+//! ([`fit::Objective`]).
 
 pub mod analysis;
 pub mod encoder;
 pub mod fit;
+mod latent;
+pub mod lognormal;
 
 pub use fit::{fit, VaeFit};
 
@@ -71,6 +75,9 @@ pub struct VaeConfig {
     /// Whether the encoder's input is standardized per gene (by the
     /// training cells' mean and standard deviation of the transform).
     pub standardize: bool,
+    /// Bounds of the encoder's log-variance head before it is used (the
+    /// log-normal models' `[−7, 2]`, as in the original); `None`: unclipped.
+    pub log_var_clip: Option<(f64, f64)>,
 }
 
 impl Default for VaeConfig {
@@ -85,6 +92,7 @@ impl Default for VaeConfig {
             block: 64,
             input_transform: InputTransform::Log1p,
             standardize: false,
+            log_var_clip: None,
         }
     }
 }
@@ -368,65 +376,19 @@ impl<'m> Vae<'m> {
         }
         let sc = self.scalar_of(x[self.p_coord]);
         let p = sc.p;
-        // Encoder on the batch's counts; then z.
+        // Encoder on the batch's counts; then z and its KL, weighted β·w.
         let rows = batch.cells.len();
-        let mut enc_tape = encoder::EncoderTape::default();
-        let enc_p = &v[a..b];
-        let out = self
-            .encoder
-            .forward(enc_p, data, &self.input, &batch.cells, &mut enc_tape);
-        let mut z = vec![0.0; rows * k];
-        let mut ez = vec![0.0; rows * k];
-        for r in 0..rows {
-            for q in 0..k {
-                let e: f64 = rng.sample(StandardNormal);
-                ez[r * k + q] = e;
-                z[r * k + q] = out[r * 2 * k + q] + (0.5 * out[r * 2 * k + k + q]).exp() * e;
-            }
-        }
-        let mut elbo = 0.0;
-        // ∂elbo/∂z and ∂elbo/∂(loc, lv) of every row.
-        let mut gz = vec![0.0; rows * k];
-        let mut g_enc_out = vec![0.0; rows * 2 * k];
-        // KL of z, weighted β·w.
-        let bw = beta * w;
-        match &self.prior {
-            None => {
-                for r in 0..rows {
-                    for q in 0..k {
-                        let (m, lv) = (out[r * 2 * k + q], out[r * 2 * k + k + q]);
-                        elbo -= bw * 0.5 * (lv.exp() + m * m - 1.0 - lv);
-                        g_enc_out[r * 2 * k + q] -= bw * m;
-                        g_enc_out[r * 2 * k + k + q] -= bw * 0.5 * (lv.exp() - 1.0);
-                    }
-                }
-            }
-            Some(ch) => {
-                // KL ≈ ln q(z) − ln p(z): ln q = Σ (−½ε² − ½lv − ½ln2π).
-                for r in 0..rows {
-                    for q in 0..k {
-                        let (e, lv) = (ez[r * k + q], out[r * 2 * k + k + q]);
-                        elbo -= bw * (-0.5 * e * e - 0.5 * lv - HALF_LN_2PI);
-                        g_enc_out[r * 2 * k + k + q] += bw * 0.5;
-                    }
-                }
-                let pp = &v[d..];
-                let mut tape = ChainTape::default();
-                ch.apply(pp, Direction::Density, &z, rows, &mut tape);
-                let y = tape.output();
-                let mut lp = 0.0;
-                for &yv in y {
-                    lp += -0.5 * yv * yv - HALF_LN_2PI;
-                }
-                lp += tape.logdet().iter().sum::<f64>();
-                elbo += bw * lp;
-                let g_out: Vec<f64> = y.iter().map(|yv| -bw * yv).collect();
-                let g_ld = vec![bw; rows];
-                let mut g_in = vec![0.0; rows * k];
-                ch.backward(pp, &tape, &g_out, &g_ld, &mut g_in, &mut grad[d..]);
-                gz.iter_mut().zip(&g_in).for_each(|(a, b)| *a += b);
-            }
-        }
+        let side = latent::LatentSide {
+            encoder: &self.encoder,
+            enc_params: &v[a..b],
+            data,
+            input: &self.input,
+            prior: self.prior.as_ref(),
+            prior_params: &v[d..],
+            log_var_clip: None,
+        };
+        let mut lat = side.forward(&batch.cells, k, beta * w, rng, &mut grad[d..]);
+        let mut elbo = lat.elbo;
         // Decoder and likelihood per block of cells, blocks in parallel;
         // their sums are added in block order, so any thread count gives
         // the same result.
@@ -444,7 +406,7 @@ impl<'m> Vae<'m> {
                 self.decode_block(
                     v,
                     &batch.cells[start..end],
-                    &z[start * k..end * k],
+                    &lat.z[start * k..end * k],
                     (p, sc.r_scale),
                     &nu_of,
                     w,
@@ -457,31 +419,14 @@ impl<'m> Vae<'m> {
                 .iter_mut()
                 .zip(&bo.g_dec)
                 .for_each(|(a, x)| *a += x);
-            gz[start * k..start * k + bo.gz.len()]
+            lat.gz[start * k..start * k + bo.gz.len()]
                 .iter_mut()
                 .zip(&bo.gz)
                 .for_each(|(a, x)| *a += x);
             g_phat[start..start + bo.g_phat.len()].copy_from_slice(&bo.g_phat);
             g_r_scale += bo.g_r_scale;
         }
-        // z = loc + exp(½ lv) ε.
-        for r in 0..rows {
-            for q in 0..k {
-                let lv = out[r * 2 * k + k + q];
-                let gzv = gz[r * k + q];
-                g_enc_out[r * 2 * k + q] += gzv;
-                g_enc_out[r * 2 * k + k + q] += gzv * 0.5 * (0.5 * lv).exp() * ez[r * k + q];
-            }
-        }
-        self.encoder.backward(
-            enc_p,
-            data,
-            &self.input,
-            &batch.cells,
-            &enc_tape,
-            &g_enc_out,
-            &mut grad[a..b],
-        );
+        lat.backward(&side, &batch.cells, &mut grad[a..b]);
         // p̂ = p ν / (1 − p(1 − ν)) to p and the capture coordinates; the
         // decoder's mean to r (mean_prob, mean_odds) to p or phi.
         gx[self.p_coord] += g_r_scale * sc.d_r_scale;
@@ -702,7 +647,10 @@ pub fn encode_cells(
     let (mut loc, mut lv) = (Vec::new(), Vec::new());
     for row in out.chunks_exact(2 * k) {
         loc.extend_from_slice(&row[..k]);
-        lv.extend_from_slice(&row[k..]);
+        match cfg.log_var_clip {
+            None => lv.extend_from_slice(&row[k..]),
+            Some((lo, hi)) => lv.extend(row[k..].iter().map(|x| x.clamp(lo, hi))),
+        }
     }
     Ok((loc, lv))
 }

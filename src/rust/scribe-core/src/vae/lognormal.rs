@@ -1,0 +1,720 @@
+//! The VAE of the log-normal models PLN and NBLN.
+//!
+//! The decoder is linear, as in the original: a cell's mean log-rates are
+//! `ℓ̄_c = b + W z_c`, so `b` (the decoder's bias) and `W` (its kernel) are
+//! the mean and the loadings of the model's `Σ = W Wᵀ + diag(d)`. The
+//! diagonal enters as unscored noise: `ℓ_c = ℓ̄_c + √d ⊙ ε_c`, `ε_c ~ N(0, I)`
+//! drawn afresh each step (a reparameterized Monte Carlo perturbation, not
+//! a latent of the guide). Counts are `Poisson(e^ℓ)` (PLN) or
+//! `NB(mean e^ℓ, r_g)` (NBLN), with the kernels of
+//! [`crate::models::lognormal::obs`].
+//!
+//! Globals with mean-field guides: `d_g ~ LogNormal(−4.6, 1)` (median 0.01)
+//! and, for NBLN, `r_g ~ LogNormal(ln median r̂, 1)` with `r̂_g` the
+//! method-of-moments dispersion.
+//!
+//! Start: the decoder at the PCA start of the Laplace engine (`b = mean
+//! log(u + 1)`, `W = V_k S_k / √N`), `r` at `r̂`.
+//!
+//! Cost per step: the encoder reads the sparse counts (`O(nnz · H)`); the
+//! decoder and the likelihood are dense over genes per cell (every gene has
+//! a rate), run per block of cells, so no cells × genes array exists beyond
+//! one block.
+//!
+//! Analyses put the globals at their guide medians and give each cell the
+//! Gaussian its encoder and decoder imply,
+//! `ℓ_c ~ N(b + W m_c, W diag(e^{lv_c}) Wᵀ + diag(d))`: draws take `z` from
+//! the encoder's Gaussian and add the diagonal noise; the point estimate is
+//! `b + W m_c`.
+
+use super::encoder::{Encoder, EncoderInput, EncoderTape, Standardization};
+use super::fit::Objective;
+use super::{latent, VaeConfig};
+use crate::data::{Batch, CountMatrix};
+use crate::dist::{Link, Prior};
+use crate::error::{CoreError, Result};
+use crate::models::lognormal::obs::{NegBin, Obs};
+use crate::models::lognormal::LnModel;
+use crate::models::{BlockKind, Layout};
+use crate::nn::flows::{Direction, FlowChain};
+use crate::nn::Dense;
+use crate::posterior::lognormal::{self as lnpost, cell_rng, Latents, LnObs};
+use crate::posterior::By;
+use crate::progress::Ctl;
+use crate::svi::guide::mean_field::{mf_term, KlCache};
+use rand::rngs::ChaCha8Rng;
+use rand::RngExt;
+use rand_distr::StandardNormal;
+use rayon::prelude::*;
+
+/// Prior of the diagonal `d`: `LogNormal(−4.6, 1)`, median ≈ 0.01.
+pub const D_PRIOR_LOC: f64 = -4.6;
+/// Bounds of the encoder's log-variance head.
+pub const LOG_VAR_CLIP: (f64, f64) = (-7.0, 2.0);
+/// Floor of `d` before its square root.
+const D_FLOOR: f64 = 1e-8;
+/// Latent values held at once by an analysis (cells × genes × draws per chunk).
+const CHUNK_VALUES: usize = 4_000_000;
+
+/// A VAE over PLN or NBLN.
+pub struct LnVae<'d> {
+    pub model: LnModel,
+    data: &'d CountMatrix,
+    pub cfg: VaeConfig,
+    pub encoder: Encoder,
+    /// `z → ℓ̄ = b + W z`: kernel `k × G` (row-major, `W` transposed), bias `b`.
+    pub dec_head: Dense,
+    pub prior: Option<FlowChain>,
+    input: EncoderInput,
+    pub standardization: Option<Standardization>,
+    /// The globals: `d` (G), then `r` (G, NBLN).
+    layout: Layout,
+    /// Prior of each block of `layout`.
+    priors: Vec<Prior>,
+    /// The method-of-moments `r̂` (NBLN; empty otherwise).
+    r_mom: Vec<f64>,
+}
+
+/// What one block of cells contributes to a step.
+struct BlockOut {
+    elbo: f64,
+    g_head: Vec<f64>,
+    gz: Vec<f64>,
+    /// `Σ_c ∂elbo/∂ℓ_cg · ε_cg` per gene (to `√d_g`).
+    g_sd: Vec<f64>,
+    /// `∂elbo/∂r_g` (NBLN).
+    g_r: Vec<f64>,
+}
+
+/// Method-of-moments NB dispersion per gene: `m² / max(v − m, 1e-3)`
+/// (`v` with one degree of freedom), 1 for genes without counts.
+fn r_moments(data: &CountMatrix) -> Vec<f64> {
+    let (g, n) = (data.n_genes, data.n_cells as f64);
+    let (mut s1, mut s2) = (vec![0.0; g], vec![0.0; g]);
+    for (&j, &u) in data.gene_idx.iter().zip(&data.counts) {
+        let u = u as f64;
+        s1[j as usize] += u;
+        s2[j as usize] += u * u;
+    }
+    (0..g)
+        .map(|j| {
+            let m = s1[j] / n;
+            if m <= 0.0 {
+                return 1.0;
+            }
+            let v = (s2[j] - n * m * m) / (n - 1.0).max(1.0);
+            (m * m / (v - m).max(1e-3)).clamp(1e-3, 1e6)
+        })
+        .collect()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        1.0
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    }
+}
+
+impl<'d> LnVae<'d> {
+    /// The VAE of `model` on `data`; its encoder's log-variance is clipped
+    /// to `[−7, 2]` whatever `cfg` says (as in the original).
+    pub fn new(model: LnModel, data: &'d CountMatrix, mut cfg: VaeConfig) -> Result<Self> {
+        cfg.log_var_clip = Some(LOG_VAR_CLIP);
+        if model == LnModel::Lnm {
+            return Err(CoreError::arg(
+                "model",
+                "the VAE of 'lnm' and 'lnmvcp' is not available yet; fit them with the Laplace engine",
+            ));
+        }
+        if cfg.latent_dim == 0 || cfg.encoder_hidden.is_empty() || cfg.block == 0 {
+            return Err(CoreError::arg(
+                "vae_latent_dim",
+                "the latent dimension and the encoder's widths must be positive",
+            ));
+        }
+        let (g, n) = (data.n_genes, data.n_cells);
+        if cfg.latent_dim + 1 > g.min(n) {
+            return Err(CoreError::arg(
+                "latent_dim",
+                format!(
+                    "must be below the number of genes and of cells (its start is a PCA), here at most {}",
+                    g.min(n).saturating_sub(1)
+                ),
+            ));
+        }
+        let encoder = Encoder::new(g, &cfg.encoder_hidden, cfg.latent_dim, cfg.activation);
+        let dec_head = Dense::new(cfg.latent_dim, g);
+        let prior = match &cfg.prior {
+            None => None,
+            Some(fc) => {
+                let ch = FlowChain::new(cfg.latent_dim, fc)?;
+                if !ch.differentiable(Direction::Density) {
+                    return Err(CoreError::arg(
+                        "vae_flow_type",
+                        "'iaf' evaluates densities one coordinate at a time; use a coupling flow or 'maf' as the prior",
+                    ));
+                }
+                Some(ch)
+            }
+        };
+        let mut layout = Layout::default();
+        let mut priors = Vec::new();
+        layout.push("d", BlockKind::Gene, g, Link::Exp, 1);
+        priors.push(Prior::LogNormal {
+            loc: D_PRIOR_LOC,
+            scale: 1.0,
+        });
+        let mut r_mom = Vec::new();
+        if model == LnModel::Nbln {
+            r_mom = r_moments(data);
+            layout.push("r", BlockKind::Gene, g, Link::Exp, 1);
+            priors.push(Prior::LogNormal {
+                loc: median(&r_mom).ln(),
+                scale: 1.0,
+            });
+        }
+        let standardization = cfg
+            .standardize
+            .then(|| Standardization::of(data, cfg.input_transform));
+        let input = EncoderInput::new(data, cfg.input_transform, standardization.as_ref());
+        let vae = LnVae {
+            model,
+            data,
+            cfg,
+            encoder,
+            dec_head,
+            prior,
+            input,
+            standardization,
+            layout,
+            priors,
+            r_mom,
+        };
+        crate::limits::check_values("vae_encoder_hidden_dims", vae.n_params() as f64)?;
+        Ok(vae)
+    }
+
+    /// The globals' layout (`d`, then `r` for NBLN).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn n_global(&self) -> usize {
+        self.layout.total
+    }
+
+    /// Offsets of `[loc | log_scale | encoder | decoder mlp (none) | decoder head | prior]`,
+    /// the same pieces as the NB VAE's.
+    fn offsets(&self) -> [usize; 6] {
+        let n = self.n_global();
+        let a = 2 * n;
+        let b = a + self.encoder.n_params();
+        let c = b;
+        let d = c + self.dec_head.n_params();
+        let e = d + self.prior.as_ref().map_or(0, FlowChain::n_params);
+        [n, a, b, c, d, e]
+    }
+
+    pub fn n_params(&self) -> usize {
+        self.offsets()[5]
+    }
+
+    /// The parameter vector in named pieces (what results store).
+    pub fn split<'v>(&self, v: &'v [f64]) -> Vec<(&'static str, &'v [f64])> {
+        let [n, a, b, c, d, e] = self.offsets();
+        vec![
+            ("global_loc", &v[..n]),
+            ("global_log_scale", &v[n..a]),
+            ("encoder", &v[a..b]),
+            ("decoder", &v[b..c]),
+            ("decoder_head", &v[c..d]),
+            ("prior_flow", &v[d..e]),
+        ]
+    }
+
+    /// The parameter vector from named pieces, each checked against this architecture.
+    pub fn join(&self, pieces: &[(&str, &[f64])]) -> Result<Vec<f64>> {
+        let mut v = Vec::with_capacity(self.n_params());
+        for (name, want) in self.split(&vec![0.0; self.n_params()]) {
+            let got = pieces
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, x)| *x)
+                .unwrap_or(&[]);
+            if got.len() != want.len() {
+                return Err(CoreError::arg(
+                    "fit",
+                    format!(
+                        "its '{name}' has {} values where this architecture needs {}",
+                        got.len(),
+                        want.len()
+                    ),
+                ));
+            }
+            v.extend_from_slice(got);
+        }
+        Ok(v)
+    }
+
+    /// Starting parameters: `d` at its prior median and `r` at `r̂`
+    /// (log-scale −2), the encoder at Flax defaults, the decoder at the PCA
+    /// start, a flow prior at the identity.
+    pub fn start(&self, rng: &mut ChaCha8Rng) -> Vec<f64> {
+        let [n, a, b, c, d, e] = self.offsets();
+        let g = self.data.n_genes;
+        let k = self.cfg.latent_dim;
+        let mut p = vec![0.0; e];
+        p[..g].iter_mut().for_each(|v| *v = D_PRIOR_LOC);
+        for (j, r) in self.r_mom.iter().enumerate() {
+            p[g + j] = r.ln();
+        }
+        p[n..a].iter_mut().for_each(|v| *v = -2.0);
+        self.encoder.init(rng, &mut p[a..b]);
+        let col_of: Vec<Option<usize>> = (0..g).map(Some).collect();
+        let (mu, w) = crate::laplace::init::centred_pca(
+            self.data,
+            &col_of,
+            g,
+            &vec![0.0; self.data.n_cells],
+            k,
+            0,
+        );
+        let head = &mut p[c..d];
+        for j in 0..g {
+            for t in 0..k {
+                head[t * g + j] = w[j * k + t];
+            }
+        }
+        head[k * g..].copy_from_slice(&mu);
+        if let Some(ch) = &self.prior {
+            ch.init(rng, &mut p[d..e]);
+        }
+        p
+    }
+
+    /// `√d` (floored) and `∂√d/∂x` per gene, and `r` per gene (NBLN), from
+    /// the globals' values `x`.
+    fn globals_of(&self, x: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let g = self.data.n_genes;
+        let mut sd = vec![0.0; g];
+        let mut dsd = vec![0.0; g];
+        for j in 0..g {
+            let d = x[j].exp();
+            if d > D_FLOOR {
+                sd[j] = d.sqrt();
+                dsd[j] = 0.5 * sd[j];
+            } else {
+                sd[j] = D_FLOOR.sqrt();
+            }
+        }
+        let r = if self.model == LnModel::Nbln {
+            x[g..2 * g].iter().map(|v| v.exp()).collect()
+        } else {
+            Vec::new()
+        };
+        (sd, dsd, r)
+    }
+
+    /// Single-sample loss (`−ELBO`) on `batch` at KL weight `beta`, with its
+    /// gradient written into `grad`. Noise order: the globals in layout
+    /// order, then `z` cell by cell, then one seed from which every cell's
+    /// diagonal noise derives (so blocks and threads do not change it).
+    pub fn loss_and_grad(
+        &self,
+        v: &[f64],
+        batch: &Batch,
+        beta: f64,
+        rng: &mut ChaCha8Rng,
+        grad: &mut [f64],
+    ) -> f64 {
+        let data = self.data;
+        let [n, a, b, c, d, _] = self.offsets();
+        let (k, g) = (self.cfg.latent_dim, data.n_genes);
+        let (loc, log_scale) = (&v[..n], &v[n..a]);
+        grad.iter_mut().for_each(|x| *x = 0.0);
+        let w = batch.scale;
+        let eps: Vec<f64> = (0..n).map(|_| rng.sample(StandardNormal)).collect();
+        let x: Vec<f64> = (0..n)
+            .map(|j| loc[j] + log_scale[j].exp() * eps[j])
+            .collect();
+        let side = latent::LatentSide {
+            encoder: &self.encoder,
+            enc_params: &v[a..b],
+            data,
+            input: &self.input,
+            prior: self.prior.as_ref(),
+            prior_params: &v[d..],
+            log_var_clip: self.cfg.log_var_clip,
+        };
+        let mut lat = side.forward(&batch.cells, k, beta * w, rng, &mut grad[d..]);
+        let noise_seed: u64 = rng.random();
+        let (sd, dsd, r) = self.globals_of(&x);
+        let rows = batch.cells.len();
+        let starts: Vec<usize> = (0..rows).step_by(self.cfg.block).collect();
+        let blocks: Vec<BlockOut> = starts
+            .par_iter()
+            .map(|&start| {
+                let end = (start + self.cfg.block).min(rows);
+                self.decode_block(
+                    &v[c..d],
+                    &batch.cells[start..end],
+                    &lat.z[start * k..end * k],
+                    (&sd, &r),
+                    noise_seed,
+                    w,
+                )
+            })
+            .collect();
+        let mut elbo = lat.elbo;
+        let mut gx = vec![0.0; n];
+        for (&start, bo) in starts.iter().zip(blocks) {
+            elbo += bo.elbo;
+            grad[c..d]
+                .iter_mut()
+                .zip(&bo.g_head)
+                .for_each(|(a, x)| *a += x);
+            lat.gz[start * k..start * k + bo.gz.len()]
+                .iter_mut()
+                .zip(&bo.gz)
+                .for_each(|(a, x)| *a += x);
+            for j in 0..g {
+                gx[j] += bo.g_sd[j] * dsd[j];
+            }
+            for (j, gr) in bo.g_r.iter().enumerate() {
+                gx[g + j] += gr * r[j];
+            }
+        }
+        lat.backward(&side, &batch.cells, &mut grad[a..b]);
+        // Globals' guide: prior and entropy weighted by β, the likelihood's
+        // gradient through the draw unweighted.
+        let mut cache = KlCache::default();
+        let (g_loc, rest) = grad.split_at_mut(n);
+        let g_ls = &mut rest[..n];
+        for (bi, blk) in self.layout.blocks.iter().enumerate() {
+            for i in blk.range() {
+                let s = log_scale[i].exp();
+                let (de, gl, gs) = mf_term(
+                    self.priors[bi],
+                    blk.link,
+                    (loc[i], log_scale[i], s, eps[i], x[i], 0.0, beta),
+                    &mut cache,
+                );
+                elbo += de;
+                g_loc[i] = gl - gx[i];
+                g_ls[i] = gs - gx[i] * s * eps[i];
+            }
+        }
+        grad[a..].iter_mut().for_each(|x| *x = -*x);
+        -elbo
+    }
+
+    /// The decoder and likelihood of one block of cells (`z`: their latents).
+    fn decode_block(
+        &self,
+        head: &[f64],
+        cells: &[u32],
+        z: &[f64],
+        (sd, r): (&[f64], &[f64]),
+        noise_seed: u64,
+        w: f64,
+    ) -> BlockOut {
+        let data = self.data;
+        let (k, g) = (self.cfg.latent_dim, data.n_genes);
+        let br = cells.len();
+        let mut o = vec![0.0; br * g];
+        self.dec_head.forward(head, z, br, &mut o);
+        let mut g_o = vec![0.0; br * g];
+        let nbln = self.model == LnModel::Nbln;
+        let nb = nbln.then(|| NegBin::new(r));
+        let mut out = BlockOut {
+            elbo: 0.0,
+            g_head: vec![0.0; head.len()],
+            gz: vec![0.0; br * k],
+            g_sd: vec![0.0; g],
+            g_r: vec![0.0; if nbln { g } else { 0 }],
+        };
+        for (rr, &cc) in cells.iter().enumerate() {
+            let cell = cc as usize;
+            let mut rng = cell_rng(noise_seed, cell);
+            let (genes, counts) = data.row(cell);
+            let mut next = 0;
+            let orow = &o[rr * g..(rr + 1) * g];
+            let grow = &mut g_o[rr * g..(rr + 1) * g];
+            let mut ll = 0.0;
+            for j in 0..g {
+                let u = if next < genes.len() && genes[next] as usize == j {
+                    next += 1;
+                    counts[next - 1] as f64
+                } else {
+                    0.0
+                };
+                let e: f64 = rng.sample(StandardNormal);
+                let ell = orow[j] + sd[j] * e;
+                let dl = match &nb {
+                    None => {
+                        // Poisson with the log-rate clipped to ±30, as the original.
+                        let l = ell.clamp(-30.0, 30.0);
+                        let lam = l.exp();
+                        ll += u * l - lam;
+                        u - lam
+                    }
+                    Some(nb) => {
+                        ll += nb.value(j, u, ell);
+                        out.g_r[j] += w * nb.d_r(j, u, ell).0;
+                        nb.terms(j, u, ell).0
+                    }
+                };
+                grow[j] = w * dl;
+                out.g_sd[j] += w * dl * e;
+            }
+            if !nbln {
+                ll -= data.ln_fact[cell];
+            }
+            out.elbo += w * ll;
+        }
+        self.dec_head
+            .backward(head, z, &g_o, br, &mut out.g_head, Some(&mut out.gz));
+        out
+    }
+
+    /// The globals at their guide medians: `(d, r)` (`r` empty for PLN).
+    fn global_medians(&self, v: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let g = self.data.n_genes;
+        let d = v[..g].iter().map(|x| x.exp()).collect();
+        let r = if self.model == LnModel::Nbln {
+            v[g..2 * g].iter().map(|x| x.exp()).collect()
+        } else {
+            Vec::new()
+        };
+        (d, r)
+    }
+
+    /// Encoder outputs `[loc | lv]` (`rows × 2k`) of `cells`, each cell on
+    /// its own (a product's rounding depends on its number of rows, and a
+    /// cell's embedding must not depend on the cells encoded with it).
+    fn encode(&self, v: &[f64], cells: &[usize]) -> Vec<f64> {
+        let [_, a, b, ..] = self.offsets();
+        let k = self.cfg.latent_dim;
+        let (lo, hi) = LOG_VAR_CLIP;
+        cells
+            .par_iter()
+            .flat_map_iter(|&c| {
+                let mut tape = EncoderTape::default();
+                let mut out =
+                    self.encoder
+                        .forward(&v[a..b], self.data, &self.input, &[c as u32], &mut tape);
+                out[k..].iter_mut().for_each(|x| *x = x.clamp(lo, hi));
+                out
+            })
+            .collect()
+    }
+
+    /// Latent log-rates of `cells`: with `n = 0` one per cell, `b + W m_c`;
+    /// else `n` draws per cell, `b + W (m_c + e^{lv/2} ε₁) + √d ε₂`, each
+    /// cell's from its own stream of `seed`.
+    pub fn latents(&self, v: &[f64], cells: &[usize], n: usize, seed: u64) -> Latents {
+        let [_, _, _, c, d, _] = self.offsets();
+        let (k, g) = (self.cfg.latent_dim, self.data.n_genes);
+        let out = self.encode(v, cells);
+        let draws = n.max(1);
+        let (dvals, _) = self.global_medians(v);
+        let sd: Vec<f64> = dvals.iter().map(|x| x.max(D_FLOOR).sqrt()).collect();
+        let rows = cells.len() * draws;
+        let mut z = vec![0.0; rows * k];
+        let mut noise = vec![0.0; if n == 0 { 0 } else { rows * g }];
+        for (ci, &cell) in cells.iter().enumerate() {
+            let (m, lv) = (
+                &out[ci * 2 * k..ci * 2 * k + k],
+                &out[ci * 2 * k + k..(ci + 1) * 2 * k],
+            );
+            if n == 0 {
+                z[ci * k..(ci + 1) * k].copy_from_slice(m);
+                continue;
+            }
+            let mut rng = cell_rng(seed ^ 0x6c6e_7661, cell);
+            for s in 0..n {
+                let row = ci * n + s;
+                for q in 0..k {
+                    let e: f64 = rng.sample(StandardNormal);
+                    z[row * k + q] = m[q] + (0.5 * lv[q]).exp() * e;
+                }
+                for j in 0..g {
+                    let e: f64 = rng.sample(StandardNormal);
+                    noise[row * g + j] = sd[j] * e;
+                }
+            }
+        }
+        // Row by row in a fixed order (not one GEMM, whose blocking depends
+        // on the number of rows), so a cell's values do not depend on the
+        // cells decoded with it.
+        let head = &v[c..d];
+        let (kernel, bias) = head.split_at(k * g);
+        let mut y = vec![0.0; rows * g];
+        for (row, zr) in y.chunks_exact_mut(g).zip(z.chunks_exact(k)) {
+            row.copy_from_slice(bias);
+            for (t, &zt) in zr.iter().enumerate() {
+                let wt = &kernel[t * g..(t + 1) * g];
+                row.iter_mut().zip(wt).for_each(|(a, w)| *a += zt * w);
+            }
+        }
+        // Draw-minor, as `Latents` keeps them: `(cell·g + gene)·n + s`.
+        let mut x = vec![0.0; rows * g];
+        for ci in 0..cells.len() {
+            for s in 0..draws {
+                let row = ci * draws + s;
+                for j in 0..g {
+                    let e = if n == 0 { 0.0 } else { noise[row * g + j] };
+                    x[(ci * g + j) * draws + s] = y[row * g + j] + e;
+                }
+            }
+        }
+        Latents {
+            n: draws,
+            g,
+            x,
+            eta: Vec::new(),
+        }
+    }
+
+    fn obs<'a>(&self, r: &'a [f64]) -> LnObs<'a> {
+        LnObs {
+            model: self.model,
+            r,
+            totals: &[],
+            reference: None,
+        }
+    }
+
+    /// Cells per analysis chunk with `n` latent values per (cell, gene).
+    fn chunk(&self, n: usize) -> usize {
+        (CHUNK_VALUES / (self.data.n_genes * n.max(1)).max(1)).max(1)
+    }
+
+    /// Log-likelihoods (full pmf) at the point estimate (`n = 0`: one value
+    /// per cell or gene) or for `n` latent draws (`(s, cell)` at `cell·n + s`,
+    /// `(s, gene)` at `gene·n + s`).
+    pub fn log_likelihood(
+        &self,
+        v: &[f64],
+        by: By,
+        n: usize,
+        seed: u64,
+        ctl: Ctl<'_>,
+    ) -> Result<Vec<f64>> {
+        let (_, r) = self.global_medians(v);
+        let obs = self.obs(&r);
+        let all: Vec<usize> = (0..self.data.n_cells).collect();
+        let nn = n.max(1);
+        let mut out = match by {
+            By::Cell => Vec::with_capacity(all.len() * nn),
+            By::Gene => vec![0.0; self.data.n_genes * nn],
+        };
+        for cells in all.chunks(self.chunk(n)) {
+            let lat = self.latents(v, cells, n, seed);
+            let part = lnpost::loglik(&obs, self.data, &lat, cells, by, ctl)?;
+            match by {
+                By::Cell => out.extend(part),
+                By::Gene => out.iter_mut().zip(&part).for_each(|(o, p)| *o += p),
+            }
+        }
+        Ok(out)
+    }
+
+    /// `n` predictive count draws of `genes` for each of `cells`: values
+    /// `(s, cell, gene)` at `(cell·|genes| + gene)·n + s`; with `point`,
+    /// every draw reads the point log-rates `b + W m_c`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn predictive(
+        &self,
+        v: &[f64],
+        cells: &[usize],
+        genes: &[usize],
+        n: usize,
+        point: bool,
+        seed: u64,
+        ctl: Ctl<'_>,
+    ) -> Result<Vec<f64>> {
+        crate::limits::check_values("n_samples", (cells.len() * genes.len()) as f64 * n as f64)?;
+        let (_, r) = self.global_medians(v);
+        let obs = self.obs(&r);
+        let mut out = Vec::with_capacity(cells.len() * genes.len() * n);
+        for chunk in cells.chunks(self.chunk(n)) {
+            let lat = self.latents(v, chunk, if point { 0 } else { n }, seed);
+            out.extend(lnpost::predictive(&obs, &lat, chunk, genes, n, seed, ctl)?);
+        }
+        Ok(out)
+    }
+
+    /// `n` draws (`n = 0`: the point estimate) of the latent log-rates of
+    /// `genes` for each of `cells`: `(s, cell, gene)` at `(cell·|genes| + gene)·n + s`.
+    pub fn latent_draws(
+        &self,
+        v: &[f64],
+        cells: &[usize],
+        genes: &[usize],
+        n: usize,
+        seed: u64,
+    ) -> Result<Vec<f64>> {
+        let nn = n.max(1);
+        crate::limits::check_values("n_samples", (cells.len() * genes.len()) as f64 * nn as f64)?;
+        let mut out = Vec::with_capacity(cells.len() * genes.len() * nn);
+        for chunk in cells.chunks(self.chunk(n)) {
+            let lat = self.latents(v, chunk, n, seed);
+            for ci in 0..chunk.len() {
+                for &j in genes {
+                    let at = (ci * lat.g + j) * nn;
+                    out.extend_from_slice(&lat.x[at..at + nn]);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The population parameters at their point estimates: `b` (G), `W`
+    /// (`G × k`, row-major), `d` (G) and `r` (G, NBLN).
+    pub fn population(&self, v: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let [_, _, _, c, d, _] = self.offsets();
+        let (k, g) = (self.cfg.latent_dim, self.data.n_genes);
+        let head = &v[c..d];
+        let mut w = vec![0.0; g * k];
+        for j in 0..g {
+            for t in 0..k {
+                w[j * k + t] = head[t * g + j];
+            }
+        }
+        let (dv, r) = self.global_medians(v);
+        (head[k * g..].to_vec(), w, dv, r)
+    }
+}
+
+impl Objective for LnVae<'_> {
+    fn data(&self) -> &CountMatrix {
+        self.data
+    }
+    fn kl_warmup(&self) -> usize {
+        self.cfg.kl_warmup
+    }
+    fn initial_params(&self, rng: &mut ChaCha8Rng) -> Vec<f64> {
+        self.start(rng)
+    }
+    fn loss_and_grad(
+        &self,
+        v: &[f64],
+        batch: &Batch,
+        beta: f64,
+        rng: &mut ChaCha8Rng,
+        grad: &mut [f64],
+    ) -> f64 {
+        LnVae::loss_and_grad(self, v, batch, beta, rng, grad)
+    }
+}
+
+#[cfg(test)]
+#[path = "lognormal_tests.rs"]
+mod tests;
