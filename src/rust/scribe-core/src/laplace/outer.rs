@@ -167,27 +167,6 @@ fn lbfgs_step(
     }
 }
 
-/// Method-of-moments dispersion per gene, `r = m²/(v − m)` (1 for unexpressed genes).
-fn mom_dispersion(data: &CountMatrix) -> Vec<f64> {
-    let (g, n) = (data.n_genes, data.n_cells as f64);
-    let (mut s1, mut s2) = (vec![0.0; g], vec![0.0; g]);
-    for (p, &gi) in data.gene_idx.iter().enumerate() {
-        let u = data.counts[p] as f64;
-        s1[gi as usize] += u;
-        s2[gi as usize] += u * u;
-    }
-    (0..g)
-        .map(|i| {
-            let m = s1[i] / n;
-            if m == 0.0 {
-                return 1.0;
-            }
-            let v = (s2[i] - n * m * m) / (n - 1.0).max(1.0);
-            (m * m / (v - m).max(1e-3)).max(1e-3)
-        })
-        .collect()
-}
-
 /// The globals the settled rule watches: `μ`, the row norms of `W` (a
 /// rotation of the loadings leaves the model unchanged, so `W` itself need
 /// not settle), `d`, then `r` or the totals, then the loadings prior's
@@ -351,7 +330,7 @@ pub fn run(
         let r_loc: Vec<f64> = match (&cas.r_frozen, &cas.r_prior) {
             (Some(r), _) => r.iter().map(|&v| softplus_inv(v.max(1e-8))).collect(),
             (None, Some(p)) => p.0.clone(),
-            _ => mom_dispersion(data)
+            _ => crate::models::lognormal::mom_dispersion(data)
                 .iter()
                 .map(|&v| softplus_inv(v))
                 .collect(),

@@ -33,7 +33,7 @@ use super::{latent, VaeConfig};
 use crate::data::{Batch, CountMatrix};
 use crate::dist::{Link, Prior};
 use crate::error::{CoreError, Result};
-use crate::models::lognormal::obs::{NegBin, Obs};
+use crate::models::lognormal::obs::NegBin;
 use crate::models::lognormal::LnModel;
 use crate::models::{BlockKind, Layout};
 use crate::nn::flows::{Direction, FlowChain};
@@ -84,28 +84,6 @@ struct BlockOut {
     g_sd: Vec<f64>,
     /// `∂elbo/∂r_g` (NBLN).
     g_r: Vec<f64>,
-}
-
-/// Method-of-moments NB dispersion per gene: `m² / max(v − m, 1e-3)`
-/// (`v` with one degree of freedom), 1 for genes without counts.
-fn r_moments(data: &CountMatrix) -> Vec<f64> {
-    let (g, n) = (data.n_genes, data.n_cells as f64);
-    let (mut s1, mut s2) = (vec![0.0; g], vec![0.0; g]);
-    for (&j, &u) in data.gene_idx.iter().zip(&data.counts) {
-        let u = u as f64;
-        s1[j as usize] += u;
-        s2[j as usize] += u * u;
-    }
-    (0..g)
-        .map(|j| {
-            let m = s1[j] / n;
-            if m <= 0.0 {
-                return 1.0;
-            }
-            let v = (s2[j] - n * m * m) / (n - 1.0).max(1.0);
-            (m * m / (v - m).max(1e-3)).clamp(1e-3, 1e6)
-        })
-        .collect()
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -172,7 +150,7 @@ impl<'d> LnVae<'d> {
         });
         let mut r_mom = Vec::new();
         if model == LnModel::Nbln {
-            r_mom = r_moments(data);
+            r_mom = crate::models::lognormal::mom_dispersion(data);
             layout.push("r", BlockKind::Gene, g, Link::Exp, 1);
             priors.push(Prior::LogNormal {
                 loc: median(&r_mom).ln(),
@@ -465,9 +443,10 @@ impl<'d> LnVae<'d> {
                         u - lam
                     }
                     Some(nb) => {
-                        ll += nb.value(j, u, ell);
-                        out.g_r[j] += w * nb.d_r(j, u, ell).0;
-                        nb.terms(j, u, ell).0
+                        let (value, dl, dr) = nb.value_dell_dr(j, u, ell);
+                        ll += value;
+                        out.g_r[j] += w * dr;
+                        dl
                     }
                 };
                 grow[j] = w * dl;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::models::lognormal::obs::Obs;
 use crate::nn::flows::{FlowConfig, FlowKind};
 use crate::nn::Activation;
 use crate::progress::{NeverCancel, NoProgress};

@@ -58,3 +58,24 @@ pub enum Capture {
     /// `η_c` frozen at these values (cascade): an offset, not a latent.
     Frozen(Vec<f64>),
 }
+
+/// Method-of-moments dispersion per gene, `r = m²/(v − m)` (1 for unexpressed genes).
+pub fn mom_dispersion(data: &crate::data::CountMatrix) -> Vec<f64> {
+    let (g, n) = (data.n_genes, data.n_cells as f64);
+    let (mut s1, mut s2) = (vec![0.0; g], vec![0.0; g]);
+    for (p, &gi) in data.gene_idx.iter().enumerate() {
+        let u = data.counts[p] as f64;
+        s1[gi as usize] += u;
+        s2[gi as usize] += u * u;
+    }
+    (0..g)
+        .map(|i| {
+            let m = s1[i] / n;
+            if m == 0.0 {
+                return 1.0;
+            }
+            let v = (s2[i] - n * m * m) / (n - 1.0).max(1.0);
+            (m * m / (v - m).max(1e-3)).max(1e-3)
+        })
+        .collect()
+}
