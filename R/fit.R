@@ -389,14 +389,14 @@
 #'
 #' @param x Counts: see Description.
 #' @param model One of `"nbdm"`, `"nbvcp"`, `"zinb"`, `"zinbvcp"` (SVI and
-#'   MCMC) or `"pln"`, `"nbln"`, `"lnm"`, `"lnmvcp"` (Laplace; PLN and
-#'   NBLN also by the VAE). Default
+#'   MCMC) or `"pln"`, `"nbln"`, `"lnm"`, `"lnmvcp"` (Laplace; all but
+#'   `lnmvcp` also by the VAE). Default
 #'   `"nbvcp"` (or the model implied by the flags).
 #' @param inference_method `"svi"` (default), `"mcmc"` (NUTS; see the MCMC
 #'   section), `"laplace"` (the log-normal models; see the Laplace section)
 #'   or `"vae"` (amortized inference with a latent embedding per cell, for
 #'   `nbdm`, `nbvcp`, `zinb`, `zinbvcp` in every parameterization and for
-#'   `pln` and `nbln` with a linear decoder; see [ScribeVAEResults-class]
+#'   `pln`, `nbln` and `lnm` with a linear decoder; see [ScribeVAEResults-class]
 #'   and [get_latent_embeddings()]; no early stopping, as in the original). Arguments that only other
 #'   engines read (say `latent_dim` or `n_samples` for SVI, `n_steps` for
 #'   MCMC) are an error when given a value other than their default, rather
@@ -477,8 +477,8 @@
 #' @param vae_encoder_hidden_dims,vae_decoder_hidden_dims,vae_activation VAE:
 #'   the encoder's hidden widths (`NULL`: `c(128, 64)`), the decoder's
 #'   (`NULL`: `c(64, 128)`, applied in reverse order as in the original: z
-#'   -> 128 -> 64 -> heads; `pln` and `nbln` have a linear decoder and take
-#'   none) and their activation (`"relu"`, `"gelu"`,
+#'   -> 128 -> 64 -> heads; the log-normal models have a linear decoder
+#'   and take none) and their activation (`"relu"`, `"gelu"`,
 #'   `"silu"`, `"tanh"`, `"elu"`, `"leaky_relu"`). `latent_dim` (default
 #'   10) is the embedding's dimension.
 #' @param vae_input_transform,vae_standardize VAE: the encoder's transform of
@@ -488,7 +488,7 @@
 #'   (`log(u + 0.5)` centred per cell); and whether the transformed input is
 #'   standardized per gene by the training cells' mean and standard
 #'   deviation (floored at 1e-3; `NULL`: no for the negative-binomial
-#'   models, yes for `"pln"` and `"nbln"`, as in the original). The encoder still reads only the nonzero counts: the
+#'   models, yes for the log-normal models, as in the original). The encoder still reads only the nonzero counts: the
 #'   transform's value at zero and the standardization enter its first layer
 #'   as dense rank-one terms. New cells are standardized by the training
 #'   statistics.

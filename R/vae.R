@@ -19,6 +19,8 @@ fit_vae <- function(counts, dropped, model, a, shared) {
   )
   t0 <- proc.time()[["elapsed"]]
   res <- call_core(rs_vae_fit(counts_slots(counts), model_spec, vae, svi, shared$verbose, shared$num_threads))
+  # LNM's reference gene (the log-ratios are against it).
+  if (!is.null(res$reference)) model_spec$reference <- rownames(counts)[res$reference + 1L]
   elapsed <- proc.time()[["elapsed"]] - t0
   nm <- fit_names(counts)
   new("ScribeVAEResults",
@@ -34,9 +36,9 @@ fit_vae <- function(counts, dropped, model, a, shared) {
 # does not read: the decoder is linear (its weights are the loadings), and
 # capture and the other priors of the Laplace engine are not available yet.
 ln_vae_spec <- function(model, a) {
-  if (model %in% c("lnm", "lnmvcp")) {
-    abort_unsupported(c("The VAE of {.val {model}} is not available yet.",
-                        "i" = "Fit {.val {model}} by {.code inference_method = \"laplace\"}; {.val pln} and {.val nbln} have a VAE."))
+  if (model == "lnmvcp") {
+    abort_unsupported(c("The VAE of {.val lnmvcp} (LNM with capture) is not available yet.",
+                        "i" = "Fit it by {.code inference_method = \"laplace\"}, or fit {.val lnm} by the VAE."))
   }
   if (!is.null(a$vae_decoder_hidden_dims)) {
     abort_input(c("{.arg vae_decoder_hidden_dims} does not apply to {.val {model}}: its decoder is linear (mean log-rates plus loadings times the embedding).",
@@ -122,25 +124,32 @@ resolve_vae <- function(a, n_genes, model = "nbdm") {
 #' embedding from its encoder Gaussian. Cells are decoded block by block, so
 #' a check on a few genes never holds a cells x genes array of parameters.
 #'
-#' @section Log-normal models (PLN, NBLN): The decoder is linear, as in the
-#'   original: a cell's mean log-rates are `mu + W z`, so the decoder's bias
-#'   and weights are the mean and the loadings of the model's covariance `W
-#'   t(W) + diag(d)`. The diagonal `d` enters as noise added to the
-#'   log-rates in each step, not scored by the ELBO; this bound loosens as `d`
-#'   grows, so `d` is only weakly identified and stays near its prior
+#' @section Log-normal models (PLN, NBLN, LNM): The decoder is linear, as
+#'   in the original: a cell's mean latents are `mu + W z`, so the decoder's
+#'   bias and weights are the mean and the loadings of the model's
+#'   covariance `W t(W) + diag(d)`. The latents are log-rates (PLN, NBLN) or
+#'   LNM's log-ratios against a reference gene (the one with the most
+#'   counts; `get_map()$reference`), whose total is `NB(mu_T, r_T)`. The
+#'   diagonal `d` enters as noise added to the latents in each step, not
+#'   scored by the ELBO; this bound loosens as `d` grows, so `d` is only
+#'   weakly identified and stays near or below its prior
 #'   (`LogNormal(-4.6, 1)`, median 0.01). The Laplace engine estimates `d`
-#'   from the data. `d` and NBLN's `r` (prior `LogNormal(log median r_MoM,
-#'   1)`) have mean-field guides. Fits start at the PCA start of the Laplace
-#'   engine. [get_map()] returns `mu`, `W` (genes x `latent_dim`), `d`,
-#'   `r` (NBLN) and `latents`, the point log-rates `mu + W m` of each cell
-#'   (genes x cells, `m` its encoder mean). [get_posterior_samples()] returns
-#'   `latents`, an `n_samples x cells x genes` array of log-rate draws `mu +
-#'   W z + sqrt(d) e` with `z` from the cell's encoder Gaussian; the globals
-#'   stay at their guide medians. [log_likelihood()] and
-#'   [posterior_predictive()] read these draws (or the point log-rates).
-#'   Capture, the other priors of the Laplace engine, LNM/LNMVCP,
-#'   [denoise_counts()] and [normalize_counts()] are not available for these
-#'   fits yet (classed errors).
+#'   from the data. `d`, NBLN's `r` (prior `LogNormal(log median r_MoM, 1)`)
+#'   and LNM's `mu_T` and `r_T` (priors `LogNormal` around the totals' moment
+#'   estimates, scale 1) have mean-field guides. Fits start at the PCA start
+#'   of the Laplace engine, and the encoder's log-variance is clipped to
+#'   `[-7, 2]` (as in the original). [get_map()] returns `mu`, `W`
+#'   (coordinates x `latent_dim`), `d`, `r` (NBLN), `mu_T`, `r_T` and
+#'   `reference` (LNM), and `latents`, the point latents `mu + W m` of each
+#'   cell (coordinates x cells, `m` its encoder mean).
+#'   [get_posterior_samples()] returns `latents`, an `n_samples x cells x
+#'   coordinates` array of draws `mu + W z + sqrt(d) e` with `z` from the
+#'   cell's encoder Gaussian; the globals stay at their guide medians.
+#'   [log_likelihood()] and [posterior_predictive()] read these draws (or the
+#'   point latents). Capture (`lnmvcp`, and PLN/NBLN with a capture prior),
+#'   the other priors of the Laplace engine, [denoise_counts()] and
+#'   [normalize_counts()] are not available for these fits yet (classed
+#'   errors).
 #'
 #' @slot layout Data frame: the blocks of the global parameters' vector.
 #' @slot params List: `global_loc`, `global_log_scale` (the global guide),
@@ -175,6 +184,10 @@ setMethod("show", "ScribeVAEResults", function(object) {
 
 # Whether a VAE fit is of a log-normal model (linear decoder, latent log-rates).
 is_ln_vae <- function(fit) isTRUE(fit@model$model %in% .lognormal_models)
+
+# Names of a log-normal VAE's latent coordinates: the genes, or LNM's genes
+# but the reference.
+ln_vae_coords <- function(fit) setdiff(fit@gene_names, fit@model$reference)
 
 # Verbs that read NB parameters per cell have no log-normal VAE form yet.
 check_nb_vae <- function(fit, verb) {
@@ -217,11 +230,17 @@ setMethod("get_map", "ScribeVAEResults", function(object, x = NULL, assay = NULL
   cells <- object@cell_names
   if (is_ln_vae(object)) {
     k <- as.integer(object@config$vae$latent_dim)
-    out <- list(mu = stats::setNames(res$mu, g),
-                W = matrix(res$w, ncol = k, byrow = TRUE, dimnames = list(g, paste0("z", seq_len(k)))),
-                d = stats::setNames(res$d, g))
-    if (length(res$r)) out$r <- stats::setNames(res$r, g)
-    out$latents <- matrix(res$latents, nrow = length(g), dimnames = list(g, cells))
+    coords <- ln_vae_coords(object)
+    out <- list(mu = stats::setNames(res$mu, coords),
+                W = matrix(res$w, ncol = k, byrow = TRUE, dimnames = list(coords, paste0("z", seq_len(k)))),
+                d = stats::setNames(res$d, coords))
+    if (object@model$model == "nbln") out$r <- stats::setNames(res$r, g)
+    if (object@model$model == "lnm") {
+      out$mu_T <- res$r[1]
+      out$r_T <- res$r[2]
+      out$reference <- object@model$reference
+    }
+    out$latents <- matrix(res$latents, nrow = length(coords), dimnames = list(coords, cells))
     return(out)
   }
   out <- list(p = res$p)
@@ -237,8 +256,12 @@ setMethod("get_posterior_samples", "ScribeVAEResults", function(object, n_sample
                                                                  cells = NULL, genes = NULL, assay = NULL, ...) {
   check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647",
                function(v) v >= 1 && v <= .Machine$integer.max && v == round(v))
-  gi <- gene_index(object, genes)
-  gnames <- if (is.null(gi)) object@gene_names else object@gene_names[gi + 1L]
+  coords <- if (is_ln_vae(object)) ln_vae_coords(object) else object@gene_names
+  gi <- if (is.null(genes)) NULL else if (is.character(genes)) match(genes, coords) - 1L else genes - 1L
+  if (!is.null(gi) && (!is.numeric(gi) || anyNA(gi) || any(gi < 0 | gi >= length(coords) | gi != round(gi)))) {
+    abort_input("{.arg genes} has entries that are not {if (is_ln_vae(object)) 'latent coordinates' else 'genes'} of the fit.")
+  }
+  gnames <- if (is.null(gi)) coords else coords[gi + 1L]
   ci <- if (is.null(cells)) seq_along(object@cell_names) else if (is.character(cells)) match(cells, object@cell_names) else cells
   if (anyNA(ci) || any(ci < 1) || any(ci > length(object@cell_names)) || any(ci != round(ci))) {
     abort_input("{.arg cells} has entries that are not cells of the fit.")

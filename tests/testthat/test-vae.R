@@ -325,10 +325,39 @@ test_that("log-normal VAEs refuse what they do not read, by name", {
   expect_error(ln_vae(x, vae_decoder_hidden_dims = c(8, 8)), "vae_decoder_hidden_dims", class = "scribeR_input_error")
   expect_error(ln_vae(x, parameterization = "mean_odds"), "parameterization", class = "scribeR_input_error")
   expect_error(ln_vae(x, priors = list(capture_efficiency = c(7, 1))), "priors", class = "scribeR_unsupported")
-  expect_error(ln_vae(x, "lnm"), "laplace", class = "scribeR_unsupported")
+  expect_error(ln_vae(x, "lnmvcp"), "laplace", class = "scribeR_unsupported")
   expect_error(ln_vae(x, latent_dim = 40), "latent_dim")
   fit <- ln_vae(x)
   expect_error(denoise_counts(fit, x), "not available", class = "scribeR_unsupported")
   expect_error(normalize_counts(fit, x), "not available", class = "scribeR_unsupported")
   expect_error(scribe_fit(x, model = "pln", verbose = FALSE), "vae", class = "scribeR_input_error")
+})
+
+test_that("LNM VAE fits: log-ratios against a reference, multinomial and NB-of-total log-likelihoods", {
+  x <- ln_counts()
+  u <- as.matrix(x)
+  fit <- ln_vae(x, "lnm")
+  expect_output(print(fit), "lnm, linear decoder")
+  m <- get_map(fit, x)
+  # The reference is the gene with the most counts; the latents cover the others.
+  expect_identical(m$reference, rownames(x)[which.max(Matrix::rowSums(x))])
+  coords <- setdiff(rownames(x), m$reference)
+  expect_identical(rownames(m$W), coords)
+  expect_identical(dim(m$latents), c(29L, 200L))
+  expect_gt(m$mu_T, 0)
+  expect_gt(m$r_T, 0)
+  logits <- rbind(m$latents, 0)
+  rownames(logits)[30] <- m$reference
+  logits <- logits[rownames(x), ]
+  want <- vapply(seq_len(ncol(u)), function(c) {
+    p <- exp(logits[, c] - max(logits[, c]))
+    dmultinom(u[, c], prob = p / sum(p), log = TRUE) + dnbinom(sum(u[, c]), size = m$r_T, mu = m$mu_T, log = TRUE)
+  }, 0)
+  expect_equal(unname(log_likelihood(fit, x)), want, tolerance = 1e-8)
+  pp <- posterior_predictive(fit, n_samples = 20, genes = 1:4, x = x, seed = 1)
+  expect_identical(dim(pp), c(20L, 200L, 4L))
+  s <- get_posterior_samples(fit, n_samples = 3, x = x, cells = 1:2, genes = coords[1:2])
+  expect_identical(dimnames(s$latents)[[3]], coords[1:2])
+  expect_error(get_posterior_samples(fit, n_samples = 3, x = x, genes = m$reference), "latent coordinates",
+               class = "scribeR_input_error")
 })

@@ -108,6 +108,7 @@ fn rs_vae_fit(
                 net.standardization.as_ref(),
                 net.layout(),
                 res.loss_history,
+                net.reference,
             );
         }
         let nb = NbModel::new(nb_spec(&model)?, &data)?;
@@ -118,18 +119,20 @@ fn rs_vae_fit(
             net.standardization.as_ref(),
             nb.layout(),
             res.loss_history,
+            None,
         )
     })())
 }
 
 /// A trained VAE for R: the globals' layout, the parameters in named
 /// pieces (with the training data's input statistics when standardized)
-/// and the loss history.
+/// and the loss history (and LNM's 0-based reference gene).
 fn fit_to_r(
     split: Vec<(&'static str, &[f64])>,
     st: Option<&Standardization>,
     layout: &scribe_core::models::Layout,
     loss_history: Vec<f64>,
+    reference: Option<usize>,
 ) -> GResult<Robj> {
     let (mut names, mut vals): (Vec<&str>, Vec<Robj>) = split
         .into_iter()
@@ -143,7 +146,11 @@ fn fit_to_r(
     Ok(list!(
         layout = layout_to_r(layout),
         params = List::from_names_and_values(names, vals)?,
-        loss_history = loss_history
+        loss_history = loss_history,
+        reference = match reference {
+            Some(r) => Robj::from(r as f64),
+            None => Robj::from(()),
+        }
     )
     .into())
 }
@@ -363,13 +370,15 @@ fn ln_analysis(
         }
         "draws" => {
             let cells = indices(o.get("cells"), n_cells, "cells")?;
-            let vals = net.latent_draws(v, &cells, &genes, n, seed)?;
+            let coords = indices(o.get("genes"), net.width, "genes")?;
+            let vals = net.latent_draws(v, &cells, &coords, n, seed)?;
             list!(latents = vals).into()
         }
         "decoded" => {
             let (mu, w, d, r) = net.population(v);
             let all: Vec<usize> = (0..n_cells).collect();
-            let lat = net.latent_draws(v, &all, &genes, 0, 0)?;
+            let coords: Vec<usize> = (0..net.width).collect();
+            let lat = net.latent_draws(v, &all, &coords, 0, 0)?;
             list!(mu = mu, w = w, d = d, r = r, latents = lat).into()
         }
         other => {

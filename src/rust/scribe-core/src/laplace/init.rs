@@ -98,7 +98,7 @@ fn symmetric_eigen(a: &[f64], l: usize) -> (Vec<f64>, Vec<f64>) {
 /// `n × m` matrix `X[c, j] = log(1 + u[c, g_j]) − offset[c]` over the genes
 /// `cols` (`col_of[g]` is gene g's column, `None` if left out). Only
 /// products with the sparse counts are formed.
-pub(crate) fn centred_pca(
+fn centred_pca(
     data: &CountMatrix,
     col_of: &[Option<usize>],
     m: usize,
@@ -195,10 +195,16 @@ pub(crate) fn centred_pca(
     (mu, w)
 }
 
-pub fn pln_start(data: &CountMatrix, k: usize, seed: u64) -> PlnStart {
+/// PLN/NBLN: `μ = mean log(u + 1)` and `W` from the PCA of its centred values.
+pub fn pln_pca(data: &CountMatrix, k: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
     let (g, n) = (data.n_genes, data.n_cells);
     let col_of: Vec<Option<usize>> = (0..g).map(Some).collect();
-    let (mu, w) = centred_pca(data, &col_of, g, &vec![0.0; n], k, seed);
+    centred_pca(data, &col_of, g, &vec![0.0; n], k, seed)
+}
+
+pub fn pln_start(data: &CountMatrix, k: usize, seed: u64) -> PlnStart {
+    let (g, n) = (data.n_genes, data.n_cells);
+    let (mu, w) = pln_pca(data, k, seed);
     let mut latents = vec![0.0; n * g];
     for c in 0..n {
         for p in data.cell_ptr[c]..data.cell_ptr[c + 1] {
@@ -212,6 +218,13 @@ pub fn pln_start(data: &CountMatrix, k: usize, seed: u64) -> PlnStart {
 /// `ALR_g = log(u_g + 1) − log(u_ref + 1)` (i.e. of `p = (u + 1)/(N + G)`);
 /// `μ` their mean, `W` their PCA; latents start at `μ`.
 pub fn lnm_start(data: &CountMatrix, reference: usize, k: usize, seed: u64) -> PlnStart {
+    let (mu, w) = lnm_pca(data, reference, k, seed);
+    let latents = (0..data.n_cells).flat_map(|_| mu.iter().copied()).collect();
+    PlnStart { mu, w, latents }
+}
+
+/// LNM: the mean and the PCA loadings of the log-ratios (see [`lnm_start`]).
+pub fn lnm_pca(data: &CountMatrix, reference: usize, k: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
     let (g, n) = (data.n_genes, data.n_cells);
     let col_of: Vec<Option<usize>> = (0..g)
         .map(|gi| match gi.cmp(&reference) {
@@ -228,9 +241,7 @@ pub fn lnm_start(data: &CountMatrix, reference: usize, k: usize, seed: u64) -> P
             }
         }
     }
-    let (mu, w) = centred_pca(data, &col_of, g - 1, &offset, k, seed);
-    let latents = (0..n).flat_map(|_| mu.iter().copied()).collect();
-    PlnStart { mu, w, latents }
+    centred_pca(data, &col_of, g - 1, &offset, k, seed)
 }
 
 #[cfg(test)]

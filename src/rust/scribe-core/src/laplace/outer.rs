@@ -223,14 +223,7 @@ pub fn run(
     crate::data::check_batch_size(cfg.batch_size, n)?;
     crate::limits::check_values("n_steps", cfg.n_steps as f64)?;
     let is_lnm = cfg.model == LnModel::Lnm;
-    // LNM's reference: the gene with the most counts (the most stable ratios).
-    let reference = is_lnm.then(|| {
-        let mut tot = vec![0.0; data.n_genes];
-        for (p, &gi) in data.gene_idx.iter().enumerate() {
-            tot[gi as usize] += data.counts[p] as f64;
-        }
-        (0..data.n_genes).fold(0, |b, i| if tot[i] > tot[b] { i } else { b })
-    });
+    let reference = is_lnm.then(|| crate::models::lognormal::lnm_reference(data));
     if is_lnm {
         if matches!(cfg.capture, Capture::PerCell { .. } | Capture::Frozen(_)) {
             return Err(CoreError::arg(

@@ -1,20 +1,25 @@
-//! The VAE of the log-normal models PLN and NBLN.
+//! The VAE of the log-normal models PLN, NBLN and LNM.
 //!
-//! The decoder is linear, as in the original: a cell's mean log-rates are
+//! The decoder is linear, as in the original: a cell's mean latents are
 //! `ℓ̄_c = b + W z_c`, so `b` (the decoder's bias) and `W` (its kernel) are
 //! the mean and the loadings of the model's `Σ = W Wᵀ + diag(d)`. The
-//! diagonal enters as unscored noise: `ℓ_c = ℓ̄_c + √d ⊙ ε_c`, `ε_c ~ N(0, I)`
-//! drawn afresh each step (a reparameterized Monte Carlo perturbation, not
-//! a latent of the guide). Counts are `Poisson(e^ℓ)` (PLN) or
-//! `NB(mean e^ℓ, r_g)` (NBLN), with the kernels of
-//! [`crate::models::lognormal::obs`].
+//! latents are log-rates (PLN, NBLN; one per gene) or LNM's additive
+//! log-ratios against a reference gene (one per other gene). The diagonal
+//! enters as unscored noise: `ℓ_c = ℓ̄_c + √d ⊙ ε_c`, `ε_c ~ N(0, I)` drawn
+//! afresh each step (a reparameterized Monte Carlo perturbation, not a
+//! latent of the guide). Counts are `Poisson(e^ℓ)` (PLN), `NB(mean e^ℓ,
+//! r_g)` (NBLN), with the kernels of [`crate::models::lognormal::obs`], or
+//! (LNM) `Multinomial(N_c, softmax([ℓ, 0]))` with the total `N_c ~ NB(mean
+//! μ_T, shape r_T)` ([`crate::models::lognormal::lnm`]).
 //!
-//! Globals with mean-field guides: `d_g ~ LogNormal(−4.6, 1)` (median 0.01)
-//! and, for NBLN, `r_g ~ LogNormal(ln median r̂, 1)` with `r̂_g` the
-//! method-of-moments dispersion.
+//! Globals with mean-field guides: `d ~ LogNormal(−4.6, 1)` (median 0.01);
+//! NBLN's `r_g ~ LogNormal(ln median r̂, 1)` with `r̂_g` the
+//! method-of-moments dispersion; LNM's `μ_T ~ LogNormal(ln mean N, 1)` and
+//! `r_T ~ LogNormal(ln r̂_T, 1)` with `r̂_T` the totals' moment estimate.
 //!
 //! Start: the decoder at the PCA start of the Laplace engine (`b = mean
-//! log(u + 1)`, `W = V_k S_k / √N`), `r` at `r̂`.
+//! log(u + 1)`, `W = V_k S_k / √N`, or the same of the log-ratios), `r` at
+//! `r̂`, the totals at their moment estimates.
 //!
 //! Cost per step: the encoder reads the sparse counts (`O(nnz · H)`); the
 //! decoder and the likelihood are dense over genes per cell (every gene has
@@ -33,8 +38,9 @@ use super::{latent, VaeConfig};
 use crate::data::{Batch, CountMatrix};
 use crate::dist::{Link, Prior};
 use crate::error::{CoreError, Result};
+use crate::models::lognormal::lnm::{softmax_alr, totals, CLIP};
 use crate::models::lognormal::obs::NegBin;
-use crate::models::lognormal::LnModel;
+use crate::models::lognormal::{lnm_reference, mom_dispersion, LnModel};
 use crate::models::{BlockKind, Layout};
 use crate::nn::flows::{Direction, FlowChain};
 use crate::nn::Dense;
@@ -56,23 +62,29 @@ const D_FLOOR: f64 = 1e-8;
 /// Latent values held at once by an analysis (cells × genes × draws per chunk).
 const CHUNK_VALUES: usize = 4_000_000;
 
-/// A VAE over PLN or NBLN.
+/// A VAE over PLN, NBLN or LNM.
 pub struct LnVae<'d> {
     pub model: LnModel,
     data: &'d CountMatrix,
+    /// Latents per cell: the genes, or LNM's genes but the reference.
+    pub width: usize,
+    /// LNM's reference gene.
+    pub reference: Option<usize>,
     pub cfg: VaeConfig,
     pub encoder: Encoder,
-    /// `z → ℓ̄ = b + W z`: kernel `k × G` (row-major, `W` transposed), bias `b`.
+    /// `z → ℓ̄ = b + W z`: kernel `k × width` (row-major, `W` transposed), bias `b`.
     pub dec_head: Dense,
     pub prior: Option<FlowChain>,
     input: EncoderInput,
     pub standardization: Option<Standardization>,
-    /// The globals: `d` (G), then `r` (G, NBLN).
+    /// The globals: `d` (width), then `r` (G, NBLN) or `μ_T`, `r_T` (LNM).
     layout: Layout,
     /// Prior of each block of `layout`.
     priors: Vec<Prior>,
     /// The method-of-moments `r̂` (NBLN; empty otherwise).
     r_mom: Vec<f64>,
+    /// LNM: `(ln μ̂_T, ln r̂_T)`, the totals' moment estimates.
+    ln_totals: (f64, f64),
 }
 
 /// What one block of cells contributes to a step.
@@ -84,6 +96,33 @@ struct BlockOut {
     g_sd: Vec<f64>,
     /// `∂elbo/∂r_g` (NBLN).
     g_r: Vec<f64>,
+    /// `∂elbo/∂(μ_T, r_T)` (LNM).
+    g_totals: (f64, f64),
+}
+
+/// A standard normal keyed by `(seed, cell, coord, draw)` (Box–Muller on two
+/// SplitMix64 hashes).
+fn keyed_normal(seed: u64, cell: usize, coord: usize, s: usize) -> f64 {
+    fn mix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    let key = mix(seed ^ mix(((cell as u64) << 32) ^ coord as u64) ^ mix(s as u64 ^ 0x6e6f_6973));
+    let (a, b) = (mix(key), mix(key ^ 0x5851_F42D_4C95_7F2D));
+    let u1 = ((a >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64);
+    let u2 = (b >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// `(ln mean N, ln r̂_T)`: the cells' totals' mean and moment dispersion.
+fn totals_moments(data: &CountMatrix) -> (f64, f64) {
+    let n = data.n_cells as f64;
+    let m = data.lib_size.iter().sum::<f64>() / n;
+    let v = data.lib_size.iter().map(|t| (t - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    let r = (m * m / (v - m).max(1e-3)).clamp(1e-3, 1e6);
+    (m.max(1.0).ln(), r.ln())
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -104,12 +143,6 @@ impl<'d> LnVae<'d> {
     /// to `[−7, 2]` whatever `cfg` says (as in the original).
     pub fn new(model: LnModel, data: &'d CountMatrix, mut cfg: VaeConfig) -> Result<Self> {
         cfg.log_var_clip = Some(LOG_VAR_CLIP);
-        if model == LnModel::Lnm {
-            return Err(CoreError::arg(
-                "model",
-                "the VAE of 'lnm' and 'lnmvcp' is not available yet; fit them with the Laplace engine",
-            ));
-        }
         if cfg.latent_dim == 0 || cfg.encoder_hidden.is_empty() || cfg.block == 0 {
             return Err(CoreError::arg(
                 "vae_latent_dim",
@@ -117,17 +150,19 @@ impl<'d> LnVae<'d> {
             ));
         }
         let (g, n) = (data.n_genes, data.n_cells);
-        if cfg.latent_dim + 1 > g.min(n) {
+        let reference = (model == LnModel::Lnm).then(|| lnm_reference(data));
+        let width = if reference.is_some() { g - 1 } else { g };
+        if cfg.latent_dim + 1 > width.min(n) {
             return Err(CoreError::arg(
                 "latent_dim",
                 format!(
-                    "must be below the number of genes and of cells (its start is a PCA), here at most {}",
-                    g.min(n).saturating_sub(1)
+                    "must be below the number of latent coordinates per cell and of cells (its start is a PCA), here at most {}",
+                    width.min(n).saturating_sub(1)
                 ),
             ));
         }
         let encoder = Encoder::new(g, &cfg.encoder_hidden, cfg.latent_dim, cfg.activation);
-        let dec_head = Dense::new(cfg.latent_dim, g);
+        let dec_head = Dense::new(cfg.latent_dim, width);
         let prior = match &cfg.prior {
             None => None,
             Some(fc) => {
@@ -143,19 +178,26 @@ impl<'d> LnVae<'d> {
         };
         let mut layout = Layout::default();
         let mut priors = Vec::new();
-        layout.push("d", BlockKind::Gene, g, Link::Exp, 1);
+        layout.push("d", BlockKind::Gene, width, Link::Exp, 1);
         priors.push(Prior::LogNormal {
             loc: D_PRIOR_LOC,
             scale: 1.0,
         });
         let mut r_mom = Vec::new();
         if model == LnModel::Nbln {
-            r_mom = crate::models::lognormal::mom_dispersion(data);
+            r_mom = mom_dispersion(data);
             layout.push("r", BlockKind::Gene, g, Link::Exp, 1);
             priors.push(Prior::LogNormal {
                 loc: median(&r_mom).ln(),
                 scale: 1.0,
             });
+        }
+        let ln_totals = totals_moments(data);
+        if reference.is_some() {
+            for (name, loc) in [("mu_T", ln_totals.0), ("r_T", ln_totals.1)] {
+                layout.push(name, BlockKind::Scalar, 1, Link::Exp, 1);
+                priors.push(Prior::LogNormal { loc, scale: 1.0 });
+            }
         }
         let standardization = cfg
             .standardize
@@ -164,6 +206,8 @@ impl<'d> LnVae<'d> {
         let vae = LnVae {
             model,
             data,
+            width,
+            reference,
             cfg,
             encoder,
             dec_head,
@@ -173,6 +217,7 @@ impl<'d> LnVae<'d> {
             layout,
             priors,
             r_mom,
+            ln_totals,
         };
         crate::limits::check_values("vae_encoder_hidden_dims", vae.n_params() as f64)?;
         Ok(vae)
@@ -245,44 +290,41 @@ impl<'d> LnVae<'d> {
     /// start, a flow prior at the identity.
     pub fn start(&self, rng: &mut ChaCha8Rng) -> Vec<f64> {
         let [n, a, b, c, d, e] = self.offsets();
-        let g = self.data.n_genes;
-        let k = self.cfg.latent_dim;
+        let (k, wd) = (self.cfg.latent_dim, self.width);
         let mut p = vec![0.0; e];
-        p[..g].iter_mut().for_each(|v| *v = D_PRIOR_LOC);
+        p[..wd].iter_mut().for_each(|v| *v = D_PRIOR_LOC);
         for (j, r) in self.r_mom.iter().enumerate() {
-            p[g + j] = r.ln();
+            p[wd + j] = r.ln();
+        }
+        if self.reference.is_some() {
+            (p[wd], p[wd + 1]) = self.ln_totals;
         }
         p[n..a].iter_mut().for_each(|v| *v = -2.0);
         self.encoder.init(rng, &mut p[a..b]);
-        let col_of: Vec<Option<usize>> = (0..g).map(Some).collect();
-        let (mu, w) = crate::laplace::init::centred_pca(
-            self.data,
-            &col_of,
-            g,
-            &vec![0.0; self.data.n_cells],
-            k,
-            0,
-        );
+        let (mu, w) = match self.reference {
+            None => crate::laplace::init::pln_pca(self.data, k, 0),
+            Some(rf) => crate::laplace::init::lnm_pca(self.data, rf, k, 0),
+        };
         let head = &mut p[c..d];
-        for j in 0..g {
+        for j in 0..wd {
             for t in 0..k {
-                head[t * g + j] = w[j * k + t];
+                head[t * wd + j] = w[j * k + t];
             }
         }
-        head[k * g..].copy_from_slice(&mu);
+        head[k * wd..].copy_from_slice(&mu);
         if let Some(ch) = &self.prior {
             ch.init(rng, &mut p[d..e]);
         }
         p
     }
 
-    /// `√d` (floored) and `∂√d/∂x` per gene, and `r` per gene (NBLN), from
-    /// the globals' values `x`.
+    /// `√d` (floored) and `∂√d/∂x` per latent coordinate, and `r` per gene
+    /// (NBLN) or `[μ_T, r_T]` (LNM), from the globals' values `x`.
     fn globals_of(&self, x: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-        let g = self.data.n_genes;
-        let mut sd = vec![0.0; g];
-        let mut dsd = vec![0.0; g];
-        for j in 0..g {
+        let wd = self.width;
+        let mut sd = vec![0.0; wd];
+        let mut dsd = vec![0.0; wd];
+        for j in 0..wd {
             let d = x[j].exp();
             if d > D_FLOOR {
                 sd[j] = d.sqrt();
@@ -291,10 +333,10 @@ impl<'d> LnVae<'d> {
                 sd[j] = D_FLOOR.sqrt();
             }
         }
-        let r = if self.model == LnModel::Nbln {
-            x[g..2 * g].iter().map(|v| v.exp()).collect()
-        } else {
-            Vec::new()
+        let r = match self.model {
+            LnModel::Pln => Vec::new(),
+            LnModel::Nbln => x[wd..2 * wd].iter().map(|v| v.exp()).collect(),
+            LnModel::Lnm => vec![x[wd].exp(), x[wd + 1].exp()],
         };
         (sd, dsd, r)
     }
@@ -313,7 +355,7 @@ impl<'d> LnVae<'d> {
     ) -> f64 {
         let data = self.data;
         let [n, a, b, c, d, _] = self.offsets();
-        let (k, g) = (self.cfg.latent_dim, data.n_genes);
+        let (k, wd) = (self.cfg.latent_dim, self.width);
         let (loc, log_scale) = (&v[..n], &v[n..a]);
         grad.iter_mut().for_each(|x| *x = 0.0);
         let w = batch.scale;
@@ -361,11 +403,15 @@ impl<'d> LnVae<'d> {
                 .iter_mut()
                 .zip(&bo.gz)
                 .for_each(|(a, x)| *a += x);
-            for j in 0..g {
+            for j in 0..wd {
                 gx[j] += bo.g_sd[j] * dsd[j];
             }
             for (j, gr) in bo.g_r.iter().enumerate() {
-                gx[g + j] += gr * r[j];
+                gx[wd + j] += gr * r[j];
+            }
+            if self.reference.is_some() {
+                gx[wd] += bo.g_totals.0 * r[0];
+                gx[wd + 1] += bo.g_totals.1 * r[1];
             }
         }
         lat.backward(&side, &batch.cells, &mut grad[a..b]);
@@ -403,27 +449,62 @@ impl<'d> LnVae<'d> {
         w: f64,
     ) -> BlockOut {
         let data = self.data;
-        let (k, g) = (self.cfg.latent_dim, data.n_genes);
+        let (k, g, wd) = (self.cfg.latent_dim, data.n_genes, self.width);
         let br = cells.len();
-        let mut o = vec![0.0; br * g];
+        let mut o = vec![0.0; br * wd];
         self.dec_head.forward(head, z, br, &mut o);
-        let mut g_o = vec![0.0; br * g];
+        let mut g_o = vec![0.0; br * wd];
         let nbln = self.model == LnModel::Nbln;
         let nb = nbln.then(|| NegBin::new(r));
         let mut out = BlockOut {
             elbo: 0.0,
             g_head: vec![0.0; head.len()],
             gz: vec![0.0; br * k],
-            g_sd: vec![0.0; g],
+            g_sd: vec![0.0; wd],
             g_r: vec![0.0; if nbln { g } else { 0 }],
+            g_totals: (0.0, 0.0),
         };
+        let (mut u, mut y, mut eps, mut rho) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (rr, &cc) in cells.iter().enumerate() {
             let cell = cc as usize;
             let mut rng = cell_rng(noise_seed, cell);
+            if let Some(rf) = self.reference {
+                // Multinomial over the composition, NB over the total (the
+                // N! of both cancel): Σ_g u_g ln ρ_g − Σ ln u_g! + ln NB(N).
+                u.resize(g, 0.0);
+                data.dense_row(cell, &mut u);
+                let n_tot = data.lib_size[cell];
+                let orow = &o[rr * wd..(rr + 1) * wd];
+                eps.clear();
+                eps.extend((0..wd).map(|_| rng.sample::<f64, _>(StandardNormal)));
+                y.clear();
+                y.extend((0..wd).map(|j| orow[j] + sd[j] * eps[j]));
+                rho.resize(wd, 0.0);
+                let (lse, _) = softmax_alr(&y, &mut rho);
+                let mut ll = -n_tot * lse - data.ln_fact[cell];
+                let grow = &mut g_o[rr * wd..(rr + 1) * wd];
+                for j in 0..wd {
+                    let uj = u[if j < rf { j } else { j + 1 }];
+                    ll += uj * y[j].clamp(-CLIP, CLIP);
+                    // A clipped logit moves nothing.
+                    let dl = if y[j].abs() < CLIP {
+                        uj - n_tot * rho[j]
+                    } else {
+                        0.0
+                    };
+                    grow[j] = w * dl;
+                    out.g_sd[j] += w * dl * eps[j];
+                }
+                let (lt, dmu, dr) = totals(n_tot, r[0], r[1]);
+                out.g_totals.0 += w * dmu;
+                out.g_totals.1 += w * dr;
+                out.elbo += w * (ll + lt);
+                continue;
+            }
             let (genes, counts) = data.row(cell);
             let mut next = 0;
-            let orow = &o[rr * g..(rr + 1) * g];
-            let grow = &mut g_o[rr * g..(rr + 1) * g];
+            let orow = &o[rr * wd..(rr + 1) * wd];
+            let grow = &mut g_o[rr * wd..(rr + 1) * wd];
             let mut ll = 0.0;
             for j in 0..g {
                 let u = if next < genes.len() && genes[next] as usize == j {
@@ -462,15 +543,12 @@ impl<'d> LnVae<'d> {
         out
     }
 
-    /// The globals at their guide medians: `(d, r)` (`r` empty for PLN).
+    /// The globals at their guide medians: `(d, r)` with `r` NBLN's
+    /// dispersions, LNM's `[μ_T, r_T]`, or empty (PLN).
     fn global_medians(&self, v: &[f64]) -> (Vec<f64>, Vec<f64>) {
-        let g = self.data.n_genes;
-        let d = v[..g].iter().map(|x| x.exp()).collect();
-        let r = if self.model == LnModel::Nbln {
-            v[g..2 * g].iter().map(|x| x.exp()).collect()
-        } else {
-            Vec::new()
-        };
+        let wd = self.width;
+        let d = v[..wd].iter().map(|x| x.exp()).collect();
+        let r = v[wd..self.n_global()].iter().map(|x| x.exp()).collect();
         (d, r)
     }
 
@@ -494,65 +572,76 @@ impl<'d> LnVae<'d> {
             .collect()
     }
 
-    /// Latent log-rates of `cells`: with `n = 0` one per cell, `b + W m_c`;
-    /// else `n` draws per cell, `b + W (m_c + e^{lv/2} ε₁) + √d ε₂`, each
-    /// cell's from its own stream of `seed`.
-    pub fn latents(&self, v: &[f64], cells: &[usize], n: usize, seed: u64) -> Latents {
+    /// Latent values of `cells` at the coordinates `coords` (`None`: all):
+    /// with `n = 0` one per cell, `b + W m_c`; else `n` draws per cell,
+    /// `b + W (m_c + e^{lv/2} ε₁) + √d ε₂`. `ε₁` comes from the cell's
+    /// stream of `seed`, `ε₂` from a hash of (seed, cell, coordinate, draw),
+    /// so a value does not depend on which other cells or coordinates are
+    /// drawn with it.
+    pub fn latents(
+        &self,
+        v: &[f64],
+        cells: &[usize],
+        coords: Option<&[usize]>,
+        n: usize,
+        seed: u64,
+    ) -> Latents {
         let [_, _, _, c, d, _] = self.offsets();
-        let (k, g) = (self.cfg.latent_dim, self.data.n_genes);
+        let (k, wd) = (self.cfg.latent_dim, self.width);
+        let all: Vec<usize>;
+        let coords = match coords {
+            Some(cs) => cs,
+            None => {
+                all = (0..wd).collect();
+                &all
+            }
+        };
+        let g = coords.len();
         let out = self.encode(v, cells);
         let draws = n.max(1);
         let (dvals, _) = self.global_medians(v);
-        let sd: Vec<f64> = dvals.iter().map(|x| x.max(D_FLOOR).sqrt()).collect();
-        let rows = cells.len() * draws;
-        let mut z = vec![0.0; rows * k];
-        let mut noise = vec![0.0; if n == 0 { 0 } else { rows * g }];
-        for (ci, &cell) in cells.iter().enumerate() {
-            let (m, lv) = (
-                &out[ci * 2 * k..ci * 2 * k + k],
-                &out[ci * 2 * k + k..(ci + 1) * 2 * k],
-            );
-            if n == 0 {
-                z[ci * k..(ci + 1) * k].copy_from_slice(m);
-                continue;
-            }
-            let mut rng = cell_rng(seed ^ 0x6c6e_7661, cell);
-            for s in 0..n {
-                let row = ci * n + s;
-                for q in 0..k {
-                    let e: f64 = rng.sample(StandardNormal);
-                    z[row * k + q] = m[q] + (0.5 * lv[q]).exp() * e;
-                }
-                for j in 0..g {
-                    let e: f64 = rng.sample(StandardNormal);
-                    noise[row * g + j] = sd[j] * e;
-                }
-            }
-        }
-        // Row by row in a fixed order (not one GEMM, whose blocking depends
-        // on the number of rows), so a cell's values do not depend on the
-        // cells decoded with it.
         let head = &v[c..d];
-        let (kernel, bias) = head.split_at(k * g);
-        let mut y = vec![0.0; rows * g];
-        for (row, zr) in y.chunks_exact_mut(g).zip(z.chunks_exact(k)) {
-            row.copy_from_slice(bias);
-            for (t, &zt) in zr.iter().enumerate() {
-                let wt = &kernel[t * g..(t + 1) * g];
-                row.iter_mut().zip(wt).for_each(|(a, w)| *a += zt * w);
-            }
+        let (kernel, bias) = head.split_at(k * wd);
+        let mut x = vec![0.0; cells.len() * g * draws];
+        if x.is_empty() {
+            return Latents {
+                n: draws,
+                g,
+                x,
+                eta: Vec::new(),
+            };
         }
-        // Draw-minor, as `Latents` keeps them: `(cell·g + gene)·n + s`.
-        let mut x = vec![0.0; rows * g];
-        for ci in 0..cells.len() {
-            for s in 0..draws {
-                let row = ci * draws + s;
-                for j in 0..g {
-                    let e = if n == 0 { 0.0 } else { noise[row * g + j] };
-                    x[(ci * g + j) * draws + s] = y[row * g + j] + e;
+        x.par_chunks_mut(g * draws)
+            .zip(cells.par_iter().enumerate())
+            .for_each(|(xc, (ci, &cell))| {
+                let (m, lv) = (
+                    &out[ci * 2 * k..ci * 2 * k + k],
+                    &out[ci * 2 * k + k..(ci + 1) * 2 * k],
+                );
+                let mut rng = cell_rng(seed ^ 0x6c6e_7661, cell);
+                let mut z = m.to_vec();
+                for s in 0..draws {
+                    if n > 0 {
+                        for q in 0..k {
+                            let e: f64 = rng.sample(StandardNormal);
+                            z[q] = m[q] + (0.5 * lv[q]).exp() * e;
+                        }
+                    }
+                    // Draw-minor, as `Latents` keeps them: `(cell·g + coord)·n + s`,
+                    // summed in a fixed order (not a GEMM, whose blocking
+                    // depends on the number of rows).
+                    for (jj, &j) in coords.iter().enumerate() {
+                        let mut y = bias[j];
+                        for (t, &zt) in z.iter().enumerate() {
+                            y += zt * kernel[t * wd + j];
+                        }
+                        if n > 0 {
+                            y += dvals[j].max(D_FLOOR).sqrt() * keyed_normal(seed, cell, j, s);
+                        }
+                        xc[jj * draws + s] = y;
+                    }
                 }
-            }
-        }
+            });
         Latents {
             n: draws,
             g,
@@ -562,11 +651,12 @@ impl<'d> LnVae<'d> {
     }
 
     fn obs<'a>(&self, r: &'a [f64]) -> LnObs<'a> {
+        let lnm = self.reference.is_some();
         LnObs {
             model: self.model,
-            r,
-            totals: &[],
-            reference: None,
+            r: if lnm { &[] } else { r },
+            totals: if lnm { r } else { &[] },
+            reference: self.reference,
         }
     }
 
@@ -595,7 +685,7 @@ impl<'d> LnVae<'d> {
             By::Gene => vec![0.0; self.data.n_genes * nn],
         };
         for cells in all.chunks(self.chunk(n)) {
-            let lat = self.latents(v, cells, n, seed);
+            let lat = self.latents(v, cells, None, n, seed);
             let part = lnpost::loglik(&obs, self.data, &lat, cells, by, ctl)?;
             match by {
                 By::Cell => out.extend(part),
@@ -622,16 +712,33 @@ impl<'d> LnVae<'d> {
         crate::limits::check_values("n_samples", (cells.len() * genes.len()) as f64 * n as f64)?;
         let (_, r) = self.global_medians(v);
         let obs = self.obs(&r);
+        let nl = if point { 0 } else { n };
         let mut out = Vec::with_capacity(cells.len() * genes.len() * n);
-        for chunk in cells.chunks(self.chunk(n)) {
-            let lat = self.latents(v, chunk, if point { 0 } else { n }, seed);
-            out.extend(lnpost::predictive(&obs, &lat, chunk, genes, n, seed, ctl)?);
+        // PLN and NBLN: genes are independent given the latents, so only
+        // the asked-for genes are decoded; LNM's composition needs them all.
+        let (coords, sub): (Option<&[usize]>, Vec<usize>) = match self.reference {
+            None => (Some(genes), (0..genes.len()).collect()),
+            Some(_) => (None, genes.to_vec()),
+        };
+        let sub_r: Vec<f64> = match (self.model, coords) {
+            (LnModel::Nbln, Some(gs)) => gs.iter().map(|&j| r[j]).collect(),
+            _ => r.clone(),
+        };
+        let obs = if self.model == LnModel::Nbln {
+            LnObs { r: &sub_r, ..obs }
+        } else {
+            obs
+        };
+        for chunk in cells.chunks(self.chunk(n.min(64))) {
+            let lat = self.latents(v, chunk, coords, nl, seed);
+            out.extend(lnpost::predictive(&obs, &lat, chunk, &sub, n, seed, ctl)?);
         }
         Ok(out)
     }
 
-    /// `n` draws (`n = 0`: the point estimate) of the latent log-rates of
-    /// `genes` for each of `cells`: `(s, cell, gene)` at `(cell·|genes| + gene)·n + s`.
+    /// `n` draws (`n = 0`: the point estimate) of the latent coordinates
+    /// `coords` (genes; LNM: the log-ratios, indexed without the reference)
+    /// for each of `cells`: `(s, cell, coord)` at `(cell·|coords| + coord)·n + s`.
     pub fn latent_draws(
         &self,
         v: &[f64],
@@ -644,22 +751,17 @@ impl<'d> LnVae<'d> {
         crate::limits::check_values("n_samples", (cells.len() * genes.len()) as f64 * nn as f64)?;
         let mut out = Vec::with_capacity(cells.len() * genes.len() * nn);
         for chunk in cells.chunks(self.chunk(n)) {
-            let lat = self.latents(v, chunk, n, seed);
-            for ci in 0..chunk.len() {
-                for &j in genes {
-                    let at = (ci * lat.g + j) * nn;
-                    out.extend_from_slice(&lat.x[at..at + nn]);
-                }
-            }
+            out.extend(self.latents(v, chunk, Some(genes), n, seed).x);
         }
         Ok(out)
     }
 
-    /// The population parameters at their point estimates: `b` (G), `W`
-    /// (`G × k`, row-major), `d` (G) and `r` (G, NBLN).
+    /// The population parameters at their point estimates: `b` (width),
+    /// `W` (`width × k`, row-major), `d` (width) and `r` (G, NBLN) or
+    /// `[μ_T, r_T]` (LNM).
     pub fn population(&self, v: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
         let [_, _, _, c, d, _] = self.offsets();
-        let (k, g) = (self.cfg.latent_dim, self.data.n_genes);
+        let (k, g) = (self.cfg.latent_dim, self.width);
         let head = &v[c..d];
         let mut w = vec![0.0; g * k];
         for j in 0..g {

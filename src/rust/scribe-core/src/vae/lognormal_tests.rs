@@ -73,8 +73,10 @@ fn loss_gradient_matches_finite_differences() {
     let cases = [
         (LnModel::Pln, None, false),
         (LnModel::Nbln, None, true),
+        (LnModel::Lnm, None, true),
         (LnModel::Pln, Some(flow.clone()), true),
-        (LnModel::Nbln, Some(flow), false),
+        (LnModel::Nbln, Some(flow.clone()), false),
+        (LnModel::Lnm, Some(flow), false),
     ];
     for (model, prior, standardize) in cases {
         let data = leak(simulate(6, 9, 2, (model == LnModel::Nbln).then_some(&r[..]), 4).0);
@@ -113,7 +115,7 @@ fn loss_gradient_matches_finite_differences() {
 }
 
 #[test]
-fn lnm_and_bad_latent_dims_are_argument_errors() {
+fn bad_latent_dims_are_argument_errors() {
     let data = leak(simulate(6, 9, 2, None, 4).0);
     let err = |m, k| {
         LnVae::new(
@@ -128,8 +130,9 @@ fn lnm_and_bad_latent_dims_are_argument_errors() {
         .unwrap()
         .to_string()
     };
-    assert!(err(LnModel::Lnm, 2).contains("not available yet"));
     assert!(err(LnModel::Pln, 6).contains("latent_dim"));
+    // LNM has one latent coordinate fewer than genes.
+    assert!(err(LnModel::Lnm, 5).contains("at most 4"));
     assert!(err(LnModel::Pln, 0).contains("vae_latent_dim"));
 }
 
@@ -271,7 +274,7 @@ fn analyses_read_each_cells_decoded_log_rates_in_any_chunking() {
     let cells: Vec<usize> = (0..30).collect();
     // Point log-likelihood by cell: the NB pmf at b + W m_c.
     let ll = vae.log_likelihood(&v, By::Cell, 0, 1, Ctl::none()).unwrap();
-    let lat = vae.latents(&v, &cells, 0, 1);
+    let lat = vae.latents(&v, &cells, None, 0, 1);
     let (_, _, _, r) = vae.population(&v);
     let nb = NegBin::new(&r);
     let mut u = vec![0.0; 7];
@@ -292,6 +295,10 @@ fn analyses_read_each_cells_decoded_log_rates_in_any_chunking() {
     let all = vae.latent_draws(&v, &cells, &[1, 4], 5, 9).unwrap();
     let one = vae.latent_draws(&v, &[17], &[1, 4], 5, 9).unwrap();
     assert_eq!(&all[17 * 10..18 * 10], &one[..]);
+    // ... nor on which other genes are.
+    let every = vae.latent_draws(&v, &[17], &[0, 1, 2, 3, 4, 5, 6], 5, 9).unwrap();
+    assert_eq!(&every[5..10], &one[..5]);
+    assert_eq!(&every[20..25], &one[5..]);
     let pa = vae
         .predictive(&v, &cells, &[0, 6], 4, false, 2, Ctl::none())
         .unwrap();
@@ -307,4 +314,75 @@ fn analyses_read_each_cells_decoded_log_rates_in_any_chunking() {
         "mean draw {m} vs point {}",
         lat.x[3 * 7 + 2]
     );
+}
+
+#[test]
+fn lnm_recovers_the_log_ratio_span_and_the_totals() {
+    // PLN counts are LNM counts: totals Poisson-lognormal, composition
+    // softmax of the log-rates; the log-ratios against the reference are
+    // μ_g − μ_ref + (W_g − W_ref) z.
+    let (g, n, k) = (30, 800, 2);
+    let (data, mu, w) = simulate(g, n, k, None, 11);
+    let data = leak(data);
+    let (vae, v, _) = train(LnModel::Lnm, data, k, 1500, 4);
+    let rf = vae.reference.unwrap();
+    let (b, wf, _, tot) = vae.population(&v);
+    let keep: Vec<usize> = (0..g).filter(|&j| j != rf).collect();
+    let mu_alr: Vec<f64> = keep.iter().map(|&j| mu[j] - mu[rf]).collect();
+    let w_alr: Vec<f64> = keep
+        .iter()
+        .flat_map(|&j| (0..k).map(move |t| (j, t)))
+        .map(|(j, t)| w[j * k + t] - w[rf * k + t])
+        .collect();
+    let err = b
+        .iter()
+        .zip(&mu_alr)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    assert!(err < 0.3, "max |b - mu_alr| = {err}");
+    let tr = span_overlap(&w_alr, &wf, g - 1, k);
+    assert!(tr > 0.9 * k as f64, "sum of cos² of principal angles {tr}");
+    let mean_total = data.lib_size.iter().sum::<f64>() / n as f64;
+    assert!(
+        (tot[0] / mean_total - 1.0).abs() < 0.1,
+        "mu_T {} vs mean total {mean_total}",
+        tot[0]
+    );
+}
+
+#[test]
+fn lnm_log_likelihoods_are_the_multinomial_and_the_nb_of_the_total() {
+    let data = leak(simulate(6, 20, 2, None, 2).0);
+    let vae = LnVae::new(LnModel::Lnm, data, small(None)).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let v = vae.start(&mut rng);
+    let rf = vae.reference.unwrap();
+    let cells: Vec<usize> = (0..20).collect();
+    let ll = vae.log_likelihood(&v, By::Cell, 0, 1, Ctl::none()).unwrap();
+    let lat = vae.latents(&v, &cells, None, 0, 1);
+    let (_, _, _, tot) = vae.population(&v);
+    let mut u = vec![0.0; 6];
+    for c in 0..20 {
+        data.dense_row(c, &mut u);
+        let mut logits: Vec<f64> = lat.x[c * 5..(c + 1) * 5].to_vec();
+        logits.insert(rf, 0.0);
+        let lse = logits.iter().map(|x| x.exp()).sum::<f64>().ln();
+        let n_tot: f64 = u.iter().sum();
+        let lfact = |x: f64| crate::math::lgamma(x + 1.0);
+        let multinom = lfact(n_tot) - u.iter().map(|&x| lfact(x)).sum::<f64>()
+            + u.iter()
+                .zip(&logits)
+                .map(|(x, l)| x * (l - lse))
+                .sum::<f64>();
+        let (mu_t, r_t) = (tot[0], tot[1]);
+        let p = r_t / (r_t + mu_t);
+        let nb = crate::math::lgamma(n_tot + r_t) - crate::math::lgamma(r_t) - lfact(n_tot)
+            + r_t * p.ln()
+            + n_tot * (1.0 - p).ln();
+        let want = multinom + nb;
+        assert!(
+            (ll[c] - want).abs() < 1e-9 * want.abs(),
+            "cell {c}: {} vs {want}",
+            ll[c]
+        );
+    }
 }

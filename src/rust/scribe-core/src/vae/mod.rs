@@ -25,7 +25,7 @@
 //!
 //! Scope of this version: nbdm, nbvcp, zinb, zinbvcp without mixtures,
 //! hierarchies, BNB or datasets (each is an argument error naming what is
-//! not available); PLN and NBLN in [`lognormal`] (a linear decoder). Both
+//! not available); PLN, NBLN and LNM in [`lognormal`] (a linear decoder). Both
 //! share the latent side ([`latent`]) and the training loop
 //! ([`fit::Objective`]).
 

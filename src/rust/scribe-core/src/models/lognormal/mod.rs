@@ -79,3 +79,12 @@ pub fn mom_dispersion(data: &crate::data::CountMatrix) -> Vec<f64> {
         })
         .collect()
 }
+
+/// LNM's reference gene: the one with the most counts (the most stable ratios).
+pub fn lnm_reference(data: &crate::data::CountMatrix) -> usize {
+    let mut tot = vec![0.0; data.n_genes];
+    for (p, &gi) in data.gene_idx.iter().enumerate() {
+        tot[gi as usize] += data.counts[p] as f64;
+    }
+    (0..data.n_genes).fold(0, |b, i| if tot[i] > tot[b] { i } else { b })
+}
