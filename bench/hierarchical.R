@@ -5,7 +5,8 @@
 # the central 50 / 80 / 95 % posterior predictive bands (100 draws, 500
 # genes drawn at random from the 2000, the same for every model).
 # A VAE row shows what per-cell r (a decoder of each cell's embedding) does
-# to the same calibration.
+# to the same calibration; the log-normal VAE rows show the latent-log-rate
+# models.
 # Usage: Rscript bench/hierarchical.R [path to shared/data] [threads] [n_steps] [rows (regex)]
 suppressPackageStartupMessages({ library(scribeR); library(Matrix) })
 args <- commandArgs(trailingOnly = TRUE)
@@ -39,9 +40,9 @@ calibration <- function(fit) {
   levels <- c(50, 80, 95)
   hits <- array(0, c(3, 3), dimnames = list(c("mean", "variance", "zero fraction"), paste0(levels, "%")))
   for (chunk in split(check_genes, ceiling(seq_along(check_genes) / 100))) {
-    # A VAE decodes each cell from its counts.
+    # VAE and Laplace fits read each cell's counts.
     pp <- posterior_predictive(fit, n_samples = 100, genes = rownames(x)[chunk], seed = 2,
-                               x = if (is(fit, "ScribeVAEResults")) x)
+                               x = if (!is(fit, "ScribeLayoutResults")) x)
     obs <- as.matrix(x[chunk, , drop = FALSE])
     stat <- list(mean = function(a, d) apply(a, d, mean), variance = function(a, d) apply(a, d, stats::var),
                  "zero fraction" = function(a, d) apply(a == 0, d, mean))
@@ -76,7 +77,11 @@ runs <- list(
   "zinbvcp" = list(model = "zinbvcp"),
   "zinbvcp, gene-specific p" = list(model = "zinbvcp", priors = list(probability = "gaussian")),
   "zinbvcp, gate hierarchy" = list(model = "zinbvcp", priors = list(zero_inflation = "gaussian")),
-  "nbvcp, VAE (latent_dim 10)" = list(model = "nbvcp", inference_method = "vae", latent_dim = 10)
+  "nbvcp, VAE (latent_dim 10)" = list(model = "nbvcp", inference_method = "vae", latent_dim = 10),
+  # The log-normal family: latent log-rates (log-ratios for LNM) per cell.
+  "pln, VAE (latent_dim 10)" = list(model = "pln", inference_method = "vae", latent_dim = 10),
+  "nbln, VAE (latent_dim 10)" = list(model = "nbln", inference_method = "vae", latent_dim = 10),
+  "lnm, VAE (latent_dim 10)" = list(model = "lnm", inference_method = "vae", latent_dim = 10)
 )
 runs <- runs[grepl(rows, names(runs))]
 base <- NULL

@@ -46,21 +46,25 @@ impl LnObs<'_> {
         rho
     }
 
-    /// One LNM count vector: total `N ~ NB(mean μ_T e^{−η}, r_T)`, then
-    /// `Multinomial(N, ρ)` by sequential binomials.
-    fn lnm_draw(&self, y: &[f64], eta: f64, rng: &mut ChaCha8Rng) -> Vec<f64> {
+    /// The counts of `genes` (distinct) in one LNM draw: total `N ~ NB(mean
+    /// μ_T e^{−η}, r_T)`, then the genes' share of `Multinomial(N, ρ)` by
+    /// sequential binomials over `genes` only (their joint law is the
+    /// multinomial's marginal; the other genes are never drawn).
+    fn lnm_draw(&self, y: &[f64], eta: f64, genes: &[usize], rng: &mut ChaCha8Rng) -> Vec<f64> {
         let rho = self.composition(y);
         let (mu_t, r_t) = (self.totals[0], self.totals[1]);
         let mean = mu_t * (-eta).clamp(-30.0, 30.0).exp();
         let lam = draw::gamma(rng, r_t, mean / r_t);
         let mut left = draw::poisson(rng, lam) as u64;
         let mut rest = 1.0;
-        let mut out = vec![0.0; rho.len()];
-        for (i, &p) in rho.iter().enumerate() {
+        let every = genes.len() == rho.len();
+        let mut out = vec![0.0; genes.len()];
+        for (i, &gi) in genes.iter().enumerate() {
             if left == 0 {
                 break;
             }
-            let q = if i + 1 == rho.len() {
+            let p = rho[gi];
+            let q = if every && i + 1 == rho.len() {
                 1.0
             } else {
                 (p / rest).clamp(0.0, 1.0)
@@ -126,6 +130,16 @@ pub fn predictive(
     let ng = genes.len();
     crate::limits::check_values("n_samples", (cells.len() * ng) as f64 * n as f64)?;
     let work = ctl.work(cells.len());
+    // LNM draws only the asked-for genes when they are distinct, else all.
+    let distinct = {
+        let mut seen = std::collections::HashSet::new();
+        genes.iter().all(|g| seen.insert(*g)).then_some(genes)
+    };
+    let all: Vec<usize> = if distinct.is_none() && obs.model == LnModel::Lnm {
+        (0..lat.g + 1).collect()
+    } else {
+        Vec::new()
+    };
     let out: Vec<Vec<f64>> = cells
         .par_iter()
         .enumerate()
@@ -139,9 +153,15 @@ pub fn predictive(
             if obs.model == LnModel::Lnm {
                 for s in 0..n {
                     let y = lat.row(ci, s);
-                    let counts = obs.lnm_draw(&y, lat.eta(ci, s), &mut rng);
+                    let counts = match &distinct {
+                        Some(gs) => obs.lnm_draw(&y, lat.eta(ci, s), gs, &mut rng),
+                        None => obs.lnm_draw(&y, lat.eta(ci, s), &all, &mut rng),
+                    };
                     for (j, &gi) in genes.iter().enumerate() {
-                        v[j * n + s] = counts[gi];
+                        v[j * n + s] = match &distinct {
+                            Some(_) => counts[j],
+                            None => counts[gi],
+                        };
                     }
                 }
                 return v;

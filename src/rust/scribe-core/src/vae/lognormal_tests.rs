@@ -296,7 +296,9 @@ fn analyses_read_each_cells_decoded_log_rates_in_any_chunking() {
     let one = vae.latent_draws(&v, &[17], &[1, 4], 5, 9).unwrap();
     assert_eq!(&all[17 * 10..18 * 10], &one[..]);
     // ... nor on which other genes are.
-    let every = vae.latent_draws(&v, &[17], &[0, 1, 2, 3, 4, 5, 6], 5, 9).unwrap();
+    let every = vae
+        .latent_draws(&v, &[17], &[0, 1, 2, 3, 4, 5, 6], 5, 9)
+        .unwrap();
     assert_eq!(&every[5..10], &one[..5]);
     assert_eq!(&every[20..25], &one[5..]);
     let pa = vae
@@ -383,6 +385,41 @@ fn lnm_log_likelihoods_are_the_multinomial_and_the_nb_of_the_total() {
             (ll[c] - want).abs() < 1e-9 * want.abs(),
             "cell {c}: {} vs {want}",
             ll[c]
+        );
+    }
+}
+
+#[test]
+fn lnm_predictive_of_some_genes_has_the_multinomials_marginal_law() {
+    let data = leak(simulate(6, 20, 2, None, 2).0);
+    let vae = LnVae::new(LnModel::Lnm, data, small(None)).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let v = vae.start(&mut rng);
+    let n = 4000;
+    let every = vae
+        .predictive(&v, &[3], &[0, 1, 2, 3, 4, 5], n, true, 1, Ctl::none())
+        .unwrap();
+    let some = vae
+        .predictive(&v, &[3], &[4, 1], n, true, 2, Ctl::none())
+        .unwrap();
+    let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+    let sd =
+        |x: &[f64]| (x.iter().map(|v| (v - mean(x)).powi(2)).sum::<f64>() / x.len() as f64).sqrt();
+    for (j, gi) in [(0usize, 4usize), (1, 1)] {
+        let (a, b) = (&every[gi * n..(gi + 1) * n], &some[j * n..(j + 1) * n]);
+        // Means within 5 standard errors, spreads within 10 %.
+        let se = sd(a) * (2.0 / n as f64).sqrt();
+        assert!(
+            (mean(a) - mean(b)).abs() < 5.0 * se,
+            "gene {gi}: {} vs {}",
+            mean(a),
+            mean(b)
+        );
+        assert!(
+            (sd(a) / sd(b) - 1.0).abs() < 0.1,
+            "gene {gi}: sd {} vs {}",
+            sd(a),
+            sd(b)
         );
     }
 }
