@@ -317,6 +317,19 @@ pub fn digamma_diff(n: u32, r: f64) -> f64 {
     }
 }
 
+/// `ln(1 + t)` for `t ∈ [0, 1]`, to a relative 1e-12: a four-term series
+/// below 1e-4, glibc's `log` of `1 + t` above (several times faster than
+/// its `log1p`; for `t ≥ 1e-4` the rounding of `1 + t` costs at most
+/// 1.2e-12 relative).
+#[inline]
+pub fn ln_1p_unit(t: f64) -> f64 {
+    if t < 1e-4 {
+        t * (1.0 - t * (0.5 - t * (1.0 / 3.0 - 0.25 * t)))
+    } else {
+        (1.0 + t).ln()
+    }
+}
+
 /// `ln(1 + e^x)` without overflow.
 #[inline]
 pub fn softplus(x: f64) -> f64 {
@@ -450,6 +463,15 @@ pub fn normal_quantile(v: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ln_1p_unit_is_log1p_to_a_relative_1e12() {
+        for i in 0..=4000 {
+            let t = 10f64.powf(-20.0 + 20.0 * i as f64 / 4000.0);
+            let (a, b) = (ln_1p_unit(t), t.ln_1p());
+            assert!((a - b).abs() <= 1.2e-12 * b, "t = {t}: {a} vs {b}");
+        }
+    }
     use statrs::function::gamma as sg;
 
     /// The running-product sum of logs equals the plain sum, across values

@@ -38,6 +38,7 @@ use super::{latent, VaeConfig};
 use crate::data::{Batch, CountMatrix};
 use crate::dist::{Link, Prior};
 use crate::error::{CoreError, Result};
+use crate::math::{digamma_diff_scaled, lgamma_diff_scaled};
 use crate::models::lognormal::lnm::{softmax_alr, totals, CLIP};
 use crate::models::lognormal::obs::NegBin;
 use crate::models::lognormal::{lnm_reference, mom_dispersion, LnModel};
@@ -414,6 +415,24 @@ impl<'d> LnVae<'d> {
                 gx[wd + 1] += bo.g_totals.1 * r[1];
             }
         }
+        if self.model == LnModel::Nbln {
+            // NBLN's terms in the counts and r alone, `lnΓ(u + r) − lnΓ(r) −
+            // u ln r`, over each gene's count histogram in the batch.
+            let mut counts_part = 0.0;
+            for (j, &rj) in r.iter().enumerate() {
+                let rf = rj.max(1e-6);
+                for p in data.gene_pair_ptr[j]..data.gene_pair_ptr[j + 1] {
+                    let m = batch.pair_weight[p];
+                    if m == 0.0 {
+                        continue;
+                    }
+                    let n = data.pair_count[p];
+                    counts_part += m * lgamma_diff_scaled(n, rf);
+                    gx[wd + j] += w * m * digamma_diff_scaled(n, rf) * rj;
+                }
+            }
+            elbo += w * counts_part;
+        }
         lat.backward(&side, &batch.cells, &mut grad[a..b]);
         // Globals' guide: prior and entropy weighted by β, the likelihood's
         // gradient through the draw unweighted.
@@ -524,7 +543,9 @@ impl<'d> LnVae<'d> {
                         u - lam
                     }
                     Some(nb) => {
-                        let (value, dl, dr) = nb.value_dell_dr(j, u, ell);
+                        // The count-only terms are summed per gene histogram
+                        // in `loss_and_grad`.
+                        let (value, dl, dr) = nb.rate_terms(j, u, ell);
                         ll += value;
                         out.g_r[j] += w * dr;
                         dl
@@ -533,10 +554,7 @@ impl<'d> LnVae<'d> {
                 grow[j] = w * dl;
                 out.g_sd[j] += w * dl * e;
             }
-            if !nbln {
-                ll -= data.ln_fact[cell];
-            }
-            out.elbo += w * ll;
+            out.elbo += w * (ll - data.ln_fact[cell]);
         }
         self.dec_head
             .backward(head, z, &g_o, br, &mut out.g_head, Some(&mut out.gz));
