@@ -83,31 +83,7 @@ impl Vae<'_> {
     /// The parameter vector from its named pieces (the inverse of
     /// [`Vae::split`]), each checked against this architecture.
     pub fn join(&self, pieces: &[(&str, &[f64])]) -> Result<Vec<f64>> {
-        let [n, a, b, c, d, e] = self.offsets();
-        let want = [
-            ("global_loc", n),
-            ("global_log_scale", a - n),
-            ("encoder", b - a),
-            ("decoder", c - b),
-            ("decoder_head", d - c),
-            ("prior_flow", e - d),
-        ];
-        let mut v = Vec::with_capacity(e);
-        for (name, len) in want {
-            let got = pieces.iter().find(|(n, _)| *n == name).map(|(_, x)| *x);
-            match got {
-                Some(x) if x.len() == len => v.extend_from_slice(x),
-                _ => {
-                    return Err(CoreError::arg(
-                        "fit",
-                        format!(
-                        "its VAE parameters '{name}' do not match its architecture ({len} values)"
-                    ),
-                    ))
-                }
-            }
-        }
-        Ok(v)
+        super::join_pieces(self.offsets(), pieces)
     }
 
     /// The factor from the decoder's output to `r` at success probability

@@ -48,7 +48,6 @@ use crate::nn::Dense;
 use crate::posterior::lognormal::{self as lnpost, cell_rng, Latents, LnObs};
 use crate::posterior::By;
 use crate::progress::Ctl;
-use crate::svi::guide::mean_field::{mf_term, KlCache};
 use rand::rngs::ChaCha8Rng;
 use rand::RngExt;
 use rand_distr::StandardNormal;
@@ -251,39 +250,12 @@ impl<'d> LnVae<'d> {
 
     /// The parameter vector in named pieces (what results store).
     pub fn split<'v>(&self, v: &'v [f64]) -> Vec<(&'static str, &'v [f64])> {
-        let [n, a, b, c, d, e] = self.offsets();
-        vec![
-            ("global_loc", &v[..n]),
-            ("global_log_scale", &v[n..a]),
-            ("encoder", &v[a..b]),
-            ("decoder", &v[b..c]),
-            ("decoder_head", &v[c..d]),
-            ("prior_flow", &v[d..e]),
-        ]
+        super::split_pieces(self.offsets(), v)
     }
 
     /// The parameter vector from named pieces, each checked against this architecture.
     pub fn join(&self, pieces: &[(&str, &[f64])]) -> Result<Vec<f64>> {
-        let mut v = Vec::with_capacity(self.n_params());
-        for (name, want) in self.split(&vec![0.0; self.n_params()]) {
-            let got = pieces
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, x)| *x)
-                .unwrap_or(&[]);
-            if got.len() != want.len() {
-                return Err(CoreError::arg(
-                    "fit",
-                    format!(
-                        "its '{name}' has {} values where this architecture needs {}",
-                        got.len(),
-                        want.len()
-                    ),
-                ));
-            }
-            v.extend_from_slice(got);
-        }
-        Ok(v)
+        super::join_pieces(self.offsets(), pieces)
     }
 
     /// Starting parameters: `d` at its prior median and `r` at `r̂`
@@ -436,23 +408,11 @@ impl<'d> LnVae<'d> {
         lat.backward(&side, &batch.cells, &mut grad[a..b]);
         // Globals' guide: prior and entropy weighted by β, the likelihood's
         // gradient through the draw unweighted.
-        let mut cache = KlCache::default();
-        let (g_loc, rest) = grad.split_at_mut(n);
-        let g_ls = &mut rest[..n];
-        for (bi, blk) in self.layout.blocks.iter().enumerate() {
-            for i in blk.range() {
-                let s = log_scale[i].exp();
-                let (de, gl, gs) = mf_term(
-                    self.priors[bi],
-                    blk.link,
-                    (loc[i], log_scale[i], s, eps[i], x[i], 0.0, beta),
-                    &mut cache,
-                );
-                elbo += de;
-                g_loc[i] = gl - gx[i];
-                g_ls[i] = gs - gx[i] * s * eps[i];
-            }
-        }
+        let coords = self.layout.blocks.iter().enumerate().flat_map(|(bi, blk)| {
+            blk.range()
+                .map(move |i| (i, self.priors[bi], blk.link, beta))
+        });
+        elbo += super::global_guide_terms(coords, [loc, log_scale, &eps, &x, &gx], grad);
         grad[a..].iter_mut().for_each(|x| *x = -*x);
         -elbo
     }

@@ -443,21 +443,13 @@ impl<'m> Vae<'m> {
         }
         // Globals' guide: the prior and entropy weighted by β, the
         // likelihood's gradient through the draw unweighted.
-        let mut cache = KlCache::default();
-        let (g_loc, rest) = grad.split_at_mut(n);
-        let g_ls = &mut rest[..n];
-        for &(bi, j, i, wi) in &active {
-            let s = log_scale[i].exp();
-            let (de, gl, gs) = mf_term(
-                model.prior(bi, j),
-                lay.blocks[bi].link,
-                (loc[i], log_scale[i], s, eps[i], x[i], 0.0, beta * wi),
-                &mut cache,
-            );
-            elbo += de;
-            g_loc[i] = gl - gx[i];
-            g_ls[i] = gs - gx[i] * s * eps[i];
-        }
+        elbo += global_guide_terms(
+            active
+                .iter()
+                .map(|&(bi, j, i, wi)| (i, model.prior(bi, j), lay.blocks[bi].link, beta * wi)),
+            [loc, log_scale, &eps, &x, &gx],
+            grad,
+        );
         // Encoder, decoder and prior gradients were accumulated as ∂elbo.
         grad[a..].iter_mut().for_each(|x| *x = -*x);
         -elbo
@@ -589,16 +581,86 @@ impl<'m> Vae<'m> {
 
     /// The parameter vector `v` in named pieces (what results store).
     pub fn split<'v>(&self, v: &'v [f64]) -> Vec<(&'static str, &'v [f64])> {
-        let [n, a, b, c, d, e] = self.offsets();
-        vec![
-            ("global_loc", &v[..n]),
-            ("global_log_scale", &v[n..a]),
-            ("encoder", &v[a..b]),
-            ("decoder", &v[b..c]),
-            ("decoder_head", &v[c..d]),
-            ("prior_flow", &v[d..e]),
-        ]
+        split_pieces(self.offsets(), v)
     }
+}
+
+/// The names of a VAE's parameter pieces, in order (see [`split_pieces`]).
+const PIECES: [&str; 6] = [
+    "global_loc",
+    "global_log_scale",
+    "encoder",
+    "decoder",
+    "decoder_head",
+    "prior_flow",
+];
+
+/// A VAE's parameter vector in named pieces, from the ends of
+/// `[loc | log_scale | encoder | decoder mlp | decoder head | prior]`.
+fn split_pieces(ends: [usize; 6], v: &[f64]) -> Vec<(&'static str, &[f64])> {
+    let mut start = 0;
+    PIECES
+        .iter()
+        .zip(ends)
+        .map(|(&name, end)| {
+            let piece = (name, &v[start..end]);
+            start = end;
+            piece
+        })
+        .collect()
+}
+
+/// The parameter vector from named pieces, each checked against the ends
+/// of an architecture (see [`split_pieces`]).
+fn join_pieces(ends: [usize; 6], pieces: &[(&str, &[f64])]) -> Result<Vec<f64>> {
+    let mut v = Vec::with_capacity(ends[5]);
+    let mut start = 0;
+    for (&name, end) in PIECES.iter().zip(ends) {
+        let len = end - start;
+        match pieces.iter().find(|(n, _)| *n == name).map(|(_, x)| *x) {
+            Some(x) if x.len() == len => v.extend_from_slice(x),
+            _ => {
+                return Err(CoreError::arg(
+                    "fit",
+                    format!(
+                        "its VAE parameters '{name}' do not match its architecture ({len} values)"
+                    ),
+                ))
+            }
+        }
+        start = end;
+    }
+    Ok(v)
+}
+
+/// The globals' mean-field guide terms of one step: for each coordinate
+/// `(i, prior, link, weight)` drawn as `x = loc + e^{log_scale} ε`, the
+/// prior and entropy (weighted) and the likelihood's gradient `gx` through
+/// the draw (unweighted), as loss gradients into `grad[..n]` (loc) and
+/// `grad[n..2n]` (log-scale). Returns their ELBO share.
+fn global_guide_terms(
+    coords: impl Iterator<Item = (usize, crate::dist::Prior, Link, f64)>,
+    [loc, log_scale, eps, x, gx]: [&[f64]; 5],
+    grad: &mut [f64],
+) -> f64 {
+    let n = loc.len();
+    let mut cache = KlCache::default();
+    let (g_loc, rest) = grad.split_at_mut(n);
+    let g_ls = &mut rest[..n];
+    let mut elbo = 0.0;
+    for (i, prior, link, wi) in coords {
+        let s = log_scale[i].exp();
+        let (de, gl, gs) = mf_term(
+            prior,
+            link,
+            (loc[i], log_scale[i], s, eps[i], x[i], 0.0, wi),
+            &mut cache,
+        );
+        elbo += de;
+        g_loc[i] = gl - gx[i];
+        g_ls[i] = gs - gx[i] * s * eps[i];
+    }
+    elbo
 }
 
 /// Encoder means and log-variances (`cells × latent` each, row-major) of
