@@ -116,6 +116,22 @@ fn odds(l: f64) -> f64 {
     l.exp()
 }
 
+/// The index of the `p` coordinate of component `k`, gene `g` in the
+/// scalar block: `k·stride_k + g·stride_g` (component-specific `p`: one row
+/// per component; gene-specific: one column per gene).
+#[derive(Debug, Clone, Copy)]
+struct PIndex {
+    stride_k: usize,
+    stride_g: usize,
+}
+
+impl PIndex {
+    #[inline]
+    fn at(self, k: usize, g: usize) -> usize {
+        k * self.stride_k + g * self.stride_g
+    }
+}
+
 /// Per-step quantities of one evaluation.
 struct Step {
     /// `p_kg/(1−p_kg)` per (component, gene).
@@ -136,14 +152,16 @@ impl NbModel<'_> {
         4 * k * g + k
     }
 
-    /// Index of the `p` coordinate of component `k`, gene `g` in the scalar block.
-    fn p_index(&self, k: usize, g: usize) -> usize {
+    /// Where the `p` coordinate of each (component, gene) sits in the scalar
+    /// block; asked once per evaluation (the spec's checks walk its
+    /// hierarchies), not per coordinate.
+    fn p_index(&self) -> PIndex {
         let m = self.spec.mixture.expect("mixture");
-        let kp = if m.scalar { k } else { 0 };
-        if self.spec.gene_specific_p() {
-            kp * self.data.n_genes + g
-        } else {
-            kp
+        let gene = self.spec.gene_specific_p();
+        let per_k = if gene { self.data.n_genes } else { 1 };
+        PIndex {
+            stride_k: if m.scalar { per_k } else { 0 },
+            stride_g: usize::from(gene),
         }
     }
 
@@ -159,11 +177,12 @@ impl NbModel<'_> {
         for j in 0..gb.len {
             (ws.theta[j], ws.dtheta[j]) = gb.link.forward_deriv(x[gb.offset + j]);
         }
+        let pidx = self.p_index();
         for k in 0..k_n {
             let kg = if m.gene { k } else { 0 };
             for g in 0..g_n {
                 let j = k * g_n + g;
-                let xs = x[sb.offset + self.p_index(k, g)];
+                let xs = x[sb.offset + pidx.at(k, g)];
                 let q = self.gene_params(xs, ws.theta[kg * g_n + g], ws.dtheta[kg * g_n + g]);
                 (ws.lpg[j], ws.r[j], ws.dphig[j]) = (q.lp, q.r, q.dphi);
             }
@@ -432,12 +451,13 @@ impl NbModel<'_> {
         }
         let gb = lay.blocks[self.b_gene].offset;
         let sb = lay.blocks[self.b_scalar].offset;
+        let pidx = self.p_index();
         for k in 0..k_n {
             let kg = if m.gene { k } else { 0 };
             for g in 0..g_n {
                 let j = k * g_n + g;
                 let (gr, gl) = (s * ws.g_r[j], s * ws.g_lpg[j]);
-                let (ig, ip) = (gb + kg * g_n + g, sb + self.p_index(k, g));
+                let (ig, ip) = (gb + kg * g_n + g, sb + pidx.at(k, g));
                 let q = GeneParams {
                     lp: ws.lpg[j],
                     r: ws.r[j],
