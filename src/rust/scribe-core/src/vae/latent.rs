@@ -3,13 +3,65 @@
 //! `z`, and the KL to the prior (`N(0, I)` in closed form, a flow prior by
 //! a single-sample Monte Carlo estimate), with their gradients.
 
-use super::encoder::{Encoder, EncoderInput, EncoderTape};
-use super::HALF_LN_2PI;
+use super::encoder::{Encoder, EncoderInput, EncoderTape, Standardization};
+use super::{VaeConfig, HALF_LN_2PI};
 use crate::data::CountMatrix;
+use crate::error::{CoreError, Result};
 use crate::nn::flows::{ChainTape, Direction, FlowChain};
 use rand::Rng;
 use rand::RngExt;
 use rand_distr::StandardNormal;
+
+/// What every VAE builds from its configuration, whatever its decoder: the
+/// encoder, the latent prior, and the encoder's input on the training data
+/// (with its statistics when standardized).
+pub(super) struct LatentParts {
+    pub encoder: Encoder,
+    pub prior: Option<FlowChain>,
+    pub input: EncoderInput,
+    pub standardization: Option<Standardization>,
+}
+
+impl LatentParts {
+    /// Checks `cfg`'s sizes and builds the parts for `data`.
+    pub fn new(cfg: &VaeConfig, data: &CountMatrix) -> Result<Self> {
+        if cfg.latent_dim == 0 || cfg.encoder_hidden.is_empty() || cfg.block == 0 {
+            return Err(CoreError::arg(
+                "vae_latent_dim",
+                "the latent dimension and the encoder's widths must be positive",
+            ));
+        }
+        let encoder = Encoder::new(
+            data.n_genes,
+            &cfg.encoder_hidden,
+            cfg.latent_dim,
+            cfg.activation,
+        );
+        let prior = match &cfg.prior {
+            None => None,
+            Some(fc) => {
+                let ch = FlowChain::new(cfg.latent_dim, fc)?;
+                if !ch.differentiable(Direction::Density) {
+                    return Err(CoreError::arg(
+                        "vae_flow_type",
+                        "'iaf' evaluates densities one coordinate at a time; use a coupling flow or 'maf' as the prior",
+                    ));
+                }
+                Some(ch)
+            }
+        };
+        let standardization = cfg
+            .standardize
+            .then(|| Standardization::of(data, cfg.input_transform));
+        let input = EncoderInput::new(data, cfg.input_transform, standardization.as_ref());
+        Ok(LatentParts {
+            encoder,
+            prior,
+            input,
+            standardization,
+        })
+    }
+}
 
 /// One batch's pass through the encoder and the latent prior. The decoder
 /// adds its `∂elbo/∂z` into `gz`; [`LatentPass::backward`] then carries

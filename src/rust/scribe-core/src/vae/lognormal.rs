@@ -43,7 +43,7 @@ use crate::models::lognormal::lnm::{softmax_alr, totals, CLIP};
 use crate::models::lognormal::obs::NegBin;
 use crate::models::lognormal::{lnm_reference, mom_dispersion, LnModel};
 use crate::models::{BlockKind, Layout};
-use crate::nn::flows::{Direction, FlowChain};
+use crate::nn::flows::FlowChain;
 use crate::nn::Dense;
 use crate::posterior::lognormal::{self as lnpost, cell_rng, Latents, LnObs};
 use crate::posterior::By;
@@ -143,12 +143,7 @@ impl<'d> LnVae<'d> {
     /// to `[−7, 2]` whatever `cfg` says (as in the original).
     pub fn new(model: LnModel, data: &'d CountMatrix, mut cfg: VaeConfig) -> Result<Self> {
         cfg.log_var_clip = Some(LOG_VAR_CLIP);
-        if cfg.latent_dim == 0 || cfg.encoder_hidden.is_empty() || cfg.block == 0 {
-            return Err(CoreError::arg(
-                "vae_latent_dim",
-                "the latent dimension and the encoder's widths must be positive",
-            ));
-        }
+        let parts = super::latent::LatentParts::new(&cfg, data)?;
         let (g, n) = (data.n_genes, data.n_cells);
         let reference = (model == LnModel::Lnm).then(|| lnm_reference(data));
         let width = if reference.is_some() { g - 1 } else { g };
@@ -161,21 +156,7 @@ impl<'d> LnVae<'d> {
                 ),
             ));
         }
-        let encoder = Encoder::new(g, &cfg.encoder_hidden, cfg.latent_dim, cfg.activation);
         let dec_head = Dense::new(cfg.latent_dim, width);
-        let prior = match &cfg.prior {
-            None => None,
-            Some(fc) => {
-                let ch = FlowChain::new(cfg.latent_dim, fc)?;
-                if !ch.differentiable(Direction::Density) {
-                    return Err(CoreError::arg(
-                        "vae_flow_type",
-                        "'iaf' evaluates densities one coordinate at a time; use a coupling flow or 'maf' as the prior",
-                    ));
-                }
-                Some(ch)
-            }
-        };
         let mut layout = Layout::default();
         let mut priors = Vec::new();
         layout.push("d", BlockKind::Gene, width, Link::Exp, 1);
@@ -199,21 +180,17 @@ impl<'d> LnVae<'d> {
                 priors.push(Prior::LogNormal { loc, scale: 1.0 });
             }
         }
-        let standardization = cfg
-            .standardize
-            .then(|| Standardization::of(data, cfg.input_transform));
-        let input = EncoderInput::new(data, cfg.input_transform, standardization.as_ref());
         let vae = LnVae {
             model,
             data,
             width,
             reference,
             cfg,
-            encoder,
+            encoder: parts.encoder,
             dec_head,
-            prior,
-            input,
-            standardization,
+            prior: parts.prior,
+            input: parts.input,
+            standardization: parts.standardization,
             layout,
             priors,
             r_mom,

@@ -174,15 +174,9 @@ impl<'m> Vae<'m> {
                 ),
             ));
         }
-        if cfg.latent_dim == 0 || cfg.encoder_hidden.is_empty() || cfg.block == 0 {
-            return Err(CoreError::arg(
-                "vae_latent_dim",
-                "the latent dimension and the encoder's widths must be positive",
-            ));
-        }
+        let parts = latent::LatentParts::new(&cfg, model.data())?;
         let g = model.data().n_genes;
         let gated = lay.blocks.iter().any(|b| b.name == "gate");
-        let encoder = Encoder::new(g, &cfg.encoder_hidden, cfg.latent_dim, cfg.activation);
         let dec_mlp = Mlp {
             n_in: cfg.latent_dim,
             hidden: cfg.decoder_hidden.iter().rev().copied().collect(),
@@ -191,37 +185,20 @@ impl<'m> Vae<'m> {
             residual: false,
         };
         let dec_head = Dense::new(dec_mlp.n_out(), if gated { 2 * g } else { g });
-        let prior = match &cfg.prior {
-            None => None,
-            Some(fc) => {
-                let ch = FlowChain::new(cfg.latent_dim, fc)?;
-                if !ch.differentiable(Direction::Density) {
-                    return Err(CoreError::arg(
-                        "vae_flow_type",
-                        "'iaf' evaluates densities one coordinate at a time; use a coupling flow or 'maf' as the prior",
-                    ));
-                }
-                Some(ch)
-            }
-        };
         let find = |name: &str| lay.blocks.iter().find(|b| b.name == name);
         let p_coord = find(spec.param.scalar_param())
             .expect("NB models sample p or phi")
             .offset;
         let capture = find(spec.param.capture_param()).map(|b| (b.offset, b.len));
-        let standardization = cfg
-            .standardize
-            .then(|| Standardization::of(model.data(), cfg.input_transform));
-        let input = EncoderInput::new(model.data(), cfg.input_transform, standardization.as_ref());
         let vae = Vae {
             model,
             cfg,
-            encoder,
+            encoder: parts.encoder,
             dec_mlp,
             dec_head,
-            prior,
-            input,
-            standardization,
+            prior: parts.prior,
+            input: parts.input,
+            standardization: parts.standardization,
             gated,
             p_coord,
             capture,
