@@ -389,8 +389,8 @@
 #'
 #' @param x Counts: see Description.
 #' @param model One of `"nbdm"`, `"nbvcp"`, `"zinb"`, `"zinbvcp"` (SVI and
-#'   MCMC) or `"pln"`, `"nbln"`, `"lnm"`, `"lnmvcp"` (Laplace; all but
-#'   `lnmvcp` also by the VAE). Default
+#'   MCMC) or `"pln"`, `"nbln"`, `"lnm"`, `"lnmvcp"` (Laplace and the
+#'   VAE). Default
 #'   `"nbvcp"` (or the model implied by the flags).
 #' @param inference_method `"svi"` (default), `"mcmc"` (NUTS; see the MCMC
 #'   section), `"laplace"` (the log-normal models; see the Laplace section)
@@ -485,7 +485,9 @@
 #'   the counts, `"log1p"` (`log(1 + u)`, the default), `"log"` (`log(u +
 #'   1e-8)`), `"sqrt"`, `"identity"`, `"log1p_prop"` (`log(1 + u / L)`, `L`
 #'   the cell's total), `"log1p_norm"` (`log(1 + 1e4 u / L)`) or `"clr"`
-#'   (`log(u + 0.5)` centred per cell); and whether the transformed input is
+#'   (`log(u + 0.5)` centred per cell; the default `"log1p"` becomes
+#'   `"log1p_prop"` for `lnm`, `lnmvcp` and PLN or NBLN with a capture
+#'   prior, whose latents describe proportions, as in the original); and whether the transformed input is
 #'   standardized per gene by the training cells' mean and standard
 #'   deviation (floored at 1e-3; `NULL`: no for the negative-binomial
 #'   models, yes for the log-normal models, as in the original). The encoder still reads only the nonzero counts: the

@@ -59,23 +59,32 @@ resolve_latent_dim <- function(latent_dim, vae_latent_dim, n_genes) {
   neg_columnwise = c("alpha", "beta", "psi_min", "gamma_min", "init_scale")
 )
 
-# The priors a Laplace fit of a log-normal model takes: the capture prior
-# c(log M0, sigma) and the loadings shrinkage prior (a list with `type`).
-laplace_priors <- function(priors, model) {
+# The priors a fit of a log-normal model takes: the capture prior
+# c(log M0, sigma) and (Laplace only) the loadings shrinkage prior (a list
+# with `type`).
+laplace_priors <- function(priors, model, loadings = TRUE) {
   out <- list(capture = NULL, loadings = NULL)
   if (!length(priors)) return(out)
   if (!is.list(priors) || is.null(names(priors))) abort_input("{.arg priors} must be a named list.")
+  if (!loadings && !is.null(priors$loadings)) {
+    abort_unsupported(c("Loadings priors are not available for the VAE: its loadings are the decoder's weights.",
+                        "i" = "Fit {.val {model}} by {.code inference_method = \"laplace\"} for a loadings prior."))
+  }
   if (model %in% c("lnm", "lnmvcp") && !is.null(priors$loadings)) {
     abort_unsupported("Loadings priors apply to {.val pln} and {.val nbln}, not {.val {model}}.")
   }
   if (model == "lnm" && any(c("capture_efficiency", "eta_capture") %in% names(priors))) {
     abort_input("A capture prior needs {.val lnmvcp}, not {.val lnm}.")
   }
-  known <- c("capture_efficiency", "eta_capture", "loadings")
+  known <- c("capture_efficiency", "eta_capture", if (loadings) "loadings")
   bad <- setdiff(names(priors), known)
   if (length(bad)) {
-    abort_unsupported(c("Laplace fits of {.val {model}} take a capture prior and a loadings prior; not {.val {bad}}.",
-                        "i" = "Use {.code priors = list(capture_efficiency = c(log(M0), sigma), loadings = list(type = ...))}."))
+    if (loadings) {
+      abort_unsupported(c("Laplace fits of {.val {model}} take a capture prior and a loadings prior; not {.val {bad}}.",
+                          "i" = "Use {.code priors = list(capture_efficiency = c(log(M0), sigma), loadings = list(type = ...))}."))
+    }
+    abort_unsupported(c("VAE fits of {.val {model}} take a capture prior only; not {.val {bad}}.",
+                        "i" = "Use {.code priors = list(capture_efficiency = c(log(M0), sigma))}; the other priors are fixed (see {.code ?ScribeVAEResults})."))
   }
   cap <- intersect(names(priors), c("capture_efficiency", "eta_capture"))
   if (length(cap) > 1L) abort_input("Give {.code capture_efficiency} or {.code eta_capture}, not both.")

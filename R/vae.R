@@ -32,14 +32,10 @@ fit_vae <- function(counts, dropped, model, a, shared) {
   )
 }
 
-# The model spec of a log-normal VAE (PLN, NBLN), after refusing what it
-# does not read: the decoder is linear (its weights are the loadings), and
-# capture and the other priors of the Laplace engine are not available yet.
+# The model spec of a log-normal VAE, after refusing what it does not read:
+# the decoder is linear (its weights are the loadings), and the only prior a
+# user sets is capture's anchor (needed by lnmvcp, as in the Laplace engine).
 ln_vae_spec <- function(model, a) {
-  if (model == "lnmvcp") {
-    abort_unsupported(c("The VAE of {.val lnmvcp} (LNM with capture) is not available yet.",
-                        "i" = "Fit it by {.code inference_method = \"laplace\"}, or fit {.val lnm} by the VAE."))
-  }
   if (!is.null(a$vae_decoder_hidden_dims)) {
     abort_input(c("{.arg vae_decoder_hidden_dims} does not apply to {.val {model}}: its decoder is linear (mean log-rates plus loadings times the embedding).",
                   "i" = "Drop {.arg vae_decoder_hidden_dims}."))
@@ -47,11 +43,14 @@ ln_vae_spec <- function(model, a) {
   if (!identical(a$parameterization, "canonical")) {
     abort_input("{.arg parameterization} applies to the NB models; {.val {model}} has one parameterization.")
   }
-  if (length(a$priors)) {
-    abort_unsupported(c("{.arg priors} are not available for the VAE of {.val {model}} yet (its priors are fixed: d ~ LogNormal(-4.6, 1), and for {.val nbln} r ~ LogNormal(log median of the moment estimates, 1)).",
-                        "i" = "Capture and informative priors: fit {.val {model}} by {.code inference_method = \"laplace\"}."))
+  capture <- laplace_priors(a$priors, model, loadings = FALSE)$capture
+  if (model == "lnmvcp" && is.null(capture)) {
+    abort_input(c("{.val lnmvcp} needs a capture prior: without an anchor the totals' mean and each cell's capture are not separately identified.",
+                  "i" = "Give {.code priors = list(capture_efficiency = c(log(M0), sigma))}, with M0 the expected total of a cell at full capture."))
   }
-  list(model = model)
+  spec <- list(model = model)
+  if (!is.null(capture)) spec$capture <- list(mode = "anchor", ln_m0 = capture[1], sigma = capture[2])
+  spec
 }
 
 # The VAE's architecture for the core, checked.
@@ -84,6 +83,11 @@ resolve_vae <- function(a, n_genes, model = "nbdm") {
   if (!is.character(tr) || length(tr) != 1L || is.na(tr) || !tr %in% transforms) {
     abort_input("{.arg vae_input_transform} must be one of {.val {transforms}}, not {describe_value(tr)}.")
   }
+  # As in the original: where the latents describe proportions (LNM's
+  # composition, or log-rates behind a cell's capture), the encoder reads
+  # proportions unless the user chose a transform other than the default.
+  captured <- any(c("capture_efficiency", "eta_capture") %in% names(a$priors))
+  if (tr == "log1p" && (model %in% c("lnm", "lnmvcp") || (ln && captured))) tr <- "log1p_prop"
   # As in the original: the log-normal models standardize their input by default.
   standardize <- if (is.null(a$vae_standardize)) ln else a$vae_standardize
   check_flag(standardize, "vae_standardize")
@@ -124,7 +128,7 @@ resolve_vae <- function(a, n_genes, model = "nbdm") {
 #' embedding from its encoder Gaussian. Cells are decoded block by block, so
 #' a check on a few genes never holds a cells x genes array of parameters.
 #'
-#' @section Log-normal models (PLN, NBLN, LNM): The decoder is linear, as
+#' @section Log-normal models (PLN, NBLN, LNM, LNMVCP): The decoder is linear, as
 #'   in the original: a cell's mean latents are `mu + W z`, so the decoder's
 #'   bias and weights are the mean and the loadings of the model's
 #'   covariance `W t(W) + diag(d)`. The latents are log-rates (PLN, NBLN) or
@@ -146,8 +150,21 @@ resolve_vae <- function(a, n_genes, model = "nbdm") {
 #'   coordinates` array of draws `mu + W z + sqrt(d) e` with `z` from the
 #'   cell's encoder Gaussian; the globals stay at their guide medians.
 #'   [log_likelihood()] and [posterior_predictive()] read these draws (or the
-#'   point latents). Capture (`lnmvcp`, and PLN/NBLN with a capture prior),
-#'   the other priors of the Laplace engine, [denoise_counts()] and
+#'   point latents).
+#'
+#'   Capture: `priors = list(capture_efficiency = c(log(M0), sigma))` gives
+#'   each cell a capture latent `eta_c >= 0` (capture probability `exp(-eta_c)`)
+#'   with the prior `TruncNormal(log M0 - log L_c, sigma, lower = 0)`, `L_c`
+#'   the cell's total and `M0` the expected total at full capture, and a
+#'   mean-field guide of its own (not amortized, so the verbs need the
+#'   fit's cells). PLN and NBLN then observe the log-rates minus `eta_c`;
+#'   `lnmvcp`'s total is `NB(mu_T exp(-eta_c), r_T)` and its composition is
+#'   LNM's. `lnmvcp` needs this prior (as in the Laplace engine): with a flat
+#'   prior on capture, the totals' mean and each cell's capture are not
+#'   separately identified. [get_map()] adds `eta_capture` and `p_capture`
+#'   per cell, [get_posterior_samples()] their draws (`n_samples x cells`),
+#'   and the likelihood and predictive verbs draw them with the latents. The
+#'   loadings priors of the Laplace engine, [denoise_counts()] and
 #'   [normalize_counts()] are not available for these fits yet (classed
 #'   errors).
 #'
@@ -235,12 +252,16 @@ setMethod("get_map", "ScribeVAEResults", function(object, x = NULL, assay = NULL
                 W = matrix(res$w, ncol = k, byrow = TRUE, dimnames = list(coords, paste0("z", seq_len(k)))),
                 d = stats::setNames(res$d, coords))
     if (object@model$model == "nbln") out$r <- stats::setNames(res$r, g)
-    if (object@model$model == "lnm") {
+    if (object@model$model %in% c("lnm", "lnmvcp")) {
       out$mu_T <- res$r[1]
       out$r_T <- res$r[2]
       out$reference <- object@model$reference
     }
     out$latents <- matrix(res$latents, nrow = length(coords), dimnames = list(coords, cells))
+    if (length(res$eta)) {
+      out$eta_capture <- stats::setNames(res$eta, cells)
+      out$p_capture <- exp(-out$eta_capture)
+    }
     return(out)
   }
   out <- list(p = res$p)
@@ -274,7 +295,12 @@ setMethod("get_posterior_samples", "ScribeVAEResults", function(object, n_sample
   if (is_ln_vae(object)) {
     lat <- aperm(array(res$latents, dim = c(s, length(gnames), length(ci))), c(1L, 3L, 2L))
     dimnames(lat) <- list(NULL, cn, gnames)
-    return(list(latents = lat))
+    out <- list(latents = lat)
+    if (length(res$eta)) {
+      out$eta_capture <- matrix(res$eta, nrow = s, dimnames = list(NULL, cn))
+      out$p_capture <- exp(-out$eta_capture)
+    }
+    return(out)
   }
   cube <- function(v) array(v, dim = c(s, length(ci), length(gnames)), dimnames = list(NULL, cn, gnames))
   out <- list(p = res$p)

@@ -37,7 +37,7 @@ test_that("numeric arguments are range-checked", {
 })
 
 test_that("engines and models not yet available say so", {
-  expect_error(quick_fit(m, model = "lnmvcp", inference_method = "vae"), "laplace", class = "scribeR_unsupported")
+  expect_error(quick_fit(m, model = "lnmvcp", inference_method = "vae"), "capture prior", class = "scribeR_input_error")
   expect_error(quick_fit(m, model = "pln"), "laplace", class = "scribeR_input_error")
   expect_error(quick_fit(m, n_components = 1), "n_components", class = "scribeR_input_error")
 })

@@ -95,7 +95,8 @@ test_that("VAE arguments and unavailable verbs give clear errors", {
   expect_error(vae_fit(m, model = "nbdm", vae_activation = "swish"), "vae_activation", class = "scribeR_input_error")
   expect_error(vae_fit(m, model = "nbdm", vae_encoder_hidden_dims = 0), "vae_encoder_hidden_dims",
                class = "scribeR_input_error")
-  expect_error(vae_fit(m, model = "lnmvcp"), "laplace", class = "scribeR_unsupported")
+  expect_error(scribe_fit(m, model = "lnmvcp", inference_method = "vae", verbose = FALSE), "capture prior",
+               class = "scribeR_input_error")
   expect_error(scribe_fit(m, vae_flow_type = "maf", n_steps = 5, verbose = FALSE), "vae_flow_type",
                class = "scribeR_input_error")
   fit <- vae_fit(m, model = "nbdm", n_steps = 20)
@@ -324,8 +325,11 @@ test_that("log-normal VAEs refuse what they do not read, by name", {
   x <- ln_counts()
   expect_error(ln_vae(x, vae_decoder_hidden_dims = c(8, 8)), "vae_decoder_hidden_dims", class = "scribeR_input_error")
   expect_error(ln_vae(x, parameterization = "mean_odds"), "parameterization", class = "scribeR_input_error")
-  expect_error(ln_vae(x, priors = list(capture_efficiency = c(7, 1))), "priors", class = "scribeR_unsupported")
-  expect_error(ln_vae(x, "lnmvcp"), "laplace", class = "scribeR_unsupported")
+  expect_error(ln_vae(x, priors = list(loadings = list(type = "gaussian"))), "decoder", class = "scribeR_unsupported")
+  expect_error(ln_vae(x, priors = list(r = c(1, 1))), "capture prior only", class = "scribeR_unsupported")
+  expect_error(ln_vae(x, priors = list(capture_efficiency = c(7, -1))), "sigma", class = "scribeR_input_error")
+  expect_error(ln_vae(x, "lnm", priors = list(capture_efficiency = c(7, 1))), "lnmvcp", class = "scribeR_input_error")
+  expect_error(ln_vae(x, "lnmvcp"), "capture prior", class = "scribeR_input_error")
   expect_error(ln_vae(x, latent_dim = 40), "latent_dim")
   fit <- ln_vae(x)
   expect_error(denoise_counts(fit, x), "not available", class = "scribeR_unsupported")
@@ -360,4 +364,46 @@ test_that("LNM VAE fits: log-ratios against a reference, multinomial and NB-of-t
   expect_identical(dimnames(s$latents)[[3]], coords[1:2])
   expect_error(get_posterior_samples(fit, n_samples = 3, x = x, genes = m$reference), "latent coordinates",
                class = "scribeR_input_error")
+})
+
+test_that("log-normal VAEs with capture: each cell's capture offsets its log-rates or scales its total", {
+  x <- ln_counts()
+  u <- as.matrix(x)
+  lib <- colSums(u)
+  prior <- list(capture_efficiency = c(log(2 * mean(lib)), 0.5))
+  fit <- ln_vae(x, "pln", priors = prior)
+  # The encoder reads proportions when capture is modelled (as in the original).
+  expect_identical(fit@config$vae$input_transform, "log1p_prop")
+  expect_identical(ln_vae(x, "pln", priors = prior, vae_input_transform = "sqrt")@config$vae$input_transform, "sqrt")
+  m <- get_map(fit, x)
+  expect_identical(names(m$eta_capture), colnames(x))
+  expect_true(all(m$eta_capture > 0))
+  expect_equal(m$p_capture, exp(-m$eta_capture))
+  # Cells with smaller totals are read as less well captured.
+  expect_gt(cor(m$eta_capture, -log(lib)), 0.9)
+  dens <- dpois(u, exp(sweep(m$latents, 2, m$eta_capture)), log = TRUE)
+  expect_equal(log_likelihood(fit, x), colSums(dens), tolerance = 1e-8)
+  s <- get_posterior_samples(fit, n_samples = 300, x = x, cells = c(3, 7), genes = 1:2, seed = 2)
+  expect_identical(dim(s$eta_capture), c(300L, 2L))
+  expect_identical(colnames(s$eta_capture), colnames(x)[c(3, 7)])
+  expect_lt(max(abs(colMeans(s$eta_capture) - m$eta_capture[c(3, 7)])), 0.05)
+  expect_true(all(is.finite(log_likelihood(fit, x, n_samples = 2, seed = 1))))
+
+  vcp <- ln_vae(x, "lnmvcp", priors = prior)
+  expect_output(print(vcp), "lnmvcp, linear decoder")
+  mv <- get_map(vcp, x)
+  # mu_T is the total at full capture: about M0, not the observed mean total.
+  expect_gt(mv$mu_T, 1.3 * mean(lib))
+  logits <- rbind(mv$latents, 0)
+  rownames(logits)[30] <- mv$reference
+  logits <- logits[rownames(x), ]
+  want <- vapply(seq_len(ncol(u)), function(c) {
+    p <- exp(logits[, c] - max(logits[, c]))
+    dmultinom(u[, c], prob = p / sum(p), log = TRUE) +
+      dnbinom(lib[c], size = mv$r_T, mu = mv$mu_T * mv$p_capture[c], log = TRUE)
+  }, 0)
+  expect_equal(unname(log_likelihood(vcp, x)), want, tolerance = 1e-8)
+  pp <- posterior_predictive(vcp, n_samples = 10, genes = 1:3, x = x, seed = 1)
+  expect_identical(dim(pp), c(10L, 200L, 3L))
+  expect_error(log_likelihood(vcp, x[, 1:50]), "cells", class = "scribeR_input_error")
 })

@@ -1,14 +1,14 @@
 //! R bindings of the VAE engine: conversions only; the numerics are in
 //! `scribe_core::vae`.
 
-use crate::convert::configs::{nb_spec, svi_config};
+use crate::convert::configs::{capture, nb_spec, svi_config};
 use crate::convert::counts::counts;
 use crate::convert::results::{layout_to_r, summary};
 use crate::convert::{indices, reals, Args};
 use crate::errors::{respond, GResult};
 use crate::runner;
 use extendr_api::prelude::*;
-use scribe_core::models::lognormal::LnModel;
+use scribe_core::models::lognormal::{Capture, LnModel};
 use scribe_core::models::nb::NbModel;
 use scribe_core::models::Model;
 use scribe_core::nn::flows::{FlowConfig, FlowKind};
@@ -73,6 +73,12 @@ fn ln_model(model: &Robj) -> GResult<Option<LnModel>> {
     })
 }
 
+/// A log-normal model spec's capture block (`NULL`: none).
+fn ln_capture(model: &Robj) -> GResult<Capture> {
+    let a = Args::new(model, "model")?;
+    capture(a.get("capture"))
+}
+
 /// The fit's named parameter pieces.
 fn pieces(params: &Robj) -> GResult<Vec<(&str, Vec<f64>)>> {
     let list = params
@@ -101,7 +107,7 @@ fn rs_vae_fit(
         let data = counts(&counts_r)?;
         let cfg = svi_config(&svi)?;
         if let Some(m) = ln_model(&model)? {
-            let net = LnVae::new(m, &data, vae_config(&vae)?)?;
+            let net = LnVae::new(m, &data, vae_config(&vae)?, &ln_capture(&model)?)?;
             let res = runner::run("VAE", verbose, num_threads, |sh| fit(&net, &cfg, sh, sh))?;
             return fit_to_r(
                 net.split(&res.params),
@@ -231,7 +237,7 @@ fn rs_vae_analysis(
         let pieces = pieces(&params)?;
         let named: Vec<(&str, &[f64])> = pieces.iter().map(|(n, x)| (*n, x.as_slice())).collect();
         if let Some(m) = ln_model(&model)? {
-            let net = LnVae::new(m, &data, vae_config(&vae)?)?;
+            let net = LnVae::new(m, &data, vae_config(&vae)?, &ln_capture(&model)?)?;
             let v = net.join(&named)?;
             return ln_analysis(&net, &v, what, &opts, n_draws, seed, verbose, num_threads);
         }
@@ -372,14 +378,16 @@ fn ln_analysis(
             let cells = indices(o.get("cells"), n_cells, "cells")?;
             let coords = indices(o.get("genes"), net.width, "genes")?;
             let vals = net.latent_draws(v, &cells, &coords, n, seed)?;
-            list!(latents = vals).into()
+            let eta = net.capture_values(v, &cells, n, seed);
+            list!(latents = vals, eta = eta).into()
         }
         "decoded" => {
             let (mu, w, d, r) = net.population(v);
             let all: Vec<usize> = (0..n_cells).collect();
             let coords: Vec<usize> = (0..net.width).collect();
             let lat = net.latent_draws(v, &all, &coords, 0, 0)?;
-            list!(mu = mu, w = w, d = d, r = r, latents = lat).into()
+            let eta = net.capture_values(v, &all, 0, 0);
+            list!(mu = mu, w = w, d = d, r = r, latents = lat, eta = eta).into()
         }
         other => {
             return Err(crate::errors::internal(format!(

@@ -17,6 +17,17 @@
 //! method-of-moments dispersion; LNM's `μ_T ~ LogNormal(ln mean N, 1)` and
 //! `r_T ~ LogNormal(ln r̂_T, 1)` with `r̂_T` the totals' moment estimate.
 //!
+//! Capture (LNMVCP, and PLN or NBLN with a capture prior): each cell has a
+//! capture latent `η_c ≥ 0` (capture probability `ν_c = e^{−η_c}`) with
+//! the prior `TruncN(ln M0 − ln L_c, σ, low = 0)` (or a per-cell prior) and
+//! a mean-field guide of its own (softplus link; not amortized, as the
+//! original's). PLN and NBLN observe `ℓ_c − η_c`; LNM's total is `NB(mean
+//! μ_T ν_c, r_T)` (with `p̂ = pν/(1 − p(1 − ν))` the NB's mean is exactly
+//! `ν` times the uncaptured one), its composition is unchanged. Without an
+//! anchor a flat prior on `ν_c` leaves `μ_T` (and PLN's mean level)
+//! unidentified, so capture here needs a capture prior, as the Laplace
+//! engine's LNMVCP does.
+//!
 //! Start: the decoder at the PCA start of the Laplace engine (`b = mean
 //! log(u + 1)`, `W = V_k S_k / √N`, or the same of the log-ratios), `r` at
 //! `r̂`, the totals at their moment estimates.
@@ -41,7 +52,7 @@ use crate::error::{CoreError, Result};
 use crate::math::{digamma_diff_scaled, lgamma_diff_scaled};
 use crate::models::lognormal::lnm::{softmax_alr, totals, CLIP};
 use crate::models::lognormal::obs::NegBin;
-use crate::models::lognormal::{lnm_reference, mom_dispersion, LnModel};
+use crate::models::lognormal::{lnm_reference, mom_dispersion, Capture, LnModel, ETA_MIN};
 use crate::models::{BlockKind, Layout};
 use crate::nn::flows::FlowChain;
 use crate::nn::Dense;
@@ -83,8 +94,13 @@ pub struct LnVae<'d> {
     priors: Vec<Prior>,
     /// The method-of-moments `r̂` (NBLN; empty otherwise).
     r_mom: Vec<f64>,
-    /// LNM: `(ln μ̂_T, ln r̂_T)`, the totals' moment estimates.
+    /// LNM: `(ln μ̂_T, ln r̂_T)`, the totals' moment estimates (with
+    /// capture, `μ̂_T` is the mean total at full capture).
     ln_totals: (f64, f64),
+    /// Offset of the capture block (`η`, one per cell) in `layout`.
+    capture: Option<usize>,
+    /// Each cell's `η` prior `(loc, scale)` (empty without capture).
+    eta_prior: Vec<(f64, f64)>,
 }
 
 /// What one block of cells contributes to a step.
@@ -98,6 +114,8 @@ struct BlockOut {
     g_r: Vec<f64>,
     /// `∂elbo/∂(μ_T, r_T)` (LNM).
     g_totals: (f64, f64),
+    /// `∂elbo/∂η_c` per block cell (empty without capture).
+    g_eta: Vec<f64>,
 }
 
 /// A standard normal keyed by `(seed, cell, coord, draw)` (Box–Muller on two
@@ -125,6 +143,51 @@ fn totals_moments(data: &CountMatrix) -> (f64, f64) {
     (m.max(1.0).ln(), r.ln())
 }
 
+/// Each cell's `η` prior `(loc, scale)` from a capture setting (empty for
+/// `Capture::None`).
+fn eta_priors(capture: &Capture, data: &CountMatrix) -> Result<Vec<(f64, f64)>> {
+    let bad = |m: &str| Err(CoreError::arg("priors", m.to_string()));
+    match capture {
+        Capture::None => Ok(Vec::new()),
+        Capture::Anchor { ln_m0, sigma } => {
+            if !(*sigma > 0.0) || !ln_m0.is_finite() {
+                return bad("capture_efficiency must be c(log(M0), sigma) with sigma > 0");
+            }
+            Ok(data
+                .lib_size
+                .iter()
+                .map(|&l| (ln_m0 - l.max(1.0).ln(), *sigma))
+                .collect())
+        }
+        Capture::PerCell { loc, scale } => {
+            if loc.len() != data.n_cells
+                || scale.len() != data.n_cells
+                || loc.iter().any(|a| !a.is_finite())
+                || scale.iter().any(|s| !(*s > 0.0))
+            {
+                return bad("the per-cell capture prior does not match the cells");
+            }
+            Ok(loc.iter().copied().zip(scale.iter().copied()).collect())
+        }
+        Capture::Frozen(_) => bad("frozen capture values are not available for the VAE"),
+    }
+}
+
+/// `softplus⁻¹(y) = ln(e^y − 1)`, stable for large `y`.
+fn softplus_inv(y: f64) -> f64 {
+    if y > 30.0 {
+        y
+    } else {
+        y.exp_m1().ln()
+    }
+}
+
+fn softplus(x: f64) -> (f64, f64) {
+    let v = if x > 30.0 { x } else { x.exp().ln_1p() };
+    let d = 1.0 / (1.0 + (-x).exp());
+    (v, d)
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -139,9 +202,16 @@ fn median(v: &[f64]) -> f64 {
 }
 
 impl<'d> LnVae<'d> {
-    /// The VAE of `model` on `data`; its encoder's log-variance is clipped
-    /// to `[−7, 2]` whatever `cfg` says (as in the original).
-    pub fn new(model: LnModel, data: &'d CountMatrix, mut cfg: VaeConfig) -> Result<Self> {
+    /// The VAE of `model` on `data` with `capture` (`None`, an anchor or
+    /// per-cell priors; frozen values are the Laplace cascade's only); its
+    /// encoder's log-variance is clipped to `[−7, 2]` whatever `cfg` says
+    /// (as in the original).
+    pub fn new(
+        model: LnModel,
+        data: &'d CountMatrix,
+        mut cfg: VaeConfig,
+        capture: &Capture,
+    ) -> Result<Self> {
         cfg.log_var_clip = Some(LOG_VAR_CLIP);
         let parts = super::latent::LatentParts::new(&cfg, data)?;
         let (g, n) = (data.n_genes, data.n_cells);
@@ -173,13 +243,32 @@ impl<'d> LnVae<'d> {
                 scale: 1.0,
             });
         }
-        let ln_totals = totals_moments(data);
+        let eta_prior = eta_priors(capture, data)?;
+        let mut ln_totals = totals_moments(data);
+        if !eta_prior.is_empty() {
+            // The totals' mean at full capture: the cells' totals scaled up
+            // by their prior capture.
+            let m = data
+                .lib_size
+                .iter()
+                .zip(&eta_prior)
+                .map(|(l, (a, _))| l * a.max(ETA_MIN).exp())
+                .sum::<f64>()
+                / n as f64;
+            ln_totals.0 = m.max(1.0).ln();
+        }
         if reference.is_some() {
             for (name, loc) in [("mu_T", ln_totals.0), ("r_T", ln_totals.1)] {
                 layout.push(name, BlockKind::Scalar, 1, Link::Exp, 1);
                 priors.push(Prior::LogNormal { loc, scale: 1.0 });
             }
         }
+        let capture = (!eta_prior.is_empty()).then(|| {
+            priors.push(Prior::Flat); // per cell, from `eta_prior`
+            let off = layout.total;
+            layout.push("eta_capture", BlockKind::Cell, n, Link::Softplus, 1);
+            off
+        });
         let vae = LnVae {
             model,
             data,
@@ -195,6 +284,8 @@ impl<'d> LnVae<'d> {
             priors,
             r_mom,
             ln_totals,
+            capture,
+            eta_prior,
         };
         crate::limits::check_values("vae_encoder_hidden_dims", vae.n_params() as f64)?;
         Ok(vae)
@@ -249,6 +340,11 @@ impl<'d> LnVae<'d> {
         if self.reference.is_some() {
             (p[wd], p[wd + 1]) = self.ln_totals;
         }
+        if let Some(off) = self.capture {
+            for (i, (a, _)) in self.eta_prior.iter().enumerate() {
+                p[off + i] = softplus_inv(a.max(ETA_MIN));
+            }
+        }
         p[n..a].iter_mut().for_each(|v| *v = -2.0);
         self.encoder.init(rng, &mut p[a..b]);
         let (mu, w) = match self.reference {
@@ -285,7 +381,10 @@ impl<'d> LnVae<'d> {
         }
         let r = match self.model {
             LnModel::Pln => Vec::new(),
-            LnModel::Nbln => x[wd..2 * wd].iter().map(|v| v.exp()).collect(),
+            LnModel::Nbln => x[wd..wd + self.data.n_genes]
+                .iter()
+                .map(|v| v.exp())
+                .collect(),
             LnModel::Lnm => vec![x[wd].exp(), x[wd + 1].exp()],
         };
         (sd, dsd, r)
@@ -309,10 +408,26 @@ impl<'d> LnVae<'d> {
         let (loc, log_scale) = (&v[..n], &v[n..a]);
         grad.iter_mut().for_each(|x| *x = 0.0);
         let w = batch.scale;
-        let eps: Vec<f64> = (0..n).map(|_| rng.sample(StandardNormal)).collect();
-        let x: Vec<f64> = (0..n)
-            .map(|j| loc[j] + log_scale[j].exp() * eps[j])
-            .collect();
+        // The shared globals' coordinates, then the batch cells' capture.
+        let shared = self.capture.unwrap_or(n);
+        let mut active: Vec<usize> = (0..shared).collect();
+        if let Some(off) = self.capture {
+            active.extend(batch.cells.iter().map(|&c| off + c as usize));
+        }
+        let (mut eps, mut x) = (vec![0.0; n], vec![0.0; n]);
+        for &j in &active {
+            eps[j] = rng.sample(StandardNormal);
+            x[j] = loc[j] + log_scale[j].exp() * eps[j];
+        }
+        // Each batch cell's η and ∂η/∂x (empty without capture).
+        let eta: Vec<(f64, f64)> = match self.capture {
+            Some(off) => batch
+                .cells
+                .iter()
+                .map(|&c| softplus(x[off + c as usize]))
+                .collect(),
+            None => Vec::new(),
+        };
         let side = latent::LatentSide {
             encoder: &self.encoder,
             enc_params: &v[a..b],
@@ -335,7 +450,7 @@ impl<'d> LnVae<'d> {
                     &v[c..d],
                     &batch.cells[start..end],
                     &lat.z[start * k..end * k],
-                    (&sd, &r),
+                    (&sd, &r, eta.get(start..end).unwrap_or(&[])),
                     noise_seed,
                     w,
                 )
@@ -363,6 +478,12 @@ impl<'d> LnVae<'d> {
                 gx[wd] += bo.g_totals.0 * r[0];
                 gx[wd + 1] += bo.g_totals.1 * r[1];
             }
+            if let Some(off) = self.capture {
+                for (i, ge) in bo.g_eta.iter().enumerate() {
+                    let cell = batch.cells[start + i] as usize;
+                    gx[off + cell] += ge * eta[start + i].1;
+                }
+            }
         }
         if self.model == LnModel::Nbln {
             // NBLN's terms in the counts and r alone, `lnΓ(u + r) − lnΓ(r) −
@@ -385,22 +506,41 @@ impl<'d> LnVae<'d> {
         lat.backward(&side, &batch.cells, &mut grad[a..b]);
         // Globals' guide: prior and entropy weighted by β, the likelihood's
         // gradient through the draw unweighted.
-        let coords = self.layout.blocks.iter().enumerate().flat_map(|(bi, blk)| {
-            blk.range()
-                .map(move |i| (i, self.priors[bi], blk.link, beta))
+        // Capture coordinates stand for their cells, so they are weighted
+        // like the cells' likelihood.
+        let coords = active.iter().map(|&i| match self.capture {
+            Some(off) if i >= off => {
+                let (loc, scale) = self.eta_prior[i - off];
+                (
+                    i,
+                    Prior::TruncNormal0 { loc, scale },
+                    Link::Softplus,
+                    beta * w,
+                )
+            }
+            _ => {
+                let bi = self
+                    .layout
+                    .blocks
+                    .iter()
+                    .position(|b| b.range().contains(&i));
+                let bi = bi.expect("a shared coordinate lies in a block");
+                (i, self.priors[bi], self.layout.blocks[bi].link, beta)
+            }
         });
         elbo += super::global_guide_terms(coords, [loc, log_scale, &eps, &x, &gx], grad);
         grad[a..].iter_mut().for_each(|x| *x = -*x);
         -elbo
     }
 
-    /// The decoder and likelihood of one block of cells (`z`: their latents).
+    /// The decoder and likelihood of one block of cells (`z`: their
+    /// latents; `eta`: their capture and its derivative, empty without).
     fn decode_block(
         &self,
         head: &[f64],
         cells: &[u32],
         z: &[f64],
-        (sd, r): (&[f64], &[f64]),
+        (sd, r, eta): (&[f64], &[f64], &[(f64, f64)]),
         noise_seed: u64,
         w: f64,
     ) -> BlockOut {
@@ -419,11 +559,13 @@ impl<'d> LnVae<'d> {
             g_sd: vec![0.0; wd],
             g_r: vec![0.0; if nbln { g } else { 0 }],
             g_totals: (0.0, 0.0),
+            g_eta: vec![0.0; eta.len()],
         };
         let (mut u, mut y, mut eps, mut rho) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (rr, &cc) in cells.iter().enumerate() {
             let cell = cc as usize;
             let mut rng = cell_rng(noise_seed, cell);
+            let eta_c = eta.get(rr).map_or(0.0, |e| e.0);
             if let Some(rf) = self.reference {
                 // Multinomial over the composition, NB over the total (the
                 // N! of both cancel): Σ_g u_g ln ρ_g − Σ ln u_g! + ln NB(N).
@@ -451,9 +593,14 @@ impl<'d> LnVae<'d> {
                     grow[j] = w * dl;
                     out.g_sd[j] += w * dl * eps[j];
                 }
-                let (lt, dmu, dr) = totals(n_tot, r[0], r[1]);
-                out.g_totals.0 += w * dmu;
+                // With capture the total's mean is μ_T ν_c, ν_c = e^{−η_c}.
+                let nu = (-eta_c).exp();
+                let (lt, dmu, dr) = totals(n_tot, r[0] * nu, r[1]);
+                out.g_totals.0 += w * dmu * nu;
                 out.g_totals.1 += w * dr;
+                if let Some(ge) = out.g_eta.get_mut(rr) {
+                    *ge = -w * dmu * r[0] * nu;
+                }
                 out.elbo += w * (ll + lt);
                 continue;
             }
@@ -462,6 +609,7 @@ impl<'d> LnVae<'d> {
             let orow = &o[rr * wd..(rr + 1) * wd];
             let grow = &mut g_o[rr * wd..(rr + 1) * wd];
             let mut ll = 0.0;
+            let mut sum_dl = 0.0;
             for j in 0..g {
                 let u = if next < genes.len() && genes[next] as usize == j {
                     next += 1;
@@ -470,7 +618,7 @@ impl<'d> LnVae<'d> {
                     0.0
                 };
                 let e: f64 = rng.sample(StandardNormal);
-                let ell = orow[j] + sd[j] * e;
+                let ell = orow[j] + sd[j] * e - eta_c;
                 let dl = match &nb {
                     None => {
                         // Poisson with the log-rate clipped to ±30, as the original.
@@ -490,6 +638,10 @@ impl<'d> LnVae<'d> {
                 };
                 grow[j] = w * dl;
                 out.g_sd[j] += w * dl * e;
+                sum_dl += dl;
+            }
+            if let Some(ge) = out.g_eta.get_mut(rr) {
+                *ge = -w * sum_dl;
             }
             out.elbo += w * (ll - data.ln_fact[cell]);
         }
@@ -503,7 +655,8 @@ impl<'d> LnVae<'d> {
     fn global_medians(&self, v: &[f64]) -> (Vec<f64>, Vec<f64>) {
         let wd = self.width;
         let d = v[..wd].iter().map(|x| x.exp()).collect();
-        let r = v[wd..self.n_global()].iter().map(|x| x.exp()).collect();
+        let end = self.capture.unwrap_or(self.n_global());
+        let r = v[wd..end].iter().map(|x| x.exp()).collect();
         (d, r)
     }
 
@@ -601,8 +754,34 @@ impl<'d> LnVae<'d> {
             n: draws,
             g,
             x,
-            eta: Vec::new(),
+            eta: self.capture_values(v, cells, n, seed),
         }
+    }
+
+    /// Each of `cells`' `η`: with `n = 0` its guide median, else `n` draws
+    /// from its guide (`cell·n + s`, keyed by (seed, cell, draw)). Empty
+    /// without capture.
+    pub fn capture_values(&self, v: &[f64], cells: &[usize], n: usize, seed: u64) -> Vec<f64> {
+        let Some(off) = self.capture else {
+            return Vec::new();
+        };
+        let ng = self.n_global();
+        let draws = n.max(1);
+        let mut out = Vec::with_capacity(cells.len() * draws);
+        for &cell in cells {
+            let (m, ls) = (v[off + cell], v[ng + off + cell]);
+            for s in 0..draws {
+                let x = if n == 0 {
+                    m
+                } else {
+                    // A coordinate index past the latents, so η's noise is
+                    // not any latent's.
+                    m + ls.exp() * keyed_normal(seed, cell, self.width, s)
+                };
+                out.push(softplus(x).0);
+            }
+        }
+        out
     }
 
     fn obs<'a>(&self, r: &'a [f64]) -> LnObs<'a> {

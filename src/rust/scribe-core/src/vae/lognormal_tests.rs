@@ -70,21 +70,29 @@ fn loss_gradient_matches_finite_differences() {
         ..FlowConfig::default()
     };
     let r = [0.8, 2.0, 5.0, 1.5, 0.6, 3.0];
+    let anchor = Capture::Anchor {
+        ln_m0: 60f64.ln(),
+        sigma: 0.5,
+    };
+    let none = Capture::None;
     let cases = [
-        (LnModel::Pln, None, false),
-        (LnModel::Nbln, None, true),
-        (LnModel::Lnm, None, true),
-        (LnModel::Pln, Some(flow.clone()), true),
-        (LnModel::Nbln, Some(flow.clone()), false),
-        (LnModel::Lnm, Some(flow), false),
+        (LnModel::Pln, None, false, &none),
+        (LnModel::Nbln, None, true, &none),
+        (LnModel::Lnm, None, true, &none),
+        (LnModel::Pln, Some(flow.clone()), true, &none),
+        (LnModel::Nbln, Some(flow.clone()), false, &none),
+        (LnModel::Lnm, Some(flow), false, &none),
+        (LnModel::Pln, None, false, &anchor),
+        (LnModel::Nbln, None, true, &anchor),
+        (LnModel::Lnm, None, false, &anchor),
     ];
-    for (model, prior, standardize) in cases {
+    for (model, prior, standardize, capture) in cases {
         let data = leak(simulate(6, 9, 2, (model == LnModel::Nbln).then_some(&r[..]), 4).0);
         let cfg = VaeConfig {
             standardize,
             ..small(prior.clone())
         };
-        let vae = LnVae::new(model, data, cfg).unwrap();
+        let vae = LnVae::new(model, data, cfg, capture).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut v = vae.start(&mut rng);
         // Away from the start (and d well above its floor): every weight matters.
@@ -107,8 +115,9 @@ fn loss_gradient_matches_finite_differences() {
             &v,
             1e-5,
             &format!(
-                "{model:?} prior={:?} standardize={standardize}",
-                prior.map(|p| p.kind)
+                "{model:?} prior={:?} standardize={standardize} capture={}",
+                prior.map(|p| p.kind),
+                capture != &Capture::None
             ),
         );
     }
@@ -125,6 +134,7 @@ fn bad_latent_dims_are_argument_errors() {
                 latent_dim: k,
                 ..small(None)
             },
+            &Capture::None,
         )
         .err()
         .unwrap()
@@ -143,13 +153,24 @@ fn train(
     steps: usize,
     seed: u64,
 ) -> (LnVae<'static>, Vec<f64>, Vec<f64>) {
+    train_with(model, data, k, steps, seed, &Capture::None)
+}
+
+fn train_with(
+    model: LnModel,
+    data: &'static CountMatrix,
+    k: usize,
+    steps: usize,
+    seed: u64,
+    capture: &Capture,
+) -> (LnVae<'static>, Vec<f64>, Vec<f64>) {
     let cfg = VaeConfig {
         latent_dim: k,
         encoder_hidden: vec![32, 16],
         kl_warmup: 200,
         ..VaeConfig::default()
     };
-    let vae = LnVae::new(model, data, cfg).unwrap();
+    let vae = LnVae::new(model, data, cfg, capture).unwrap();
     let run = SviConfig {
         n_steps: steps,
         batch_size: Some(128),
@@ -247,7 +268,7 @@ fn fits_do_not_depend_on_threads() {
         block: 16,
         ..small(None)
     };
-    let vae = LnVae::new(LnModel::Nbln, data, cfg).unwrap();
+    let vae = LnVae::new(LnModel::Nbln, data, cfg, &Capture::None).unwrap();
     let run = SviConfig {
         n_steps: 20,
         batch_size: Some(64),
@@ -268,7 +289,7 @@ fn fits_do_not_depend_on_threads() {
 #[test]
 fn analyses_read_each_cells_decoded_log_rates_in_any_chunking() {
     let data = leak(simulate(7, 30, 2, Some(&[1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 1.0]), 2).0);
-    let vae = LnVae::new(LnModel::Nbln, data, small(None)).unwrap();
+    let vae = LnVae::new(LnModel::Nbln, data, small(None), &Capture::None).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let v = vae.start(&mut rng);
     let cells: Vec<usize> = (0..30).collect();
@@ -354,7 +375,7 @@ fn lnm_recovers_the_log_ratio_span_and_the_totals() {
 #[test]
 fn lnm_log_likelihoods_are_the_multinomial_and_the_nb_of_the_total() {
     let data = leak(simulate(6, 20, 2, None, 2).0);
-    let vae = LnVae::new(LnModel::Lnm, data, small(None)).unwrap();
+    let vae = LnVae::new(LnModel::Lnm, data, small(None), &Capture::None).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let v = vae.start(&mut rng);
     let rf = vae.reference.unwrap();
@@ -392,7 +413,7 @@ fn lnm_log_likelihoods_are_the_multinomial_and_the_nb_of_the_total() {
 #[test]
 fn lnm_predictive_of_some_genes_has_the_multinomials_marginal_law() {
     let data = leak(simulate(6, 20, 2, None, 2).0);
-    let vae = LnVae::new(LnModel::Lnm, data, small(None)).unwrap();
+    let vae = LnVae::new(LnModel::Lnm, data, small(None), &Capture::None).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let v = vae.start(&mut rng);
     let n = 4000;
@@ -422,4 +443,161 @@ fn lnm_predictive_of_some_genes_has_the_multinomials_marginal_law() {
             sd(b)
         );
     }
+}
+
+/// PLN counts seen through capture: `x = μ + W z + 0.2 ε`, `η_c ~ U(0.2,
+/// 1.5)`, `u ~ Poisson(e^{x − η_c})`. Returns the counts, `μ`, `W`, the
+/// true `η` and `ln M0` (the mean total at full capture).
+fn simulate_captured(
+    g: usize,
+    n: usize,
+    k: usize,
+    seed: u64,
+) -> (CountMatrix, Vec<f64>, Vec<f64>, Vec<f64>, f64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mu: Vec<f64> = (0..g).map(|_| rng.random_range(0.5..2.5)).collect();
+    let w: Vec<f64> = (0..g * k)
+        .map(|_| 0.5 * rng.sample::<f64, _>(StandardNormal))
+        .collect();
+    let (mut p, mut idx, mut val, mut eta) = (vec![0i32], Vec::new(), Vec::new(), Vec::new());
+    let mut full = 0.0;
+    for _ in 0..n {
+        let z: Vec<f64> = (0..k).map(|_| rng.sample(StandardNormal)).collect();
+        let e: f64 = rng.random_range(0.2..1.5);
+        eta.push(e);
+        for i in 0..g {
+            let x = mu[i]
+                + (0..k).map(|j| w[i * k + j] * z[j]).sum::<f64>()
+                + 0.2 * rng.sample::<f64, _>(StandardNormal);
+            full += x.exp();
+            let v = rng.sample(Poisson::new((x - e).exp()).unwrap()) as u32;
+            if v > 0 {
+                idx.push(i as i32);
+                val.push(v as f64);
+            }
+        }
+        p.push(idx.len() as i32);
+    }
+    let data = CountMatrix::from_csc(g, n, &p, &idx, &val).unwrap();
+    (data, mu, w, eta, (full / n as f64).ln())
+}
+
+fn correlation(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}
+
+#[test]
+fn pln_with_capture_recovers_the_mean_and_each_cells_capture() {
+    let (g, n, k) = (40, 800, 2);
+    let (data, mu, _, eta, ln_m0) = simulate_captured(g, n, k, 21);
+    let data = leak(data);
+    let capture = Capture::Anchor { ln_m0, sigma: 0.3 };
+    let (vae, v, _) = train_with(LnModel::Pln, data, k, 1500, 3, &capture);
+    let (b, _, _, _) = vae.population(&v);
+    // Without the capture offset the bias would absorb mean η (≈ 0.85).
+    let bias = b.iter().zip(&mu).map(|(x, y)| x - y).sum::<f64>() / g as f64;
+    assert!(bias.abs() < 0.15, "mean b - mu = {bias}");
+    let cells: Vec<usize> = (0..n).collect();
+    let fitted = vae.capture_values(&v, &cells, 0, 0);
+    let rho = correlation(&fitted, &eta);
+    assert!(rho > 0.9, "corr(fitted η, true η) = {rho}");
+    // The fit moved η off its start (the anchor) toward the truth.
+    let anchors: Vec<f64> = data
+        .lib_size
+        .iter()
+        .map(|l| (ln_m0 - l.ln()).max(ETA_MIN))
+        .collect();
+    let err = |x: &[f64]| {
+        x.iter()
+            .zip(&eta)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f64>()
+    };
+    assert!(
+        err(&fitted) < err(&anchors),
+        "{} vs {}",
+        err(&fitted),
+        err(&anchors)
+    );
+}
+
+#[test]
+fn lnm_with_capture_puts_the_totals_mean_at_full_capture() {
+    let (g, n, k) = (30, 800, 2);
+    let (data, _, _, _, ln_m0) = simulate_captured(g, n, k, 22);
+    let data = leak(data);
+    let capture = Capture::Anchor { ln_m0, sigma: 0.3 };
+    let (vae, v, _) = train_with(LnModel::Lnm, data, k, 1500, 4, &capture);
+    let (_, _, _, tot) = vae.population(&v);
+    let m0 = ln_m0.exp();
+    assert!(
+        (tot[0] / m0 - 1.0).abs() < 0.15,
+        "mu_T {} vs M0 {m0}",
+        tot[0]
+    );
+    let mean_total = data.lib_size.iter().sum::<f64>() / n as f64;
+    assert!(
+        tot[0] > 1.5 * mean_total,
+        "mu_T {} vs mean total {mean_total}",
+        tot[0]
+    );
+}
+
+#[test]
+fn captured_log_likelihoods_read_the_offset_log_rates() {
+    let (data, _, _, _, ln_m0) = simulate_captured(7, 30, 2, 5);
+    let data = leak(data);
+    let capture = Capture::Anchor { ln_m0, sigma: 0.5 };
+    let vae = LnVae::new(LnModel::Pln, data, small(None), &capture).unwrap();
+    let v = vae.start(&mut ChaCha8Rng::seed_from_u64(1));
+    let cells: Vec<usize> = (0..30).collect();
+    let ll = vae.log_likelihood(&v, By::Cell, 0, 1, Ctl::none()).unwrap();
+    let lat = vae.latents(&v, &cells, None, 0, 1);
+    assert_eq!(lat.eta.len(), 30);
+    let mut u = vec![0.0; 7];
+    for c in 0..30 {
+        data.dense_row(c, &mut u);
+        let want: f64 = (0..7)
+            .map(|j| {
+                let l = lat.x[c * 7 + j] - lat.eta[c];
+                u[j] * l - l.exp() - crate::math::lgamma(u[j] + 1.0)
+            })
+            .sum();
+        assert!(
+            (ll[c] - want).abs() < 1e-9 * want.abs(),
+            "cell {c}: {} vs {want}",
+            ll[c]
+        );
+    }
+    // η's point is the median of its guide; draws spread around it and do
+    // not depend on the cells drawn with them.
+    let many = vae.capture_values(&v, &[4], 4000, 3);
+    let m = many.iter().sum::<f64>() / 4000.0;
+    assert!(
+        (m / lat.eta[4] - 1.0).abs() < 0.1,
+        "mean draw {m} vs {}",
+        lat.eta[4]
+    );
+    let all = vae.capture_values(&v, &cells, 5, 3);
+    assert_eq!(&all[20..25], &vae.capture_values(&v, &[4], 5, 3)[..]);
+}
+
+#[test]
+fn frozen_capture_is_refused() {
+    let data = leak(simulate(6, 9, 2, None, 4).0);
+    let err = LnVae::new(
+        LnModel::Pln,
+        data,
+        small(None),
+        &Capture::Frozen(vec![0.5; 9]),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("priors") && err.contains("frozen"), "{err}");
 }
