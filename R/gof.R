@@ -13,7 +13,8 @@ NULL
 #' CDF of that cell: the NB with the cell's capture-adjusted success
 #' probability, the zero-inflation gate and, for mixtures, the mixture over
 #' components with the global weights (the original ignores capture and
-#' gates). At the MAP (`n_samples = NULL`) or averaged over `n_samples`
+#' gates). VAE fits read each cell through its own decoded `r` (and gate)
+#' and its capture. At the MAP (`n_samples = NULL`) or averaged over `n_samples`
 #' posterior draws. Under a correct model the residuals of a gene are
 #' standard normal: the scores are their `mean`, `variance`, `tail_excess`
 #' (fraction beyond +-2 minus the normal 0.0455) and `ks_distance`
@@ -27,10 +28,11 @@ NULL
 #' `well_fit` flags genes with residual variance in (0.5, 1.5) and (when
 #' computed) calibration failure at most 0.5.
 #'
-#' @param fit An SVI or MCMC fit of an NB-family model.
+#' @param fit An SVI, MCMC or VAE fit of an NB-family model.
 #' @param x The counts the model was fitted to.
 #' @param genes Genes to check (names or indices; `NULL`: all).
-#' @param n_samples `NULL` (MAP) or posterior draws for the residuals' CDF.
+#' @param n_samples `NULL` (MAP; for VAE fits every cell at its encoder
+#'   mean) or posterior draws for the residuals' CDF.
 #' @param residuals Keep the residual matrix (cells x genes) for
 #'   [plot_residuals()]; `"auto"` keeps it up to 5 million values.
 #' @param ppc Compute the PPC calibration scores.
@@ -54,34 +56,41 @@ NULL
 goodness_of_fit <- function(fit, x, genes = NULL, n_samples = NULL, residuals = "auto", ppc = TRUE,
                             n_ppc_samples = 200L, credible_level = 95, max_bin = NULL, epsilon = 1e-6,
                             seed = NULL, assay = NULL) {
-  if (!is(fit, "ScribeLayoutResults")) {
+  if (missing(x)) x <- NULL
+  vae <- is(fit, "ScribeVAEResults")
+  if (!is(fit, "ScribeLayoutResults") && !vae) {
     if (is(fit, "ScribeResults")) {
-      abort_unsupported("{.fn goodness_of_fit} works on SVI and MCMC fits of NB-family models, not {.cls {class(fit)[1]}}.")
+      abort_unsupported("{.fn goodness_of_fit} works on SVI, MCMC and VAE fits of NB-family models, not {.cls {class(fit)[1]}}.")
     }
     abort_input("{.arg fit} must be a scribeR results object, not {.cls {class(fit)[1]}}.")
   }
+  if (vae) check_nb_vae(fit, "goodness_of_fit")
   check_flag(ppc, "ppc")
   if (!identical(residuals, "auto")) check_flag(residuals, "residuals")
   check_number(n_ppc_samples, "n_ppc_samples", "a whole number of at least 2", function(v) v >= 2 && v == round(v) && v <= 1e6)
   check_number(credible_level, "credible_level", "a number in (0, 100)", function(v) v > 0 && v < 100)
   check_number(max_bin, "max_bin", "a whole number of at least 1", function(v) v >= 1 && v == round(v), allow_null = TRUE)
   check_number(epsilon, "epsilon", "a number in (0, 0.5)", function(v) v > 0 && v < 0.5)
-  counts <- counts_for_fit(fit, x, assay)
+  # VAE fits read each cell through the encoder, so they take `x` itself.
+  counts <- if (!vae) counts_for_fit(fit, x, assay)
+  run <- function(what, opts, n, seed) {
+    if (vae) run_vae_analysis(fit, x, what, opts, n, seed, assay, "goodness_of_fit") else
+      run_analysis(fit, what, counts, opts, n, seed)
+  }
   gi <- gene_index(fit, genes)
   if (anyDuplicated(gi)) abort_input("{.arg genes} lists a gene more than once.")
   idx <- if (is.null(gi)) seq_along(fit@gene_names) else gi + 1L
   n_cells <- length(fit@cell_names)
   keep <- if (identical(residuals, "auto")) as.numeric(n_cells) * length(idx) <= 5e6 else residuals
   seed <- resolve_seed(seed)
-  res <- run_analysis(fit, "residuals", counts, list(genes = gi, keep = keep, epsilon = epsilon), n_samples, seed)
+  res <- run("residuals", list(genes = gi, keep = keep, epsilon = epsilon), n_samples, seed)
   names_g <- fit@gene_names[idx]
   scores <- data.frame(gene = names_g, mean = res$mean, variance = res$variance, tail_excess = res$tail_excess,
                        ks_distance = res$ks_distance, stringsAsFactors = FALSE)
   well <- scores$variance > 0.5 & scores$variance < 1.5
   if (ppc) {
-    sc <- run_analysis(fit, "ppc_scores", counts,
-                       list(genes = gi, level = credible_level / 100, max_bin = if (!is.null(max_bin)) as.numeric(max_bin)),
-                       n_ppc_samples, seed + 1)
+    sc <- run("ppc_scores", list(genes = gi, level = credible_level / 100, max_bin = if (!is.null(max_bin)) as.numeric(max_bin)),
+              n_ppc_samples, seed + 1)
     scores$calibration_failure <- sc$calibration_failure
     scores$l1_distance <- sc$l1_distance
     well <- well & scores$calibration_failure <= 0.5

@@ -122,7 +122,8 @@ resolve_vae <- function(a, n_genes, model = "nbdm") {
 #' and the gate as genes x cells matrices at each cell's encoder mean) and
 #' [get_posterior_samples()] (`p`, capture as `n_samples x cells`, `r` and
 #' the gate as `n_samples x cells x genes` arrays; `cells` and `genes` pick
-#' a subset). Their point estimate puts
+#' a subset) and [goodness_of_fit()] (residuals under each cell's decoded
+#' NB; each PPC data set is one posterior draw). Their point estimate puts
 #' every cell at its encoder mean and the globals at their guide modes; a
 #' posterior draw draws the globals from their guide and each cell's
 #' embedding from its encoder Gaussian. Cells are decoded block by block, so
@@ -164,9 +165,9 @@ resolve_vae <- function(a, n_genes, model = "nbdm") {
 #'   separately identified. [get_map()] adds `eta_capture` and `p_capture`
 #'   per cell, [get_posterior_samples()] their draws (`n_samples x cells`),
 #'   and the likelihood and predictive verbs draw them with the latents. The
-#'   loadings priors of the Laplace engine, [denoise_counts()] and
-#'   [normalize_counts()] are not available for these fits yet (classed
-#'   errors).
+#'   loadings priors of the Laplace engine, [denoise_counts()],
+#'   [normalize_counts()] and [goodness_of_fit()] are not available for these
+#'   fits yet (classed errors).
 #'
 #' @slot layout Data frame: the blocks of the global parameters' vector.
 #' @slot params List: `global_loc`, `global_log_scale` (the global guide),
@@ -330,11 +331,10 @@ setMethod("normalize_counts", "ScribeVAEResults", function(fit, x = NULL, n_samp
 })
 
 # Analyses that read population-level parameters from the core's view of a
-# fit (DE between fits, goodness_of_fit's scores) have no VAE form yet: a
-# VAE's r differs by cell.
+# fit (DE between fits) have no VAE form yet: a VAE's r differs by cell.
 setMethod("core_view", "ScribeVAEResults", function(object) {
   abort_unsupported(c("This analysis is not available for VAE fits yet: it reads population-level parameters, and a VAE's {.code r} differs by cell.",
-                      "i" = "VAE fits support {.fn log_likelihood}, {.fn posterior_predictive}, {.fn denoise_counts}, {.fn normalize_counts} and {.fn compare_models}."))
+                      "i" = "VAE fits support {.fn log_likelihood}, {.fn posterior_predictive}, {.fn denoise_counts}, {.fn normalize_counts}, {.fn goodness_of_fit} and {.fn compare_models}."))
 })
 
 #' @rdname ScribeVAEResults-class

@@ -109,7 +109,7 @@ test_that("VAE arguments and unavailable verbs give clear errors", {
   expect_error(get_latent_embeddings(fit, m[1:4, ]), "genes", class = "scribeR_input_error")
   expect_error(fit[1:3, ], "subset", class = "scribeR_unsupported")
   expect_error(scribe_de(fit, vae_fit(m, model = "nbdm", n_steps = 5)), "VAE", class = "scribeR_unsupported")
-  expect_error(goodness_of_fit(fit, m), "goodness_of_fit", class = "scribeR_unsupported")
+  expect_error(goodness_of_fit(fit), "x", class = "scribeR_input_error")
   expect_error(get_latent_embeddings(get_map, m), "VAE fit|results", class = "scribeR_input_error")
 })
 
@@ -334,6 +334,7 @@ test_that("log-normal VAEs refuse what they do not read, by name", {
   fit <- ln_vae(x)
   expect_error(denoise_counts(fit, x), "not available", class = "scribeR_unsupported")
   expect_error(normalize_counts(fit, x), "not available", class = "scribeR_unsupported")
+  expect_error(goodness_of_fit(fit, x), "not available", class = "scribeR_unsupported")
   expect_error(scribe_fit(x, model = "pln", verbose = FALSE), "vae", class = "scribeR_input_error")
 })
 

@@ -214,8 +214,8 @@ fn rs_vae_prior_draws(vae: Robj, prior: Robj, n: f64, seed: f64) -> Robj {
 }
 
 /// Downstream analyses of a fitted VAE on the counts it was fitted to
-/// (`what`: "loglik", "predictive", "denoise", "draws", "cell_fractions"
-/// or "decoded"); `params` is
+/// (`what`: "loglik", "predictive", "denoise", "draws", "cell_fractions",
+/// "residuals", "ppc_scores" or "decoded"); `params` is
 /// the fit's named parameter pieces.
 /// @noRd
 #[extendr]
@@ -297,6 +297,35 @@ fn rs_vae_analysis(
                     net.cell_fractions(&v, &genes, sample, sm, aseed, Ctl::new(sh, sh))
                 })?;
                 list!(values = vals).into()
+            }
+            "residuals" => {
+                let (keep, eps) = (o.boolean("keep")?, o.real("epsilon")?);
+                let res = runner::run("quantile residuals", verbose, num_threads, |sh| {
+                    net.quantile_residuals(&v, &genes, keep, eps, sm, aseed, Ctl::new(sh, sh))
+                })?;
+                list!(
+                    mean = res.mean,
+                    variance = res.variance,
+                    tail_excess = res.tail_excess,
+                    ks_distance = res.ks_distance,
+                    values = match res.values {
+                        Some(x) => Robj::from(x),
+                        None => Robj::from(()),
+                    }
+                )
+                .into()
+            }
+            "ppc_scores" => {
+                let level = o.real("level")?;
+                let max_bin = o.opt_real("max_bin")?.map(|m| m as usize);
+                let sc = runner::run("PPC scores", verbose, num_threads, |sh| {
+                    net.ppc_scores(&v, &genes, level, max_bin, sm, aseed, Ctl::new(sh, sh))
+                })?;
+                list!(
+                    calibration_failure = sc.calibration_failure,
+                    l1_distance = sc.l1_distance
+                )
+                .into()
             }
             "decoded" => {
                 let pt = runner::run("decoding", verbose, num_threads, |sh| {

@@ -631,14 +631,14 @@ pub struct DecodedPoint {
     pub gate: Option<Vec<f64>>,
 }
 
-fn settings(summary: Summary, copies: usize) -> usize {
+pub(super) fn settings(summary: Summary, copies: usize) -> usize {
     match summary {
         Summary::Point => copies.max(1),
         Summary::Draws { n, .. } => n,
     }
 }
 
-fn check_genes(genes: &[usize], n_genes: usize) -> Result<()> {
+pub(super) fn check_genes(genes: &[usize], n_genes: usize) -> Result<()> {
     if let Some(&g) = genes.iter().find(|&&g| g >= n_genes) {
         return Err(CoreError::arg(
             "genes",

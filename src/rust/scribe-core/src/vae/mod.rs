@@ -32,6 +32,7 @@
 pub mod analysis;
 pub mod encoder;
 pub mod fit;
+pub mod gof;
 mod latent;
 pub mod lognormal;
 

@@ -642,3 +642,130 @@ fn kl_weight_scales_the_global_priors_too() {
     let mid = 0.5 * (loss(&v1, 0.0) + loss(&v1, 1.0));
     assert!((loss(&v1, 0.5) - mid).abs() < 1e-8 * mid.abs());
 }
+
+#[test]
+fn residuals_lie_in_each_cells_cdf_step_and_do_not_depend_on_threads() {
+    use crate::posterior::Summary;
+    use crate::progress::Ctl;
+    let (vae, v, data) = perturbed(Variant::Zinbvcp, 3);
+    let genes: Vec<usize> = (0..data.n_genes).collect();
+    let run = |threads: usize, sm: Summary| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            vae.quantile_residuals(&v, &genes, true, 1e-12, sm, 5, Ctl::none())
+                .unwrap()
+        })
+    };
+    let res = run(1, Summary::Point);
+    assert_eq!(res, run(2, Summary::Point));
+    let sm = Summary::Draws { n: 3, seed: 4 };
+    assert_eq!(run(1, sm), run(2, sm));
+    // Φ(q) lies between the predictive CDF just below the count and at it,
+    // both summed straight from the pmf of the cell's decoded parameters.
+    let pt = vae.decoded_point(&v, Ctl::none()).unwrap();
+    let q = res.values.as_ref().unwrap();
+    let (g_n, c_n) = (data.n_genes, data.n_cells);
+    for c in 0..c_n {
+        let u = dense_counts(data, c);
+        let p_hat = pt.p * pt.nu[c] / (1.0 - pt.p * (1.0 - pt.nu[c]));
+        for g in 0..g_n {
+            let (r, pi) = (pt.r[c * g_n + g], pt.gate.as_ref().unwrap()[c * g_n + g]);
+            let pmf = |x: u32| ln_pmf(x, r, p_hat, Some(pi)).exp();
+            let lo: f64 = (0..u[g] as u32).map(pmf).sum();
+            let hi = lo + pmf(u[g] as u32);
+            let f = crate::de::stats::normal_cdf(q[c + c_n * g]);
+            assert!(
+                f >= lo - 1e-9 && f <= hi + 1e-9,
+                "cell {c} gene {g}: Φ(q) = {f} outside [{lo}, {hi}]"
+            );
+        }
+    }
+    // The gene scores summarize the residuals.
+    for g in 0..g_n {
+        let col = &q[g * c_n..(g + 1) * c_n];
+        let m = col.iter().sum::<f64>() / c_n as f64;
+        assert!((res.mean[g] - m).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn a_fitted_vae_passes_its_predictive_checks_and_a_wrong_p_does_not() {
+    use crate::posterior::Summary;
+    use crate::progress::Ctl;
+    // Clusters a single NB per gene could not fit; the embedding can.
+    let truth = NbTruth::random_mixture(Variant::Nbdm, 20, 400, 3, 5);
+    let data = leak(simulate_nb(&truth, 6));
+    let vae = Vae::new(
+        canonical(Variant::Nbdm, data),
+        VaeConfig {
+            latent_dim: 2,
+            encoder_hidden: vec![16],
+            decoder_hidden: vec![16],
+            kl_warmup: 200,
+            ..VaeConfig::default()
+        },
+    )
+    .unwrap();
+    let run = SviConfig {
+        n_steps: 1500,
+        batch_size: Some(128),
+        optimizer: crate::optim::OptimizerConfig::Adam {
+            step_size: 5e-3,
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-8,
+            clip: None,
+        },
+        settle: None,
+        seed: 1,
+        ..Default::default()
+    };
+    let v = fit(&vae, &run, &NoProgress, &NeverCancel).unwrap().params;
+    let genes: Vec<usize> = (0..20).collect();
+    let scores = |v: &[f64]| {
+        let res = vae
+            .quantile_residuals(v, &genes, false, 1e-6, Summary::Point, 1, Ctl::none())
+            .unwrap();
+        let ppc = vae
+            .ppc_scores(
+                v,
+                &genes,
+                0.95,
+                None,
+                Summary::Draws { n: 100, seed: 2 },
+                3,
+                Ctl::none(),
+            )
+            .unwrap();
+        let med = |x: &[f64]| {
+            let mut s = x.to_vec();
+            s.sort_by(f64::total_cmp);
+            s[s.len() / 2]
+        };
+        (
+            med(&res.variance),
+            med(&res.ks_distance),
+            med(&ppc.calibration_failure),
+        )
+    };
+    let (var, ks, fail) = scores(&v);
+    eprintln!("fitted: residual variance {var:.3}, KS {ks:.3}, calibration failure {fail:.3}");
+    assert!(var > 0.8 && var < 1.2, "median residual variance {var}");
+    assert!(ks < 0.1, "median KS distance {ks}");
+    assert!(fail <= 0.25, "median calibration failure {fail}");
+    // p's guide moved far from the fit: the checks see it.
+    let mut w = v.clone();
+    let p_coord = vae.model.layout().find("p").unwrap().offset;
+    w[p_coord] += 1.5;
+    let (var_w, ks_w, fail_w) = scores(&w);
+    eprintln!(
+        "wrong p: residual variance {var_w:.3}, KS {ks_w:.3}, calibration failure {fail_w:.3}"
+    );
+    assert!(
+        ks_w > 2.0 * ks && fail_w > fail,
+        "{ks_w} vs {ks}, {fail_w} vs {fail}"
+    );
+}

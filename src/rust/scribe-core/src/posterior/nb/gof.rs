@@ -37,7 +37,7 @@ pub struct Residuals {
 }
 
 /// `P(X ≤ u)` of `NB(r, p̂)` (pmf ∝ (1 − p̂)^r p̂^k): `I_{1−p̂}(r, u + 1)`.
-fn nb_cdf(u: u32, r: f64, p_hat: f64) -> f64 {
+pub(crate) fn nb_cdf(u: u32, r: f64, p_hat: f64) -> f64 {
     statrs::function::beta::beta_reg(r, u as f64 + 1.0, 1.0 - p_hat)
 }
 
@@ -92,14 +92,7 @@ pub fn quantile_residuals(
             None => d.weights[s * k_n + k],
         }
     });
-    let mut out = Residuals {
-        mean: vec![0.0; j_n],
-        variance: vec![0.0; j_n],
-        tail_excess: vec![0.0; j_n],
-        ks_distance: vec![0.0; j_n],
-        values: keep.then(|| vec![0.0; c_n * j_n]),
-    };
-    let normal_tail = 2.0 * (1.0 - crate::de::stats::normal_cdf(2.0));
+    let mut out = Residuals::new(j_n, c_n, keep);
     let work = ctl.work(j_n.div_ceil(block) * c_n);
     let mut q = vec![0.0; c_n * block]; // cell-major within the block
     for (b, start) in (0..j_n).step_by(block).enumerate() {
@@ -155,11 +148,40 @@ pub fn quantile_residuals(
                             }
                         }
                     }
-                    let v: f64 = lo + rng.random::<f64>() * (hi - lo);
-                    *qv = crate::math::normal_quantile(v.clamp(epsilon, 1.0 - epsilon));
+                    *qv = randomized_residual(lo, hi, rng.random(), epsilon);
                 }
                 work.tick();
             });
+        out.record(&q[..c_n * len], c_n, start, len);
+    }
+    work.finish(out)
+}
+
+/// `Φ⁻¹(v)` with `v = lo + w (hi − lo)` clipped to `[ε, 1 − ε]`: the
+/// randomized quantile residual of a count whose predictive CDF is `lo`
+/// just below it and `hi` at it, from a uniform `w`.
+pub(crate) fn randomized_residual(lo: f64, hi: f64, w: f64, epsilon: f64) -> f64 {
+    let v = lo + w * (hi - lo);
+    crate::math::normal_quantile(v.clamp(epsilon, 1.0 - epsilon))
+}
+
+impl Residuals {
+    /// Empty summaries of `n_genes` genes over `n_cells` cells, keeping
+    /// the residuals when `keep`.
+    pub(crate) fn new(n_genes: usize, n_cells: usize, keep: bool) -> Self {
+        Residuals {
+            mean: vec![0.0; n_genes],
+            variance: vec![0.0; n_genes],
+            tail_excess: vec![0.0; n_genes],
+            ks_distance: vec![0.0; n_genes],
+            values: keep.then(|| vec![0.0; n_cells * n_genes]),
+        }
+    }
+
+    /// Summarizes the residuals `q` (cell-major, `len` genes per cell) of
+    /// the genes `start..start + len`.
+    pub(crate) fn record(&mut self, q: &[f64], c_n: usize, start: usize, len: usize) {
+        let normal_tail = 2.0 * (1.0 - crate::de::stats::normal_cdf(2.0));
         let block_scores: Vec<(f64, f64, f64, f64)> = (0..len)
             .into_par_iter()
             .map(|i| {
@@ -184,18 +206,17 @@ pub fn quantile_residuals(
             .collect();
         for (i, (m, v, t, k)) in block_scores.into_iter().enumerate() {
             let j = start + i;
-            out.mean[j] = m;
-            out.variance[j] = v;
-            out.tail_excess[j] = t;
-            out.ks_distance[j] = k;
-            if let Some(vals) = out.values.as_mut() {
+            self.mean[j] = m;
+            self.variance[j] = v;
+            self.tail_excess[j] = t;
+            self.ks_distance[j] = k;
+            if let Some(vals) = self.values.as_mut() {
                 for c in 0..c_n {
                     vals[c + c_n * j] = q[c * len + i];
                 }
             }
         }
     }
-    work.finish(out)
 }
 
 /// Per-gene PPC calibration: fraction of the observed histogram's non-empty
@@ -232,20 +253,7 @@ pub fn ppc_scores(
         return Err(CoreError::arg("credible_level", "must be in (0, 100)"));
     }
     let (c_n, s_n, k_n) = (data.n_cells, d.n_draws, d.n_comp);
-    // Observed nonzero counts per requested gene (the rest of the cells are zeros).
-    let mut pos = vec![usize::MAX; data.n_genes];
-    for (j, &g) in genes.iter().enumerate() {
-        pos[g] = j;
-    }
-    let mut observed: Vec<Vec<u32>> = vec![Vec::new(); genes.len()];
-    for c in 0..c_n {
-        let (gi, ci) = data.row(c);
-        for (&g, &x) in gi.iter().zip(ci) {
-            if pos[g as usize] != usize::MAX {
-                observed[pos[g as usize]].push(x);
-            }
-        }
-    }
+    let observed = observed_nonzero(data, genes);
     // Odds of the capture-adjusted success probability per (draw, component,
     // cell), shared by all genes unless p is gene-specific.
     let odds_at = |s: usize, k: usize, c: usize, g: usize| {
@@ -273,7 +281,6 @@ pub fn ppc_scores(
                 return (f64::NAN, f64::NAN);
             }
             let mut hists: Vec<Vec<u32>> = Vec::with_capacity(s_n);
-            let (mut lo, mut hi) = (usize::MAX, 0usize);
             for s in 0..s_n {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
                 rng.set_stream(((g as u64 + 1) << 32) | s as u64);
@@ -307,63 +314,10 @@ pub fn ppc_scores(
                     }
                     h[x] += 1;
                 }
-                lo = lo.min(h.iter().position(|&v| v > 0).unwrap_or(0));
-                hi = hi.max(h.len() - 1);
                 hists.push(h);
             }
-            if let Some(m) = max_bin {
-                hi = hi.min(lo + m);
-            }
-            let n_bins = hi - lo + 1;
-            let in_range = |h: &[u32]| -> f64 {
-                h.iter()
-                    .enumerate()
-                    .filter(|(x, _)| *x >= lo && *x <= hi)
-                    .map(|(_, &v)| v as f64)
-                    .sum()
-            };
-            let totals: Vec<f64> = hists.iter().map(|h| in_range(h)).collect();
-            let mut obs = vec![0.0; n_bins];
-            let n_zero = c_n - observed[j].len();
-            if lo == 0 && n_zero > 0 {
-                obs[0] = n_zero as f64;
-            }
-            for &x in &observed[j] {
-                let x = x as usize;
-                if x >= lo && x <= hi {
-                    obs[x - lo] += 1.0;
-                }
-            }
-            let o_tot: f64 = obs.iter().sum();
-            let (mut fails, mut nonempty, mut l1) = (0usize, 0usize, 0.0);
-            let mut col = vec![0.0; s_n];
-            for b in 0..n_bins {
-                for (s, h) in hists.iter().enumerate() {
-                    let v = h.get(lo + b).copied().unwrap_or(0) as f64;
-                    col[s] = if totals[s] > 0.0 { v / totals[s] } else { 0.0 };
-                }
-                col.sort_by(|x, y| x.partial_cmp(y).unwrap());
-                let (lower, upper, med) = (
-                    percentile(&col, tail),
-                    percentile(&col, 1.0 - tail),
-                    percentile(&col, 0.5),
-                );
-                let ob = if o_tot > 0.0 { obs[b] / o_tot } else { 0.0 };
-                if obs[b] > 0.0 {
-                    nonempty += 1;
-                    if ob < lower || ob > upper {
-                        fails += 1;
-                    }
-                }
-                l1 += (ob - med).abs();
-            }
             work.tick();
-            let fail = if nonempty > 0 {
-                fails as f64 / nonempty as f64
-            } else {
-                0.0
-            };
-            (fail, l1)
+            histogram_scores(&hists, &observed[j], c_n, tail, max_bin)
         })
         .collect();
     let (calibration_failure, l1_distance) = scores.into_iter().unzip();
@@ -371,6 +325,97 @@ pub fn ppc_scores(
         calibration_failure,
         l1_distance,
     })
+}
+
+/// The observed nonzero counts of each of `genes` (the other cells are zeros).
+pub(crate) fn observed_nonzero(data: &CountMatrix, genes: &[usize]) -> Vec<Vec<u32>> {
+    let mut pos = vec![usize::MAX; data.n_genes];
+    for (j, &g) in genes.iter().enumerate() {
+        pos[g] = j;
+    }
+    let mut observed: Vec<Vec<u32>> = vec![Vec::new(); genes.len()];
+    for c in 0..data.n_cells {
+        let (gi, ci) = data.row(c);
+        for (&g, &x) in gi.iter().zip(ci) {
+            if pos[g as usize] != usize::MAX {
+                observed[pos[g as usize]].push(x);
+            }
+        }
+    }
+    observed
+}
+
+/// One gene's PPC scores from the count histograms of its predictive data
+/// sets (`hists[s][x]`: cells with count `x`) and its observed nonzero
+/// counts over `c_n` cells: the fraction of non-empty observed bins outside
+/// the central band (tail mass `tail` each side) and the L1 distance to the
+/// median predictive histogram.
+pub(crate) fn histogram_scores(
+    hists: &[Vec<u32>],
+    observed: &[u32],
+    c_n: usize,
+    tail: f64,
+    max_bin: Option<usize>,
+) -> (f64, f64) {
+    let s_n = hists.len();
+    let lo = hists
+        .iter()
+        .map(|h| h.iter().position(|&v| v > 0).unwrap_or(0))
+        .min()
+        .unwrap_or(0);
+    let mut hi = hists.iter().map(|h| h.len().max(1) - 1).max().unwrap_or(0);
+    if let Some(m) = max_bin {
+        hi = hi.min(lo + m);
+    }
+    let n_bins = hi - lo + 1;
+    let in_range = |h: &[u32]| -> f64 {
+        h.iter()
+            .enumerate()
+            .filter(|(x, _)| *x >= lo && *x <= hi)
+            .map(|(_, &v)| v as f64)
+            .sum()
+    };
+    let totals: Vec<f64> = hists.iter().map(|h| in_range(h)).collect();
+    let mut obs = vec![0.0; n_bins];
+    let n_zero = c_n - observed.len();
+    if lo == 0 && n_zero > 0 {
+        obs[0] = n_zero as f64;
+    }
+    for &x in observed {
+        let x = x as usize;
+        if x >= lo && x <= hi {
+            obs[x - lo] += 1.0;
+        }
+    }
+    let o_tot: f64 = obs.iter().sum();
+    let (mut fails, mut nonempty, mut l1) = (0usize, 0usize, 0.0);
+    let mut col = vec![0.0; s_n];
+    for b in 0..n_bins {
+        for (s, h) in hists.iter().enumerate() {
+            let v = h.get(lo + b).copied().unwrap_or(0) as f64;
+            col[s] = if totals[s] > 0.0 { v / totals[s] } else { 0.0 };
+        }
+        col.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        let (lower, upper, med) = (
+            percentile(&col, tail),
+            percentile(&col, 1.0 - tail),
+            percentile(&col, 0.5),
+        );
+        let ob = if o_tot > 0.0 { obs[b] / o_tot } else { 0.0 };
+        if obs[b] > 0.0 {
+            nonempty += 1;
+            if ob < lower || ob > upper {
+                fails += 1;
+            }
+        }
+        l1 += (ob - med).abs();
+    }
+    let fail = if nonempty > 0 {
+        fails as f64 / nonempty as f64
+    } else {
+        0.0
+    };
+    (fail, l1)
 }
 
 #[cfg(test)]
