@@ -13,8 +13,18 @@ NULL
 #' CDF of that cell: the NB with the cell's capture-adjusted success
 #' probability, the zero-inflation gate and, for mixtures, the mixture over
 #' components with the global weights (the original ignores capture and
-#' gates). VAE fits read each cell through its own decoded `r` (and gate)
-#' and its capture. At the MAP (`n_samples = NULL`) or averaged over `n_samples`
+#' gates). VAE fits of NB-family models read each cell through its own
+#' decoded `r` (and gate) and its capture. For the log-normal models (VAE and
+#' Laplace fits) `F` is Poisson (PLN) or NB (NBLN) at the cell's rate
+#' `exp(x - eta)`, and for LNM the marginal of one gene, `NB(mean mu_T
+#' exp(-eta) rho_g, r_T)` (the multinomial share of an NB total); each PPC
+#' data set is one draw of every cell's latents. Laplace fits use the mixed
+#' predictive: a latent per (cell, gene) sees its own count, so each draw
+#' takes the cell's embedding `z` from its posterior given the latents and
+#' adds fresh per-gene noise `sqrt(d) e` (their point estimate is `mu + W
+#' E[z | MAP]`). The point estimates of log-normal fits leave out the
+#' latents' spread, which for PLN is all of its overdispersion: use
+#' `n_samples` to judge these models. At the MAP (`n_samples = NULL`) or averaged over `n_samples`
 #' posterior draws. Under a correct model the residuals of a gene are
 #' standard normal: the scores are their `mean`, `variance`, `tail_excess`
 #' (fraction beyond +-2 minus the normal 0.0455) and `ks_distance`
@@ -28,7 +38,7 @@ NULL
 #' `well_fit` flags genes with residual variance in (0.5, 1.5) and (when
 #' computed) calibration failure at most 0.5.
 #'
-#' @param fit An SVI, MCMC or VAE fit of an NB-family model.
+#' @param fit An SVI, MCMC or VAE fit, or a Laplace fit of a log-normal model.
 #' @param x The counts the model was fitted to.
 #' @param genes Genes to check (names or indices; `NULL`: all).
 #' @param n_samples `NULL` (MAP; for VAE fits every cell at its encoder
@@ -58,24 +68,31 @@ goodness_of_fit <- function(fit, x, genes = NULL, n_samples = NULL, residuals = 
                             seed = NULL, assay = NULL) {
   if (missing(x)) x <- NULL
   vae <- is(fit, "ScribeVAEResults")
-  if (!is(fit, "ScribeLayoutResults") && !vae) {
+  lap <- is(fit, "ScribeLaplaceResults")
+  if (!is(fit, "ScribeLayoutResults") && !vae && !lap) {
     if (is(fit, "ScribeResults")) {
-      abort_unsupported("{.fn goodness_of_fit} works on SVI, MCMC and VAE fits of NB-family models, not {.cls {class(fit)[1]}}.")
+      abort_unsupported("{.fn goodness_of_fit} works on SVI, MCMC, VAE and Laplace fits, not {.cls {class(fit)[1]}}.")
     }
     abort_input("{.arg fit} must be a scribeR results object, not {.cls {class(fit)[1]}}.")
   }
-  if (vae) check_nb_vae(fit, "goodness_of_fit")
+  check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647 (or NULL for the point estimate)",
+               function(v) v >= 1 && v <= .Machine$integer.max && v == round(v), allow_null = TRUE)
   check_flag(ppc, "ppc")
   if (!identical(residuals, "auto")) check_flag(residuals, "residuals")
   check_number(n_ppc_samples, "n_ppc_samples", "a whole number of at least 2", function(v) v >= 2 && v == round(v) && v <= 1e6)
   check_number(credible_level, "credible_level", "a number in (0, 100)", function(v) v > 0 && v < 100)
   check_number(max_bin, "max_bin", "a whole number of at least 1", function(v) v >= 1 && v == round(v), allow_null = TRUE)
   check_number(epsilon, "epsilon", "a number in (0, 0.5)", function(v) v > 0 && v < 0.5)
-  # VAE fits read each cell through the encoder, so they take `x` itself.
-  counts <- if (!vae) counts_for_fit(fit, x, assay)
+  # VAE and Laplace fits read each cell's latents from `x`, so they take it whole.
+  counts <- if (!vae && !lap) counts_for_fit(fit, x, assay)
   run <- function(what, opts, n, seed) {
-    if (vae) run_vae_analysis(fit, x, what, opts, n, seed, assay, "goodness_of_fit") else
-      run_analysis(fit, what, counts, opts, n, seed)
+    if (vae) return(run_vae_analysis(fit, x, what, opts, n, seed, assay, "goodness_of_fit"))
+    if (lap) {
+      opts$n_draws <- if (is.null(n)) 0 else as.numeric(n)
+      opts$seed <- seed
+      return(run_laplace_analysis(fit, x, what, opts, assay))
+    }
+    run_analysis(fit, what, counts, opts, n, seed)
   }
   gi <- gene_index(fit, genes)
   if (anyDuplicated(gi)) abort_input("{.arg genes} lists a gene more than once.")

@@ -165,9 +165,9 @@ resolve_vae <- function(a, n_genes, model = "nbdm") {
 #'   separately identified. [get_map()] adds `eta_capture` and `p_capture`
 #'   per cell, [get_posterior_samples()] their draws (`n_samples x cells`),
 #'   and the likelihood and predictive verbs draw them with the latents. The
-#'   loadings priors of the Laplace engine, [denoise_counts()],
-#'   [normalize_counts()] and [goodness_of_fit()] are not available for these
-#'   fits yet (classed errors).
+#'   loadings priors of the Laplace engine, [denoise_counts()] and
+#'   [normalize_counts()] are not available for these fits yet (classed
+#'   errors).
 #'
 #' @slot layout Data frame: the blocks of the global parameters' vector.
 #' @slot params List: `global_loc`, `global_log_scale` (the global guide),

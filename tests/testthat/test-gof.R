@@ -98,3 +98,36 @@ test_that("goodness_of_fit of a VAE fit reads each cell's decoded NB, and its PP
   }, numeric(1))
   expect_lt(abs(mean(g2$scores$calibration_failure) - mean(in_r)), 0.05)
 })
+
+test_that("goodness_of_fit of log-normal fits (Laplace and VAE) reads each cell's latents", {
+  set.seed(3)
+  g <- 25; n <- 300
+  w <- matrix(rnorm(g * 2, sd = 0.5), g)
+  lat <- runif(g, 0.5, 2) + w %*% matrix(rnorm(2 * n), 2) + matrix(rnorm(g * n, sd = 0.3), g)
+  x <- Matrix::Matrix(matrix(rpois(g * n, exp(lat)), g, dimnames = list(paste0("g", 1:g), paste0("c", 1:n))),
+                      sparse = TRUE)
+  lap <- scribe_fit(x, model = "pln", inference_method = "laplace", latent_dim = 2, seed = 1, verbose = FALSE)
+  gl <- goodness_of_fit(lap, x, n_samples = 30, n_ppc_samples = 50, seed = 2)
+  expect_identical(dim(gl$residuals), c(300L, 25L))
+  expect_true(all(is.finite(gl$residuals)))
+  # The PLN fit of PLN data: residual variances near 1 (0.88 here) once the
+  # embedding's posterior and the per-gene noise are drawn.
+  expect_lt(abs(stats::median(gl$scores$variance) - 1), 0.25)
+  expect_lt(stats::median(gl$scores$calibration_failure), 0.3)
+  # At the MAP alone, PLN's predictive is Poisson: too narrow for these counts
+  # (1.24 here).
+  gm <- goodness_of_fit(lap, x, ppc = FALSE, seed = 2)
+  expect_gt(stats::median(gm$scores$variance), stats::median(gl$scores$variance))
+  expect_identical(goodness_of_fit(lap, x, genes = c("g3", "g1"), n_samples = 5, ppc = FALSE, seed = 4)$scores,
+                   goodness_of_fit(lap, x, genes = c("g3", "g1"), n_samples = 5, ppc = FALSE, seed = 4)$scores)
+  expect_error(goodness_of_fit(lap, x, n_samples = 0), "n_samples", class = "scribeR_input_error")
+  expect_error(goodness_of_fit(lap, x, genes = c("g1", "g1")), "more than once", class = "scribeR_input_error")
+
+  for (model in c("nbln", "lnm")) {
+    v <- scribe_fit(x, model = model, inference_method = "vae", latent_dim = 2, vae_encoder_hidden_dims = c(16, 8),
+                    n_steps = 300, kl_annealing_warmup = 100, seed = 1, verbose = FALSE)
+    gv <- goodness_of_fit(v, x, n_samples = 10, n_ppc_samples = 30, genes = 1:6, seed = 2)
+    expect_identical(gv$scores$gene, paste0("g", 1:6))
+    expect_true(all(is.finite(gv$scores$variance)) && all(gv$scores$calibration_failure <= 1))
+  }
+})

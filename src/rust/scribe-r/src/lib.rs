@@ -401,14 +401,7 @@ fn rs_nb_analysis(
                     let d = nb_draws(&v, sm, replicate, Ctl::new(sh, sh))?;
                     quantile_residuals(&d, dat, &genes, keep, eps, aseed, Ctl::new(sh, sh))
                 })?;
-                list!(
-                    mean = res.mean,
-                    variance = res.variance,
-                    tail_excess = res.tail_excess,
-                    ks_distance = res.ks_distance,
-                    values = res.values.map_or_else(none, |x| x.into())
-                )
-                .into()
+                gof_residuals_to_r(res)
             }
             "ppc_scores" => {
                 let dat = dat()?;
@@ -432,8 +425,8 @@ fn rs_nb_analysis(
 
 /// Posterior analyses of a Laplace fit: "latents" (draws of the latent
 /// log-rates and capture), "predictive" (count draws; `use_map` for the MAP
-/// latents) and "loglik" (log-likelihood by cell or by gene, at the MAP or
-/// per draw).
+/// latents), "loglik" (log-likelihood by cell or by gene, at the MAP or
+/// per draw), "residuals" and "ppc_scores" (goodness of fit).
 /// `fit` is list(model, k, mu, w (row-major), d, r, latents, eta, capture,
 /// and for LNM totals and the 0-based reference gene).
 /// @noRd
@@ -510,9 +503,64 @@ fn rs_laplace_analysis(
                 })?;
                 list!(values = v).into()
             }
+            "residuals" => {
+                let genes = indices(o.get("genes"), data.n_genes, "genes")?;
+                let (keep, eps) = (o.boolean("keep")?, o.real("epsilon")?);
+                let draws = (n > 0).then_some((n, seed));
+                let res = runner::run("quantile residuals", verbose, num_threads, |sh| {
+                    laplace_posterior::quantile_residuals(
+                        &fitted,
+                        &data,
+                        &genes,
+                        keep,
+                        eps,
+                        draws,
+                        seed,
+                        Ctl::new(sh, sh),
+                    )
+                })?;
+                gof_residuals_to_r(res)
+            }
+            "ppc_scores" => {
+                let genes = indices(o.get("genes"), data.n_genes, "genes")?;
+                let level = o.real("level")?;
+                let max_bin = o.opt_real("max_bin")?.map(|m| m as usize);
+                let sc = runner::run("PPC scores", verbose, num_threads, |sh| {
+                    laplace_posterior::ppc_scores(
+                        &fitted,
+                        &data,
+                        &genes,
+                        level,
+                        max_bin,
+                        n,
+                        seed,
+                        Ctl::new(sh, sh),
+                    )
+                })?;
+                list!(
+                    calibration_failure = sc.calibration_failure,
+                    l1_distance = sc.l1_distance
+                )
+                .into()
+            }
             other => return Err(internal(format!("unknown analysis '{other}'"))),
         })
     })())
+}
+
+/// Per-gene residual summaries (and the residuals, if kept) for R.
+pub(crate) fn gof_residuals_to_r(res: scribe_core::posterior::nb::gof::Residuals) -> Robj {
+    list!(
+        mean = res.mean,
+        variance = res.variance,
+        tail_excess = res.tail_excess,
+        ks_distance = res.ks_distance,
+        values = match res.values {
+            Some(x) => Robj::from(x),
+            None => Robj::from(()),
+        }
+    )
+    .into()
 }
 
 /// Empirical priors (from `n_draws` posterior draws, widened by `tau`) and

@@ -303,17 +303,7 @@ fn rs_vae_analysis(
                 let res = runner::run("quantile residuals", verbose, num_threads, |sh| {
                     net.quantile_residuals(&v, &genes, keep, eps, sm, aseed, Ctl::new(sh, sh))
                 })?;
-                list!(
-                    mean = res.mean,
-                    variance = res.variance,
-                    tail_excess = res.tail_excess,
-                    ks_distance = res.ks_distance,
-                    values = match res.values {
-                        Some(x) => Robj::from(x),
-                        None => Robj::from(()),
-                    }
-                )
-                .into()
+                crate::gof_residuals_to_r(res)
             }
             "ppc_scores" => {
                 let level = o.real("level")?;
@@ -402,6 +392,25 @@ fn ln_analysis(
                 }
             }
             list!(values = out).into()
+        }
+        "residuals" => {
+            let (keep, eps) = (o.boolean("keep")?, o.real("epsilon")?);
+            let res = runner::run("quantile residuals", verbose, num_threads, |sh| {
+                net.quantile_residuals(v, &genes, keep, eps, n, seed, Ctl::new(sh, sh))
+            })?;
+            crate::gof_residuals_to_r(res)
+        }
+        "ppc_scores" => {
+            let level = o.real("level")?;
+            let max_bin = o.opt_real("max_bin")?.map(|m| m as usize);
+            let sc = runner::run("PPC scores", verbose, num_threads, |sh| {
+                net.ppc_scores(v, &genes, level, max_bin, n, seed, Ctl::new(sh, sh))
+            })?;
+            list!(
+                calibration_failure = sc.calibration_failure,
+                l1_distance = sc.l1_distance
+            )
+            .into()
         }
         "draws" => {
             let cells = indices(o.get("cells"), n_cells, "cells")?;

@@ -358,9 +358,227 @@ pub fn loglik(
     lognormal::loglik(&f.obs(), data, &lat, cells, by, ctl)
 }
 
+/// Replaces each latent row `x` by the model's prediction of a new
+/// observation of its cell: `μ + W E[z | x]` (without `draw`) or `μ + W z +
+/// √d ε` with `z ~ p(z | x)` and fresh `ε` (a mixed predictive: the cell's
+/// low-rank part from its posterior, the per-gene part from its prior).
+/// Goodness of fit needs this because a latent per (cell, gene) sees its
+/// own count, so the plain posterior predictive hugs the data. A fit
+/// without a diagonal (low-rank LNM) keeps its rows.
+fn mixed_rows(
+    f: &Fitted<'_>,
+    lat: &mut Latents,
+    cells: &[usize],
+    draw: bool,
+    seed: u64,
+) -> Result<()> {
+    let (g, k) = (f.mu.len(), f.k);
+    if f.low_rank || f.d.len() != g || k == 0 {
+        return Ok(());
+    }
+    // A = I + Wᵀ D⁻¹ W: z | x ~ N(A⁻¹ Wᵀ D⁻¹ (x − μ), A⁻¹).
+    let dinv: Vec<f64> = f.d.iter().map(|d| 1.0 / d.max(1e-12)).collect();
+    let mut a = vec![0.0; k * k];
+    for i in 0..g {
+        let wi = &f.w[i * k..(i + 1) * k];
+        for p in 0..k {
+            for q in 0..=p {
+                a[p * k + q] += wi[p] * wi[q] * dinv[i];
+            }
+        }
+    }
+    for p in 0..k {
+        a[p * k + p] += 1.0;
+        for q in 0..p {
+            a[q * k + p] = a[p * k + q];
+        }
+    }
+    if !super::woodbury::cholesky(&mut a, k) {
+        return Err(CoreError::arg(
+            "fit",
+            "its loadings do not give a positive definite posterior of z",
+        ));
+    }
+    let n = lat.n;
+    lat.x
+        .par_chunks_mut(g * n)
+        .zip(cells.par_iter())
+        .for_each(|(xc, &c)| {
+            let mut rng = cell_rng(seed ^ 0x6d69_7865, c);
+            let (mut b, mut xi) = (vec![0.0; k], vec![0.0; k]);
+            for s in 0..n {
+                b.iter_mut().for_each(|v| *v = 0.0);
+                for i in 0..g {
+                    let r = (xc[i * n + s] - f.mu[i]) * dinv[i];
+                    for p in 0..k {
+                        b[p] += f.w[i * k + p] * r;
+                    }
+                }
+                super::woodbury::chol_solve(&a, k, &mut b);
+                if draw {
+                    xi.iter_mut().for_each(|v| *v = rng.sample(StandardNormal));
+                    super::woodbury::solve_lt(&a, k, &mut xi);
+                    b.iter_mut().zip(&xi).for_each(|(z, e)| *z += e);
+                }
+                for i in 0..g {
+                    let mut y = f.mu[i] + (0..k).map(|p| f.w[i * k + p] * b[p]).sum::<f64>();
+                    if draw {
+                        y += f.d[i].sqrt() * rng.sample::<f64, _>(StandardNormal);
+                    }
+                    xc[i * n + s] = y;
+                }
+            }
+        });
+    Ok(())
+}
+
+/// The mixed-predictive latents ([`mixed_rows`]) of `cells` from their MAP
+/// (`draws = None`: `μ + W E[z | x̂]`) or from `n` posterior draws of
+/// `seed`, at `coords` (`None`: all).
+fn latents_of(
+    f: &Fitted<'_>,
+    data: &CountMatrix,
+    cells: &[usize],
+    coords: Option<&[usize]>,
+    draws: Option<(usize, u64)>,
+) -> Result<Latents> {
+    let mut lat = match draws {
+        None => f.map_latents(cells),
+        Some((n, seed)) => {
+            let (x, eta) = latent_draws(f, data, cells, n, seed, Ctl::none())?;
+            Latents {
+                n,
+                g: f.mu.len(),
+                x,
+                eta,
+            }
+        }
+    };
+    mixed_rows(
+        f,
+        &mut lat,
+        cells,
+        draws.is_some(),
+        draws.map_or(0, |d| d.1),
+    )?;
+    Ok(match coords {
+        Some(cs) => lat.select(cs),
+        None => lat,
+    })
+}
+
+/// Randomized quantile residuals of `genes` in every cell under the mixed
+/// predictive ([`mixed_rows`]) from the MAP or averaged over `n` posterior
+/// draws (see [`lognormal::gof::quantile_residuals`]).
+#[allow(clippy::too_many_arguments)]
+pub fn quantile_residuals(
+    f: &Fitted<'_>,
+    data: &CountMatrix,
+    genes: &[usize],
+    keep: bool,
+    epsilon: f64,
+    draws: Option<(usize, u64)>,
+    seed: u64,
+    ctl: Ctl<'_>,
+) -> Result<crate::posterior::nb::gof::Residuals> {
+    f.check(data)?;
+    let n = draws.map_or(1, |d| d.0);
+    lognormal::gof::quantile_residuals(
+        &f.obs(),
+        data,
+        genes,
+        keep,
+        epsilon,
+        n,
+        |cells, coords| latents_of(f, data, cells, coords, draws),
+        seed,
+        ctl,
+    )
+}
+
+/// PPC calibration scores of `genes`: `n_sets` data sets, each from one
+/// mixed-predictive draw of every cell (see [`lognormal::gof::ppc_scores`]).
+#[allow(clippy::too_many_arguments)]
+pub fn ppc_scores(
+    f: &Fitted<'_>,
+    data: &CountMatrix,
+    genes: &[usize],
+    level: f64,
+    max_bin: Option<usize>,
+    n_sets: usize,
+    seed: u64,
+    ctl: Ctl<'_>,
+) -> Result<crate::posterior::nb::gof::PpcScores> {
+    f.check(data)?;
+    lognormal::gof::ppc_scores(
+        &f.obs(),
+        data,
+        genes,
+        level,
+        max_bin,
+        n_sets,
+        |cells, coords| latents_of(f, data, cells, coords, Some((n_sets, seed))),
+        seed,
+        ctl,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The mixed predictive of a row: mean `μ + W E[z | x]`, variance
+    /// `w_i² / A + d_i` with `A = 1 + Σ w²/d` (one factor).
+    #[test]
+    fn mixed_rows_draw_the_embedding_posterior_and_fresh_noise() {
+        let (w, d, mu) = (
+            [1.0, 0.5, -0.3, 0.8],
+            [0.2, 0.1, 0.3, 0.2],
+            [0.5, 1.0, -0.5, 0.0],
+        );
+        let x0 = [1.4, 1.2, -0.9, 0.9];
+        let cap = Capture::None;
+        let f = Fitted {
+            model: LnModel::Pln,
+            k: 1,
+            mu: &mu,
+            w: &w,
+            d: &d,
+            r: &[],
+            latents: &x0,
+            eta: &[],
+            capture: &cap,
+            totals: &[],
+            reference: None,
+            low_rank: false,
+        };
+        let a = 1.0 + (0..4).map(|i| w[i] * w[i] / d[i]).sum::<f64>();
+        let zm = (0..4).map(|i| w[i] * (x0[i] - mu[i]) / d[i]).sum::<f64>() / a;
+        let mut point = f.map_latents(&[0]);
+        mixed_rows(&f, &mut point, &[0], false, 1).unwrap();
+        for i in 0..4 {
+            assert!((point.x[i] - (mu[i] + w[i] * zm)).abs() < 1e-12);
+        }
+        let n = 100_000;
+        let mut lat = Latents {
+            n,
+            g: 4,
+            x: x0.iter().flat_map(|&v| std::iter::repeat_n(v, n)).collect(),
+            eta: Vec::new(),
+        };
+        mixed_rows(&f, &mut lat, &[0], true, 3).unwrap();
+        for i in 0..4 {
+            let col = &lat.x[i * n..(i + 1) * n];
+            let m = col.iter().sum::<f64>() / n as f64;
+            let v = col.iter().map(|y| (y - m).powi(2)).sum::<f64>() / n as f64;
+            let want = w[i] * w[i] / a + d[i];
+            assert!((m - point.x[i]).abs() < 0.01, "coord {i}: mean {m}");
+            assert!(
+                (v / want - 1.0).abs() < 0.03,
+                "coord {i}: variance {v} vs {want}"
+            );
+        }
+    }
 
     /// The square-root sampler's empirical covariance matches the dense `A⁻¹`.
     #[test]

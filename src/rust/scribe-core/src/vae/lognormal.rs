@@ -890,6 +890,61 @@ impl<'d> LnVae<'d> {
         Ok(out)
     }
 
+    /// Randomized quantile residuals of `genes` in every cell, at the point
+    /// latents (`n = 0`) or averaged over `n` draws (see
+    /// [`lnpost::gof::quantile_residuals`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn quantile_residuals(
+        &self,
+        v: &[f64],
+        genes: &[usize],
+        keep: bool,
+        epsilon: f64,
+        n: usize,
+        seed: u64,
+        ctl: Ctl<'_>,
+    ) -> Result<crate::posterior::nb::gof::Residuals> {
+        let (_, r) = self.global_medians(v);
+        lnpost::gof::quantile_residuals(
+            &self.obs(&r),
+            self.data,
+            genes,
+            keep,
+            epsilon,
+            n.max(1),
+            |cells, coords| Ok(self.latents(v, cells, coords, n, seed)),
+            seed,
+            ctl,
+        )
+    }
+
+    /// PPC calibration scores of `genes`: `n_sets` data sets, each from one
+    /// latent draw of every cell (see [`lnpost::gof::ppc_scores`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn ppc_scores(
+        &self,
+        v: &[f64],
+        genes: &[usize],
+        level: f64,
+        max_bin: Option<usize>,
+        n_sets: usize,
+        seed: u64,
+        ctl: Ctl<'_>,
+    ) -> Result<crate::posterior::nb::gof::PpcScores> {
+        let (_, r) = self.global_medians(v);
+        lnpost::gof::ppc_scores(
+            &self.obs(&r),
+            self.data,
+            genes,
+            level,
+            max_bin,
+            n_sets,
+            |cells, coords| Ok(self.latents(v, cells, coords, n_sets, seed)),
+            seed,
+            ctl,
+        )
+    }
+
     /// The population parameters at their point estimates: `b` (width),
     /// `W` (`width × k`, row-major), `d` (width) and `r` (G, NBLN) or
     /// `[μ_T, r_T]` (LNM).

@@ -19,6 +19,8 @@ use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 
+pub mod gof;
+
 /// The observation side of a fitted log-normal model.
 pub struct LnObs<'a> {
     pub model: LnModel,
@@ -39,7 +41,7 @@ impl LnObs<'_> {
     }
 
     /// Full-gene composition `softmax([y, 0])` (reference inserted) of an LNM cell.
-    fn composition(&self, y: &[f64]) -> Vec<f64> {
+    pub(crate) fn composition(&self, y: &[f64]) -> Vec<f64> {
         let mut rho = vec![0.0; y.len()];
         let (_, rho_ref) = softmax_alr(y, &mut rho);
         rho.insert(self.reference.unwrap_or(y.len()), rho_ref);
@@ -90,16 +92,34 @@ pub struct Latents {
 
 impl Latents {
     #[inline]
-    fn x(&self, ci: usize, gi: usize, s: usize) -> f64 {
+    pub(crate) fn x(&self, ci: usize, gi: usize, s: usize) -> f64 {
         let s = if self.n == 1 { 0 } else { s };
         self.x[(ci * self.g + gi) * self.n + s]
     }
     /// All latent values of row `ci` in draw `s`.
-    fn row(&self, ci: usize, s: usize) -> Vec<f64> {
+    pub(crate) fn row(&self, ci: usize, s: usize) -> Vec<f64> {
         (0..self.g).map(|gi| self.x(ci, gi, s)).collect()
     }
+    /// These latents at the coordinates `coords` only, in that order.
+    pub fn select(&self, coords: &[usize]) -> Latents {
+        let (n, rows) = (self.n, self.x.len() / (self.g * self.n).max(1));
+        let mut x = Vec::with_capacity(rows * coords.len() * n);
+        for ci in 0..rows {
+            for &gi in coords {
+                let at = (ci * self.g + gi) * n;
+                x.extend_from_slice(&self.x[at..at + n]);
+            }
+        }
+        Latents {
+            n,
+            g: coords.len(),
+            x,
+            eta: self.eta.clone(),
+        }
+    }
+
     #[inline]
-    fn eta(&self, ci: usize, s: usize) -> f64 {
+    pub(crate) fn eta(&self, ci: usize, s: usize) -> f64 {
         if self.eta.is_empty() {
             return 0.0;
         }
