@@ -280,6 +280,14 @@ shape_denoised <- function(fit, res, gnames, n_samples, return_variance) {
 #' VAE fits give per-cell fractions only (`x` is required), from each cell's
 #' decoded `r`: `Dirichlet(r_c + u_c)`.
 #'
+#' Log-normal fits (PLN, NBLN, LNM; Laplace and VAE): a cell's composition is
+#' the softmax of its latent log-rates (LNM: of its log-ratios with the
+#' reference's 0), and capture cancels. With `x`, each cell's composition at
+#' its point latents (the Laplace MAP, the VAE's decoded encoder mean) or one
+#' per latent draw (`n_samples`). Without `x` (Laplace fits), compositions of
+#' new cells of the fitted population, `softmax(mu + W z + sqrt(d) e)` with
+#' `z ~ N(0, I)`: `n_samples` draws, or their mean over 2048 draws.
+#'
 #' Without `x`: the population composition `rho ~ Dirichlet(r)`, i.e. the
 #' expected composition `mu / sum(mu)` at the MAP (`n_samples = NULL`) or
 #' `n_samples_dirichlet` Dirichlet draws per posterior draw.

@@ -536,6 +536,37 @@ laplace_predictive <- function(fit, x, n_samples, genes, cells, use_map, seed) {
   a
 }
 
+#' @rdname normalize_counts
+setMethod("normalize_counts", "ScribeLaplaceResults", function(fit, x = NULL, n_samples = NULL,
+                                                               n_samples_dirichlet = 1L, genes = NULL,
+                                                               seed = NULL, assay = NULL) {
+  if (!identical(as.numeric(n_samples_dirichlet), 1)) {
+    abort_input("{.arg n_samples_dirichlet} applies to Dirichlet compositions of NB fits; a log-normal composition is a softmax of latents.")
+  }
+  seed <- resolve_seed(seed)
+  if (!is.null(x)) {
+    return(ln_cell_fractions(fit, n_samples, genes, function(opts, n) {
+      opts$cells <- seq_along(fit@cell_names) - 1L
+      opts$n_draws <- if (is.null(n)) 0 else as.numeric(n)
+      opts$seed <- seed
+      run_laplace_analysis(fit, x, "fractions", opts, assay)
+    }))
+  }
+  # New cells of the fitted population: softmax(mu + W z + sqrt(d) e), z ~ N(0, I).
+  check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647 (or NULL for the mean of 2048 draws)",
+               function(v) v >= 1 && v <= .Machine$integer.max && v == round(v), allow_null = TRUE)
+  gi <- gene_index(fit, genes)
+  gnames <- if (is.null(gi)) fit@gene_names else fit@gene_names[gi + 1L]
+  n <- if (is.null(n_samples)) 2048 else as.numeric(n_samples)
+  opts <- list(n_draws = n, seed = seed)
+  if (!is.null(gi)) opts$genes <- gi
+  check_format(fit)
+  res <- call_core(rs_laplace_analysis(laplace_core_fit(fit), NULL, "population", opts, analysis_verbose(),
+                                       resolve_threads(getOption("scribeR.num_threads", 1L))))
+  rho <- matrix(res$values, nrow = as.integer(n), dimnames = list(NULL, gnames))
+  if (is.null(n_samples)) colMeans(rho) else rho
+})
+
 laplace_loglik <- function(fit, x, by, n_samples, seed, assay) {
   opts <- list(cells = seq_along(fit@cell_names) - 1L, by = by)
   if (!is.null(n_samples)) {

@@ -165,9 +165,10 @@ resolve_vae <- function(a, n_genes, model = "nbdm") {
 #'   separately identified. [get_map()] adds `eta_capture` and `p_capture`
 #'   per cell, [get_posterior_samples()] their draws (`n_samples x cells`),
 #'   and the likelihood and predictive verbs draw them with the latents. The
-#'   loadings priors of the Laplace engine, [denoise_counts()] and
-#'   [normalize_counts()] are not available for these fits yet (classed
-#'   errors).
+#'   [normalize_counts()] gives each cell's composition (the softmax of its
+#'   latents) and [goodness_of_fit()] residuals under each cell's latents. The
+#'   loadings priors of the Laplace engine and [denoise_counts()] are not
+#'   available for these fits yet (classed errors).
 #'
 #' @slot layout Data frame: the blocks of the global parameters' vector.
 #' @slot params List: `global_loc`, `global_log_scale` (the global guide),
@@ -207,11 +208,30 @@ is_ln_vae <- function(fit) isTRUE(fit@model$model %in% .lognormal_models)
 # but the reference.
 ln_vae_coords <- function(fit) setdiff(fit@gene_names, fit@model$reference)
 
+# Each cell's composition under a log-normal fit (the softmax of its latent
+# log-rates; capture cancels): genes x cells, or n_samples x genes x cells.
+# `run(opts, n)` calls the engine's "cell_fractions" analysis.
+ln_cell_fractions <- function(fit, n_samples, genes, run) {
+  check_number(n_samples, "n_samples", "a whole number from 1 to 2147483647 (or NULL for the point estimate)",
+               function(v) v >= 1 && v <= .Machine$integer.max && v == round(v), allow_null = TRUE)
+  gi <- gene_index(fit, genes)
+  opts <- list()
+  if (!is.null(gi)) opts$genes <- gi
+  res <- run(opts, n_samples)
+  gnames <- if (is.null(gi)) fit@gene_names else fit@gene_names[gi + 1L]
+  n_cells <- length(fit@cell_names)
+  if (is.null(n_samples)) return(matrix(res$values, nrow = length(gnames), byrow = FALSE,
+                                        dimnames = list(gnames, fit@cell_names)))
+  a <- array(res$values, dim = c(as.integer(n_samples), length(gnames), n_cells),
+             dimnames = list(NULL, gnames, fit@cell_names))
+  a
+}
+
 # Verbs that read NB parameters per cell have no log-normal VAE form yet.
 check_nb_vae <- function(fit, verb) {
   if (is_ln_vae(fit)) {
     abort_unsupported(c("{.fn {verb}} is not available for VAE fits of {.val {fit@model$model}} yet.",
-                        "i" = "These fits support {.fn log_likelihood}, {.fn posterior_predictive}, {.fn get_map}, {.fn get_posterior_samples}, {.fn compare_models} and the embeddings."))
+                        "i" = "These fits support {.fn log_likelihood}, {.fn posterior_predictive}, {.fn normalize_counts}, {.fn goodness_of_fit}, {.fn get_map}, {.fn get_posterior_samples}, {.fn compare_models} and the embeddings."))
   }
 }
 
@@ -315,9 +335,14 @@ setMethod("get_posterior_samples", "ScribeVAEResults", function(object, n_sample
 setMethod("normalize_counts", "ScribeVAEResults", function(fit, x = NULL, n_samples = NULL,
                                                            n_samples_dirichlet = 1L, genes = NULL,
                                                            seed = NULL, assay = NULL) {
-  check_nb_vae(fit, "normalize_counts")
   if (!identical(as.numeric(n_samples_dirichlet), 1)) {
     abort_input("{.arg n_samples_dirichlet} applies to the population composition, which VAE fits do not have.")
+  }
+  if (is_ln_vae(fit)) {
+    if (is.null(x)) abort_input("{.fn normalize_counts} of a VAE fit gives each cell's composition: give the counts it was fitted to as {.arg x}.")
+    return(ln_cell_fractions(fit, n_samples, genes, function(opts, n) {
+      run_vae_analysis(fit, x, "cell_fractions", opts, n, seed, assay, "normalize_counts")
+    }))
   }
   gi <- gene_index(fit, genes)
   opts <- list(sample = !is.null(n_samples))

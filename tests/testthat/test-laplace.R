@@ -325,3 +325,43 @@ test_that("L-BFGS on the outer loss: fewer steps, the rank at default settings, 
   expect_error(scribe_fit(small$counts, model = "nbdm", n_steps = 5, optimizer_config = list(name = "lbfgs")),
                "laplace", class = "scribeR_unsupported")
 })
+
+test_that("normalize_counts of log-normal fits: each cell's softmax of its latents, and new cells' compositions", {
+  set.seed(5)
+  g <- 12; n <- 150
+  w <- matrix(rnorm(g * 2, sd = 0.5), g)
+  lat <- runif(g, 0.5, 2) + w %*% matrix(rnorm(2 * n), 2) + matrix(rnorm(g * n, sd = 0.2), g)
+  x <- Matrix::Matrix(matrix(rpois(g * n, exp(lat)), g, dimnames = list(paste0("g", 1:g), paste0("c", 1:n))),
+                      sparse = TRUE)
+  lap <- scribe_fit(x, model = "pln", inference_method = "laplace", latent_dim = 2, seed = 1, verbose = FALSE)
+  rho <- normalize_counts(lap, x)
+  expect_identical(dim(rho), c(12L, 150L))
+  m <- get_map(lap)
+  want <- exp(m$latents) / rep(colSums(exp(m$latents)), each = 12)
+  expect_equal(rho, want, ignore_attr = TRUE, tolerance = 1e-12)
+  expect_equal(normalize_counts(lap, x, genes = c("g3", "g1")), rho[c("g3", "g1"), ], tolerance = 1e-14)
+  d <- normalize_counts(lap, x, n_samples = 40, seed = 2)
+  expect_identical(dim(d), c(40L, 12L, 150L))
+  expect_equal(colSums(d[1, , ]), rep(1, 150), ignore_attr = TRUE, tolerance = 1e-12)
+  # Posterior draws centre on the MAP composition.
+  expect_lt(max(abs(apply(d, c(2, 3), mean) - rho)), 0.05)
+  pop <- normalize_counts(lap)
+  expect_identical(names(pop), rownames(x))
+  expect_equal(sum(pop), 1, tolerance = 1e-12)
+  # New cells of the population spread like the fitted cells.
+  expect_gt(cor(pop, rowMeans(rho)), 0.99)
+  expect_identical(dim(normalize_counts(lap, n_samples = 7, genes = 1:3, seed = 1)), c(7L, 3L))
+  expect_error(normalize_counts(lap, n_samples_dirichlet = 5), "n_samples_dirichlet", class = "scribeR_input_error")
+
+  lnm <- scribe_fit(x, model = "lnm", inference_method = "vae", latent_dim = 2, vae_encoder_hidden_dims = 8,
+                    n_steps = 100, seed = 1, verbose = FALSE)
+  r2 <- normalize_counts(lnm, x, genes = 1:12)
+  expect_equal(colSums(r2), rep(1, 150), ignore_attr = TRUE, tolerance = 1e-12)
+  mv <- get_map(lnm, x)
+  ref <- mv$reference
+  other <- rownames(x)[2]
+  if (other == ref) other <- rownames(x)[3]
+  # A log-ratio is the log of two shares.
+  expect_equal(log(r2[other, ] / r2[ref, ]), mv$latents[other, ], tolerance = 1e-10)
+  expect_error(normalize_counts(lnm), "x", class = "scribeR_input_error")
+})

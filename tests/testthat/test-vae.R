@@ -333,7 +333,6 @@ test_that("log-normal VAEs refuse what they do not read, by name", {
   expect_error(ln_vae(x, latent_dim = 40), "latent_dim")
   fit <- ln_vae(x)
   expect_error(denoise_counts(fit, x), "not available", class = "scribeR_unsupported")
-  expect_error(normalize_counts(fit, x), "not available", class = "scribeR_unsupported")
   expect_error(scribe_fit(x, model = "pln", verbose = FALSE), "vae", class = "scribeR_input_error")
 })
 

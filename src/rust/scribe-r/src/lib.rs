@@ -426,7 +426,8 @@ fn rs_nb_analysis(
 /// Posterior analyses of a Laplace fit: "latents" (draws of the latent
 /// log-rates and capture), "predictive" (count draws; `use_map` for the MAP
 /// latents), "loglik" (log-likelihood by cell or by gene, at the MAP or
-/// per draw), "residuals" and "ppc_scores" (goodness of fit).
+/// per draw), "fractions" (per-cell compositions) and "population" (new
+/// cells' compositions), "residuals" and "ppc_scores" (goodness of fit).
 /// `fit` is list(model, k, mu, w (row-major), d, r, latents, eta, capture,
 /// and for LNM totals and the 0-based reference gene).
 /// @noRd
@@ -441,7 +442,6 @@ fn rs_laplace_analysis(
 ) -> Robj {
     respond((|| -> GResult<Robj> {
         let f = Args::new(&fit, "fit")?;
-        let data = counts(&counts_r)?;
         let model = LnModel::parse(&f.string("model")?)?;
         let (mu, w, d, r) = (f.reals("mu")?, f.reals("w")?, f.reals("d")?, f.reals("r")?);
         let (latents, eta, totals) = (f.reals("latents")?, f.reals("eta")?, f.reals("totals")?);
@@ -461,9 +461,17 @@ fn rs_laplace_analysis(
             low_rank: f.boolean_or("low_rank", false)?,
         };
         let o = Args::new(&opts, "opts")?;
-        let cells = indices(o.get("cells"), data.n_cells, "cells")?;
         let seed = o.real_or("seed", 0.0)? as u64;
         let n = o.count_or("n_draws", 0)?;
+        if what == "population" {
+            // New cells: no counts needed.
+            let n_genes = mu.len() + usize::from(fitted.reference.is_some());
+            let genes = indices(o.get("genes"), n_genes, "genes")?;
+            let v = laplace_posterior::population_fractions(&fitted, &genes, n.max(1), seed)?;
+            return Ok(list!(values = v).into());
+        }
+        let data = counts(&counts_r)?;
+        let cells = indices(o.get("cells"), data.n_cells, "cells")?;
         Ok(match what {
             "latents" => {
                 let (x, e) = runner::run("latent draws", verbose, num_threads, |sh| {
@@ -500,6 +508,21 @@ fn rs_laplace_analysis(
                 let by = By::parse(&o.string("by")?)?;
                 let v = runner::run("log-likelihood", verbose, num_threads, |sh| {
                     laplace_posterior::loglik(&fitted, &data, &cells, draws, by, Ctl::new(sh, sh))
+                })?;
+                list!(values = v).into()
+            }
+            "fractions" => {
+                let genes = indices(o.get("genes"), data.n_genes, "genes")?;
+                let draws = (n > 0).then_some((n, seed));
+                let v = runner::run("fractions", verbose, num_threads, |sh| {
+                    laplace_posterior::fractions(
+                        &fitted,
+                        &data,
+                        &cells,
+                        &genes,
+                        draws,
+                        Ctl::new(sh, sh),
+                    )
                 })?;
                 list!(values = v).into()
             }

@@ -393,6 +393,11 @@ fn ln_analysis(
             }
             list!(values = out).into()
         }
+        "cell_fractions" => {
+            let all: Vec<usize> = (0..n_cells).collect();
+            let vals = net.fractions(v, &all, &genes, n, seed)?;
+            list!(values = vals).into()
+        }
         "residuals" => {
             let (keep, eps) = (o.boolean("keep")?, o.real("epsilon")?);
             let res = runner::run("quantile residuals", verbose, num_threads, |sh| {

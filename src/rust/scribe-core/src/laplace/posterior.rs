@@ -467,6 +467,62 @@ fn latents_of(
     })
 }
 
+/// Per-cell compositions of `genes` in `cells` (see
+/// [`lognormal::fractions`]): at the MAP latents or for `n` posterior
+/// draws from `seed`; values `(s, cell, gene)` at `(cell·|genes| + gene)·n + s`.
+pub fn fractions(
+    f: &Fitted<'_>,
+    data: &CountMatrix,
+    cells: &[usize],
+    genes: &[usize],
+    draws: Option<(usize, u64)>,
+    ctl: Ctl<'_>,
+) -> Result<Vec<f64>> {
+    f.check(data)?;
+    let n = draws.map_or(1, |d| d.0);
+    crate::limits::check_values("n_samples", (cells.len() * genes.len()) as f64 * n as f64)?;
+    let chunk = (4_000_000 / (data.n_genes * n).max(1)).max(1);
+    let work = ctl.work(cells.len().div_ceil(chunk));
+    let mut out = Vec::with_capacity(cells.len() * genes.len() * n);
+    for part in cells.chunks(chunk) {
+        if work.stopped() {
+            break;
+        }
+        let lat = match draws {
+            None => f.map_latents(part),
+            Some((n, seed)) => {
+                let (x, eta) = latent_draws(f, data, part, n, seed, Ctl::none())?;
+                Latents {
+                    n,
+                    g: f.mu.len(),
+                    x,
+                    eta,
+                }
+            }
+        };
+        out.extend(lognormal::fractions(&f.obs(), &lat, genes));
+        work.tick();
+    }
+    work.finish(out)
+}
+
+/// Compositions of `genes` in `n` new cells of the fitted population:
+/// `softmax(μ + W z + √d ε)`, `z ~ N(0, I)` (LNM: the reference inserted);
+/// values `(s, gene)` at `gene·n + s`.
+pub fn population_fractions(
+    f: &Fitted<'_>,
+    genes: &[usize],
+    n: usize,
+    seed: u64,
+) -> Result<Vec<f64>> {
+    crate::limits::check_values("n_samples", (n * f.mu.len()) as f64)?;
+    let mut rng = cell_rng(seed, usize::MAX);
+    let z: Vec<f64> = (0..n * f.k).map(|_| rng.sample(StandardNormal)).collect();
+    let d: &[f64] = if f.low_rank { &[] } else { f.d };
+    let lat = lognormal::population_latents(f.mu, f.w, d, &z, n, seed);
+    Ok(lognormal::fractions(&f.obs(), &lat, genes))
+}
+
 /// Randomized quantile residuals of `genes` in every cell under the mixed
 /// predictive ([`mixed_rows`]) from the MAP or averaged over `n` posterior
 /// draws (see [`lognormal::gof::quantile_residuals`]).

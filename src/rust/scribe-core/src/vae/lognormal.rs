@@ -945,6 +945,29 @@ impl<'d> LnVae<'d> {
         )
     }
 
+    /// Per-cell compositions of `genes` (all genes, LNM's reference
+    /// included) in `cells`: at the point latents (`n = 0`) or for `n`
+    /// draws; values `(s, cell, gene)` at `(cell·|genes| + gene)·n + s`.
+    pub fn fractions(
+        &self,
+        v: &[f64],
+        cells: &[usize],
+        genes: &[usize],
+        n: usize,
+        seed: u64,
+    ) -> Result<Vec<f64>> {
+        let nn = n.max(1);
+        crate::limits::check_values("n_samples", (cells.len() * genes.len()) as f64 * nn as f64)?;
+        let (_, r) = self.global_medians(v);
+        let obs = self.obs(&r);
+        let mut out = Vec::with_capacity(cells.len() * genes.len() * nn);
+        for chunk in cells.chunks(self.chunk(n)) {
+            let lat = self.latents(v, chunk, None, n, seed);
+            out.extend(lnpost::fractions(&obs, &lat, genes));
+        }
+        Ok(out)
+    }
+
     /// The population parameters at their point estimates: `b` (width),
     /// `W` (`width × k`, row-major), `d` (width) and `r` (G, NBLN) or
     /// `[μ_T, r_T]` (LNM).

@@ -206,6 +206,69 @@ pub fn predictive(
     work.finish(out.concat())
 }
 
+/// Per-cell compositions: the share of each of `genes` in the softmax over
+/// all genes of every latent row (`lat` holds every coordinate; LNM's
+/// reference is inserted). Capture shifts every log-rate alike and cancels.
+/// Values `(s, row, gene)` at `(row·|genes| + gene)·n + s`.
+pub fn fractions(obs: &LnObs<'_>, lat: &Latents, genes: &[usize]) -> Vec<f64> {
+    let (n, ng) = (lat.n, genes.len());
+    let rows = lat.x.len() / (lat.g * n).max(1);
+    let mut out = vec![0.0; rows * ng * n];
+    out.par_chunks_mut((ng * n).max(1))
+        .enumerate()
+        .for_each(|(ci, o)| {
+            for s in 0..n {
+                let y = lat.row(ci, s);
+                let rho = match obs.model {
+                    LnModel::Lnm => obs.composition(&y),
+                    _ => {
+                        let m = y.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let e: Vec<f64> = y.iter().map(|v| (v - m).exp()).collect();
+                        let t: f64 = e.iter().sum();
+                        e.into_iter().map(|v| v / t).collect()
+                    }
+                };
+                for (j, &g) in genes.iter().enumerate() {
+                    o[j * n + s] = rho[g];
+                }
+            }
+        });
+    out
+}
+
+/// `n` latent rows of new cells from the population: `μ + W z_s + √d ε_s`
+/// with `z_s` the rows of `z` (`n × k`, e.g. prior draws) and `ε` from
+/// `seed` (one "cell" with `n` draws; `d` empty: no diagonal).
+pub fn population_latents(
+    mu: &[f64],
+    w: &[f64],
+    d: &[f64],
+    z: &[f64],
+    n: usize,
+    seed: u64,
+) -> Latents {
+    let g = mu.len();
+    let k = z.len().checked_div(n).unwrap_or(0);
+    let mut rng = cell_rng(seed ^ 0x706f_7075, 0);
+    let mut x = vec![0.0; g * n];
+    for s in 0..n {
+        let zs = &z[s * k..(s + 1) * k];
+        for i in 0..g {
+            let mut y = mu[i] + (0..k).map(|p| w[i * k + p] * zs[p]).sum::<f64>();
+            if let Some(di) = d.get(i) {
+                y += di.max(0.0).sqrt() * rng.sample::<f64, _>(rand_distr::StandardNormal);
+            }
+            x[i * n + s] = y;
+        }
+    }
+    Latents {
+        n,
+        g,
+        x,
+        eta: Vec::new(),
+    }
+}
+
 /// Log-likelihoods for each latent draw, by cell (`(s, cell)` at
 /// `cell·n + s`, see [`cell_loglik`]) or by gene over `cells` (`(s, gene)`
 /// at `gene·n + s`, see [`gene_loglik`]).
@@ -429,5 +492,67 @@ mod tests {
                 .install(|| gene_loglik(&obs, &data, &lat, &cells, Ctl::none()).unwrap())
         };
         assert_eq!(run(1), run(4));
+    }
+
+    #[test]
+    fn fractions_are_each_rows_softmax_and_the_population_centres_on_mu() {
+        // Two rows, two draws each, three log-rates.
+        let lat = Latents {
+            n: 2,
+            g: 3,
+            x: vec![0.0, 1.0, 0.5, 0.5, -1.0, 2.0, 1.0, 0.0, 0.3, 0.3, 0.2, 0.1],
+            eta: vec![0.4, 0.4, 0.1, 0.1],
+        };
+        let pln = LnObs {
+            model: LnModel::Pln,
+            r: &[],
+            totals: &[],
+            reference: None,
+        };
+        let all = pln_fractions_all(&pln, &lat);
+        for ci in 0..2 {
+            for s in 0..2 {
+                let y = lat.row(ci, s);
+                let t: f64 = y.iter().map(|v| v.exp()).sum();
+                for (gi, yv) in y.iter().enumerate() {
+                    let got = all[(ci * 3 + gi) * 2 + s];
+                    assert!((got - yv.exp() / t).abs() < 1e-14);
+                }
+            }
+        }
+        // A subset reads the same shares; LNM inserts its reference.
+        let sub = fractions(&pln, &lat, &[2]);
+        assert_eq!(sub, vec![all[4], all[5], all[10], all[11]]);
+        let lnm = LnObs {
+            model: LnModel::Lnm,
+            r: &[],
+            totals: &[10.0, 2.0],
+            reference: Some(1),
+        };
+        let four = fractions(&lnm, &lat, &[0, 1, 2, 3]);
+        for ci in 0..2 {
+            for s in 0..2 {
+                let sum: f64 = (0..4).map(|j| four[(ci * 4 + j) * 2 + s]).sum();
+                assert!((sum - 1.0).abs() < 1e-14);
+                let y = lat.row(ci, s);
+                // Gene 1 is the reference (log-ratio 0); gene 2 reads y[1].
+                let ratio = four[(ci * 4 + 2) * 2 + s] / four[(ci * 4 + 1) * 2 + s];
+                assert!((ratio - y[1].exp()).abs() < 1e-12);
+            }
+        }
+        // New cells of a population without loadings scatter around softmax(μ).
+        let mu = [0.0, 1.0, 2.0];
+        let n = 20_000;
+        let pop = population_latents(&mu, &[0.0; 3], &[0.01; 3], &vec![0.0; n], n, 3);
+        let rho = fractions(&pln, &pop, &[0, 1, 2]);
+        let t: f64 = mu.iter().map(|v| f64::exp(*v)).sum();
+        for j in 0..3 {
+            let m = rho[j * n..(j + 1) * n].iter().sum::<f64>() / n as f64;
+            assert!((m - mu[j].exp() / t).abs() < 0.005, "gene {j}: {m}");
+        }
+    }
+
+    fn pln_fractions_all(obs: &LnObs<'_>, lat: &Latents) -> Vec<f64> {
+        fractions(obs, lat, &[0, 1, 2])
     }
 }
