@@ -1,6 +1,23 @@
 # Goodness of fit: residuals of the generating model are standard normal;
 # a model without capture on capture-varying data is not.
 
+# The PPC calibration failure of each gene recomputed in R from predictive
+# draws `pp` (draws x cells x genes) and the observed counts (genes x cells).
+ppc_failure_in_r <- function(pp, obs) {
+  vapply(seq_len(dim(pp)[3]), function(j) {
+    x <- pp[, , j]
+    lo <- min(x)
+    nb <- max(x) - lo + 1
+    dens <- t(apply(x, 1, function(v) tabulate(v - lo + 1, nbins = nb) / length(v)))
+    band <- apply(dens, 2, stats::quantile, c(0.025, 0.975))
+    o <- obs[j, ]
+    o <- o[o >= lo & o <= max(x)]
+    ob <- tabulate(o - lo + 1, nbins = nb) / length(o)
+    ne <- ob > 0
+    mean(ob[ne] < band[1, ne] | ob[ne] > band[2, ne])
+  }, numeric(1))
+}
+
 test_that("quantile residuals are uniform under the true model and not without capture", {
   # Strongly varying capture: half the cells keep 10 % of their molecules, half 90 %.
   set.seed(3)
@@ -45,18 +62,7 @@ test_that("PPC calibration scores agree with the same statistic computed in R fr
   g <- goodness_of_fit(fit, counts, genes = genes, n_ppc_samples = 200, residuals = FALSE, seed = 1)
   pp <- posterior_predictive(fit, n_samples = 200, genes = genes, seed = 2)
   obs <- as.matrix(counts[genes, ])
-  in_r <- vapply(seq_along(genes), function(j) {
-    x <- pp[, , j]
-    lo <- min(x)
-    nb <- max(x) - lo + 1
-    dens <- t(apply(x, 1, function(v) tabulate(v - lo + 1, nbins = nb) / length(v)))
-    band <- apply(dens, 2, stats::quantile, c(0.025, 0.975))
-    o <- obs[j, ]
-    o <- o[o >= lo & o <= max(x)]
-    ob <- tabulate(o - lo + 1, nbins = nb) / length(o)
-    ne <- ob > 0
-    mean(ob[ne] < band[1, ne] | ob[ne] > band[2, ne])
-  }, numeric(1))
+  in_r <- ppc_failure_in_r(pp, obs)
   # Different random draws, the same statistic.
   expect_gt(stats::cor(g$scores$calibration_failure, in_r), 0.9)
   expect_lt(abs(mean(g$scores$calibration_failure) - mean(in_r)), 0.05)
@@ -84,18 +90,7 @@ test_that("goodness_of_fit of a VAE fit reads each cell's decoded NB, and its PP
   pp <- posterior_predictive(fit, n_samples = 200, x = sim$counts, seed = 3)
   g2 <- goodness_of_fit(fit, sim$counts, n_ppc_samples = 200, residuals = FALSE, seed = 3)
   obs <- as.matrix(sim$counts)
-  in_r <- vapply(seq_len(20), function(j) {
-    x <- pp[, , j]
-    lo <- min(x)
-    nb <- max(x) - lo + 1
-    dens <- t(apply(x, 1, function(v) tabulate(v - lo + 1, nbins = nb) / length(v)))
-    band <- apply(dens, 2, stats::quantile, c(0.025, 0.975))
-    o <- obs[j, ]
-    o <- o[o >= lo & o <= max(x)]
-    ob <- tabulate(o - lo + 1, nbins = nb) / length(o)
-    ne <- ob > 0
-    mean(ob[ne] < band[1, ne] | ob[ne] > band[2, ne])
-  }, numeric(1))
+  in_r <- ppc_failure_in_r(pp, obs)
   expect_lt(abs(mean(g2$scores$calibration_failure) - mean(in_r)), 0.05)
 })
 

@@ -412,11 +412,7 @@ fn rs_nb_analysis(
                     let d = nb_draws(&v, sm, replicate, Ctl::new(sh, sh))?;
                     ppc_scores(&d, dat, &genes, level, max_bin, aseed, Ctl::new(sh, sh))
                 })?;
-                list!(
-                    calibration_failure = sc.calibration_failure,
-                    l1_distance = sc.l1_distance
-                )
-                .into()
+                ppc_to_r(sc)
             }
             other => return Err(internal(format!("unknown analysis '{other}'"))),
         })
@@ -560,15 +556,20 @@ fn rs_laplace_analysis(
                         Ctl::new(sh, sh),
                     )
                 })?;
-                list!(
-                    calibration_failure = sc.calibration_failure,
-                    l1_distance = sc.l1_distance
-                )
-                .into()
+                ppc_to_r(sc)
             }
             other => return Err(internal(format!("unknown analysis '{other}'"))),
         })
     })())
+}
+
+/// Per-gene PPC calibration scores for R.
+pub(crate) fn ppc_to_r(sc: scribe_core::posterior::nb::gof::PpcScores) -> Robj {
+    list!(
+        calibration_failure = sc.calibration_failure,
+        l1_distance = sc.l1_distance
+    )
+    .into()
 }
 
 /// Per-gene residual summaries (and the residuals, if kept) for R.

@@ -311,11 +311,7 @@ fn rs_vae_analysis(
                 let sc = runner::run("PPC scores", verbose, num_threads, |sh| {
                     net.ppc_scores(&v, &genes, level, max_bin, sm, aseed, Ctl::new(sh, sh))
                 })?;
-                list!(
-                    calibration_failure = sc.calibration_failure,
-                    l1_distance = sc.l1_distance
-                )
-                .into()
+                crate::ppc_to_r(sc)
             }
             "decoded" => {
                 let pt = runner::run("decoding", verbose, num_threads, |sh| {
@@ -411,11 +407,7 @@ fn ln_analysis(
             let sc = runner::run("PPC scores", verbose, num_threads, |sh| {
                 net.ppc_scores(v, &genes, level, max_bin, n, seed, Ctl::new(sh, sh))
             })?;
-            list!(
-                calibration_failure = sc.calibration_failure,
-                l1_distance = sc.l1_distance
-            )
-            .into()
+            crate::ppc_to_r(sc)
         }
         "draws" => {
             let cells = indices(o.get("cells"), n_cells, "cells")?;

@@ -16,7 +16,7 @@ use crate::dist::draw::nb_count_fast;
 use crate::error::{CoreError, Result};
 use crate::models::Model;
 use crate::posterior::nb::gof::{
-    histogram_scores, nb_cdf, observed_nonzero, randomized_residual, PpcScores, Residuals,
+    histogram_scores, nb_cdf_pair, observed_nonzero, randomized_residual, PpcScores, Residuals,
 };
 use crate::posterior::Summary;
 use crate::progress::Ctl;
@@ -29,19 +29,6 @@ use std::sync::Mutex;
 const GENE_BLOCK: usize = 512;
 /// Keeps the PPC's count streams apart from the predictive verb's.
 const PPC_SALT: u64 = 0x9c0f_7a11_3e55_u64;
-
-/// `(F(u − 1), F(u))` of a count `u` under `NB(r, p̂)` with a zero gate `π`.
-fn cdf_pair(u: u32, r: f64, p_hat: f64, pi: f64) -> (f64, f64) {
-    let cdf = |x: u32| {
-        let f = if x == 0 {
-            (r * (1.0 - p_hat).ln()).exp()
-        } else {
-            nb_cdf(x, r, p_hat)
-        };
-        pi + (1.0 - pi) * f
-    };
-    (if u > 0 { cdf(u - 1) } else { 0.0 }, cdf(u))
-}
 
 impl Vae<'_> {
     /// Randomized quantile residuals of `genes` in every cell of the fitted
@@ -87,7 +74,7 @@ impl Vae<'_> {
                     let (r, gate) = (dc.r_row(i), dc.gate_row(i));
                     for j in 0..len {
                         let pi = gate.map_or(0.0, |g| g[j]);
-                        part[i * len + j] = cdf_pair(u[j], r[j], p_hat, pi);
+                        part[i * len + j] = nb_cdf_pair(u[j], r[j], p_hat, pi);
                     }
                 }
                 let mut a = acc.lock().expect("no panics while held");

@@ -19,7 +19,7 @@ use crate::data::CountMatrix;
 use crate::error::{CoreError, Result};
 use crate::models::lognormal::LnModel;
 use crate::posterior::nb::gof::{
-    histogram_scores, nb_cdf, observed_nonzero, randomized_residual, PpcScores, Residuals,
+    histogram_scores, nb_cdf_pair, observed_nonzero, randomized_residual, PpcScores, Residuals,
 };
 use crate::progress::Ctl;
 use rand::RngExt;
@@ -38,15 +38,7 @@ fn poisson_pair(u: u32, lam: f64) -> (f64, f64) {
 
 /// `(F(u − 1), F(u))` of the NB with shape `r` and mean `m`.
 fn nb_pair(u: u32, r: f64, m: f64) -> (f64, f64) {
-    let p_hat = (m / (m + r)).clamp(0.0, 1.0 - 1e-15);
-    let cdf = |x: u32| {
-        if x == 0 {
-            (r * (1.0 - p_hat).ln()).exp()
-        } else {
-            nb_cdf(x, r, p_hat)
-        }
-    };
-    (if u > 0 { cdf(u - 1) } else { 0.0 }, cdf(u))
+    nb_cdf_pair(u, r, (m / (m + r)).clamp(0.0, 1.0 - 1e-15), 0.0)
 }
 
 /// The latent coordinates a gene subset needs: its own (PLN, NBLN) or all

@@ -37,8 +37,22 @@ pub struct Residuals {
 }
 
 /// `P(X ≤ u)` of `NB(r, p̂)` (pmf ∝ (1 − p̂)^r p̂^k): `I_{1−p̂}(r, u + 1)`.
-pub(crate) fn nb_cdf(u: u32, r: f64, p_hat: f64) -> f64 {
+fn nb_cdf(u: u32, r: f64, p_hat: f64) -> f64 {
     statrs::function::beta::beta_reg(r, u as f64 + 1.0, 1.0 - p_hat)
+}
+
+/// `(F(u − 1), F(u))` of a count `u` under `NB(r, p̂)` with a zero gate `π`
+/// (`F(−1) = 0`).
+pub(crate) fn nb_cdf_pair(u: u32, r: f64, p_hat: f64, pi: f64) -> (f64, f64) {
+    let cdf = |x: u32| {
+        let f = if x == 0 {
+            (r * (1.0 - p_hat).ln()).exp()
+        } else {
+            nb_cdf(x, r, p_hat)
+        };
+        pi + (1.0 - pi) * f
+    };
+    (if u > 0 { cdf(u - 1) } else { 0.0 }, cdf(u))
 }
 
 /// `(P(X ≤ u − 1), P(X ≤ u))` of the BNB (`r`, excess dispersion `ω`,
@@ -134,18 +148,9 @@ pub fn quantile_residuals(
                                 }
                                 continue;
                             }
-                            let cdf = |x: u32| {
-                                let f = if x == 0 {
-                                    (r * (1.0 - p_hat).ln()).exp()
-                                } else {
-                                    nb_cdf(x, r, p_hat)
-                                };
-                                pi + (1.0 - pi) * f
-                            };
-                            hi += w * cdf(u[i]);
-                            if u[i] > 0 {
-                                lo += w * cdf(u[i] - 1);
-                            }
+                            let (below, upto) = nb_cdf_pair(u[i], r, p_hat, pi);
+                            lo += w * below;
+                            hi += w * upto;
                         }
                     }
                     *qv = randomized_residual(lo, hi, rng.random(), epsilon);
