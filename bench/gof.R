@@ -34,6 +34,8 @@ fits <- list(
                                       seed = 1, num_threads = threads, verbose = FALSE),
   "nbln VAE" = function() scribe_fit(x, model = "nbln", inference_method = "vae", n_steps = n_steps, batch_size = 512L,
                                      seed = 1, num_threads = threads, verbose = FALSE),
+  "pln VAE" = function() scribe_fit(x, model = "pln", inference_method = "vae", n_steps = n_steps, batch_size = 512L,
+                                    seed = 1, num_threads = threads, verbose = FALSE),
   "pln Laplace" = function() scribe_fit(x, model = "pln", inference_method = "laplace", latent_dim = 10, n_steps = 200,
                                         seed = 1, num_threads = threads, verbose = FALSE)
 )
