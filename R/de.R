@@ -55,9 +55,12 @@ setClass("ScribeDEResults", representation(
 #' reference. The two fits' draws are paired draw by draw; two components of
 #' one fit are compared on the same parameter draws (`paired`).
 #'
-#' For Laplace fits (log-normal models) each side is the population of its
-#' cells, `rho = softmax(mu + W z + sqrt(d) eps)`: `"parametric"` (the
-#' default there) uses the exact Gaussian marginals of its CLR,
+#' For log-normal fits (Laplace fits, and VAE fits of `pln`, `nbln`, `lnm`
+#' with the standard-normal latent prior, whose linear decoder gives `mu`
+#' and `W`; the two sides may come from different engines) each side is the
+#' population of its cells, `rho = softmax(mu + W z + sqrt(d) eps)`,
+#' `z ~ N(0, I)`: `"parametric"` (the default there) uses the exact Gaussian
+#' marginals of its CLR,
 #' `"empirical"` draws imaginary cells. There `delta` includes cell-to-cell
 #' variability, so lfsr measures how much the two populations overlap, not
 #' the uncertainty of a mean shift.
@@ -75,10 +78,10 @@ setClass("ScribeDEResults", representation(
 #'
 #' @param fit_a,fit_b Fits to the same genes. `fit_b` defaults to `fit_a`
 #'   (then give two components).
-#' @param method `"auto"` (parametric for two Laplace fits, else
+#' @param method `"auto"` (parametric for two log-normal fits, else
 #'   empirical), `"empirical"`, `"parametric"` or `"shrinkage"`.
 #' @param n_samples Posterior draws per side (NB fits) or imaginary cells
-#'   (Laplace fits).
+#'   (log-normal fits).
 #' @param n_samples_dirichlet Compositions per posterior draw; 0 for the
 #'   expected composition.
 #' @param component_a,component_b For mixture fits, the component of each
@@ -155,13 +158,14 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
     abort_input(c("{.arg fit_a} and {.arg fit_b} must be fitted to the same genes, in the same order.",
                   "i" = "They have {length(fit_a@gene_names)} and {length(fit_b@gene_names)} genes."))
   }
-  laplace <- c(is(fit_a, "ScribeLaplaceResults"), is(fit_b, "ScribeLaplaceResults"))
+  # Log-normal fits (Laplace, or the VAE's linear decoder) describe populations.
+  laplace <- c(is_ln_population(fit_a), is_ln_population(fit_b))
   if (laplace[1] != laplace[2]) {
-    abort_unsupported("{.fn scribe_de} compares two Laplace fits or two SVI/MCMC fits, not one of each.")
+    abort_unsupported("{.fn scribe_de} compares two log-normal fits (Laplace or VAE) or two SVI/MCMC fits, not one of each.")
   }
   if (method == "auto") method <- if (laplace[1]) "parametric" else "empirical"
   if (method == "parametric" && !laplace[1]) {
-    abort_unsupported(c("{.code method = \"parametric\"} needs two Laplace fits (log-normal models).",
+    abort_unsupported(c("{.code method = \"parametric\"} needs two log-normal fits (Laplace or VAE).",
                         "i" = "For SVI and MCMC fits use {.val empirical} or {.val shrinkage}."))
   }
   seed <- resolve_seed(seed)
@@ -181,7 +185,7 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
     if (!is.null(component_a) || !is.null(component_b) || mixture_weighted) {
       abort_unsupported("Laplace fits have no mixture components; drop {.arg component_a}, {.arg component_b} and {.arg mixture_weighted}.")
     }
-    if (identical(fit_a, fit_b)) abort_input("{.arg fit_a} and {.arg fit_b} are the same Laplace fit: there is nothing to compare.")
+    if (identical(fit_a, fit_b)) abort_input("{.arg fit_a} and {.arg fit_b} are the same fit: there is nothing to compare.")
     pa <- de_population(fit_a)
     pb <- de_population(fit_b)
     expression <- cbind(pa$mu - log_sum_exp(pa$mu), pb$mu - log_sum_exp(pb$mu))
@@ -213,7 +217,7 @@ scribe_de <- function(fit_a, fit_b = fit_a, method = c("auto", "empirical", "par
     } else {
       for (side in c("a", "b")) for (nm in names(pairs[[side]])) {
         f <- pairs[[side]][[nm]]
-        if (is(f, "ScribeLaplaceResults") || !identical(f@gene_names, genes)) {
+        if (!is(f, "ScribeLayoutResults") || !identical(f@gene_names, genes)) {
           abort_input("Every fit of a paired design must be an SVI or MCMC fit to the same genes ({.arg fit_{side}}${nm} is not).")
         }
         resolve_de_components(f, f, if (side == "a") component_a else component_b,
@@ -360,10 +364,18 @@ nb_log_composition <- function(fit, comp) {
   log(r) - log(sum(r))
 }
 
-# A Laplace fit as a population list(mu, w (row-major), d, k) over all its
-# genes; LNM's reference gene gets mu = 0, a zero row of W and d = 0.
+# Whether a fit is of a log-normal model whose cells form a Gaussian
+# population of latents: a Laplace fit, or a log-normal VAE.
+is_ln_population <- function(fit) {
+  is(fit, "ScribeLaplaceResults") || (is(fit, "ScribeVAEResults") && is_ln_vae(fit))
+}
+
+# A log-normal fit as a population list(mu, w (row-major), d, k) over all its
+# genes; LNM's reference gene gets mu = 0, a zero row of W and d = 0. A VAE's
+# population is its decoder's image of the N(0, I) prior (a flow prior is not
+# Gaussian, so it is refused).
 de_population <- function(fit) {
-  p <- fit@params
+  p <- if (is(fit, "ScribeVAEResults")) vae_ln_params(fit) else fit@params
   genes <- fit@gene_names
   k <- ncol(p$W)
   mu <- stats::setNames(numeric(length(genes)), genes)
@@ -373,6 +385,21 @@ de_population <- function(fit) {
   d[names(p$d)] <- p$d
   w[rownames(p$W), ] <- p$W
   list(mu = unname(mu), w = as.vector(t(w)), d = unname(d), k = as.numeric(k))
+}
+
+# A log-normal VAE's mu, W and d (named by its latent coordinates), read from
+# its parameters without counts.
+vae_ln_params <- function(fit) {
+  check_format(fit)
+  if (!identical(fit@config$vae$flow_type, "none")) {
+    abort_unsupported(c("{.fn scribe_de} of a VAE fit with a flow prior is not available: its population of latents is not Gaussian.",
+                        "i" = "Fit with {.code vae_flow_type = \"none\"}, or compare Laplace fits."))
+  }
+  k <- as.integer(fit@config$vae$latent_dim)
+  res <- call_core(rs_ln_vae_population(fit@params, as.numeric(k)))
+  coords <- ln_vae_coords(fit)
+  list(mu = stats::setNames(res$mu, coords), d = stats::setNames(res$d, coords),
+       W = matrix(res$w, ncol = k, byrow = TRUE, dimnames = list(coords, NULL)))
 }
 
 # Per-gene summaries at thresholds `taus`, recomputed from what the result keeps.

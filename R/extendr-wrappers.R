@@ -98,6 +98,10 @@ rs_vae_prior_draws <- function(vae, prior, n, seed) {
   .Call(wrap__rs_vae_prior_draws, vae, prior, n, seed)
 }
 
+rs_ln_vae_population <- function(params, latent_dim) {
+  .Call(wrap__rs_ln_vae_population, params, latent_dim)
+}
+
 rs_vae_analysis <- function(counts_r, model, vae, params, what, opts, n_draws, seed, verbose, num_threads) {
   .Call(wrap__rs_vae_analysis, counts_r, model, vae, params, what, opts, n_draws, seed, verbose, num_threads)
 }

@@ -166,7 +166,10 @@ resolve_vae <- function(a, n_genes, model = "nbdm") {
 #'   per cell, [get_posterior_samples()] their draws (`n_samples x cells`),
 #'   and the likelihood and predictive verbs draw them with the latents. The
 #'   [normalize_counts()] gives each cell's composition (the softmax of its
-#'   latents) and [goodness_of_fit()] residuals under each cell's latents. The
+#'   latents), [goodness_of_fit()] residuals under each cell's latents, and
+#'   [scribe_de()] compares the population of latents `mu + W z + sqrt(d) e`,
+#'   `z ~ N(0, I)`, with another log-normal fit's (VAE or Laplace; not with a
+#'   flow prior). The
 #'   loadings priors of the Laplace engine and [denoise_counts()] are not
 #'   available for these fits yet (classed errors).
 #'

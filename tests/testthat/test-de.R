@@ -181,7 +181,44 @@ test_that("parametric and empirical DE agree for Laplace fits", {
   ge <- test_gene_sets(emp, sets)
   expect_true(all(abs(gp$balance_mean - ge$balance_mean) < 4 * gp$balance_sd / sqrt(4000)))
   expect_equal(gp$balance_sd, ge$balance_sd, tolerance = 0.05)
-  expect_error(scribe_de(la, la), "same Laplace fit", class = "scribeR_input_error")
+  expect_error(scribe_de(la, la), "same fit", class = "scribeR_input_error")
+})
+
+test_that("log-normal VAE fits are compared as populations, also against a Laplace fit", {
+  skip_on_cran()
+  set.seed(4)
+  g <- 15; n <- 250
+  w <- matrix(rnorm(g * 2, sd = 0.4), g)
+  mu <- runif(g, 1, 2)
+  sim <- function(shift) {
+    m <- mu
+    m[1] <- m[1] + shift
+    lat <- m + w %*% matrix(rnorm(2 * n), 2) + matrix(rnorm(g * n, sd = 0.2), g)
+    Matrix::Matrix(matrix(rpois(g * n, exp(lat)), g, dimnames = list(paste0("g", 1:g), paste0("c", 1:n))),
+                   sparse = TRUE)
+  }
+  xa <- sim(0)
+  xb <- sim(1.5)
+  vae <- function(x, n_steps = 600, ...) scribe_fit(x, model = "pln", inference_method = "vae", latent_dim = 2,
+                                                     vae_encoder_hidden_dims = 16, n_steps = n_steps, seed = 1,
+                                                     verbose = FALSE, ...)
+  va <- vae(xa)
+  vb <- vae(xb)
+  de <- scribe_de(va, vb)
+  expect_identical(de@method, "parametric")
+  # g1 is 1.5 lower (log scale) in A; its CLR moves by about 1.5 (14/15 of it).
+  top <- which.max(abs(de@stats$delta_mean))
+  expect_identical(de@gene_names[top], "g1")
+  expect_lt(abs(de@stats$delta_mean[top] + 1.4), 0.3)
+  # The other genes move only through the CLR's centre.
+  expect_lt(max(abs(de@stats$delta_mean[-top] - stats::median(de@stats$delta_mean[-top]))), 0.3)
+  la <- scribe_fit(xa, model = "pln", inference_method = "laplace", latent_dim = 2, seed = 1, verbose = FALSE)
+  mixed <- scribe_de(la, vb, method = "empirical", n_samples = 2000, seed = 1)
+  expect_identical(mixed@gene_names[which.max(abs(mixed@stats$delta_mean))], "g1")
+  flow <- vae(xa, vae_flow_type = "affine_coupling", vae_flow_num_layers = 2, n_steps = 20)
+  expect_error(scribe_de(flow, vb), "flow prior", class = "scribeR_unsupported")
+  nb <- scribe_fit(xa, model = "nbdm", seed = 1, verbose = FALSE)
+  expect_error(scribe_de(va, nb), "log-normal", class = "scribeR_unsupported")
 })
 
 test_that("scribe_de argument errors name the argument", {

@@ -432,8 +432,32 @@ fn ln_analysis(
     })
 }
 
+/// The population `list(mu, w (row-major), d)` of a log-normal VAE fit from
+/// its parameter pieces (no counts needed).
+/// @noRd
+#[extendr]
+fn rs_ln_vae_population(params: Robj, latent_dim: f64) -> Robj {
+    respond((|| -> GResult<Robj> {
+        let pieces = pieces(&params)?;
+        let piece = |name: &str| {
+            pieces
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, x)| x.as_slice())
+                .ok_or_else(|| crate::errors::internal(format!("the fit has no '{name}'")))
+        };
+        let (mu, w, d) = scribe_core::vae::lognormal::population_from_pieces(
+            latent_dim as usize,
+            piece("decoder_head")?,
+            piece("global_loc")?,
+        )?;
+        Ok(list!(mu = mu, w = w, d = d).into())
+    })())
+}
+
 extendr_module! {
     mod vae;
+    fn rs_ln_vae_population;
     fn rs_vae_analysis;
     fn rs_vae_prior_draws;
     fn rs_vae_fit;

@@ -972,18 +972,38 @@ impl<'d> LnVae<'d> {
     /// `W` (`width × k`, row-major), `d` (width) and `r` (G, NBLN) or
     /// `[μ_T, r_T]` (LNM).
     pub fn population(&self, v: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
-        let [_, _, _, c, d, _] = self.offsets();
-        let (k, g) = (self.cfg.latent_dim, self.width);
-        let head = &v[c..d];
-        let mut w = vec![0.0; g * k];
-        for j in 0..g {
-            for t in 0..k {
-                w[j * k + t] = head[t * g + j];
-            }
-        }
-        let (dv, r) = self.global_medians(v);
-        (head[k * g..].to_vec(), w, dv, r)
+        let [n, _, _, c, d, _] = self.offsets();
+        let (b, w, dv) = population_from_pieces(self.cfg.latent_dim, &v[c..d], &v[..n])
+            .expect("the pieces of this VAE's own parameters fit");
+        let (_, r) = self.global_medians(v);
+        (b, w, dv, r)
     }
+}
+
+/// The population `(b, W, d)` of a log-normal VAE from two of its
+/// parameter pieces, with no counts: the decoder head (`k × width` kernel,
+/// row-major, then the bias) and the globals' guide locations (`d`'s come
+/// first; its median is `e^loc`). `W` comes back `width × k`, row-major.
+pub fn population_from_pieces(
+    k: usize,
+    head: &[f64],
+    global_loc: &[f64],
+) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let wd = head.len() / (k + 1);
+    if k == 0 || wd == 0 || wd * (k + 1) != head.len() || global_loc.len() < wd {
+        return Err(CoreError::arg(
+            "fit",
+            "its decoder does not match its latent dimension",
+        ));
+    }
+    let mut w = vec![0.0; wd * k];
+    for j in 0..wd {
+        for t in 0..k {
+            w[j * k + t] = head[t * wd + j];
+        }
+    }
+    let d = global_loc[..wd].iter().map(|x| x.exp()).collect();
+    Ok((head[k * wd..].to_vec(), w, d))
 }
 
 impl Objective for LnVae<'_> {

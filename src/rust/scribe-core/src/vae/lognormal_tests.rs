@@ -601,3 +601,21 @@ fn frozen_capture_is_refused() {
     .to_string();
     assert!(err.contains("priors") && err.contains("frozen"), "{err}");
 }
+
+#[test]
+fn the_population_reads_from_the_pieces_alone() {
+    let data = leak(simulate(6, 9, 2, None, 4).0);
+    let vae = LnVae::new(LnModel::Pln, data, small(None), &Capture::None).unwrap();
+    let v = vae.start(&mut ChaCha8Rng::seed_from_u64(2));
+    let pieces = vae.split(&v);
+    let piece = |name: &str| pieces.iter().find(|(n, _)| *n == name).unwrap().1;
+    let (b, w, d) = population_from_pieces(2, piece("decoder_head"), piece("global_loc")).unwrap();
+    let (b0, w0, d0, _) = vae.population(&v);
+    assert_eq!((b, w, d), (b0, w0, d0));
+    // A head that does not match the latent dimension is an argument error.
+    let err = population_from_pieces(4, piece("decoder_head"), piece("global_loc"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("fit"), "{err}");
+}
