@@ -415,7 +415,8 @@ vae_encode <- function(fit, x, assay) {
   check_format(fit)
   if (!is(fit, "ScribeVAEResults")) abort_input("{.arg fit} must be a VAE fit ({.code inference_method = \"vae\"}).")
   counts <- name_counts(counts_of_fit_genes(fit, x, assay))
-  validate_counts(counts, drop_empty = FALSE)
+  # Empty cells encode like any other (e.g. cells a fit dropped, kept in an SCE).
+  validate_counts(counts, allow_empty_cells = TRUE)
   res <- call_core(rs_vae_encode(counts_slots(counts), fit@config$vae, fit@params$encoder,
                                  fit@params$input_mean, fit@params$input_std))
   k <- as.integer(fit@config$vae$latent_dim)

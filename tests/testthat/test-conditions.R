@@ -112,6 +112,6 @@ test_that("analyses dispatch on the class of the fit", {
   lap <- scribe_fit(x, model = "pln", inference_method = "laplace", latent_dim = 2, n_steps = 3, seed = 1,
                     verbose = FALSE, laplace_config = list(convergence_action = "ignore"))
   expect_error(denoise_counts(lap, x), "not available", class = "scribeR_unsupported")
-  expect_error(normalize_counts(lap), "not available", class = "scribeR_unsupported")
   expect_length(log_likelihood(lap, x), ncol(x))
+  expect_error(goodness_of_fit(get_map, x), "scribeR results object", class = "scribeR_input_error")
 })

@@ -406,3 +406,16 @@ test_that("log-normal VAEs with capture: each cell's capture offsets its log-rat
   expect_identical(dim(pp), c(10L, 200L, 3L))
   expect_error(log_likelihood(vcp, x[, 1:50]), "cells", class = "scribeR_input_error")
 })
+
+test_that("cells a VAE fit dropped as empty encode, and write-back marks them NA", {
+  x <- ln_counts()[, 1:60]
+  x <- cbind(x, Matrix::Matrix(0, nrow(x), 1, sparse = TRUE, dimnames = list(NULL, "empty")))
+  fit <- vae_fit(x, model = "nbdm", n_steps = 20, drop_empty = TRUE)
+  expect_identical(fit@dropped_cells, "empty")
+  emb <- get_latent_embeddings(fit, x)
+  expect_true(all(is.finite(emb)))
+  sce <- add_scribe_fit(SingleCellExperiment::SingleCellExperiment(list(counts = x)), fit)
+  rd <- SingleCellExperiment::reducedDim(sce, "SCRIBE")
+  expect_true(all(is.na(rd["empty", ])))
+  expect_false(anyNA(rd[1:60, ]))
+})
