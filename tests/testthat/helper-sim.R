@@ -42,3 +42,12 @@ expect_clean_interrupt <- function(out) {
   secs <- as.numeric(sub("seconds: ", "", grep("^seconds:", out, value = TRUE)))
   expect_lt(secs, 5)
 }
+
+# Counts of a rank-k PLN (genes x cells dgCMatrix named g1.., c1..): log-rates
+# `mu + w z + noise`, z ~ N(0, I_k) per cell, per-gene noise of sd `noise_sd`.
+pln_counts <- function(mu, w, n, noise_sd = 0.2) {
+  g <- length(mu)
+  lat <- mu + w %*% matrix(rnorm(ncol(w) * n), ncol(w)) + matrix(rnorm(g * n, sd = noise_sd), g)
+  Matrix::Matrix(matrix(rpois(g * n, exp(lat)), g, dimnames = list(paste0("g", seq_len(g)), paste0("c", seq_len(n)))),
+                 sparse = TRUE)
+}

@@ -190,15 +190,8 @@ test_that("log-normal VAE fits are compared as populations, also against a Lapla
   g <- 15; n <- 250
   w <- matrix(rnorm(g * 2, sd = 0.4), g)
   mu <- runif(g, 1, 2)
-  sim <- function(shift) {
-    m <- mu
-    m[1] <- m[1] + shift
-    lat <- m + w %*% matrix(rnorm(2 * n), 2) + matrix(rnorm(g * n, sd = 0.2), g)
-    Matrix::Matrix(matrix(rpois(g * n, exp(lat)), g, dimnames = list(paste0("g", 1:g), paste0("c", 1:n))),
-                   sparse = TRUE)
-  }
-  xa <- sim(0)
-  xb <- sim(1.5)
+  xa <- pln_counts(mu, w, n)
+  xb <- pln_counts(mu + c(1.5, rep(0, g - 1)), w, n)
   vae <- function(x, n_steps = 600, ...) scribe_fit(x, model = "pln", inference_method = "vae", latent_dim = 2,
                                                      vae_encoder_hidden_dims = 16, n_steps = n_steps, seed = 1,
                                                      verbose = FALSE, ...)

@@ -98,9 +98,7 @@ test_that("goodness_of_fit of log-normal fits (Laplace and VAE) reads each cell'
   set.seed(3)
   g <- 25; n <- 300
   w <- matrix(rnorm(g * 2, sd = 0.5), g)
-  lat <- runif(g, 0.5, 2) + w %*% matrix(rnorm(2 * n), 2) + matrix(rnorm(g * n, sd = 0.3), g)
-  x <- Matrix::Matrix(matrix(rpois(g * n, exp(lat)), g, dimnames = list(paste0("g", 1:g), paste0("c", 1:n))),
-                      sparse = TRUE)
+  x <- pln_counts(runif(g, 0.5, 2), w, n, noise_sd = 0.3)
   lap <- scribe_fit(x, model = "pln", inference_method = "laplace", latent_dim = 2, seed = 1, verbose = FALSE)
   gl <- goodness_of_fit(lap, x, n_samples = 30, n_ppc_samples = 50, seed = 2)
   expect_identical(dim(gl$residuals), c(300L, 25L))

@@ -330,9 +330,7 @@ test_that("normalize_counts of log-normal fits: each cell's softmax of its laten
   set.seed(5)
   g <- 12; n <- 150
   w <- matrix(rnorm(g * 2, sd = 0.5), g)
-  lat <- runif(g, 0.5, 2) + w %*% matrix(rnorm(2 * n), 2) + matrix(rnorm(g * n, sd = 0.2), g)
-  x <- Matrix::Matrix(matrix(rpois(g * n, exp(lat)), g, dimnames = list(paste0("g", 1:g), paste0("c", 1:n))),
-                      sparse = TRUE)
+  x <- pln_counts(runif(g, 0.5, 2), w, n)
   lap <- scribe_fit(x, model = "pln", inference_method = "laplace", latent_dim = 2, seed = 1, verbose = FALSE)
   rho <- normalize_counts(lap, x)
   expect_identical(dim(rho), c(12L, 150L))

@@ -257,10 +257,7 @@ ln_counts <- function() {
   set.seed(3)
   g <- 30; n <- 200
   w <- matrix(rnorm(g * 2, sd = 0.5), g)
-  mu <- runif(g, 0.5, 2)
-  lat <- mu + w %*% matrix(rnorm(2 * n), 2) + matrix(rnorm(g * n, sd = 0.2), g)
-  x <- matrix(rpois(g * n, exp(lat)), g, dimnames = list(paste0("g", 1:g), paste0("c", 1:n)))
-  Matrix::Matrix(x, sparse = TRUE)
+  pln_counts(runif(g, 0.5, 2), w, n)
 }
 
 ln_vae <- function(x, model = "pln", ...) {
